@@ -1,0 +1,151 @@
+//! The command line (clap derive), exactly the contract in DESIGN.md, and
+//! how its flags turn into a `Config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigError, HostPort, RelayMode, Workers};
+
+/// The default config file, relative to the working directory.
+pub const DEFAULT_CONFIG: &str = "proxy.yaml";
+
+/// sluice: a zero-copy TCP (layer 4) reverse proxy for Linux.
+///
+/// Accepts TCP connections on each route's listen address and relays them
+/// byte for byte to the route's upstreams, through splice(2) pipes so the
+/// bytes never enter user space (or through a plain copy with --relay copy).
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    after_help = "\
+Examples:
+  sluice -c proxy.yaml                                   run the routes in proxy.yaml
+  sluice --listen 127.0.0.1:8080 --upstream 127.0.0.1:8000  one route, no file
+  sluice check -c proxy.yaml                             validate and print the effective routes
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+Signals: SIGTERM/SIGINT stop accepting and let sessions finish for drain_timeout; a second one stops at once."
+)]
+pub struct Cli {
+    /// What to do (default: run the proxy).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Config file [default: ./proxy.yaml].
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Run one route without a config file: accept clients on ADDR (IP:port; port 0 picks a free one).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        conflicts_with = "config",
+        requires = "upstream"
+    )]
+    pub listen: Option<SocketAddr>,
+
+    /// An upstream for --listen (host:port); repeat for more, used round robin.
+    #[arg(long, value_name = "ADDR", requires = "listen")]
+    pub upstream: Vec<HostPort>,
+
+    /// Worker threads, each with its own event loop and SO_REUSEPORT listener [config: workers].
+    #[arg(long, value_name = "N|auto", global = true)]
+    pub workers: Option<Workers>,
+
+    /// How bytes are moved [config: relay].
+    #[arg(long, value_enum, global = true)]
+    pub relay: Option<RelayMode>,
+
+    /// Log level: error, warn, info, debug or trace [default: info; RUST_LOG is honoured when unset].
+    #[arg(long, value_name = "LEVEL", global = true)]
+    pub log: Option<log::LevelFilter>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config file and print the effective routes (defaults merged); exit 0 or 2.
+    Check,
+}
+
+impl Cli {
+    /// The configuration these flags describe: `--listen`/`--upstream`, or
+    /// the config file, with `--workers` and `--relay` applied on top.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut config = match self.listen {
+            Some(listen) => Config::single_route(listen, self.upstream.clone())?,
+            None => config::load_file(self.config.as_deref().unwrap_or(DEFAULT_CONFIG.as_ref()))?,
+        };
+        if let Some(w) = self.workers {
+            config.workers = w;
+        }
+        if let Some(r) = self.relay {
+            config.relay = r;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn listen_and_upstreams() {
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:1",
+            "--upstream",
+            "localhost:2",
+            "--relay",
+            "copy",
+            "--workers",
+            "2",
+        ])
+        .unwrap();
+        let c = cli.config().unwrap();
+        assert_eq!(c.routes[0].upstreams.len(), 2);
+        assert_eq!(c.relay, RelayMode::Copy);
+        assert_eq!(c.workers, Workers::Count(2));
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(Cli::try_parse_from(["sluice", "--listen", "127.0.0.1:0"]).is_err());
+        assert!(Cli::try_parse_from(["sluice", "--upstream", "127.0.0.1:1"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "sluice",
+                "--listen",
+                "127.0.0.1:0",
+                "-c",
+                "x.yaml",
+                "--upstream",
+                "a:1"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["sluice", "--relay", "zerocopy"]).is_err());
+        assert!(Cli::try_parse_from(["sluice", "--workers", "0"]).is_err());
+    }
+
+    #[test]
+    fn check_takes_the_config_either_side() {
+        let a = Cli::try_parse_from(["sluice", "check", "-c", "x.yaml"]).unwrap();
+        let b = Cli::try_parse_from(["sluice", "-c", "x.yaml", "check"]).unwrap();
+        assert_eq!(a.config, b.config);
+        assert!(matches!(a.command, Some(Command::Check)));
+    }
+}

@@ -1,0 +1,307 @@
+//! Reads `proxy.yaml` and reports every problem as `file:line:column: field: message`.
+//!
+//! This is the only file that calls serde_yaml (archived upstream: moving to
+//! a maintained fork must stay a one-file change). serde_yaml knows a
+//! location only while it deserializes, so errors found afterwards by
+//! `validate.rs` are located by deserializing the text a second time with a
+//! seed that walks the field path and stops with a marker error when it
+//! reaches the field: that error carries the field's line and column.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::schema::RawConfig;
+use super::validate::{self, FieldPath, Seg};
+use super::{Config, ConfigError, Location};
+
+/// Reads, parses and validates a config file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut config = parse_str(&text, &path.display().to_string())?;
+    config.source = Some(path.to_owned());
+    Ok(config)
+}
+
+/// Parses and validates config text; `origin` names it in errors.
+pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = match e.path().to_string() {
+            p if p == "." => String::new(),
+            p => p,
+        };
+        let inner = e.into_inner();
+        ConfigError::Invalid {
+            origin: origin.to_owned(),
+            location: inner.location().map(|l| Location {
+                line: l.line(),
+                column: l.column(),
+            }),
+            message: strip_location(&inner.to_string(), &field),
+            field,
+        }
+    })?;
+    validate::validate(raw).map_err(|e| ConfigError::Invalid {
+        origin: origin.to_owned(),
+        location: locate(text, &e.path).or(Some(Location { line: 1, column: 1 })),
+        field: e.field,
+        message: e.message,
+    })
+}
+
+/// serde_yaml appends " at line L column C" and prefixes the field path;
+/// we print both ourselves, in front.
+fn strip_location(msg: &str, field: &str) -> String {
+    let msg = match msg.rfind(" at line ") {
+        Some(i) if msg[i..].contains(" column ") => &msg[..i],
+        _ => msg,
+    };
+    match msg.split_once(": ") {
+        // serde_yaml's path stops at the enclosing map; ours names the field.
+        Some((head, rest)) if !head.is_empty() && field.starts_with(head) => rest.to_owned(),
+        _ => msg.to_owned(),
+    }
+}
+
+const FOUND: &str = "\u{0}sluice-locate-marker";
+
+/// Finds the line and column of the value at `path` in `text`.
+fn locate(text: &str, path: &FieldPath) -> Option<Location> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    match (Seek { path: &path.0 }).deserialize(de) {
+        Err(e) if e.to_string().contains(FOUND) => e.location().map(|l| Location {
+            line: l.line(),
+            column: l.column(),
+        }),
+        _ => None,
+    }
+}
+
+/// Walks down `path`; at its end fails with the marker error.
+struct Seek<'p> {
+    path: &'p [Seg],
+}
+
+impl<'de> DeserializeSeed<'de> for Seek<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seek<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Some((Seg::Key(want), rest)) = self.path.split_first() else {
+            return Err(de::Error::custom(FOUND));
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            if key == *want {
+                return map.next_value_seed(Seek { path: rest });
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Some((Seg::Index(want), rest)) = self.path.split_first() else {
+            return Err(de::Error::custom(FOUND));
+        };
+        for _ in 0..*want {
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Ok(());
+            }
+        }
+        seq.next_element_seed(Seek { path: rest }).map(|_| ())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse_str(text, "proxy.yaml").unwrap_err().to_string()
+    }
+
+    const GOOD: &str = "\
+workers: 2
+relay: copy
+defaults:
+  connect_timeout: 2s
+routes:
+  - name: web
+    listen: 127.0.0.1:8080
+    upstreams:
+      - 127.0.0.1:9000
+      - { address: \"127.0.0.1:9001\", weight: 3 }
+    idle_timeout: 1m
+  - name: db
+    listen: 127.0.0.1:5433
+    upstreams: [\"localhost:5432\"]
+";
+
+    #[test]
+    fn good_config_merges_defaults() {
+        let c = parse_str(GOOD, "proxy.yaml").unwrap();
+        assert_eq!(c.workers, super::super::Workers::Count(2));
+        assert_eq!(c.relay, super::super::RelayMode::Copy);
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(
+            c.routes[0].connect_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(c.routes[0].idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(c.routes[1].idle_timeout, super::super::DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(c.routes[0].upstreams[1].weight, 3);
+        assert_eq!(c.routes[1].upstreams[0].address.host, "localhost");
+    }
+
+    #[test]
+    fn single_value_errors_have_line_column_and_path() {
+        let e = err(&GOOD.replace("127.0.0.1:8080", "0.0.0.0:80800"));
+        assert_eq!(
+            e,
+            "proxy.yaml:7:13: routes[0].listen: invalid socket address \"0.0.0.0:80800\": expected IP:port, \
+             e.g. \"0.0.0.0:8080\" or \"[::]:8080\""
+        );
+        let e = err(&GOOD.replace("2s", "2 parsecs"));
+        assert!(
+            e.starts_with("proxy.yaml:4:20: defaults.connect_timeout: invalid duration"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("relay: copy", "relay: zerocopy"));
+        assert!(
+            e.starts_with("proxy.yaml:2:8: relay: unknown variant `zerocopy`"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("weight: 3", "weight: 0"));
+        assert!(e.starts_with("proxy.yaml:10:"), "{e}");
+        assert!(
+            e.contains("routes[0].upstreams[1].weight: 0 is out of range"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let e = err(&GOOD.replace("    idle_timeout: 1m", "    idle_timout: 1m"));
+        assert!(
+            e.starts_with("proxy.yaml:11:5: routes[0].idle_timout: unknown field `idle_timout`"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("weight: 3", "weigth: 3"));
+        assert!(
+            e.contains("routes[0].upstreams[1].weigth: unknown field `weigth`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_a_location() {
+        let e = err("routes:\n  - name: [web\n");
+        assert!(e.starts_with("proxy.yaml:"), "{e}");
+        assert!(
+            e.split(':')
+                .nth(1)
+                .is_some_and(|l| l.parse::<usize>().is_ok()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cross_field_errors_are_located() {
+        let e = err(&GOOD.replace("127.0.0.1:5433", "127.0.0.1:8080"));
+        assert!(
+            e.starts_with(
+                "proxy.yaml:13:13: routes[1].listen: listen address 127.0.0.1:8080 is the same"
+            ),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("127.0.0.1:5433", "0.0.0.0:8080"));
+        assert!(
+            e.contains("routes[1].listen: listen address 0.0.0.0:8080 overlaps"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("name: db", "name: web"));
+        assert!(
+            e.starts_with("proxy.yaml:12:11: routes[1].name: route name \"web\" is already used"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("[\"localhost:5432\"]", "[]"));
+        assert!(
+            e.starts_with("proxy.yaml:14:16: routes[1].upstreams: route \"db\" has no upstreams"),
+            "{e}"
+        );
+        let e = err("workers: 1\nroutes: []\n");
+        assert!(e.starts_with("proxy.yaml:2:9: routes: no routes"), "{e}");
+        let e = err("workers: 1\n");
+        assert!(e.starts_with("proxy.yaml:1:1: routes: no routes"), "{e}");
+    }
+
+    #[test]
+    fn other_bad_values() {
+        let e = err(&GOOD.replace("workers: 2", "pipe_size: 1KiB"));
+        assert!(
+            e.starts_with("proxy.yaml:1:12: pipe_size: size \"1KiB\" is out of range"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("2s", "0s"));
+        assert!(
+            e.contains("defaults.connect_timeout: duration \"0s\" is out of range"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("name: db", "name: \"my db\""));
+        assert!(e.contains("routes[1].name: invalid route name"), "{e}");
+        let e = err(&GOOD.replace("127.0.0.1:9001", "127.0.0.1:9000"));
+        assert!(
+            e.contains("routes[0].upstreams[1]: upstream 127.0.0.1:9000 is listed twice"),
+            "{e}"
+        );
+        let e = err("");
+        assert!(e.contains("routes"), "{e}");
+    }
+
+    #[test]
+    fn shipped_proxy_yaml_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.yaml");
+        let c = load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.routes.is_empty());
+    }
+}

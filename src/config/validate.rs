@@ -1,0 +1,248 @@
+//! Turns the raw file into a validated `Config`: fills defaults (in one
+//! place, from the named constants in `mod.rs`) and checks the rules that
+//! span several fields (route names, duplicate or overlapping listen
+//! addresses, empty lists). Errors carry the field path; `load.rs` finds
+//! its line and column.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use super::schema::{RawConfig, RawRoute};
+use super::units::{HostPort, Workers};
+use super::{
+    Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_PIPE_SIZE, DEFAULT_RELAY, Route, UpstreamSpec,
+};
+
+/// One step of a field path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seg {
+    /// A mapping key.
+    Key(&'static str),
+    /// A sequence index.
+    Index(usize),
+}
+
+/// A field path such as `routes[1].listen`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldPath(pub Vec<Seg>);
+
+impl FieldPath {
+    fn route(i: usize) -> Self {
+        FieldPath(vec![Seg::Key("routes"), Seg::Index(i)])
+    }
+
+    fn key(mut self, k: &'static str) -> Self {
+        self.0.push(Seg::Key(k));
+        self
+    }
+
+    fn index(mut self, i: usize) -> Self {
+        self.0.push(Seg::Index(i));
+        self
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(k) if n == 0 => f.write_str(k)?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(i) => write!(f, "[{i}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A rule that a valid value of one field broke in the context of the others.
+#[derive(Debug)]
+pub struct FieldError {
+    /// Which field.
+    pub path: FieldPath,
+    /// The path as text (`routes[1].listen`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn fail<T>(path: FieldPath, message: String) -> Result<T, FieldError> {
+    Err(FieldError {
+        field: path.to_string(),
+        path,
+        message,
+    })
+}
+
+/// Checks the cross-field rules and fills in defaults.
+pub fn validate(raw: RawConfig) -> Result<Config, FieldError> {
+    let routes_raw = match raw.routes {
+        Some(r) if !r.is_empty() => r,
+        _ => {
+            return fail(
+                FieldPath(vec![Seg::Key("routes")]),
+                "no routes: add at least one route with a name, a listen address and upstreams"
+                    .to_owned(),
+            );
+        }
+    };
+    let defaults = raw.defaults;
+    let mut routes = Vec::with_capacity(routes_raw.len());
+    for (i, r) in routes_raw.into_iter().enumerate() {
+        routes.push(route(i, r, &defaults)?);
+    }
+    check_names(&routes)?;
+    check_listen(&routes)?;
+    Ok(Config {
+        source: None,
+        workers: raw.workers.unwrap_or(Workers::Auto),
+        relay: raw.relay.unwrap_or(DEFAULT_RELAY),
+        pipe_size: raw
+            .pipe_size
+            .map_or(DEFAULT_PIPE_SIZE, |s| s.get() as usize),
+        max_connections: raw
+            .max_connections
+            .map_or(DEFAULT_MAX_CONNECTIONS, |n| n.get() as usize),
+        drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.get()),
+        routes,
+    })
+}
+
+/// The configuration for `--listen ADDR --upstream ADDR...`: one route named
+/// `default`, every other setting at its default.
+pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Config, FieldError> {
+    let raw = RawRoute {
+        name: "default".to_owned(),
+        listen: super::units::ListenAddr(listen),
+        upstreams: upstreams
+            .into_iter()
+            .map(|address| super::schema::RawUpstream {
+                address,
+                weight: None,
+            })
+            .collect(),
+        connect_timeout: None,
+        idle_timeout: None,
+    };
+    let route = route(0, raw, &Default::default()).map_err(|mut e| {
+        e.field = "--upstream".to_owned();
+        e
+    })?;
+    Ok(Config {
+        source: None,
+        workers: Workers::Auto,
+        relay: DEFAULT_RELAY,
+        pipe_size: DEFAULT_PIPE_SIZE,
+        max_connections: DEFAULT_MAX_CONNECTIONS,
+        drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        routes: vec![route],
+    })
+}
+
+fn route(
+    i: usize,
+    r: RawRoute,
+    defaults: &super::schema::RawDefaults,
+) -> Result<Route, FieldError> {
+    let here = FieldPath::route(i);
+    if r.name.is_empty()
+        || r.name.len() > 64
+        || !r
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        return fail(
+            here.key("name"),
+            format!(
+                "invalid route name {:?}: use 1 to 64 letters, digits, '_', '.' or '-'",
+                r.name
+            ),
+        );
+    }
+    if r.upstreams.is_empty() {
+        return fail(
+            here.key("upstreams"),
+            format!("route {:?} has no upstreams: list at least one", r.name),
+        );
+    }
+    let mut seen: HashMap<&HostPort, usize> = HashMap::new();
+    for (j, u) in r.upstreams.iter().enumerate() {
+        if let Some(first) = seen.insert(&u.address, j) {
+            return fail(
+                here.key("upstreams").index(j),
+                format!(
+                    "upstream {} is listed twice in route {:?} (also upstreams[{first}]): give it a weight instead",
+                    u.address, r.name
+                ),
+            );
+        }
+    }
+    Ok(Route {
+        listen: r.listen.0,
+        upstreams: r
+            .upstreams
+            .into_iter()
+            .map(|u| UpstreamSpec {
+                address: u.address,
+                weight: u.weight.map_or(1, |w| w.get() as u32),
+            })
+            .collect(),
+        connect_timeout: r
+            .connect_timeout
+            .or(defaults.connect_timeout)
+            .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get()),
+        idle_timeout: r
+            .idle_timeout
+            .or(defaults.idle_timeout)
+            .map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get()),
+        name: r.name,
+    })
+}
+
+fn check_names(routes: &[Route]) -> Result<(), FieldError> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(first) = seen.insert(&r.name, i) {
+            return fail(
+                FieldPath::route(i).key("name"),
+                format!(
+                    "route name {:?} is already used by routes[{first}]: names must be unique",
+                    r.name
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Two routes may not listen on the same address, nor on the same port where
+/// one of them is the wildcard of that family: with SO_REUSEPORT the kernel
+/// would let both bind and quietly send each client to only one of them.
+fn check_listen(routes: &[Route]) -> Result<(), FieldError> {
+    for (i, r) in routes.iter().enumerate() {
+        for (j, other) in routes[..i].iter().enumerate() {
+            let (a, b) = (r.listen, other.listen);
+            if a.port() == 0 || a.port() != b.port() || a.is_ipv4() != b.is_ipv4() {
+                continue;
+            }
+            let why = if a.ip() == b.ip() {
+                "is the same address as"
+            } else if a.ip().is_unspecified() || b.ip().is_unspecified() {
+                "overlaps"
+            } else {
+                continue;
+            };
+            return fail(
+                FieldPath::route(i).key("listen"),
+                format!(
+                    "listen address {a} {why} {b} of route {:?} (routes[{j}]): each route needs its own address",
+                    other.name
+                ),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! sluice: a zero-copy TCP (layer 4) reverse proxy for Linux.
+//!
+//! # Layout
+//! - `cli`: the command line and how its flags become a `Config`.
+//! - `config`: `proxy.yaml`: schema, units, validation, errors with file:line:column.
+//! - `server`: the control thread: resolve, bind, start workers, signals, drain.
+//! - `worker`: one thread, one mio loop: listeners, sessions, timers, pools.
+//! - `session`: one client↔upstream pair: connecting, relaying, failures.
+//! - `relay`: the pump state machine over splice pipes or copy buffers.
+//! - `pipe`: splice pipes and the per-worker pipe pool.
+//! - `timer`: deadlines with `now` passed in.
+//! - `route`: a route as workers run it (bound, resolved).
+//! - `upstream`: resolved upstream sets and balancing.
+//! - `sockopt`: listener, connect and close socket helpers.
+//! - `limits`: the fd limit and the reserve fd.
+//! - `metrics`: per-worker counters.
+
+pub mod cli;
+pub mod config;
+pub mod limits;
+pub mod metrics;
+pub mod pipe;
+pub mod relay;
+pub mod route;
+pub mod server;
+pub mod session;
+pub mod sockopt;
+pub mod timer;
+pub mod upstream;
+pub mod worker;

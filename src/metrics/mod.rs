@@ -1,0 +1,6 @@
+//! Numbers about what sluice is doing. Each worker owns its counters
+//! (`counters.rs`) and is their only writer; readers sum them.
+
+pub mod counters;
+
+pub use counters::{CloseReason, Direction, WorkerCounters};

@@ -1,0 +1,35 @@
+//! Moving bytes: the pump state machine (`pump.rs`) over its two kinds of
+//! stage, splice pipes (`splice.rs`, pipes from `crate::pipe`) and copy
+//! buffers (`copy.rs`). Sessions own pumps; workers own the `Resources`.
+
+pub mod copy;
+pub mod pump;
+pub mod splice;
+
+pub use pump::{Activity, DstFailed, Pump, SrcEnd};
+
+use crate::pipe::PipePool;
+use copy::BufferPool;
+
+/// What a worker lends its pumps: spare pipes and buffers, and the count of
+/// pumps that wanted to splice and had to copy.
+#[derive(Debug)]
+pub struct Resources {
+    /// Splice pipes.
+    pub pipes: PipePool,
+    /// Copy buffers.
+    pub buffers: BufferPool,
+    /// Pumps that switched from splice to copy (no pipe, or splice refused).
+    pub copy_fallbacks: u64,
+}
+
+impl Resources {
+    /// Pools for pipes of `pipe_size` bytes and buffers of the same size.
+    pub fn new(pipe_size: usize, max_pooled_pipes: usize, max_pooled_buffers: usize) -> Resources {
+        Resources {
+            pipes: PipePool::new(pipe_size, max_pooled_pipes),
+            buffers: BufferPool::new(pipe_size, max_pooled_buffers),
+            copy_fallbacks: 0,
+        }
+    }
+}

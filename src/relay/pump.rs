@@ -1,0 +1,299 @@
+//! One direction of a session: the pump state machine of DESIGN.md.
+//!
+//! A pump owns its sticky readiness flags (set by events, cleared only by
+//! `WouldBlock`), the bytes in flight (a pipe for splice, a buffer for copy,
+//! never both), and the end-of-stream bookkeeping. Its step drains before it
+//! fills, fills only while there is room (backpressure), and passes a
+//! half-close on only once everything before it has been delivered. What a
+//! failure means for the session is the session's business.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+
+use mio::net::TcpStream;
+
+use super::Resources;
+use super::copy::CopyStage;
+use super::splice;
+use crate::pipe::Pipe;
+
+/// At most this many drain+fill rounds per call, so one fast session can't
+/// starve the others of its worker; the caller re-runs a pump that says `more`.
+const MAX_ROUNDS: usize = 16;
+
+/// Splice pipes are full by slots (one per skb fragment), not bytes: a 64 KiB
+/// pipe holds ~23 KiB of 1448-byte segments. Past this many bytes in the pipe
+/// we stop filling and drain first (HAProxy's `SPLICE_FULL_HINT`).
+const SPLICE_FULL_HINT: usize = 16 * 1448;
+
+/// How the source side of a pump ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SrcEnd {
+    /// Still open.
+    Open,
+    /// Read returned 0: the peer half-closed.
+    Eof,
+    /// Read failed (reset, timeout): nothing more will come.
+    Failed(io::ErrorKind),
+}
+
+/// Where the bytes in flight are.
+#[derive(Debug)]
+enum Stage {
+    Splice { pipe: Option<Pipe>, len: usize },
+    Copy(CopyStage),
+}
+
+/// What one call to [`Pump::run`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// At least one byte moved (or an end was reached).
+    pub progressed: bool,
+    /// The round cap was hit while work remained: run again soon.
+    pub more: bool,
+}
+
+/// Writing to the destination failed: that side is gone.
+#[derive(Debug)]
+pub struct DstFailed(pub io::Error);
+
+/// One direction of a session.
+#[derive(Debug)]
+pub struct Pump {
+    /// The source had readiness we haven't consumed (sticky).
+    pub src_readable: bool,
+    /// The destination had write space we haven't used up (sticky).
+    pub dst_writable: bool,
+    src: SrcEnd,
+    dst_shut: bool,
+    /// Don't pass EOF on as a FIN: the session will reset the destination instead.
+    hold_fin: bool,
+    stage: Stage,
+    /// Bytes delivered through a pipe.
+    pub spliced: u64,
+    /// Bytes delivered through a buffer.
+    pub copied: u64,
+}
+
+impl Pump {
+    /// A pump that splices (`splice == true`) or copies.
+    pub fn new(splice: bool) -> Pump {
+        Pump {
+            src_readable: false,
+            dst_writable: false,
+            src: SrcEnd::Open,
+            dst_shut: false,
+            hold_fin: false,
+            stage: if splice {
+                Stage::Splice { pipe: None, len: 0 }
+            } else {
+                Stage::Copy(CopyStage::default())
+            },
+            spliced: 0,
+            copied: 0,
+        }
+    }
+
+    /// Bytes taken from the source and not yet delivered.
+    pub fn pending(&self) -> usize {
+        match &self.stage {
+            Stage::Splice { len, .. } => *len,
+            Stage::Copy(c) => c.pending(),
+        }
+    }
+
+    /// How the source ended, if it did.
+    pub fn src_end(&self) -> SrcEnd {
+        self.src
+    }
+
+    /// The source ended and everything it sent has been delivered.
+    pub fn drained(&self) -> bool {
+        self.src != SrcEnd::Open && self.pending() == 0
+    }
+
+    /// Finished cleanly: EOF read, all bytes delivered, FIN passed on.
+    pub fn finished(&self) -> bool {
+        self.drained() && self.dst_shut
+    }
+
+    /// Bytes delivered so far, both modes.
+    pub fn delivered(&self) -> u64 {
+        self.spliced + self.copied
+    }
+
+    /// Never pass a FIN on: the session will end with a reset once this pump
+    /// has delivered what its (failed) source still had for it.
+    pub fn hold_fin(&mut self) {
+        self.hold_fin = true;
+    }
+
+    /// Moves bytes from `src` to `dst` until neither side can make progress,
+    /// the round cap is hit, or `dst` fails.
+    pub fn run(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        res: &mut Resources,
+    ) -> Result<Activity, DstFailed> {
+        let mut act = Activity::default();
+        let mut rounds = 0;
+        loop {
+            let mut progress = self.drain(dst)?;
+            progress |= self.fill(src, res);
+            if !progress {
+                break;
+            }
+            act.progressed = true;
+            rounds += 1;
+            if rounds == MAX_ROUNDS {
+                act.more = self.can_work();
+                break;
+            }
+        }
+        if self.drained() && !self.dst_shut && !self.hold_fin && self.src == SrcEnd::Eof {
+            // Half-close: every byte before the FIN has been delivered.
+            dst.shutdown(Shutdown::Write).map_err(DstFailed)?;
+            self.dst_shut = true;
+            act.progressed = true;
+        }
+        self.release_if_empty(res);
+        Ok(act)
+    }
+
+    /// True if a run would try a syscall: used after hitting the round cap.
+    fn can_work(&self) -> bool {
+        (self.pending() > 0 && self.dst_writable) || (self.src == SrcEnd::Open && self.src_readable)
+    }
+
+    /// Writes in-flight bytes to `dst`. Returns whether any moved.
+    fn drain(&mut self, dst: &TcpStream) -> Result<bool, DstFailed> {
+        if self.pending() == 0 || !self.dst_writable {
+            return Ok(false);
+        }
+        let r = match &mut self.stage {
+            Stage::Splice {
+                pipe: Some(pipe),
+                len,
+            } => splice::pipe_to_socket(pipe, dst, *len).inspect(|&n| {
+                *len -= n.min(*len);
+                self.spliced += n as u64;
+            }),
+            Stage::Splice { pipe: None, .. } => unreachable!("bytes in flight without a pipe"),
+            Stage::Copy(c) => (&*dst).write(c.data()).inspect(|&n| {
+                c.drained(n);
+                self.copied += n as u64;
+            }),
+        };
+        match r {
+            Ok(0) => Err(DstFailed(io::Error::from(io::ErrorKind::WriteZero))),
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.dst_writable = false;
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(DstFailed(e)),
+        }
+    }
+
+    /// Reads from `src` into the stage while there is room. Returns whether
+    /// anything happened (bytes, EOF, or a source failure).
+    fn fill(&mut self, src: &TcpStream, res: &mut Resources) -> bool {
+        if self.src != SrcEnd::Open || !self.src_readable {
+            return false;
+        }
+        let r = match &mut self.stage {
+            Stage::Splice { pipe, len } => {
+                if *len >= SPLICE_FULL_HINT.min(pipe.as_ref().map_or(usize::MAX, |p| p.capacity)) {
+                    return false;
+                }
+                if pipe.is_none() {
+                    match res.pipes.get() {
+                        Some(p) => *pipe = Some(p),
+                        None => {
+                            // No pipe to be had: this pump copies from now on.
+                            res.copy_fallbacks += 1;
+                            self.stage = Stage::Copy(CopyStage::default());
+                            return self.fill(src, res);
+                        }
+                    }
+                }
+                let p = pipe.as_ref().expect("a pipe was just taken");
+                match splice::socket_to_pipe(src, p) {
+                    Err(e) if splice::is_unsupported(&e) && self.spliced == 0 && *len == 0 => {
+                        // This socket pair can't splice: copy instead (counted).
+                        if let Some(p) = pipe.take() {
+                            res.pipes.put(p);
+                        }
+                        res.copy_fallbacks += 1;
+                        self.stage = Stage::Copy(CopyStage::default());
+                        return self.fill(src, res);
+                    }
+                    r => r.inspect(|&n| *len += n),
+                }
+            }
+            Stage::Copy(c) => {
+                if !c.has_room() {
+                    return false;
+                }
+                (&*src)
+                    .read(c.space(&mut res.buffers))
+                    .inspect(|&n| c.filled(n))
+            }
+        };
+        match r {
+            Ok(0) => {
+                self.src = SrcEnd::Eof;
+                true
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // From a socket into a pipe that already holds bytes, EAGAIN
+                // usually means "pipe full", not "socket empty": keep the flag,
+                // or the edge is lost and the tail of the stream stalls. The
+                // next drain empties the pipe and the read is tried again.
+                let ambiguous = matches!(self.stage, Stage::Splice { len, .. } if len > 0);
+                if !ambiguous {
+                    self.src_readable = false;
+                }
+                false
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(e) => {
+                self.src = SrcEnd::Failed(e.kind());
+                true
+            }
+        }
+    }
+
+    /// Returns an empty pipe or buffer to its pool.
+    fn release_if_empty(&mut self, res: &mut Resources) {
+        match &mut self.stage {
+            Stage::Splice { pipe, len: 0 } => {
+                if let Some(p) = pipe.take() {
+                    res.pipes.put(p);
+                }
+            }
+            Stage::Splice { .. } => {}
+            Stage::Copy(c) => c.release_if_empty(&mut res.buffers),
+        }
+    }
+
+    /// Gives back whatever the pump holds; a pipe with bytes in it is dropped.
+    pub fn release(&mut self, res: &mut Resources) {
+        match &mut self.stage {
+            Stage::Splice { pipe, len } => {
+                if let Some(p) = pipe.take() {
+                    if *len == 0 {
+                        res.pipes.put(p)
+                    } else {
+                        res.pipes.discard(p)
+                    }
+                }
+                *len = 0;
+            }
+            Stage::Copy(c) => c.release(&mut res.buffers),
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! One client↔upstream pair: its stage (connecting, relaying), its two
+//! pumps, and what a failure of either side means for the other.
+//!
+//! The session decides; the worker acts. Methods here take readiness and
+//! time and return what should happen (keep going, try the next upstream,
+//! close for this reason, reset that side); the worker owns the poll
+//! registry, the timers and the pools.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use crate::metrics::CloseReason;
+use crate::relay::{DstFailed, Pump, Resources, SrcEnd};
+use crate::route::Route;
+use crate::sockopt::{self, ConnectState};
+use crate::timer::Deadline;
+
+/// Which socket of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The accepted connection.
+    Client,
+    /// The connection we opened.
+    Upstream,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+        })
+    }
+}
+
+/// Where a session is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting for an upstream connect to finish.
+    Connecting {
+        /// Attempts made before this one.
+        attempt: u32,
+        /// When this attempt started (for its timeout).
+        since: Instant,
+    },
+    /// Both sockets connected; the pumps run.
+    Relaying,
+    /// Closed; the worker frees the slot at the end of its event batch.
+    Closed,
+}
+
+/// What the worker should do after the session handled something.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Nothing more now; `more` asks to be run again before the next poll.
+    Continue {
+        /// A pump hit its round cap with work left.
+        more: bool,
+    },
+    /// The connect attempt failed: try the next upstream (or give up).
+    ConnectFailed(io::Error),
+    /// The upstream is connected: start relaying.
+    Connected,
+    /// End the session.
+    Close {
+        /// Why (for counters and logs).
+        reason: CloseReason,
+        /// Reset this side instead of closing it quietly (an abort passed on).
+        reset: Option<Side>,
+    },
+}
+
+/// One session.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique within the process, for logs.
+    pub id: u64,
+    /// The route it came in on.
+    pub route: Arc<Route>,
+    /// The client's socket.
+    pub client: TcpStream,
+    /// Who the client is.
+    pub client_addr: SocketAddr,
+    /// The upstream socket: `None` only between a failed attempt and the next.
+    pub upstream: Option<TcpStream>,
+    /// Index of the current upstream in `route.upstreams`.
+    pub upstream_index: usize,
+    /// Index of the first upstream tried (attempts rotate from here).
+    pub first_upstream: usize,
+    /// Where it is in its life.
+    pub stage: Stage,
+    /// Client → upstream.
+    pub c2u: Pump,
+    /// Upstream → client.
+    pub u2c: Pump,
+    /// The side that failed first, once one has.
+    failed: Option<Side>,
+    /// The armed timer, to cancel it.
+    pub timer: Option<Deadline>,
+    /// Last time a byte moved (idle timeout).
+    last_active: Instant,
+    /// When the client was accepted.
+    pub started: Instant,
+    /// Queued on the worker's ready list.
+    pub ready: bool,
+}
+
+impl Session {
+    /// A new session for an accepted client, before any connect attempt.
+    pub fn new(
+        id: u64,
+        route: Arc<Route>,
+        client: TcpStream,
+        client_addr: SocketAddr,
+        first_upstream: usize,
+        splice: bool,
+        now: Instant,
+    ) -> Session {
+        Session {
+            id,
+            route,
+            client,
+            client_addr,
+            upstream: None,
+            upstream_index: first_upstream,
+            first_upstream,
+            stage: Stage::Connecting {
+                attempt: 0,
+                since: now,
+            },
+            c2u: Pump::new(splice),
+            u2c: Pump::new(splice),
+            failed: None,
+            timer: None,
+            last_active: now,
+            started: now,
+            ready: false,
+        }
+    }
+
+    /// The address of the current upstream.
+    pub fn upstream_addr(&self) -> SocketAddr {
+        self.route.upstreams.upstreams[self.upstream_index].addr
+    }
+
+    /// Records readiness from an event. Edge-triggered: set here, cleared
+    /// only by `WouldBlock` inside the pumps.
+    pub fn on_event(&mut self, side: Side, readable: bool, writable: bool) {
+        let (reader, writer) = match side {
+            Side::Client => (&mut self.c2u, &mut self.u2c),
+            Side::Upstream => (&mut self.u2c, &mut self.c2u),
+        };
+        reader.src_readable |= readable;
+        writer.dst_writable |= writable;
+    }
+
+    /// Starts attempt number `attempt` on a freshly connecting upstream socket.
+    pub fn attempt(&mut self, attempt: u32, index: usize, upstream: TcpStream, now: Instant) {
+        self.upstream_index = index;
+        self.upstream = Some(upstream);
+        self.stage = Stage::Connecting {
+            attempt,
+            since: now,
+        };
+        // Readiness of an earlier upstream socket means nothing for this one.
+        self.u2c.src_readable = false;
+        self.c2u.dst_writable = false;
+    }
+
+    /// Reads the result of the connect in progress.
+    pub fn check_connect(&mut self) -> Verdict {
+        let Some(up) = &self.upstream else {
+            return Verdict::Continue { more: false };
+        };
+        match sockopt::connect_result(up) {
+            ConnectState::Connected => Verdict::Connected,
+            ConnectState::Pending => Verdict::Continue { more: false },
+            ConnectState::Failed(e) => Verdict::ConnectFailed(e),
+        }
+    }
+
+    /// The upstream connected: relaying starts now.
+    pub fn connected(&mut self, now: Instant) {
+        self.stage = Stage::Relaying;
+        self.last_active = now;
+    }
+
+    /// When the armed timer should fire: the connect deadline while
+    /// connecting, the idle deadline while relaying.
+    pub fn deadline(&self) -> Instant {
+        match self.stage {
+            Stage::Connecting { since, .. } => since + self.route.connect_timeout,
+            _ => self.last_active + self.route.idle_timeout,
+        }
+    }
+
+    /// Runs both pumps and decides what follows.
+    pub fn relay(&mut self, res: &mut Resources, now: Instant) -> Verdict {
+        let Some(up) = &self.upstream else {
+            return Verdict::Close {
+                reason: CloseReason::ConnectFailed,
+                reset: None,
+            };
+        };
+        let mut more = false;
+        let mut progressed = false;
+        let mut dst_failed = [None, None];
+        // A pump whose destination failed is dead: don't run it again.
+        if self.failed != Some(Side::Upstream) {
+            match self.c2u.run(&self.client, up, res) {
+                Ok(a) => (more, progressed) = (more | a.more, progressed | a.progressed),
+                Err(DstFailed(e)) => dst_failed[0] = Some(e),
+            }
+        }
+        if self.failed != Some(Side::Client) {
+            match self.u2c.run(up, &self.client, res) {
+                Ok(a) => (more, progressed) = (more | a.more, progressed | a.progressed),
+                Err(DstFailed(e)) => dst_failed[1] = Some(e),
+            }
+        }
+        if progressed {
+            self.last_active = now;
+        }
+        if let Some(e) = &dst_failed[0] {
+            if self.note_failure(Side::Upstream, e.kind()) {
+                return self.reset_both();
+            }
+        }
+        if let Some(e) = &dst_failed[1] {
+            if self.note_failure(Side::Client, e.kind()) {
+                return self.reset_both();
+            }
+        }
+        if let SrcEnd::Failed(kind) = self.c2u.src_end() {
+            self.note_failure(Side::Client, kind);
+        }
+        if let SrcEnd::Failed(kind) = self.u2c.src_end() {
+            self.note_failure(Side::Upstream, kind);
+        }
+        match self.failed {
+            // The failed side's last bytes are delivered: reset the other side.
+            Some(failed) => {
+                let survivor = other(failed);
+                let from_failed = match failed {
+                    Side::Client => &self.c2u,
+                    Side::Upstream => &self.u2c,
+                };
+                if from_failed.drained() {
+                    Verdict::Close {
+                        reason: failure_reason(failed),
+                        reset: Some(survivor),
+                    }
+                } else {
+                    Verdict::Continue { more }
+                }
+            }
+            None if self.c2u.finished() && self.u2c.finished() => Verdict::Close {
+                reason: CloseReason::Clean,
+                reset: None,
+            },
+            None => Verdict::Continue { more },
+        }
+    }
+
+    /// Records that `side` failed. The pump reading from it keeps going until
+    /// it has delivered what that side sent before failing, then the other
+    /// side is reset instead of seeing a clean end. Returns true if both
+    /// sides have now failed.
+    fn note_failure(&mut self, side: Side, kind: io::ErrorKind) -> bool {
+        match self.failed {
+            Some(s) if s == side => false,
+            Some(_) => true,
+            None => {
+                log::debug!("session {}: {side} failed: {kind}", self.id);
+                self.failed = Some(side);
+                let from_failed = match side {
+                    Side::Client => &mut self.c2u,
+                    Side::Upstream => &mut self.u2c,
+                };
+                from_failed.hold_fin();
+                // Read what the failed side still has queued (data that came
+                // before its reset); the read also surfaces the error.
+                from_failed.src_readable = true;
+                false
+            }
+        }
+    }
+
+    fn reset_both(&self) -> Verdict {
+        let failed = self.failed.unwrap_or(Side::Upstream);
+        Verdict::Close {
+            reason: failure_reason(failed),
+            reset: Some(other(failed)),
+        }
+    }
+
+    /// Returns the session's pipes and buffers to the pools.
+    pub fn release(&mut self, res: &mut Resources) {
+        self.c2u.release(res);
+        self.u2c.release(res);
+    }
+
+    /// Time since the client was accepted.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::Client => Side::Upstream,
+        Side::Upstream => Side::Client,
+    }
+}
+
+fn failure_reason(side: Side) -> CloseReason {
+    match side {
+        Side::Client => CloseReason::ClientReset,
+        Side::Upstream => CloseReason::UpstreamReset,
+    }
+}

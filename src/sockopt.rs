@@ -1,0 +1,155 @@
+//! Sockets as sluice makes them: `SO_REUSEPORT` listeners, non-blocking
+//! upstream connects, `TCP_NODELAY`, and the abortive close that passes a
+//! reset on. One small function per job, all through socket2.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+/// Where the kernel caps every listen backlog.
+pub const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
+
+/// The backlog we ask for; the kernel silently caps it at `net.core.somaxconn`.
+pub const DEFAULT_BACKLOG: i32 = 4096;
+
+/// Binds a non-blocking `SO_REUSEPORT` listener, one per worker per route:
+/// the kernel spreads new connections over the workers' sockets.
+pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        // `[::]` means IPv6 only; a route for IPv4 too lists `0.0.0.0` as well.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Starts a non-blocking connect to `addr`. The result arrives later as a
+/// writable event; read it with [`connect_result`].
+pub fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    // The client already chose its segment sizes; holding bytes back for
+    // Nagle would only add latency to every exchange.
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+/// What a connecting socket's first event means.
+#[derive(Debug)]
+pub enum ConnectState {
+    /// Connected: relay.
+    Connected,
+    /// Spurious wake-up: keep waiting.
+    Pending,
+    /// The connect failed.
+    Failed(io::Error),
+}
+
+/// Reads the outcome of a non-blocking connect: writable does not mean
+/// connected. `SO_ERROR` first (set means failed), then `getpeername`
+/// (`ENOTCONN` means still in progress).
+pub fn connect_result(stream: &TcpStream) -> ConnectState {
+    match stream.take_error() {
+        Ok(Some(e)) | Err(e) => return ConnectState::Failed(e),
+        Ok(None) => {}
+    }
+    match stream.peer_addr() {
+        Ok(_) => ConnectState::Connected,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => ConnectState::Pending,
+        Err(e) => ConnectState::Failed(e),
+    }
+}
+
+/// Sets `TCP_NODELAY` on an accepted client socket.
+pub fn set_nodelay(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)
+}
+
+/// Makes the coming close send a reset instead of a FIN (`SO_LINGER` 0).
+/// Only for passing an abort on: on a normal close it would truncate data.
+pub fn reset_on_close(stream: &TcpStream) {
+    // Best effort: if it fails the peer sees a FIN, which still ends the stream.
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// The kernel's `net.core.somaxconn`, if readable.
+pub fn somaxconn() -> Option<i32> {
+    std::fs::read_to_string(SOMAXCONN_PATH)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_reuseport_listeners_share_a_port() {
+        let a = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = a.local_addr().unwrap();
+        let b = reuseport_listener(addr, 16).unwrap();
+        assert_eq!(b.local_addr().unwrap(), addr);
+    }
+
+    #[test]
+    fn connect_to_a_closed_port_fails() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let s = start_connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match connect_result(&s) {
+                ConnectState::Failed(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+                    break;
+                }
+                ConnectState::Connected => panic!("connected to a closed port"),
+                ConnectState::Pending => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "connect never finished"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn connect_to_a_listener_succeeds_with_nodelay() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = start_connect(l.local_addr().unwrap()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !matches!(connect_result(&s), ConnectState::Connected) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "connect never finished"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(s.nodelay().unwrap());
+    }
+}
