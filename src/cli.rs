@@ -22,9 +22,10 @@ pub const DEFAULT_CONFIG: &str = "proxy.yaml";
     version,
     after_help = "\
 Examples:
-  sluice -c proxy.yaml                                   run the routes in proxy.yaml
-  sluice --listen 127.0.0.1:8080 --upstream 127.0.0.1:8000  one route, no file
-  sluice check -c proxy.yaml                             validate and print the effective routes
+  sluice -c proxy.yaml                      run the routes in proxy.yaml
+  sluice --listen 127.0.0.1:8080 --upstream 127.0.0.1:8000
+                                            one route, no file
+  sluice check -c proxy.yaml                validate and print the effective routes
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 Signals: SIGTERM/SIGINT stop accepting and let sessions finish for drain_timeout; a second one stops at once."

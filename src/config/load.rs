@@ -299,6 +299,22 @@ routes:
     }
 
     #[test]
+    fn readme_yaml_snippets_are_valid() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let blocks: Vec<&str> = readme
+            .split("```yaml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .collect();
+        assert!(!blocks.is_empty(), "README.md has no yaml example");
+        for b in blocks {
+            parse_str(b, "README.md").unwrap_or_else(|e| panic!("{e}\n{b}"));
+        }
+    }
+
+    #[test]
     fn shipped_proxy_yaml_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.yaml");
         let c = load_file(&path).unwrap_or_else(|e| panic!("{e}"));

@@ -203,6 +203,7 @@ impl Pump {
         if self.src != SrcEnd::Open || !self.src_readable {
             return false;
         }
+        let mut short_read = false;
         let r = match &mut self.stage {
             Stage::Splice { pipe, len } => {
                 if *len >= SPLICE_FULL_HINT.min(pipe.as_ref().map_or(usize::MAX, |p| p.capacity)) {
@@ -237,11 +238,21 @@ impl Pump {
                 if !c.has_room() {
                     return false;
                 }
-                (&*src)
-                    .read(c.space(&mut res.buffers))
-                    .inspect(|&n| c.filled(n))
+                let space = c.space(&mut res.buffers);
+                let room = space.len();
+                (&*src).read(space).inspect(|&n| {
+                    c.filled(n);
+                    // A short read emptied the socket's queue. Edge-triggered
+                    // epoll reports any byte (or FIN, or reset) that arrives
+                    // after it, so the EAGAIN read that would follow is a
+                    // wasted syscall per message.
+                    short_read = n > 0 && n < room;
+                })
             }
         };
+        if short_read {
+            self.src_readable = false;
+        }
         match r {
             Ok(0) => {
                 self.src = SrcEnd::Eof;
