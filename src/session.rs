@@ -38,6 +38,17 @@ impl fmt::Display for Side {
     }
 }
 
+/// What an event said about one socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Bytes to read.
+    pub readable: bool,
+    /// Room to write (or an error the next write will report).
+    pub writable: bool,
+    /// The peer half-closed or the socket failed (EPOLLRDHUP/HUP/ERR).
+    pub hup: bool,
+}
+
 /// Where a session is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
@@ -150,13 +161,14 @@ impl Session {
 
     /// Records readiness from an event. Edge-triggered: set here, cleared
     /// only by `WouldBlock` inside the pumps.
-    pub fn on_event(&mut self, side: Side, readable: bool, writable: bool) {
+    pub fn on_event(&mut self, side: Side, ready: Readiness) {
         let (reader, writer) = match side {
             Side::Client => (&mut self.c2u, &mut self.u2c),
             Side::Upstream => (&mut self.u2c, &mut self.c2u),
         };
-        reader.src_readable |= readable;
-        writer.dst_writable |= writable;
+        reader.src_readable |= ready.readable || ready.hup;
+        reader.src_hup |= ready.hup;
+        writer.dst_writable |= ready.writable;
     }
 
     /// Starts attempt number `attempt` on a freshly connecting upstream socket.
@@ -169,6 +181,7 @@ impl Session {
         };
         // Readiness of an earlier upstream socket means nothing for this one.
         self.u2c.src_readable = false;
+        self.u2c.src_hup = false;
         self.c2u.dst_writable = false;
     }
 

@@ -22,7 +22,7 @@ use crate::limits::FdReserve;
 use crate::metrics::{CloseReason, Direction, WorkerCounters};
 use crate::relay::Resources;
 use crate::route::Route;
-use crate::session::{Session, Side, Stage, Verdict};
+use crate::session::{Readiness, Session, Side, Stage, Verdict};
 use crate::sockopt;
 use crate::timer::Timers;
 use crate::upstream::SmoothRoundRobin;
@@ -205,9 +205,12 @@ impl Worker {
                         } else {
                             Side::Upstream
                         };
-                        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                        let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
-                        self.on_session_event(key, side, readable, writable, now);
+                        let ready = Readiness {
+                            readable: ev.is_readable(),
+                            writable: ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+                            hup: ev.is_read_closed() || ev.is_error(),
+                        };
+                        self.on_session_event(key, side, ready, now);
                     }
                 }
             }
@@ -445,18 +448,11 @@ impl Worker {
 
     // --------------------------------------------------------------- sessions
 
-    fn on_session_event(
-        &mut self,
-        key: usize,
-        side: Side,
-        readable: bool,
-        writable: bool,
-        now: Instant,
-    ) {
+    fn on_session_event(&mut self, key: usize, side: Side, ready: Readiness, now: Instant) {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
-        s.on_event(side, readable, writable);
+        s.on_event(side, ready);
         match s.stage {
             Stage::Closed => {}
             Stage::Connecting { .. } if side == Side::Upstream => {

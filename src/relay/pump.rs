@@ -64,6 +64,10 @@ pub struct Pump {
     pub src_readable: bool,
     /// The destination had write space we haven't used up (sticky).
     pub dst_writable: bool,
+    /// An event said the source half-closed or failed (EPOLLRDHUP/ERR/HUP).
+    /// From then on a short read is no proof the socket is empty: the FIN may
+    /// already be queued behind the bytes and will raise no further edge.
+    pub src_hup: bool,
     src: SrcEnd,
     dst_shut: bool,
     /// Don't pass EOF on as a FIN: the session will reset the destination instead.
@@ -81,6 +85,7 @@ impl Pump {
         Pump {
             src_readable: false,
             dst_writable: false,
+            src_hup: false,
             src: SrcEnd::Open,
             dst_shut: false,
             hold_fin: false,
@@ -245,8 +250,9 @@ impl Pump {
                     // A short read emptied the socket's queue. Edge-triggered
                     // epoll reports any byte (or FIN, or reset) that arrives
                     // after it, so the EAGAIN read that would follow is a
-                    // wasted syscall per message.
-                    short_read = n > 0 && n < room;
+                    // wasted syscall per message. Not once a FIN or error was
+                    // reported: it may sit behind these bytes, already signalled.
+                    short_read = n > 0 && n < room && !self.src_hup;
                 })
             }
         };
@@ -305,6 +311,187 @@ impl Pump {
                 *len = 0;
             }
             Stage::Copy(c) => c.release(&mut res.buffers),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Interest, Poll, Token};
+    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::time::{Duration, Instant};
+
+    /// A connected loopback pair: (the test's blocking end, the pump's non-blocking end).
+    fn pair() -> (StdStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = StdStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, _) = l.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (peer, TcpStream::from_std(ours))
+    }
+
+    fn payload(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Drives one pump from real edge-triggered events until the source's
+    /// EOF has been passed on, while threads write `data` in uneven chunks
+    /// and read it back (slowly if asked). A lost edge shows up as a timeout.
+    fn relay_through_pump(splice: bool, data: Vec<u8>, slow_reader: bool) -> (Vec<u8>, Pump) {
+        let (mut src_peer, mut src) = pair();
+        let (mut dst_peer, mut dst) = pair();
+        let mut poll = Poll::new().unwrap();
+        poll.registry()
+            .register(&mut src, Token(0), Interest::READABLE)
+            .unwrap();
+        poll.registry()
+            .register(&mut dst, Token(1), Interest::WRITABLE)
+            .unwrap();
+        let expected_len = data.len();
+        let writer = std::thread::spawn(move || {
+            let mut off = 0;
+            let mut step = 1;
+            while off < data.len() {
+                let n = step.min(data.len() - off);
+                src_peer.write_all(&data[off..off + n]).unwrap();
+                off += n;
+                step = (step * 7 + 13) % 200_000 + 1;
+            }
+            src_peer.shutdown(std::net::Shutdown::Write).unwrap();
+            src_peer
+        });
+        let reader = std::thread::spawn(move || {
+            dst_peer
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut out = Vec::with_capacity(expected_len);
+            let mut buf = vec![0; 7919];
+            loop {
+                let n = dst_peer.read(&mut buf).unwrap();
+                if n == 0 {
+                    return out;
+                }
+                out.extend_from_slice(&buf[..n]);
+                if slow_reader {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        let mut res = Resources::new(64 << 10, 4, 4);
+        let mut pump = Pump::new(splice);
+        let mut events = Events::with_capacity(8);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pump.finished() {
+            assert!(
+                Instant::now() < deadline,
+                "pump stalled with {} bytes pending",
+                pump.pending()
+            );
+            poll.poll(&mut events, Some(Duration::from_secs(5)))
+                .unwrap();
+            for ev in events.iter() {
+                match ev.token() {
+                    Token(0) => {
+                        pump.src_readable = true;
+                        pump.src_hup |= ev.is_read_closed() || ev.is_error();
+                    }
+                    _ => pump.dst_writable = true,
+                }
+            }
+            loop {
+                let act = pump.run(&src, &dst, &mut res).unwrap();
+                if !act.more {
+                    break;
+                }
+            }
+        }
+        pump.release(&mut res);
+        assert_eq!(
+            res.pipes.counts().in_use,
+            0,
+            "every pipe went back to the pool"
+        );
+        let _src_peer = writer.join().unwrap();
+        (reader.join().unwrap(), pump)
+    }
+
+    #[test]
+    fn splice_pump_is_byte_exact_and_passes_eof_on() {
+        for (len, seed) in [(0, 1), (1, 2), (65_535, 3), (65_537, 4), (3 << 20, 5)] {
+            let data = payload(len, seed);
+            let (got, pump) = relay_through_pump(true, data.clone(), false);
+            assert!(
+                got == data,
+                "splice: {len} bytes in, {} out, contents differ",
+                got.len()
+            );
+            assert_eq!(pump.spliced, len as u64);
+            assert_eq!(pump.copied, 0);
+        }
+    }
+
+    #[test]
+    fn copy_pump_is_byte_exact_and_passes_eof_on() {
+        for (len, seed) in [(0, 1), (1, 2), (65_535, 3), (65_537, 4), (3 << 20, 5)] {
+            let data = payload(len, seed);
+            let (got, pump) = relay_through_pump(false, data.clone(), false);
+            assert!(
+                got == data,
+                "copy: {len} bytes in, {} out, contents differ",
+                got.len()
+            );
+            assert_eq!((pump.spliced, pump.copied), (0, len as u64));
+        }
+    }
+
+    #[test]
+    fn slow_reader_gets_every_byte_in_both_modes() {
+        for splice in [true, false] {
+            let data = payload(2 << 20, 9);
+            let (got, _) = relay_through_pump(splice, data.clone(), true);
+            assert!(got == data, "splice={splice}: contents differ");
+        }
+    }
+
+    #[test]
+    fn a_stuck_reader_stops_the_pump_without_spinning() {
+        for splice in [true, false] {
+            let (mut src_peer, src) = pair();
+            let (_dst_peer, dst) = pair();
+            let mut res = Resources::new(64 << 10, 4, 4);
+            let mut pump = Pump::new(splice);
+            let chunk = payload(1 << 20, 3);
+            src_peer.set_nonblocking(true).unwrap();
+            let mut idle_runs = 0;
+            // Keep offering bytes; the destination never reads.
+            for _ in 0..2000 {
+                let _ = src_peer.write(&chunk);
+                pump.src_readable = true;
+                pump.dst_writable = true;
+                let act = pump.run(&src, &dst, &mut res).unwrap();
+                if !act.progressed {
+                    idle_runs += 1;
+                    if idle_runs > 20 {
+                        break;
+                    }
+                }
+            }
+            assert!(
+                idle_runs > 20,
+                "splice={splice}: the pump kept making progress into a reader that never reads"
+            );
+            assert!(!pump.dst_writable, "the full destination cleared its flag");
+            assert!(pump.pending() > 0, "bytes wait in the pipe or buffer");
+            pump.release(&mut res);
         }
     }
 }
