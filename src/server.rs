@@ -100,6 +100,9 @@ pub fn worker_count(w: Workers) -> usize {
 
 /// Starts the workers for `config` and serves until a signal ends it.
 pub fn run(config: &Config) -> Result<(), ServerError> {
+    // Signal handlers first: a SIGTERM that arrives while we bind must drain, not kill.
+    let signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(io_err("installing signal handlers"))?;
     match limits::raise_nofile() {
         Ok(n) => log::info!("file descriptor limit: {n}"),
         Err(e) => log::warn!("cannot raise the file descriptor limit: {e}"),
@@ -148,18 +151,20 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         fmt_size(pipe_size as u64),
         config.max_connections
     );
-    let result = control_loop(&mut handles, config.drain_timeout);
+    let result = control_loop(signals, &mut handles, config.drain_timeout);
     let totals = Totals::sum(handles.iter().map(|h| &*h.counters));
     log::info!("stopped: {totals}");
     result
 }
 
 /// Waits for signals and for the workers; returns when every worker has exited.
-fn control_loop(handles: &mut [WorkerHandle], drain_timeout: Duration) -> Result<(), ServerError> {
+fn control_loop(
+    mut signals: Signals,
+    handles: &mut [WorkerHandle],
+    drain_timeout: Duration,
+) -> Result<(), ServerError> {
     const SIGNALS: Token = Token(0);
     let mut poll = Poll::new().map_err(io_err("creating the control poll"))?;
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(io_err("installing signal handlers"))?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .map_err(io_err("registering signals"))?;

@@ -31,19 +31,17 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let de = serde_yaml::Deserializer::from_str(text);
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = match e.path().to_string() {
-            p if p == "." => String::new(),
-            p => p,
-        };
+        let path = e.path().to_string();
         let inner = e.into_inner();
+        let (field, message) = describe_yaml_error(&inner.to_string(), &path);
         ConfigError::Invalid {
             origin: origin.to_owned(),
             location: inner.location().map(|l| Location {
                 line: l.line(),
                 column: l.column(),
             }),
-            message: strip_location(&inner.to_string(), &field),
             field,
+            message,
         }
     })?;
     validate::validate(raw).map_err(|e| ConfigError::Invalid {
@@ -54,18 +52,38 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     })
 }
 
-/// serde_yaml appends " at line L column C" and prefixes the field path;
-/// we print both ourselves, in front.
-fn strip_location(msg: &str, field: &str) -> String {
-    let msg = match msg.rfind(" at line ") {
-        Some(i) if msg[i..].contains(" column ") => &msg[..i],
-        _ => msg,
+/// Splits a serde_yaml message into (field path, message). serde_yaml
+/// appends " at line L column C" (we print the location in front) and
+/// prefixes its own, shorter path. A YAML syntax error has no meaningful
+/// field: the path is wherever the parser happened to be.
+fn describe_yaml_error(msg: &str, path: &str) -> (String, String) {
+    let mut msg = msg.to_owned();
+    while let Some(i) = msg.find(" at line ") {
+        let rest = &msg[i + " at line ".len()..];
+        let Some(col) = rest.find(" column ") else {
+            break;
+        };
+        let digits = rest[col + " column ".len()..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        let end = i + " at line ".len() + col + " column ".len() + digits;
+        msg.replace_range(i..end, "");
+    }
+    if msg.contains("while parsing") || msg.contains("while scanning") {
+        return (String::new(), format!("YAML syntax error: {msg}"));
+    }
+    let field = if path == "." {
+        String::new()
+    } else {
+        path.to_owned()
     };
-    match msg.split_once(": ") {
+    let message = match msg.split_once(": ") {
         // serde_yaml's path stops at the enclosing map; ours names the field.
         Some((head, rest)) if !head.is_empty() && field.starts_with(head) => rest.to_owned(),
-        _ => msg.to_owned(),
-    }
+        _ => msg,
+    };
+    (field, message)
 }
 
 const FOUND: &str = "\u{0}sluice-locate-marker";

@@ -1,0 +1,30 @@
+//! Integration tests: the real `sluice` binary against backends on
+//! 127.0.0.1:0. Relay tests run in both relay modes (`both_modes!`).
+
+mod backends;
+mod harness;
+
+/// Generates `splice` and `copy` test functions in a module named after
+/// the behaviour, each calling `$body(mode)`.
+macro_rules! both_modes {
+    ($($name:ident => $body:ident;)*) => {
+        $(
+            mod $name {
+                #[test]
+                fn splice() {
+                    super::$body("splice");
+                }
+                #[test]
+                fn copy() {
+                    super::$body("copy");
+                }
+            }
+        )*
+    };
+}
+
+mod cli;
+mod config_errors;
+mod lifecycle;
+mod relay;
+mod resilience;
