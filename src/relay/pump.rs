@@ -347,6 +347,15 @@ mod tests {
     /// EOF has been passed on, while threads write `data` in uneven chunks
     /// and read it back (slowly if asked). A lost edge shows up as a timeout.
     fn relay_through_pump(splice: bool, data: Vec<u8>, slow_reader: bool) -> (Vec<u8>, Pump) {
+        relay_with(Resources::new(64 << 10, 4, 4), splice, data, slow_reader).0
+    }
+
+    fn relay_with(
+        mut res: Resources,
+        splice: bool,
+        data: Vec<u8>,
+        slow_reader: bool,
+    ) -> ((Vec<u8>, Pump), Resources) {
         let (mut src_peer, mut src) = pair();
         let (mut dst_peer, mut dst) = pair();
         let mut poll = Poll::new().unwrap();
@@ -386,7 +395,6 @@ mod tests {
                 }
             }
         });
-        let mut res = Resources::new(64 << 10, 4, 4);
         let mut pump = Pump::new(splice);
         let mut events = Events::with_capacity(8);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -421,7 +429,22 @@ mod tests {
             "every pipe went back to the pool"
         );
         let _src_peer = writer.join().unwrap();
-        (reader.join().unwrap(), pump)
+        ((reader.join().unwrap(), pump), res)
+    }
+
+    #[test]
+    fn without_a_pipe_the_splice_pump_copies_and_counts_it() {
+        let res = Resources {
+            pipes: crate::pipe::PipePool::new(1 << 30, 4), // no such pipe can be made
+            buffers: super::super::copy::BufferPool::new(64 << 10, 4),
+            copy_fallbacks: 0,
+        };
+        let data = payload(1 << 20, 17);
+        let ((got, pump), res) = relay_with(res, true, data.clone(), false);
+        assert!(got == data, "fallback copy differs");
+        assert_eq!((pump.spliced, pump.copied), (0, 1 << 20));
+        assert_eq!(res.copy_fallbacks, 1);
+        assert_eq!(res.pipes.counts().refused, 1);
     }
 
     #[test]
