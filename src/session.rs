@@ -192,6 +192,10 @@ impl Session {
         };
         match sockopt::connect_result(up) {
             ConnectState::Connected => Verdict::Connected,
+            ConnectState::ConnectedThenReset => {
+                self.u2c.fail_at_eof(io::ErrorKind::ConnectionReset);
+                Verdict::Connected
+            }
             ConnectState::Pending => Verdict::Continue { more: false },
             ConnectState::Failed(e) => Verdict::ConnectFailed(e),
         }

@@ -58,6 +58,9 @@ pub fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
 pub enum ConnectState {
     /// Connected: relay.
     Connected,
+    /// Connected, and already reset by the peer: relay what it sent, then
+    /// pass the reset on (the error has been consumed; reads will end in EOF).
+    ConnectedThenReset,
     /// Spurious wake-up: keep waiting.
     Pending,
     /// The connect failed.
@@ -69,6 +72,12 @@ pub enum ConnectState {
 /// (`ENOTCONN` means still in progress).
 pub fn connect_result(stream: &TcpStream) -> ConnectState {
     match stream.take_error() {
+        // A refused handshake is ECONNREFUSED; a reset means the handshake
+        // completed and the peer reset afterwards (say, a server that writes
+        // "too many connections" and aborts). Its bytes are still queued.
+        Ok(Some(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+            return ConnectState::ConnectedThenReset;
+        }
         Ok(Some(e)) | Err(e) => return ConnectState::Failed(e),
         Ok(None) => {}
     }
@@ -126,7 +135,9 @@ mod tests {
                     assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
                     break;
                 }
-                ConnectState::Connected => panic!("connected to a closed port"),
+                ConnectState::Connected | ConnectState::ConnectedThenReset => {
+                    panic!("connected to a closed port")
+                }
                 ConnectState::Pending => {
                     assert!(
                         std::time::Instant::now() < deadline,
@@ -136,6 +147,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_reset_right_after_the_handshake_is_not_a_connect_failure() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = start_connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        server.write_all(b"too many connections").unwrap();
+        SockRef::from(&server)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(server);
+        // Wait until the reset has arrived (EPOLLERR/HUP) before looking.
+        let mut poll = mio::Poll::new().unwrap();
+        poll.registry()
+            .register(&mut s, mio::Token(0), mio::Interest::READABLE)
+            .unwrap();
+        let mut events = mio::Events::with_capacity(4);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !events
+            .iter()
+            .any(|e| e.is_error() || (e.is_read_closed() && e.is_write_closed()))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reset never arrived"
+            );
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+        }
+        assert!(matches!(
+            connect_result(&s),
+            ConnectState::ConnectedThenReset
+        ));
+        // What the server sent before its reset is still there to relay.
+        let mut got = Vec::new();
+        let _ = (&s).read_to_end(&mut got);
+        assert_eq!(got, b"too many connections");
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct Pump {
     dst_shut: bool,
     /// Don't pass EOF on as a FIN: the session will reset the destination instead.
     hold_fin: bool,
+    /// The source is known to have been reset (its error already consumed):
+    /// its EOF is really this failure.
+    eof_is_failure: Option<io::ErrorKind>,
     stage: Stage,
     /// Bytes delivered through a pipe.
     pub spliced: u64,
@@ -89,6 +92,7 @@ impl Pump {
             src: SrcEnd::Open,
             dst_shut: false,
             hold_fin: false,
+            eof_is_failure: None,
             stage: if splice {
                 Stage::Splice { pipe: None, len: 0 }
             } else {
@@ -125,6 +129,12 @@ impl Pump {
     /// Bytes delivered so far, both modes.
     pub fn delivered(&self) -> u64 {
         self.spliced + self.copied
+    }
+
+    /// The source was reset before we read from it (the reset was reported
+    /// while connecting): deliver what it sent, then end as `kind`, not EOF.
+    pub fn fail_at_eof(&mut self, kind: io::ErrorKind) {
+        self.eof_is_failure = Some(kind);
     }
 
     /// Never pass a FIN on: the session will end with a reset once this pump
@@ -261,7 +271,7 @@ impl Pump {
         }
         match r {
             Ok(0) => {
-                self.src = SrcEnd::Eof;
+                self.src = self.eof_is_failure.map_or(SrcEnd::Eof, SrcEnd::Failed);
                 true
             }
             Ok(_) => true,
@@ -430,6 +440,31 @@ mod tests {
         );
         let _src_peer = writer.join().unwrap();
         ((reader.join().unwrap(), pump), res)
+    }
+
+    #[test]
+    fn a_source_reset_before_we_read_ends_in_failure_after_its_bytes() {
+        for splice in [true, false] {
+            let (mut src_peer, src) = pair();
+            let (mut dst_peer, dst) = pair();
+            src_peer.write_all(b"bye").unwrap();
+            drop(src_peer);
+            let mut res = Resources::new(64 << 10, 4, 4);
+            let mut pump = Pump::new(splice);
+            pump.fail_at_eof(io::ErrorKind::ConnectionReset);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !pump.drained() {
+                assert!(Instant::now() < deadline, "splice={splice}: never drained");
+                pump.src_readable = true;
+                pump.dst_writable = true;
+                pump.run(&src, &dst, &mut res).unwrap();
+            }
+            assert_eq!(pump.src_end(), SrcEnd::Failed(io::ErrorKind::ConnectionReset));
+            assert!(!pump.finished(), "splice={splice}: a failed source must not pass a FIN on");
+            let mut got = [0; 3];
+            dst_peer.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"bye");
+        }
     }
 
     #[test]
