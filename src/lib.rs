@@ -14,6 +14,7 @@
 //! - `sockopt`: listener, connect and close socket helpers.
 //! - `limits`: the fd limit and the reserve fd.
 //! - `metrics`: per-worker counters.
+//! - `sysctl`: reading kernel settings from /proc/sys.
 
 pub mod cli;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod sockopt;
+pub mod sysctl;
 pub mod timer;
 pub mod upstream;
 pub mod worker;

@@ -12,9 +12,6 @@ use std::os::fd::OwnedFd;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::pipe2;
 
-/// Where the kernel publishes the largest pipe an unprivileged process may ask for.
-pub const PIPE_MAX_SIZE_PATH: &str = "/proc/sys/fs/pipe-max-size";
-
 /// A non-blocking pipe sized for splicing.
 #[derive(Debug)]
 pub struct Pipe {
@@ -154,11 +151,7 @@ impl PipePool {
 
 /// Reads `fs.pipe-max-size`, the largest pipe we may ask for without `CAP_SYS_RESOURCE`.
 pub fn pipe_max_size() -> Option<usize> {
-    std::fs::read_to_string(PIPE_MAX_SIZE_PATH)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    crate::sysctl::read("fs/pipe-max-size")
 }
 
 #[cfg(test)]

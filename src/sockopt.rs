@@ -9,9 +9,6 @@ use std::time::Duration;
 use mio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-/// Where the kernel caps every listen backlog.
-pub const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
-
 /// The backlog we ask for; the kernel silently caps it at `net.core.somaxconn`.
 pub const DEFAULT_BACKLOG: i32 = 4096;
 
@@ -102,11 +99,7 @@ pub fn reset_on_close(stream: &TcpStream) {
 
 /// The kernel's `net.core.somaxconn`, if readable.
 pub fn somaxconn() -> Option<i32> {
-    std::fs::read_to_string(SOMAXCONN_PATH)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    crate::sysctl::read("net/core/somaxconn")
 }
 
 #[cfg(test)]

@@ -459,8 +459,14 @@ mod tests {
                 pump.dst_writable = true;
                 pump.run(&src, &dst, &mut res).unwrap();
             }
-            assert_eq!(pump.src_end(), SrcEnd::Failed(io::ErrorKind::ConnectionReset));
-            assert!(!pump.finished(), "splice={splice}: a failed source must not pass a FIN on");
+            assert_eq!(
+                pump.src_end(),
+                SrcEnd::Failed(io::ErrorKind::ConnectionReset)
+            );
+            assert!(
+                !pump.finished(),
+                "splice={splice}: a failed source must not pass a FIN on"
+            );
             let mut got = [0; 3];
             dst_peer.read_exact(&mut got).unwrap();
             assert_eq!(&got, b"bye");
