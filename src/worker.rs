@@ -377,14 +377,15 @@ impl Worker {
             self.sessions[key].id,
             self.listeners[li].route.name
         );
-        self.connect(key, 0, now);
+        self.connect(key, 0, String::new(), now);
     }
 
     // ---------------------------------------------------------------- connect
 
     /// Starts connect attempt `attempt` (rotating through the route's
     /// upstreams from the first pick), skipping upstreams that fail at once.
-    fn connect(&mut self, key: usize, mut attempt: u32, now: Instant) {
+    /// `last` says why the previous attempt failed, for the warning if none is left.
+    fn connect(&mut self, key: usize, mut attempt: u32, mut last: String, now: Instant) {
         let (route, first, id) = {
             let s = &self.sessions[key];
             (Arc::clone(&s.route), s.first_upstream, s.id)
@@ -414,17 +415,20 @@ impl Worker {
                 Err(e) => {
                     WorkerCounters::inc(&self.counters.connect_failures);
                     log::debug!("session {id}: connect to {addr} failed at once: {e}");
+                    last = format!("{addr}: {e}");
+                    attempt += 1;
                     if is_fd_exhaustion(&e) {
                         // No fd for an upstream socket: other upstreams won't do better.
                         break;
                     }
+                    continue;
                 }
             }
-            attempt += 1;
         }
         let client = self.sessions[key].client_addr;
         self.warn(format!(
-            "route {}: no upstream reachable for client {client} after {attempt} attempt(s); closing it",
+            "route {}: no upstream reachable for client {client} after {attempt} attempt(s), last {last}; \
+             closing it",
             route.name
         ));
         self.close(key, CloseReason::ConnectFailed, None, now);
@@ -436,14 +440,12 @@ impl Worker {
         let Stage::Connecting { attempt, .. } = s.stage else {
             return;
         };
-        log::debug!(
-            "session {}: upstream {} failed: {e}",
-            s.id,
-            s.route.upstreams.upstreams[s.upstream_index]
-        );
+        let upstream = &s.route.upstreams.upstreams[s.upstream_index];
+        log::debug!("session {}: upstream {upstream} failed: {e}", s.id);
+        let last = format!("{upstream}: {e}");
         // Dropping the socket also removes it from the poll.
         s.upstream = None;
-        self.connect(key, attempt + 1, now);
+        self.connect(key, attempt + 1, last, now);
     }
 
     // --------------------------------------------------------------- sessions
