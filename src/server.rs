@@ -75,7 +75,7 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
 type Listeners = Vec<(TcpListener, Arc<Route>)>;
 
 struct WorkerHandle {
-    thread: Option<JoinHandle<io::Result<()>>>,
+    thread: Option<JoinHandle<()>>,
     tx: Sender<Control>,
     waker: Arc<Waker>,
     counters: Arc<WorkerCounters>,
@@ -89,6 +89,16 @@ impl WorkerHandle {
         }
     }
 }
+
+/// A worker's last word to the control thread.
+struct Exit {
+    id: usize,
+    outcome: Result<(), String>,
+}
+
+/// Tokens of the control thread's poll.
+const SIGNALS: Token = Token(0);
+const WORKER_EXIT: Token = Token(1);
 
 /// How many workers `workers:` means on this machine.
 pub fn worker_count(w: Workers) -> usize {
@@ -115,17 +125,28 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         max_connections: config.max_connections,
     });
 
+    // The control thread sleeps until a signal arrives or a worker exits.
+    let poll = Poll::new().map_err(io_err("creating the control poll"))?;
+    let mut signals = signals;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)
+        .map_err(io_err("registering signals"))?;
+    let exit_waker =
+        Arc::new(Waker::new(poll.registry(), WORKER_EXIT).map_err(io_err("creating a waker"))?);
+    let (exit_tx, exits) = mpsc::channel::<Exit>();
+
     let mut handles = Vec::with_capacity(workers);
     for (id, listeners) in routes.into_iter().enumerate() {
-        let poll = Poll::new().map_err(io_err("creating a poll"))?;
+        let worker_poll = Poll::new().map_err(io_err("creating a poll"))?;
         let waker = Arc::new(
-            Waker::new(poll.registry(), worker::WAKER).map_err(io_err("creating a waker"))?,
+            Waker::new(worker_poll.registry(), worker::WAKER)
+                .map_err(io_err("creating a waker"))?,
         );
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(WorkerCounters::default());
         let setup = WorkerSetup {
             id,
-            poll,
+            poll: worker_poll,
             listeners,
             control: rx,
             shared: Arc::clone(&shared),
@@ -133,9 +154,20 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
             splice: config.relay == RelayMode::Splice,
             pipe_size,
         };
+        let (exit_tx, exit_waker) = (exit_tx.clone(), Arc::clone(&exit_waker));
         let thread = std::thread::Builder::new()
             .name(format!("sluice-w{id}"))
-            .spawn(move || Worker::new(setup)?.run())
+            .spawn(move || {
+                // Report how the worker ended, even if it panicked (debug builds unwind).
+                let run = std::panic::AssertUnwindSafe(|| Worker::new(setup).and_then(Worker::run));
+                let outcome = match std::panic::catch_unwind(run) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("panicked".to_owned()),
+                };
+                let _ = exit_tx.send(Exit { id, outcome });
+                let _ = exit_waker.wake();
+            })
             .map_err(io_err("starting a worker thread"))?;
         handles.push(WorkerHandle {
             thread: Some(thread),
@@ -151,7 +183,13 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         fmt_size(pipe_size as u64),
         config.max_connections
     );
-    let result = control_loop(signals, &mut handles, config.drain_timeout);
+    let result = control_loop(
+        poll,
+        &mut signals,
+        &exits,
+        &mut handles,
+        config.drain_timeout,
+    );
     let totals = Totals::sum(handles.iter().map(|h| &*h.counters));
     log::info!("stopped: {totals}");
     result
@@ -159,20 +197,23 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
 
 /// Waits for signals and for the workers; returns when every worker has exited.
 fn control_loop(
-    mut signals: Signals,
+    mut poll: Poll,
+    signals: &mut Signals,
+    exits: &mpsc::Receiver<Exit>,
     handles: &mut [WorkerHandle],
     drain_timeout: Duration,
 ) -> Result<(), ServerError> {
-    const SIGNALS: Token = Token(0);
-    let mut poll = Poll::new().map_err(io_err("creating the control poll"))?;
-    poll.registry()
-        .register(&mut signals, SIGNALS, Interest::READABLE)
-        .map_err(io_err("registering signals"))?;
     let mut events = Events::with_capacity(8);
     let mut draining = false;
     let mut failure = None;
+    let drain = |handles: &[WorkerHandle]| {
+        let deadline = Instant::now() + drain_timeout;
+        handles
+            .iter()
+            .for_each(|h| h.send(Control::Drain { deadline }));
+    };
     loop {
-        match poll.poll(&mut events, Some(Duration::from_millis(200))) {
+        match poll.poll(&mut events, None) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -182,55 +223,46 @@ fn control_loop(
                 });
             }
         }
-        for signal in signals.pending() {
-            match signal {
-                SIGHUP => log::warn!(
-                    "SIGHUP received: configuration reload is not supported yet; ignoring it"
-                ),
-                _ if draining => {
-                    log::info!("second stop signal: closing every session now");
-                    handles.iter().for_each(|h| h.send(Control::Stop));
-                }
-                _ => {
-                    draining = true;
-                    log::info!(
-                        "{} received: no new connections; running sessions get up to {:?} to finish",
-                        if signal == SIGINT {
+        if events.iter().any(|e| e.token() == SIGNALS) {
+            for signal in signals.pending() {
+                match signal {
+                    SIGHUP => log::warn!(
+                        "SIGHUP received: configuration reload is not supported yet; ignoring it"
+                    ),
+                    _ if draining => {
+                        log::info!("second stop signal: closing every session now");
+                        handles.iter().for_each(|h| h.send(Control::Stop));
+                    }
+                    _ => {
+                        draining = true;
+                        let name = if signal == SIGINT {
                             "SIGINT"
                         } else {
                             "SIGTERM"
-                        },
-                        drain_timeout
-                    );
-                    let deadline = Instant::now() + drain_timeout;
-                    handles
-                        .iter()
-                        .for_each(|h| h.send(Control::Drain { deadline }));
+                        };
+                        log::info!(
+                            "{name} received: no new connections; running sessions get up to {drain_timeout:?} to finish"
+                        );
+                        drain(handles);
+                    }
                 }
             }
         }
-        for (id, h) in handles.iter_mut().enumerate() {
-            if h.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                let outcome = h.thread.take().map(JoinHandle::join);
-                let err = match outcome {
-                    Some(Ok(Ok(()))) if draining => None,
-                    Some(Ok(Ok(()))) => Some("exited unexpectedly".to_owned()),
-                    Some(Ok(Err(e))) => Some(e.to_string()),
-                    Some(Err(_)) => Some("panicked".to_owned()),
-                    None => None,
-                };
-                if let Some(why) = err {
-                    log::error!("worker {id} {why}; shutting down");
-                    failure.get_or_insert(ServerError::Worker(id, why));
-                    if !draining {
-                        draining = true;
-                        let deadline = Instant::now() + drain_timeout;
-                        handles
-                            .iter()
-                            .for_each(|h| h.send(Control::Drain { deadline }));
-                        break;
-                    }
-                }
+        while let Ok(Exit { id, outcome }) = exits.try_recv() {
+            if let Some(t) = handles[id].thread.take() {
+                // It has sent its last word: the join is immediate.
+                let _ = t.join();
+            }
+            let why = match outcome {
+                Ok(()) if draining => continue,
+                Ok(()) => "exited unexpectedly".to_owned(),
+                Err(e) => e,
+            };
+            log::error!("worker {id} {why}; shutting down");
+            failure.get_or_insert(ServerError::Worker(id, why));
+            if !draining {
+                draining = true;
+                drain(handles);
             }
         }
         if handles.iter().all(|h| h.thread.is_none()) {

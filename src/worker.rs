@@ -30,6 +30,10 @@ use crate::upstream::SmoothRoundRobin;
 /// Token of the control channel's waker.
 pub const WAKER: Token = Token(0);
 const SESSION_BASE: usize = 1 << 16;
+/// Accepts per listener per loop turn. Accepting a whole queue at once (thousands
+/// after a burst) would hold up every established session's events for tens of
+/// milliseconds; HAProxy's `tune.maxaccept` is 64 for the same reason.
+const ACCEPT_BATCH: usize = 64;
 /// How long a listener rests after accept hit the fd limit.
 const FD_RETRY: Duration = Duration::from_millis(100);
 /// How long a listener rests at `max_connections` before it looks again
@@ -94,6 +98,8 @@ struct Listener {
     balancer: SmoothRoundRobin,
     /// Not accepting until a retry timer or a closing session wakes it.
     paused: bool,
+    /// The last accept round stopped at `ACCEPT_BATCH` with clients maybe still queued.
+    backlog: bool,
 }
 
 /// A running worker's state.
@@ -148,6 +154,7 @@ impl Worker {
                 route,
                 balancer,
                 paused: false,
+                backlog: false,
             });
         }
         Ok(Worker {
@@ -182,7 +189,7 @@ impl Worker {
         }
         loop {
             let now = Instant::now();
-            let timeout = if self.ready.is_empty() {
+            let timeout = if self.ready.is_empty() && !self.listeners.iter().any(|l| l.backlog) {
                 self.timers.next_timeout(now)
             } else {
                 Some(Duration::ZERO)
@@ -268,7 +275,8 @@ impl Worker {
         if l.paused {
             return;
         }
-        loop {
+        l.backlog = false;
+        for _ in 0..ACCEPT_BATCH {
             if self.shared.active.load(Ordering::Relaxed) >= self.shared.max_connections {
                 // At the limit we stop accepting: clients wait in the kernel's
                 // queue instead of being accepted and dropped.
@@ -299,6 +307,9 @@ impl Worker {
                 }
             }
         }
+        // More may be queued and no new edge will say so: come back after
+        // the sessions that already have events have had their turn.
+        self.listeners[li].backlog = true;
     }
 
     /// accept hit the fd limit. The connection stays queued and an
@@ -496,6 +507,11 @@ impl Worker {
     }
 
     fn run_ready(&mut self, now: Instant) {
+        for li in 0..self.listeners.len() {
+            if self.listeners[li].backlog {
+                self.accept(li, now);
+            }
+        }
         if self.ready.is_empty() {
             return;
         }
