@@ -17,6 +17,23 @@ pub fn raise_nofile() -> io::Result<u64> {
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
 }
 
+/// CAP_SYS_ADMIN and CAP_SYS_RESOURCE: either exempts a process from the
+/// per-user pipe memory limits (`fs.pipe-user-pages-soft`/`-hard`).
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// True if the per-user pipe memory limits apply to this process (it has
+/// neither CAP_SYS_RESOURCE nor CAP_SYS_ADMIN, as in most containers).
+pub fn pipe_limits_apply() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    eff & (1 << CAP_SYS_ADMIN) == 0 && eff & (1 << CAP_SYS_RESOURCE) == 0
+}
+
 /// One spare file descriptor held so that, when accept fails with `EMFILE`,
 /// a worker can still take one connection off the queue and close it: the
 /// client learns at once instead of waiting blind, and the queue moves.

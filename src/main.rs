@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             print!("{}", config.describe(server::worker_count(config.workers)));
             ExitCode::SUCCESS
         }
-        None => match server::run(&config) {
+        None => match server::run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 log::error!("{e}");

@@ -1,13 +1,17 @@
-//! Splice pipes and the per-worker pool they come from.
+//! Splice pipes, the per-worker pool they come from, and the process-wide
+//! budget that bounds how many exist.
 //!
 //! A pump takes a pipe only while it has bytes to move and gives it back as
 //! soon as the pipe is empty, so idle sessions hold no pipes. A pipe closed
-//! with bytes in it is dropped, never pooled. When a pipe cannot be had
-//! (fd limit, pipe memory limit, a pipe shorter than asked) the pool says
-//! so and the pump copies instead; the pool counts it.
+//! with bytes in it is dropped, never pooled. When a pipe cannot be had (the
+//! budget is spent, the fd limit, the per-user pipe memory limit, a pipe
+//! shorter than asked) the pool says so and the pump copies instead; the
+//! pool counts it.
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::pipe2;
@@ -54,15 +58,96 @@ impl Pipe {
     }
 }
 
+/// How many pipes the whole process may hold (in use and pooled), shared by
+/// the workers: at most a quarter of the fd limit (two fds per pipe, and
+/// sessions need the rest), and, for a process the per-user pipe memory
+/// limit applies to, 90 % of `fs.pipe-user-pages-soft` (other processes of
+/// the same user need some too).
+#[derive(Debug)]
+pub struct PipeBudget {
+    total: AtomicUsize,
+    cap: AtomicUsize,
+    nofile: u64,
+}
+
+impl PipeBudget {
+    /// The budget for a process with `nofile` fds making `pipe_size`-byte pipes.
+    pub fn new(nofile: u64, pipe_size: usize) -> PipeBudget {
+        let b = PipeBudget {
+            total: AtomicUsize::new(0),
+            cap: AtomicUsize::new(0),
+            nofile,
+        };
+        b.resize(pipe_size);
+        b
+    }
+
+    /// Recomputes the cap for a new pipe size (reload).
+    pub fn resize(&self, pipe_size: usize) {
+        let by_fds = usize::try_from(self.nofile / 4).unwrap_or(usize::MAX);
+        let soft_pages = if crate::limits::pipe_limits_apply() {
+            crate::sysctl::read::<usize>("fs/pipe-user-pages-soft").filter(|&n| n > 0)
+        } else {
+            None
+        };
+        let cap = match soft_pages {
+            Some(pages) => {
+                let per_pipe = pipe_size.div_ceil(4096).max(1);
+                let by_pages = pages / per_pipe * 9 / 10;
+                log::info!(
+                    "splice pipes: at most {} ({by_fds} by the fd limit, {by_pages} by fs.pipe-user-pages-soft = {pages} \
+                     pages); pumps copy beyond that",
+                    by_fds.min(by_pages)
+                );
+                by_fds.min(by_pages)
+            }
+            None => {
+                log::info!(
+                    "splice pipes: at most {by_fds} (a quarter of the fd limit); pumps copy beyond that"
+                );
+                by_fds
+            }
+        };
+        self.cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// Takes one pipe from the budget, if any is left.
+    fn take(&self) -> bool {
+        let cap = self.cap.load(Ordering::Relaxed);
+        self.total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Returns one pipe to the budget.
+    fn give_back(&self) {
+        self.total.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Pipes held by the whole process (in use and pooled).
+    pub fn held(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// The cap.
+    pub fn cap(&self) -> usize {
+        self.cap.load(Ordering::Relaxed)
+    }
+}
+
 /// What a pool has done, for the metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolCounts {
     /// Pipes made with `pipe2`.
     pub created: u64,
-    /// Times a pipe was wanted and none could be made.
+    /// Times a pipe was wanted and none could be had.
     pub refused: u64,
     /// Pipes lent out right now.
     pub in_use: u64,
+    /// Spare pipes kept right now.
+    pub pooled: u64,
 }
 
 /// One worker's spare pipes.
@@ -71,24 +156,41 @@ pub struct PipePool {
     free: Vec<Pipe>,
     size: usize,
     max_pooled: usize,
+    budget: Arc<PipeBudget>,
     counts: PoolCounts,
-    /// After a refusal, don't try `pipe2` again until this many pipes were returned:
-    /// a process at its limit must not pay two failing syscalls per session.
+    /// After the kernel refused a pipe, don't ask again until this many pipes
+    /// came back: a process at a limit must not pay failing syscalls per session.
     cool_down: u32,
     last_error: Option<io::ErrorKind>,
 }
 
 impl PipePool {
-    /// A pool handing out pipes of `size` bytes and keeping at most `max_pooled` spare.
-    pub fn new(size: usize, max_pooled: usize) -> PipePool {
+    /// A pool handing out pipes of `size` bytes, keeping at most `max_pooled`
+    /// spare, within the process-wide `budget`.
+    pub fn new(size: usize, max_pooled: usize, budget: Arc<PipeBudget>) -> PipePool {
         PipePool {
             free: Vec::new(),
             size,
             max_pooled,
+            budget,
             counts: PoolCounts::default(),
             cool_down: 0,
             last_error: None,
         }
+    }
+
+    /// New size and pool cap (reload): spare pipes of the old size are closed;
+    /// lent ones are closed when they come back.
+    pub fn resize(&mut self, size: usize, max_pooled: usize) {
+        if size != self.size {
+            for p in self.free.drain(..) {
+                drop(p);
+                self.budget.give_back();
+            }
+            self.size = size;
+        }
+        self.max_pooled = max_pooled;
+        self.trim();
     }
 
     /// A pipe, pooled or new; `None` when none can be had (counted).
@@ -97,7 +199,7 @@ impl PipePool {
             self.counts.in_use += 1;
             return Some(p);
         }
-        if self.cool_down > 0 {
+        if self.cool_down > 0 || !self.budget.take() {
             self.counts.refused += 1;
             return None;
         }
@@ -108,6 +210,7 @@ impl PipePool {
                 Some(p)
             }
             Err(e) => {
+                self.budget.give_back();
                 if self.last_error != Some(e.kind()) {
                     log::warn!(
                         "cannot make a {} byte splice pipe ({e}); pumps copy instead until pipes free up",
@@ -116,36 +219,52 @@ impl PipePool {
                     self.last_error = Some(e.kind());
                 }
                 self.counts.refused += 1;
-                // Retry after a few pipes have come back (or right away if we hold none).
+                // Ask again after a few pipes have come back (or at once if we hold none).
                 self.cool_down = if self.counts.in_use == 0 { 0 } else { 16 };
                 None
             }
         }
     }
 
-    /// Returns an empty pipe. Pipes with bytes in them must be dropped instead.
+    /// Returns an empty pipe. Pipes with bytes in them must be `discard`ed instead.
     pub fn put(&mut self, pipe: Pipe) {
         self.counts.in_use = self.counts.in_use.saturating_sub(1);
         self.cool_down = self.cool_down.saturating_sub(1);
-        if self.free.len() < self.max_pooled {
+        if pipe.capacity >= self.size && self.free.len() < self.max_pooled {
             self.free.push(pipe);
+        } else {
+            drop(pipe);
+            self.budget.give_back();
         }
     }
 
-    /// Forgets a pipe that was dropped with bytes in it.
+    /// Closes a pipe that still holds bytes (its session ended).
     pub fn discard(&mut self, pipe: Pipe) {
         self.counts.in_use = self.counts.in_use.saturating_sub(1);
         drop(pipe);
+        self.budget.give_back();
+    }
+
+    fn trim(&mut self) {
+        while self.free.len() > self.max_pooled {
+            self.free.pop();
+            self.budget.give_back();
+        }
     }
 
     /// Counters so far.
     pub fn counts(&self) -> PoolCounts {
-        self.counts
+        PoolCounts {
+            pooled: self.free.len() as u64,
+            ..self.counts
+        }
     }
+}
 
-    /// Spare pipes held right now.
-    pub fn pooled(&self) -> usize {
-        self.free.len()
+impl Drop for PipePool {
+    fn drop(&mut self) {
+        self.max_pooled = 0;
+        self.trim();
     }
 }
 
@@ -158,6 +277,12 @@ pub fn pipe_max_size() -> Option<usize> {
 mod tests {
     use super::*;
 
+    fn budget(cap: usize) -> Arc<PipeBudget> {
+        let b = PipeBudget::new(1 << 20, 64 << 10);
+        b.cap.store(cap, Ordering::Relaxed);
+        Arc::new(b)
+    }
+
     #[test]
     fn pipes_are_at_least_the_size_asked() {
         let p = Pipe::new(64 << 10).unwrap();
@@ -168,23 +293,65 @@ mod tests {
 
     #[test]
     fn pool_reuses_and_caps() {
-        let mut pool = PipePool::new(64 << 10, 1);
+        let b = budget(100);
+        let mut pool = PipePool::new(64 << 10, 1, Arc::clone(&b));
         let a = pool.get().unwrap();
-        let b = pool.get().unwrap();
+        let c = pool.get().unwrap();
         assert_eq!(pool.counts().created, 2);
         assert_eq!(pool.counts().in_use, 2);
         pool.put(a);
-        pool.put(b);
-        assert_eq!(pool.pooled(), 1, "only max_pooled pipes are kept");
-        let _c = pool.get().unwrap();
+        pool.put(c);
+        assert_eq!(pool.counts().pooled, 1, "only max_pooled pipes are kept");
+        assert_eq!(b.held(), 1, "the other went back to the budget");
+        let _d = pool.get().unwrap();
         assert_eq!(pool.counts().created, 2, "the pooled pipe was reused");
         assert_eq!(pool.counts().in_use, 1);
     }
 
     #[test]
+    fn the_budget_is_shared_and_bounds_every_pool() {
+        let b = budget(2);
+        let mut one = PipePool::new(64 << 10, 4, Arc::clone(&b));
+        let mut two = PipePool::new(64 << 10, 4, Arc::clone(&b));
+        let p1 = one.get().unwrap();
+        let p2 = two.get().unwrap();
+        assert!(
+            one.get().is_none() && two.get().is_none(),
+            "the cap holds across workers"
+        );
+        assert_eq!(one.counts().refused + two.counts().refused, 2);
+        one.discard(p1);
+        assert!(two.get().is_some(), "a pipe given back can be had again");
+        two.put(p2);
+        drop(two);
+        drop(one);
+        assert_eq!(b.held(), 1, "dropped pools give their spare pipes back");
+    }
+
+    #[test]
     fn an_impossible_size_is_refused_and_counted() {
-        let mut pool = PipePool::new(1 << 30, 4);
+        let b = budget(10);
+        let mut pool = PipePool::new(1 << 30, 4, Arc::clone(&b));
         assert!(pool.get().is_none());
         assert_eq!(pool.counts().refused, 1);
+        assert_eq!(b.held(), 0, "a failed pipe2 does not spend the budget");
+    }
+
+    #[test]
+    fn resizing_closes_spare_pipes_of_the_old_size() {
+        let b = budget(10);
+        let mut pool = PipePool::new(64 << 10, 4, Arc::clone(&b));
+        let lent = pool.get().unwrap();
+        let spare = pool.get().unwrap();
+        pool.put(spare);
+        pool.resize(128 << 10, 4);
+        assert_eq!(pool.counts().pooled, 0);
+        pool.put(lent);
+        assert_eq!(
+            pool.counts().pooled,
+            0,
+            "a returned pipe of the old size is closed"
+        );
+        assert_eq!(b.held(), 0);
     }
 }

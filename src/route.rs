@@ -1,11 +1,17 @@
-//! A route as the workers run it: the config's route with its listen
-//! address bound and its upstream host names resolved. Built on the control
-//! thread, shared read-only (`Arc`) by every worker and session.
+//! A route as the workers run it: the config's route with its upstream host
+//! names resolved and its socket options prepared, plus the live state that
+//! must survive a reload (how many sessions it has, per client too).
+//! Built on the control thread, shared read-only (`Arc`) by every worker
+//! and session.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config;
+use crate::sockopt::Applied;
 use crate::upstream::{ResolveError, UpstreamSet};
 
 /// One route, ready to serve.
@@ -21,17 +27,130 @@ pub struct Route {
     pub connect_timeout: Duration,
     /// A session with no byte either way for this long is closed.
     pub idle_timeout: Duration,
+    /// Once one side has finished, the session is closed after this long without a byte.
+    pub half_close_timeout: Duration,
+    /// Listen queue length (already capped at `net.core.somaxconn`).
+    pub backlog: u32,
+    /// Sessions allowed at once on this route (all workers).
+    pub max_connections: Option<usize>,
+    /// Sessions allowed at once from one client IP on this route.
+    pub max_connections_per_client: Option<usize>,
+    /// Socket options, ready to apply.
+    pub socket: Applied,
+    /// Live counts, carried over when a reload keeps the route.
+    pub state: Arc<RouteState>,
+    /// The route as configured, to tell on reload whether it changed.
+    pub config: config::Route,
+}
+
+/// What a route counts while it runs; shared by every version of the route
+/// across reloads, so limits stay exact while old and new sessions overlap.
+#[derive(Debug, Default)]
+pub struct RouteState {
+    /// Sessions open right now on this route.
+    pub active: AtomicUsize,
+    /// Sessions open right now per client IP (kept only when the route limits them).
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl RouteState {
+    /// Counts a session from `ip` unless that client already has `limit`.
+    pub fn admit_client(&self, ip: IpAddr, limit: usize) -> bool {
+        let mut m = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Forgets a session counted by `admit_client`.
+    pub fn release_client(&self, ip: IpAddr) {
+        let mut m = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+
+    /// Sessions open on the route.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
 }
 
 impl Route {
-    /// Resolves a configured route's upstreams.
-    pub fn resolve(r: &config::Route) -> Result<Route, ResolveError> {
+    /// Prepares a configured route: resolves its upstreams, caps its backlog
+    /// at `somaxconn`, checks its congestion control against the kernel's
+    /// list. `state` is the previous version's state when a reload keeps it.
+    pub fn prepare(
+        r: &config::Route,
+        somaxconn: Option<u32>,
+        congestion_available: Option<&[String]>,
+        state: Option<Arc<RouteState>>,
+    ) -> Result<Route, ResolveError> {
+        let backlog = match somaxconn {
+            Some(max) if r.backlog > max => {
+                log::info!(
+                    "route {}: backlog {} capped at net.core.somaxconn = {max} (raise it with sysctl -w net.core.somaxconn={})",
+                    r.name,
+                    r.backlog,
+                    r.backlog
+                );
+                max
+            }
+            _ => r.backlog,
+        };
         Ok(Route {
             name: r.name.clone(),
             listen: r.listen,
             upstreams: UpstreamSet::resolve(&r.upstreams)?,
             connect_timeout: r.connect_timeout,
             idle_timeout: r.idle_timeout,
+            half_close_timeout: r.half_close_timeout,
+            backlog,
+            max_connections: r.max_connections,
+            max_connections_per_client: r.max_connections_per_client,
+            socket: Applied::new(&r.name, r.socket.clone(), congestion_available),
+            state: state.unwrap_or_default(),
+            config: r.clone(),
         })
+    }
+
+    /// True if the route has as many sessions as it may have.
+    pub fn at_limit(&self) -> bool {
+        self.max_connections
+            .is_some_and(|max| self.state.active() >= max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_client_counts_admit_up_to_the_limit() {
+        let st = RouteState::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(st.admit_client(a, 2));
+        assert!(st.admit_client(a, 2));
+        assert!(
+            !st.admit_client(a, 2),
+            "the third from one client is refused"
+        );
+        assert!(st.admit_client(b, 2), "another client is not affected");
+        st.release_client(a);
+        assert!(st.admit_client(a, 2), "a slot came free");
+        st.release_client(a);
+        st.release_client(a);
+        st.release_client(b);
+        assert!(
+            st.per_client.lock().unwrap().is_empty(),
+            "no entry outlives its sessions"
+        );
     }
 }

@@ -1,32 +1,31 @@
-//! The control thread: turns a `Config` into running workers, then waits
-//! for signals. SIGTERM/SIGINT start a drain (listeners close at once,
-//! sessions get `drain_timeout`), a second one stops at once.
+//! The control thread: starts the workers from a `Config`, then waits for
+//! signals, worker exits and config file changes. SIGHUP (or a changed file
+//! with `watch: true`) reloads; SIGTERM/SIGINT start a drain (listeners
+//! close at once, sessions get `drain_timeout`), a second one stops at once.
 //!
-//! Everything that may block (name resolution, binding, reading /proc)
-//! happens here, before the workers start: a worker must never block.
+//! Everything that may block (name resolution, binding, reading files and
+//! /proc) happens here, never on a worker.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::sync::mpsc::{self, Sender};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::config::{Config, RelayMode, Workers, units::fmt_size};
+use crate::config::{self, Config, RelayMode, Workers, units::fmt_size};
 use crate::limits;
 use crate::metrics::WorkerCounters;
 use crate::metrics::counters::Totals;
 use crate::pipe;
-use crate::route::Route;
-use crate::sockopt;
+use crate::reload::{self, FileWatch, Running};
 use crate::upstream::ResolveError;
-use crate::worker::{self, Control, Shared, Worker, WorkerSetup};
+use crate::worker::{self, Control, Shared, Worker, WorkerSettings, WorkerSetup};
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +70,19 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
     move |source| ServerError::Io { what, source }
 }
 
-/// One worker's listeners, one per route in route order.
-type Listeners = Vec<(TcpListener, Arc<Route>)>;
+/// Tokens of the control thread's poll.
+const SIGNALS: Token = Token(0);
+const WORKER_EXIT: Token = Token(1);
+/// How often a watched config file is looked at.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// How many workers `workers:` means on this machine.
+pub fn worker_count(w: Workers) -> usize {
+    match w {
+        Workers::Count(n) => usize::from(n),
+        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
 
 struct WorkerHandle {
     thread: Option<JoinHandle<()>>,
@@ -96,38 +106,31 @@ struct Exit {
     outcome: Result<(), String>,
 }
 
-/// Tokens of the control thread's poll.
-const SIGNALS: Token = Token(0);
-const WORKER_EXIT: Token = Token(1);
-
-/// How many workers `workers:` means on this machine.
-pub fn worker_count(w: Workers) -> usize {
-    match w {
-        Workers::Count(n) => usize::from(n),
-        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    }
-}
-
 /// Starts the workers for `config` and serves until a signal ends it.
-pub fn run(config: &Config) -> Result<(), ServerError> {
+pub fn run(config: Config) -> Result<(), ServerError> {
     // Signal handlers first: a SIGTERM that arrives while we bind must drain, not kill.
-    let signals =
+    let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(io_err("installing signal handlers"))?;
-    match limits::raise_nofile() {
-        Ok(n) => log::info!("file descriptor limit: {n}"),
-        Err(e) => log::warn!("cannot raise the file descriptor limit: {e}"),
-    }
+    let nofile = match limits::raise_nofile() {
+        Ok(n) => {
+            log::info!("file descriptor limit: {n}");
+            n
+        }
+        Err(e) => {
+            log::warn!("cannot raise the file descriptor limit: {e}");
+            1024
+        }
+    };
     let workers = worker_count(config.workers);
-    let pipe_size = effective_pipe_size(config.pipe_size);
-    let routes = bind_routes(config, workers)?;
-    let shared = Arc::new(Shared {
-        active: AtomicUsize::new(0),
-        max_connections: config.max_connections,
-    });
+    let settings = settings(&config);
+    let plan = reload::plan(&Vec::new(), &config, workers)?;
+    let shared = Arc::new(Shared::new(
+        config.max_connections,
+        pipe::PipeBudget::new(nofile, settings.pipe_size),
+    ));
 
-    // The control thread sleeps until a signal arrives or a worker exits.
+    // The control thread sleeps until a signal arrives, a worker exits, or the watch interval passes.
     let poll = Poll::new().map_err(io_err("creating the control poll"))?;
-    let mut signals = signals;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .map_err(io_err("registering signals"))?;
@@ -136,7 +139,7 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
     let (exit_tx, exits) = mpsc::channel::<Exit>();
 
     let mut handles = Vec::with_capacity(workers);
-    for (id, listeners) in routes.into_iter().enumerate() {
+    for (id, routes) in plan.per_worker.into_iter().enumerate() {
         let worker_poll = Poll::new().map_err(io_err("creating a poll"))?;
         let waker = Arc::new(
             Waker::new(worker_poll.registry(), worker::WAKER)
@@ -147,12 +150,12 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         let setup = WorkerSetup {
             id,
             poll: worker_poll,
-            listeners,
+            routes,
             control: rx,
             shared: Arc::clone(&shared),
             counters: Arc::clone(&counters),
-            splice: config.relay == RelayMode::Splice,
-            pipe_size,
+            settings,
+            cpu: config.cpu_affinity.then_some(id),
         };
         let (exit_tx, exit_waker) = (exit_tx.clone(), Arc::clone(&exit_waker));
         let thread = std::thread::Builder::new()
@@ -177,97 +180,207 @@ pub fn run(config: &Config) -> Result<(), ServerError> {
         });
     }
     log::info!(
-        "sluice {} running: {workers} worker(s), relay {}, pipe size {}, max {} connections",
+        "sluice {} running: {workers} worker(s), relay {}, pipe size {}, max {} connections{}",
         env!("CARGO_PKG_VERSION"),
         config.relay,
-        fmt_size(pipe_size as u64),
-        config.max_connections
+        fmt_size(settings.pipe_size as u64),
+        config.max_connections,
+        if config.watch {
+            ", watching the config file"
+        } else {
+            ""
+        }
     );
-    let result = control_loop(
-        poll,
-        &mut signals,
-        &exits,
-        &mut handles,
-        config.drain_timeout,
+    let watch = config
+        .source
+        .as_deref()
+        .filter(|_| config.watch)
+        .map(FileWatch::new);
+    let mut control = ControlThread {
+        config,
+        running: plan.running,
+        handles,
+        shared,
+        watch,
+        draining: false,
+        failure: None,
+    };
+    let result = control.run(poll, &mut signals, &exits);
+    let totals = Totals::sum(control.handles.iter().map(|h| &*h.counters));
+    let per_worker: Vec<String> = control
+        .handles
+        .iter()
+        .map(|h| h.counters.accepted.load(Ordering::Relaxed).to_string())
+        .collect();
+    log::info!(
+        "stopped: {totals}; accepted per worker: [{}]",
+        per_worker.join(", ")
     );
-    let totals = Totals::sum(handles.iter().map(|h| &*h.counters));
-    log::info!("stopped: {totals}");
     result
 }
 
-/// Waits for signals and for the workers; returns when every worker has exited.
-fn control_loop(
-    mut poll: Poll,
-    signals: &mut Signals,
-    exits: &mpsc::Receiver<Exit>,
-    handles: &mut [WorkerHandle],
-    drain_timeout: Duration,
-) -> Result<(), ServerError> {
-    let mut events = Events::with_capacity(8);
-    let mut draining = false;
-    let mut failure = None;
-    let drain = |handles: &[WorkerHandle]| {
-        let deadline = Instant::now() + drain_timeout;
-        handles
-            .iter()
-            .for_each(|h| h.send(Control::Drain { deadline }));
-    };
-    loop {
-        match poll.poll(&mut events, None) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(ServerError::Io {
-                    what: "waiting for signals",
-                    source: e,
-                });
-            }
-        }
-        if events.iter().any(|e| e.token() == SIGNALS) {
-            for signal in signals.pending() {
-                match signal {
-                    SIGHUP => log::warn!(
-                        "SIGHUP received: configuration reload is not supported yet; ignoring it"
-                    ),
-                    _ if draining => {
-                        log::info!("second stop signal: closing every session now");
-                        handles.iter().for_each(|h| h.send(Control::Stop));
-                    }
-                    _ => {
-                        draining = true;
-                        let name = if signal == SIGINT {
-                            "SIGINT"
-                        } else {
-                            "SIGTERM"
-                        };
-                        log::info!(
-                            "{name} received: no new connections; running sessions get up to {drain_timeout:?} to finish"
-                        );
-                        drain(handles);
-                    }
+/// What workers need to know of the global settings (re-sent on reload).
+fn settings(config: &Config) -> WorkerSettings {
+    WorkerSettings {
+        splice: config.relay == RelayMode::Splice,
+        pipe_size: effective_pipe_size(config.pipe_size),
+        max_pooled_pipes: config.max_pooled_pipes,
+    }
+}
+
+struct ControlThread {
+    config: Config,
+    running: Running,
+    handles: Vec<WorkerHandle>,
+    shared: Arc<Shared>,
+    watch: Option<FileWatch>,
+    draining: bool,
+    failure: Option<ServerError>,
+}
+
+impl ControlThread {
+    /// Waits for signals, file changes and the workers; returns when every worker has exited.
+    fn run(
+        &mut self,
+        mut poll: Poll,
+        signals: &mut Signals,
+        exits: &Receiver<Exit>,
+    ) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(8);
+        loop {
+            let timeout = self
+                .watch
+                .as_ref()
+                .filter(|_| !self.draining)
+                .map(|_| WATCH_EVERY);
+            match poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(ServerError::Io {
+                        what: "waiting for signals",
+                        source: e,
+                    });
                 }
             }
-        }
-        while let Ok(Exit { id, outcome }) = exits.try_recv() {
-            if let Some(t) = handles[id].thread.take() {
-                // It has sent its last word: the join is immediate.
-                let _ = t.join();
+            if events.iter().any(|e| e.token() == SIGNALS) {
+                for signal in signals.pending() {
+                    self.on_signal(signal);
+                }
             }
-            let why = match outcome {
-                Ok(()) if draining => continue,
-                Ok(()) => "exited unexpectedly".to_owned(),
-                Err(e) => e,
-            };
-            log::error!("worker {id} {why}; shutting down");
-            failure.get_or_insert(ServerError::Worker(id, why));
-            if !draining {
-                draining = true;
-                drain(handles);
+            if !self.draining && self.watch.as_mut().is_some_and(FileWatch::changed) {
+                log::info!("{} changed: reloading", self.config.origin());
+                self.reload();
+            }
+            while let Ok(exit) = exits.try_recv() {
+                self.on_exit(exit);
+            }
+            if self.handles.iter().all(|h| h.thread.is_none()) {
+                return self.failure.take().map_or(Ok(()), Err);
             }
         }
-        if handles.iter().all(|h| h.thread.is_none()) {
-            return failure.map_or(Ok(()), Err);
+    }
+
+    fn on_signal(&mut self, signal: i32) {
+        match signal {
+            SIGHUP if self.draining => log::info!("SIGHUP during the drain: ignored"),
+            SIGHUP => {
+                log::info!("SIGHUP received: reloading {}", self.config.origin());
+                self.reload();
+            }
+            _ if self.draining => {
+                log::info!("second stop signal: closing every session now");
+                self.handles.iter().for_each(|h| h.send(Control::Stop));
+            }
+            _ => {
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                log::info!(
+                    "{name} received: no new connections; running sessions get up to {:?} to finish",
+                    self.config.drain_timeout
+                );
+                self.drain();
+            }
         }
+    }
+
+    fn drain(&mut self) {
+        self.draining = true;
+        let deadline = Instant::now() + self.config.drain_timeout;
+        self.handles
+            .iter()
+            .for_each(|h| h.send(Control::Drain { deadline }));
+    }
+
+    fn on_exit(&mut self, Exit { id, outcome }: Exit) {
+        if let Some(t) = self.handles[id].thread.take() {
+            // It has sent its last word: the join is immediate.
+            let _ = t.join();
+        }
+        let why = match outcome {
+            Ok(()) if self.draining => return,
+            Ok(()) => "exited unexpectedly".to_owned(),
+            Err(e) => e,
+        };
+        log::error!("worker {id} {why}; shutting down");
+        self.failure.get_or_insert(ServerError::Worker(id, why));
+        if !self.draining {
+            self.drain();
+        }
+    }
+
+    /// Loads the config file again and, if it is good, hands the workers
+    /// their new routes. A bad file changes nothing.
+    fn reload(&mut self) {
+        let Some(path) = self.config.source.clone() else {
+            log::warn!(
+                "reload asked, but sluice runs from the command line, not a file: nothing to reload"
+            );
+            return;
+        };
+        if let Some(w) = &mut self.watch {
+            w.loaded();
+        }
+        match self.try_reload(&path) {
+            Ok(summary) => {
+                self.shared.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                log::info!("reloaded {}: {summary}", path.display());
+            }
+            Err(e) => {
+                self.shared.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                log::error!("reload failed, the running configuration stays: {e}");
+            }
+        }
+    }
+
+    fn try_reload(&mut self, path: &std::path::Path) -> Result<String, String> {
+        let mut new = config::load_file(path).map_err(|e| e.to_string())?;
+        if new.workers != self.config.workers || new.cpu_affinity != self.config.cpu_affinity {
+            log::warn!(
+                "workers and cpu_affinity only change with a restart; keeping the running ones"
+            );
+            new.workers = self.config.workers;
+            new.cpu_affinity = self.config.cpu_affinity;
+        }
+        let plan =
+            reload::plan(&self.running, &new, self.handles.len()).map_err(|e| e.to_string())?;
+        let settings = settings(&new);
+        self.shared
+            .max_connections
+            .store(new.max_connections, Ordering::Relaxed);
+        self.shared.pipes.resize(settings.pipe_size);
+        for (h, routes) in self.handles.iter().zip(plan.per_worker) {
+            h.send(Control::Routes { routes, settings });
+        }
+        self.running = plan.running;
+        if new.watch != self.config.watch {
+            self.watch = new.watch.then(|| FileWatch::new(path));
+        }
+        self.config = new;
+        Ok(plan.summary)
     }
 }
 
@@ -285,66 +398,5 @@ fn effective_pipe_size(wanted: usize) -> usize {
             max
         }
         _ => wanted,
-    }
-}
-
-/// Resolves every route and binds one `SO_REUSEPORT` listener per route per
-/// worker. Returns, per worker, its listeners in route order.
-fn bind_routes(config: &Config, workers: usize) -> Result<Vec<Listeners>, ServerError> {
-    let backlog = match sockopt::somaxconn() {
-        Some(max) if max < sockopt::DEFAULT_BACKLOG => max,
-        _ => sockopt::DEFAULT_BACKLOG,
-    };
-    let mut per_worker: Vec<Listeners> = (0..workers).map(|_| Vec::new()).collect();
-    for r in &config.routes {
-        let mut route = Route::resolve(r).map_err(|source| ServerError::Resolve {
-            route: r.name.clone(),
-            source,
-        })?;
-        let mut addr = r.listen;
-        let mut sockets = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let l =
-                sockopt::reuseport_listener(addr, backlog).map_err(|source| ServerError::Bind {
-                    route: r.name.clone(),
-                    addr,
-                    hint: bind_hint(&source, addr),
-                    source,
-                })?;
-            // Port 0: the first worker's socket gets a port, the others join it.
-            addr = l
-                .local_addr()
-                .map_err(io_err("reading a listener's address"))?;
-            sockets.push(l);
-        }
-        route.listen = addr;
-        let upstreams: Vec<String> = route
-            .upstreams
-            .upstreams
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        log::info!(
-            "route {} listening on {addr} -> {}",
-            route.name,
-            upstreams.join(", ")
-        );
-        let route = Arc::new(route);
-        for (w, l) in sockets.into_iter().enumerate() {
-            per_worker[w].push((l, Arc::clone(&route)));
-        }
-    }
-    Ok(per_worker)
-}
-
-fn bind_hint(e: &io::Error, addr: SocketAddr) -> &'static str {
-    match e.kind() {
-        io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
-            " (ports below 1024 need root or CAP_NET_BIND_SERVICE: setcap cap_net_bind_service=+ep on the binary, \
-             or listen on a port >= 1024)"
-        }
-        io::ErrorKind::AddrInUse => " (another process holds this address; `ss -ltnp` shows which)",
-        io::ErrorKind::AddrNotAvailable => " (no interface on this machine has that address)",
-        _ => "",
     }
 }

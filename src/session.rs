@@ -17,8 +17,12 @@ use mio::net::TcpStream;
 use crate::metrics::CloseReason;
 use crate::relay::{DstFailed, Pump, Resources, SrcEnd};
 use crate::route::Route;
-use crate::sockopt::{self, ConnectState};
+use crate::sockets::{self, ConnectState};
 use crate::timer::Deadline;
+
+/// While draining, a session with no byte either way for this long is
+/// closed (cleanly) rather than kept until `drain_timeout`.
+pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// Which socket of a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +116,8 @@ pub struct Session {
     /// The side that failed first, once one has.
     failed: Option<Side>,
     /// The armed timer, to cancel it.
-    pub timer: Option<Deadline>,
+    /// The armed timer (to cancel it) and when it fires.
+    pub timer: Option<(Deadline, Instant)>,
     /// Last time a byte moved (idle timeout).
     last_active: Instant,
     /// When the client was accepted.
@@ -190,7 +195,7 @@ impl Session {
         let Some(up) = &self.upstream else {
             return Verdict::Continue { more: false };
         };
-        match sockopt::connect_result(up) {
+        match sockets::connect_result(up) {
             ConnectState::Connected => Verdict::Connected,
             ConnectState::ConnectedThenReset => {
                 self.u2c.fail_at_eof(io::ErrorKind::ConnectionReset);
@@ -207,13 +212,28 @@ impl Session {
         self.last_active = now;
     }
 
-    /// When the armed timer should fire: the connect deadline while
-    /// connecting, the idle deadline while relaying.
-    pub fn deadline(&self) -> Instant {
-        match self.stage {
-            Stage::Connecting { since, .. } => since + self.route.connect_timeout,
-            _ => self.last_active + self.route.idle_timeout,
-        }
+    /// When the timer should fire: the connect deadline while connecting;
+    /// while relaying, `idle_timeout` after the last byte, or
+    /// `half_close_timeout` once one side has finished (so nothing lingers
+    /// in CLOSE-WAIT), or `DRAIN_IDLE` while the worker drains (an idle
+    /// session is closed early instead of holding the drain up).
+    pub fn deadline(&self, draining: bool) -> Instant {
+        let Stage::Connecting { since, .. } = self.stage else {
+            let mut idle = self.route.idle_timeout;
+            if self.c2u.finished() || self.u2c.finished() {
+                idle = idle.min(self.route.half_close_timeout);
+            }
+            if draining {
+                idle = idle.min(DRAIN_IDLE);
+            }
+            return self.last_active + idle;
+        };
+        since + self.route.connect_timeout
+    }
+
+    /// Last time a byte moved.
+    pub fn last_active(&self) -> Instant {
+        self.last_active
     }
 
     /// Runs both pumps and decides what follows.

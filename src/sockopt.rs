@@ -1,198 +1,494 @@
-//! Sockets as sluice makes them: `SO_REUSEPORT` listeners, non-blocking
-//! upstream connects, `TCP_NODELAY`, and the abortive close that passes a
-//! reset on. One small function per job, all through socket2.
+//! TCP socket options: one small function per option, and `Applied`, a
+//! route's options ready to put on its three kinds of socket.
+//!
+//! Where each option goes:
+//! - listener, before `listen`: `reuse_address`, `send_buffer`/`recv_buffer`
+//!   (accepted sockets inherit them, and the window scale is chosen at the
+//!   handshake), `congestion` (inherited by accepted sockets);
+//! - listener, after `listen`: `fastopen` (queue length), `defer_accept`;
+//! - accepted client socket: `nodelay`, `keepalive`, `user_timeout`, `notsent_lowat`;
+//! - upstream socket, before `connect`: all of the per-connection options
+//!   plus the buffers, `congestion` and `mark`.
+//!
+//! A refused option never fails a connection: the route warns once, names
+//! the option and the kernel's reason, and stops asking for it.
 
 use std::io;
-use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use mio::net::{TcpListener, TcpStream};
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::{SockRef, TcpKeepalive};
 
-/// The backlog we ask for; the kernel silently caps it at `net.core.somaxconn`.
-pub const DEFAULT_BACKLOG: i32 = 4096;
+use crate::config::{Keepalive, SocketOptions};
 
-/// Binds a non-blocking `SO_REUSEPORT` listener, one per worker per route:
-/// the kernel spreads new connections over the workers' sockets.
-pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
-    if addr.is_ipv6() {
-        // `[::]` means IPv6 only; a route for IPv4 too lists `0.0.0.0` as well.
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
-    Ok(TcpListener::from_std(socket.into()))
+/// The options, for messages and the once-only bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Opt {
+    /// TCP_NODELAY.
+    Nodelay,
+    /// SO_KEEPALIVE + TCP_KEEPIDLE/KEEPINTVL/KEEPCNT.
+    Keepalive,
+    /// TCP_USER_TIMEOUT.
+    UserTimeout,
+    /// SO_SNDBUF.
+    SendBuffer,
+    /// SO_RCVBUF.
+    RecvBuffer,
+    /// TCP_CONGESTION.
+    Congestion,
+    /// TCP_FASTOPEN.
+    FastOpen,
+    /// TCP_NOTSENT_LOWAT.
+    NotSentLowat,
+    /// TCP_DEFER_ACCEPT.
+    DeferAccept,
+    /// SO_MARK.
+    Mark,
+    /// SO_REUSEADDR.
+    ReuseAddress,
 }
 
-/// Starts a non-blocking connect to `addr`. The result arrives later as a
-/// writable event; read it with [`connect_result`].
-pub fn start_connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
-    // The client already chose its segment sizes; holding bytes back for
-    // Nagle would only add latency to every exchange.
-    socket.set_tcp_nodelay(true)?;
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(TcpStream::from_std(socket.into()))
-}
-
-/// What a connecting socket's first event means.
-#[derive(Debug)]
-pub enum ConnectState {
-    /// Connected: relay.
-    Connected,
-    /// Connected, and already reset by the peer: relay what it sent, then
-    /// pass the reset on (the error has been consumed; reads will end in EOF).
-    ConnectedThenReset,
-    /// Spurious wake-up: keep waiting.
-    Pending,
-    /// The connect failed.
-    Failed(io::Error),
-}
-
-/// Reads the outcome of a non-blocking connect: writable does not mean
-/// connected. `SO_ERROR` first (set means failed), then `getpeername`
-/// (`ENOTCONN` means still in progress).
-pub fn connect_result(stream: &TcpStream) -> ConnectState {
-    match stream.take_error() {
-        // A refused handshake is ECONNREFUSED; a reset means the handshake
-        // completed and the peer reset afterwards (say, a server that writes
-        // "too many connections" and aborts). Its bytes are still queued.
-        Ok(Some(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
-            return ConnectState::ConnectedThenReset;
+impl Opt {
+    /// The kernel's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Opt::Nodelay => "TCP_NODELAY",
+            Opt::Keepalive => "SO_KEEPALIVE",
+            Opt::UserTimeout => "TCP_USER_TIMEOUT",
+            Opt::SendBuffer => "SO_SNDBUF",
+            Opt::RecvBuffer => "SO_RCVBUF",
+            Opt::Congestion => "TCP_CONGESTION",
+            Opt::FastOpen => "TCP_FASTOPEN",
+            Opt::NotSentLowat => "TCP_NOTSENT_LOWAT",
+            Opt::DeferAccept => "TCP_DEFER_ACCEPT",
+            Opt::Mark => "SO_MARK",
+            Opt::ReuseAddress => "SO_REUSEADDR",
         }
-        Ok(Some(e)) | Err(e) => return ConnectState::Failed(e),
-        Ok(None) => {}
     }
-    match stream.peer_addr() {
-        Ok(_) => ConnectState::Connected,
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => ConnectState::Pending,
-        Err(e) => ConnectState::Failed(e),
+
+    fn bit(self) -> u32 {
+        1 << self as u32
     }
 }
 
-/// Sets `TCP_NODELAY` on an accepted client socket.
-pub fn set_nodelay(stream: &TcpStream) -> io::Result<()> {
-    stream.set_nodelay(true)
+// ------------------------------------------------------------ one per option
+
+/// TCP_NODELAY: send small segments at once instead of waiting for Nagle.
+pub fn set_nodelay(s: &impl AsFd, on: bool) -> io::Result<()> {
+    SockRef::from(s).set_tcp_nodelay(on)
 }
 
-/// Makes the coming close send a reset instead of a FIN (`SO_LINGER` 0).
-/// Only for passing an abort on: on a normal close it would truncate data.
-pub fn reset_on_close(stream: &TcpStream) {
-    // Best effort: if it fails the peer sees a FIN, which still ends the stream.
-    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+/// SO_KEEPALIVE and its timings, or keepalive off.
+pub fn set_keepalive(s: &impl AsFd, k: Keepalive) -> io::Result<()> {
+    match k {
+        Keepalive::Off => SockRef::from(s).set_keepalive(false),
+        Keepalive::On {
+            idle,
+            interval,
+            count,
+        } => SockRef::from(s).set_tcp_keepalive(
+            &TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(interval)
+                .with_retries(count),
+        ),
+    }
 }
 
-/// The kernel's `net.core.somaxconn`, if readable.
-pub fn somaxconn() -> Option<i32> {
-    crate::sysctl::read("net/core/somaxconn")
+/// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the
+/// kernel gives up on the connection. Zero turns it off.
+pub fn set_user_timeout(s: &impl AsFd, d: Duration) -> io::Result<()> {
+    SockRef::from(s).set_tcp_user_timeout(if d.is_zero() { None } else { Some(d) })
+}
+
+/// SO_SNDBUF (the kernel doubles it for bookkeeping and caps it at `net.core.wmem_max`).
+pub fn set_send_buffer(s: &impl AsFd, bytes: usize) -> io::Result<()> {
+    SockRef::from(s).set_send_buffer_size(bytes)
+}
+
+/// SO_RCVBUF (doubled, capped at `net.core.rmem_max`).
+pub fn set_recv_buffer(s: &impl AsFd, bytes: usize) -> io::Result<()> {
+    SockRef::from(s).set_recv_buffer_size(bytes)
+}
+
+/// TCP_CONGESTION: the congestion control algorithm by name.
+pub fn set_congestion(s: &impl AsFd, name: &str) -> io::Result<()> {
+    SockRef::from(s).set_tcp_congestion(name.as_bytes())
+}
+
+/// The congestion control algorithm in use.
+pub fn congestion(s: &impl AsFd) -> io::Result<String> {
+    let raw = SockRef::from(s).tcp_congestion()?;
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    Ok(String::from_utf8_lossy(&raw[..end]).into_owned())
+}
+
+/// TCP_NOTSENT_LOWAT: wake the writer only when this little is left unsent,
+/// keeping less data queued in the kernel.
+pub fn set_notsent_lowat(s: &impl AsFd, bytes: u32) -> io::Result<()> {
+    SockRef::from(s).set_tcp_notsent_lowat(bytes)
+}
+
+/// SO_MARK: a firewall mark for policy routing (needs CAP_NET_ADMIN).
+pub fn set_mark(s: &impl AsFd, mark: u32) -> io::Result<()> {
+    SockRef::from(s).set_mark(mark)
+}
+
+/// SO_REUSEADDR on a listener: rebind at once after a restart.
+pub fn set_reuse_address(s: &impl AsFd, on: bool) -> io::Result<()> {
+    SockRef::from(s).set_reuse_address(on)
+}
+
+/// TCP_FASTOPEN on a listener: accept data in the SYN, with this many
+/// pending fast-open requests at most; 0 turns it off.
+pub fn set_fastopen(s: &impl AsFd, queue: u32) -> io::Result<()> {
+    set_int(s, nix::libc::IPPROTO_TCP, nix::libc::TCP_FASTOPEN, queue)
+}
+
+/// The listener's TCP_FASTOPEN queue length.
+pub fn fastopen(s: &impl AsFd) -> io::Result<u32> {
+    get_int(s, nix::libc::IPPROTO_TCP, nix::libc::TCP_FASTOPEN)
+}
+
+/// TCP_DEFER_ACCEPT on a listener: don't wake accept until the client has
+/// sent data (up to this long). Breaks protocols where the server speaks first.
+pub fn set_defer_accept(s: &impl AsFd, d: Duration) -> io::Result<()> {
+    let secs = u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    set_int(s, nix::libc::IPPROTO_TCP, nix::libc::TCP_DEFER_ACCEPT, secs)
+}
+
+/// The listener's TCP_DEFER_ACCEPT in seconds (the kernel rounds up to its
+/// SYN-ACK retransmission schedule).
+pub fn defer_accept(s: &impl AsFd) -> io::Result<u32> {
+    get_int(s, nix::libc::IPPROTO_TCP, nix::libc::TCP_DEFER_ACCEPT)
+}
+
+/// `setsockopt` with an int value, for the options neither socket2 nor nix wrap.
+#[allow(unsafe_code)]
+fn set_int(s: &impl AsFd, level: i32, name: i32, value: u32) -> io::Result<()> {
+    let v = nix::libc::c_int::try_from(value)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: the fd is open for the borrow's lifetime; we pass a pointer to
+    // a live c_int and its exact size, as setsockopt(2) requires.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            s.as_fd().as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(&v).cast(),
+            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `getsockopt` of an int value.
+#[allow(unsafe_code)]
+fn get_int(s: &impl AsFd, level: i32, name: i32) -> io::Result<u32> {
+    let mut v: nix::libc::c_int = 0;
+    let mut len = std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t;
+    // SAFETY: the fd is open for the borrow's lifetime; `v` and `len` are
+    // live locals of the sizes getsockopt(2) is told about.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            s.as_fd().as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_mut(&mut v).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(u32::try_from(v).unwrap_or(0))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+// ------------------------------------------------------------- per route
+
+/// A route's socket options, ready to apply to its sockets, remembering
+/// which ones the kernel refused so it warns once and stops asking.
+#[derive(Debug, Default)]
+pub struct Applied {
+    opts: SocketOptions,
+    route: String,
+    refused: AtomicU32,
+}
+
+impl Applied {
+    /// Options for route `route`. `congestion_available` is the kernel's
+    /// list; an algorithm not on it is dropped here with one warning.
+    pub fn new(
+        route: &str,
+        mut opts: SocketOptions,
+        congestion_available: Option<&[String]>,
+    ) -> Applied {
+        if let (Some(name), Some(available)) = (&opts.congestion, congestion_available) {
+            if !available.contains(&name.0) {
+                log::warn!(
+                    "route {route}: congestion control {name} is not available (the kernel has: {}); \
+                     using the kernel's default (modprobe tcp_{name} to add it)",
+                    available.join(" ")
+                );
+                opts.congestion = None;
+            }
+        }
+        Applied {
+            opts,
+            route: route.to_owned(),
+            refused: AtomicU32::new(0),
+        }
+    }
+
+    /// The options as configured (after the availability check).
+    pub fn options(&self) -> &SocketOptions {
+        &self.opts
+    }
+
+    /// Options the kernel refused so far (bits of `Opt`).
+    pub fn refused(&self) -> u32 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Sets one option unless the kernel refused it before; on a refusal,
+    /// warns once for this route and stops trying.
+    fn set(&self, opt: Opt, f: impl FnOnce() -> io::Result<()>) {
+        if self.refused() & opt.bit() != 0 {
+            return;
+        }
+        if let Err(e) = f() {
+            if self.refused.fetch_or(opt.bit(), Ordering::Relaxed) & opt.bit() == 0 {
+                log::warn!(
+                    "route {}: the kernel refused {} ({e}); this route goes on without it",
+                    self.route,
+                    opt.name()
+                );
+            }
+        }
+    }
+
+    fn buffers_and_congestion(&self, s: &impl AsFd) {
+        let o = &self.opts;
+        if let Some(b) = o.send_buffer {
+            self.set(Opt::SendBuffer, || set_send_buffer(s, b.get() as usize));
+        }
+        if let Some(b) = o.recv_buffer {
+            self.set(Opt::RecvBuffer, || set_recv_buffer(s, b.get() as usize));
+        }
+        if let Some(name) = &o.congestion {
+            self.set(Opt::Congestion, || set_congestion(s, &name.0));
+        }
+    }
+
+    /// Listener options that must be in place before `listen`.
+    pub fn before_listen(&self, s: &impl AsFd) {
+        self.set(Opt::ReuseAddress, || {
+            set_reuse_address(s, self.opts.reuse_address())
+        });
+        self.buffers_and_congestion(s);
+    }
+
+    /// Listener options set once it listens.
+    pub fn after_listen(&self, s: &impl AsFd) {
+        if let Some(q) = self.opts.fastopen {
+            self.set(Opt::FastOpen, || set_fastopen(s, q.get() as u32));
+        }
+        if let Some(d) = self.opts.defer_accept {
+            self.set(Opt::DeferAccept, || set_defer_accept(s, d.get()));
+        }
+    }
+
+    /// Options of every connection, client or upstream.
+    fn connection(&self, s: &impl AsFd) {
+        let o = &self.opts;
+        self.set(Opt::Nodelay, || set_nodelay(s, o.nodelay()));
+        if let Some(k) = o.keepalive {
+            self.set(Opt::Keepalive, || set_keepalive(s, k));
+        }
+        if let Some(d) = o.user_timeout {
+            self.set(Opt::UserTimeout, || set_user_timeout(s, d.get()));
+        }
+        if let Some(n) = o.notsent_lowat {
+            self.set(Opt::NotSentLowat, || {
+                set_notsent_lowat(s, u32::try_from(n.get()).unwrap_or(u32::MAX))
+            });
+        }
+    }
+
+    /// Options for an accepted client socket (buffers and congestion come from the listener).
+    pub fn client(&self, s: &impl AsFd) {
+        self.connection(s);
+    }
+
+    /// Options for an upstream socket, before it connects.
+    pub fn upstream(&self, s: &impl AsFd) {
+        self.connection(s);
+        self.buffers_and_congestion(s);
+        if let Some(m) = self.opts.mark {
+            self.set(Opt::Mark, || set_mark(s, m.get() as u32));
+        }
+    }
+}
+
+/// The kernel's available congestion control algorithms.
+pub fn available_congestion() -> Option<Vec<String>> {
+    let list: String = crate::sysctl::read("net/ipv4/tcp_available_congestion_control")?;
+    Some(list.split_whitespace().map(str::to_owned).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use socket2::{Domain, Socket, Type};
 
-    #[test]
-    fn two_reuseport_listeners_share_a_port() {
-        let a = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16).unwrap();
-        let addr = a.local_addr().unwrap();
-        let b = reuseport_listener(addr, 16).unwrap();
-        assert_eq!(b.local_addr().unwrap(), addr);
+    fn tcp() -> Socket {
+        Socket::new(Domain::IPV4, Type::STREAM, None).unwrap()
+    }
+
+    fn listening() -> Socket {
+        let s = tcp();
+        s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        s.listen(8).unwrap();
+        s
     }
 
     #[test]
-    fn connect_to_a_closed_port_fails() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
+    fn nodelay_round_trips() {
+        let s = tcp();
+        set_nodelay(&s, true).unwrap();
+        assert!(s.tcp_nodelay().unwrap());
+        set_nodelay(&s, false).unwrap();
+        assert!(!s.tcp_nodelay().unwrap());
+    }
+
+    #[test]
+    fn keepalive_round_trips() {
+        let s = tcp();
+        let k = Keepalive::On {
+            idle: Duration::from_secs(45),
+            interval: Duration::from_secs(7),
+            count: 4,
         };
-        let s = start_connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match connect_result(&s) {
-                ConnectState::Failed(e) => {
-                    assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
-                    break;
-                }
-                ConnectState::Connected | ConnectState::ConnectedThenReset => {
-                    panic!("connected to a closed port")
-                }
-                ConnectState::Pending => {
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "connect never finished"
-                    );
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+        set_keepalive(&s, k).unwrap();
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(45));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(7));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+        set_keepalive(&s, Keepalive::Off).unwrap();
+        assert!(!s.keepalive().unwrap());
+    }
+
+    #[test]
+    fn user_timeout_round_trips() {
+        let s = tcp();
+        set_user_timeout(&s, Duration::from_millis(30_000)).unwrap();
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_secs(30)));
+        set_user_timeout(&s, Duration::ZERO).unwrap();
+        assert_eq!(s.tcp_user_timeout().unwrap(), None);
+    }
+
+    #[test]
+    fn buffers_round_trip_at_least_as_asked() {
+        let s = tcp();
+        set_send_buffer(&s, 96 << 10).unwrap();
+        set_recv_buffer(&s, 80 << 10).unwrap();
+        // The kernel doubles what it is given (bookkeeping) unless capped by {w,r}mem_max.
+        assert!(s.send_buffer_size().unwrap() >= 96 << 10);
+        assert!(s.recv_buffer_size().unwrap() >= 80 << 10);
+    }
+
+    #[test]
+    fn congestion_round_trips_for_every_available_algorithm() {
+        let s = tcp();
+        for name in available_congestion().unwrap_or_default() {
+            set_congestion(&s, &name).unwrap();
+            assert_eq!(congestion(&s).unwrap(), name);
+        }
+        assert!(set_congestion(&s, "no-such-cc").is_err());
+    }
+
+    #[test]
+    fn fastopen_round_trips_on_a_listener() {
+        let s = listening();
+        set_fastopen(&s, 256).unwrap();
+        assert_eq!(fastopen(&s).unwrap(), 256);
+    }
+
+    #[test]
+    fn notsent_lowat_round_trips() {
+        let s = tcp();
+        set_notsent_lowat(&s, 16 << 10).unwrap();
+        assert_eq!(s.tcp_notsent_lowat().unwrap(), 16 << 10);
+    }
+
+    #[test]
+    fn defer_accept_round_trips_rounded_up() {
+        let s = listening();
+        assert_eq!(defer_accept(&s).unwrap(), 0);
+        set_defer_accept(&s, Duration::from_secs(5)).unwrap();
+        assert!(
+            defer_accept(&s).unwrap() >= 5,
+            "the kernel rounds up to its retransmission schedule"
+        );
+        set_defer_accept(&s, Duration::ZERO).unwrap();
+        assert_eq!(defer_accept(&s).unwrap(), 0);
+    }
+
+    #[test]
+    fn mark_round_trips_where_permitted() {
+        let s = tcp();
+        match set_mark(&s, 0x2a) {
+            Ok(()) => assert_eq!(s.mark().unwrap(), 0x2a),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                eprintln!("skipped: SO_MARK needs CAP_NET_ADMIN here ({e})");
             }
+            Err(e) => panic!("{e}"),
         }
     }
 
     #[test]
-    fn a_reset_right_after_the_handshake_is_not_a_connect_failure() {
-        use std::io::{Read, Write};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut s = start_connect(l.local_addr().unwrap()).unwrap();
-        let (mut server, _) = l.accept().unwrap();
-        server.write_all(b"too many connections").unwrap();
-        SockRef::from(&server)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-        drop(server);
-        // Wait until the reset has arrived (EPOLLERR/HUP) before looking.
-        let mut poll = mio::Poll::new().unwrap();
-        poll.registry()
-            .register(&mut s, mio::Token(0), mio::Interest::READABLE)
-            .unwrap();
-        let mut events = mio::Events::with_capacity(4);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !events
-            .iter()
-            .any(|e| e.is_error() || (e.is_read_closed() && e.is_write_closed()))
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the reset never arrived"
-            );
-            poll.poll(&mut events, Some(Duration::from_millis(100)))
-                .unwrap();
-        }
-        assert!(matches!(
-            connect_result(&s),
-            ConnectState::ConnectedThenReset
-        ));
-        // What the server sent before its reset is still there to relay.
-        let mut got = Vec::new();
-        let _ = (&s).read_to_end(&mut got);
-        assert_eq!(got, b"too many connections");
+    fn reuse_address_round_trips() {
+        let s = tcp();
+        set_reuse_address(&s, true).unwrap();
+        assert!(s.reuse_address().unwrap());
+        set_reuse_address(&s, false).unwrap();
+        assert!(!s.reuse_address().unwrap());
     }
 
     #[test]
-    fn connect_to_a_listener_succeeds_with_nodelay() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let s = start_connect(l.local_addr().unwrap()).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !matches!(connect_result(&s), ConnectState::Connected) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "connect never finished"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(s.nodelay().unwrap());
+    fn an_unavailable_algorithm_is_dropped_at_start() {
+        let opts = SocketOptions {
+            congestion: Some("vegas".parse().unwrap()),
+            ..Default::default()
+        };
+        let a = Applied::new("web", opts, Some(&["reno".to_owned(), "cubic".to_owned()]));
+        assert_eq!(a.options().congestion, None);
+    }
+
+    #[test]
+    fn a_refused_option_is_not_asked_again() {
+        let opts = SocketOptions {
+            congestion: Some("nocc".parse().unwrap()),
+            ..Default::default()
+        };
+        let a = Applied::new("web", opts, None);
+        let s = tcp();
+        a.upstream(&s);
+        assert_eq!(
+            a.refused(),
+            Opt::Congestion.bit(),
+            "the refusal is remembered"
+        );
+        a.upstream(&s);
+        assert_eq!(a.refused(), Opt::Congestion.bit());
+        assert!(s.tcp_nodelay().unwrap(), "the other options still went on");
     }
 }

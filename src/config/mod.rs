@@ -5,6 +5,7 @@
 //! `validate.rs` turns the raw file into a `Config`, `load.rs` owns every
 //! call to serde_yaml and puts line and column on each error.
 
+mod describe;
 mod load;
 mod schema;
 pub mod units;
@@ -16,8 +17,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use load::{load_file, parse_str};
+pub use schema::RawSocket as SocketOptions;
 pub use schema::RelayMode;
-pub use units::{HostPort, Workers};
+pub use units::{CongestionName, HostPort, Keepalive, Workers};
 
 /// Default `connect_timeout` of a route.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -31,6 +33,13 @@ pub const DEFAULT_PIPE_SIZE: usize = 64 << 10;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// Default relay mode.
 pub const DEFAULT_RELAY: RelayMode = RelayMode::Splice;
+/// Default `half_close_timeout`: a session one side of which has finished
+/// must not linger in CLOSE-WAIT for the whole idle timeout.
+pub const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default listen `backlog` (capped at `net.core.somaxconn`).
+pub const DEFAULT_BACKLOG: u32 = 4096;
+/// Default `max_pooled_pipes` per worker.
+pub const DEFAULT_MAX_POOLED_PIPES: usize = 128;
 
 /// A validated configuration with every default filled in.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,14 +48,20 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Worker threads.
     pub workers: Workers,
+    /// Pin worker i to the i-th CPU the process may use.
+    pub cpu_affinity: bool,
     /// How sessions move bytes.
     pub relay: RelayMode,
     /// Bytes asked of the kernel per splice pipe.
     pub pipe_size: usize,
+    /// Spare pipes each worker keeps.
+    pub max_pooled_pipes: usize,
     /// Sessions allowed at once, all routes together.
     pub max_connections: usize,
     /// Time running sessions get to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// Reload when the file changes.
+    pub watch: bool,
     /// At least one route; listen addresses don't collide.
     pub routes: Vec<Route>,
 }
@@ -64,6 +79,16 @@ pub struct Route {
     pub connect_timeout: Duration,
     /// A session with no byte either way for this long is closed.
     pub idle_timeout: Duration,
+    /// Once one side has finished, the session is closed after this long without a byte.
+    pub half_close_timeout: Duration,
+    /// Listen queue length asked of the kernel.
+    pub backlog: u32,
+    /// Sessions allowed at once on this route.
+    pub max_connections: Option<usize>,
+    /// Sessions allowed at once from one client IP on this route.
+    pub max_connections_per_client: Option<usize>,
+    /// Socket options, `defaults.socket` merged in.
+    pub socket: SocketOptions,
 }
 
 /// An upstream as configured (host names not resolved yet).
@@ -150,55 +175,38 @@ fn invalid_message(
     s
 }
 
-impl fmt::Display for Route {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "route {:?} on {}", self.name, self.listen)
+impl SocketOptions {
+    /// TCP_NODELAY unless turned off.
+    pub fn nodelay(&self) -> bool {
+        self.nodelay.unwrap_or(true)
+    }
+
+    /// SO_REUSEADDR on the listener unless turned off.
+    pub fn reuse_address(&self) -> bool {
+        self.reuse_address.unwrap_or(true)
+    }
+
+    /// These options with every unset one taken from `defaults`.
+    pub fn or(self, defaults: &SocketOptions) -> SocketOptions {
+        let d = defaults.clone();
+        SocketOptions {
+            nodelay: self.nodelay.or(d.nodelay),
+            keepalive: self.keepalive.or(d.keepalive),
+            user_timeout: self.user_timeout.or(d.user_timeout),
+            send_buffer: self.send_buffer.or(d.send_buffer),
+            recv_buffer: self.recv_buffer.or(d.recv_buffer),
+            congestion: self.congestion.or(d.congestion),
+            fastopen: self.fastopen.or(d.fastopen),
+            notsent_lowat: self.notsent_lowat.or(d.notsent_lowat),
+            defer_accept: self.defer_accept.or(d.defer_accept),
+            mark: self.mark.or(d.mark),
+            reuse_address: self.reuse_address.or(d.reuse_address),
+        }
     }
 }
 
-impl Config {
-    /// The effective configuration as YAML (defaults merged), for `sluice check`.
-    /// `workers_now` is what `workers: auto` means on this machine.
-    pub fn describe(&self, workers_now: usize) -> String {
-        use std::fmt::Write as _;
-        use units::{fmt_duration, fmt_size};
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "# {}: configuration is valid; effective settings with defaults merged",
-            self.origin()
-        );
-        match self.workers {
-            Workers::Auto => {
-                let _ = writeln!(s, "workers: auto  # {workers_now} on this machine");
-            }
-            Workers::Count(n) => {
-                let _ = writeln!(s, "workers: {n}");
-            }
-        }
-        let _ = writeln!(s, "relay: {}", self.relay);
-        let _ = writeln!(s, "pipe_size: {}", fmt_size(self.pipe_size as u64));
-        let _ = writeln!(s, "max_connections: {}", self.max_connections);
-        let _ = writeln!(s, "drain_timeout: {}", fmt_duration(self.drain_timeout));
-        let _ = writeln!(s, "routes:");
-        for r in &self.routes {
-            let _ = writeln!(s, "  - name: {}", r.name);
-            let _ = writeln!(s, "    listen: {}", r.listen);
-            let _ = writeln!(s, "    upstreams:");
-            for u in &r.upstreams {
-                let _ = writeln!(
-                    s,
-                    "      - {{ address: \"{}\", weight: {} }}",
-                    u.address, u.weight
-                );
-            }
-            let _ = writeln!(
-                s,
-                "    connect_timeout: {}",
-                fmt_duration(r.connect_timeout)
-            );
-            let _ = writeln!(s, "    idle_timeout: {}", fmt_duration(r.idle_timeout));
-        }
-        s
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "route {:?} on {}", self.name, self.listen)
     }
 }

@@ -24,20 +24,33 @@ pub type MaxConnections = CountIn<1, 10_000_000>;
 /// An upstream's `weight`: 1 to 256.
 pub type Weight = CountIn<1, 256>;
 
+/// `half_close_timeout`: 10 ms to 30 days.
+pub type HalfCloseTimeout = DurationIn<10, { 30 * 86_400_000 }>;
+/// `backlog`: the listen queue asked of the kernel (capped at `net.core.somaxconn`).
+pub type Backlog = CountIn<1, 65_535>;
+/// `max_pooled_pipes`: spare pipes each worker keeps.
+pub type MaxPooledPipes = CountIn<0, 65_536>;
+
 /// The whole file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Worker threads: `auto` or a count.
     pub workers: Option<Workers>,
+    /// Pin worker i to the i-th CPU this process may use.
+    pub cpu_affinity: Option<bool>,
     /// Relay mode for every route.
     pub relay: Option<RelayMode>,
     /// Size asked of the kernel for each splice pipe.
     pub pipe_size: Option<PipeSize>,
+    /// Spare pipes each worker keeps for reuse.
+    pub max_pooled_pipes: Option<MaxPooledPipes>,
     /// Sessions allowed at once, all routes together.
     pub max_connections: Option<MaxConnections>,
     /// How long running sessions may take to finish after SIGTERM.
     pub drain_timeout: Option<DrainTimeout>,
+    /// Reload when the file changes (polled every second).
+    pub watch: Option<bool>,
     /// Settings every route inherits unless it sets its own.
     #[serde(default)]
     pub defaults: RawDefaults,
@@ -45,7 +58,8 @@ pub struct RawConfig {
     pub routes: Option<Vec<RawRoute>>,
 }
 
-/// `defaults:`: the per-route settings a route inherits.
+/// `defaults:`: the per-route settings a route inherits. (The same keys as
+/// in a route; serde can't flatten a struct and deny unknown fields at once.)
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDefaults {
@@ -53,13 +67,24 @@ pub struct RawDefaults {
     pub connect_timeout: Option<ConnectTimeout>,
     /// A session with no byte either way for this long is closed.
     pub idle_timeout: Option<IdleTimeout>,
+    /// A session one side of which has finished is closed after this long without a byte.
+    pub half_close_timeout: Option<HalfCloseTimeout>,
+    /// Listen queue length.
+    pub backlog: Option<Backlog>,
+    /// Sessions allowed at once on the route.
+    pub max_connections: Option<MaxConnections>,
+    /// Sessions allowed at once from one client IP on the route.
+    pub max_connections_per_client: Option<MaxConnections>,
+    /// Socket options.
+    #[serde(default)]
+    pub socket: RawSocket,
 }
 
 /// One entry of `routes:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
-    /// Used in logs and (later) metrics labels.
+    /// Used in logs and metrics labels.
     pub name: String,
     /// Where clients connect.
     pub listen: ListenAddr,
@@ -69,7 +94,60 @@ pub struct RawRoute {
     pub connect_timeout: Option<ConnectTimeout>,
     /// Overrides `defaults.idle_timeout`.
     pub idle_timeout: Option<IdleTimeout>,
+    /// Overrides `defaults.half_close_timeout`.
+    pub half_close_timeout: Option<HalfCloseTimeout>,
+    /// Overrides `defaults.backlog`.
+    pub backlog: Option<Backlog>,
+    /// Overrides `defaults.max_connections`.
+    pub max_connections: Option<MaxConnections>,
+    /// Overrides `defaults.max_connections_per_client`.
+    pub max_connections_per_client: Option<MaxConnections>,
+    /// Overrides `defaults.socket`, option by option.
+    #[serde(default)]
+    pub socket: RawSocket,
 }
+
+/// `socket:` options; every one optional (unset = the kernel's default,
+/// except `nodelay` and `reuse_address`, which default to on).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawSocket {
+    /// TCP_NODELAY on both sockets of a session.
+    pub nodelay: Option<bool>,
+    /// SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, or `false`.
+    pub keepalive: Option<super::units::Keepalive>,
+    /// TCP_USER_TIMEOUT (0s = off).
+    pub user_timeout: Option<UserTimeout>,
+    /// SO_SNDBUF.
+    pub send_buffer: Option<BufferSize>,
+    /// SO_RCVBUF (set on the listener before listen(), so the window scale fits).
+    pub recv_buffer: Option<BufferSize>,
+    /// TCP_CONGESTION, checked against the kernel's available list at start.
+    pub congestion: Option<super::units::CongestionName>,
+    /// TCP_FASTOPEN queue length on the listener; 0 = off.
+    pub fastopen: Option<FastOpenQueue>,
+    /// TCP_NOTSENT_LOWAT.
+    pub notsent_lowat: Option<NotSentLowat>,
+    /// TCP_DEFER_ACCEPT on the listener; 0s = off. Breaks server-speaks-first protocols.
+    pub defer_accept: Option<DeferAccept>,
+    /// SO_MARK on the upstream socket (policy routing); needs CAP_NET_ADMIN.
+    pub mark: Option<Mark>,
+    /// SO_REUSEADDR on the listener.
+    pub reuse_address: Option<bool>,
+}
+
+/// `user_timeout`: 0 (off) to 1 day.
+pub type UserTimeout = DurationIn<0, 86_400_000>;
+/// `send_buffer` / `recv_buffer`: 4 KiB to 256 MiB (the kernel caps at `net.core.{w,r}mem_max`).
+pub type BufferSize = SizeIn<4096, { 256 << 20 }>;
+/// `fastopen`: listener queue length, 0 = off.
+pub type FastOpenQueue = CountIn<0, 65_535>;
+/// `notsent_lowat`: 1 byte to 256 MiB.
+pub type NotSentLowat = SizeIn<1, { 256 << 20 }>;
+/// `defer_accept`: 0 (off) to 1 hour, in seconds.
+pub type DeferAccept = DurationIn<0, 3_600_000>;
+/// `mark`: any 32-bit value.
+pub type Mark = CountIn<0, { u32::MAX as u64 }>;
 
 /// How bytes are moved between the two sockets of a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]

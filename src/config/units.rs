@@ -287,6 +287,124 @@ impl FromStr for ListenAddr {
     }
 }
 
+/// TCP keepalive: off, or probes after `idle` without traffic, every
+/// `interval`, giving up after `count` unanswered probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keepalive {
+    /// SO_KEEPALIVE off.
+    Off,
+    /// SO_KEEPALIVE on with these timings.
+    On {
+        /// TCP_KEEPIDLE.
+        idle: Duration,
+        /// TCP_KEEPINTVL.
+        interval: Duration,
+        /// TCP_KEEPCNT.
+        count: u32,
+    },
+}
+
+/// `keepalive: true` means these.
+pub const DEFAULT_KEEPALIVE: Keepalive = Keepalive::On {
+    idle: Duration::from_secs(60),
+    interval: Duration::from_secs(10),
+    count: 6,
+};
+
+/// The kernel takes keepalive times in whole seconds, 1 to 32767.
+type KeepaliveSecs = DurationIn<1000, 32_767_000>;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeepaliveMap {
+    idle: Option<KeepaliveSecs>,
+    interval: Option<KeepaliveSecs>,
+    count: Option<CountIn<1, 127>>,
+}
+
+impl<'de> Deserialize<'de> for Keepalive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Keepalive;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("false, true, or { idle: 60s, interval: 10s, count: 6 }")
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Keepalive, E> {
+                Ok(if v { DEFAULT_KEEPALIVE } else { Keepalive::Off })
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Keepalive, A::Error> {
+                let m = KeepaliveMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let Keepalive::On {
+                    idle,
+                    interval,
+                    count,
+                } = DEFAULT_KEEPALIVE
+                else {
+                    unreachable!("the default keepalive is on")
+                };
+                Ok(Keepalive::On {
+                    idle: m.idle.map_or(idle, |d| d.get()),
+                    interval: m.interval.map_or(interval, |d| d.get()),
+                    count: m.count.map_or(count, |c| c.get() as u32),
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl fmt::Display for Keepalive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Keepalive::Off => f.write_str("false"),
+            Keepalive::On {
+                idle,
+                interval,
+                count,
+            } => write!(
+                f,
+                "{{ idle: {}, interval: {}, count: {count} }}",
+                fmt_duration(*idle),
+                fmt_duration(*interval)
+            ),
+        }
+    }
+}
+
+/// A congestion control algorithm's name (`bbr`, `cubic`): checked against
+/// the kernel's list when the server starts, not here.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CongestionName(pub String);
+
+impl FromStr for CongestionName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        // TCP_CA_NAME_MAX is 16 including the terminating NUL.
+        if s.is_empty()
+            || s.len() > 15
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "invalid congestion control name {s:?}: expected a kernel name such as \"bbr\" or \"cubic\""
+            ));
+        }
+        Ok(CongestionName(s.to_owned()))
+    }
+}
+
+impl fmt::Display for CongestionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Deserializes any `FromStr<Err = String>` value from a YAML scalar. Numbers
 /// are accepted too (`pipe_size: 65536`, `workers: 4`) and parsed from their text.
 struct FromStrVisitor<T>(std::marker::PhantomData<T>, &'static str);
@@ -326,6 +444,7 @@ deserialize_from_str!(SizeIn<MIN, MAX>, "a size with a unit, e.g. \"64KiB\"", co
 deserialize_from_str!(Workers, "\"auto\" or a number of workers");
 deserialize_from_str!(HostPort, "an upstream address \"host:port\"");
 deserialize_from_str!(ListenAddr, "a listen address \"IP:port\"");
+deserialize_from_str!(CongestionName, "a congestion control name such as \"bbr\"");
 
 impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for CountIn<MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -415,6 +534,39 @@ mod tests {
         assert!("app internal:80".parse::<HostPort>().is_err());
         assert!("::1:80".parse::<HostPort>().is_err());
         assert!("0.0.0.0:80800".parse::<HostPort>().is_err());
+    }
+
+    #[test]
+    fn keepalive_is_a_bool_or_a_map() {
+        let k: Keepalive = serde_yaml::from_str("false").unwrap();
+        assert_eq!(k, Keepalive::Off);
+        let k: Keepalive = serde_yaml::from_str("true").unwrap();
+        assert_eq!(k, DEFAULT_KEEPALIVE);
+        let k: Keepalive = serde_yaml::from_str("{ idle: 30s, count: 3 }").unwrap();
+        assert_eq!(
+            k,
+            Keepalive::On {
+                idle: Duration::from_secs(30),
+                interval: Duration::from_secs(10),
+                count: 3
+            }
+        );
+        assert_eq!(k.to_string(), "{ idle: 30s, interval: 10s, count: 3 }");
+        assert!(
+            serde_yaml::from_str::<Keepalive>("{ idle: 500ms }").is_err(),
+            "whole seconds only"
+        );
+        assert!(
+            serde_yaml::from_str::<Keepalive>("{ idel: 5s }").is_err(),
+            "unknown keys are errors"
+        );
+    }
+
+    #[test]
+    fn congestion_names() {
+        assert!("bbr".parse::<CongestionName>().is_ok());
+        assert!("".parse::<CongestionName>().is_err());
+        assert!("a very long algorithm".parse::<CongestionName>().is_err());
     }
 
     #[test]

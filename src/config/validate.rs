@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use super::schema::{RawConfig, RawRoute};
 use super::units::{HostPort, Workers};
 use super::{
-    Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_PIPE_SIZE, DEFAULT_RELAY, Route, UpstreamSpec,
+    Config, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HALF_CLOSE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_POOLED_PIPES, DEFAULT_PIPE_SIZE, DEFAULT_RELAY, Route, UpstreamSpec,
 };
 
 /// One step of a field path.
@@ -98,14 +99,19 @@ pub fn validate(raw: RawConfig) -> Result<Config, FieldError> {
     Ok(Config {
         source: None,
         workers: raw.workers.unwrap_or(Workers::Auto),
+        cpu_affinity: raw.cpu_affinity.unwrap_or(false),
         relay: raw.relay.unwrap_or(DEFAULT_RELAY),
         pipe_size: raw
             .pipe_size
             .map_or(DEFAULT_PIPE_SIZE, |s| s.get() as usize),
+        max_pooled_pipes: raw
+            .max_pooled_pipes
+            .map_or(DEFAULT_MAX_POOLED_PIPES, |n| n.get() as usize),
         max_connections: raw
             .max_connections
             .map_or(DEFAULT_MAX_CONNECTIONS, |n| n.get() as usize),
         drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.get()),
+        watch: raw.watch.unwrap_or(false),
         routes,
     })
 }
@@ -113,7 +119,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, FieldError> {
 /// The configuration for `--listen ADDR --upstream ADDR...`: one route named
 /// `default`, every other setting at its default.
 pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Config, FieldError> {
-    let raw = RawRoute {
+    let route = RawRoute {
         name: "default".to_owned(),
         listen: super::units::ListenAddr(listen),
         upstreams: upstreams
@@ -125,19 +131,19 @@ pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Conf
             .collect(),
         connect_timeout: None,
         idle_timeout: None,
+        half_close_timeout: None,
+        backlog: None,
+        max_connections: None,
+        max_connections_per_client: None,
+        socket: Default::default(),
     };
-    let route = route(0, raw, &Default::default()).map_err(|mut e| {
+    validate(RawConfig {
+        routes: Some(vec![route]),
+        ..Default::default()
+    })
+    .map_err(|mut e| {
         e.field = "--upstream".to_owned();
         e
-    })?;
-    Ok(Config {
-        source: None,
-        workers: Workers::Auto,
-        relay: DEFAULT_RELAY,
-        pipe_size: DEFAULT_PIPE_SIZE,
-        max_connections: DEFAULT_MAX_CONNECTIONS,
-        drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-        routes: vec![route],
     })
 }
 
@@ -198,6 +204,23 @@ fn route(
             .idle_timeout
             .or(defaults.idle_timeout)
             .map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get()),
+        half_close_timeout: r
+            .half_close_timeout
+            .or(defaults.half_close_timeout)
+            .map_or(DEFAULT_HALF_CLOSE_TIMEOUT, |d| d.get()),
+        backlog: r
+            .backlog
+            .or(defaults.backlog)
+            .map_or(DEFAULT_BACKLOG, |n| n.get() as u32),
+        max_connections: r
+            .max_connections
+            .or(defaults.max_connections)
+            .map(|n| n.get() as usize),
+        max_connections_per_client: r
+            .max_connections_per_client
+            .or(defaults.max_connections_per_client)
+            .map(|n| n.get() as usize),
+        socket: r.socket.or(&defaults.socket),
         name: r.name,
     })
 }

@@ -81,14 +81,22 @@ pub struct WorkerCounters {
     pub connect_failures: AtomicU64,
     /// `[direction][spliced=0 / copied=1]` bytes delivered.
     bytes: [[AtomicU64; 2]; 2],
-    /// Times accept hit the fd limit (EMFILE/ENFILE).
+    /// Times accept hit the fd limit (EMFILE/ENFILE); each sheds one client.
     pub accept_fd_exhausted: AtomicU64,
-    /// Times a listener paused because `max_connections` was reached.
-    pub accept_limit_paused: AtomicU64,
+    /// Times a listener paused because the global `max_connections` was reached.
+    pub accept_paused_global: AtomicU64,
+    /// Times a listener paused because its route's `max_connections` was reached.
+    pub accept_paused_route: AtomicU64,
+    /// Clients refused by `max_connections_per_client`.
+    pub refused_client_limit: AtomicU64,
     /// Splice pipes created.
     pub pipes_created: AtomicU64,
-    /// Times a pipe was wanted and could not be made.
+    /// Times a pipe was wanted and could not be had.
     pub pipes_refused: AtomicU64,
+    /// Pipes lent to pumps right now.
+    pub pipes_in_use: AtomicU64,
+    /// Spare pipes in the pool right now.
+    pub pipes_pooled: AtomicU64,
     /// Pumps that wanted to splice and copied instead.
     pub copy_fallbacks: AtomicU64,
 }

@@ -22,6 +22,17 @@ impl BufferPool {
         }
     }
 
+    /// New buffer size and pool cap: spare buffers of the old size go, lent
+    /// ones when they come back.
+    pub fn resize(&mut self, size: usize, max_pooled: usize) {
+        if size != self.size {
+            self.free.clear();
+            self.size = size;
+        }
+        self.max_pooled = max_pooled;
+        self.free.truncate(max_pooled);
+    }
+
     /// A buffer, pooled or new.
     pub fn get(&mut self) -> Box<[u8]> {
         self.free
@@ -31,7 +42,7 @@ impl BufferPool {
 
     /// Returns a buffer (its contents are garbage from now on).
     pub fn put(&mut self, buf: Box<[u8]>) {
-        if self.free.len() < self.max_pooled {
+        if buf.len() == self.size && self.free.len() < self.max_pooled {
             self.free.push(buf);
         }
     }

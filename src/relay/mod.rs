@@ -8,7 +8,7 @@ pub mod splice;
 
 pub use pump::{Activity, DstFailed, Pump, SrcEnd};
 
-use crate::pipe::PipePool;
+use crate::pipe::{PipeBudget, PipePool};
 use copy::BufferPool;
 
 /// What a worker lends its pumps: spare pipes and buffers, and the count of
@@ -24,12 +24,22 @@ pub struct Resources {
 }
 
 impl Resources {
-    /// Pools for pipes of `pipe_size` bytes and buffers of the same size.
-    pub fn new(pipe_size: usize, max_pooled_pipes: usize, max_pooled_buffers: usize) -> Resources {
+    /// Pools for pipes of `pipe_size` bytes (within `budget`) and copy buffers of the same size.
+    pub fn new(
+        pipe_size: usize,
+        max_pooled: usize,
+        budget: std::sync::Arc<PipeBudget>,
+    ) -> Resources {
         Resources {
-            pipes: PipePool::new(pipe_size, max_pooled_pipes),
-            buffers: BufferPool::new(pipe_size, max_pooled_buffers),
+            pipes: PipePool::new(pipe_size, max_pooled, budget),
+            buffers: BufferPool::new(pipe_size, max_pooled),
             copy_fallbacks: 0,
         }
+    }
+
+    /// New sizes after a reload: spare pipes and buffers of the old size go.
+    pub fn resize(&mut self, pipe_size: usize, max_pooled: usize) {
+        self.pipes.resize(pipe_size, max_pooled);
+        self.buffers.resize(pipe_size, max_pooled);
     }
 }

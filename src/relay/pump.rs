@@ -356,8 +356,16 @@ mod tests {
     /// Drives one pump from real edge-triggered events until the source's
     /// EOF has been passed on, while threads write `data` in uneven chunks
     /// and read it back (slowly if asked). A lost edge shows up as a timeout.
+    fn test_resources() -> Resources {
+        Resources::new(
+            64 << 10,
+            4,
+            std::sync::Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)),
+        )
+    }
+
     fn relay_through_pump(splice: bool, data: Vec<u8>, slow_reader: bool) -> (Vec<u8>, Pump) {
-        relay_with(Resources::new(64 << 10, 4, 4), splice, data, slow_reader).0
+        relay_with(test_resources(), splice, data, slow_reader).0
     }
 
     fn relay_with(
@@ -449,7 +457,7 @@ mod tests {
             let (mut dst_peer, dst) = pair();
             src_peer.write_all(b"bye").unwrap();
             drop(src_peer);
-            let mut res = Resources::new(64 << 10, 4, 4);
+            let mut res = test_resources();
             let mut pump = Pump::new(splice);
             pump.fail_at_eof(io::ErrorKind::ConnectionReset);
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -476,7 +484,12 @@ mod tests {
     #[test]
     fn without_a_pipe_the_splice_pump_copies_and_counts_it() {
         let res = Resources {
-            pipes: crate::pipe::PipePool::new(1 << 30, 4), // no such pipe can be made
+            // no such pipe can be made
+            pipes: crate::pipe::PipePool::new(
+                1 << 30,
+                4,
+                std::sync::Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)),
+            ),
             buffers: super::super::copy::BufferPool::new(64 << 10, 4),
             copy_fallbacks: 0,
         };
@@ -531,7 +544,7 @@ mod tests {
         for splice in [true, false] {
             let (mut src_peer, src) = pair();
             let (_dst_peer, dst) = pair();
-            let mut res = Resources::new(64 << 10, 4, 4);
+            let mut res = test_resources();
             let mut pump = Pump::new(splice);
             let chunk = payload(1 << 20, 3);
             src_peer.set_nonblocking(true).unwrap();

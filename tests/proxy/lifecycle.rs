@@ -76,20 +76,20 @@ fn sigterm_without_sessions_exits_zero_promptly() {
 }
 
 #[test]
-fn drain_timeout_cuts_what_is_left() {
-    let up = backends::echo();
+fn drain_timeout_cuts_a_busy_session_with_a_reset() {
+    let len = 256u64 << 20;
+    let up = backends::source(51, len);
     let mut s = Sluice::with_config(
         &format!("drain_timeout: 1s\n{}", one_route("splice", &[up], "")),
         &[],
     );
     let mut c = connect(s.addr());
-    c.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    std::io::Write::write_all(&mut c, b"ping").expect("write");
-    let mut b = [0; 4];
-    c.read_exact(&mut b).expect("echo");
+    let mut first = vec![0; 1 << 20];
+    c.read_exact(&mut first).expect("transfer started");
     let t = Instant::now();
     s.signal(Signal::SIGTERM);
+    // Keep reading slowly: the session stays busy, so only the drain timeout ends it.
+    let outcome = read_digest(&mut c, Some(Duration::from_millis(2)));
     let status = s
         .wait_exit(Duration::from_secs(5))
         .expect("exit after drain_timeout");
@@ -99,11 +99,36 @@ fn drain_timeout_cuts_what_is_left() {
         "exited before drain_timeout: {:?}",
         t.elapsed()
     );
-    // The idle session was cut with a reset, not a clean EOF.
-    match c.read(&mut b) {
+    match outcome {
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
-        other => panic!("expected a reset for a session cut by the drain, got {other:?}"),
+        other => panic!("expected a reset for a transfer cut by the drain, got {other:?}"),
     }
+}
+
+#[test]
+fn drain_closes_idle_sessions_early() {
+    let up = backends::echo();
+    let mut s = Sluice::with_config(
+        &format!("drain_timeout: 30s\n{}", one_route("splice", &[up], "")),
+        &[],
+    );
+    let mut c = connect(s.addr());
+    std::io::Write::write_all(&mut c, b"ping").expect("write");
+    let mut b = [0; 4];
+    c.read_exact(&mut b).expect("echo");
+    let t = Instant::now();
+    s.signal(Signal::SIGTERM);
+    let status = s
+        .wait_exit(Duration::from_secs(10))
+        .expect("an idle session must not hold the drain for 30 s");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Closed cleanly: the idle client sees an EOF, not a reset.
+    assert_eq!(c.read(&mut b).expect("clean close"), 0);
 }
 
 #[test]

@@ -1,0 +1,204 @@
+//! Sockets as sluice makes them: `SO_REUSEPORT` listeners, non-blocking
+//! upstream connects and how their outcome is read, and the abortive close
+//! that passes a reset on. The options each socket gets come from
+//! `sockopt.rs`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use crate::sockopt::Applied;
+
+/// Binds a non-blocking `SO_REUSEPORT` listener, one per worker per route:
+/// the kernel spreads new connections over the workers' sockets. `opts`
+/// are the route's socket options (buffers before `listen`, so accepted
+/// sockets inherit them and the window scale fits; fast open and deferred
+/// accept after).
+pub fn reuseport_listener(
+    addr: SocketAddr,
+    backlog: u32,
+    opts: &Applied,
+) -> io::Result<TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        // `[::]` means IPv6 only; a route for IPv4 too lists `0.0.0.0` as well.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_port(true)?;
+    opts.before_listen(&socket);
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    opts.after_listen(&socket);
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Starts a non-blocking connect to `addr` with the route's options. The
+/// result arrives later as a writable event; read it with [`connect_result`].
+pub fn start_connect(addr: SocketAddr, opts: &Applied) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    opts.upstream(&socket);
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+/// What a connecting socket's first event means.
+#[derive(Debug)]
+pub enum ConnectState {
+    /// Connected: relay.
+    Connected,
+    /// Connected, and already reset by the peer: relay what it sent, then
+    /// pass the reset on (the error has been consumed; reads will end in EOF).
+    ConnectedThenReset,
+    /// Spurious wake-up: keep waiting.
+    Pending,
+    /// The connect failed.
+    Failed(io::Error),
+}
+
+/// Reads the outcome of a non-blocking connect: writable does not mean
+/// connected. `SO_ERROR` first (set means failed), then `getpeername`
+/// (`ENOTCONN` means still in progress).
+pub fn connect_result(stream: &TcpStream) -> ConnectState {
+    match stream.take_error() {
+        // A refused handshake is ECONNREFUSED; a reset means the handshake
+        // completed and the peer reset afterwards (say, a server that writes
+        // "too many connections" and aborts). Its bytes are still queued.
+        Ok(Some(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+            return ConnectState::ConnectedThenReset;
+        }
+        Ok(Some(e)) | Err(e) => return ConnectState::Failed(e),
+        Ok(None) => {}
+    }
+    match stream.peer_addr() {
+        Ok(_) => ConnectState::Connected,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => ConnectState::Pending,
+        Err(e) => ConnectState::Failed(e),
+    }
+}
+
+/// Makes the coming close send a reset instead of a FIN (`SO_LINGER` 0).
+/// Only for passing an abort on: on a normal close it would truncate data.
+pub fn reset_on_close(stream: &TcpStream) {
+    // Best effort: if it fails the peer sees a FIN, which still ends the stream.
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// The kernel's `net.core.somaxconn`, if readable.
+pub fn somaxconn() -> Option<i32> {
+    crate::sysctl::read("net/core/somaxconn")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_reuseport_listeners_share_a_port() {
+        let a =
+            reuseport_listener("127.0.0.1:0".parse().unwrap(), 16, &Applied::default()).unwrap();
+        let addr = a.local_addr().unwrap();
+        let b = reuseport_listener(addr, 16, &Applied::default()).unwrap();
+        assert_eq!(b.local_addr().unwrap(), addr);
+    }
+
+    #[test]
+    fn connect_to_a_closed_port_fails() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let s = start_connect(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &Applied::default(),
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match connect_result(&s) {
+                ConnectState::Failed(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+                    break;
+                }
+                ConnectState::Connected | ConnectState::ConnectedThenReset => {
+                    panic!("connected to a closed port")
+                }
+                ConnectState::Pending => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "connect never finished"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_reset_right_after_the_handshake_is_not_a_connect_failure() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut s = start_connect(l.local_addr().unwrap(), &Applied::default()).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        server.write_all(b"too many connections").unwrap();
+        SockRef::from(&server)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(server);
+        // Wait until the reset has arrived (EPOLLERR/HUP) before looking.
+        let mut poll = mio::Poll::new().unwrap();
+        poll.registry()
+            .register(&mut s, mio::Token(0), mio::Interest::READABLE)
+            .unwrap();
+        let mut events = mio::Events::with_capacity(4);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !events
+            .iter()
+            .any(|e| e.is_error() || (e.is_read_closed() && e.is_write_closed()))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reset never arrived"
+            );
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+        }
+        assert!(matches!(
+            connect_result(&s),
+            ConnectState::ConnectedThenReset
+        ));
+        // What the server sent before its reset is still there to relay.
+        let mut got = Vec::new();
+        let _ = (&s).read_to_end(&mut got);
+        assert_eq!(got, b"too many connections");
+    }
+
+    #[test]
+    fn connect_to_a_listener_succeeds_with_nodelay() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = start_connect(l.local_addr().unwrap(), &Applied::default()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !matches!(connect_result(&s), ConnectState::Connected) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "connect never finished"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(s.nodelay().unwrap());
+    }
+}

@@ -1,0 +1,331 @@
+//! A worker's listening sockets: taking route updates (start and reload),
+//! accepting in fair batches, the connection limits (global and per route:
+//! stop accepting; per client: refuse), and running out of file descriptors.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Token};
+use socket2::SockRef;
+
+use super::{TimerKey, Worker, WorkerSettings, is_fd_exhaustion, session_token};
+use crate::metrics::{CloseReason, WorkerCounters};
+use crate::reload::{ListenKey, RouteUpdate};
+use crate::route::Route;
+use crate::session::{Session, Side};
+use crate::upstream::SmoothRoundRobin;
+
+/// Accepts per listener per loop turn. Accepting a whole queue at once (thousands
+/// after a burst) would hold up every established session's events for tens of
+/// milliseconds; HAProxy's `tune.maxaccept` is 64 for the same reason.
+const ACCEPT_BATCH: usize = 64;
+/// How long a listener rests after accept hit the fd limit.
+const FD_RETRY: Duration = Duration::from_millis(100);
+/// How long a listener rests at a connection limit before it looks again
+/// (it also looks whenever one of this worker's sessions closes).
+const LIMIT_RETRY: Duration = Duration::from_millis(50);
+
+/// One route's listening socket in this worker.
+pub(super) struct Listener {
+    key: ListenKey,
+    socket: TcpListener,
+    route: Arc<Route>,
+    balancer: SmoothRoundRobin,
+    /// Deregistered until a retry timer or a closing session resumes it.
+    paused: bool,
+    /// The last accept round stopped at `ACCEPT_BATCH` with clients maybe still queued.
+    pub(super) backlog: bool,
+}
+
+fn listener_token(li: usize) -> Token {
+    Token(1 + li)
+}
+
+impl Worker {
+    /// Serves exactly `routes` from now on: new ones start listening,
+    /// changed ones keep their socket (with its options re-applied) and give
+    /// new sessions the new route, the rest close (running sessions go on).
+    pub(super) fn set_routes(
+        &mut self,
+        routes: Vec<RouteUpdate>,
+        settings: WorkerSettings,
+        now: Instant,
+    ) {
+        if settings != self.settings {
+            self.res
+                .resize(settings.pipe_size, settings.max_pooled_pipes);
+            self.settings = settings;
+        }
+        if self.draining {
+            return; // the new sockets close here; nothing listens during a drain
+        }
+        let mut keep = Vec::with_capacity(routes.len());
+        for u in routes {
+            let existing = self
+                .listeners
+                .iter()
+                .find(|(_, l)| l.key == u.key)
+                .map(|(i, _)| i);
+            match (u.listener, existing) {
+                (Some(mut socket), _) => {
+                    let li = self.listeners.vacant_key();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut socket,
+                        listener_token(li),
+                        Interest::READABLE,
+                    ) {
+                        log::error!(
+                            "worker {}: cannot register the listener of route {}: {e}",
+                            self.id,
+                            u.route.name
+                        );
+                        continue;
+                    }
+                    let balancer = balancer(&u.route);
+                    self.listeners.insert(Listener {
+                        key: u.key,
+                        socket,
+                        route: u.route,
+                        balancer,
+                        paused: false,
+                        backlog: true, // accept whatever is queued already
+                    });
+                    keep.push(li);
+                }
+                (None, Some(li)) => {
+                    let l = &mut self.listeners[li];
+                    if !Arc::ptr_eq(&l.route, &u.route) {
+                        l.balancer = balancer(&u.route);
+                        l.route = u.route;
+                        if u.changed {
+                            let r = &l.route;
+                            r.socket.before_listen(&l.socket);
+                            // listen() again on a listening socket just updates its backlog.
+                            let backlog = i32::try_from(r.backlog).unwrap_or(i32::MAX);
+                            if let Err(e) = SockRef::from(&l.socket).listen(backlog) {
+                                log::warn!("route {}: cannot change the backlog: {e}", r.name);
+                            }
+                            r.socket.after_listen(&l.socket);
+                        }
+                    }
+                    keep.push(li);
+                }
+                (None, None) => log::error!(
+                    "worker {}: route {} has no listener here",
+                    self.id,
+                    u.route.name
+                ),
+            }
+        }
+        let gone: Vec<usize> = self
+            .listeners
+            .iter()
+            .map(|(i, _)| i)
+            .filter(|i| !keep.contains(i))
+            .collect();
+        for li in gone {
+            let l = self.listeners.remove(li);
+            log::debug!(
+                "worker {}: route {} stops listening on {}",
+                self.id,
+                l.route.name,
+                l.route.listen
+            );
+            // Dropping the socket closes it (and takes it out of the poll).
+        }
+        self.accept_backlogs(now);
+    }
+
+    /// Closes every listener (drain): new clients are refused at once.
+    pub(super) fn close_listeners(&mut self) {
+        self.listeners.clear();
+    }
+
+    /// Accepts on listeners whose last round stopped at the batch limit.
+    pub(super) fn accept_backlogs(&mut self, now: Instant) {
+        let pending: Vec<usize> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.backlog)
+            .map(|(i, _)| i)
+            .collect();
+        for li in pending {
+            self.accept(li, now);
+        }
+    }
+
+    /// Accepts up to `ACCEPT_BATCH` clients on listener `li`.
+    pub(super) fn accept(&mut self, li: usize, now: Instant) {
+        let Some(l) = self.listeners.get_mut(li) else {
+            return;
+        };
+        if l.paused {
+            return;
+        }
+        l.backlog = false;
+        for _ in 0..ACCEPT_BATCH {
+            // At a limit we stop accepting: clients wait in the kernel's
+            // queue instead of being accepted and dropped.
+            if self.shared.active.load(Ordering::Relaxed)
+                >= self.shared.max_connections.load(Ordering::Relaxed)
+            {
+                WorkerCounters::inc(&self.counters.accept_paused_global);
+                self.pause(li, LIMIT_RETRY, now);
+                return;
+            }
+            if self.listeners[li].route.at_limit() {
+                WorkerCounters::inc(&self.counters.accept_paused_route);
+                self.pause(li, LIMIT_RETRY, now);
+                return;
+            }
+            match self.listeners[li].socket.accept() {
+                Ok((stream, addr)) => self.start_session(li, stream, addr, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) if is_fd_exhaustion(&e) => {
+                    self.out_of_fds(li, &e, now);
+                    return;
+                }
+                Err(e) => {
+                    let listen = self.listeners[li].route.listen;
+                    self.warn(format!("accept on {listen} failed: {e}; retrying shortly"));
+                    self.pause(li, FD_RETRY, now);
+                    return;
+                }
+            }
+        }
+        // More may be queued and no new edge will say so: come back after
+        // the sessions that already have events have had their turn.
+        self.listeners[li].backlog = true;
+    }
+
+    /// accept hit the fd limit. The connection stays queued and an
+    /// edge-triggered loop would never hear of it again, so: spend the
+    /// reserve fd to take one connection off the queue and close it (the
+    /// client learns at once), and look again after a pause.
+    fn out_of_fds(&mut self, li: usize, e: &io::Error, now: Instant) {
+        WorkerCounters::inc(&self.counters.accept_fd_exhausted);
+        let socket = &self.listeners[li].socket;
+        self.reserve.spend(|| drop(socket.accept()));
+        self.warn(format!(
+            "out of file descriptors ({e}) with {} sessions: shedding one connection and pausing accept for {FD_RETRY:?}",
+            self.sessions.len(),
+        ));
+        self.pause(li, FD_RETRY, now);
+    }
+
+    /// Stops accepting on `li` (out of the poll: no wake-ups while paused)
+    /// until `retry` has passed or a session closes.
+    fn pause(&mut self, li: usize, retry: Duration, now: Instant) {
+        let l = &mut self.listeners[li];
+        if !l.paused {
+            l.paused = true;
+            let _ = self.poll.registry().deregister(&mut l.socket);
+            self.timers.schedule(now + retry, TimerKey::Accept(li));
+        }
+    }
+
+    /// Takes a paused listener back into the poll and accepts what waits.
+    pub(super) fn resume(&mut self, li: usize, now: Instant) {
+        let Some(l) = self.listeners.get_mut(li) else {
+            return;
+        };
+        if !l.paused {
+            return;
+        }
+        l.paused = false;
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut l.socket, listener_token(li), Interest::READABLE)
+        {
+            log::error!(
+                "worker {}: cannot resume listening for route {}: {e}",
+                self.id,
+                l.route.name
+            );
+            return;
+        }
+        self.accept(li, now);
+    }
+
+    /// Resumes every paused listener (a session closed: there may be room).
+    pub(super) fn resume_all(&mut self, now: Instant) {
+        let paused: Vec<usize> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.paused)
+            .map(|(i, _)| i)
+            .collect();
+        for li in paused {
+            self.resume(li, now);
+        }
+    }
+
+    fn start_session(
+        &mut self,
+        li: usize,
+        client: TcpStream,
+        client_addr: SocketAddr,
+        now: Instant,
+    ) {
+        WorkerCounters::inc(&self.counters.accepted);
+        let l = &mut self.listeners[li];
+        let route = Arc::clone(&l.route);
+        if let Some(limit) = route.max_connections_per_client {
+            if !route.state.admit_client(client_addr.ip(), limit) {
+                WorkerCounters::inc(&self.counters.refused_client_limit);
+                log::debug!(
+                    "route {}: refused {client_addr}: it already has {limit} sessions (max_connections_per_client)",
+                    route.name
+                );
+                return; // dropping the socket closes it
+            }
+        }
+        let first = l.balancer.pick().unwrap_or(0);
+        route.socket.client(&client);
+        self.counters.active.fetch_add(1, Ordering::Relaxed);
+        self.shared.active.fetch_add(1, Ordering::Relaxed);
+        route.state.active.fetch_add(1, Ordering::Relaxed);
+        self.next_id += 1;
+        let session = Session::new(
+            self.next_id,
+            route,
+            client,
+            client_addr,
+            first,
+            self.settings.splice,
+            now,
+        );
+        let entry = self.sessions.vacant_entry();
+        let key = entry.key();
+        let s = entry.insert(session);
+        if let Err(e) = self.poll.registry().register(
+            &mut s.client,
+            session_token(key, Side::Client),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("cannot register client {client_addr}: {e}");
+            self.close(key, CloseReason::ConnectFailed, None, now);
+            return;
+        }
+        log::trace!(
+            "session {}: client {client_addr} on route {}",
+            self.sessions[key].id,
+            self.sessions[key].route.name
+        );
+        self.connect(key, 0, String::new(), now);
+    }
+}
+
+fn balancer(route: &Route) -> SmoothRoundRobin {
+    SmoothRoundRobin::new(route.upstreams.upstreams.iter().map(|u| u.weight))
+}
