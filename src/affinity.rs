@@ -7,9 +7,7 @@ use nix::unistd::Pid;
 /// The CPUs this process may run on, in order.
 pub fn allowed_cpus() -> nix::Result<Vec<usize>> {
     let set = sched_getaffinity(Pid::from_raw(0))?;
-    Ok((0..CpuSet::count())
-        .filter(|&c| set.is_set(c).unwrap_or(false))
-        .collect())
+    Ok((0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
 }
 
 /// Pins the calling thread (worker `worker`) to the `worker`-th allowed CPU,
@@ -42,10 +40,6 @@ mod tests {
         .unwrap();
         assert!(allowed.contains(&cpu.0));
         assert_eq!(cpu.1, vec![cpu.0], "the thread may run on that CPU only");
-        assert_eq!(
-            allowed_cpus().unwrap(),
-            allowed,
-            "other threads are not affected"
-        );
+        assert_eq!(allowed_cpus().unwrap(), allowed, "other threads are not affected");
     }
 }

@@ -40,12 +40,7 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Run one route without a config file: accept clients on ADDR (IP:port; port 0 picks a free one).
-    #[arg(
-        long,
-        value_name = "ADDR",
-        conflicts_with = "config",
-        requires = "upstream"
-    )]
+    #[arg(long, value_name = "ADDR", conflicts_with = "config", requires = "upstream")]
     pub listen: Option<SocketAddr>,
 
     /// An upstream for --listen (host:port); repeat for more, used round robin.
@@ -127,16 +122,7 @@ mod tests {
         assert!(Cli::try_parse_from(["sluice", "--listen", "127.0.0.1:0"]).is_err());
         assert!(Cli::try_parse_from(["sluice", "--upstream", "127.0.0.1:1"]).is_err());
         assert!(
-            Cli::try_parse_from([
-                "sluice",
-                "--listen",
-                "127.0.0.1:0",
-                "-c",
-                "x.yaml",
-                "--upstream",
-                "a:1"
-            ])
-            .is_err()
+            Cli::try_parse_from(["sluice", "--listen", "127.0.0.1:0", "-c", "x.yaml", "--upstream", "a:1"]).is_err()
         );
         assert!(Cli::try_parse_from(["sluice", "--relay", "zerocopy"]).is_err());
         assert!(Cli::try_parse_from(["sluice", "--workers", "0"]).is_err());

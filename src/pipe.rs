@@ -35,26 +35,14 @@ impl Pipe {
     /// make splicing slower than copying, so it is refused here too.
     pub fn new(size: usize) -> io::Result<Pipe> {
         let (read, write) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        let size_arg =
-            i32::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let size_arg = i32::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let current = fcntl(&read, FcntlArg::F_GETPIPE_SZ)?;
-        let capacity = if current >= size_arg {
-            current
-        } else {
-            fcntl(&read, FcntlArg::F_SETPIPE_SZ(size_arg))?
-        };
-        let capacity =
-            usize::try_from(capacity).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let capacity = if current >= size_arg { current } else { fcntl(&read, FcntlArg::F_SETPIPE_SZ(size_arg))? };
+        let capacity = usize::try_from(capacity).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
         if capacity < size {
-            return Err(io::Error::other(format!(
-                "pipe has {capacity} bytes, {size} asked"
-            )));
+            return Err(io::Error::other(format!("pipe has {capacity} bytes, {size} asked")));
         }
-        Ok(Pipe {
-            read,
-            write,
-            capacity,
-        })
+        Ok(Pipe { read, write, capacity })
     }
 }
 
@@ -73,11 +61,7 @@ pub struct PipeBudget {
 impl PipeBudget {
     /// The budget for a process with `nofile` fds making `pipe_size`-byte pipes.
     pub fn new(nofile: u64, pipe_size: usize) -> PipeBudget {
-        let b = PipeBudget {
-            total: AtomicUsize::new(0),
-            cap: AtomicUsize::new(0),
-            nofile,
-        };
+        let b = PipeBudget { total: AtomicUsize::new(0), cap: AtomicUsize::new(0), nofile };
         b.resize(pipe_size);
         b
     }
@@ -102,9 +86,7 @@ impl PipeBudget {
                 by_fds.min(by_pages)
             }
             None => {
-                log::info!(
-                    "splice pipes: at most {by_fds} (a quarter of the fd limit); pumps copy beyond that"
-                );
+                log::info!("splice pipes: at most {by_fds} (a quarter of the fd limit); pumps copy beyond that");
                 by_fds
             }
         };
@@ -114,11 +96,7 @@ impl PipeBudget {
     /// Takes one pipe from the budget, if any is left.
     fn take(&self) -> bool {
         let cap = self.cap.load(Ordering::Relaxed);
-        self.total
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .is_ok()
+        self.total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1)).is_ok()
     }
 
     /// Returns one pipe to the budget.
@@ -254,10 +232,7 @@ impl PipePool {
 
     /// Counters so far.
     pub fn counts(&self) -> PoolCounts {
-        PoolCounts {
-            pooled: self.free.len() as u64,
-            ..self.counts
-        }
+        PoolCounts { pooled: self.free.len() as u64, ..self.counts }
     }
 }
 
@@ -315,10 +290,7 @@ mod tests {
         let mut two = PipePool::new(64 << 10, 4, Arc::clone(&b));
         let p1 = one.get().unwrap();
         let p2 = two.get().unwrap();
-        assert!(
-            one.get().is_none() && two.get().is_none(),
-            "the cap holds across workers"
-        );
+        assert!(one.get().is_none() && two.get().is_none(), "the cap holds across workers");
         assert_eq!(one.counts().refused + two.counts().refused, 2);
         one.discard(p1);
         assert!(two.get().is_some(), "a pipe given back can be had again");
@@ -347,11 +319,7 @@ mod tests {
         pool.resize(128 << 10, 4);
         assert_eq!(pool.counts().pooled, 0);
         pool.put(lent);
-        assert_eq!(
-            pool.counts().pooled,
-            0,
-            "a returned pipe of the old size is closed"
-        );
+        assert_eq!(pool.counts().pooled, 0, "a returned pipe of the old size is closed");
         assert_eq!(b.held(), 0);
     }
 }

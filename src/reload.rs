@@ -10,7 +10,6 @@
 //! control thread, before any worker hears of them, so a bind error leaves
 //! everything as it was.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -37,11 +36,7 @@ pub enum ListenKey {
 impl ListenKey {
     /// The key of a configured route.
     pub fn of(r: &config::Route) -> ListenKey {
-        if r.listen.port() == 0 {
-            ListenKey::Ephemeral(r.name.clone(), r.listen)
-        } else {
-            ListenKey::Fixed(r.listen)
-        }
+        if r.listen.port() == 0 { ListenKey::Ephemeral(r.name.clone(), r.listen) } else { ListenKey::Fixed(r.listen) }
     }
 }
 
@@ -86,22 +81,14 @@ pub fn plan(old: &Running, config: &Config, workers: usize) -> Result<Plan, Serv
         if let Some(prev) = previous.filter(|p| p.config == *r) {
             kept += 1;
             for w in &mut per_worker {
-                w.push(RouteUpdate {
-                    key: key.clone(),
-                    route: Arc::clone(prev),
-                    listener: None,
-                    changed: false,
-                });
+                w.push(RouteUpdate { key: key.clone(), route: Arc::clone(prev), listener: None, changed: false });
             }
             running.push((key, Arc::clone(prev)));
             continue;
         }
         let state = previous.map(|p| Arc::clone(&p.state));
         let mut route = Route::prepare(r, somaxconn.map(|n| n as u32), available.as_deref(), state)
-            .map_err(|source| ServerError::Resolve {
-                route: r.name.clone(),
-                source,
-            })?;
+            .map_err(|source| ServerError::Resolve { route: r.name.clone(), source })?;
         let sockets = match previous {
             Some(prev) => {
                 changed += 1;
@@ -119,36 +106,19 @@ pub fn plan(old: &Running, config: &Config, workers: usize) -> Result<Plan, Serv
         let mut sockets = sockets.map(Vec::into_iter);
         for w in &mut per_worker {
             let listener = sockets.as_mut().and_then(Iterator::next);
-            w.push(RouteUpdate {
-                key: key.clone(),
-                route: Arc::clone(&route),
-                listener,
-                changed: previous.is_some(),
-            });
+            w.push(RouteUpdate { key: key.clone(), route: Arc::clone(&route), listener, changed: previous.is_some() });
         }
         running.push((key, route));
     }
-    let removed = old
-        .iter()
-        .filter(|(k, _)| !running.iter().any(|(n, _)| n == k))
-        .count();
+    let removed = old.iter().filter(|(k, _)| !running.iter().any(|(n, _)| n == k)).count();
     let mut parts = Vec::new();
-    for (n, what) in [
-        (added, "added"),
-        (changed, "changed"),
-        (removed, "removed"),
-        (kept, "unchanged"),
-    ] {
+    for (n, what) in [(added, "added"), (changed, "changed"), (removed, "removed"), (kept, "unchanged")] {
         if n > 0 {
             parts.push(format!("{n} {what}"));
         }
     }
     let summary = format!("{} route(s): {}", running.len(), parts.join(", "));
-    Ok(Plan {
-        per_worker,
-        running,
-        summary,
-    })
+    Ok(Plan { per_worker, running, summary })
 }
 
 /// Binds one `SO_REUSEPORT` socket per worker for a new route. Port 0: the
@@ -157,32 +127,14 @@ fn bind(route: &Route, workers: usize) -> Result<(SocketAddr, Vec<TcpListener>),
     let mut addr = route.listen;
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let l =
-            sockets::reuseport_listener(addr, route.backlog, &route.socket).map_err(|source| {
-                ServerError::Bind {
-                    route: route.name.clone(),
-                    addr,
-                    hint: bind_hint(&source, addr),
-                    source,
-                }
-            })?;
-        addr = l.local_addr().map_err(|source| ServerError::Io {
-            what: "reading a listener's address",
-            source,
+        let l = sockets::reuseport_listener(addr, route.backlog, &route.socket).map_err(|source| {
+            ServerError::Bind { route: route.name.clone(), addr, hint: bind_hint(&source, addr), source }
         })?;
+        addr = l.local_addr().map_err(|source| ServerError::Io { what: "reading a listener's address", source })?;
         sockets.push(l);
     }
-    let upstreams: Vec<String> = route
-        .upstreams
-        .upstreams
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    log::info!(
-        "route {} listening on {addr} -> {}",
-        route.name,
-        upstreams.join(", ")
-    );
+    let upstreams: Vec<String> = route.upstreams.upstreams.iter().map(ToString::to_string).collect();
+    log::info!("route {} listening on {addr} -> {}", route.name, upstreams.join(", "));
     Ok((addr, sockets))
 }
 
@@ -192,9 +144,7 @@ fn bind_hint(e: &std::io::Error, addr: SocketAddr) -> &'static str {
             " (ports below 1024 need root or CAP_NET_BIND_SERVICE: setcap cap_net_bind_service=+ep on the binary, \
              or listen on a port >= 1024)"
         }
-        std::io::ErrorKind::AddrInUse => {
-            " (another process holds this address; `ss -ltnp` shows which)"
-        }
+        std::io::ErrorKind::AddrInUse => " (another process holds this address; `ss -ltnp` shows which)",
         std::io::ErrorKind::AddrNotAvailable => " (no interface on this machine has that address)",
         _ => "",
     }
@@ -212,28 +162,16 @@ pub struct FileWatch {
 }
 
 impl FileWatch {
-    /// Starts watching `path`, whose current content is what is running.
-    pub fn new(path: &Path) -> FileWatch {
-        let mut w = FileWatch {
-            path: path.to_owned(),
-            identity: None,
-            content: 0,
-        };
-        w.identity = w.identity();
-        w.content = w.content_hash().unwrap_or(0);
-        w
+    /// Starts watching `path`, whose content with digest `loaded` is what runs.
+    /// The file's identity is not taken here: if the file changed between
+    /// loading and now, the first look sees it (the content check decides).
+    pub fn new(path: &Path, loaded: u64) -> FileWatch {
+        FileWatch { path: path.to_owned(), identity: None, content: loaded }
     }
 
     fn identity(&self) -> Option<(u64, u64, SystemTime, u64)> {
         let m = std::fs::metadata(&self.path).ok()?;
         Some((m.dev(), m.ino(), m.modified().ok()?, m.len()))
-    }
-
-    fn content_hash(&self) -> Option<u64> {
-        let bytes = std::fs::read(&self.path).ok()?;
-        let mut h = DefaultHasher::new();
-        bytes.hash(&mut h);
-        Some(h.finish())
     }
 
     /// True once per change of content (a touch or a swap to identical content is not a change).
@@ -243,8 +181,8 @@ impl FileWatch {
             return false;
         }
         self.identity = id;
-        match self.content_hash() {
-            Some(h) if h != self.content => {
+        match std::fs::read(&self.path).map(|b| config::digest(&b)) {
+            Ok(h) if h != self.content => {
                 self.content = h;
                 true
             }
@@ -252,11 +190,10 @@ impl FileWatch {
         }
     }
 
-    /// Records that the content now on disk is what was (re)loaded, for a
-    /// reload triggered some other way (SIGHUP).
-    pub fn loaded(&mut self) {
+    /// Records what a reload triggered some other way (SIGHUP) loaded.
+    pub fn loaded(&mut self, digest: u64) {
         self.identity = self.identity();
-        self.content = self.content_hash().unwrap_or(self.content);
+        self.content = digest;
     }
 }
 
@@ -273,8 +210,8 @@ mod tests {
         std::fs::write(&v1, "a: 1\n").unwrap();
         std::fs::write(&v2, "a: 2\n").unwrap();
         std::os::unix::fs::symlink(&v1, &link).unwrap();
-        let mut w = FileWatch::new(&link);
-        assert!(!w.changed());
+        let mut w = FileWatch::new(&link, config::digest(b"a: 1\n"));
+        assert!(!w.changed(), "the first look finds what was loaded");
         // The Kubernetes way: a new target, then the link swapped atomically.
         let tmp = dir.path().join("tmp-link");
         std::os::unix::fs::symlink(&v2, &tmp).unwrap();
@@ -304,10 +241,6 @@ mod tests {
         r.listen = "127.0.0.1:0".parse().unwrap();
         let k0 = ListenKey::of(&r);
         r.name = "c".to_owned();
-        assert_ne!(
-            ListenKey::of(&r),
-            k0,
-            "port-0 routes are told apart by name"
-        );
+        assert_ne!(ListenKey::of(&r), k0, "port-0 routes are told apart by name");
     }
 }

@@ -122,8 +122,7 @@ impl Route {
 
     /// True if the route has as many sessions as it may have.
     pub fn at_limit(&self) -> bool {
-        self.max_connections
-            .is_some_and(|max| self.state.active() >= max)
+        self.max_connections.is_some_and(|max| self.state.active() >= max)
     }
 }
 
@@ -138,19 +137,13 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         assert!(st.admit_client(a, 2));
         assert!(st.admit_client(a, 2));
-        assert!(
-            !st.admit_client(a, 2),
-            "the third from one client is refused"
-        );
+        assert!(!st.admit_client(a, 2), "the third from one client is refused");
         assert!(st.admit_client(b, 2), "another client is not affected");
         st.release_client(a);
         assert!(st.admit_client(a, 2), "a slot came free");
         st.release_client(a);
         st.release_client(a);
         st.release_client(b);
-        assert!(
-            st.per_client.lock().unwrap().is_empty(),
-            "no entry outlives its sessions"
-        );
+        assert!(st.per_client.lock().unwrap().is_empty(), "no entry outlives its sessions");
     }
 }

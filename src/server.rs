@@ -109,8 +109,7 @@ struct Exit {
 /// Starts the workers for `config` and serves until a signal ends it.
 pub fn run(config: Config) -> Result<(), ServerError> {
     // Signal handlers first: a SIGTERM that arrives while we bind must drain, not kill.
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(io_err("installing signal handlers"))?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(io_err("installing signal handlers"))?;
     let nofile = match limits::raise_nofile() {
         Ok(n) => {
             log::info!("file descriptor limit: {n}");
@@ -124,27 +123,18 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let workers = worker_count(config.workers);
     let settings = settings(&config);
     let plan = reload::plan(&Vec::new(), &config, workers)?;
-    let shared = Arc::new(Shared::new(
-        config.max_connections,
-        pipe::PipeBudget::new(nofile, settings.pipe_size),
-    ));
+    let shared = Arc::new(Shared::new(config.max_connections, pipe::PipeBudget::new(nofile, settings.pipe_size)));
 
     // The control thread sleeps until a signal arrives, a worker exits, or the watch interval passes.
     let poll = Poll::new().map_err(io_err("creating the control poll"))?;
-    poll.registry()
-        .register(&mut signals, SIGNALS, Interest::READABLE)
-        .map_err(io_err("registering signals"))?;
-    let exit_waker =
-        Arc::new(Waker::new(poll.registry(), WORKER_EXIT).map_err(io_err("creating a waker"))?);
+    poll.registry().register(&mut signals, SIGNALS, Interest::READABLE).map_err(io_err("registering signals"))?;
+    let exit_waker = Arc::new(Waker::new(poll.registry(), WORKER_EXIT).map_err(io_err("creating a waker"))?);
     let (exit_tx, exits) = mpsc::channel::<Exit>();
 
     let mut handles = Vec::with_capacity(workers);
     for (id, routes) in plan.per_worker.into_iter().enumerate() {
         let worker_poll = Poll::new().map_err(io_err("creating a poll"))?;
-        let waker = Arc::new(
-            Waker::new(worker_poll.registry(), worker::WAKER)
-                .map_err(io_err("creating a waker"))?,
-        );
+        let waker = Arc::new(Waker::new(worker_poll.registry(), worker::WAKER).map_err(io_err("creating a waker"))?);
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(WorkerCounters::default());
         let setup = WorkerSetup {
@@ -172,12 +162,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 let _ = exit_waker.wake();
             })
             .map_err(io_err("starting a worker thread"))?;
-        handles.push(WorkerHandle {
-            thread: Some(thread),
-            tx,
-            waker,
-            counters,
-        });
+        handles.push(WorkerHandle { thread: Some(thread), tx, waker, counters });
     }
     log::info!(
         "sluice {} running: {workers} worker(s), relay {}, pipe size {}, max {} connections{}",
@@ -185,37 +170,16 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         config.relay,
         fmt_size(settings.pipe_size as u64),
         config.max_connections,
-        if config.watch {
-            ", watching the config file"
-        } else {
-            ""
-        }
+        if config.watch { ", watching the config file" } else { "" }
     );
-    let watch = config
-        .source
-        .as_deref()
-        .filter(|_| config.watch)
-        .map(FileWatch::new);
-    let mut control = ControlThread {
-        config,
-        running: plan.running,
-        handles,
-        shared,
-        watch,
-        draining: false,
-        failure: None,
-    };
+    let watch = config.source.as_deref().filter(|_| config.watch).map(|p| FileWatch::new(p, config.source_digest));
+    let mut control =
+        ControlThread { config, running: plan.running, handles, shared, watch, draining: false, failure: None };
     let result = control.run(poll, &mut signals, &exits);
     let totals = Totals::sum(control.handles.iter().map(|h| &*h.counters));
-    let per_worker: Vec<String> = control
-        .handles
-        .iter()
-        .map(|h| h.counters.accepted.load(Ordering::Relaxed).to_string())
-        .collect();
-    log::info!(
-        "stopped: {totals}; accepted per worker: [{}]",
-        per_worker.join(", ")
-    );
+    let per_worker: Vec<String> =
+        control.handles.iter().map(|h| h.counters.accepted.load(Ordering::Relaxed).to_string()).collect();
+    log::info!("stopped: {totals}; accepted per worker: [{}]", per_worker.join(", "));
     result
 }
 
@@ -240,27 +204,15 @@ struct ControlThread {
 
 impl ControlThread {
     /// Waits for signals, file changes and the workers; returns when every worker has exited.
-    fn run(
-        &mut self,
-        mut poll: Poll,
-        signals: &mut Signals,
-        exits: &Receiver<Exit>,
-    ) -> Result<(), ServerError> {
+    fn run(&mut self, mut poll: Poll, signals: &mut Signals, exits: &Receiver<Exit>) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(8);
         loop {
-            let timeout = self
-                .watch
-                .as_ref()
-                .filter(|_| !self.draining)
-                .map(|_| WATCH_EVERY);
+            let timeout = self.watch.as_ref().filter(|_| !self.draining).map(|_| WATCH_EVERY);
             match poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    return Err(ServerError::Io {
-                        what: "waiting for signals",
-                        source: e,
-                    });
+                    return Err(ServerError::Io { what: "waiting for signals", source: e });
                 }
             }
             if events.iter().any(|e| e.token() == SIGNALS) {
@@ -293,11 +245,7 @@ impl ControlThread {
                 self.handles.iter().for_each(|h| h.send(Control::Stop));
             }
             _ => {
-                let name = if signal == SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                };
+                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
                 log::info!(
                     "{name} received: no new connections; running sessions get up to {:?} to finish",
                     self.config.drain_timeout
@@ -310,9 +258,7 @@ impl ControlThread {
     fn drain(&mut self) {
         self.draining = true;
         let deadline = Instant::now() + self.config.drain_timeout;
-        self.handles
-            .iter()
-            .for_each(|h| h.send(Control::Drain { deadline }));
+        self.handles.iter().for_each(|h| h.send(Control::Drain { deadline }));
     }
 
     fn on_exit(&mut self, Exit { id, outcome }: Exit) {
@@ -336,14 +282,9 @@ impl ControlThread {
     /// their new routes. A bad file changes nothing.
     fn reload(&mut self) {
         let Some(path) = self.config.source.clone() else {
-            log::warn!(
-                "reload asked, but sluice runs from the command line, not a file: nothing to reload"
-            );
+            log::warn!("reload asked, but sluice runs from the command line, not a file: nothing to reload");
             return;
         };
-        if let Some(w) = &mut self.watch {
-            w.loaded();
-        }
         match self.try_reload(&path) {
             Ok(summary) => {
                 self.shared.reloads.ok.fetch_add(1, Ordering::Relaxed);
@@ -357,27 +298,26 @@ impl ControlThread {
     }
 
     fn try_reload(&mut self, path: &std::path::Path) -> Result<String, String> {
-        let mut new = config::load_file(path).map_err(|e| e.to_string())?;
+        let loaded = config::load_file(path);
+        if let (Some(w), Ok(c)) = (&mut self.watch, &loaded) {
+            w.loaded(c.source_digest);
+        }
+        let mut new = loaded.map_err(|e| e.to_string())?;
         if new.workers != self.config.workers || new.cpu_affinity != self.config.cpu_affinity {
-            log::warn!(
-                "workers and cpu_affinity only change with a restart; keeping the running ones"
-            );
+            log::warn!("workers and cpu_affinity only change with a restart; keeping the running ones");
             new.workers = self.config.workers;
             new.cpu_affinity = self.config.cpu_affinity;
         }
-        let plan =
-            reload::plan(&self.running, &new, self.handles.len()).map_err(|e| e.to_string())?;
+        let plan = reload::plan(&self.running, &new, self.handles.len()).map_err(|e| e.to_string())?;
         let settings = settings(&new);
-        self.shared
-            .max_connections
-            .store(new.max_connections, Ordering::Relaxed);
+        self.shared.max_connections.store(new.max_connections, Ordering::Relaxed);
         self.shared.pipes.resize(settings.pipe_size);
         for (h, routes) in self.handles.iter().zip(plan.per_worker) {
             h.send(Control::Routes { routes, settings });
         }
         self.running = plan.running;
         if new.watch != self.config.watch {
-            self.watch = new.watch.then(|| FileWatch::new(path));
+            self.watch = new.watch.then(|| FileWatch::new(path, new.source_digest));
         }
         self.config = new;
         Ok(plan.summary)

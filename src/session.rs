@@ -145,10 +145,7 @@ impl Session {
             upstream: None,
             upstream_index: first_upstream,
             first_upstream,
-            stage: Stage::Connecting {
-                attempt: 0,
-                since: now,
-            },
+            stage: Stage::Connecting { attempt: 0, since: now },
             c2u: Pump::new(splice),
             u2c: Pump::new(splice),
             failed: None,
@@ -180,10 +177,7 @@ impl Session {
     pub fn attempt(&mut self, attempt: u32, index: usize, upstream: TcpStream, now: Instant) {
         self.upstream_index = index;
         self.upstream = Some(upstream);
-        self.stage = Stage::Connecting {
-            attempt,
-            since: now,
-        };
+        self.stage = Stage::Connecting { attempt, since: now };
         // Readiness of an earlier upstream socket means nothing for this one.
         self.u2c.src_readable = false;
         self.u2c.src_hup = false;
@@ -239,10 +233,7 @@ impl Session {
     /// Runs both pumps and decides what follows.
     pub fn relay(&mut self, res: &mut Resources, now: Instant) -> Verdict {
         let Some(up) = &self.upstream else {
-            return Verdict::Close {
-                reason: CloseReason::ConnectFailed,
-                reset: None,
-            };
+            return Verdict::Close { reason: CloseReason::ConnectFailed, reset: None };
         };
         let mut more = false;
         let mut progressed = false;
@@ -288,18 +279,14 @@ impl Session {
                     Side::Upstream => &self.u2c,
                 };
                 if from_failed.drained() {
-                    Verdict::Close {
-                        reason: failure_reason(failed),
-                        reset: Some(survivor),
-                    }
+                    Verdict::Close { reason: failure_reason(failed), reset: Some(survivor) }
                 } else {
                     Verdict::Continue { more }
                 }
             }
-            None if self.c2u.finished() && self.u2c.finished() => Verdict::Close {
-                reason: CloseReason::Clean,
-                reset: None,
-            },
+            None if self.c2u.finished() && self.u2c.finished() => {
+                Verdict::Close { reason: CloseReason::Clean, reset: None }
+            }
             None => Verdict::Continue { more },
         }
     }
@@ -330,10 +317,7 @@ impl Session {
 
     fn reset_both(&self) -> Verdict {
         let failed = self.failed.unwrap_or(Side::Upstream);
-        Verdict::Close {
-            reason: failure_reason(failed),
-            reset: Some(other(failed)),
-        }
+        Verdict::Close { reason: failure_reason(failed), reset: Some(other(failed)) }
     }
 
     /// Returns the session's pipes and buffers to the pools.

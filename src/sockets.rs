@@ -17,16 +17,8 @@ use crate::sockopt::Applied;
 /// are the route's socket options (buffers before `listen`, so accepted
 /// sockets inherit them and the window scale fits; fast open and deferred
 /// accept after).
-pub fn reuseport_listener(
-    addr: SocketAddr,
-    backlog: u32,
-    opts: &Applied,
-) -> io::Result<TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
+pub fn reuseport_listener(addr: SocketAddr, backlog: u32, opts: &Applied) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         // `[::]` means IPv6 only; a route for IPv4 too lists `0.0.0.0` as well.
         socket.set_only_v6(true)?;
@@ -42,11 +34,7 @@ pub fn reuseport_listener(
 /// Starts a non-blocking connect to `addr` with the route's options. The
 /// result arrives later as a writable event; read it with [`connect_result`].
 pub fn start_connect(addr: SocketAddr, opts: &Applied) -> io::Result<TcpStream> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     opts.upstream(&socket);
     match socket.connect(&addr.into()) {
         Ok(()) => {}
@@ -109,8 +97,7 @@ mod tests {
 
     #[test]
     fn two_reuseport_listeners_share_a_port() {
-        let a =
-            reuseport_listener("127.0.0.1:0".parse().unwrap(), 16, &Applied::default()).unwrap();
+        let a = reuseport_listener("127.0.0.1:0".parse().unwrap(), 16, &Applied::default()).unwrap();
         let addr = a.local_addr().unwrap();
         let b = reuseport_listener(addr, 16, &Applied::default()).unwrap();
         assert_eq!(b.local_addr().unwrap(), addr);
@@ -122,11 +109,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let s = start_connect(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            &Applied::default(),
-        )
-        .unwrap();
+        let s = start_connect(SocketAddr::from(([127, 0, 0, 1], port)), &Applied::default()).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             match connect_result(&s) {
@@ -138,10 +121,7 @@ mod tests {
                     panic!("connected to a closed port")
                 }
                 ConnectState::Pending => {
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "connect never finished"
-                    );
+                    assert!(std::time::Instant::now() < deadline, "connect never finished");
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
@@ -155,32 +135,18 @@ mod tests {
         let mut s = start_connect(l.local_addr().unwrap(), &Applied::default()).unwrap();
         let (mut server, _) = l.accept().unwrap();
         server.write_all(b"too many connections").unwrap();
-        SockRef::from(&server)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
+        SockRef::from(&server).set_linger(Some(Duration::ZERO)).unwrap();
         drop(server);
         // Wait until the reset has arrived (EPOLLERR/HUP) before looking.
         let mut poll = mio::Poll::new().unwrap();
-        poll.registry()
-            .register(&mut s, mio::Token(0), mio::Interest::READABLE)
-            .unwrap();
+        poll.registry().register(&mut s, mio::Token(0), mio::Interest::READABLE).unwrap();
         let mut events = mio::Events::with_capacity(4);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !events
-            .iter()
-            .any(|e| e.is_error() || (e.is_read_closed() && e.is_write_closed()))
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the reset never arrived"
-            );
-            poll.poll(&mut events, Some(Duration::from_millis(100)))
-                .unwrap();
+        while !events.iter().any(|e| e.is_error() || (e.is_read_closed() && e.is_write_closed())) {
+            assert!(std::time::Instant::now() < deadline, "the reset never arrived");
+            poll.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
         }
-        assert!(matches!(
-            connect_result(&s),
-            ConnectState::ConnectedThenReset
-        ));
+        assert!(matches!(connect_result(&s), ConnectState::ConnectedThenReset));
         // What the server sent before its reset is still there to relay.
         let mut got = Vec::new();
         let _ = (&s).read_to_end(&mut got);
@@ -193,10 +159,7 @@ mod tests {
         let s = start_connect(l.local_addr().unwrap(), &Applied::default()).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !matches!(connect_result(&s), ConnectState::Connected) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "connect never finished"
-            );
+            assert!(std::time::Instant::now() < deadline, "connect never finished");
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(s.nodelay().unwrap());

@@ -84,16 +84,8 @@ pub fn set_nodelay(s: &impl AsFd, on: bool) -> io::Result<()> {
 pub fn set_keepalive(s: &impl AsFd, k: Keepalive) -> io::Result<()> {
     match k {
         Keepalive::Off => SockRef::from(s).set_keepalive(false),
-        Keepalive::On {
-            idle,
-            interval,
-            count,
-        } => SockRef::from(s).set_tcp_keepalive(
-            &TcpKeepalive::new()
-                .with_time(idle)
-                .with_interval(interval)
-                .with_retries(count),
-        ),
+        Keepalive::On { idle, interval, count } => SockRef::from(s)
+            .set_tcp_keepalive(&TcpKeepalive::new().with_time(idle).with_interval(interval).with_retries(count)),
     }
 }
 
@@ -168,8 +160,7 @@ pub fn defer_accept(s: &impl AsFd) -> io::Result<u32> {
 /// `setsockopt` with an int value, for the options neither socket2 nor nix wrap.
 #[allow(unsafe_code)]
 fn set_int(s: &impl AsFd, level: i32, name: i32, value: u32) -> io::Result<()> {
-    let v = nix::libc::c_int::try_from(value)
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let v = nix::libc::c_int::try_from(value).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: the fd is open for the borrow's lifetime; we pass a pointer to
     // a live c_int and its exact size, as setsockopt(2) requires.
     let rc = unsafe {
@@ -181,11 +172,7 @@ fn set_int(s: &impl AsFd, level: i32, name: i32, value: u32) -> io::Result<()> {
             std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// `getsockopt` of an int value.
@@ -196,19 +183,9 @@ fn get_int(s: &impl AsFd, level: i32, name: i32) -> io::Result<u32> {
     // SAFETY: the fd is open for the borrow's lifetime; `v` and `len` are
     // live locals of the sizes getsockopt(2) is told about.
     let rc = unsafe {
-        nix::libc::getsockopt(
-            s.as_fd().as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_mut(&mut v).cast(),
-            &mut len,
-        )
+        nix::libc::getsockopt(s.as_fd().as_raw_fd(), level, name, std::ptr::from_mut(&mut v).cast(), &mut len)
     };
-    if rc == 0 {
-        Ok(u32::try_from(v).unwrap_or(0))
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(u32::try_from(v).unwrap_or(0)) } else { Err(io::Error::last_os_error()) }
 }
 
 // ------------------------------------------------------------- per route
@@ -225,11 +202,7 @@ pub struct Applied {
 impl Applied {
     /// Options for route `route`. `congestion_available` is the kernel's
     /// list; an algorithm not on it is dropped here with one warning.
-    pub fn new(
-        route: &str,
-        mut opts: SocketOptions,
-        congestion_available: Option<&[String]>,
-    ) -> Applied {
+    pub fn new(route: &str, mut opts: SocketOptions, congestion_available: Option<&[String]>) -> Applied {
         if let (Some(name), Some(available)) = (&opts.congestion, congestion_available) {
             if !available.contains(&name.0) {
                 log::warn!(
@@ -240,11 +213,7 @@ impl Applied {
                 opts.congestion = None;
             }
         }
-        Applied {
-            opts,
-            route: route.to_owned(),
-            refused: AtomicU32::new(0),
-        }
+        Applied { opts, route: route.to_owned(), refused: AtomicU32::new(0) }
     }
 
     /// The options as configured (after the availability check).
@@ -289,9 +258,7 @@ impl Applied {
 
     /// Listener options that must be in place before `listen`.
     pub fn before_listen(&self, s: &impl AsFd) {
-        self.set(Opt::ReuseAddress, || {
-            set_reuse_address(s, self.opts.reuse_address())
-        });
+        self.set(Opt::ReuseAddress, || set_reuse_address(s, self.opts.reuse_address()));
         self.buffers_and_congestion(s);
     }
 
@@ -316,9 +283,7 @@ impl Applied {
             self.set(Opt::UserTimeout, || set_user_timeout(s, d.get()));
         }
         if let Some(n) = o.notsent_lowat {
-            self.set(Opt::NotSentLowat, || {
-                set_notsent_lowat(s, u32::try_from(n.get()).unwrap_or(u32::MAX))
-            });
+            self.set(Opt::NotSentLowat, || set_notsent_lowat(s, u32::try_from(n.get()).unwrap_or(u32::MAX)));
         }
     }
 
@@ -354,8 +319,7 @@ mod tests {
 
     fn listening() -> Socket {
         let s = tcp();
-        s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
-            .unwrap();
+        s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
         s.listen(8).unwrap();
         s
     }
@@ -372,11 +336,7 @@ mod tests {
     #[test]
     fn keepalive_round_trips() {
         let s = tcp();
-        let k = Keepalive::On {
-            idle: Duration::from_secs(45),
-            interval: Duration::from_secs(7),
-            count: 4,
-        };
+        let k = Keepalive::On { idle: Duration::from_secs(45), interval: Duration::from_secs(7), count: 4 };
         set_keepalive(&s, k).unwrap();
         assert!(s.keepalive().unwrap());
         assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(45));
@@ -434,10 +394,7 @@ mod tests {
         let s = listening();
         assert_eq!(defer_accept(&s).unwrap(), 0);
         set_defer_accept(&s, Duration::from_secs(5)).unwrap();
-        assert!(
-            defer_accept(&s).unwrap() >= 5,
-            "the kernel rounds up to its retransmission schedule"
-        );
+        assert!(defer_accept(&s).unwrap() >= 5, "the kernel rounds up to its retransmission schedule");
         set_defer_accept(&s, Duration::ZERO).unwrap();
         assert_eq!(defer_accept(&s).unwrap(), 0);
     }
@@ -465,28 +422,18 @@ mod tests {
 
     #[test]
     fn an_unavailable_algorithm_is_dropped_at_start() {
-        let opts = SocketOptions {
-            congestion: Some("vegas".parse().unwrap()),
-            ..Default::default()
-        };
+        let opts = SocketOptions { congestion: Some("vegas".parse().unwrap()), ..Default::default() };
         let a = Applied::new("web", opts, Some(&["reno".to_owned(), "cubic".to_owned()]));
         assert_eq!(a.options().congestion, None);
     }
 
     #[test]
     fn a_refused_option_is_not_asked_again() {
-        let opts = SocketOptions {
-            congestion: Some("nocc".parse().unwrap()),
-            ..Default::default()
-        };
+        let opts = SocketOptions { congestion: Some("nocc".parse().unwrap()), ..Default::default() };
         let a = Applied::new("web", opts, None);
         let s = tcp();
         a.upstream(&s);
-        assert_eq!(
-            a.refused(),
-            Opt::Congestion.bit(),
-            "the refusal is remembered"
-        );
+        assert_eq!(a.refused(), Opt::Congestion.bit(), "the refusal is remembered");
         a.upstream(&s);
         assert_eq!(a.refused(), Opt::Congestion.bit());
         assert!(s.tcp_nodelay().unwrap(), "the other options still went on");

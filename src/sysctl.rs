@@ -6,11 +6,7 @@ use std::str::FromStr;
 /// Reads `/proc/sys/<name>` (for example `net/core/somaxconn`) and parses
 /// its trimmed text; `None` if it is missing or not a `T`.
 pub fn read<T: FromStr>(name: &str) -> Option<T> {
-    std::fs::read_to_string(format!("/proc/sys/{name}"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    std::fs::read_to_string(format!("/proc/sys/{name}")).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -18,11 +14,7 @@ mod tests {
     #[test]
     fn reads_numbers_and_rejects_garbage() {
         assert!(super::read::<u32>("net/core/somaxconn").is_some_and(|n| n > 0));
-        assert_eq!(
-            super::read::<u32>("kernel/ostype"),
-            None,
-            "\"Linux\" is not a number"
-        );
+        assert_eq!(super::read::<u32>("kernel/ostype"), None, "\"Linux\" is not a number");
         assert_eq!(super::read::<u32>("no/such/setting"), None);
     }
 }

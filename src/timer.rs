@@ -26,21 +26,14 @@ pub struct Timers<K: Ord + Copy> {
 impl<K: Ord + Copy> Timers<K> {
     /// An empty queue; times are measured from `origin`.
     pub fn new(origin: Instant) -> Self {
-        Timers {
-            origin,
-            set: BTreeSet::new(),
-        }
+        Timers { origin, set: BTreeSet::new() }
     }
 
     /// Milliseconds since the origin, rounded up so a timer never fires early.
     fn ms(&self, t: Instant) -> u64 {
         let d = t.saturating_duration_since(self.origin);
         let ms = d.as_millis() as u64;
-        if d.subsec_nanos() % 1_000_000 != 0 {
-            ms + 1
-        } else {
-            ms
-        }
+        if d.subsec_nanos() % 1_000_000 != 0 { ms + 1 } else { ms }
     }
 
     /// Arms `key` to fire at `at`. Keep the returned deadline to cancel it.
@@ -136,10 +129,7 @@ mod tests {
         t.schedule(t0 + Duration::from_micros(1500), 1);
         let mut out = vec![];
         t.expired(t0 + Duration::from_micros(1999), &mut out);
-        assert!(
-            out.is_empty(),
-            "a timer must never fire before its deadline"
-        );
+        assert!(out.is_empty(), "a timer must never fire before its deadline");
         t.expired(t0 + ms(2), &mut out);
         assert_eq!(out, vec![1]);
     }

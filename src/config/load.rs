@@ -18,13 +18,21 @@ use super::{Config, ConfigError, Location};
 
 /// Reads, parses and validates a config file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
     let mut config = parse_str(&text, &path.display().to_string())?;
     config.source = Some(path.to_owned());
+    config.source_digest = digest(text.as_bytes());
     Ok(config)
+}
+
+/// A digest of config file content, to tell whether a changed file really
+/// has new content (the file watch compares it with what was loaded).
+pub fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 /// Parses and validates config text; `origin` names it in errors.
@@ -36,10 +44,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let (field, message) = describe_yaml_error(&inner.to_string(), &path);
         ConfigError::Invalid {
             origin: origin.to_owned(),
-            location: inner.location().map(|l| Location {
-                line: l.line(),
-                column: l.column(),
-            }),
+            location: inner.location().map(|l| Location { line: l.line(), column: l.column() }),
             field,
             message,
         }
@@ -63,21 +68,14 @@ fn describe_yaml_error(msg: &str, path: &str) -> (String, String) {
         let Some(col) = rest.find(" column ") else {
             break;
         };
-        let digits = rest[col + " column ".len()..]
-            .bytes()
-            .take_while(u8::is_ascii_digit)
-            .count();
+        let digits = rest[col + " column ".len()..].bytes().take_while(u8::is_ascii_digit).count();
         let end = i + " at line ".len() + col + " column ".len() + digits;
         msg.replace_range(i..end, "");
     }
     if msg.contains("while parsing") || msg.contains("while scanning") {
         return (String::new(), format!("YAML syntax error: {msg}"));
     }
-    let field = if path == "." {
-        String::new()
-    } else {
-        path.to_owned()
-    };
+    let field = if path == "." { String::new() } else { path.to_owned() };
     let message = match msg.split_once(": ") {
         // serde_yaml's path stops at the enclosing map; ours names the field.
         Some((head, rest)) if !head.is_empty() && field.starts_with(head) => rest.to_owned(),
@@ -92,10 +90,9 @@ const FOUND: &str = "\u{0}sluice-locate-marker";
 fn locate(text: &str, path: &FieldPath) -> Option<Location> {
     let de = serde_yaml::Deserializer::from_str(text);
     match (Seek { path: &path.0 }).deserialize(de) {
-        Err(e) if e.to_string().contains(FOUND) => e.location().map(|l| Location {
-            line: l.line(),
-            column: l.column(),
-        }),
+        Err(e) if e.to_string().contains(FOUND) => {
+            e.location().map(|l| Location { line: l.line(), column: l.column() })
+        }
         _ => None,
     }
 }
@@ -201,10 +198,7 @@ routes:
         assert_eq!(c.workers, super::super::Workers::Count(2));
         assert_eq!(c.relay, super::super::RelayMode::Copy);
         assert_eq!(c.routes.len(), 2);
-        assert_eq!(
-            c.routes[0].connect_timeout,
-            std::time::Duration::from_secs(2)
-        );
+        assert_eq!(c.routes[0].connect_timeout, std::time::Duration::from_secs(2));
         assert_eq!(c.routes[0].idle_timeout, std::time::Duration::from_secs(60));
         assert_eq!(c.routes[1].idle_timeout, super::super::DEFAULT_IDLE_TIMEOUT);
         assert_eq!(c.routes[0].upstreams[1].weight, 3);
@@ -220,35 +214,20 @@ routes:
              e.g. \"0.0.0.0:8080\" or \"[::]:8080\""
         );
         let e = err(&GOOD.replace("2s", "2 parsecs"));
-        assert!(
-            e.starts_with("proxy.yaml:4:20: defaults.connect_timeout: invalid duration"),
-            "{e}"
-        );
+        assert!(e.starts_with("proxy.yaml:4:20: defaults.connect_timeout: invalid duration"), "{e}");
         let e = err(&GOOD.replace("relay: copy", "relay: zerocopy"));
-        assert!(
-            e.starts_with("proxy.yaml:2:8: relay: unknown variant `zerocopy`"),
-            "{e}"
-        );
+        assert!(e.starts_with("proxy.yaml:2:8: relay: unknown variant `zerocopy`"), "{e}");
         let e = err(&GOOD.replace("weight: 3", "weight: 0"));
         assert!(e.starts_with("proxy.yaml:10:"), "{e}");
-        assert!(
-            e.contains("routes[0].upstreams[1].weight: 0 is out of range"),
-            "{e}"
-        );
+        assert!(e.contains("routes[0].upstreams[1].weight: 0 is out of range"), "{e}");
     }
 
     #[test]
     fn unknown_fields_are_errors() {
         let e = err(&GOOD.replace("    idle_timeout: 1m", "    idle_timout: 1m"));
-        assert!(
-            e.starts_with("proxy.yaml:11:5: routes[0].idle_timout: unknown field `idle_timout`"),
-            "{e}"
-        );
+        assert!(e.starts_with("proxy.yaml:11:5: routes[0].idle_timout: unknown field `idle_timout`"), "{e}");
         let e = err(&GOOD.replace("weight: 3", "weigth: 3"));
-        assert!(
-            e.contains("routes[0].upstreams[1].weigth: unknown field `weigth`"),
-            "{e}"
-        );
+        assert!(e.contains("routes[0].upstreams[1].weigth: unknown field `weigth`"), "{e}");
     }
 
     #[test]
@@ -259,36 +238,19 @@ routes:
             "proxy.yaml:4:3: YAML syntax error: did not find expected ',' or ']', while parsing a flow sequence"
         );
         let e = err("workers: 1\n\troutes: x\n");
-        assert!(
-            e.starts_with("proxy.yaml:2:1: YAML syntax error: found a tab character"),
-            "{e}"
-        );
+        assert!(e.starts_with("proxy.yaml:2:1: YAML syntax error: found a tab character"), "{e}");
     }
 
     #[test]
     fn cross_field_errors_are_located() {
         let e = err(&GOOD.replace("127.0.0.1:5433", "127.0.0.1:8080"));
-        assert!(
-            e.starts_with(
-                "proxy.yaml:13:13: routes[1].listen: listen address 127.0.0.1:8080 is the same"
-            ),
-            "{e}"
-        );
+        assert!(e.starts_with("proxy.yaml:13:13: routes[1].listen: listen address 127.0.0.1:8080 is the same"), "{e}");
         let e = err(&GOOD.replace("127.0.0.1:5433", "0.0.0.0:8080"));
-        assert!(
-            e.contains("routes[1].listen: listen address 0.0.0.0:8080 overlaps"),
-            "{e}"
-        );
+        assert!(e.contains("routes[1].listen: listen address 0.0.0.0:8080 overlaps"), "{e}");
         let e = err(&GOOD.replace("name: db", "name: web"));
-        assert!(
-            e.starts_with("proxy.yaml:12:11: routes[1].name: route name \"web\" is already used"),
-            "{e}"
-        );
+        assert!(e.starts_with("proxy.yaml:12:11: routes[1].name: route name \"web\" is already used"), "{e}");
         let e = err(&GOOD.replace("[\"localhost:5432\"]", "[]"));
-        assert!(
-            e.starts_with("proxy.yaml:14:16: routes[1].upstreams: route \"db\" has no upstreams"),
-            "{e}"
-        );
+        assert!(e.starts_with("proxy.yaml:14:16: routes[1].upstreams: route \"db\" has no upstreams"), "{e}");
         let e = err("workers: 1\nroutes: []\n");
         assert!(e.starts_with("proxy.yaml:2:9: routes: no routes"), "{e}");
         let e = err("workers: 1\n");
@@ -298,36 +260,21 @@ routes:
     #[test]
     fn other_bad_values() {
         let e = err(&GOOD.replace("workers: 2", "pipe_size: 1KiB"));
-        assert!(
-            e.starts_with("proxy.yaml:1:12: pipe_size: size \"1KiB\" is out of range"),
-            "{e}"
-        );
+        assert!(e.starts_with("proxy.yaml:1:12: pipe_size: size \"1KiB\" is out of range"), "{e}");
         let e = err(&GOOD.replace("2s", "0s"));
-        assert!(
-            e.contains("defaults.connect_timeout: duration \"0s\" is out of range"),
-            "{e}"
-        );
+        assert!(e.contains("defaults.connect_timeout: duration \"0s\" is out of range"), "{e}");
         let e = err(&GOOD.replace("name: db", "name: \"my db\""));
         assert!(e.contains("routes[1].name: invalid route name"), "{e}");
         let e = err(&GOOD.replace("127.0.0.1:9001", "127.0.0.1:9000"));
-        assert!(
-            e.contains("routes[0].upstreams[1]: upstream 127.0.0.1:9000 is listed twice"),
-            "{e}"
-        );
+        assert!(e.contains("routes[0].upstreams[1]: upstream 127.0.0.1:9000 is listed twice"), "{e}");
         let e = err("");
         assert!(e.contains("routes"), "{e}");
     }
 
     #[test]
     fn readme_yaml_snippets_are_valid() {
-        let readme =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-                .unwrap();
-        let blocks: Vec<&str> = readme
-            .split("```yaml\n")
-            .skip(1)
-            .filter_map(|b| b.split("```").next())
-            .collect();
+        let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+        let blocks: Vec<&str> = readme.split("```yaml\n").skip(1).filter_map(|b| b.split("```").next()).collect();
         assert!(!blocks.is_empty(), "README.md has no yaml example");
         for b in blocks {
             parse_str(b, "README.md").unwrap_or_else(|e| panic!("{e}\n{b}"));

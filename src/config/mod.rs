@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use load::{load_file, parse_str};
+pub use load::{digest, load_file, parse_str};
 pub use schema::RawSocket as SocketOptions;
 pub use schema::RelayMode;
 pub use units::{CongestionName, HostPort, Keepalive, Workers};
@@ -46,6 +46,8 @@ pub const DEFAULT_MAX_POOLED_PIPES: usize = 128;
 pub struct Config {
     /// Where it came from (`None` for `--listen`/`--upstream`), for messages.
     pub source: Option<PathBuf>,
+    /// Digest of the file content it was parsed from (0 without a file).
+    pub source_digest: u64,
     /// Worker threads.
     pub workers: Workers,
     /// Pin worker i to the i-th CPU the process may use.
@@ -102,10 +104,7 @@ pub struct UpstreamSpec {
 
 impl Config {
     /// A one-route configuration from the command line (`--listen`, `--upstream`).
-    pub fn single_route(
-        listen: SocketAddr,
-        upstreams: Vec<HostPort>,
-    ) -> Result<Config, ConfigError> {
+    pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Config, ConfigError> {
         validate::single_route(listen, upstreams).map_err(|e| ConfigError::Invalid {
             origin: "command line".to_owned(),
             location: None,
@@ -116,9 +115,7 @@ impl Config {
 
     /// Where the configuration came from, for log lines.
     pub fn origin(&self) -> String {
-        self.source
-            .as_ref()
-            .map_or_else(|| "command line".to_owned(), |p| p.display().to_string())
+        self.source.as_ref().map_or_else(|| "command line".to_owned(), |p| p.display().to_string())
     }
 }
 
@@ -156,12 +153,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid_message(
-    origin: &str,
-    location: &Option<Location>,
-    field: &str,
-    message: &str,
-) -> String {
+fn invalid_message(origin: &str, location: &Option<Location>, field: &str, message: &str) -> String {
     let mut s = origin.to_owned();
     if let Some(l) = location {
         s.push_str(&format!(":{}:{}", l.line, l.column));

@@ -199,18 +199,12 @@ impl<'de> Deserialize<'de> for RawUpstream {
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUpstream, E> {
-                Ok(RawUpstream {
-                    address: v.parse().map_err(E::custom)?,
-                    weight: None,
-                })
+                Ok(RawUpstream { address: v.parse().map_err(E::custom)?, weight: None })
             }
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawUpstream, A::Error> {
                 let m = UpstreamMap::deserialize(MapAccessDeserializer::new(map))?;
-                Ok(RawUpstream {
-                    address: m.address,
-                    weight: m.weight,
-                })
+                Ok(RawUpstream { address: m.address, weight: m.weight })
             }
         }
 

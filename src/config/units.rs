@@ -91,9 +91,7 @@ impl<const MIN: u64, const MAX: u64> FromStr for SizeIn<MIN, MAX> {
         let n = parse_size::Config::new()
             .with_binary()
             .parse_size(s.trim())
-            .map_err(|e| {
-                format!("invalid size {s:?}: {e} (write it with a unit, e.g. \"64KiB\", \"1MiB\")")
-            })?;
+            .map_err(|e| format!("invalid size {s:?}: {e} (write it with a unit, e.g. \"64KiB\", \"1MiB\")"))?;
         if n < MIN || n > MAX {
             return Err(format!(
                 "size {s:?} is out of range: it must be between {} and {}",
@@ -140,9 +138,7 @@ impl<const MIN: u64, const MAX: u64> CountIn<MIN, MAX> {
 
     fn check(n: u64) -> Result<Self, String> {
         if n < MIN || n > MAX {
-            return Err(format!(
-                "{n} is out of range: it must be between {MIN} and {MAX}"
-            ));
+            return Err(format!("{n} is out of range: it must be between {MIN} and {MAX}"));
         }
         Ok(Self(n))
     }
@@ -176,9 +172,7 @@ impl FromStr for Workers {
         }
         match s.parse::<u16>() {
             Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(Workers::Count(n)),
-            _ => Err(format!(
-                "invalid worker count {s:?}: expected \"auto\" or a number from 1 to {MAX_WORKERS}"
-            )),
+            _ => Err(format!("invalid worker count {s:?}: expected \"auto\" or a number from 1 to {MAX_WORKERS}")),
         }
     }
 }
@@ -205,10 +199,7 @@ pub struct HostPort {
 impl HostPort {
     /// The address as a socket address, if the host is an IP literal.
     pub fn as_socket_addr(&self) -> Option<SocketAddr> {
-        self.host
-            .parse::<IpAddr>()
-            .ok()
-            .map(|ip| SocketAddr::new(ip, self.port))
+        self.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, self.port))
     }
 }
 
@@ -221,29 +212,17 @@ impl FromStr for HostPort {
             if sa.port() == 0 {
                 return Err(bad("port 0 cannot be connected to"));
             }
-            return Ok(HostPort {
-                host: sa.ip().to_string(),
-                port: sa.port(),
-            });
+            return Ok(HostPort { host: sa.ip().to_string(), port: sa.port() });
         }
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| bad("expected host:port"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| bad("the port must be a number from 1 to 65535"))?;
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
+        let port: u16 = port.parse().map_err(|_| bad("the port must be a number from 1 to 65535"))?;
         if port == 0 {
             return Err(bad("port 0 cannot be connected to"));
         }
         if !is_dns_name(host) {
-            return Err(bad(
-                "expected an IP address or a host name (IPv6 goes in brackets: [::1]:80)",
-            ));
+            return Err(bad("expected an IP address or a host name (IPv6 goes in brackets: [::1]:80)"));
         }
-        Ok(HostPort {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
+        Ok(HostPort { host: host.to_ascii_lowercase(), port })
     }
 }
 
@@ -257,9 +236,7 @@ fn is_dns_name(host: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -305,11 +282,8 @@ pub enum Keepalive {
 }
 
 /// `keepalive: true` means these.
-pub const DEFAULT_KEEPALIVE: Keepalive = Keepalive::On {
-    idle: Duration::from_secs(60),
-    interval: Duration::from_secs(10),
-    count: 6,
-};
+pub const DEFAULT_KEEPALIVE: Keepalive =
+    Keepalive::On { idle: Duration::from_secs(60), interval: Duration::from_secs(10), count: 6 };
 
 /// The kernel takes keepalive times in whole seconds, 1 to 32767.
 type KeepaliveSecs = DurationIn<1000, 32_767_000>;
@@ -338,12 +312,7 @@ impl<'de> Deserialize<'de> for Keepalive {
 
             fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Keepalive, A::Error> {
                 let m = KeepaliveMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                let Keepalive::On {
-                    idle,
-                    interval,
-                    count,
-                } = DEFAULT_KEEPALIVE
-                else {
+                let Keepalive::On { idle, interval, count } = DEFAULT_KEEPALIVE else {
                     unreachable!("the default keepalive is on")
                 };
                 Ok(Keepalive::On {
@@ -361,16 +330,9 @@ impl fmt::Display for Keepalive {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Keepalive::Off => f.write_str("false"),
-            Keepalive::On {
-                idle,
-                interval,
-                count,
-            } => write!(
-                f,
-                "{{ idle: {}, interval: {}, count: {count} }}",
-                fmt_duration(*idle),
-                fmt_duration(*interval)
-            ),
+            Keepalive::On { idle, interval, count } => {
+                write!(f, "{{ idle: {}, interval: {}, count: {count} }}", fmt_duration(*idle), fmt_duration(*interval))
+            }
         }
     }
 }
@@ -385,12 +347,7 @@ impl FromStr for CongestionName {
 
     fn from_str(s: &str) -> Result<Self, String> {
         // TCP_CA_NAME_MAX is 16 including the terminating NUL.
-        if s.is_empty()
-            || s.len() > 15
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             return Err(format!(
                 "invalid congestion control name {s:?}: expected a kernel name such as \"bbr\" or \"cubic\""
             ));
@@ -461,31 +418,11 @@ mod tests {
 
     #[test]
     fn durations_need_units_and_range() {
-        assert_eq!(
-            "250ms".parse::<Timeout>().map(|d| d.get()),
-            Ok(Duration::from_millis(250))
-        );
-        assert_eq!(
-            "3s".parse::<Timeout>().map(|d| d.get()),
-            Ok(Duration::from_secs(3))
-        );
-        assert!(
-            "0s".parse::<Timeout>()
-                .unwrap_err()
-                .contains("out of range")
-        );
-        assert!(
-            "10m"
-                .parse::<Timeout>()
-                .unwrap_err()
-                .contains("between 1ms and 5m")
-        );
-        assert!(
-            "3 parsecs"
-                .parse::<Timeout>()
-                .unwrap_err()
-                .contains("invalid duration")
-        );
+        assert_eq!("250ms".parse::<Timeout>().map(|d| d.get()), Ok(Duration::from_millis(250)));
+        assert_eq!("3s".parse::<Timeout>().map(|d| d.get()), Ok(Duration::from_secs(3)));
+        assert!("0s".parse::<Timeout>().unwrap_err().contains("out of range"));
+        assert!("10m".parse::<Timeout>().unwrap_err().contains("between 1ms and 5m"));
+        assert!("3 parsecs".parse::<Timeout>().unwrap_err().contains("invalid duration"));
         assert!("3".parse::<Timeout>().is_err());
     }
 
@@ -502,12 +439,7 @@ mod tests {
         assert_eq!("64KiB".parse::<Pipe>().map(|s| s.get()), Ok(65536));
         assert_eq!("64k".parse::<Pipe>().map(|s| s.get()), Ok(65536));
         assert_eq!("1MiB".parse::<Pipe>().map(|s| s.get()), Ok(1 << 20));
-        assert!(
-            "1KiB"
-                .parse::<Pipe>()
-                .unwrap_err()
-                .contains("between 4KiB and 16MiB")
-        );
+        assert!("1KiB".parse::<Pipe>().unwrap_err().contains("between 4KiB and 16MiB"));
         assert!("lots".parse::<Pipe>().is_err());
         assert_eq!(fmt_size(65536), "64KiB");
         assert_eq!(fmt_size(1000), "1000B");
@@ -543,23 +475,10 @@ mod tests {
         let k: Keepalive = serde_yaml::from_str("true").unwrap();
         assert_eq!(k, DEFAULT_KEEPALIVE);
         let k: Keepalive = serde_yaml::from_str("{ idle: 30s, count: 3 }").unwrap();
-        assert_eq!(
-            k,
-            Keepalive::On {
-                idle: Duration::from_secs(30),
-                interval: Duration::from_secs(10),
-                count: 3
-            }
-        );
+        assert_eq!(k, Keepalive::On { idle: Duration::from_secs(30), interval: Duration::from_secs(10), count: 3 });
         assert_eq!(k.to_string(), "{ idle: 30s, interval: 10s, count: 3 }");
-        assert!(
-            serde_yaml::from_str::<Keepalive>("{ idle: 500ms }").is_err(),
-            "whole seconds only"
-        );
-        assert!(
-            serde_yaml::from_str::<Keepalive>("{ idel: 5s }").is_err(),
-            "unknown keys are errors"
-        );
+        assert!(serde_yaml::from_str::<Keepalive>("{ idle: 500ms }").is_err(), "whole seconds only");
+        assert!(serde_yaml::from_str::<Keepalive>("{ idel: 5s }").is_err(), "unknown keys are errors");
     }
 
     #[test]
@@ -573,12 +492,7 @@ mod tests {
     fn listen_addresses_are_ip_literals() {
         assert!("0.0.0.0:8080".parse::<ListenAddr>().is_ok());
         assert!("[::]:0".parse::<ListenAddr>().is_ok());
-        assert!(
-            "localhost:8080"
-                .parse::<ListenAddr>()
-                .unwrap_err()
-                .contains("invalid socket address")
-        );
+        assert!("localhost:8080".parse::<ListenAddr>().unwrap_err().contains("invalid socket address"));
         assert!("0.0.0.0:80800".parse::<ListenAddr>().is_err());
     }
 }

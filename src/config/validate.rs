@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use super::schema::{RawConfig, RawRoute};
 use super::units::{HostPort, Workers};
 use super::{
-    Config, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_HALF_CLOSE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_POOLED_PIPES, DEFAULT_PIPE_SIZE, DEFAULT_RELAY, Route, UpstreamSpec,
+    Config, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HALF_CLOSE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_POOLED_PIPES, DEFAULT_PIPE_SIZE, DEFAULT_RELAY, Route,
+    UpstreamSpec,
 };
 
 /// One step of a field path.
@@ -70,11 +70,7 @@ pub struct FieldError {
 }
 
 fn fail<T>(path: FieldPath, message: String) -> Result<T, FieldError> {
-    Err(FieldError {
-        field: path.to_string(),
-        path,
-        message,
-    })
+    Err(FieldError { field: path.to_string(), path, message })
 }
 
 /// Checks the cross-field rules and fills in defaults.
@@ -84,8 +80,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, FieldError> {
         _ => {
             return fail(
                 FieldPath(vec![Seg::Key("routes")]),
-                "no routes: add at least one route with a name, a listen address and upstreams"
-                    .to_owned(),
+                "no routes: add at least one route with a name, a listen address and upstreams".to_owned(),
             );
         }
     };
@@ -98,18 +93,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, FieldError> {
     check_listen(&routes)?;
     Ok(Config {
         source: None,
+        source_digest: 0,
         workers: raw.workers.unwrap_or(Workers::Auto),
         cpu_affinity: raw.cpu_affinity.unwrap_or(false),
         relay: raw.relay.unwrap_or(DEFAULT_RELAY),
-        pipe_size: raw
-            .pipe_size
-            .map_or(DEFAULT_PIPE_SIZE, |s| s.get() as usize),
-        max_pooled_pipes: raw
-            .max_pooled_pipes
-            .map_or(DEFAULT_MAX_POOLED_PIPES, |n| n.get() as usize),
-        max_connections: raw
-            .max_connections
-            .map_or(DEFAULT_MAX_CONNECTIONS, |n| n.get() as usize),
+        pipe_size: raw.pipe_size.map_or(DEFAULT_PIPE_SIZE, |s| s.get() as usize),
+        max_pooled_pipes: raw.max_pooled_pipes.map_or(DEFAULT_MAX_POOLED_PIPES, |n| n.get() as usize),
+        max_connections: raw.max_connections.map_or(DEFAULT_MAX_CONNECTIONS, |n| n.get() as usize),
         drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.get()),
         watch: raw.watch.unwrap_or(false),
         routes,
@@ -122,13 +112,7 @@ pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Conf
     let route = RawRoute {
         name: "default".to_owned(),
         listen: super::units::ListenAddr(listen),
-        upstreams: upstreams
-            .into_iter()
-            .map(|address| super::schema::RawUpstream {
-                address,
-                weight: None,
-            })
-            .collect(),
+        upstreams: upstreams.into_iter().map(|address| super::schema::RawUpstream { address, weight: None }).collect(),
         connect_timeout: None,
         idle_timeout: None,
         half_close_timeout: None,
@@ -137,42 +121,25 @@ pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Conf
         max_connections_per_client: None,
         socket: Default::default(),
     };
-    validate(RawConfig {
-        routes: Some(vec![route]),
-        ..Default::default()
-    })
-    .map_err(|mut e| {
+    validate(RawConfig { routes: Some(vec![route]), ..Default::default() }).map_err(|mut e| {
         e.field = "--upstream".to_owned();
         e
     })
 }
 
-fn route(
-    i: usize,
-    r: RawRoute,
-    defaults: &super::schema::RawDefaults,
-) -> Result<Route, FieldError> {
+fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result<Route, FieldError> {
     let here = FieldPath::route(i);
     if r.name.is_empty()
         || r.name.len() > 64
-        || !r
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
     {
         return fail(
             here.key("name"),
-            format!(
-                "invalid route name {:?}: use 1 to 64 letters, digits, '_', '.' or '-'",
-                r.name
-            ),
+            format!("invalid route name {:?}: use 1 to 64 letters, digits, '_', '.' or '-'", r.name),
         );
     }
     if r.upstreams.is_empty() {
-        return fail(
-            here.key("upstreams"),
-            format!("route {:?} has no upstreams: list at least one", r.name),
-        );
+        return fail(here.key("upstreams"), format!("route {:?} has no upstreams: list at least one", r.name));
     }
     let mut seen: HashMap<&HostPort, usize> = HashMap::new();
     for (j, u) in r.upstreams.iter().enumerate() {
@@ -191,31 +158,16 @@ fn route(
         upstreams: r
             .upstreams
             .into_iter()
-            .map(|u| UpstreamSpec {
-                address: u.address,
-                weight: u.weight.map_or(1, |w| w.get() as u32),
-            })
+            .map(|u| UpstreamSpec { address: u.address, weight: u.weight.map_or(1, |w| w.get() as u32) })
             .collect(),
-        connect_timeout: r
-            .connect_timeout
-            .or(defaults.connect_timeout)
-            .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get()),
-        idle_timeout: r
-            .idle_timeout
-            .or(defaults.idle_timeout)
-            .map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get()),
+        connect_timeout: r.connect_timeout.or(defaults.connect_timeout).map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get()),
+        idle_timeout: r.idle_timeout.or(defaults.idle_timeout).map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get()),
         half_close_timeout: r
             .half_close_timeout
             .or(defaults.half_close_timeout)
             .map_or(DEFAULT_HALF_CLOSE_TIMEOUT, |d| d.get()),
-        backlog: r
-            .backlog
-            .or(defaults.backlog)
-            .map_or(DEFAULT_BACKLOG, |n| n.get() as u32),
-        max_connections: r
-            .max_connections
-            .or(defaults.max_connections)
-            .map(|n| n.get() as usize),
+        backlog: r.backlog.or(defaults.backlog).map_or(DEFAULT_BACKLOG, |n| n.get() as u32),
+        max_connections: r.max_connections.or(defaults.max_connections).map(|n| n.get() as usize),
         max_connections_per_client: r
             .max_connections_per_client
             .or(defaults.max_connections_per_client)
@@ -231,10 +183,7 @@ fn check_names(routes: &[Route]) -> Result<(), FieldError> {
         if let Some(first) = seen.insert(&r.name, i) {
             return fail(
                 FieldPath::route(i).key("name"),
-                format!(
-                    "route name {:?} is already used by routes[{first}]: names must be unique",
-                    r.name
-                ),
+                format!("route name {:?} is already used by routes[{first}]: names must be unique", r.name),
             );
         }
     }

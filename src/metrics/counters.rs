@@ -198,11 +198,7 @@ impl fmt::Display for Totals {
             write!(f, "; {} upstream connects failed", self.connect_failures)?;
         }
         if self.copy_fallbacks > 0 {
-            write!(
-                f,
-                "; {} pumps copied for want of a pipe",
-                self.copy_fallbacks
-            )?;
+            write!(f, "; {} pumps copied for want of a pipe", self.copy_fallbacks)?;
         }
         if self.accept_fd_exhausted > 0 {
             write!(f, "; {} accepts hit the fd limit", self.accept_fd_exhausted)?;

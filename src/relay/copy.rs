@@ -15,11 +15,7 @@ pub struct BufferPool {
 impl BufferPool {
     /// A pool of `size`-byte buffers keeping at most `max_pooled` spare.
     pub fn new(size: usize, max_pooled: usize) -> BufferPool {
-        BufferPool {
-            free: Vec::new(),
-            size,
-            max_pooled,
-        }
+        BufferPool { free: Vec::new(), size, max_pooled }
     }
 
     /// New buffer size and pool cap: spare buffers of the old size go, lent
@@ -35,9 +31,7 @@ impl BufferPool {
 
     /// A buffer, pooled or new.
     pub fn get(&mut self) -> Box<[u8]> {
-        self.free
-            .pop()
-            .unwrap_or_else(|| vec![0; self.size].into_boxed_slice())
+        self.free.pop().unwrap_or_else(|| vec![0; self.size].into_boxed_slice())
     }
 
     /// Returns a buffer (its contents are garbage from now on).

@@ -25,11 +25,7 @@ pub struct Resources {
 
 impl Resources {
     /// Pools for pipes of `pipe_size` bytes (within `budget`) and copy buffers of the same size.
-    pub fn new(
-        pipe_size: usize,
-        max_pooled: usize,
-        budget: std::sync::Arc<PipeBudget>,
-    ) -> Resources {
+    pub fn new(pipe_size: usize, max_pooled: usize, budget: std::sync::Arc<PipeBudget>) -> Resources {
         Resources {
             pipes: PipePool::new(pipe_size, max_pooled, budget),
             buffers: BufferPool::new(pipe_size, max_pooled),

@@ -93,11 +93,7 @@ impl Pump {
             dst_shut: false,
             hold_fin: false,
             eof_is_failure: None,
-            stage: if splice {
-                Stage::Splice { pipe: None, len: 0 }
-            } else {
-                Stage::Copy(CopyStage::default())
-            },
+            stage: if splice { Stage::Splice { pipe: None, len: 0 } } else { Stage::Copy(CopyStage::default()) },
             spliced: 0,
             copied: 0,
         }
@@ -145,12 +141,7 @@ impl Pump {
 
     /// Moves bytes from `src` to `dst` until neither side can make progress,
     /// the round cap is hit, or `dst` fails.
-    pub fn run(
-        &mut self,
-        src: &TcpStream,
-        dst: &TcpStream,
-        res: &mut Resources,
-    ) -> Result<Activity, DstFailed> {
+    pub fn run(&mut self, src: &TcpStream, dst: &TcpStream, res: &mut Resources) -> Result<Activity, DstFailed> {
         let mut act = Activity::default();
         let mut rounds = 0;
         loop {
@@ -187,10 +178,7 @@ impl Pump {
             return Ok(false);
         }
         let r = match &mut self.stage {
-            Stage::Splice {
-                pipe: Some(pipe),
-                len,
-            } => splice::pipe_to_socket(pipe, dst, *len).inspect(|&n| {
+            Stage::Splice { pipe: Some(pipe), len } => splice::pipe_to_socket(pipe, dst, *len).inspect(|&n| {
                 *len -= n.min(*len);
                 self.spliced += n as u64;
             }),
@@ -312,11 +300,7 @@ impl Pump {
         match &mut self.stage {
             Stage::Splice { pipe, len } => {
                 if let Some(p) = pipe.take() {
-                    if *len == 0 {
-                        res.pipes.put(p)
-                    } else {
-                        res.pipes.discard(p)
-                    }
+                    if *len == 0 { res.pipes.put(p) } else { res.pipes.discard(p) }
                 }
                 *len = 0;
             }
@@ -357,32 +341,19 @@ mod tests {
     /// EOF has been passed on, while threads write `data` in uneven chunks
     /// and read it back (slowly if asked). A lost edge shows up as a timeout.
     fn test_resources() -> Resources {
-        Resources::new(
-            64 << 10,
-            4,
-            std::sync::Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)),
-        )
+        Resources::new(64 << 10, 4, std::sync::Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)))
     }
 
     fn relay_through_pump(splice: bool, data: Vec<u8>, slow_reader: bool) -> (Vec<u8>, Pump) {
         relay_with(test_resources(), splice, data, slow_reader).0
     }
 
-    fn relay_with(
-        mut res: Resources,
-        splice: bool,
-        data: Vec<u8>,
-        slow_reader: bool,
-    ) -> ((Vec<u8>, Pump), Resources) {
+    fn relay_with(mut res: Resources, splice: bool, data: Vec<u8>, slow_reader: bool) -> ((Vec<u8>, Pump), Resources) {
         let (mut src_peer, mut src) = pair();
         let (mut dst_peer, mut dst) = pair();
         let mut poll = Poll::new().unwrap();
-        poll.registry()
-            .register(&mut src, Token(0), Interest::READABLE)
-            .unwrap();
-        poll.registry()
-            .register(&mut dst, Token(1), Interest::WRITABLE)
-            .unwrap();
+        poll.registry().register(&mut src, Token(0), Interest::READABLE).unwrap();
+        poll.registry().register(&mut dst, Token(1), Interest::WRITABLE).unwrap();
         let expected_len = data.len();
         let writer = std::thread::spawn(move || {
             let mut off = 0;
@@ -397,9 +368,7 @@ mod tests {
             src_peer
         });
         let reader = std::thread::spawn(move || {
-            dst_peer
-                .set_read_timeout(Some(Duration::from_secs(30)))
-                .unwrap();
+            dst_peer.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             let mut out = Vec::with_capacity(expected_len);
             let mut buf = vec![0; 7919];
             loop {
@@ -417,13 +386,8 @@ mod tests {
         let mut events = Events::with_capacity(8);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !pump.finished() {
-            assert!(
-                Instant::now() < deadline,
-                "pump stalled with {} bytes pending",
-                pump.pending()
-            );
-            poll.poll(&mut events, Some(Duration::from_secs(5)))
-                .unwrap();
+            assert!(Instant::now() < deadline, "pump stalled with {} bytes pending", pump.pending());
+            poll.poll(&mut events, Some(Duration::from_secs(5))).unwrap();
             for ev in events.iter() {
                 match ev.token() {
                     Token(0) => {
@@ -441,11 +405,7 @@ mod tests {
             }
         }
         pump.release(&mut res);
-        assert_eq!(
-            res.pipes.counts().in_use,
-            0,
-            "every pipe went back to the pool"
-        );
+        assert_eq!(res.pipes.counts().in_use, 0, "every pipe went back to the pool");
         let _src_peer = writer.join().unwrap();
         ((reader.join().unwrap(), pump), res)
     }
@@ -467,14 +427,8 @@ mod tests {
                 pump.dst_writable = true;
                 pump.run(&src, &dst, &mut res).unwrap();
             }
-            assert_eq!(
-                pump.src_end(),
-                SrcEnd::Failed(io::ErrorKind::ConnectionReset)
-            );
-            assert!(
-                !pump.finished(),
-                "splice={splice}: a failed source must not pass a FIN on"
-            );
+            assert_eq!(pump.src_end(), SrcEnd::Failed(io::ErrorKind::ConnectionReset));
+            assert!(!pump.finished(), "splice={splice}: a failed source must not pass a FIN on");
             let mut got = [0; 3];
             dst_peer.read_exact(&mut got).unwrap();
             assert_eq!(&got, b"bye");
@@ -506,11 +460,7 @@ mod tests {
         for (len, seed) in [(0, 1), (1, 2), (65_535, 3), (65_537, 4), (3 << 20, 5)] {
             let data = payload(len, seed);
             let (got, pump) = relay_through_pump(true, data.clone(), false);
-            assert!(
-                got == data,
-                "splice: {len} bytes in, {} out, contents differ",
-                got.len()
-            );
+            assert!(got == data, "splice: {len} bytes in, {} out, contents differ", got.len());
             assert_eq!(pump.spliced, len as u64);
             assert_eq!(pump.copied, 0);
         }
@@ -521,11 +471,7 @@ mod tests {
         for (len, seed) in [(0, 1), (1, 2), (65_535, 3), (65_537, 4), (3 << 20, 5)] {
             let data = payload(len, seed);
             let (got, pump) = relay_through_pump(false, data.clone(), false);
-            assert!(
-                got == data,
-                "copy: {len} bytes in, {} out, contents differ",
-                got.len()
-            );
+            assert!(got == data, "copy: {len} bytes in, {} out, contents differ", got.len());
             assert_eq!((pump.spliced, pump.copied), (0, len as u64));
         }
     }
@@ -562,10 +508,7 @@ mod tests {
                     }
                 }
             }
-            assert!(
-                idle_runs > 20,
-                "splice={splice}: the pump kept making progress into a reader that never reads"
-            );
+            assert!(idle_runs > 20, "splice={splice}: the pump kept making progress into a reader that never reads");
             assert!(!pump.dst_writable, "the full destination cleared its flag");
             assert!(pump.pending() > 0, "bytes wait in the pipe or buffer");
             pump.release(&mut res);

@@ -19,11 +19,7 @@ impl SmoothRoundRobin {
     pub fn new(weights: impl IntoIterator<Item = u32>) -> SmoothRoundRobin {
         let weights: Vec<i64> = weights.into_iter().map(|w| i64::from(w.max(1))).collect();
         let total = weights.iter().sum();
-        SmoothRoundRobin {
-            current: vec![0; weights.len()],
-            weights,
-            total,
-        }
+        SmoothRoundRobin { current: vec![0; weights.len()], weights, total }
     }
 
     /// The index of the upstream for the next session, or `None` if there are none.

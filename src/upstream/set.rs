@@ -50,10 +50,7 @@ impl UpstreamSet {
                 Some(a) => vec![a],
                 None => (spec.address.host.as_str(), spec.address.port)
                     .to_socket_addrs()
-                    .map_err(|source| ResolveError {
-                        name: spec.address.clone(),
-                        source,
-                    })?
+                    .map_err(|source| ResolveError { name: spec.address.clone(), source })?
                     .collect(),
             };
             if addrs.is_empty() {
@@ -64,11 +61,7 @@ impl UpstreamSet {
             }
             for addr in addrs {
                 if !upstreams.iter().any(|u: &Upstream| u.addr == addr) {
-                    upstreams.push(Upstream {
-                        addr,
-                        name: spec.address.clone(),
-                        weight: spec.weight,
-                    });
+                    upstreams.push(Upstream { addr, name: spec.address.clone(), weight: spec.weight });
                 }
             }
         }
@@ -101,10 +94,7 @@ mod tests {
     use super::*;
 
     fn spec(s: &str, weight: u32) -> UpstreamSpec {
-        UpstreamSpec {
-            address: s.parse().unwrap(),
-            weight,
-        }
+        UpstreamSpec { address: s.parse().unwrap(), weight }
     }
 
     #[test]
@@ -119,20 +109,12 @@ mod tests {
     #[test]
     fn localhost_resolves_from_the_hosts_file() {
         let set = UpstreamSet::resolve(&[spec("localhost:8000", 1)]).unwrap();
-        assert!(
-            set.upstreams
-                .iter()
-                .all(|u| u.addr.ip().is_loopback() && u.addr.port() == 8000)
-        );
+        assert!(set.upstreams.iter().all(|u| u.addr.ip().is_loopback() && u.addr.port() == 8000));
     }
 
     #[test]
     fn unknown_names_fail_with_the_name() {
         let e = UpstreamSet::resolve(&[spec("no-such-host.invalid:80", 1)]).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("cannot resolve upstream no-such-host.invalid:80"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("cannot resolve upstream no-such-host.invalid:80"), "{e}");
     }
 }

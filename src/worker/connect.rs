@@ -29,11 +29,7 @@ impl Worker {
             WorkerCounters::inc(&self.counters.connect_attempts);
             let started = sockets::start_connect(addr, &route.socket).and_then(|mut stream| {
                 let interest = Interest::READABLE | Interest::WRITABLE;
-                self.poll.registry().register(
-                    &mut stream,
-                    session_token(key, Side::Upstream),
-                    interest,
-                )?;
+                self.poll.registry().register(&mut stream, session_token(key, Side::Upstream), interest)?;
                 Ok(stream)
             });
             match started {

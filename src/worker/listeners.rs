@@ -49,15 +49,9 @@ impl Worker {
     /// Serves exactly `routes` from now on: new ones start listening,
     /// changed ones keep their socket (with its options re-applied) and give
     /// new sessions the new route, the rest close (running sessions go on).
-    pub(super) fn set_routes(
-        &mut self,
-        routes: Vec<RouteUpdate>,
-        settings: WorkerSettings,
-        now: Instant,
-    ) {
+    pub(super) fn set_routes(&mut self, routes: Vec<RouteUpdate>, settings: WorkerSettings, now: Instant) {
         if settings != self.settings {
-            self.res
-                .resize(settings.pipe_size, settings.max_pooled_pipes);
+            self.res.resize(settings.pipe_size, settings.max_pooled_pipes);
             self.settings = settings;
         }
         if self.draining {
@@ -65,24 +59,12 @@ impl Worker {
         }
         let mut keep = Vec::with_capacity(routes.len());
         for u in routes {
-            let existing = self
-                .listeners
-                .iter()
-                .find(|(_, l)| l.key == u.key)
-                .map(|(i, _)| i);
+            let existing = self.listeners.iter().find(|(_, l)| l.key == u.key).map(|(i, _)| i);
             match (u.listener, existing) {
                 (Some(mut socket), _) => {
                     let li = self.listeners.vacant_key();
-                    if let Err(e) = self.poll.registry().register(
-                        &mut socket,
-                        listener_token(li),
-                        Interest::READABLE,
-                    ) {
-                        log::error!(
-                            "worker {}: cannot register the listener of route {}: {e}",
-                            self.id,
-                            u.route.name
-                        );
+                    if let Err(e) = self.poll.registry().register(&mut socket, listener_token(li), Interest::READABLE) {
+                        log::error!("worker {}: cannot register the listener of route {}: {e}", self.id, u.route.name);
                         continue;
                     }
                     let balancer = balancer(&u.route);
@@ -114,27 +96,13 @@ impl Worker {
                     }
                     keep.push(li);
                 }
-                (None, None) => log::error!(
-                    "worker {}: route {} has no listener here",
-                    self.id,
-                    u.route.name
-                ),
+                (None, None) => log::error!("worker {}: route {} has no listener here", self.id, u.route.name),
             }
         }
-        let gone: Vec<usize> = self
-            .listeners
-            .iter()
-            .map(|(i, _)| i)
-            .filter(|i| !keep.contains(i))
-            .collect();
+        let gone: Vec<usize> = self.listeners.iter().map(|(i, _)| i).filter(|i| !keep.contains(i)).collect();
         for li in gone {
             let l = self.listeners.remove(li);
-            log::debug!(
-                "worker {}: route {} stops listening on {}",
-                self.id,
-                l.route.name,
-                l.route.listen
-            );
+            log::debug!("worker {}: route {} stops listening on {}", self.id, l.route.name, l.route.listen);
             // Dropping the socket closes it (and takes it out of the poll).
         }
         self.accept_backlogs(now);
@@ -147,12 +115,7 @@ impl Worker {
 
     /// Accepts on listeners whose last round stopped at the batch limit.
     pub(super) fn accept_backlogs(&mut self, now: Instant) {
-        let pending: Vec<usize> = self
-            .listeners
-            .iter()
-            .filter(|(_, l)| l.backlog)
-            .map(|(i, _)| i)
-            .collect();
+        let pending: Vec<usize> = self.listeners.iter().filter(|(_, l)| l.backlog).map(|(i, _)| i).collect();
         for li in pending {
             self.accept(li, now);
         }
@@ -170,9 +133,7 @@ impl Worker {
         for _ in 0..ACCEPT_BATCH {
             // At a limit we stop accepting: clients wait in the kernel's
             // queue instead of being accepted and dropped.
-            if self.shared.active.load(Ordering::Relaxed)
-                >= self.shared.max_connections.load(Ordering::Relaxed)
-            {
+            if self.shared.active.load(Ordering::Relaxed) >= self.shared.max_connections.load(Ordering::Relaxed) {
                 WorkerCounters::inc(&self.counters.accept_paused_global);
                 self.pause(li, LIMIT_RETRY, now);
                 return;
@@ -185,11 +146,7 @@ impl Worker {
             match self.listeners[li].socket.accept() {
                 Ok((stream, addr)) => self.start_session(li, stream, addr, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                    ) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
                 Err(e) if is_fd_exhaustion(&e) => {
                     self.out_of_fds(li, &e, now);
                     return;
@@ -242,16 +199,8 @@ impl Worker {
             return;
         }
         l.paused = false;
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(&mut l.socket, listener_token(li), Interest::READABLE)
-        {
-            log::error!(
-                "worker {}: cannot resume listening for route {}: {e}",
-                self.id,
-                l.route.name
-            );
+        if let Err(e) = self.poll.registry().register(&mut l.socket, listener_token(li), Interest::READABLE) {
+            log::error!("worker {}: cannot resume listening for route {}: {e}", self.id, l.route.name);
             return;
         }
         self.accept(li, now);
@@ -259,24 +208,13 @@ impl Worker {
 
     /// Resumes every paused listener (a session closed: there may be room).
     pub(super) fn resume_all(&mut self, now: Instant) {
-        let paused: Vec<usize> = self
-            .listeners
-            .iter()
-            .filter(|(_, l)| l.paused)
-            .map(|(i, _)| i)
-            .collect();
+        let paused: Vec<usize> = self.listeners.iter().filter(|(_, l)| l.paused).map(|(i, _)| i).collect();
         for li in paused {
             self.resume(li, now);
         }
     }
 
-    fn start_session(
-        &mut self,
-        li: usize,
-        client: TcpStream,
-        client_addr: SocketAddr,
-        now: Instant,
-    ) {
+    fn start_session(&mut self, li: usize, client: TcpStream, client_addr: SocketAddr, now: Instant) {
         WorkerCounters::inc(&self.counters.accepted);
         let l = &mut self.listeners[li];
         let route = Arc::clone(&l.route);
@@ -296,15 +234,7 @@ impl Worker {
         self.shared.active.fetch_add(1, Ordering::Relaxed);
         route.state.active.fetch_add(1, Ordering::Relaxed);
         self.next_id += 1;
-        let session = Session::new(
-            self.next_id,
-            route,
-            client,
-            client_addr,
-            first,
-            self.settings.splice,
-            now,
-        );
+        let session = Session::new(self.next_id, route, client, client_addr, first, self.settings.splice, now);
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
         let s = entry.insert(session);

@@ -163,16 +163,7 @@ fn session_token(key: usize, side: Side) -> Token {
 impl Worker {
     /// Pins the thread if asked, registers the listeners, gets ready to run.
     pub fn new(setup: WorkerSetup) -> io::Result<Worker> {
-        let WorkerSetup {
-            id,
-            poll,
-            routes,
-            control,
-            shared,
-            counters,
-            settings,
-            cpu,
-        } = setup;
+        let WorkerSetup { id, poll, routes, control, shared, counters, settings, cpu } = setup;
         if let Some(i) = cpu {
             match crate::affinity::pin_worker(i) {
                 Ok(c) => log::info!("worker {id} pinned to CPU {c}"),
@@ -189,11 +180,7 @@ impl Worker {
             closed: Vec::new(),
             ready: Vec::new(),
             timers: Timers::new(Instant::now()),
-            res: Resources::new(
-                settings.pipe_size,
-                settings.max_pooled_pipes,
-                Arc::clone(&shared.pipes),
-            ),
+            res: Resources::new(settings.pipe_size, settings.max_pooled_pipes, Arc::clone(&shared.pipes)),
             control,
             shared,
             counters,
@@ -215,8 +202,7 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
-            let timeout = if self.ready.is_empty() && !self.listeners.iter().any(|(_, l)| l.backlog)
-            {
+            let timeout = if self.ready.is_empty() && !self.listeners.iter().any(|(_, l)| l.backlog) {
                 self.timers.next_timeout(now)
             } else {
                 Some(Duration::ZERO)
@@ -234,11 +220,7 @@ impl Worker {
                     Token(t) if t < SESSION_BASE => self.accept(t - 1, now),
                     Token(t) => {
                         let key = (t - SESSION_BASE) / 2;
-                        let side = if (t - SESSION_BASE) % 2 == 0 {
-                            Side::Client
-                        } else {
-                            Side::Upstream
-                        };
+                        let side = if (t - SESSION_BASE) % 2 == 0 { Side::Client } else { Side::Upstream };
                         let ready = Readiness {
                             readable: ev.is_readable(),
                             writable: ev.is_writable() || ev.is_write_closed() || ev.is_error(),
@@ -289,11 +271,7 @@ impl Worker {
         self.draining = true;
         self.close_listeners();
         self.timers.schedule(deadline, TimerKey::Drain);
-        log::debug!(
-            "worker {} draining {} sessions",
-            self.id,
-            self.sessions.len()
-        );
+        log::debug!("worker {} draining {} sessions", self.id, self.sessions.len());
         // Idle sessions get a short deadline now (see `Session::deadline`).
         let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
         for key in keys {
@@ -401,11 +379,7 @@ impl Worker {
                 TimerKey::Accept(li) => self.resume(li, now),
                 TimerKey::Drain => {
                     if !self.sessions.is_empty() {
-                        log::info!(
-                            "worker {}: drain timeout: cutting {} sessions",
-                            self.id,
-                            self.sessions.len()
-                        );
+                        log::info!("worker {}: drain timeout: cutting {} sessions", self.id, self.sessions.len());
                     }
                     self.stop = true;
                 }
@@ -427,23 +401,13 @@ impl Worker {
         }
         match s.stage {
             Stage::Connecting { .. } => {
-                let e = io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no answer within {:?}", s.route.connect_timeout),
-                );
+                let e =
+                    io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {:?}", s.route.connect_timeout));
                 self.connect_failed(key, &e, now);
             }
             Stage::Relaying => {
-                let why = if self.draining {
-                    "idle while draining"
-                } else {
-                    "idle"
-                };
-                log::debug!(
-                    "session {}: {why} since {:?}",
-                    s.id,
-                    now.saturating_duration_since(s.last_active())
-                );
+                let why = if self.draining { "idle while draining" } else { "idle" };
+                log::debug!("session {}: {why} since {:?}", s.id, now.saturating_duration_since(s.last_active()));
                 self.close(key, CloseReason::IdleTimeout, None, now);
             }
             Stage::Closed => {}
@@ -474,10 +438,8 @@ impl Worker {
         }
         s.release(&mut self.res);
         self.counters.add_closed(reason);
-        self.counters
-            .add_bytes(Direction::ClientToUpstream, s.c2u.spliced, s.c2u.copied);
-        self.counters
-            .add_bytes(Direction::UpstreamToClient, s.u2c.spliced, s.u2c.copied);
+        self.counters.add_bytes(Direction::ClientToUpstream, s.c2u.spliced, s.c2u.copied);
+        self.counters.add_bytes(Direction::UpstreamToClient, s.u2c.spliced, s.u2c.copied);
         self.counters.active.fetch_sub(1, Ordering::Relaxed);
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
         s.route.state.active.fetch_sub(1, Ordering::Relaxed);
@@ -490,9 +452,7 @@ impl Worker {
             s.id,
             s.route.name,
             s.client_addr,
-            s.upstream
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), |_| s.upstream_addr().to_string()),
+            s.upstream.as_ref().map_or_else(|| "-".to_owned(), |_| s.upstream_addr().to_string()),
             s.c2u.delivered(),
             s.c2u.spliced,
             s.u2c.delivered(),
@@ -526,10 +486,7 @@ impl Worker {
     /// A warning at most once per `WARN_EVERY`, so a storm can't flood the log.
     fn warn(&mut self, msg: String) {
         let now = Instant::now();
-        if self
-            .last_warn
-            .is_none_or(|t| now.duration_since(t) >= WARN_EVERY)
-        {
+        if self.last_warn.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
             self.last_warn = Some(now);
             log::warn!("worker {}: {msg}", self.id);
         } else {

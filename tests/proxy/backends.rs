@@ -22,9 +22,7 @@ pub struct Stream {
 impl Stream {
     /// The stream for `seed`.
     pub fn new(seed: u64) -> Stream {
-        Stream {
-            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-        }
+        Stream { state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 }
     }
 
     /// Fills `buf` with the next bytes (whole 8-byte words; a partial tail is filled too).
@@ -99,8 +97,7 @@ pub fn read_digest(r: &mut impl Read, pause: Option<Duration>) -> io::Result<(u6
 /// Sets the test-wide timeouts on a blocking socket.
 pub fn timeouts(s: &TcpStream) {
     s.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
-    s.set_write_timeout(Some(IO_TIMEOUT))
-        .expect("write timeout");
+    s.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
 }
 
 /// Connects to `addr` with the test timeouts set.
@@ -121,10 +118,7 @@ pub fn serve(handler: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> Soc
             let Ok(conn) = conn else { continue };
             timeouts(&conn);
             let h = handler.clone();
-            std::thread::Builder::new()
-                .stack_size(128 << 10)
-                .spawn(move || h(conn))
-                .expect("backend thread");
+            std::thread::Builder::new().stack_size(128 << 10).spawn(move || h(conn)).expect("backend thread");
         }
     });
     addr
@@ -222,8 +216,7 @@ pub fn refused() -> SocketAddr {
 pub fn black_hole() -> Option<(SocketAddr, Vec<impl Sized>)> {
     use socket2::{Domain, Socket, Type};
     let l = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .expect("bind");
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
     l.listen(0).expect("listen");
     let addr = l.local_addr().expect("addr").as_socket().expect("inet");
     let mut keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(l)];

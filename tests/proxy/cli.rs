@@ -7,15 +7,7 @@ use crate::harness::run;
 fn help_describes_the_contract() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
-    for word in [
-        "--listen",
-        "--upstream",
-        "--workers",
-        "--relay",
-        "--log",
-        "check",
-        "Exit codes",
-    ] {
+    for word in ["--listen", "--upstream", "--workers", "--relay", "--log", "check", "Exit codes"] {
         assert!(out.contains(word), "--help lacks {word}:\n{out}");
     }
 }
@@ -23,26 +15,12 @@ fn help_describes_the_contract() {
 #[test]
 fn usage_errors_exit_2() {
     for args in [
-        vec![
-            "--relay",
-            "bogus",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "127.0.0.1:1",
-        ],
+        vec!["--relay", "bogus", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1"],
         vec!["--listen", "127.0.0.1:0"],
         vec!["--upstream", "127.0.0.1:1"],
         vec!["--listen", "nowhere", "--upstream", "127.0.0.1:1"],
         vec!["--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:0"],
-        vec![
-            "--workers",
-            "0",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "127.0.0.1:1",
-        ],
+        vec!["--workers", "0", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1"],
         vec!["frobnicate"],
     ] {
         let (code, _, err) = run(&args);
@@ -62,15 +40,7 @@ fn listen_address_in_use_exits_1_with_a_reason() {
 
 #[test]
 fn unresolvable_upstream_exits_1_naming_it() {
-    let (code, _, err) = run(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        "no-such-host.invalid:80",
-    ]);
+    let (code, _, err) = run(&["--listen", "127.0.0.1:0", "--upstream", "no-such-host.invalid:80"]);
     assert_eq!(code, 1, "stderr:\n{err}");
-    assert!(
-        err.contains("cannot resolve upstream no-such-host.invalid:80"),
-        "{err}"
-    );
+    assert!(err.contains("cannot resolve upstream no-such-host.invalid:80"), "{err}");
 }

@@ -23,27 +23,12 @@ routes:
 ";
 
 /// (what is wrong, the file, expected line:column, expected field path, words in the message)
-fn bad_configs() -> Vec<(
-    &'static str,
-    String,
-    &'static str,
-    &'static str,
-    &'static str,
-)> {
+fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str, &'static str)> {
     vec![
-        (
-            "yaml syntax",
-            GOOD.replace("5432\"]", "5432\""),
-            ":14:5",
-            "",
-            "YAML syntax error: did not find expected",
-        ),
+        ("yaml syntax", GOOD.replace("5432\"]", "5432\""), ":14:5", "", "YAML syntax error: did not find expected"),
         (
             "unknown field",
-            GOOD.replace(
-                "    listen: 127.0.0.1:0\n    upstreams:\n",
-                "    listn: 127.0.0.1:0\n    upstreams:\n",
-            ),
+            GOOD.replace("    listen: 127.0.0.1:0\n    upstreams:\n", "    listn: 127.0.0.1:0\n    upstreams:\n"),
             ":7:5",
             "routes[0].listn",
             "unknown field",
@@ -62,20 +47,8 @@ fn bad_configs() -> Vec<(
             "routes[1].upstreams",
             "no upstreams",
         ),
-        (
-            "bad duration",
-            GOOD.replace("2s", "3 parsecs"),
-            ":4:20",
-            "defaults.connect_timeout",
-            "invalid duration",
-        ),
-        (
-            "zero duration",
-            GOOD.replace("1h", "0s"),
-            ":14:19",
-            "routes[1].idle_timeout",
-            "out of range",
-        ),
+        ("bad duration", GOOD.replace("2s", "3 parsecs"), ":4:20", "defaults.connect_timeout", "invalid duration"),
+        ("zero duration", GOOD.replace("1h", "0s"), ":14:19", "routes[1].idle_timeout", "out of range"),
         (
             "duplicate listen",
             GOOD.replace("127.0.0.1:0", "127.0.0.1:7777"),
@@ -83,41 +56,11 @@ fn bad_configs() -> Vec<(
             "routes[1].listen",
             "same address",
         ),
-        (
-            "no routes",
-            "workers: 1\nroutes: []\n".to_owned(),
-            ":2:9",
-            "routes",
-            "no routes",
-        ),
-        (
-            "bad enum",
-            GOOD.replace("relay: splice", "relay: zerocopy"),
-            ":2:8",
-            "relay",
-            "unknown variant `zerocopy`",
-        ),
-        (
-            "pipe_size out of range",
-            format!("pipe_size: 1KiB\n{GOOD}"),
-            ":1:12",
-            "pipe_size",
-            "out of range",
-        ),
-        (
-            "duplicate name",
-            GOOD.replace("name: db", "name: web"),
-            ":11:11",
-            "routes[1].name",
-            "already used",
-        ),
-        (
-            "bad weight",
-            GOOD.replace("weight: 3", "weight: 0"),
-            ":10:",
-            "routes[0].upstreams[1].weight",
-            "out of range",
-        ),
+        ("no routes", "workers: 1\nroutes: []\n".to_owned(), ":2:9", "routes", "no routes"),
+        ("bad enum", GOOD.replace("relay: splice", "relay: zerocopy"), ":2:8", "relay", "unknown variant `zerocopy`"),
+        ("pipe_size out of range", format!("pipe_size: 1KiB\n{GOOD}"), ":1:12", "pipe_size", "out of range"),
+        ("duplicate name", GOOD.replace("name: db", "name: web"), ":11:11", "routes[1].name", "already used"),
+        ("bad weight", GOOD.replace("weight: 3", "weight: 0"), ":10:", "routes[0].upstreams[1].weight", "out of range"),
         (
             "bad upstream",
             GOOD.replace("127.0.0.1:9000", "nowhere"),
@@ -135,31 +78,13 @@ fn bad_configs_exit_2_with_file_line_column_and_field() {
         let file = path.to_string_lossy().into_owned();
         for args in [vec!["check", "-c", &file], vec!["-c", &file]] {
             let (code, _out, err) = run(&args);
-            assert_eq!(
-                code, 2,
-                "{what} ({args:?}): exit code {code}, stderr:\n{err}"
-            );
+            assert_eq!(code, 2, "{what} ({args:?}): exit code {code}, stderr:\n{err}");
             assert!(!err.contains("panicked"), "{what}: panicked:\n{err}");
-            let line = err
-                .lines()
-                .find(|l| l.starts_with("sluice: "))
-                .unwrap_or_else(|| panic!("{what}: {err}"));
-            assert!(
-                line.starts_with(&format!("sluice: {file}{at}")),
-                "{what}: expected {file}{at} in: {line}"
-            );
-            assert!(
-                line.contains(&format!(" {field}: ")) || field.is_empty(),
-                "{what}: no field {field} in: {line}"
-            );
-            assert!(
-                line.contains(words),
-                "{what}: expected {words:?} in: {line}"
-            );
-            assert!(
-                !err.contains("listening on"),
-                "{what}: sluice started listening despite the error"
-            );
+            let line = err.lines().find(|l| l.starts_with("sluice: ")).unwrap_or_else(|| panic!("{what}: {err}"));
+            assert!(line.starts_with(&format!("sluice: {file}{at}")), "{what}: expected {file}{at} in: {line}");
+            assert!(line.contains(&format!(" {field}: ")) || field.is_empty(), "{what}: no field {field} in: {line}");
+            assert!(line.contains(words), "{what}: expected {words:?} in: {line}");
+            assert!(!err.contains("listening on"), "{what}: sluice started listening despite the error");
         }
     }
 }
@@ -168,10 +93,7 @@ fn bad_configs_exit_2_with_file_line_column_and_field() {
 fn missing_file_is_a_config_error() {
     let (code, _, err) = run(&["check", "-c", "/nonexistent/proxy.yaml"]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("/nonexistent/proxy.yaml: cannot read the config file"),
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent/proxy.yaml: cannot read the config file"), "{err}");
 }
 
 #[test]
@@ -189,10 +111,7 @@ fn check_prints_the_effective_routes() {
         "drain_timeout: 30s",
         "pipe_size: 64KiB",
     ] {
-        assert!(
-            out.contains(expected),
-            "check output lacks {expected:?}:\n{out}"
-        );
+        assert!(out.contains(expected), "check output lacks {expected:?}:\n{out}");
     }
 }
 

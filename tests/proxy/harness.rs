@@ -71,9 +71,7 @@ impl Sluice {
 
     /// Runs a prepared command (for wrappers such as `prlimit`).
     pub fn spawn(mut cmd: Command, routes: usize, dir: Option<tempfile::TempDir>) -> Sluice {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         if std::env::var_os("RUST_LOG").is_none() && !has_log_flag(&cmd) {
             cmd.env("RUST_LOG", "sluice=debug");
         }
@@ -90,12 +88,7 @@ impl Sluice {
                 sink.changed.notify_all();
             }
         });
-        let mut s = Sluice {
-            child,
-            log,
-            addrs: Vec::new(),
-            _dir: dir,
-        };
+        let mut s = Sluice { child, log, addrs: Vec::new(), _dir: dir };
         s.addrs = s.wait_listening(routes);
         s
     }
@@ -117,16 +110,8 @@ impl Sluice {
                 panic!("sluice exited ({status}) before listening:\n{text}");
             }
             let now = Instant::now();
-            assert!(
-                now < deadline,
-                "sluice did not listen within {START_TIMEOUT:?}:\n{text}"
-            );
-            text = self
-                .log
-                .changed
-                .wait_timeout(text, Duration::from_millis(100))
-                .expect("log lock")
-                .0;
+            assert!(now < deadline, "sluice did not listen within {START_TIMEOUT:?}:\n{text}");
+            text = self.log.changed.wait_timeout(text, Duration::from_millis(100)).expect("log lock").0;
         }
     }
 
@@ -154,14 +139,46 @@ impl Sluice {
             if now >= deadline {
                 return false;
             }
-            text = self
-                .log
-                .changed
-                .wait_timeout(text, deadline - now)
-                .expect("log lock")
-                .0;
+            text = self.log.changed.wait_timeout(text, deadline - now).expect("log lock").0;
         }
         true
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.text.lock().expect("log lock").lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits (bounded) until `n` log lines contain `needle`.
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut text = self.log.text.lock().expect("log lock");
+        while text.lines().filter(|l| l.contains(needle)).count() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            text = self.log.changed.wait_timeout(text, deadline - now).expect("log lock").0;
+        }
+        true
+    }
+
+    /// The address the latest `route NAME listening on ADDR` line gives.
+    pub fn route_addr(&self, name: &str) -> Option<SocketAddr> {
+        let needle = format!("route {name} listening on ");
+        self.log
+            .text
+            .lock()
+            .expect("log lock")
+            .lines()
+            .rev()
+            .filter_map(|l| l.split(&needle).nth(1))
+            .find_map(|rest| rest.split_whitespace().next()?.parse().ok())
+    }
+
+    /// The config file it was started with (when started by `with_config`).
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self._dir.as_ref().map(|d| d.path().join("proxy.yaml"))
     }
 
     /// Sends a signal.
@@ -190,8 +207,7 @@ impl Sluice {
 
     /// Resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -221,16 +237,11 @@ impl Sluice {
 
     /// CPU time used so far (utime + stime), in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the ")" that ends the command name: state is field 3, utime 14, stime 15.
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
         let f: Vec<&str> = rest.split_whitespace().collect();
-        let get = |i: usize| {
-            f.get(i - 3)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        let get = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         get(14) + get(15)
     }
 }
@@ -244,11 +255,7 @@ impl Drop for Sluice {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "----- sluice log (pid {}) -----\n{}-----",
-                self.child.id(),
-                self.log()
-            );
+            eprintln!("----- sluice log (pid {}) -----\n{}-----", self.child.id(), self.log());
         }
     }
 }
@@ -270,10 +277,7 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
-            panic!(
-                "sluice {args:?} did not exit within 20 s; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("sluice {args:?} did not exit within 20 s; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(10));
     }

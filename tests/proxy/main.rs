@@ -26,5 +26,8 @@ macro_rules! both_modes {
 mod cli;
 mod config_errors;
 mod lifecycle;
+mod limits;
 mod relay;
+mod reload;
 mod resilience;
+mod tuning;

@@ -46,12 +46,7 @@ fn echo_sizes(mode: &str) {
     for (i, &len) in sizes.iter().enumerate() {
         let data = Arc::new(Stream::bytes(i as u64 + 1, len));
         let got = echo_roundtrip(s.addr(), Arc::clone(&data));
-        assert_eq!(
-            got.len(),
-            len,
-            "{mode}: echo of {len} bytes came back with {} bytes",
-            got.len()
-        );
+        assert_eq!(got.len(), len, "{mode}: echo of {len} bytes came back with {} bytes", got.len());
         assert!(got == *data, "{mode}: echo of {len} bytes differs");
     }
 }
@@ -68,11 +63,7 @@ fn upload_256_mib(mode: &str) {
     let count = u64::from_be_bytes(reply[..8].try_into().expect("8 bytes"));
     let digest = u64::from_be_bytes(reply[8..].try_into().expect("8 bytes"));
     assert_eq!(count, len, "{mode}: the sink got {count} of {len} bytes");
-    assert_eq!(
-        digest,
-        Stream::digest(7, len),
-        "{mode}: upload digest differs"
-    );
+    assert_eq!(digest, Stream::digest(7, len), "{mode}: upload digest differs");
 }
 
 fn download_256_mib(mode: &str) {
@@ -82,11 +73,7 @@ fn download_256_mib(mode: &str) {
     let mut c = connect(s.addr());
     let (count, digest) = read_digest(&mut c, None).expect("download");
     assert_eq!(count, len, "{mode}: got {count} of {len} bytes");
-    assert_eq!(
-        digest,
-        Stream::digest(11, len),
-        "{mode}: download digest differs"
-    );
+    assert_eq!(digest, Stream::digest(11, len), "{mode}: download digest differs");
 }
 
 fn both_directions(mode: &str) {
@@ -94,11 +81,7 @@ fn both_directions(mode: &str) {
     let s = Sluice::with_config(&one_route(mode, &[up], ""), &[]);
     let data = Arc::new(Stream::bytes(3, 32 << 20));
     let got = echo_roundtrip(s.addr(), Arc::clone(&data));
-    assert!(
-        got == *data,
-        "{mode}: 32 MiB echoed while sending differs (got {} bytes)",
-        got.len()
-    );
+    assert!(got == *data, "{mode}: 32 MiB echoed while sending differs (got {} bytes)", got.len());
 }
 
 fn client_half_close(mode: &str) {
@@ -111,14 +94,8 @@ fn client_half_close(mode: &str) {
     let (count, digest) = read_digest(&mut c, None).expect("answer");
     assert_eq!(count, 2 << 20, "{mode}: answer cut short");
     assert_eq!(digest, Stream::digest(5, 2 << 20), "{mode}: answer differs");
-    let (n, d) = received
-        .recv_timeout(Duration::from_secs(10))
-        .expect("upstream saw EOF");
-    assert_eq!(
-        (n, d),
-        (1 << 20, Stream::digest(4, 1 << 20)),
-        "{mode}: request differs at the upstream"
-    );
+    let (n, d) = received.recv_timeout(Duration::from_secs(10)).expect("upstream saw EOF");
+    assert_eq!((n, d), (1 << 20, Stream::digest(4, 1 << 20)), "{mode}: request differs at the upstream");
 }
 
 fn upstream_half_close(mode: &str) {
@@ -126,22 +103,12 @@ fn upstream_half_close(mode: &str) {
     let s = Sluice::with_config(&one_route(mode, &[up], ""), &[]);
     let mut c = connect(s.addr());
     let (count, digest) = read_digest(&mut c, None).expect("greeting");
-    assert_eq!(
-        (count, digest),
-        (3 << 20, Stream::digest(8, 3 << 20)),
-        "{mode}: greeting differs"
-    );
+    assert_eq!((count, digest), (3 << 20, Stream::digest(8, 3 << 20)), "{mode}: greeting differs");
     // The upstream's FIN reached us; our direction still works.
     write_stream(&mut c, 9, 1 << 20).expect("write after the upstream's FIN");
     c.shutdown(Shutdown::Write).expect("half-close");
-    let (n, d) = received
-        .recv_timeout(Duration::from_secs(10))
-        .expect("upstream got our bytes");
-    assert_eq!(
-        (n, d),
-        (1 << 20, Stream::digest(9, 1 << 20)),
-        "{mode}: bytes after the half-close differ"
-    );
+    let (n, d) = received.recv_timeout(Duration::from_secs(10)).expect("upstream got our bytes");
+    assert_eq!((n, d), (1 << 20, Stream::digest(9, 1 << 20)), "{mode}: bytes after the half-close differ");
     let mut rest = Vec::new();
     assert_eq!(c.read_to_end(&mut rest).expect("clean end"), 0);
 }
@@ -164,8 +131,7 @@ fn slow_reader(mode: &str) {
         let (peak, done) = (Arc::clone(&peak), Arc::clone(&done));
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
                 if let Some(kib) = status
                     .lines()
                     .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -180,23 +146,13 @@ fn slow_reader(mode: &str) {
     };
     let mut c = connect(s.addr());
     // A small receive buffer, so the backpressure really reaches the proxy.
-    socket2::SockRef::from(&c)
-        .set_recv_buffer_size(64 << 10)
-        .expect("SO_RCVBUF");
-    let (count, digest) =
-        read_digest(&mut c, Some(Duration::from_micros(500))).expect("slow download");
+    socket2::SockRef::from(&c).set_recv_buffer_size(64 << 10).expect("SO_RCVBUF");
+    let (count, digest) = read_digest(&mut c, Some(Duration::from_micros(500))).expect("slow download");
     done.store(true, Ordering::Relaxed);
     sampler.join().expect("sampler");
-    assert_eq!(
-        (count, digest),
-        (len, Stream::digest(21, len)),
-        "{mode}: slow download differs"
-    );
+    assert_eq!((count, digest), (len, Stream::digest(21, len)), "{mode}: slow download differs");
     let grew = peak.load(Ordering::Relaxed).saturating_sub(baseline);
-    assert!(
-        grew < 32 << 10,
-        "{mode}: proxy RSS grew by {grew} KiB (baseline {baseline} KiB) for a slow reader"
-    );
+    assert!(grew < 32 << 10, "{mode}: proxy RSS grew by {grew} KiB (baseline {baseline} KiB) for a slow reader");
 }
 
 fn many_sessions(mode: &str) {
@@ -210,10 +166,7 @@ fn many_sessions(mode: &str) {
     assert!(echo_roundtrip(s.addr(), Arc::clone(&warm)) == *warm);
     let settle = Instant::now() + Duration::from_secs(10);
     while s.fds().0 != listening_sockets {
-        assert!(
-            Instant::now() < settle,
-            "{mode}: the warm-up session's sockets stay open"
-        );
+        assert!(Instant::now() < settle, "{mode}: the warm-up session's sockets stay open");
         std::thread::sleep(Duration::from_millis(10));
     }
     let (sockets_before, pipes_before, other_before) = s.fds();
@@ -224,27 +177,18 @@ fn many_sessions(mode: &str) {
     for _ in 0..n {
         conns.push(connect(s.addr()));
     }
-    let payloads: Vec<Vec<u8>> = (0..n)
-        .map(|i| Stream::bytes(1000 + i as u64, 2048 + i % 1024))
-        .collect();
+    let payloads: Vec<Vec<u8>> = (0..n).map(|i| Stream::bytes(1000 + i as u64, 2048 + i % 1024)).collect();
     for (c, p) in conns.iter_mut().zip(&payloads) {
         c.write_all(p).expect("write");
     }
     for (i, (c, p)) in conns.iter_mut().zip(&payloads).enumerate() {
         let mut got = vec![0; p.len()];
-        c.read_exact(&mut got)
-            .unwrap_or_else(|e| panic!("{mode}: session {i}: {e}"));
+        c.read_exact(&mut got).unwrap_or_else(|e| panic!("{mode}: session {i}: {e}"));
         assert!(got == *p, "{mode}: session {i} echoed different bytes");
-        assert!(
-            Instant::now() < deadline,
-            "{mode}: 2000 sessions took too long"
-        );
+        assert!(Instant::now() < deadline, "{mode}: 2000 sessions took too long");
     }
     let (peak_sockets, pipes, _) = s.fds();
-    assert!(
-        peak_sockets >= sockets_before + 2 * n,
-        "{mode}: expected 2 sockets per session, saw {peak_sockets}"
-    );
+    assert!(peak_sockets >= sockets_before + 2 * n, "{mode}: expected 2 sockets per session, saw {peak_sockets}");
     drop(conns);
     // Every session's two sockets must be closed; pooled pipes are bounded.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -1,0 +1,112 @@
+//! Workers and socket options as the kernel sees them: four workers share
+//! the clients; congestion control and keepalive reach the sockets sluice
+//! makes (read back with `ss`); an unavailable algorithm falls back with
+//! one warning.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::backends::{self, Stream, connect};
+use crate::harness::{Sluice, one_route, raise_fd_limit};
+
+#[test]
+fn four_workers_share_two_thousand_connections() {
+    raise_fd_limit();
+    let up = backends::echo();
+    let mut s = Sluice::start(&["--listen", "127.0.0.1:0", "--upstream", &up.to_string(), "--workers", "4"], 1);
+    let addr = s.addr();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..250u64 {
+                    let mut c = connect(addr);
+                    let msg = Stream::bytes(t * 1000 + i, 1000 + (i as usize % 3000));
+                    c.write_all(&msg).expect("write");
+                    let mut got = vec![0; msg.len()];
+                    c.read_exact(&mut got).expect("read");
+                    assert!(got == msg, "thread {t} connection {i}: different bytes");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    s.signal(Signal::SIGTERM);
+    s.wait_exit(Duration::from_secs(10)).expect("exit");
+    let log = s.log();
+    let line = log.lines().find(|l| l.contains("accepted per worker: [")).expect("per-worker summary");
+    let counts: Vec<u64> = line
+        .split("accepted per worker: [")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .expect("list")
+        .split(", ")
+        .map(|n| n.parse().expect("number"))
+        .collect();
+    assert_eq!(counts.len(), 4);
+    assert_eq!(counts.iter().sum::<u64>(), 2000, "{line}");
+    assert!(counts.iter().filter(|&&n| n > 0).count() >= 2, "one worker took everything: {line}");
+}
+
+/// `ss -tino` lines for established sockets with port `port` on either end.
+fn ss_lines(port: u16) -> Option<String> {
+    let out = Command::new("ss")
+        .args(["-tino", "state", "established", &format!("( sport = :{port} or dport = :{port} )")])
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn pick_congestion() -> Option<String> {
+    let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control").ok()?;
+    let default = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").ok()?;
+    // One that is not the default, so seeing it proves sluice set it.
+    available.split_whitespace().find(|a| *a != default.trim()).map(str::to_owned)
+}
+
+#[test]
+fn congestion_and_keepalive_reach_the_sockets_sluice_makes() {
+    if ss_lines(1).is_none() {
+        eprintln!("skipped: `ss` (iproute2) is not available");
+        return;
+    }
+    let Some(cc) = pick_congestion() else {
+        eprintln!("skipped: this kernel offers a single congestion control algorithm");
+        return;
+    };
+    let up = backends::echo();
+    let opts = format!(
+        "    socket:\n      congestion: {cc}\n      keepalive: {{ idle: 31s, interval: 5s, count: 3 }}\n      nodelay: true\n"
+    );
+    let s = Sluice::with_config(&one_route("splice", &[up], &opts), &[]);
+    let mut c = connect(s.addr());
+    c.write_all(b"hi").expect("write");
+    let mut b = [0; 2];
+    c.read_exact(&mut b).expect("echo");
+    let upstream_side = ss_lines(up.port()).expect("ss");
+    // Our own end of the upstream connection is the one whose peer is the upstream port.
+    let ours: Vec<&str> = upstream_side.split('\n').collect();
+    let joined = ours.join("\n");
+    assert!(joined.contains(&cc), "TCP_CONGESTION {cc} not on the upstream socket:\n{joined}");
+    assert!(joined.contains("timer:(keepalive"), "no keepalive timer on the upstream socket:\n{joined}");
+    let client_side = ss_lines(s.addr().port()).expect("ss");
+    assert!(client_side.contains(&cc), "the accepted socket did not inherit {cc}:\n{client_side}");
+    assert!(client_side.contains("timer:(keepalive"), "no keepalive on the client socket:\n{client_side}");
+}
+
+#[test]
+fn an_unavailable_congestion_control_falls_back_with_one_warning() {
+    let up: SocketAddr = backends::echo();
+    let opts = "    socket:\n      congestion: nosuchcc\n";
+    let s = Sluice::with_config(&one_route("splice", &[up], opts).replace("workers: 1", "workers: 2"), &[]);
+    let mut c = connect(s.addr());
+    c.write_all(b"hi").expect("write");
+    let mut b = [0; 2];
+    c.read_exact(&mut b).expect("served with the kernel's default");
+    assert_eq!(s.log_count("congestion control nosuchcc is not available"), 1, "{}", s.log());
+}
