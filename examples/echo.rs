@@ -13,9 +13,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 
 fn main() -> io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8000".to_owned());
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8000".to_owned());
     let listener = TcpListener::bind(&addr)?;
     eprintln!("echo: listening on {}", listener.local_addr()?);
     for conn in listener.incoming() {
