@@ -48,29 +48,51 @@ fn describe_route(s: &mut String, r: &Route) {
     let _ = writeln!(s, "    idle_timeout: {}", fmt_duration(r.idle_timeout));
     let _ = writeln!(s, "    half_close_timeout: {}", fmt_duration(r.half_close_timeout));
     let _ = writeln!(s, "    backlog: {}", r.backlog);
-    let limit = |n: Option<usize>| n.map_or_else(|| "none  # default".to_owned(), |n| n.to_string());
-    let _ = writeln!(s, "    max_connections: {}", limit(r.max_connections));
-    let _ = writeln!(s, "    max_connections_per_client: {}", limit(r.max_connections_per_client));
+    for (k, v) in [("max_connections", r.max_connections), ("max_connections_per_client", r.max_connections_per_client)]
+    {
+        let _ = match v {
+            Some(n) => writeln!(s, "    {k}: {n}"),
+            None => writeln!(s, "    # {k}: no limit"),
+        };
+    }
     describe_socket(s, &r.socket);
 }
 
 fn describe_socket(s: &mut String, o: &SocketOptions) {
-    let show = |v: Option<String>, default: &str| v.unwrap_or_else(|| format!("{default}  # default"));
+    // Unset options stay comments, so the output parses back to the same config.
     let lines = [
-        ("nodelay", o.nodelay().to_string()),
-        ("keepalive", show(o.keepalive.map(|k| k.to_string()), "false")),
-        ("user_timeout", show(o.user_timeout.map(|d| fmt_duration(d.get())), "0s")),
-        ("send_buffer", show(o.send_buffer.map(|b| fmt_size(b.get())), "kernel")),
-        ("recv_buffer", show(o.recv_buffer.map(|b| fmt_size(b.get())), "kernel")),
-        ("congestion", show(o.congestion.as_ref().map(ToString::to_string), "kernel")),
-        ("fastopen", show(o.fastopen.map(|n| n.to_string()), "0")),
-        ("notsent_lowat", show(o.notsent_lowat.map(|b| fmt_size(b.get())), "kernel")),
-        ("defer_accept", show(o.defer_accept.map(|d| fmt_duration(d.get())), "0s")),
-        ("mark", show(o.mark.map(|m| format!("{:#x}", m.get())), "none")),
-        ("reuse_address", o.reuse_address().to_string()),
+        ("nodelay", Some(o.nodelay().to_string()), ""),
+        ("keepalive", o.keepalive.map(|k| k.to_string()), "off (kernel default)"),
+        ("user_timeout", o.user_timeout.map(|d| fmt_duration(d.get())), "off (kernel default)"),
+        ("send_buffer", o.send_buffer.map(|b| fmt_size(b.get())), "kernel default"),
+        ("recv_buffer", o.recv_buffer.map(|b| fmt_size(b.get())), "kernel default"),
+        ("congestion", o.congestion.as_ref().map(ToString::to_string), "kernel default"),
+        ("fastopen", o.fastopen.map(|n| n.to_string()), "off"),
+        ("notsent_lowat", o.notsent_lowat.map(|b| fmt_size(b.get())), "kernel default"),
+        ("defer_accept", o.defer_accept.map(|d| fmt_duration(d.get())), "off"),
+        ("mark", o.mark.map(|m| format!("{:#x}", m.get())), "none"),
+        ("reuse_address", Some(o.reuse_address().to_string()), ""),
     ];
     s.push_str("    socket:\n");
-    for (k, v) in lines {
-        let _ = writeln!(s, "      {k}: {v}");
+    for (k, v, unset) in lines {
+        let _ = match v {
+            Some(v) => writeln!(s, "      {k}: {v}"),
+            None => writeln!(s, "      # {k}: {unset}"),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_str;
+
+    #[test]
+    fn the_description_parses_back_to_the_same_config() {
+        let text = "workers: 3\nrelay: copy\nwatch: true\ndefaults:\n  socket:\n    keepalive: true\n    mark: 16\n\
+                    routes:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams: [\"h:1\", {address: \"[::1]:2\", weight: 3}]\n\
+                    \x20   max_connections_per_client: 4\n    socket: { congestion: bbr, send_buffer: 1MiB }\n";
+        let c = parse_str(text, "t").unwrap();
+        let again = parse_str(&c.describe(2), "t").unwrap_or_else(|e| panic!("{e}\n{}", c.describe(2)));
+        assert_eq!(again, c);
     }
 }

@@ -172,7 +172,13 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
             .max_connections_per_client
             .or(defaults.max_connections_per_client)
             .map(|n| n.get() as usize),
-        socket: r.socket.or(&defaults.socket),
+        socket: {
+            let mut o = r.socket.or(&defaults.socket);
+            // The two options that are on unless turned off, spelled out.
+            o.nodelay = Some(o.nodelay());
+            o.reuse_address = Some(o.reuse_address());
+            o
+        },
         name: r.name,
     })
 }

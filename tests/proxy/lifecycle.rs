@@ -120,3 +120,20 @@ fn shipped_proxy_yaml_starts_and_serves() {
     c.read_exact(&mut b).expect("echo through the shipped config");
     assert_eq!(&b, b"hello");
 }
+
+#[test]
+fn a_second_sigterm_during_the_drain_stops_at_once() {
+    let len = 256u64 << 20;
+    let up = backends::source(61, len);
+    let mut s = Sluice::with_config(&format!("drain_timeout: 60s\n{}", one_route("copy", &[up], "")), &[]);
+    let mut c = connect(s.addr());
+    let mut first = vec![0; 1 << 20];
+    c.read_exact(&mut first).expect("transfer started");
+    s.signal(Signal::SIGTERM);
+    assert!(s.wait_log("SIGTERM received", Duration::from_secs(5)));
+    let t = Instant::now();
+    s.signal(Signal::SIGTERM);
+    let status = s.wait_exit(Duration::from_secs(5)).expect("the second signal must not wait for the drain");
+    assert_eq!(status.code(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+}

@@ -100,13 +100,17 @@ fn congestion_and_keepalive_reach_the_sockets_sluice_makes() {
 }
 
 #[test]
-fn an_unavailable_congestion_control_falls_back_with_one_warning() {
+fn an_unavailable_congestion_control_falls_back_with_one_warning_and_the_backlog_is_capped() {
     let up: SocketAddr = backends::echo();
-    let opts = "    socket:\n      congestion: nosuchcc\n";
+    let opts = "    backlog: 65535\n    socket:\n      congestion: nosuchcc\n";
     let s = Sluice::with_config(&one_route("splice", &[up], opts).replace("workers: 1", "workers: 2"), &[]);
     let mut c = connect(s.addr());
     c.write_all(b"hi").expect("write");
     let mut b = [0; 2];
     c.read_exact(&mut b).expect("served with the kernel's default");
     assert_eq!(s.log_count("congestion control nosuchcc is not available"), 1, "{}", s.log());
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+    if somaxconn < 65535 {
+        assert!(s.log().contains("backlog 65535 capped at net.core.somaxconn"), "{}", s.log());
+    }
 }
