@@ -2,5 +2,6 @@
 //! (`counters.rs`) and is their only writer; readers sum them.
 
 pub mod counters;
+pub mod snapshot;
 
 pub use counters::{CloseReason, Direction, WorkerCounters};

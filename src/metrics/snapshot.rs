@@ -1,0 +1,185 @@
+//! What sluice reports about itself at one instant: every counter summed
+//! over the workers and every histogram merged and summarised. It is the
+//! `/stats` JSON document, the source the Prometheus text is rendered from,
+//! and what `sluice stats` reads back; one data path for all three.
+//!
+//! Times are microseconds, sizes bytes. Maps are `BTreeMap` so the JSON is
+//! stable from one scrape to the next.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// sluice's version.
+    pub version: String,
+    /// Seconds since the process started.
+    pub uptime_secs: f64,
+    /// Listeners are up and the process is not draining (`/readyz`).
+    pub ready: bool,
+    /// A drain is under way.
+    pub draining: bool,
+    /// Worker threads.
+    pub workers: usize,
+    /// One entry per configured route, in config order (routes removed by a
+    /// reload stay while they have sessions).
+    pub routes: Vec<RouteSnapshot>,
+    /// Splice pipes, all workers.
+    pub pipes: PipeSnapshot,
+    /// Accept-side events, all workers.
+    pub accept: AcceptSnapshot,
+    /// Configuration reloads by outcome.
+    pub reloads: ReloadSnapshot,
+    /// Kernel TCP statistics from /proc/net/snmp and /proc/net/netstat
+    /// (`RetransSegs`, `OutRsts`, `AttemptFails`, `EstabResets`, `ListenOverflows`, `ListenDrops`).
+    pub kernel: BTreeMap<String, u64>,
+}
+
+/// One route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteSnapshot {
+    /// Route name.
+    pub name: String,
+    /// Bound listen address.
+    pub listen: String,
+    /// Session counts.
+    pub sessions: SessionCounts,
+    /// Bytes delivered client → upstream.
+    pub client_to_upstream: Bytes,
+    /// Bytes delivered upstream → client.
+    pub upstream_to_client: Bytes,
+    /// Upstream connect attempts over all upstreams.
+    pub connect_attempts: u64,
+    /// Upstream connect failures over all upstreams.
+    pub connect_failures: u64,
+    /// Upstream connect time of sessions that connected.
+    pub connect_time: Latency,
+    /// Time from the upstream connection to its first byte.
+    pub first_byte_time: Latency,
+    /// Session duration, accept to close.
+    pub duration: Latency,
+    /// Per upstream address.
+    pub upstreams: Vec<UpstreamSnapshot>,
+}
+
+/// Sessions of a route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionCounts {
+    /// Accepted (including the ones refused by the per-client limit).
+    pub accepted: u64,
+    /// Open right now.
+    pub active: u64,
+    /// Closed, by reason (`clean`, `client_reset`, `upstream_reset`,
+    /// `idle_timeout`, `connect_failed`, `refused`, `drained`).
+    pub closed: BTreeMap<String, u64>,
+}
+
+/// Bytes one way, by how they moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bytes {
+    /// Through splice pipes (never in user space).
+    pub spliced: u64,
+    /// Through copy buffers.
+    pub copied: u64,
+}
+
+impl Bytes {
+    /// Both together.
+    pub fn total(&self) -> u64 {
+        self.spliced + self.copied
+    }
+}
+
+/// One upstream address of a route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamSnapshot {
+    /// `IP:port`.
+    pub address: String,
+    /// Sessions relayed to it.
+    pub sessions: u64,
+    /// Connect attempts.
+    pub connect_attempts: u64,
+    /// Connect failures (refused, timed out, error).
+    pub connect_failures: u64,
+    /// Connect time.
+    pub connect_time: Latency,
+    /// Smoothed RTT (`TCP_INFO`) at session close.
+    pub rtt: Latency,
+    /// Retransmitted segments (`TCP_INFO` total_retrans) per session.
+    pub retransmits: Latency,
+}
+
+/// A latency (or other) distribution, summarised.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Values recorded.
+    pub count: u64,
+    /// Their sum (µs).
+    pub sum: u64,
+    /// Smallest (µs).
+    pub min: u64,
+    /// Median (µs).
+    pub p50: u64,
+    /// 90th percentile (µs).
+    pub p90: u64,
+    /// 99th percentile (µs).
+    pub p99: u64,
+    /// 99.9th percentile (µs).
+    pub p999: u64,
+    /// Largest (µs).
+    pub max: u64,
+    /// Cumulative counts at the Prometheus bucket bounds: `[le_us, count]`,
+    /// bounds from `PROMETHEUS_BOUNDS_US` (the implicit `+Inf` is `count`).
+    pub buckets: Vec<[u64; 2]>,
+    /// Counts per power-of-two bucket for the terminal view: `[upper_us, count]`
+    /// with upper bounds 1, 2, 4, … µs up to the largest value (not cumulative).
+    pub pow2: Vec<[u64; 2]>,
+}
+
+/// Upper bounds (µs) of the exponential Prometheus buckets for times:
+/// 50 µs to 60 s, roughly ×2.5 apart.
+pub const PROMETHEUS_BOUNDS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 2_500_000,
+    10_000_000, 60_000_000,
+];
+
+/// Splice pipes, all workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipeSnapshot {
+    /// Lent to pumps right now.
+    pub in_use: u64,
+    /// Spare in the pools right now.
+    pub pooled: u64,
+    /// Made with pipe2 since start.
+    pub created: u64,
+    /// Times one was wanted and none could be had.
+    pub refused: u64,
+    /// Pumps that copied for want of a pipe (or because splice refused the sockets).
+    pub copy_fallbacks: u64,
+    /// The process-wide cap.
+    pub cap: u64,
+}
+
+/// Accept-side events, all workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptSnapshot {
+    /// accept hit the fd limit (each sheds one client).
+    pub fd_exhausted: u64,
+    /// A listener paused at the global `max_connections`.
+    pub paused_global: u64,
+    /// A listener paused at its route's `max_connections`.
+    pub paused_route: u64,
+    /// Clients refused by `max_connections_per_client`.
+    pub refused_client_limit: u64,
+}
+
+/// Reloads by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadSnapshot {
+    /// Applied.
+    pub ok: u64,
+    /// Refused; the old configuration kept serving.
+    pub failed: u64,
+}
