@@ -58,13 +58,37 @@ pub struct Cli {
     /// Log level: error, warn, info, debug or trace [default: info; RUST_LOG is honoured when unset].
     #[arg(long, value_name = "LEVEL", global = true)]
     pub log: Option<log::LevelFilter>,
+
+    /// Admin port (loopback): /metrics, /stats, /healthz, /readyz [config: admin.listen].
+    /// For `stats`: where to read from [default: the config's admin.listen, else 127.0.0.1:9901].
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub admin: Option<SocketAddr>,
+
+    /// Don't write the access log (one line per finished session) [config: log.access].
+    #[arg(long, global = true)]
+    pub no_access_log: bool,
 }
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate the config file and print the effective routes (defaults merged); exit 0 or 2.
+    /// Validate the config file and print the effective settings (defaults merged); exit 0 or 2.
     Check,
+    /// Live per-route table from the admin port's /stats, with latency bars.
+    Stats {
+        /// Redraw every SECS seconds until interrupted.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<f64>,
+        /// Show this route's latency distribution [default: the busiest route].
+        #[arg(long, value_name = "NAME")]
+        route: Option<String>,
+    },
+    /// Audit this machine's kernel settings and limits for the config; prints the fixes.
+    Doctor {
+        /// Read kernel settings from this directory instead of /proc (for tests).
+        #[arg(long, value_name = "DIR", hide = true, default_value = "/proc")]
+        proc_root: PathBuf,
+    },
 }
 
 impl Cli {
@@ -80,6 +104,23 @@ impl Cli {
         }
         if let Some(r) = self.relay {
             config.relay = r;
+        }
+        if let Some(listen) = self.admin {
+            if !listen.ip().is_loopback() {
+                return Err(ConfigError::Invalid {
+                    origin: "command line".to_owned(),
+                    location: None,
+                    field: "--admin".to_owned(),
+                    message: format!(
+                        "{listen} is not loopback: the admin port has no authentication; \
+                         use admin: {{ listen: ..., allow_remote: true }} in the config file to expose it"
+                    ),
+                });
+            }
+            config.admin = Some(config::Admin { listen, allow_remote: false });
+        }
+        if self.no_access_log {
+            config.log.access = false;
         }
         Ok(config)
     }

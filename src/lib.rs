@@ -1,9 +1,12 @@
 //! sluice: a zero-copy TCP (layer 4) reverse proxy for Linux.
 //!
 //! # Layout
+//! - `access`: the access log, one line per finished session.
+//! - `admin`: the admin HTTP port: /metrics, /stats, /healthz, /readyz.
 //! - `affinity`: pinning workers to CPUs.
 //! - `cli`: the command line and how its flags become a `Config`.
 //! - `config`: `proxy.yaml`: schema, units, validation, errors with file:line:column.
+//! - `doctor`: `sluice doctor`, the kernel and limits audit.
 //! - `server`: the control thread: start workers, signals, reload, drain.
 //! - `reload`: config → per-worker route updates (start and reload); the file watch.
 //! - `worker`: one thread, one mio loop: listeners, sessions, timers, pools.
@@ -16,14 +19,22 @@
 //! - `sockets`: listeners, upstream connects, abortive close.
 //! - `sockopt`: one function per TCP option; where each one applies.
 //! - `limits`: the fd limit and the reserve fd.
-//! - `metrics`: per-worker counters.
+//! - `logging`: env_logger through a non-blocking queue to stderr.
+//! - `metrics`: per-worker counters and histograms, snapshots, Prometheus text.
+//! - `netstat`: machine-wide TCP counters from /proc/net.
+//! - `stats_view`: the `sluice stats` terminal view.
 //! - `sysctl`: reading kernel settings from /proc/sys.
 
+pub mod access;
+pub mod admin;
 pub mod affinity;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
+pub mod netstat;
 pub mod pipe;
 pub mod relay;
 pub mod reload;
@@ -32,6 +43,7 @@ pub mod server;
 pub mod session;
 pub mod sockets;
 pub mod sockopt;
+pub mod stats_view;
 pub mod sysctl;
 pub mod timer;
 pub mod upstream;

@@ -1,44 +1,105 @@
 //! The `sluice` binary: parse the command line, set up logging, dispatch,
 //! and map errors to exit codes (0 ok, 1 runtime failure, 2 usage or config).
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use sluice::cli::{Cli, Command};
-use sluice::server;
+use sluice::cli::{Cli, Command, DEFAULT_CONFIG};
+use sluice::config::{self, Config};
+use sluice::metrics::snapshot::Snapshot;
+use sluice::{admin, doctor, logging, server, stats_view};
+
+/// Where `sluice stats` looks when neither `--admin` nor a config says.
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
 fn main() -> ExitCode {
     // clap exits 2 on a usage error and 0 for --help/--version.
     let cli = Cli::parse();
-    init_logging(cli.log);
-    let config = match cli.config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sluice: {e}");
-            return ExitCode::from(2);
+    match &cli.command {
+        Some(Command::Stats { watch, route }) => stats(&cli, *watch, route.as_deref()),
+        Some(Command::Doctor { proc_root }) => {
+            let Some(config) = load(&cli) else { return ExitCode::from(2) };
+            let findings = doctor::audit(&config, &doctor::Facts::read(proc_root));
+            print!("{}", doctor::render(&findings));
+            ExitCode::from(u8::try_from(doctor::exit_code(&findings)).unwrap_or(1))
         }
-    };
-    match cli.command {
         Some(Command::Check) => {
+            let Some(config) = load(&cli) else { return ExitCode::from(2) };
             print!("{}", config.describe(server::worker_count(config.workers)));
             ExitCode::SUCCESS
         }
-        None => match server::run(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                log::error!("{e}");
-                eprintln!("sluice: {e}");
-                ExitCode::from(1)
-            }
-        },
+        None => {
+            let Some(config) = load(&cli) else { return ExitCode::from(2) };
+            logging::init(cli.log, config.log.format);
+            let code = match server::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("{e}");
+                    logging::flush();
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            logging::flush();
+            code
+        }
     }
 }
 
-/// `--log LEVEL` wins; otherwise RUST_LOG; otherwise `info`.
-fn init_logging(level: Option<log::LevelFilter>) {
-    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if let Some(level) = level {
-        b.filter_level(level);
+/// The configuration the flags describe, or the error printed (exit 2).
+fn load(cli: &Cli) -> Option<Config> {
+    cli.config().map_err(|e| eprintln!("sluice: {e}")).ok()
+}
+
+/// `sluice stats`: one view (rates over one second), or redrawn every `watch` seconds.
+fn stats(cli: &Cli, watch: Option<f64>, route: Option<&str>) -> ExitCode {
+    let addr = cli
+        .admin
+        .or_else(|| admin_from_config(cli))
+        .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("the default admin address is a valid socket address"));
+    let width = terminal_size::terminal_size().map_or(100, |(w, _)| usize::from(w.0)).max(40);
+    let interval = Duration::from_secs_f64(watch.unwrap_or(1.0).clamp(0.1, 3600.0));
+    let mut previous: Option<(Snapshot, Instant)> = None;
+    loop {
+        let now = match fetch(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!(
+                    "sluice: cannot read {addr}/stats: {e} (is sluice running with an admin port? try --admin ADDR)"
+                );
+                return ExitCode::from(1);
+            }
+        };
+        let taken = Instant::now();
+        match &previous {
+            Some((prev, at)) => {
+                let view = stats_view::render(&now, Some((prev, taken - *at)), route, width);
+                if watch.is_some() {
+                    print!("{}{view}", stats_view::REDRAW);
+                } else {
+                    print!("{view}");
+                    return ExitCode::SUCCESS;
+                }
+            }
+            None if watch.is_some() => print!("{}{}", stats_view::REDRAW, stats_view::render(&now, None, route, width)),
+            None => {}
+        }
+        previous = Some((now, taken));
+        std::thread::sleep(interval);
     }
-    b.format_timestamp_millis().init();
+}
+
+fn admin_from_config(cli: &Cli) -> Option<SocketAddr> {
+    let path = cli.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
+    config::load_file(&path).ok()?.admin.map(|a| a.listen)
+}
+
+fn fetch(addr: SocketAddr) -> Result<Snapshot, String> {
+    let (status, body) = admin::get(addr, "/stats", Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("HTTP {status}"));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("unexpected /stats document: {e}"))
 }

@@ -19,6 +19,7 @@ use std::time::SystemTime;
 use mio::net::TcpListener;
 
 use crate::config::{self, Config};
+use crate::metrics::Registry;
 use crate::route::Route;
 use crate::server::ServerError;
 use crate::sockets;
@@ -69,7 +70,7 @@ pub struct Plan {
 
 /// Plans the move from `old` to `config` for `workers` workers, binding
 /// every new route's sockets.
-pub fn plan(old: &Running, config: &Config, workers: usize) -> Result<Plan, ServerError> {
+pub fn plan(old: &Running, config: &Config, workers: usize, registry: &Registry) -> Result<Plan, ServerError> {
     let somaxconn = sockets::somaxconn();
     let available = sockopt::available_congestion();
     let mut per_worker: Vec<Vec<RouteUpdate>> = (0..workers).map(|_| Vec::new()).collect();
@@ -87,7 +88,7 @@ pub fn plan(old: &Running, config: &Config, workers: usize) -> Result<Plan, Serv
             continue;
         }
         let state = previous.map(|p| Arc::clone(&p.state));
-        let mut route = Route::prepare(r, somaxconn.map(|n| n as u32), available.as_deref(), state)
+        let mut route = Route::prepare(r, somaxconn.map(|n| n as u32), available.as_deref(), state, registry)
             .map_err(|source| ServerError::Resolve { route: r.name.clone(), source })?;
         let sockets = match previous {
             Some(prev) => {
@@ -111,6 +112,7 @@ pub fn plan(old: &Running, config: &Config, workers: usize) -> Result<Plan, Serv
         running.push((key, route));
     }
     let removed = old.iter().filter(|(k, _)| !running.iter().any(|(n, _)| n == k)).count();
+    registry.set_configured(&running.iter().map(|(_, r)| (r.metric_id, r.listen)).collect::<Vec<_>>());
     let mut parts = Vec::new();
     for (n, what) in [(added, "added"), (changed, "changed"), (removed, "removed"), (kept, "unchanged")] {
         if n > 0 {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config;
+use crate::metrics::Registry;
 use crate::sockopt::Applied;
 use crate::upstream::{ResolveError, UpstreamSet};
 
@@ -41,6 +42,10 @@ pub struct Route {
     pub state: Arc<RouteState>,
     /// The route as configured, to tell on reload whether it changed.
     pub config: config::Route,
+    /// Id of its metric series (stable per name across reloads).
+    pub metric_id: usize,
+    /// Id of each upstream's metric series, parallel to `upstreams`.
+    pub upstream_metric_ids: Vec<usize>,
 }
 
 /// What a route counts while it runs; shared by every version of the route
@@ -91,6 +96,7 @@ impl Route {
         somaxconn: Option<u32>,
         congestion_available: Option<&[String]>,
         state: Option<Arc<RouteState>>,
+        registry: &Registry,
     ) -> Result<Route, ResolveError> {
         let backlog = match somaxconn {
             Some(max) if r.backlog > max => {
@@ -104,10 +110,15 @@ impl Route {
             }
             _ => r.backlog,
         };
+        let upstreams = UpstreamSet::resolve(&r.upstreams)?;
+        let metric_id = registry.route_id(&r.name);
+        let upstream_metric_ids = upstreams.upstreams.iter().map(|u| registry.upstream_id(metric_id, u.addr)).collect();
         Ok(Route {
             name: r.name.clone(),
             listen: r.listen,
-            upstreams: UpstreamSet::resolve(&r.upstreams)?,
+            upstreams,
+            metric_id,
+            upstream_metric_ids,
             connect_timeout: r.connect_timeout,
             idle_timeout: r.idle_timeout,
             half_close_timeout: r.half_close_timeout,

@@ -18,10 +18,11 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::admin::AdminContext;
 use crate::config::{self, Config, RelayMode, Workers, units::fmt_size};
 use crate::limits;
 use crate::metrics::WorkerCounters;
-use crate::metrics::counters::Totals;
+use crate::metrics::{Registry, WorkerMetrics};
 use crate::pipe;
 use crate::reload::{self, FileWatch, Running};
 use crate::upstream::ResolveError;
@@ -88,7 +89,7 @@ struct WorkerHandle {
     thread: Option<JoinHandle<()>>,
     tx: Sender<Control>,
     waker: Arc<Waker>,
-    counters: Arc<WorkerCounters>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl WorkerHandle {
@@ -122,7 +123,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     };
     let workers = worker_count(config.workers);
     let settings = settings(&config);
-    let plan = reload::plan(&Vec::new(), &config, workers)?;
+    let registry = Arc::new(Registry::default());
+    let plan = reload::plan(&Vec::new(), &config, workers, &registry)?;
     let shared = Arc::new(Shared::new(config.max_connections, pipe::PipeBudget::new(nofile, settings.pipe_size)));
 
     // The control thread sleeps until a signal arrives, a worker exits, or the watch interval passes.
@@ -136,14 +138,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let worker_poll = Poll::new().map_err(io_err("creating a poll"))?;
         let waker = Arc::new(Waker::new(worker_poll.registry(), worker::WAKER).map_err(io_err("creating a waker"))?);
         let (tx, rx) = mpsc::channel();
-        let counters = Arc::new(WorkerCounters::default());
+        let metrics = Arc::new(WorkerMetrics::default());
         let setup = WorkerSetup {
             id,
+            workers,
             poll: worker_poll,
             routes,
             control: rx,
             shared: Arc::clone(&shared),
-            counters: Arc::clone(&counters),
+            metrics: Arc::clone(&metrics),
             settings,
             cpu: config.cpu_affinity.then_some(id),
         };
@@ -162,7 +165,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 let _ = exit_waker.wake();
             })
             .map_err(io_err("starting a worker thread"))?;
-        handles.push(WorkerHandle { thread: Some(thread), tx, waker, counters });
+        handles.push(WorkerHandle { thread: Some(thread), tx, waker, metrics });
     }
     log::info!(
         "sluice {} running: {workers} worker(s), relay {}, pipe size {}, max {} connections{}",
@@ -172,14 +175,38 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         config.max_connections,
         if config.watch { ", watching the config file" } else { "" }
     );
+    let admin = AdminContext {
+        workers: handles.iter().map(|h| Arc::clone(&h.metrics)).collect(),
+        registry: Arc::clone(&registry),
+        shared: Arc::clone(&shared),
+        proc_root: "/proc".into(),
+    };
+    let snapshots = admin.clone_for_summary();
+    if let Some(a) = &config.admin {
+        let bound = crate::admin::start(a.listen, admin).map_err(|source| ServerError::Bind {
+            route: "admin".to_owned(),
+            addr: a.listen,
+            hint: "",
+            source,
+        })?;
+        log::info!("admin port listening on {bound}: /metrics /stats /healthz /readyz");
+    }
+    shared.ready.store(true, Ordering::Relaxed);
     let watch = config.source.as_deref().filter(|_| config.watch).map(|p| FileWatch::new(p, config.source_digest));
-    let mut control =
-        ControlThread { config, running: plan.running, handles, shared, watch, draining: false, failure: None };
+    let mut control = ControlThread {
+        config,
+        running: plan.running,
+        handles,
+        shared,
+        registry,
+        watch,
+        draining: false,
+        failure: None,
+    };
     let result = control.run(poll, &mut signals, &exits);
-    let totals = Totals::sum(control.handles.iter().map(|h| &*h.counters));
     let per_worker: Vec<String> =
-        control.handles.iter().map(|h| h.counters.accepted.load(Ordering::Relaxed).to_string()).collect();
-    log::info!("stopped: {totals}; accepted per worker: [{}]", per_worker.join(", "));
+        control.handles.iter().map(|h| WorkerCounters::get(&h.metrics.counters.accepted).to_string()).collect();
+    log::info!("stopped: {}; accepted per worker: [{}]", snapshots.snapshot().summary(), per_worker.join(", "));
     result
 }
 
@@ -189,6 +216,7 @@ fn settings(config: &Config) -> WorkerSettings {
         splice: config.relay == RelayMode::Splice,
         pipe_size: effective_pipe_size(config.pipe_size),
         max_pooled_pipes: config.max_pooled_pipes,
+        access_log: config.log.access.then_some(config.log.format),
     }
 }
 
@@ -197,6 +225,7 @@ struct ControlThread {
     running: Running,
     handles: Vec<WorkerHandle>,
     shared: Arc<Shared>,
+    registry: Arc<Registry>,
     watch: Option<FileWatch>,
     draining: bool,
     failure: Option<ServerError>,
@@ -257,6 +286,8 @@ impl ControlThread {
 
     fn drain(&mut self) {
         self.draining = true;
+        // /readyz turns 503 before the listeners close.
+        self.shared.draining.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + self.config.drain_timeout;
         self.handles.iter().for_each(|h| h.send(Control::Drain { deadline }));
     }
@@ -308,7 +339,7 @@ impl ControlThread {
             new.workers = self.config.workers;
             new.cpu_affinity = self.config.cpu_affinity;
         }
-        let plan = reload::plan(&self.running, &new, self.handles.len()).map_err(|e| e.to_string())?;
+        let plan = reload::plan(&self.running, &new, self.handles.len(), &self.registry).map_err(|e| e.to_string())?;
         let settings = settings(&new);
         self.shared.max_connections.store(new.max_connections, Ordering::Relaxed);
         self.shared.pipes.resize(settings.pipe_size);
@@ -316,6 +347,9 @@ impl ControlThread {
             h.send(Control::Routes { routes, settings });
         }
         self.running = plan.running;
+        if new.admin != self.config.admin {
+            log::warn!("the admin port only changes with a restart; keeping the running one");
+        }
         if new.watch != self.config.watch {
             self.watch = new.watch.then(|| FileWatch::new(path, new.source_digest));
         }

@@ -122,6 +122,11 @@ pub struct Session {
     last_active: Instant,
     /// When the client was accepted.
     pub started: Instant,
+    /// How long the successful upstream connect took.
+    pub connect_time: Option<Duration>,
+    /// From the upstream connection to its first byte.
+    pub first_byte_time: Option<Duration>,
+    connected_at: Option<Instant>,
     /// Queued on the worker's ready list.
     pub ready: bool,
 }
@@ -152,6 +157,9 @@ impl Session {
             timer: None,
             last_active: now,
             started: now,
+            connect_time: None,
+            first_byte_time: None,
+            connected_at: None,
             ready: false,
         }
     }
@@ -202,6 +210,10 @@ impl Session {
 
     /// The upstream connected: relaying starts now.
     pub fn connected(&mut self, now: Instant) {
+        if let Stage::Connecting { since, .. } = self.stage {
+            self.connect_time = Some(now.saturating_duration_since(since));
+        }
+        self.connected_at = Some(now);
         self.stage = Stage::Relaying;
         self.last_active = now;
     }
@@ -253,6 +265,9 @@ impl Session {
         }
         if progressed {
             self.last_active = now;
+            if self.first_byte_time.is_none() && self.u2c.delivered() > 0 {
+                self.first_byte_time = self.connected_at.map(|t| now.saturating_duration_since(t));
+            }
         }
         if let Some(e) = &dst_failed[0] {
             if self.note_failure(Side::Upstream, e.kind()) {

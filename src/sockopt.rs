@@ -157,6 +157,27 @@ pub fn defer_accept(s: &impl AsFd) -> io::Result<u32> {
     get_int(s, nix::libc::IPPROTO_TCP, nix::libc::TCP_DEFER_ACCEPT)
 }
 
+/// `TCP_INFO` of a connected socket: (smoothed RTT in µs, total retransmitted segments).
+#[allow(unsafe_code)]
+pub fn tcp_info(s: &impl AsFd) -> io::Result<(u32, u32)> {
+    // SAFETY: tcp_info is a plain C struct of integers, so all-zero is a valid value.
+    let mut info: nix::libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<nix::libc::tcp_info>() as nix::libc::socklen_t;
+    // SAFETY: the fd is open for the borrow's lifetime; `info` and `len` are
+    // live locals and `len` is the size of `info`, which the kernel fills up
+    // to that size (older kernels fill less and say so in `len`).
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            s.as_fd().as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_INFO,
+            std::ptr::from_mut(&mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { Ok((info.tcpi_rtt, info.tcpi_total_retrans)) } else { Err(io::Error::last_os_error()) }
+}
+
 /// `setsockopt` with an int value, for the options neither socket2 nor nix wrap.
 #[allow(unsafe_code)]
 fn set_int(s: &impl AsFd, level: i32, name: i32, value: u32) -> io::Result<()> {
@@ -409,6 +430,16 @@ mod tests {
             }
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn tcp_info_reads_rtt_of_a_connected_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let _server = l.accept().unwrap();
+        let (rtt, retrans) = tcp_info(&c).unwrap();
+        assert!(rtt > 0 && rtt < 1_000_000, "a loopback handshake gives a small non-zero RTT: {rtt}µs");
+        assert_eq!(retrans, 0);
     }
 
     #[test]

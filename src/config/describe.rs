@@ -29,6 +29,17 @@ impl Config {
         line("max_connections", self.max_connections.to_string());
         line("drain_timeout", fmt_duration(self.drain_timeout));
         line("watch", self.watch.to_string());
+        match &self.admin {
+            Some(a) => {
+                s.push_str(&format!("admin:\n  listen: {}\n  allow_remote: {}\n", a.listen, a.allow_remote));
+            }
+            None => s.push_str("# admin: off\n"),
+        }
+        let format = match self.log.format {
+            super::LogFormat::Text => "text",
+            super::LogFormat::Json => "json",
+        };
+        s.push_str(&format!("log:\n  format: {format}\n  access: {}\n", self.log.access));
         s.push_str("routes:\n");
         for r in &self.routes {
             describe_route(&mut s, r);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use load::{digest, load_file, parse_str};
 pub use schema::RawSocket as SocketOptions;
-pub use schema::RelayMode;
+pub use schema::{LogFormat, RelayMode};
 pub use units::{CongestionName, HostPort, Keepalive, Workers};
 
 /// Default `connect_timeout` of a route.
@@ -64,8 +64,30 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Reload when the file changes.
     pub watch: bool,
+    /// The admin port, if any.
+    pub admin: Option<Admin>,
+    /// Log format and the access log.
+    pub log: Log,
     /// At least one route; listen addresses don't collide.
     pub routes: Vec<Route>,
+}
+
+/// The admin HTTP port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admin {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// A non-loopback address was allowed explicitly.
+    pub allow_remote: bool,
+}
+
+/// Logging settings from the file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Log {
+    /// Line format.
+    pub format: LogFormat,
+    /// Log one line per finished session.
+    pub access: bool,
 }
 
 /// One listen address and where its sessions go.

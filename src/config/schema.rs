@@ -51,6 +51,11 @@ pub struct RawConfig {
     pub drain_timeout: Option<DrainTimeout>,
     /// Reload when the file changes (polled every second).
     pub watch: Option<bool>,
+    /// The admin HTTP port; absent = off.
+    pub admin: Option<RawAdmin>,
+    /// Log output.
+    #[serde(default)]
+    pub log: RawLog,
     /// Settings every route inherits unless it sets its own.
     #[serde(default)]
     pub defaults: RawDefaults,
@@ -148,6 +153,37 @@ pub type NotSentLowat = SizeIn<1, { 256 << 20 }>;
 pub type DeferAccept = DurationIn<0, 3_600_000>;
 /// `mark`: any 32-bit value.
 pub type Mark = CountIn<0, { u32::MAX as u64 }>;
+
+/// `admin:`: the metrics and health port.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Where to listen (loopback unless `allow_remote`).
+    pub listen: ListenAddr,
+    /// Allow a non-loopback address (the port has no authentication).
+    pub allow_remote: Option<bool>,
+}
+
+/// `log:`: how log lines look, and the access log.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` (default) or `json` (one JSON object per line).
+    pub format: Option<LogFormat>,
+    /// One line per finished session on target `sluice::access` (default on).
+    pub access: Option<bool>,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines; access records as `key=value` pairs.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// How bytes are moved between the two sockets of a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]

@@ -102,6 +102,24 @@ pub fn validate(raw: RawConfig) -> Result<Config, FieldError> {
         max_connections: raw.max_connections.map_or(DEFAULT_MAX_CONNECTIONS, |n| n.get() as usize),
         drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.get()),
         watch: raw.watch.unwrap_or(false),
+        admin: match raw.admin {
+            None => None,
+            Some(a) => {
+                let allow_remote = a.allow_remote.unwrap_or(false);
+                if !allow_remote && !a.listen.0.ip().is_loopback() {
+                    return fail(
+                        FieldPath(vec![Seg::Key("admin"), Seg::Key("listen")]),
+                        format!(
+                            "admin address {} is not loopback: the admin port has no authentication; \
+                             set admin.allow_remote: true to expose it anyway",
+                            a.listen.0
+                        ),
+                    );
+                }
+                Some(super::Admin { listen: a.listen.0, allow_remote })
+            }
+        },
+        log: super::Log { format: raw.log.format.unwrap_or_default(), access: raw.log.access.unwrap_or(true) },
         routes,
     })
 }

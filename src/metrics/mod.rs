@@ -1,7 +1,16 @@
-//! Numbers about what sluice is doing. Each worker owns its counters
-//! (`counters.rs`) and is their only writer; readers sum them.
+//! Numbers about what sluice is doing. Each worker owns its metrics
+//! (`stats.rs`: per route and upstream, under a per-worker mutex taken per
+//! session; `counters.rs`: worker-wide atomics) and is their only writer.
+//! `collect.rs` merges them into a `Snapshot` (`snapshot.rs`), which
+//! `prometheus.rs` renders; `registry.rs` names the series.
 
+pub mod collect;
 pub mod counters;
+pub mod prometheus;
+pub mod registry;
 pub mod snapshot;
+pub mod stats;
 
-pub use counters::{CloseReason, Direction, WorkerCounters};
+pub use counters::{CloseReason, WorkerCounters};
+pub use registry::Registry;
+pub use stats::{SessionRecord, WorkerMetrics};

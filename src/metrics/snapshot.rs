@@ -37,6 +37,38 @@ pub struct Snapshot {
     pub kernel: BTreeMap<String, u64>,
 }
 
+impl Snapshot {
+    /// One line for the log at exit: sessions, close reasons, bytes by mode.
+    pub fn summary(&self) -> String {
+        let accepted: u64 = self.routes.iter().map(|r| r.sessions.accepted).sum();
+        let mut closed: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in &self.routes {
+            for (k, v) in &r.sessions.closed {
+                *closed.entry(k).or_default() += v;
+            }
+        }
+        let sum = |f: &dyn Fn(&RouteSnapshot) -> Bytes| {
+            self.routes
+                .iter()
+                .map(f)
+                .fold(Bytes::default(), |a, b| Bytes { spliced: a.spliced + b.spliced, copied: a.copied + b.copied })
+        };
+        let (up, down) = (sum(&|r| r.client_to_upstream), sum(&|r| r.upstream_to_client));
+        let closed: Vec<String> = closed.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "{accepted} sessions accepted; closed: {}; bytes client→upstream {} spliced + {} copied, \
+             upstream→client {} spliced + {} copied; {} pumps copied for want of a pipe; {} accepts hit the fd limit",
+            if closed.is_empty() { "none".to_owned() } else { closed.join(" ") },
+            up.spliced,
+            up.copied,
+            down.spliced,
+            down.copied,
+            self.pipes.copy_fallbacks,
+            self.accept.fd_exhausted
+        )
+    }
+}
+
 /// One route.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RouteSnapshot {
@@ -141,8 +173,8 @@ pub struct Latency {
 /// Upper bounds (µs) of the exponential Prometheus buckets for times:
 /// 50 µs to 60 s, roughly ×2.5 apart.
 pub const PROMETHEUS_BOUNDS_US: [u64; 16] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 2_500_000,
-    10_000_000, 60_000_000,
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 2_500_000, 10_000_000,
+    60_000_000,
 ];
 
 /// Splice pipes, all workers.

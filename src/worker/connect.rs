@@ -10,7 +10,7 @@ use std::time::Instant;
 use mio::Interest;
 
 use super::{Worker, is_fd_exhaustion, session_token};
-use crate::metrics::{CloseReason, WorkerCounters};
+use crate::metrics::CloseReason;
 use crate::session::{Side, Stage};
 use crate::sockets;
 
@@ -26,7 +26,11 @@ impl Worker {
         while (attempt as usize) < n {
             let index = (first + attempt as usize) % n;
             let addr = route.upstreams.upstreams[index].addr;
-            WorkerCounters::inc(&self.counters.connect_attempts);
+            {
+                let mut st = self.metrics.stats();
+                st.route(route.metric_id).connect_attempts += 1;
+                st.upstream(route.upstream_metric_ids[index]).connect_attempts += 1;
+            }
             let started = sockets::start_connect(addr, &route.socket).and_then(|mut stream| {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 self.poll.registry().register(&mut stream, session_token(key, Side::Upstream), interest)?;
@@ -41,7 +45,7 @@ impl Worker {
                     return;
                 }
                 Err(e) => {
-                    WorkerCounters::inc(&self.counters.connect_failures);
+                    self.count_connect_failure(route.metric_id, route.upstream_metric_ids[index]);
                     log::debug!("session {id}: connect to {addr} failed at once: {e}");
                     last = format!("{addr}: {e}");
                     attempt += 1;
@@ -60,13 +64,21 @@ impl Worker {
         self.close(key, CloseReason::ConnectFailed, None, now);
     }
 
+    fn count_connect_failure(&self, route: usize, upstream: usize) {
+        let mut st = self.metrics.stats();
+        st.route(route).connect_failures += 1;
+        st.upstream(upstream).connect_failures += 1;
+    }
+
     /// The connect in progress failed (refused, timed out): try the next upstream.
     pub(super) fn connect_failed(&mut self, key: usize, e: &io::Error, now: Instant) {
-        WorkerCounters::inc(&self.counters.connect_failures);
-        let s = &mut self.sessions[key];
+        let s = &self.sessions[key];
         let Stage::Connecting { attempt, .. } = s.stage else {
             return;
         };
+        let (route_id, upstream_id) = (s.route.metric_id, s.route.upstream_metric_ids[s.upstream_index]);
+        self.count_connect_failure(route_id, upstream_id);
+        let s = &mut self.sessions[key];
         let upstream = &s.route.upstreams.upstreams[s.upstream_index];
         log::debug!("session {}: upstream {upstream} failed: {e}", s.id);
         let last = format!("{upstream}: {e}");

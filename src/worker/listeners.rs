@@ -134,12 +134,12 @@ impl Worker {
             // At a limit we stop accepting: clients wait in the kernel's
             // queue instead of being accepted and dropped.
             if self.shared.active.load(Ordering::Relaxed) >= self.shared.max_connections.load(Ordering::Relaxed) {
-                WorkerCounters::inc(&self.counters.accept_paused_global);
+                WorkerCounters::inc(&self.metrics.counters.accept_paused_global);
                 self.pause(li, LIMIT_RETRY, now);
                 return;
             }
             if self.listeners[li].route.at_limit() {
-                WorkerCounters::inc(&self.counters.accept_paused_route);
+                WorkerCounters::inc(&self.metrics.counters.accept_paused_route);
                 self.pause(li, LIMIT_RETRY, now);
                 return;
             }
@@ -169,7 +169,7 @@ impl Worker {
     /// reserve fd to take one connection off the queue and close it (the
     /// client learns at once), and look again after a pause.
     fn out_of_fds(&mut self, li: usize, e: &io::Error, now: Instant) {
-        WorkerCounters::inc(&self.counters.accept_fd_exhausted);
+        WorkerCounters::inc(&self.metrics.counters.accept_fd_exhausted);
         let socket = &self.listeners[li].socket;
         self.reserve.spend(|| drop(socket.accept()));
         self.warn(format!(
@@ -215,12 +215,14 @@ impl Worker {
     }
 
     fn start_session(&mut self, li: usize, client: TcpStream, client_addr: SocketAddr, now: Instant) {
-        WorkerCounters::inc(&self.counters.accepted);
+        WorkerCounters::inc(&self.metrics.counters.accepted);
         let l = &mut self.listeners[li];
         let route = Arc::clone(&l.route);
+        self.metrics.stats().route(route.metric_id).accepted += 1;
         if let Some(limit) = route.max_connections_per_client {
             if !route.state.admit_client(client_addr.ip(), limit) {
-                WorkerCounters::inc(&self.counters.refused_client_limit);
+                WorkerCounters::inc(&self.metrics.counters.refused_client_limit);
+                self.metrics.stats().route(route.metric_id).closed[CloseReason::Refused as usize] += 1;
                 log::debug!(
                     "route {}: refused {client_addr}: it already has {limit} sessions (max_connections_per_client)",
                     route.name
@@ -230,11 +232,11 @@ impl Worker {
         }
         let first = l.balancer.pick().unwrap_or(0);
         route.socket.client(&client);
-        self.counters.active.fetch_add(1, Ordering::Relaxed);
         self.shared.active.fetch_add(1, Ordering::Relaxed);
         route.state.active.fetch_add(1, Ordering::Relaxed);
-        self.next_id += 1;
-        let session = Session::new(self.next_id, route, client, client_addr, first, self.settings.splice, now);
+        let id = self.next_id;
+        self.next_id += self.id_stride;
+        let session = Session::new(id, route, client, client_addr, first, self.settings.splice, now);
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
         let s = entry.insert(session);

@@ -17,7 +17,7 @@ mod listeners;
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use mio::{Events, Poll, Token};
 use slab::Slab;
 
 use crate::limits::FdReserve;
-use crate::metrics::{CloseReason, Direction, WorkerCounters};
+use crate::metrics::{CloseReason, SessionRecord, WorkerCounters, WorkerMetrics};
 use crate::pipe::PipeBudget;
 use crate::relay::Resources;
 use crate::reload::RouteUpdate;
@@ -69,6 +69,8 @@ pub struct WorkerSettings {
     pub pipe_size: usize,
     /// Spare pipes (and buffers) the worker keeps.
     pub max_pooled_pipes: usize,
+    /// Write an access line per finished session, in this format.
+    pub access_log: Option<crate::config::LogFormat>,
 }
 
 /// Reloads by outcome.
@@ -91,6 +93,12 @@ pub struct Shared {
     pub pipes: Arc<PipeBudget>,
     /// Reloads by outcome.
     pub reloads: Reloads,
+    /// The workers run (`/readyz`).
+    pub ready: AtomicBool,
+    /// A drain has started (`/readyz` says 503 from then on).
+    pub draining: AtomicBool,
+    /// When the process started.
+    pub started: Instant,
 }
 
 impl Shared {
@@ -101,6 +109,9 @@ impl Shared {
             max_connections: AtomicUsize::new(max_connections),
             pipes: Arc::new(pipes),
             reloads: Reloads::default(),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            started: Instant::now(),
         }
     }
 }
@@ -109,6 +120,8 @@ impl Shared {
 pub struct WorkerSetup {
     /// 0-based index, for logs.
     pub id: usize,
+    /// How many workers there are.
+    pub workers: usize,
     /// Its poll, created on the control thread so the waker exists first.
     pub poll: Poll,
     /// The routes to serve, each with this worker's listening socket.
@@ -117,8 +130,8 @@ pub struct WorkerSetup {
     pub control: Receiver<Control>,
     /// Cross-worker state.
     pub shared: Arc<Shared>,
-    /// This worker's counters (the control thread holds a clone).
-    pub counters: Arc<WorkerCounters>,
+    /// This worker's metrics (the control thread and the admin port hold clones).
+    pub metrics: Arc<WorkerMetrics>,
     /// Global settings.
     pub settings: WorkerSettings,
     /// Pin the thread to the n-th allowed CPU.
@@ -146,10 +159,12 @@ pub struct Worker {
     res: Resources,
     control: Receiver<Control>,
     shared: Arc<Shared>,
-    counters: Arc<WorkerCounters>,
+    metrics: Arc<WorkerMetrics>,
     reserve: FdReserve,
     settings: WorkerSettings,
+    /// Session ids: worker i of n hands out i+1, i+1+n, i+1+2n… (unique, and small in logs).
     next_id: u64,
+    id_stride: u64,
     draining: bool,
     stop: bool,
     last_warn: Option<Instant>,
@@ -163,7 +178,7 @@ fn session_token(key: usize, side: Side) -> Token {
 impl Worker {
     /// Pins the thread if asked, registers the listeners, gets ready to run.
     pub fn new(setup: WorkerSetup) -> io::Result<Worker> {
-        let WorkerSetup { id, poll, routes, control, shared, counters, settings, cpu } = setup;
+        let WorkerSetup { id, workers, poll, routes, control, shared, metrics, settings, cpu } = setup;
         if let Some(i) = cpu {
             match crate::affinity::pin_worker(i) {
                 Ok(c) => log::info!("worker {id} pinned to CPU {c}"),
@@ -183,11 +198,11 @@ impl Worker {
             res: Resources::new(settings.pipe_size, settings.max_pooled_pipes, Arc::clone(&shared.pipes)),
             control,
             shared,
-            counters,
+            metrics,
             reserve: FdReserve::new(),
             settings,
-            // Session ids are unique per process: the worker index in the top bits.
-            next_id: (id as u64) << 48,
+            next_id: id as u64 + 1,
+            id_stride: workers.max(1) as u64,
             draining: false,
             stop: false,
             last_warn: None,
@@ -437,28 +452,27 @@ impl Worker {
             sockets::reset_on_close(u);
         }
         s.release(&mut self.res);
-        self.counters.add_closed(reason);
-        self.counters.add_bytes(Direction::ClientToUpstream, s.c2u.spliced, s.c2u.copied);
-        self.counters.add_bytes(Direction::UpstreamToClient, s.u2c.spliced, s.u2c.copied);
-        self.counters.active.fetch_sub(1, Ordering::Relaxed);
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
         s.route.state.active.fetch_sub(1, Ordering::Relaxed);
         if s.route.max_connections_per_client.is_some() {
             s.route.state.release_client(s.client_addr.ip());
         }
-        log::debug!(
-            "session {} closed ({reason}): route {} client {} upstream {} sent {}B ({}B spliced) received {}B \
-             ({}B spliced) in {:?}",
-            s.id,
-            s.route.name,
-            s.client_addr,
-            s.upstream.as_ref().map_or_else(|| "-".to_owned(), |_| s.upstream_addr().to_string()),
-            s.c2u.delivered(),
-            s.c2u.spliced,
-            s.u2c.delivered(),
-            s.u2c.spliced,
-            s.age(now)
-        );
+        let upstream = s.upstream.as_ref().filter(|_| s.connect_time.is_some());
+        let record = SessionRecord {
+            route: s.route.metric_id,
+            upstream: upstream.map(|_| s.route.upstream_metric_ids[s.upstream_index]),
+            reason,
+            client_to_upstream: (s.c2u.spliced, s.c2u.copied),
+            upstream_to_client: (s.u2c.spliced, s.u2c.copied),
+            connect_time: s.connect_time,
+            first_byte_time: s.first_byte_time,
+            duration: s.age(now),
+            tcp_info: upstream.and_then(|u| crate::sockopt::tcp_info(u).ok()),
+        };
+        self.metrics.stats().session_closed(&record);
+        if let Some(format) = self.settings.access_log {
+            crate::access::log(format, s, &record);
+        }
         self.closed.push(key);
     }
 
@@ -476,11 +490,11 @@ impl Worker {
 
     fn publish_pool_counts(&self) {
         let c = self.res.pipes.counts();
-        WorkerCounters::set(&self.counters.pipes_created, c.created);
-        WorkerCounters::set(&self.counters.pipes_refused, c.refused);
-        WorkerCounters::set(&self.counters.pipes_in_use, c.in_use);
-        WorkerCounters::set(&self.counters.pipes_pooled, c.pooled);
-        WorkerCounters::set(&self.counters.copy_fallbacks, self.res.copy_fallbacks);
+        WorkerCounters::set(&self.metrics.counters.pipes_created, c.created);
+        WorkerCounters::set(&self.metrics.counters.pipes_refused, c.refused);
+        WorkerCounters::set(&self.metrics.counters.pipes_in_use, c.in_use);
+        WorkerCounters::set(&self.metrics.counters.pipes_pooled, c.pooled);
+        WorkerCounters::set(&self.metrics.counters.copy_fallbacks, self.res.copy_fallbacks);
     }
 
     /// A warning at most once per `WARN_EVERY`, so a storm can't flood the log.

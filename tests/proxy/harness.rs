@@ -63,7 +63,7 @@ impl Sluice {
     /// `sluice -c <temp file with yaml> EXTRA...`.
     pub fn with_config(yaml: &str, extra: &[&str]) -> Sluice {
         let (dir, path) = temp_config(yaml);
-        let routes = yaml.matches("listen:").count();
+        let routes = yaml.matches("- name:").count();
         let mut cmd = Command::new(BIN);
         cmd.arg("-c").arg(&path).args(extra);
         Sluice::spawn(cmd, routes, Some(dir))
@@ -82,7 +82,7 @@ impl Sluice {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let mut t = sink.text.lock().expect("log lock");
+                let mut t = sink.text.lock().unwrap_or_else(|p| p.into_inner());
                 t.push_str(&line);
                 t.push('\n');
                 sink.changed.notify_all();
@@ -95,10 +95,11 @@ impl Sluice {
 
     fn wait_listening(&mut self, routes: usize) -> Vec<SocketAddr> {
         let deadline = Instant::now() + START_TIMEOUT;
-        let mut text = self.log.text.lock().expect("log lock");
+        let mut text = self.log.text.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let addrs: Vec<SocketAddr> = text
                 .lines()
+                .filter(|l| l.contains("route "))
                 .filter_map(|l| l.split("listening on ").nth(1))
                 .filter_map(|rest| rest.split_whitespace().next())
                 .filter_map(|a| a.parse().ok())
@@ -111,7 +112,7 @@ impl Sluice {
             }
             let now = Instant::now();
             assert!(now < deadline, "sluice did not listen within {START_TIMEOUT:?}:\n{text}");
-            text = self.log.changed.wait_timeout(text, Duration::from_millis(100)).expect("log lock").0;
+            text = self.log.changed.wait_timeout(text, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 
@@ -127,38 +128,38 @@ impl Sluice {
 
     /// Everything sluice logged so far.
     pub fn log(&self) -> String {
-        self.log.text.lock().expect("log lock").clone()
+        self.log.text.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Waits (bounded) until the log contains `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut text = self.log.text.lock().expect("log lock");
+        let mut text = self.log.text.lock().unwrap_or_else(|p| p.into_inner());
         while !text.contains(needle) {
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            text = self.log.changed.wait_timeout(text, deadline - now).expect("log lock").0;
+            text = self.log.changed.wait_timeout(text, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
         true
     }
 
     /// How many log lines contain `needle`.
     pub fn log_count(&self, needle: &str) -> usize {
-        self.log.text.lock().expect("log lock").lines().filter(|l| l.contains(needle)).count()
+        self.log.text.lock().unwrap_or_else(|p| p.into_inner()).lines().filter(|l| l.contains(needle)).count()
     }
 
     /// Waits (bounded) until `n` log lines contain `needle`.
     pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut text = self.log.text.lock().expect("log lock");
+        let mut text = self.log.text.lock().unwrap_or_else(|p| p.into_inner());
         while text.lines().filter(|l| l.contains(needle)).count() < n {
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            text = self.log.changed.wait_timeout(text, deadline - now).expect("log lock").0;
+            text = self.log.changed.wait_timeout(text, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
         true
     }

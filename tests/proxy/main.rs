@@ -27,6 +27,7 @@ mod cli;
 mod config_errors;
 mod lifecycle;
 mod limits;
+mod observability;
 mod relay;
 mod reload;
 mod resilience;

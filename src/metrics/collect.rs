@@ -1,0 +1,227 @@
+//! Building a `Snapshot`: every worker's stats summed and its histograms
+//! merged (each worker's mutex held only while its numbers are copied),
+//! summarised into percentiles and bucket counts.
+
+use std::sync::Arc;
+
+use hdrhistogram::Histogram;
+
+use super::snapshot::{
+    AcceptSnapshot, Bytes, Latency, PROMETHEUS_BOUNDS_US, PipeSnapshot, RouteSnapshot, SessionCounts, Snapshot,
+    UpstreamSnapshot,
+};
+use super::stats::{RouteStats, UpstreamStats, WorkerMetrics};
+use super::{CloseReason, Registry, WorkerCounters};
+
+/// What a snapshot is built from.
+pub struct Sources<'a> {
+    /// Every worker's metrics.
+    pub workers: &'a [Arc<WorkerMetrics>],
+    /// Route and upstream names.
+    pub registry: &'a Registry,
+    /// Process-wide facts the caller knows (version, uptime, readiness,
+    /// reloads, pipe cap, kernel counters); routes, pipes and accept are filled here.
+    pub base: Snapshot,
+}
+
+/// Sums and merges everything into one snapshot.
+pub fn collect(src: Sources<'_>) -> Snapshot {
+    let (route_info, upstream_info) = src.registry.list();
+    let mut routes: Vec<RouteStats> = route_info.iter().map(|_| RouteStats::default()).collect();
+    let mut upstreams: Vec<UpstreamStats> = upstream_info.iter().map(|_| UpstreamStats::default()).collect();
+    let mut snap = src.base;
+    for w in src.workers {
+        {
+            let st = w.stats();
+            for (into, from) in routes.iter_mut().zip(&st.routes) {
+                merge_route(into, from);
+            }
+            for (into, from) in upstreams.iter_mut().zip(&st.upstreams) {
+                merge_upstream(into, from);
+            }
+        }
+        add_counters(&mut snap, &w.counters);
+    }
+    snap.routes = route_info
+        .iter()
+        .zip(&routes)
+        .enumerate()
+        .filter_map(|(id, (info, r))| {
+            let closed: u64 = r.closed.iter().sum();
+            let active = r.accepted.saturating_sub(closed);
+            (info.configured || active > 0).then(|| RouteSnapshot {
+                name: info.name.clone(),
+                listen: info.listen.clone(),
+                sessions: SessionCounts {
+                    accepted: r.accepted,
+                    active,
+                    closed: CloseReason::ALL
+                        .iter()
+                        .map(|&c| (c.as_str().to_owned(), r.closed[c as usize]))
+                        .filter(|(_, n)| *n > 0)
+                        .collect(),
+                },
+                client_to_upstream: Bytes { spliced: r.bytes[0][0], copied: r.bytes[0][1] },
+                upstream_to_client: Bytes { spliced: r.bytes[1][0], copied: r.bytes[1][1] },
+                connect_attempts: r.connect_attempts,
+                connect_failures: r.connect_failures,
+                connect_time: summarise(&r.connect_time),
+                first_byte_time: summarise(&r.first_byte_time),
+                duration: summarise(&r.duration),
+                upstreams: upstream_info
+                    .iter()
+                    .zip(&upstreams)
+                    .filter(|(u, _)| u.route == id)
+                    .map(|(u, s)| UpstreamSnapshot {
+                        address: u.address.clone(),
+                        sessions: s.sessions,
+                        connect_attempts: s.connect_attempts,
+                        connect_failures: s.connect_failures,
+                        connect_time: summarise(&s.connect_time),
+                        rtt: summarise(&s.rtt),
+                        retransmits: summarise(&s.retransmits),
+                    })
+                    .collect(),
+            })
+        })
+        .collect();
+    snap
+}
+
+fn merge_route(into: &mut RouteStats, from: &RouteStats) {
+    into.accepted += from.accepted;
+    for (a, b) in into.closed.iter_mut().zip(from.closed) {
+        *a += b;
+    }
+    for d in 0..2 {
+        for m in 0..2 {
+            into.bytes[d][m] += from.bytes[d][m];
+        }
+    }
+    into.connect_attempts += from.connect_attempts;
+    into.connect_failures += from.connect_failures;
+    merge(&mut into.connect_time, &from.connect_time);
+    merge(&mut into.first_byte_time, &from.first_byte_time);
+    merge(&mut into.duration, &from.duration);
+}
+
+fn merge_upstream(into: &mut UpstreamStats, from: &UpstreamStats) {
+    into.sessions += from.sessions;
+    into.connect_attempts += from.connect_attempts;
+    into.connect_failures += from.connect_failures;
+    merge(&mut into.connect_time, &from.connect_time);
+    merge(&mut into.rtt, &from.rtt);
+    merge(&mut into.retransmits, &from.retransmits);
+}
+
+fn merge(into: &mut Histogram<u32>, from: &Histogram<u32>) {
+    if !from.is_empty() {
+        // Same bounds on both sides, so this cannot fail; saturate rather than panic anyway.
+        let _ = into.add(from);
+    }
+}
+
+fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
+    let g = WorkerCounters::get;
+    let p: &mut PipeSnapshot = &mut snap.pipes;
+    p.in_use += g(&c.pipes_in_use);
+    p.pooled += g(&c.pipes_pooled);
+    p.created += g(&c.pipes_created);
+    p.refused += g(&c.pipes_refused);
+    p.copy_fallbacks += g(&c.copy_fallbacks);
+    let a: &mut AcceptSnapshot = &mut snap.accept;
+    a.fd_exhausted += g(&c.accept_fd_exhausted);
+    a.paused_global += g(&c.accept_paused_global);
+    a.paused_route += g(&c.accept_paused_route);
+    a.refused_client_limit += g(&c.refused_client_limit);
+}
+
+/// Percentiles, Prometheus buckets and power-of-two buckets of a histogram.
+pub fn summarise(h: &Histogram<u32>) -> Latency {
+    if h.is_empty() {
+        return Latency { buckets: PROMETHEUS_BOUNDS_US.iter().map(|&b| [b, 0]).collect(), ..Latency::default() };
+    }
+    let q = |p: f64| h.value_at_quantile(p);
+    let mut pow2 = Vec::new();
+    let mut lower = 0u64;
+    let mut upper = 1u64;
+    while lower <= h.max() {
+        let n = h.count_between(lower, upper.saturating_sub(1).max(lower));
+        pow2.push([upper, n]);
+        lower = upper;
+        upper = upper.saturating_mul(2);
+    }
+    Latency {
+        count: h.len(),
+        sum: (h.mean() * h.len() as f64).round() as u64,
+        min: h.min(),
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
+        p999: q(0.999),
+        max: h.max(),
+        buckets: PROMETHEUS_BOUNDS_US.iter().map(|&b| [b, h.count_between(0, b)]).collect(),
+        pow2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::stats::{SessionRecord, record, time_histogram};
+    use std::time::Duration;
+
+    #[test]
+    fn summaries_have_percentiles_and_buckets() {
+        let mut h = time_histogram();
+        for v in [100, 200, 300, 1_500, 3_000] {
+            record(&mut h, v);
+        }
+        let s = summarise(&h);
+        assert_eq!(s.count, 5);
+        assert_eq!(s.min, 100);
+        assert!(h.equivalent(s.max, 3_000));
+        assert!(h.equivalent(s.p50, 300));
+        assert_eq!(s.buckets.iter().find(|[b, _]| *b == 250).map(|[_, n]| *n), Some(2), "cumulative at 250µs");
+        assert_eq!(s.buckets.last().map(|[_, n]| *n), Some(5));
+        let in_pow2: u64 = s.pow2.iter().map(|[_, n]| n).sum();
+        assert_eq!(in_pow2, 5, "every value in exactly one power-of-two bucket");
+        let bucket = |upper: u64| s.pow2.iter().find(|[u, _]| *u == upper).map(|[_, n]| *n);
+        assert_eq!((bucket(128), bucket(256), bucket(512)), (Some(1), Some(1), Some(1)), "100, 200, 300: one each");
+    }
+
+    #[test]
+    fn workers_are_summed_and_merged() {
+        let reg = Registry::default();
+        let r = reg.route_id("web");
+        let u = reg.upstream_id(r, "127.0.0.1:1".parse().unwrap());
+        reg.set_configured(&[(r, "127.0.0.1:80".parse().unwrap())]);
+        let workers: Vec<Arc<WorkerMetrics>> = (0..2).map(|_| Arc::new(WorkerMetrics::default())).collect();
+        for (i, w) in workers.iter().enumerate() {
+            let mut st = w.stats();
+            st.route(r).accepted += 2;
+            st.session_closed(&SessionRecord {
+                route: r,
+                upstream: Some(u),
+                reason: CloseReason::Clean,
+                client_to_upstream: (10, 1),
+                upstream_to_client: (20, 2),
+                connect_time: Some(Duration::from_micros(100 * (i as u64 + 1))),
+                first_byte_time: None,
+                duration: Duration::from_millis(5),
+                tcp_info: None,
+            });
+        }
+        WorkerCounters::inc(&workers[1].counters.pipes_created);
+        let snap = collect(Sources { workers: &workers, registry: &reg, base: Snapshot::default() });
+        let web = &snap.routes[0];
+        assert_eq!((web.sessions.accepted, web.sessions.active), (4, 2));
+        assert_eq!(web.sessions.closed.get("clean"), Some(&2));
+        assert_eq!(web.client_to_upstream, Bytes { spliced: 20, copied: 2 });
+        assert_eq!(web.upstream_to_client.total(), 44);
+        assert_eq!(web.connect_time.count, 2);
+        assert_eq!(web.upstreams[0].sessions, 2);
+        assert_eq!(web.listen, "127.0.0.1:80");
+        assert_eq!(snap.pipes.created, 1);
+    }
+}

@@ -1,0 +1,269 @@
+//! The Prometheus text exposition format (0.0.4) of a `Snapshot`: counters,
+//! gauges, and histograms as cumulative `_bucket`/`_sum`/`_count` in
+//! seconds. Names are `sluice_*`; labels `route`, `upstream`, `direction`,
+//! `mode`, `reason`, `result`.
+
+use std::fmt::Write as _;
+
+use super::snapshot::{Latency, Snapshot};
+
+/// `Content-Type` of the output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders `snap` for `/metrics`.
+pub fn render(snap: &Snapshot) -> String {
+    let mut out = Out(String::with_capacity(16 << 10));
+    out.gauge("sluice_up", "1 while the process runs.", &[(vec![], 1.0)]);
+    out.gauge(
+        "sluice_ready",
+        "1 when listeners are up and the process is not draining.",
+        &[(vec![], flag(snap.ready))],
+    );
+    out.gauge("sluice_draining", "1 while a drain is under way.", &[(vec![], flag(snap.draining))]);
+    out.gauge("sluice_uptime_seconds", "Seconds since the process started.", &[(vec![], snap.uptime_secs)]);
+    out.gauge("sluice_workers", "Worker threads.", &[(vec![], snap.workers as f64)]);
+
+    let per_route = |f: &dyn Fn(&super::snapshot::RouteSnapshot) -> f64| -> Vec<(Vec<(&str, String)>, f64)> {
+        snap.routes.iter().map(|r| (vec![("route", r.name.clone())], f(r))).collect()
+    };
+    out.counter(
+        "sluice_sessions_accepted_total",
+        "Client connections accepted.",
+        &per_route(&|r| r.sessions.accepted as f64),
+    );
+    out.gauge("sluice_sessions_active", "Sessions open now.", &per_route(&|r| r.sessions.active as f64));
+    let closed: Vec<_> = snap
+        .routes
+        .iter()
+        .flat_map(|r| {
+            r.sessions
+                .closed
+                .iter()
+                .map(|(reason, n)| (vec![("route", r.name.clone()), ("reason", reason.clone())], *n as f64))
+        })
+        .collect();
+    out.counter("sluice_sessions_closed_total", "Sessions closed, by reason.", &closed);
+    let mut bytes = Vec::new();
+    for r in &snap.routes {
+        for (dir, b) in [("client_to_upstream", r.client_to_upstream), ("upstream_to_client", r.upstream_to_client)] {
+            for (mode, n) in [("spliced", b.spliced), ("copied", b.copied)] {
+                let labels = vec![("route", r.name.clone()), ("direction", dir.to_owned()), ("mode", mode.to_owned())];
+                bytes.push((labels, n as f64));
+            }
+        }
+    }
+    out.counter("sluice_bytes_total", "Bytes delivered, by direction and relay mode.", &bytes);
+    out.histogram(
+        "sluice_connect_duration_seconds",
+        "Upstream connect time.",
+        snap.routes.iter().map(|r| (vec![("route", r.name.clone())], &r.connect_time)),
+    );
+    out.histogram(
+        "sluice_first_byte_duration_seconds",
+        "Time from the upstream connection to its first byte.",
+        snap.routes.iter().map(|r| (vec![("route", r.name.clone())], &r.first_byte_time)),
+    );
+    out.histogram(
+        "sluice_session_duration_seconds",
+        "Session duration, accept to close.",
+        snap.routes.iter().map(|r| (vec![("route", r.name.clone())], &r.duration)),
+    );
+
+    let ups: Vec<_> = snap.routes.iter().flat_map(|r| r.upstreams.iter().map(move |u| (r, u))).collect();
+    let up_labels = |r: &super::snapshot::RouteSnapshot, u: &super::snapshot::UpstreamSnapshot| {
+        vec![("route", r.name.clone()), ("upstream", u.address.clone())]
+    };
+    out.counter(
+        "sluice_upstream_sessions_total",
+        "Sessions relayed to an upstream.",
+        &ups.iter().map(|(r, u)| (up_labels(r, u), u.sessions as f64)).collect::<Vec<_>>(),
+    );
+    out.counter(
+        "sluice_upstream_connect_attempts_total",
+        "Upstream connect attempts.",
+        &ups.iter().map(|(r, u)| (up_labels(r, u), u.connect_attempts as f64)).collect::<Vec<_>>(),
+    );
+    out.counter(
+        "sluice_upstream_connect_failures_total",
+        "Upstream connects refused, timed out or failed.",
+        &ups.iter().map(|(r, u)| (up_labels(r, u), u.connect_failures as f64)).collect::<Vec<_>>(),
+    );
+    out.counter(
+        "sluice_upstream_retransmits_total",
+        "Segments retransmitted on upstream connections (TCP_INFO at close).",
+        &ups.iter().map(|(r, u)| (up_labels(r, u), u.retransmits.sum as f64)).collect::<Vec<_>>(),
+    );
+    out.histogram(
+        "sluice_upstream_connect_duration_seconds",
+        "Upstream connect time, per upstream.",
+        ups.iter().map(|(r, u)| (up_labels(r, u), &u.connect_time)),
+    );
+    out.histogram(
+        "sluice_upstream_rtt_seconds",
+        "Smoothed RTT of upstream connections at close (TCP_INFO).",
+        ups.iter().map(|(r, u)| (up_labels(r, u), &u.rtt)),
+    );
+
+    let p = &snap.pipes;
+    out.gauge("sluice_pipes_in_use", "Splice pipes lent to pumps now.", &[(vec![], p.in_use as f64)]);
+    out.gauge("sluice_pipes_pooled", "Spare splice pipes in the pools now.", &[(vec![], p.pooled as f64)]);
+    out.gauge("sluice_pipes_cap", "Splice pipes the process may hold.", &[(vec![], p.cap as f64)]);
+    out.counter("sluice_pipes_created_total", "Splice pipes created.", &[(vec![], p.created as f64)]);
+    out.counter(
+        "sluice_pipes_refused_total",
+        "Times a pipe was wanted and none could be had.",
+        &[(vec![], p.refused as f64)],
+    );
+    out.counter(
+        "sluice_copy_fallbacks_total",
+        "Pumps that copied instead of splicing.",
+        &[(vec![], p.copy_fallbacks as f64)],
+    );
+
+    let a = &snap.accept;
+    out.counter(
+        "sluice_accept_fd_exhausted_total",
+        "Times accept hit the fd limit (one client shed each).",
+        &[(vec![], a.fd_exhausted as f64)],
+    );
+    out.counter(
+        "sluice_accept_paused_total",
+        "Times a listener stopped accepting at a connection limit.",
+        &[
+            (vec![("reason", "global".to_owned())], a.paused_global as f64),
+            (vec![("reason", "route".to_owned())], a.paused_route as f64),
+        ],
+    );
+    out.counter(
+        "sluice_refused_total",
+        "Clients refused right after accept.",
+        &[(vec![("reason", "client_limit".to_owned())], a.refused_client_limit as f64)],
+    );
+    out.counter(
+        "sluice_reloads_total",
+        "Configuration reloads, by result.",
+        &[
+            (vec![("result", "ok".to_owned())], snap.reloads.ok as f64),
+            (vec![("result", "failed".to_owned())], snap.reloads.failed as f64),
+        ],
+    );
+    let kernel: Vec<_> = snap.kernel.iter().map(|(k, v)| (vec![("stat", k.clone())], *v as f64)).collect();
+    out.counter(
+        "sluice_kernel_tcp_total",
+        "Machine-wide TCP counters from /proc/net/snmp and /proc/net/netstat.",
+        &kernel,
+    );
+    out.0
+}
+
+fn flag(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+type Labels<'a> = Vec<(&'a str, String)>;
+
+struct Out(String);
+
+impl Out {
+    fn head(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, String)], extra: Option<(&str, &str)>, v: f64) {
+        self.0.push_str(name);
+        let all: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).chain(extra).collect();
+        if !all.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in all.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {}", number(v));
+    }
+
+    fn counter(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
+        self.series(name, help, "counter", samples);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
+        self.series(name, help, "gauge", samples);
+    }
+
+    fn series(&mut self, name: &str, help: &str, kind: &str, samples: &[(Labels<'_>, f64)]) {
+        self.head(name, help, kind);
+        for (labels, v) in samples {
+            self.sample(name, labels, None, *v);
+        }
+    }
+
+    /// A histogram from µs summaries: bounds and sums converted to seconds.
+    fn histogram<'a>(&mut self, name: &str, help: &str, series: impl Iterator<Item = (Labels<'a>, &'a Latency)>) {
+        self.head(name, help, "histogram");
+        for (labels, l) in series {
+            for [le_us, n] in &l.buckets {
+                let le = number(*le_us as f64 / 1e6);
+                self.sample(&format!("{name}_bucket"), &labels, Some(("le", &le)), *n as f64);
+            }
+            self.sample(&format!("{name}_bucket"), &labels, Some(("le", "+Inf")), l.count as f64);
+            self.sample(&format!("{name}_sum"), &labels, None, l.sum as f64 / 1e6);
+            self.sample(&format!("{name}_count"), &labels, None, l.count as f64);
+        }
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Integers without a fraction, others as Rust prints them (shortest round-trip).
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::snapshot::{Bytes, RouteSnapshot, SessionCounts};
+
+    #[test]
+    fn routes_render_as_labelled_series() {
+        let mut snap = Snapshot { ready: true, workers: 2, ..Snapshot::default() };
+        let mut r = RouteSnapshot {
+            name: "web".into(),
+            sessions: SessionCounts { accepted: 7, active: 1, ..Default::default() },
+            client_to_upstream: Bytes { spliced: 1000, copied: 24 },
+            ..Default::default()
+        };
+        r.sessions.closed.insert("clean".into(), 6);
+        r.connect_time = crate::metrics::collect::summarise(&{
+            let mut h = crate::metrics::stats::time_histogram();
+            crate::metrics::stats::record(&mut h, 300);
+            h
+        });
+        snap.routes.push(r);
+        let text = render(&snap);
+        for line in [
+            "sluice_ready 1",
+            "sluice_sessions_accepted_total{route=\"web\"} 7",
+            "sluice_sessions_closed_total{route=\"web\",reason=\"clean\"} 6",
+            "sluice_bytes_total{route=\"web\",direction=\"client_to_upstream\",mode=\"spliced\"} 1000",
+            "sluice_connect_duration_seconds_bucket{route=\"web\",le=\"0.00025\"} 0",
+            "sluice_connect_duration_seconds_bucket{route=\"web\",le=\"0.0005\"} 1",
+            "sluice_connect_duration_seconds_bucket{route=\"web\",le=\"+Inf\"} 1",
+            "sluice_connect_duration_seconds_count{route=\"web\"} 1",
+            "# TYPE sluice_session_duration_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

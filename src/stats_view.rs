@@ -1,0 +1,324 @@
+//! The `sluice stats` terminal view, built from `/stats` snapshots: a
+//! header, one row per route (active sessions, sessions/s, Mbit/s each way,
+//! spliced share, connect p50/p99, first-byte p99), close reasons and
+//! kernel counters, then one route's latency distributions as bars in
+//! power-of-two buckets (the seed printed `1-2ms: N requests`; this draws it).
+//! Rates need two snapshots; without a previous one they show `-`.
+
+use std::time::Duration;
+
+use crate::metrics::snapshot::{Latency, RouteSnapshot, Snapshot};
+
+/// Clear the screen and go home: prefix for `--watch` redraws.
+pub const REDRAW: &str = "\x1b[H\x1b[2J";
+
+/// Human duration from µs: `0µs`, `850µs`, `1.2ms`, `35ms`, `1.5s`, `2m05s`.
+pub fn human_us(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us}µs"),
+        1_000..10_000 => format!("{:.1}ms", us as f64 / 1e3),
+        10_000..1_000_000 => format!("{}ms", us / 1_000),
+        1_000_000..60_000_000 => format!("{:.1}s", us as f64 / 1e6),
+        60_000_000..3_600_000_000 => format!("{}m{:02}s", us / 60_000_000, (us / 1_000_000) % 60),
+        _ => format!("{}h{:02}m", us / 3_600_000_000, (us / 60_000_000) % 60),
+    }
+}
+
+/// A bucket bound without fractions: `512µs`, `1ms`, `4s`, `2m08s`.
+fn bound(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us}µs"),
+        1_000..1_000_000 => format!("{}ms", us / 1_000),
+        1_000_000..60_000_000 => format!("{}s", us / 1_000_000),
+        _ => human_us(us),
+    }
+}
+
+/// Renders one view. `previous` is an earlier snapshot and how long before
+/// `now` it was taken; `route` picks the distribution shown (default: the
+/// route with most sessions); nothing is wider than `width` columns.
+pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>, route: Option<&str>, width: usize) -> String {
+    let width = width.max(40);
+    let mut out = Vec::new();
+    let uptime = human_us((now.uptime_secs * 1e6) as u64);
+    let state = if now.draining {
+        "draining"
+    } else if now.ready {
+        "ready"
+    } else {
+        "starting"
+    };
+    out.push(format!(
+        "sluice {}  up {uptime}  {} workers  {state}  reloads {} ok / {} failed",
+        now.version, now.workers, now.reloads.ok, now.reloads.failed
+    ));
+    out.push(format!(
+        "pipes {} in use / {} pooled / cap {}  copy fallbacks {}",
+        now.pipes.in_use, now.pipes.pooled, now.pipes.cap, now.pipes.copy_fallbacks
+    ));
+    out.push(String::new());
+    out.extend(table(now, previous));
+    out.push(String::new());
+    let mut closed: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for r in &now.routes {
+        for (k, v) in &r.sessions.closed {
+            *closed.entry(k).or_default() += v;
+        }
+    }
+    let mut by_count: Vec<(&str, u64)> = closed.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let closed: Vec<String> = by_count.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    out.push(format!("closed: {}", if closed.is_empty() { "none".to_owned() } else { closed.join(", ") }));
+    if !now.kernel.is_empty() {
+        let k: Vec<String> = now.kernel.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        out.push(format!("kernel: {}", k.join(", ")));
+    }
+    let chosen = match route {
+        Some(name) => now.routes.iter().find(|r| r.name == name).ok_or(name),
+        None => now.routes.iter().max_by_key(|r| r.sessions.accepted).ok_or(""),
+    };
+    match chosen {
+        Ok(r) => {
+            out.push(String::new());
+            out.extend(bars(&format!("route {}: upstream connect time", r.name), &r.connect_time, width));
+            out.push(String::new());
+            out.extend(bars(&format!("route {}: time to first upstream byte", r.name), &r.first_byte_time, width));
+        }
+        Err("") => {}
+        Err(name) => out.push(format!("no route named {name:?}")),
+    }
+    let mut s = String::new();
+    for line in out {
+        s.push_str(&clip(&line, width));
+        s.push('\n');
+    }
+    s
+}
+
+fn clip(line: &str, width: usize) -> String {
+    line.chars().take(width).collect()
+}
+
+/// The per-route table.
+fn table(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> Vec<String> {
+    let header =
+        ["route", "active", "sess/s", "Mbit/s up", "Mbit/s down", "spliced", "conn p50", "conn p99", "1st p99"];
+    let mut rows: Vec<[String; 9]> = Vec::new();
+    for r in &now.routes {
+        let before = previous.and_then(|(p, dt)| Some((p.routes.iter().find(|x| x.name == r.name)?, dt)));
+        let rate = |f: &dyn Fn(&RouteSnapshot) -> u64, scale: f64, decimals: usize| -> String {
+            match (before, previous) {
+                (Some((b, dt)), _) if dt > Duration::ZERO => {
+                    format!("{:.*}", decimals, f(r).saturating_sub(f(b)) as f64 * scale / dt.as_secs_f64())
+                }
+                (None, Some((_, dt))) if dt > Duration::ZERO => {
+                    format!("{:.*}", decimals, f(r) as f64 * scale / dt.as_secs_f64())
+                }
+                _ => "-".to_owned(),
+            }
+        };
+        let up = |x: &RouteSnapshot| x.client_to_upstream.total();
+        let down = |x: &RouteSnapshot| x.upstream_to_client.total();
+        let spliced = |x: &RouteSnapshot| x.client_to_upstream.spliced + x.upstream_to_client.spliced;
+        let (sp, tot) = match before {
+            Some((b, _)) => {
+                (spliced(r) - spliced(b).min(spliced(r)), (up(r) + down(r)).saturating_sub(up(b) + down(b)))
+            }
+            None => (spliced(r), up(r) + down(r)),
+        };
+        let share = if tot == 0 { "-".to_owned() } else { format!("{:.0}%", sp as f64 * 100.0 / tot as f64) };
+        let lat = |l: &Latency, v: u64| if l.count == 0 { "-".to_owned() } else { human_us(v) };
+        rows.push([
+            r.name.clone(),
+            r.sessions.active.to_string(),
+            rate(&|x| x.sessions.accepted, 1.0, 1),
+            rate(&up, 8e-6, 2),
+            rate(&down, 8e-6, 2),
+            share,
+            lat(&r.connect_time, r.connect_time.p50),
+            lat(&r.connect_time, r.connect_time.p99),
+            lat(&r.first_byte_time, r.first_byte_time.p99),
+        ]);
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") })
+            .collect();
+        parts.join("  ").trim_end().to_owned()
+    };
+    let mut out = vec![line(header.to_vec())];
+    out.push("-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
+    if rows.is_empty() {
+        out.push("(no routes)".to_owned());
+    }
+    for row in &rows {
+        out.push(line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// A distribution as horizontal bars, one line per power-of-two bucket from
+/// the first to the last non-empty one.
+fn bars(title: &str, l: &Latency, width: usize) -> Vec<String> {
+    let mut out = vec![format!("{title} ({} samples, p50 {}, p99 {})", l.count, human_us(l.p50), human_us(l.p99))];
+    let first = l.pow2.iter().position(|[_, n]| *n > 0);
+    let last = l.pow2.iter().rposition(|[_, n]| *n > 0);
+    let (Some(first), Some(last)) = (first, last) else {
+        out[0] = format!("{title}: no samples");
+        return out;
+    };
+    let buckets = &l.pow2[first..=last];
+    let labels: Vec<String> = buckets
+        .iter()
+        .map(|&[upper, _]| {
+            let lower = upper / 2;
+            // "1-2ms" when both ends share a unit, "512µs-1ms" when they don't.
+            if lower > 0 && unit(lower) == unit(upper) {
+                format!("{}-{}", number(lower), bound(upper))
+            } else {
+                format!("{}-{}", bound(lower), bound(upper))
+            }
+        })
+        .collect();
+    let label_w = labels.iter().map(|s| s.chars().count()).max().unwrap_or(0);
+    let count_w = buckets.iter().map(|[_, n]| n.to_string().len()).max().unwrap_or(1);
+    let biggest = buckets.iter().map(|[_, n]| *n).max().unwrap_or(1).max(1);
+    let room = width.saturating_sub(label_w + count_w + 4).max(1);
+    for (label, [_, n]) in labels.iter().zip(buckets) {
+        let eighths = (*n as u128 * room as u128 * 8 / biggest as u128) as usize;
+        let mut bar = "█".repeat(eighths / 8);
+        if eighths % 8 > 0 {
+            bar.push(['▏', '▎', '▍', '▌', '▋', '▊', '▉'][eighths % 8 - 1]);
+        }
+        out.push(format!("{label:>label_w$} {n:>count_w$} {bar}"));
+    }
+    out
+}
+
+fn unit(us: u64) -> u8 {
+    match us {
+        0..1_000 => 0,
+        1_000..1_000_000 => 1,
+        1_000_000..60_000_000 => 2,
+        _ => 3,
+    }
+}
+
+/// A bound's number without its unit (`512µs` → `512`).
+fn number(us: u64) -> String {
+    bound(us).trim_end_matches(|c: char| c.is_alphabetic()).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::snapshot::{Bytes, SessionCounts};
+
+    fn latency(values_us: &[(u64, u64)]) -> Latency {
+        // (pow2 upper bound, count)
+        let pow2: Vec<[u64; 2]> = (0..24)
+            .map(|i| 1u64 << i)
+            .map(|u| [u, values_us.iter().find(|(b, _)| *b == u).map_or(0, |(_, n)| *n)])
+            .collect();
+        let count = values_us.iter().map(|(_, n)| n).sum();
+        Latency { count, p50: 1_500, p99: 3_800, max: 3_900, pow2, ..Latency::default() }
+    }
+
+    fn route(name: &str, accepted: u64, active: u64, up: u64, down: u64, spliced: u64) -> RouteSnapshot {
+        let mut r = RouteSnapshot {
+            name: name.into(),
+            listen: "127.0.0.1:8080".into(),
+            sessions: SessionCounts { accepted, active, ..Default::default() },
+            client_to_upstream: Bytes { spliced: spliced.min(up), copied: up - spliced.min(up) },
+            upstream_to_client: Bytes { spliced: 0, copied: down },
+            ..Default::default()
+        };
+        r.sessions.closed.insert("clean".into(), accepted - active);
+        r
+    }
+
+    fn snapshot(scale: u64) -> Snapshot {
+        let mut web = route("web", 100 * scale, 3, 1_000_000 * scale, 4_000_000 * scale, 1_000_000 * scale);
+        web.connect_time = latency(&[(1024, 5), (2048, 20), (4096, 10)]);
+        Snapshot {
+            version: "0.1.0".into(),
+            uptime_secs: 3725.0,
+            ready: true,
+            workers: 2,
+            routes: vec![web, route("db", 10 * scale, 1, 500 * scale, 500 * scale, 0)],
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn first_view_has_no_rates() {
+        let v = render(&snapshot(1), None, Some("db"), 100);
+        let lines: Vec<&str> = v.lines().collect();
+        assert_eq!(lines[0], "sluice 0.1.0  up 1h02m  2 workers  ready  reloads 0 ok / 0 failed");
+        assert_eq!(lines[3], "route  active  sess/s  Mbit/s up  Mbit/s down  spliced  conn p50  conn p99  1st p99");
+        assert_eq!(lines[5], "web         3       -          -            -      20%     1.5ms     3.8ms        -");
+        assert_eq!(lines[6], "db          1       -          -            -       0%         -         -        -");
+        assert!(v.contains("closed: web") || v.contains("closed: clean 106"), "{v}");
+        assert!(v.contains("route db: upstream connect time: no samples"), "{v}");
+    }
+
+    #[test]
+    fn rates_come_from_two_snapshots() {
+        let (a, b) = (snapshot(1), snapshot(3));
+        let v = render(&b, Some((&a, Duration::from_secs(2))), None, 100);
+        let web = v.lines().find(|l| l.starts_with("web")).unwrap();
+        // 200 sessions and 2 MB up / 8 MB down in 2 s: 100/s, 8 and 32 Mbit/s.
+        assert_eq!(web, "web         3   100.0       8.00        32.00      20%     1.5ms     3.8ms        -");
+    }
+
+    #[test]
+    fn bars_are_drawn_for_the_busiest_route() {
+        let v = render(&snapshot(1), None, None, 60);
+        let tail: Vec<&str> = v.lines().skip_while(|l| !l.starts_with("route web: upstream")).take(4).collect();
+        assert_eq!(
+            tail,
+            [
+                "route web: upstream connect time (35 samples, p50 1.5ms, p99",
+                "512µs-1ms  5 ███████████▎",
+                "    1-2ms 20 █████████████████████████████████████████████",
+                "    2-4ms 10 ██████████████████████▌"
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_is_wider_than_the_terminal() {
+        for w in [60, 120] {
+            for l in render(&snapshot(1), Some((&snapshot(1), Duration::from_secs(1))), None, w).lines() {
+                assert!(l.chars().count() <= w, "{w}: {l}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_routes_and_empty_snapshots_are_said_so() {
+        assert!(render(&snapshot(1), None, Some("nope"), 80).contains("no route named \"nope\""));
+        let empty = render(&Snapshot::default(), None, None, 80);
+        assert!(empty.contains("(no routes)"), "{empty}");
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_us(0), "0µs");
+        assert_eq!(human_us(850), "850µs");
+        assert_eq!(human_us(1_234), "1.2ms");
+        assert_eq!(human_us(35_000), "35ms");
+        assert_eq!(human_us(1_500_000), "1.5s");
+        assert_eq!(human_us(125_000_000), "2m05s");
+        assert_eq!(human_us(3_725_000_000), "1h02m");
+    }
+}

@@ -1,0 +1,330 @@
+//! What sluice says about itself: /metrics and /stats after known traffic,
+//! promtool's verdict on the exposition format, latency histograms against
+//! a known delay, the access log in both formats, /readyz during a drain,
+//! the admin port under a flood of bad requests, `sluice stats` and
+//! `sluice doctor`.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::backends::{self, Stream, connect, read_digest, write_stream};
+use crate::harness::{BIN, Sluice, one_route, run, temp_config};
+
+/// A free loopback port for the admin listener (bound, read, released).
+fn admin_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// GET `path` from the admin port: (status, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the admin port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");
+    (status, body.to_owned())
+}
+
+fn stats(addr: SocketAddr) -> serde_json::Value {
+    let (code, body) = get(addr, "/stats");
+    assert_eq!(code, 200);
+    serde_json::from_str(&body).expect("/stats is JSON")
+}
+
+/// Starts sluice with an admin port and waits until it answers.
+fn with_admin(yaml: &str) -> (Sluice, SocketAddr) {
+    let admin = admin_addr();
+    let s = Sluice::with_config(&format!("admin:\n  listen: {admin}\n{yaml}"), &[]);
+    assert!(s.wait_log("admin port listening", Duration::from_secs(10)), "no admin port");
+    (s, admin)
+}
+
+/// The value of the sample line `name` (exact, labels included).
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {name} in\n{metrics}"))
+        .parse()
+        .expect("a number")
+}
+
+both_modes! {
+    metrics_count_exactly_the_bytes_and_sessions_relayed => exact_counts;
+}
+
+fn exact_counts(mode: &str) {
+    let sink = backends::reply_after_eof(3, 5000).0;
+    let (s, admin) = with_admin(&one_route(mode, &[sink], ""));
+    let n = 12u64;
+    let mut up_total = 0u64;
+    for i in 0..n {
+        let len = 1000 + i * 70_001;
+        up_total += len;
+        let mut c = connect(s.addr());
+        write_stream(&mut c, i, len).expect("upload");
+        c.shutdown(Shutdown::Write).expect("half-close");
+        let (got, _) = read_digest(&mut c, None).expect("answer");
+        assert_eq!(got, 5000);
+    }
+    // Sessions are counted when they close; wait until all have.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = stats(admin);
+        if v["routes"][0]["sessions"]["closed"]["clean"] == n {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "sessions not all closed: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let r = &v["routes"][0];
+    assert_eq!(r["sessions"]["accepted"], n);
+    assert_eq!(r["sessions"]["active"], 0);
+    let up = r["client_to_upstream"]["spliced"].as_u64().unwrap() + r["client_to_upstream"]["copied"].as_u64().unwrap();
+    let down =
+        r["upstream_to_client"]["spliced"].as_u64().unwrap() + r["upstream_to_client"]["copied"].as_u64().unwrap();
+    assert_eq!((up, down), (up_total, 5000 * n), "{mode}: bytes in /stats");
+    if mode == "copy" {
+        assert_eq!(r["client_to_upstream"]["spliced"], 0);
+    } else {
+        assert!(r["client_to_upstream"]["spliced"].as_u64().unwrap() > 0, "splice mode spliced nothing");
+    }
+    assert_eq!(r["duration"]["count"], n, "one duration per session");
+    assert_eq!(r["connect_time"]["count"], n);
+    assert_eq!(r["upstreams"][0]["sessions"], n);
+    assert_eq!(r["upstreams"][0]["rtt"]["count"], n, "TCP_INFO read at every close");
+    let (code, m) = get(admin, "/metrics");
+    assert_eq!(code, 200);
+    let bytes = |dir: &str, how: &str| {
+        sample(&m, &format!("sluice_bytes_total{{route=\"test\",direction=\"{dir}\",mode=\"{how}\"}}")) as u64
+    };
+    assert_eq!(bytes("client_to_upstream", "spliced") + bytes("client_to_upstream", "copied"), up_total);
+    assert_eq!(bytes("upstream_to_client", "spliced") + bytes("upstream_to_client", "copied"), 5000 * n);
+    assert_eq!(sample(&m, "sluice_sessions_accepted_total{route=\"test\"}") as u64, n);
+    assert_eq!(sample(&m, "sluice_sessions_closed_total{route=\"test\",reason=\"clean\"}") as u64, n);
+    assert_eq!(sample(&m, "sluice_session_duration_seconds_count{route=\"test\"}") as u64, n);
+}
+
+#[test]
+fn promtool_accepts_the_metrics() {
+    let Ok(out) = Command::new("promtool").arg("--version").output() else {
+        eprintln!("skipped: promtool (Debian package prometheus) is not installed");
+        return;
+    };
+    assert!(out.status.success());
+    let (s, admin) = with_admin(&one_route("splice", &[backends::echo()], ""));
+    for _ in 0..3 {
+        let mut c = connect(s.addr());
+        c.write_all(b"x").expect("write");
+        let mut b = [0; 1];
+        c.read_exact(&mut b).expect("echo");
+    }
+    let (_, metrics) = get(admin, "/metrics");
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    p.stdin.take().expect("stdin").write_all(metrics.as_bytes()).expect("feed");
+    let out = p.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn first_byte_latency_matches_a_known_delay() {
+    // The upstream answers 100 ms after the connection opens.
+    let up = backends::serve(|mut s| {
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = s.write_all(b"hello");
+    });
+    let (s, admin) = with_admin(&one_route("splice", &[up], ""));
+    let n = 8;
+    for _ in 0..n {
+        let mut c = connect(s.addr());
+        let mut b = [0; 5];
+        c.read_exact(&mut b).expect("greeting");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = stats(admin);
+        if v["routes"][0]["first_byte_time"]["count"] == n {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "first-byte samples missing: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let fb = &v["routes"][0]["first_byte_time"];
+    for q in ["p50", "p99", "max"] {
+        let us = fb[q].as_u64().unwrap();
+        // 3 significant digits of precision, plus scheduling on a busy machine.
+        assert!((99_900..250_000).contains(&us), "first byte {q} = {us}µs for a 100 ms delay");
+    }
+    assert!(fb["min"].as_u64().unwrap() >= 99_900);
+}
+
+#[test]
+fn access_log_has_one_line_per_session_in_text_and_json() {
+    for (format, probe) in [("text", "route=test"), ("json", "\"route\":\"test\"")] {
+        let up = backends::echo();
+        let s = Sluice::with_config(&format!("log:\n  format: {format}\n{}", one_route("copy", &[up], "")), &[]);
+        for _ in 0..3 {
+            let mut c = connect(s.addr());
+            c.write_all(b"abc").expect("write");
+            let mut b = [0; 3];
+            c.read_exact(&mut b).expect("echo");
+        }
+        assert!(
+            s.wait_log_count("sluice::access", 3, Duration::from_secs(10)),
+            "{format}: access lines missing:\n{}",
+            s.log()
+        );
+        let lines: Vec<String> = s.log().lines().filter(|l| l.contains("sluice::access")).map(str::to_owned).collect();
+        assert_eq!(lines.len(), 3);
+        for l in &lines {
+            assert!(l.contains(probe), "{format}: {l}");
+            assert!(l.contains("bytes_up") && l.contains("reason"), "{format}: {l}");
+        }
+        if format == "json" {
+            for l in s.log().lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+                if v["target"] == "sluice::access" {
+                    assert_eq!(v["access"]["bytes_up"], 3);
+                    assert_eq!(v["access"]["reason"], "clean");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn readyz_turns_503_when_the_drain_starts() {
+    let len = 256u64 << 20;
+    let up = backends::source(5, len);
+    let (mut s, admin) = with_admin(&format!("drain_timeout: 30s\n{}", one_route("splice", &[up], "")));
+    assert_eq!(get(admin, "/readyz"), (200, "ready\n".to_owned()));
+    assert_eq!(get(admin, "/healthz").0, 200);
+    let mut c = connect(s.addr());
+    let mut first = vec![0; 1 << 20];
+    c.read_exact(&mut first).expect("transfer started");
+    s.signal(Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(admin, "/readyz").0 != 503 {
+        assert!(Instant::now() < deadline, "/readyz never turned 503");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(get(admin, "/healthz").0, 200, "still alive while draining");
+    drop(c);
+    s.wait_exit(Duration::from_secs(10)).expect("exit");
+}
+
+#[test]
+fn admin_port_survives_a_flood_of_bad_and_slow_requests() {
+    let (s, admin) = with_admin(&one_route("splice", &[backends::echo()], ""));
+    // 100 connections that send half a request and stall, more than the 64 the port serves at once.
+    let slow: Vec<TcpStream> = (0..100)
+        .filter_map(|_| {
+            let mut c = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).ok()?;
+            let _ = c.write_all(b"GET /metr");
+            Some(c)
+        })
+        .collect();
+    // Malformed, oversized and wrong-method requests get proper answers.
+    let raw = |req: &[u8]| -> String {
+        let mut c = TcpStream::connect_timeout(&admin, Duration::from_secs(10)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let _ = c.write_all(req);
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    };
+    // The stalled ones are cut after 5 s, after which these are served.
+    assert!(raw(b"\x00\x01garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(raw(b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    assert!(raw(b"GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    let mut huge = b"GET /metrics HTTP/1.1\r\n".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 20_000));
+    assert!(raw(&huge).starts_with("HTTP/1.1 431"));
+    // The data plane never noticed.
+    let mut c = connect(s.addr());
+    let msg = Stream::bytes(1, 100_000);
+    let mut w = c.try_clone().expect("clone");
+    let m2 = msg.clone();
+    let t = std::thread::spawn(move || w.write_all(&m2));
+    let mut got = vec![0; msg.len()];
+    c.read_exact(&mut got).expect("echo during the flood");
+    t.join().expect("writer").expect("write");
+    assert!(got == msg);
+    let t0 = Instant::now();
+    assert_eq!(get(admin, "/healthz").0, 200);
+    assert!(t0.elapsed() < Duration::from_secs(6), "the admin port took {:?} to answer", t0.elapsed());
+    drop(slow);
+}
+
+#[test]
+fn admin_refuses_a_remote_address_unless_allowed() {
+    let yaml = format!("admin:\n  listen: 0.0.0.0:0\n{}", one_route("splice", &[backends::echo()], ""));
+    let (_dir, path) = temp_config(&yaml);
+    let (code, _, err) = run(&["check", "-c", &path.to_string_lossy()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("admin.listen") && err.contains("allow_remote"), "{err}");
+}
+
+#[test]
+fn sluice_stats_shows_the_routes() {
+    let (s, admin) = with_admin(&one_route("splice", &[backends::echo()], ""));
+    let mut c = connect(s.addr());
+    c.write_all(b"hi").expect("write");
+    let mut b = [0; 2];
+    c.read_exact(&mut b).expect("echo");
+    let (code, out, err) = run(&["stats", "--admin", &admin.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("test"), "no route row:\n{out}");
+    let (code, _, err) = run(&["stats", "--admin", "127.0.0.1:1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn doctor_reports_a_bad_machine_and_exits_1_on_failure() {
+    // A fake /proc: a tiny somaxconn, a tiny fd limit.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sys = |rel: &str, value: &str| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("dirs");
+        std::fs::write(p, value).expect("write");
+    };
+    sys("sys/net/core/somaxconn", "128\n");
+    sys(
+        "self/limits",
+        "Limit                     Soft Limit           Hard Limit           Units\nMax open files            64                   64                   files\n",
+    );
+    let yaml = format!("max_connections: 100000\n{}", one_route("splice", &[backends::echo()], ""));
+    let (_d, path) = temp_config(&yaml);
+    let out = Command::new(BIN)
+        .args(["doctor", "-c", &path.to_string_lossy(), "--proc-root", &dir.path().to_string_lossy()])
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "a FAIL must exit 1:\n{text}");
+    assert!(text.contains("sysctl -w net.core.somaxconn="), "{text}");
+    assert!(text.contains("FAIL"), "{text}");
+    // The real machine and the shipped config: runs, and says something for each check.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.yaml");
+    let (code, out, err) = run(&["doctor", "-c", shipped]);
+    assert!(code == 0 || code == 1, "{err}");
+    assert!(out.contains("somaxconn"), "{out}");
+}
