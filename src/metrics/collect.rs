@@ -141,16 +141,27 @@ pub fn summarise(h: &Histogram<u32>) -> Latency {
     if h.is_empty() {
         return Latency { buckets: PROMETHEUS_BOUNDS_US.iter().map(|&b| [b, 0]).collect(), ..Latency::default() };
     }
-    let q = |p: f64| h.value_at_quantile(p);
-    let mut pow2 = Vec::new();
-    let mut lower = 0u64;
-    let mut upper = 1u64;
-    while lower <= h.max() {
-        let n = h.count_between(lower, upper.saturating_sub(1).max(lower));
-        pow2.push([upper, n]);
-        lower = upper;
-        upper = upper.saturating_mul(2);
+    // One pass over the recorded values fills both bucket sets: cheaper than
+    // a count_between per bucket, which walks the whole counts array each time.
+    let top = (64 - h.max().leading_zeros()) as usize; // bit length of max
+    let mut pow2: Vec<[u64; 2]> = (0..=top).map(|i| [1u64 << i, 0]).collect();
+    let mut buckets: Vec<[u64; 2]> = PROMETHEUS_BOUNDS_US.iter().map(|&b| [b, 0]).collect();
+    for v in h.iter_recorded() {
+        let (value, n) = (h.highest_equivalent(v.value_iterated_to()), u64::from(v.count_at_value()));
+        // Power-of-two bucket [2^(i-1), 2^i) has index i = bit length of the value.
+        let i = (64 - value.leading_zeros()) as usize;
+        if let Some(b) = pow2.get_mut(i) {
+            b[1] += n;
+        }
+        if let Some(first) = buckets.iter().position(|[le, _]| value <= *le) {
+            buckets[first][1] += n;
+        }
     }
+    // Prometheus buckets are cumulative.
+    for i in 1..buckets.len() {
+        buckets[i][1] += buckets[i - 1][1];
+    }
+    let q = |p: f64| h.value_at_quantile(p);
     Latency {
         count: h.len(),
         sum: (h.mean() * h.len() as f64).round() as u64,
@@ -160,7 +171,7 @@ pub fn summarise(h: &Histogram<u32>) -> Latency {
         p99: q(0.99),
         p999: q(0.999),
         max: h.max(),
-        buckets: PROMETHEUS_BOUNDS_US.iter().map(|&b| [b, h.count_between(0, b)]).collect(),
+        buckets,
         pow2,
     }
 }

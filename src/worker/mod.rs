@@ -267,7 +267,7 @@ impl Worker {
         loop {
             match self.control.try_recv() {
                 Ok(Control::Routes { routes, settings }) => self.set_routes(routes, settings, now),
-                Ok(Control::Drain { deadline }) => self.drain(deadline, now),
+                Ok(Control::Drain { deadline }) => self.drain(deadline),
                 Ok(Control::Stop) | Err(TryRecvError::Disconnected) => {
                     self.stop = true;
                     return;
@@ -279,7 +279,7 @@ impl Worker {
 
     /// Closes the listeners (new clients are refused at once), closes sessions
     /// that are idle, and gives the rest until `deadline`.
-    fn drain(&mut self, deadline: Instant, now: Instant) {
+    fn drain(&mut self, deadline: Instant) {
         if self.draining {
             return;
         }
@@ -292,7 +292,6 @@ impl Worker {
         for key in keys {
             self.rearm_if_sooner(key);
         }
-        let _ = now;
     }
 
     // --------------------------------------------------------------- sessions

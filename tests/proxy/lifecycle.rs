@@ -112,7 +112,10 @@ fn shipped_proxy_yaml_starts_and_serves() {
     let text = std::fs::read_to_string(path).expect("proxy.yaml at the repository root");
     // Same file, but on free ports: the shipped addresses may be taken on a CI machine.
     let up = backends::echo();
-    let text = text.replace("127.0.0.1:8080", "127.0.0.1:0").replace("127.0.0.1:8000", &up.to_string());
+    let text = text
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0")
+        .replace("127.0.0.1:8000", &up.to_string());
     let s = Sluice::with_config(&text, &[]);
     let mut c = connect(s.addr());
     std::io::Write::write_all(&mut c, b"hello").expect("write");
