@@ -1,5 +1,5 @@
 //! The access log: one line per finished session, at info on target
-//! `sluice::access` — route, client, upstream, bytes each way (and how many
+//! `sluice::access` — route, client (and the peer that sent its PROXY header), upstream, bytes each way (and how many
 //! were spliced), connect and first-byte times, duration, close reason — as
 //! `key=value` pairs, or as a JSON object with `log.format: json`.
 //!
@@ -31,10 +31,12 @@ fn ms(d: Option<Duration>) -> Option<f64> {
 /// The line for one session.
 pub fn line(format: LogFormat, s: &Session, r: &SessionRecord) -> String {
     let upstream = r.upstream.map(|_| s.upstream_addr().to_string());
-    let fields: [(&str, Value); 12] = [
+    // `peer` is who connected to us; `client` is who the PROXY header said it spoke for (the same without one).
+    let fields: [(&str, Value); 13] = [
         ("session", Value::Int(s.id)),
         ("route", Value::Str(s.route.name.clone())),
         ("client", Value::Str(s.client_addr.to_string())),
+        ("peer", Value::Str(s.peer_addr.to_string())),
         ("upstream", upstream.map_or(Value::Null, Value::Str)),
         ("bytes_up", Value::Int(r.client_to_upstream.0 + r.client_to_upstream.1)),
         ("bytes_down", Value::Int(r.upstream_to_client.0 + r.upstream_to_client.1)),

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `access`: the access log, one line per finished session.
+//! - `acl`: per-route allow/deny lists of CIDR blocks.
 //! - `admin`: the admin HTTP port: /metrics, /stats, /healthz, /readyz.
 //! - `affinity`: pinning workers to CPUs.
 //! - `cli`: the command line and how its flags become a `Config`.
@@ -12,6 +13,7 @@
 //! - `worker`: one thread, one mio loop: listeners, sessions, timers, pools.
 //! - `session`: one client↔upstream pair: connecting, relaying, failures.
 //! - `relay`: the pump state machine over splice pipes or copy buffers.
+//! - `proxy_protocol`: PROXY protocol v1/v2 headers: building and strict parsing.
 //! - `pipe`: splice pipes and the per-worker pipe pool.
 //! - `timer`: deadlines with `now` passed in.
 //! - `route`: a route as workers run it (bound, resolved).
@@ -26,6 +28,7 @@
 //! - `sysctl`: reading kernel settings from /proc/sys.
 
 pub mod access;
+pub mod acl;
 pub mod admin;
 pub mod affinity;
 pub mod cli;
@@ -36,6 +39,7 @@ pub mod logging;
 pub mod metrics;
 pub mod netstat;
 pub mod pipe;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod reload;
 pub mod route;

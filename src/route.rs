@@ -36,16 +36,16 @@ pub struct Route {
     pub max_connections: Option<usize>,
     /// Sessions allowed at once from one client IP on this route.
     pub max_connections_per_client: Option<usize>,
-    /// Socket options, ready to apply.
-    pub socket: Applied,
+    /// Socket options, ready to apply (shared with the versions of this route DNS updates make).
+    pub socket: Arc<Applied>,
     /// Live counts, carried over when a reload keeps the route.
     pub state: Arc<RouteState>,
     /// The route as configured, to tell on reload whether it changed.
     pub config: config::Route,
     /// Id of its metric series (stable per name across reloads).
     pub metric_id: usize,
-    /// Id of each upstream's metric series, parallel to `upstreams`.
-    pub upstream_metric_ids: Vec<usize>,
+    /// The addresses of each configured upstream, as last resolved (parallel to `config.upstreams`).
+    pub resolved: Vec<Vec<SocketAddr>>,
 }
 
 /// What a route counts while it runs; shared by every version of the route
@@ -110,25 +110,51 @@ impl Route {
             }
             _ => r.backlog,
         };
-        let upstreams = UpstreamSet::resolve(&r.upstreams)?;
+        let resolved = UpstreamSet::resolve(&r.upstreams)?;
         let metric_id = registry.route_id(&r.name);
-        let upstream_metric_ids = upstreams.upstreams.iter().map(|u| registry.upstream_id(metric_id, u.addr)).collect();
+        let upstreams = UpstreamSet::build(&r.upstreams, &resolved, metric_id, registry);
         Ok(Route {
             name: r.name.clone(),
             listen: r.listen,
             upstreams,
             metric_id,
-            upstream_metric_ids,
+            resolved,
             connect_timeout: r.connect_timeout,
             idle_timeout: r.idle_timeout,
             half_close_timeout: r.half_close_timeout,
             backlog,
             max_connections: r.max_connections,
             max_connections_per_client: r.max_connections_per_client,
-            socket: Applied::new(&r.name, r.socket.clone(), congestion_available),
+            socket: Arc::new(Applied::new(&r.name, r.socket.clone(), congestion_available)),
             state: state.unwrap_or_default(),
             config: r.clone(),
         })
+    }
+
+    /// The same route with its host names resolved to `resolved` (a DNS
+    /// update): new sessions get it, running ones keep the old one.
+    pub fn with_addresses(&self, resolved: Vec<Vec<SocketAddr>>, registry: &Registry) -> Route {
+        Route {
+            name: self.name.clone(),
+            listen: self.listen,
+            upstreams: UpstreamSet::build(&self.config.upstreams, &resolved, self.metric_id, registry),
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            half_close_timeout: self.half_close_timeout,
+            backlog: self.backlog,
+            max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            socket: Arc::clone(&self.socket),
+            state: Arc::clone(&self.state),
+            config: self.config.clone(),
+            metric_id: self.metric_id,
+            resolved,
+        }
+    }
+
+    /// Balancing, retries, health, PROXY protocol and access list settings.
+    pub fn pool(&self) -> &config::Pool {
+        &self.config.pool
     }
 
     /// True if the route has as many sessions as it may have.

@@ -24,8 +24,10 @@ use crate::limits;
 use crate::metrics::WorkerCounters;
 use crate::metrics::{Registry, WorkerMetrics};
 use crate::pipe;
-use crate::reload::{self, FileWatch, Running};
+use crate::reload::{self, FileWatch, RouteUpdate, Running};
 use crate::upstream::ResolveError;
+use crate::upstream::checker::{Checker, Target};
+use crate::upstream::discovery::{self, Resolved, Resolver, Watch};
 use crate::worker::{self, Control, Shared, Worker, WorkerSettings, WorkerSetup};
 
 /// Why the server could not start or stopped badly.
@@ -73,7 +75,8 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
 
 /// Tokens of the control thread's poll.
 const SIGNALS: Token = Token(0);
-const WORKER_EXIT: Token = Token(1);
+/// Woken by a worker exiting or the resolver reporting (one waker per poll).
+const WAKE: Token = Token(1);
 /// How often a watched config file is looked at.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -127,11 +130,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let plan = reload::plan(&Vec::new(), &config, workers, &registry)?;
     let shared = Arc::new(Shared::new(config.max_connections, pipe::PipeBudget::new(nofile, settings.pipe_size)));
 
-    // The control thread sleeps until a signal arrives, a worker exits, or the watch interval passes.
+    // The control thread sleeps until a signal arrives, a worker exits, DNS reports, or the watch interval passes.
     let poll = Poll::new().map_err(io_err("creating the control poll"))?;
     poll.registry().register(&mut signals, SIGNALS, Interest::READABLE).map_err(io_err("registering signals"))?;
-    let exit_waker = Arc::new(Waker::new(poll.registry(), WORKER_EXIT).map_err(io_err("creating a waker"))?);
+    let exit_waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(io_err("creating a waker"))?);
     let (exit_tx, exits) = mpsc::channel::<Exit>();
+    let (resolved_tx, resolved) = mpsc::channel::<Resolved>();
+    let resolver =
+        Resolver::start(resolved_tx, Arc::clone(&exit_waker)).map_err(io_err("starting the resolver thread"))?;
+    let checker = Checker::start().map_err(io_err("starting the health-check thread"))?;
 
     let mut handles = Vec::with_capacity(workers);
     for (id, routes) in plan.per_worker.into_iter().enumerate() {
@@ -202,7 +209,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         watch,
         draining: false,
         failure: None,
+        checker,
+        resolver,
+        resolved,
     };
+    control.publish_pools();
     let result = control.run(poll, &mut signals, &exits);
     let per_worker: Vec<String> =
         control.handles.iter().map(|h| WorkerCounters::get(&h.metrics.counters.accepted).to_string()).collect();
@@ -229,6 +240,9 @@ struct ControlThread {
     watch: Option<FileWatch>,
     draining: bool,
     failure: Option<ServerError>,
+    checker: Checker,
+    resolver: Resolver,
+    resolved: Receiver<Resolved>,
 }
 
 impl ControlThread {
@@ -243,6 +257,9 @@ impl ControlThread {
                 Err(e) => {
                     return Err(ServerError::Io { what: "waiting for signals", source: e });
                 }
+            }
+            while let Ok(r) = self.resolved.try_recv() {
+                self.on_resolved(r);
             }
             if events.iter().any(|e| e.token() == SIGNALS) {
                 for signal in signals.pending() {
@@ -347,6 +364,7 @@ impl ControlThread {
             h.send(Control::Routes { routes, settings });
         }
         self.running = plan.running;
+        self.publish_pools();
         if new.admin != self.config.admin {
             log::warn!("the admin port only changes with a restart; keeping the running one");
         }
@@ -355,6 +373,82 @@ impl ControlThread {
         }
         self.config = new;
         Ok(plan.summary)
+    }
+}
+
+impl ControlThread {
+    /// Tells the health checker and the resolver what the running routes need.
+    fn publish_pools(&self) {
+        let mut targets = Vec::new();
+        let mut watches = Vec::new();
+        for (_, r) in &self.running {
+            let pool = r.pool();
+            if let Some(check) = &pool.health_check {
+                targets.extend(r.upstreams.upstreams.iter().map(|u| Target {
+                    route: r.name.clone(),
+                    addr: u.addr,
+                    display: u.to_string(),
+                    health: Arc::clone(&u.health),
+                    check: check.clone(),
+                    socket: Arc::clone(&r.socket),
+                }));
+            }
+            if !pool.resolve_interval.is_zero() && discovery::has_names(&r.config.upstreams) {
+                watches.push(Watch {
+                    route: r.name.clone(),
+                    specs: r.config.upstreams.clone(),
+                    interval: pool.resolve_interval,
+                    current: r.resolved.clone(),
+                });
+            }
+        }
+        self.checker.set_targets(targets);
+        self.resolver.set_watches(watches);
+    }
+
+    /// A route's host names resolve to new addresses: new sessions get a
+    /// new version of the route, running ones keep theirs.
+    fn on_resolved(&mut self, r: Resolved) {
+        if self.draining {
+            return;
+        }
+        let Some(pos) =
+            self.running.iter().position(|(_, route)| route.name == r.route && route.config.upstreams == r.specs)
+        else {
+            return; // a reload changed the route since the lookup
+        };
+        let old = &self.running[pos].1;
+        if old.resolved == r.addrs {
+            return;
+        }
+        let before: Vec<SocketAddr> = old.upstreams.upstreams.iter().map(|u| u.addr).collect();
+        let route = Arc::new(old.with_addresses(r.addrs, &self.registry));
+        let after: Vec<SocketAddr> = route.upstreams.upstreams.iter().map(|u| u.addr).collect();
+        let added: Vec<String> = after.iter().filter(|a| !before.contains(a)).map(ToString::to_string).collect();
+        let removed: Vec<String> = before.iter().filter(|a| !after.contains(a)).map(ToString::to_string).collect();
+        log::info!(
+            "route {}: DNS changed its upstreams: {} now (added [{}], removed [{}]); running sessions are kept",
+            route.name,
+            after.len(),
+            added.join(", "),
+            removed.join(", ")
+        );
+        self.running[pos].1 = route;
+        let settings = settings(&self.config);
+        for h in &self.handles {
+            let routes = self
+                .running
+                .iter()
+                .map(|(key, route)| RouteUpdate {
+                    key: key.clone(),
+                    route: Arc::clone(route),
+                    listener: None,
+                    changed: false,
+                })
+                .collect();
+            h.send(Control::Routes { routes, settings });
+        }
+        self.publish_pools();
     }
 }
 

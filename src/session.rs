@@ -7,7 +7,7 @@
 //! registry, the timers and the pools.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use crate::metrics::CloseReason;
+use crate::proxy_protocol;
 use crate::relay::{DstFailed, Pump, Resources, SrcEnd};
 use crate::route::Route;
 use crate::sockets::{self, ConnectState};
@@ -56,6 +57,11 @@ pub struct Readiness {
 /// Where a session is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
+    /// Waiting for the client's PROXY protocol header (`accept_proxy_protocol`).
+    Header {
+        /// When the client was accepted (for the header timeout).
+        since: Instant,
+    },
     /// Waiting for an upstream connect to finish.
     Connecting {
         /// Attempts made before this one.
@@ -99,14 +105,29 @@ pub struct Session {
     pub route: Arc<Route>,
     /// The client's socket.
     pub client: TcpStream,
-    /// Who the client is.
+    /// Who the client is: the PROXY header's source when the route accepts
+    /// one, else the peer. ACLs, hashing, per-client limits and logs use it.
     pub client_addr: SocketAddr,
+    /// Who connected to us.
+    pub peer_addr: SocketAddr,
+    /// The address the client connected to, from its PROXY header (else the socket's own).
+    pub local_addr: Option<SocketAddr>,
+    /// The worker's listener it came from (whose balancer retries use).
+    pub listener: usize,
     /// The upstream socket: `None` only between a failed attempt and the next.
     pub upstream: Option<TcpStream>,
     /// Index of the current upstream in `route.upstreams`.
     pub upstream_index: usize,
-    /// Index of the first upstream tried (attempts rotate from here).
-    pub first_upstream: usize,
+    /// Upstreams tried so far (one per attempt).
+    pub tried: Tried,
+    /// This session is counted in the current upstream's active sessions.
+    pub counted: bool,
+    /// This session is the one half-open try of an ejected upstream.
+    pub probing: bool,
+    /// Counted in the route's per-client sessions (to release at close).
+    pub client_admitted: bool,
+    /// A PROXY header still to be written to the upstream before any relayed byte.
+    header_out: Option<Box<PendingHeader>>,
     /// Where it is in its life.
     pub stage: Stage,
     /// Client → upstream.
@@ -137,20 +158,32 @@ impl Session {
         id: u64,
         route: Arc<Route>,
         client: TcpStream,
-        client_addr: SocketAddr,
-        first_upstream: usize,
+        peer_addr: SocketAddr,
+        listener: usize,
         splice: bool,
         now: Instant,
     ) -> Session {
+        let stage = if route.pool().accept_proxy_protocol {
+            Stage::Header { since: now }
+        } else {
+            Stage::Connecting { attempt: 0, since: now }
+        };
         Session {
             id,
             route,
             client,
-            client_addr,
+            client_addr: peer_addr,
+            peer_addr,
+            local_addr: None,
+            listener,
             upstream: None,
-            upstream_index: first_upstream,
-            first_upstream,
-            stage: Stage::Connecting { attempt: 0, since: now },
+            upstream_index: 0,
+            tried: Tried::default(),
+            counted: false,
+            probing: false,
+            client_admitted: false,
+            header_out: None,
+            stage,
             c2u: Pump::new(splice),
             u2c: Pump::new(splice),
             failed: None,
@@ -166,7 +199,78 @@ impl Session {
 
     /// The address of the current upstream.
     pub fn upstream_addr(&self) -> SocketAddr {
-        self.route.upstreams.upstreams[self.upstream_index].addr
+        self.upstream().addr
+    }
+
+    /// The current upstream.
+    pub fn upstream(&self) -> &crate::upstream::Upstream {
+        &self.route.upstreams.upstreams[self.upstream_index]
+    }
+
+    /// Reads the client's PROXY header if it has all arrived: peeks, parses,
+    /// and consumes exactly the header (what follows stays in the socket
+    /// for the relay). On success the session's client and local addresses
+    /// are the header's.
+    pub fn read_proxy_header(&mut self) -> HeaderRead {
+        let mut buf = [0u8; proxy_protocol::MAX_HEADER];
+        let n = match self.client.peek(&mut buf) {
+            Ok(0) => return HeaderRead::Invalid("closed before sending its PROXY header".to_owned()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return HeaderRead::Wait,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return HeaderRead::Wait,
+            Err(e) => return HeaderRead::Invalid(format!("failed before sending its PROXY header: {e}")),
+        };
+        let header = match proxy_protocol::parse(&buf[..n]) {
+            proxy_protocol::Parse::Incomplete => return HeaderRead::Wait,
+            proxy_protocol::Parse::Invalid(why) => return HeaderRead::Invalid(why),
+            proxy_protocol::Parse::Done(h) => h,
+        };
+        // The bytes are queued (we just peeked them): one read takes them.
+        let mut taken = 0;
+        while taken < header.len {
+            match (&self.client).read(&mut buf[taken..header.len]) {
+                Ok(0) => return HeaderRead::Invalid("closed inside its PROXY header".to_owned()),
+                Ok(k) => taken += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return HeaderRead::Invalid(format!("reading its PROXY header: {e}")),
+            }
+        }
+        if let Some((src, dst)) = header.addrs {
+            self.client_addr = src;
+            self.local_addr = Some(dst);
+        }
+        // Payload may follow in the same segment: the relay must look.
+        self.c2u.src_readable = true;
+        HeaderRead::Done
+    }
+
+    /// Queues the PROXY header for the upstream (written before any relayed byte).
+    pub fn queue_proxy_header(&mut self, version: proxy_protocol::Version) {
+        let local = self.local_addr.or_else(|| self.client.local_addr().ok()).unwrap_or(self.peer_addr);
+        let mut bytes = Vec::with_capacity(proxy_protocol::V1_MAX);
+        proxy_protocol::encode(version, self.client_addr, local, &mut bytes);
+        self.header_out = Some(Box::new(PendingHeader { bytes, written: 0 }));
+    }
+
+    /// Writes what is left of the PROXY header: true once it is all out.
+    fn flush_header(&mut self, up: &TcpStream) -> io::Result<bool> {
+        let Some(h) = self.header_out.as_mut() else {
+            return Ok(true);
+        };
+        while h.written < h.bytes.len() {
+            match (&*up).write(&h.bytes[h.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => h.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.c2u.dst_writable = false;
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.header_out = None;
+        Ok(true)
     }
 
     /// Records readiness from an event. Edge-triggered: set here, cleared
@@ -224,6 +328,9 @@ impl Session {
     /// in CLOSE-WAIT), or `DRAIN_IDLE` while the worker drains (an idle
     /// session is closed early instead of holding the drain up).
     pub fn deadline(&self, draining: bool) -> Instant {
+        if let Stage::Header { since } = self.stage {
+            return since + self.route.pool().proxy_protocol_timeout;
+        }
         let Stage::Connecting { since, .. } = self.stage else {
             let mut idle = self.route.idle_timeout;
             if self.c2u.finished() || self.u2c.finished() {
@@ -244,14 +351,28 @@ impl Session {
 
     /// Runs both pumps and decides what follows.
     pub fn relay(&mut self, res: &mut Resources, now: Instant) -> Verdict {
-        let Some(up) = &self.upstream else {
+        let Some(up) = self.upstream.take() else {
             return Verdict::Close { reason: CloseReason::ConnectFailed, reset: None };
         };
+        let verdict = self.relay_with(&up, res, now);
+        self.upstream = Some(up);
+        verdict
+    }
+
+    fn relay_with(&mut self, up: &TcpStream, res: &mut Resources, now: Instant) -> Verdict {
         let mut more = false;
         let mut progressed = false;
         let mut dst_failed = [None, None];
+        // The PROXY header goes first; client bytes wait until it is out.
+        let header_out = match self.flush_header(up) {
+            Ok(done) => done,
+            Err(e) => {
+                dst_failed[0] = Some(e);
+                false
+            }
+        };
         // A pump whose destination failed is dead: don't run it again.
-        if self.failed != Some(Side::Upstream) {
+        if header_out && self.failed != Some(Side::Upstream) {
             match self.c2u.run(&self.client, up, res) {
                 Ok(a) => (more, progressed) = (more | a.more, progressed | a.progressed),
                 Err(DstFailed(e)) => dst_failed[0] = Some(e),
@@ -359,4 +480,57 @@ fn failure_reason(side: Side) -> CloseReason {
         Side::Client => CloseReason::ClientReset,
         Side::Upstream => CloseReason::UpstreamReset,
     }
+}
+
+/// The most connect attempts a session makes (`retries` is at most 10).
+pub const MAX_ATTEMPTS: usize = 11;
+
+/// The upstreams a session has tried, in order.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tried {
+    n: u8,
+    list: [u32; MAX_ATTEMPTS],
+}
+
+impl Tried {
+    /// Records an attempt on upstream `i` (beyond `MAX_ATTEMPTS`, the count still grows).
+    pub fn push(&mut self, i: usize) {
+        if let Some(slot) = self.list.get_mut(usize::from(self.n)) {
+            *slot = i as u32;
+        }
+        self.n = self.n.saturating_add(1);
+    }
+
+    /// Attempts made.
+    pub fn len(&self) -> usize {
+        usize::from(self.n)
+    }
+
+    /// No attempt yet.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Upstream `i` was tried.
+    pub fn contains(&self, i: usize) -> bool {
+        self.list[..self.len().min(MAX_ATTEMPTS)].contains(&(i as u32))
+    }
+}
+
+/// A PROXY header on its way to the upstream.
+#[derive(Debug)]
+struct PendingHeader {
+    bytes: Vec<u8>,
+    written: usize,
+}
+
+/// What reading the client's PROXY header gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeaderRead {
+    /// Not all there yet.
+    Wait,
+    /// Read; the session's addresses are the header's.
+    Done,
+    /// Malformed, or the client left or failed: why.
+    Invalid(String),
 }

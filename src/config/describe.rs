@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::units::{fmt_duration, fmt_size};
-use super::{Config, Route, SocketOptions, Workers};
+use super::{Config, Pool, Route, SocketOptions, Workers};
 
 impl Config {
     /// The effective configuration as YAML (defaults merged).
@@ -53,7 +53,8 @@ fn describe_route(s: &mut String, r: &Route) {
     let _ = writeln!(s, "    listen: {}", r.listen);
     let _ = writeln!(s, "    upstreams:");
     for u in &r.upstreams {
-        let _ = writeln!(s, "      - {{ address: \"{}\", weight: {} }}", u.address, u.weight);
+        let backup = if u.backup { ", backup: true" } else { "" };
+        let _ = writeln!(s, "      - {{ address: \"{}\", weight: {}{backup} }}", u.address, u.weight);
     }
     let _ = writeln!(s, "    connect_timeout: {}", fmt_duration(r.connect_timeout));
     let _ = writeln!(s, "    idle_timeout: {}", fmt_duration(r.idle_timeout));
@@ -67,6 +68,66 @@ fn describe_route(s: &mut String, r: &Route) {
         };
     }
     describe_socket(s, &r.socket);
+    describe_pool(s, &r.pool);
+}
+
+fn describe_pool(s: &mut String, p: &Pool) {
+    let _ = writeln!(s, "    balance: {}", p.balance);
+    let _ = writeln!(s, "    retries: {}", p.retries);
+    let _ = match &p.health_check {
+        Some(h) => writeln!(
+            s,
+            "    health_check: {{ interval: {}, timeout: {}, rise: {}, fall: {}, send: {}, expect: {} }}",
+            fmt_duration(h.interval),
+            fmt_duration(h.timeout),
+            h.rise,
+            h.fall,
+            yaml_bytes(&h.send),
+            yaml_bytes(&h.expect)
+        ),
+        None => writeln!(s, "    health_check: false"),
+    };
+    let _ = match &p.outlier {
+        Some(o) => writeln!(
+            s,
+            "    outlier_detection: {{ consecutive_failures: {}, base_ejection: {}, max_ejection: {}, max_ejected_percent: {} }}",
+            o.consecutive_failures,
+            fmt_duration(o.base_ejection),
+            fmt_duration(o.max_ejection),
+            o.max_ejected_percent
+        ),
+        None => writeln!(s, "    outlier_detection: false"),
+    };
+    let _ = writeln!(s, "    when_all_down: {}", p.when_all_down);
+    let _ = writeln!(s, "    resolve_interval: {}", fmt_duration(p.resolve_interval));
+    let _ = match p.proxy_protocol {
+        Some(v) => writeln!(s, "    proxy_protocol: {v}"),
+        None => writeln!(s, "    # proxy_protocol: off"),
+    };
+    let _ = writeln!(s, "    accept_proxy_protocol: {}", p.accept_proxy_protocol);
+    let _ = writeln!(s, "    proxy_protocol_timeout: {}", fmt_duration(p.proxy_protocol_timeout));
+    for (k, list) in [("allow", &p.acl.allow), ("deny", &p.acl.deny)] {
+        let items: Vec<String> = list.iter().map(|c| format!("\"{c}\"")).collect();
+        let _ = writeln!(s, "    {k}: [{}]", items.join(", "));
+    }
+}
+
+/// Bytes as a double-quoted YAML string (escapes for anything not printable).
+fn yaml_bytes(b: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for c in String::from_utf8_lossy(b).chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn describe_socket(s: &mut String, o: &SocketOptions) {
@@ -101,7 +162,11 @@ mod tests {
     fn the_description_parses_back_to_the_same_config() {
         let text = "workers: 3\nrelay: copy\nwatch: true\ndefaults:\n  socket:\n    keepalive: true\n    mark: 16\n\
                     routes:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams: [\"h:1\", {address: \"[::1]:2\", weight: 3}]\n\
-                    \x20   max_connections_per_client: 4\n    socket: { congestion: bbr, send_buffer: 1MiB }\n";
+                    \x20   max_connections_per_client: 4\n    socket: { congestion: bbr, send_buffer: 1MiB }\n\
+                    \x20   balance: hash_client_ip\n    retries: 0\n    outlier_detection: false\n\
+                    \x20   health_check: { interval: 5s, send: \"PING\\r\\n\", expect: \"+PONG\" }\n\
+                    \x20   proxy_protocol: v2\n    accept_proxy_protocol: true\n    allow: [\"10.0.0.0/8\", \"::1\"]\n\
+                    \x20 - name: b\n    listen: 127.0.0.1:2\n    upstreams: [\"h:1\", {address: \"h:2\", backup: true}]\n";
         let c = parse_str(text, "t").unwrap();
         let again = parse_str(&c.describe(2), "t").unwrap_or_else(|e| panic!("{e}\n{}", c.describe(2)));
         assert_eq!(again, c);

@@ -7,6 +7,7 @@
 
 mod describe;
 mod load;
+pub mod pool;
 mod schema;
 pub mod units;
 mod validate;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use load::{digest, load_file, parse_str};
+pub use pool::{Balance, HealthCheck, Outlier, Pool, ProxyVersion, WhenAllDown};
 pub use schema::RawSocket as SocketOptions;
 pub use schema::{LogFormat, RelayMode};
 pub use units::{CongestionName, HostPort, Keepalive, Workers};
@@ -113,6 +115,8 @@ pub struct Route {
     pub max_connections_per_client: Option<usize>,
     /// Socket options, `defaults.socket` merged in.
     pub socket: SocketOptions,
+    /// Balancing, retries, health, discovery, PROXY protocol, access list.
+    pub pool: pool::Pool,
 }
 
 /// An upstream as configured (host names not resolved yet).
@@ -122,6 +126,8 @@ pub struct UpstreamSpec {
     pub address: HostPort,
     /// 1..=256; share of new sessions relative to the route's other upstreams.
     pub weight: u32,
+    /// Used only when no primary upstream is available.
+    pub backup: bool,
 }
 
 impl Config {

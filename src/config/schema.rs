@@ -9,7 +9,12 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor, value::MapAccessDeserializer};
 
+use super::pool::{
+    Balance, ProxyHeaderTimeout, ProxyVersion, RawHealthCheck, RawOutlier, RawPool, ResolveInterval, Retries, Toggle,
+    WhenAllDown,
+};
 use super::units::{CountIn, DurationIn, HostPort, ListenAddr, SizeIn, Workers};
+use crate::acl::Cidr;
 
 /// `connect_timeout`: 1 ms to 5 minutes.
 pub type ConnectTimeout = DurationIn<1, 300_000>;
@@ -83,6 +88,28 @@ pub struct RawDefaults {
     /// Socket options.
     #[serde(default)]
     pub socket: RawSocket,
+    /// How the upstream of a new session is picked.
+    pub balance: Option<Balance>,
+    /// More connect attempts after a failure, each to another upstream.
+    pub retries: Option<Retries>,
+    /// Active health checks: `false`, `true` or settings.
+    pub health_check: Option<Toggle<RawHealthCheck>>,
+    /// Passive outlier ejection: `false`, `true` or settings.
+    pub outlier_detection: Option<Toggle<RawOutlier>>,
+    /// No upstream available: `reject` or `try_anyway`.
+    pub when_all_down: Option<WhenAllDown>,
+    /// How often upstream host names are resolved again.
+    pub resolve_interval: Option<ResolveInterval>,
+    /// Send a PROXY header (`v1` or `v2`) to the upstream.
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// Read a PROXY header from the client before anything else.
+    pub accept_proxy_protocol: Option<bool>,
+    /// Time a client has to send that header.
+    pub proxy_protocol_timeout: Option<ProxyHeaderTimeout>,
+    /// Only these address blocks may connect.
+    pub allow: Option<Vec<Cidr>>,
+    /// These address blocks may not connect.
+    pub deny: Option<Vec<Cidr>>,
 }
 
 /// One entry of `routes:`.
@@ -110,6 +137,28 @@ pub struct RawRoute {
     /// Overrides `defaults.socket`, option by option.
     #[serde(default)]
     pub socket: RawSocket,
+    /// How the upstream of a new session is picked.
+    pub balance: Option<Balance>,
+    /// More connect attempts after a failure, each to another upstream.
+    pub retries: Option<Retries>,
+    /// Active health checks: `false`, `true` or settings.
+    pub health_check: Option<Toggle<RawHealthCheck>>,
+    /// Passive outlier ejection: `false`, `true` or settings.
+    pub outlier_detection: Option<Toggle<RawOutlier>>,
+    /// No upstream available: `reject` or `try_anyway`.
+    pub when_all_down: Option<WhenAllDown>,
+    /// How often upstream host names are resolved again.
+    pub resolve_interval: Option<ResolveInterval>,
+    /// Send a PROXY header (`v1` or `v2`) to the upstream.
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// Read a PROXY header from the client before anything else.
+    pub accept_proxy_protocol: Option<bool>,
+    /// Time a client has to send that header.
+    pub proxy_protocol_timeout: Option<ProxyHeaderTimeout>,
+    /// Only these address blocks may connect.
+    pub allow: Option<Vec<Cidr>>,
+    /// These address blocks may not connect.
+    pub deny: Option<Vec<Cidr>>,
 }
 
 /// `socket:` options; every one optional (unset = the kernel's default,
@@ -204,13 +253,15 @@ impl fmt::Display for RelayMode {
     }
 }
 
-/// An upstream: `"host:port"` or `{ address: "host:port", weight: 3 }`.
+/// An upstream: `"host:port"` or `{ address: "host:port", weight: 3, backup: true }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawUpstream {
     /// Where to connect.
     pub address: HostPort,
     /// Share of new sessions relative to the route's other upstreams.
     pub weight: Option<Weight>,
+    /// Used only when no primary upstream is available.
+    pub backup: bool,
 }
 
 /// The map form of an upstream, so unknown keys are still errors.
@@ -219,6 +270,7 @@ pub struct RawUpstream {
 struct UpstreamMap {
     address: HostPort,
     weight: Option<Weight>,
+    backup: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for RawUpstream {
@@ -231,19 +283,45 @@ impl<'de> Deserialize<'de> for RawUpstream {
             type Value = RawUpstream;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("\"host:port\" or { address: \"host:port\", weight: N }")
+                f.write_str("\"host:port\" or { address: \"host:port\", weight: N, backup: true }")
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUpstream, E> {
-                Ok(RawUpstream { address: v.parse().map_err(E::custom)?, weight: None })
+                Ok(RawUpstream { address: v.parse().map_err(E::custom)?, weight: None, backup: false })
             }
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawUpstream, A::Error> {
                 let m = UpstreamMap::deserialize(MapAccessDeserializer::new(map))?;
-                Ok(RawUpstream { address: m.address, weight: m.weight })
+                Ok(RawUpstream { address: m.address, weight: m.weight, backup: m.backup.unwrap_or(false) })
             }
         }
 
         d.deserialize_any(UpstreamVisitor)
     }
 }
+
+/// The pool keys of a route or of `defaults:` (the same field names in both).
+macro_rules! pool_of {
+    ($ty:ty) => {
+        impl $ty {
+            /// Its upstream-pool keys.
+            pub fn pool(&self) -> RawPool {
+                RawPool {
+                    balance: self.balance,
+                    retries: self.retries,
+                    health_check: self.health_check.clone(),
+                    outlier_detection: self.outlier_detection.clone(),
+                    when_all_down: self.when_all_down,
+                    resolve_interval: self.resolve_interval,
+                    proxy_protocol: self.proxy_protocol,
+                    accept_proxy_protocol: self.accept_proxy_protocol,
+                    proxy_protocol_timeout: self.proxy_protocol_timeout,
+                    allow: self.allow.clone(),
+                    deny: self.deny.clone(),
+                }
+            }
+        }
+    };
+}
+pool_of!(RawDefaults);
+pool_of!(RawRoute);

@@ -402,6 +402,7 @@ deserialize_from_str!(Workers, "\"auto\" or a number of workers");
 deserialize_from_str!(HostPort, "an upstream address \"host:port\"");
 deserialize_from_str!(ListenAddr, "a listen address \"IP:port\"");
 deserialize_from_str!(CongestionName, "a congestion control name such as \"bbr\"");
+deserialize_from_str!(crate::acl::Cidr, "an address block such as \"10.0.0.0/8\" or \"fd00::/8\"");
 
 impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for CountIn<MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 
+use super::pool::PoolErrorAt;
 use super::schema::{RawConfig, RawRoute};
 use super::units::{HostPort, Workers};
 use super::{
@@ -130,7 +131,10 @@ pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Conf
     let route = RawRoute {
         name: "default".to_owned(),
         listen: super::units::ListenAddr(listen),
-        upstreams: upstreams.into_iter().map(|address| super::schema::RawUpstream { address, weight: None }).collect(),
+        upstreams: upstreams
+            .into_iter()
+            .map(|address| super::schema::RawUpstream { address, weight: None, backup: false })
+            .collect(),
         connect_timeout: None,
         idle_timeout: None,
         half_close_timeout: None,
@@ -138,6 +142,17 @@ pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Conf
         max_connections: None,
         max_connections_per_client: None,
         socket: Default::default(),
+        balance: None,
+        retries: None,
+        health_check: None,
+        outlier_detection: None,
+        when_all_down: None,
+        resolve_interval: None,
+        proxy_protocol: None,
+        accept_proxy_protocol: None,
+        proxy_protocol_timeout: None,
+        allow: None,
+        deny: None,
     };
     validate(RawConfig { routes: Some(vec![route]), ..Default::default() }).map_err(|mut e| {
         e.field = "--upstream".to_owned();
@@ -159,6 +174,20 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
     if r.upstreams.is_empty() {
         return fail(here.key("upstreams"), format!("route {:?} has no upstreams: list at least one", r.name));
     }
+    if r.upstreams.iter().all(|u| u.backup) {
+        return fail(
+            here.key("upstreams"),
+            format!("route {:?} has only backup upstreams: at least one must be a primary (no `backup: true`)", r.name),
+        );
+    }
+    let pool = r.pool().resolve(&defaults.pool()).map_err(|e| {
+        let path = match e.at {
+            PoolErrorAt::Route => here.clone(),
+            PoolErrorAt::Defaults => FieldPath(vec![Seg::Key("defaults")]),
+        };
+        let path = path.key(e.key).key(e.field);
+        FieldError { field: path.to_string(), path, message: e.message }
+    })?;
     let mut seen: HashMap<&HostPort, usize> = HashMap::new();
     for (j, u) in r.upstreams.iter().enumerate() {
         if let Some(first) = seen.insert(&u.address, j) {
@@ -176,7 +205,11 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
         upstreams: r
             .upstreams
             .into_iter()
-            .map(|u| UpstreamSpec { address: u.address, weight: u.weight.map_or(1, |w| w.get() as u32) })
+            .map(|u| UpstreamSpec {
+                address: u.address,
+                weight: u.weight.map_or(1, |w| w.get() as u32),
+                backup: u.backup,
+            })
             .collect(),
         connect_timeout: r.connect_timeout.or(defaults.connect_timeout).map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get()),
         idle_timeout: r.idle_timeout.or(defaults.idle_timeout).map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get()),
@@ -197,6 +230,7 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
             o.reuse_address = Some(o.reuse_address());
             o
         },
+        pool,
         name: r.name,
     })
 }

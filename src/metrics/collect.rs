@@ -8,10 +8,11 @@ use hdrhistogram::Histogram;
 
 use super::snapshot::{
     AcceptSnapshot, Bytes, Latency, PROMETHEUS_BOUNDS_US, PipeSnapshot, RouteSnapshot, SessionCounts, Snapshot,
-    UpstreamSnapshot,
+    UpstreamSnapshot, UpstreamState,
 };
 use super::stats::{RouteStats, UpstreamStats, WorkerMetrics};
 use super::{CloseReason, Registry, WorkerCounters};
+use crate::upstream::UpstreamHealth;
 
 /// What a snapshot is built from.
 pub struct Sources<'a> {
@@ -65,6 +66,7 @@ pub fn collect(src: Sources<'_>) -> Snapshot {
                 upstream_to_client: Bytes { spliced: r.bytes[1][0], copied: r.bytes[1][1] },
                 connect_attempts: r.connect_attempts,
                 connect_failures: r.connect_failures,
+                retries: r.retries,
                 connect_time: summarise(&r.connect_time),
                 first_byte_time: summarise(&r.first_byte_time),
                 duration: summarise(&r.duration),
@@ -74,6 +76,8 @@ pub fn collect(src: Sources<'_>) -> Snapshot {
                     .filter(|(u, _)| u.route == id)
                     .map(|(u, s)| UpstreamSnapshot {
                         address: u.address.clone(),
+                        current: u.current,
+                        health: state(&u.health),
                         sessions: s.sessions,
                         connect_attempts: s.connect_attempts,
                         connect_failures: s.connect_failures,
@@ -100,6 +104,7 @@ fn merge_route(into: &mut RouteStats, from: &RouteStats) {
     }
     into.connect_attempts += from.connect_attempts;
     into.connect_failures += from.connect_failures;
+    into.retries += from.retries;
     merge(&mut into.connect_time, &from.connect_time);
     merge(&mut into.first_byte_time, &from.first_byte_time);
     merge(&mut into.duration, &from.duration);
@@ -134,6 +139,23 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
     a.paused_global += g(&c.accept_paused_global);
     a.paused_route += g(&c.accept_paused_route);
     a.refused_client_limit += g(&c.refused_client_limit);
+    a.refused_acl += g(&c.refused_acl);
+    a.bad_proxy_header += g(&c.bad_proxy_header);
+}
+
+fn state(h: &UpstreamHealth) -> UpstreamState {
+    let c = &h.counters;
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    UpstreamState {
+        up: h.is_up(),
+        ejected: h.is_ejected(),
+        active: h.active() as u64,
+        checks_ok: g(&c.checks_ok),
+        checks_failed: g(&c.checks_failed),
+        went_down: g(&c.went_down),
+        went_up: g(&c.went_up),
+        ejections: g(&c.ejections),
+    }
 }
 
 /// Percentiles, Prometheus buckets and power-of-two buckets of a histogram.

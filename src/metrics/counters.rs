@@ -24,11 +24,17 @@ pub enum CloseReason {
     Drained,
     /// Refused right after accept (per-client limit).
     Refused,
+    /// Refused by the route's `allow`/`deny` list.
+    Denied,
+    /// The client's PROXY header was malformed, too long, or late.
+    BadProxyHeader,
+    /// Every upstream was down or ejected (`when_all_down: reject`).
+    NoUpstream,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order (the counter index).
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::Clean,
         CloseReason::ClientReset,
         CloseReason::UpstreamReset,
@@ -36,6 +42,9 @@ impl CloseReason {
         CloseReason::ConnectFailed,
         CloseReason::Drained,
         CloseReason::Refused,
+        CloseReason::Denied,
+        CloseReason::BadProxyHeader,
+        CloseReason::NoUpstream,
     ];
 
     /// A stable lowercase name for logs and metric labels.
@@ -48,6 +57,9 @@ impl CloseReason {
             CloseReason::ConnectFailed => "connect_failed",
             CloseReason::Drained => "drained",
             CloseReason::Refused => "refused",
+            CloseReason::Denied => "denied",
+            CloseReason::BadProxyHeader => "bad_proxy_header",
+            CloseReason::NoUpstream => "no_upstream",
         }
     }
 }
@@ -72,6 +84,10 @@ pub struct WorkerCounters {
     pub accept_paused_route: AtomicU64,
     /// Clients refused by `max_connections_per_client`.
     pub refused_client_limit: AtomicU64,
+    /// Clients refused by a route's `allow`/`deny` list.
+    pub refused_acl: AtomicU64,
+    /// Clients closed for a malformed, oversized or late PROXY header.
+    pub bad_proxy_header: AtomicU64,
     /// Splice pipes created.
     pub pipes_created: AtomicU64,
     /// Times a pipe was wanted and could not be had.

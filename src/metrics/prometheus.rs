@@ -53,6 +53,11 @@ pub fn render(snap: &Snapshot) -> String {
         }
     }
     out.counter("sluice_bytes_total", "Bytes delivered, by direction and relay mode.", &bytes);
+    out.counter(
+        "sluice_connect_retries_total",
+        "Upstream connect attempts that retried on another upstream after a failure.",
+        &per_route(&|r| r.retries as f64),
+    );
     out.histogram(
         "sluice_connect_duration_seconds",
         "Upstream connect time.",
@@ -87,6 +92,53 @@ pub fn render(snap: &Snapshot) -> String {
         "sluice_upstream_connect_failures_total",
         "Upstream connects refused, timed out or failed.",
         &ups.iter().map(|(r, u)| (up_labels(r, u), u.connect_failures as f64)).collect::<Vec<_>>(),
+    );
+    out.gauge(
+        "sluice_upstream_up",
+        "1 if active health checks say the upstream is up (always 1 without checks).",
+        &ups.iter().map(|(r, u)| (up_labels(r, u), flag(u.health.up))).collect::<Vec<_>>(),
+    );
+    out.gauge(
+        "sluice_upstream_ejected",
+        "1 while outlier detection has the upstream ejected.",
+        &ups.iter().map(|(r, u)| (up_labels(r, u), flag(u.health.ejected))).collect::<Vec<_>>(),
+    );
+    out.gauge(
+        "sluice_upstream_active_sessions",
+        "Sessions on the upstream now (connecting included).",
+        &ups.iter().map(|(r, u)| (up_labels(r, u), u.health.active as f64)).collect::<Vec<_>>(),
+    );
+    out.gauge(
+        "sluice_upstream_current",
+        "1 if the upstream is in its route's current set (0: dropped by DNS or a reload).",
+        &ups.iter().map(|(r, u)| (up_labels(r, u), flag(u.current))).collect::<Vec<_>>(),
+    );
+    let checks: Vec<_> = ups
+        .iter()
+        .flat_map(|(r, u)| {
+            [("ok", u.health.checks_ok), ("failed", u.health.checks_failed)].map(|(result, n)| {
+                let mut l = up_labels(r, u);
+                l.push(("result", result.to_owned()));
+                (l, n as f64)
+            })
+        })
+        .collect();
+    out.counter("sluice_upstream_health_checks_total", "Active health checks, by result.", &checks);
+    let changes: Vec<_> = ups
+        .iter()
+        .flat_map(|(r, u)| {
+            [("down", u.health.went_down), ("up", u.health.went_up)].map(|(to, n)| {
+                let mut l = up_labels(r, u);
+                l.push(("to", to.to_owned()));
+                (l, n as f64)
+            })
+        })
+        .collect();
+    out.counter("sluice_upstream_state_changes_total", "Times active checks changed an upstream's state.", &changes);
+    out.counter(
+        "sluice_upstream_ejections_total",
+        "Times outlier detection ejected the upstream.",
+        &ups.iter().map(|(r, u)| (up_labels(r, u), u.health.ejections as f64)).collect::<Vec<_>>(),
     );
     out.counter(
         "sluice_upstream_retransmits_total",
@@ -136,8 +188,12 @@ pub fn render(snap: &Snapshot) -> String {
     );
     out.counter(
         "sluice_refused_total",
-        "Clients refused right after accept.",
-        &[(vec![("reason", "client_limit".to_owned())], a.refused_client_limit as f64)],
+        "Clients refused right after accept (or after their PROXY header), by reason.",
+        &[
+            (vec![("reason", "client_limit".to_owned())], a.refused_client_limit as f64),
+            (vec![("reason", "acl".to_owned())], a.refused_acl as f64),
+            (vec![("reason", "bad_proxy_header".to_owned())], a.bad_proxy_header as f64),
+        ],
     );
     out.counter(
         "sluice_reloads_total",

@@ -4,7 +4,9 @@
 //! reloads because its name keeps its id.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::upstream::UpstreamHealth;
 
 /// A route's metric identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -17,13 +19,17 @@ pub struct RouteInfo {
     pub configured: bool,
 }
 
-/// An upstream's metric identity.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// An upstream's metric identity, and its shared health.
+#[derive(Clone, Debug)]
 pub struct UpstreamInfo {
     /// Id of its route.
     pub route: usize,
     /// The `upstream` label: `IP:port`.
     pub address: String,
+    /// Health, ejection and load, shared with the workers and the health checker.
+    pub health: Arc<UpstreamHealth>,
+    /// In the route's current set (false once DNS or a reload dropped it).
+    pub current: bool,
 }
 
 /// The ids handed out so far.
@@ -43,15 +49,30 @@ impl Registry {
         g.0.len() - 1
     }
 
-    /// The id of upstream `addr` of route `route`, new or existing.
-    pub fn upstream_id(&self, route: usize, addr: SocketAddr) -> usize {
+    /// The id and the shared health of upstream `addr` of route `route`, new or existing.
+    pub fn upstream(&self, route: usize, addr: SocketAddr) -> (usize, Arc<UpstreamHealth>) {
         let address = addr.to_string();
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = g.1.iter().position(|u| u.route == route && u.address == address) {
-            return i;
+            return (i, Arc::clone(&g.1[i].health));
         }
-        g.1.push(UpstreamInfo { route, address });
-        g.1.len() - 1
+        let health = Arc::new(UpstreamHealth::default());
+        g.1.push(UpstreamInfo { route, address, health: Arc::clone(&health), current: false });
+        (g.1.len() - 1, health)
+    }
+
+    /// The id of upstream `addr` of route `route`, new or existing.
+    pub fn upstream_id(&self, route: usize, addr: SocketAddr) -> usize {
+        self.upstream(route, addr).0
+    }
+
+    /// Marks exactly `addrs` as the current upstreams of route `route`.
+    pub fn set_current_upstreams(&self, route: usize, addrs: &[SocketAddr]) {
+        let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for u in g.1.iter_mut().filter(|u| u.route == route) {
+            u.current = addrs.contains(&u.address);
+        }
     }
 
     /// Marks exactly `routes` (id, bound address) as the configured ones.

@@ -86,6 +86,9 @@ pub struct RouteSnapshot {
     pub connect_attempts: u64,
     /// Upstream connect failures over all upstreams.
     pub connect_failures: u64,
+    /// Connect attempts that retried on another upstream after a failure.
+    #[serde(default)]
+    pub retries: u64,
     /// Upstream connect time of sessions that connected.
     pub connect_time: Latency,
     /// Time from the upstream connection to its first byte.
@@ -129,6 +132,12 @@ impl Bytes {
 pub struct UpstreamSnapshot {
     /// `IP:port`.
     pub address: String,
+    /// In the route's current set (false: dropped by DNS or a reload, kept while its numbers matter).
+    #[serde(default)]
+    pub current: bool,
+    /// Health, ejection and load right now.
+    #[serde(default)]
+    pub health: UpstreamState,
     /// Sessions relayed to it.
     pub sessions: u64,
     /// Connect attempts.
@@ -141,6 +150,27 @@ pub struct UpstreamSnapshot {
     pub rtt: Latency,
     /// Retransmitted segments (`TCP_INFO` total_retrans) per session.
     pub retransmits: Latency,
+}
+
+/// An upstream's health right now, and its check and ejection history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamState {
+    /// Active checks say it is up (always true without checks).
+    pub up: bool,
+    /// Ejected by outlier detection now.
+    pub ejected: bool,
+    /// Sessions on it now, all workers.
+    pub active: u64,
+    /// Active checks passed.
+    pub checks_ok: u64,
+    /// Active checks failed.
+    pub checks_failed: u64,
+    /// Times checks took it down.
+    pub went_down: u64,
+    /// Times checks brought it back.
+    pub went_up: u64,
+    /// Times it was ejected.
+    pub ejections: u64,
 }
 
 /// A latency (or other) distribution, summarised.
@@ -205,6 +235,12 @@ pub struct AcceptSnapshot {
     pub paused_route: u64,
     /// Clients refused by `max_connections_per_client`.
     pub refused_client_limit: u64,
+    /// Clients refused by an `allow`/`deny` list.
+    #[serde(default)]
+    pub refused_acl: u64,
+    /// Clients closed for a bad or late PROXY header.
+    #[serde(default)]
+    pub bad_proxy_header: u64,
 }
 
 /// Reloads by outcome.

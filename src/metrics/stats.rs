@@ -51,6 +51,8 @@ pub struct RouteStats {
     pub connect_attempts: u64,
     /// Upstream connect failures.
     pub connect_failures: u64,
+    /// Connect attempts that were retries (after a failed one).
+    pub retries: u64,
     /// Connect time of sessions that connected (µs).
     pub connect_time: Histogram<u32>,
     /// Connected to first upstream byte (µs).
@@ -67,6 +69,7 @@ impl Default for RouteStats {
             bytes: [[0; 2]; 2],
             connect_attempts: 0,
             connect_failures: 0,
+            retries: 0,
             connect_time: time_histogram(),
             first_byte_time: time_histogram(),
             duration: time_histogram(),

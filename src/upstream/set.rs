@@ -1,18 +1,25 @@
 //! The resolved upstreams of a route: every address a configured
-//! `host:port` stands for, with its weight.
+//! `host:port` stands for, with its weight, tier, metric series and shared
+//! health, plus the hash ring over them.
 //!
-//! Host names are resolved once, on the control thread, when the server
-//! starts (never on a worker: a worker must not block). Re-resolution
-//! arrives with DNS discovery.
+//! Host names are resolved on the control thread at start and reload, and
+//! again every `resolve_interval` on the resolver thread (never on a
+//! worker: a worker must not block). A new set means a new `Route`;
+//! running sessions keep the one they started with.
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
+use super::balance::{Loads, Ring};
+use super::health::UpstreamHealth;
+use super::resolve;
 use crate::config::{HostPort, UpstreamSpec};
+use crate::metrics::Registry;
 
 /// One address to connect to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Upstream {
     /// Where to connect.
     pub addr: SocketAddr,
@@ -20,13 +27,21 @@ pub struct Upstream {
     pub name: HostPort,
     /// Share of new sessions, 1..=256.
     pub weight: u32,
+    /// Used only when no primary is available.
+    pub backup: bool,
+    /// Its metric series.
+    pub metric_id: usize,
+    /// Health, ejection and load, shared by every thread.
+    pub health: Arc<UpstreamHealth>,
 }
 
 /// The upstreams of one route, in configuration order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct UpstreamSet {
     /// At least one once resolved.
     pub upstreams: Vec<Upstream>,
+    /// The consistent-hash ring over them (for `hash_client_ip`).
+    pub ring: Ring,
 }
 
 /// A host name that did not resolve.
@@ -40,32 +55,49 @@ pub struct ResolveError {
     pub source: io::Error,
 }
 
+/// The addresses of one configured upstream (an IP literal without a lookup).
+pub fn resolve_spec(spec: &UpstreamSpec) -> Result<Vec<SocketAddr>, ResolveError> {
+    match spec.address.as_socket_addr() {
+        Some(a) => Ok(vec![a]),
+        None => resolve::lookup(&spec.address.host, spec.address.port)
+            .map_err(|source| ResolveError { name: spec.address.clone(), source }),
+    }
+}
+
 impl UpstreamSet {
-    /// Resolves every configured upstream (IP literals without a lookup).
-    /// A name with several addresses gives one upstream per address.
-    pub fn resolve(specs: &[UpstreamSpec]) -> Result<UpstreamSet, ResolveError> {
-        let mut upstreams = Vec::new();
-        for spec in specs {
-            let addrs: Vec<SocketAddr> = match spec.address.as_socket_addr() {
-                Some(a) => vec![a],
-                None => (spec.address.host.as_str(), spec.address.port)
-                    .to_socket_addrs()
-                    .map_err(|source| ResolveError { name: spec.address.clone(), source })?
-                    .collect(),
-            };
-            if addrs.is_empty() {
-                return Err(ResolveError {
+    /// Resolves every configured upstream: one list of addresses per spec.
+    pub fn resolve(specs: &[UpstreamSpec]) -> Result<Vec<Vec<SocketAddr>>, ResolveError> {
+        specs.iter().map(resolve_spec).collect()
+    }
+
+    /// The set for `specs` whose addresses are `addrs` (parallel to `specs`).
+    /// An address that two names share is listed once, with the first.
+    pub fn build(
+        specs: &[UpstreamSpec],
+        addrs: &[Vec<SocketAddr>],
+        route_id: usize,
+        registry: &Registry,
+    ) -> UpstreamSet {
+        let mut upstreams: Vec<Upstream> = Vec::new();
+        for (spec, list) in specs.iter().zip(addrs) {
+            for &addr in list {
+                if upstreams.iter().any(|u| u.addr == addr) {
+                    continue;
+                }
+                let (metric_id, health) = registry.upstream(route_id, addr);
+                upstreams.push(Upstream {
+                    addr,
                     name: spec.address.clone(),
-                    source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+                    weight: spec.weight,
+                    backup: spec.backup,
+                    metric_id,
+                    health,
                 });
             }
-            for addr in addrs {
-                if !upstreams.iter().any(|u: &Upstream| u.addr == addr) {
-                    upstreams.push(Upstream { addr, name: spec.address.clone(), weight: spec.weight });
-                }
-            }
         }
-        Ok(UpstreamSet { upstreams })
+        let ring = Ring::new(upstreams.iter().map(|u| (u.addr.to_string(), u.weight)));
+        registry.set_current_upstreams(route_id, &upstreams.iter().map(|u| u.addr).collect::<Vec<_>>());
+        UpstreamSet { upstreams, ring }
     }
 
     /// Number of addresses.
@@ -76,6 +108,25 @@ impl UpstreamSet {
     /// No addresses.
     pub fn is_empty(&self) -> bool {
         self.upstreams.is_empty()
+    }
+
+    /// How many are ejected right now.
+    pub fn ejected(&self) -> usize {
+        self.upstreams.iter().filter(|u| u.health.is_ejected()).count()
+    }
+}
+
+impl Loads for UpstreamSet {
+    fn count(&self) -> usize {
+        self.upstreams.len()
+    }
+
+    fn weight(&self, i: usize) -> u32 {
+        self.upstreams[i].weight
+    }
+
+    fn load(&self, i: usize) -> usize {
+        self.upstreams[i].health.active()
     }
 }
 
@@ -94,27 +145,31 @@ mod tests {
     use super::*;
 
     fn spec(s: &str, weight: u32) -> UpstreamSpec {
-        UpstreamSpec { address: s.parse().unwrap(), weight }
+        UpstreamSpec { address: s.parse().unwrap(), weight, backup: false }
     }
 
     #[test]
     fn literals_resolve_without_lookup() {
-        let set = UpstreamSet::resolve(&[spec("127.0.0.1:80", 2), spec("[::1]:81", 1)]).unwrap();
+        let specs = [spec("127.0.0.1:80", 2), spec("[::1]:81", 1)];
+        let reg = Registry::default();
+        let set = UpstreamSet::build(&specs, &UpstreamSet::resolve(&specs).unwrap(), 0, &reg);
         assert_eq!(set.len(), 2);
         assert_eq!(set.upstreams[0].addr, "127.0.0.1:80".parse().unwrap());
         assert_eq!(set.upstreams[0].weight, 2);
         assert_eq!(set.upstreams[1].to_string(), "[::1]:81");
+        let again = UpstreamSet::build(&specs, &UpstreamSet::resolve(&specs).unwrap(), 0, &reg);
+        assert!(Arc::ptr_eq(&set.upstreams[0].health, &again.upstreams[0].health), "health is kept per address");
     }
 
     #[test]
     fn localhost_resolves_from_the_hosts_file() {
-        let set = UpstreamSet::resolve(&[spec("localhost:8000", 1)]).unwrap();
-        assert!(set.upstreams.iter().all(|u| u.addr.ip().is_loopback() && u.addr.port() == 8000));
+        let addrs = resolve_spec(&spec("localhost:8000", 1)).unwrap();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 8000));
     }
 
     #[test]
     fn unknown_names_fail_with_the_name() {
-        let e = UpstreamSet::resolve(&[spec("no-such-host.invalid:80", 1)]).unwrap_err();
+        let e = resolve_spec(&spec("no-such-host.invalid:80", 1)).unwrap_err();
         assert!(e.to_string().starts_with("cannot resolve upstream no-such-host.invalid:80"), "{e}");
     }
 }

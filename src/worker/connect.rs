@@ -1,7 +1,11 @@
-//! Opening a session's upstream connection: non-blocking connects rotating
-//! through the route's upstreams from the balancer's pick, the next one on
-//! a refusal or a timeout, and a prompt close of the client (with one
-//! rate-limited warning saying why) when none is left.
+//! Opening a session's upstream connection: the balancer's pick among the
+//! upstreams that are available (primaries first, then backups; up by
+//! active checks, not ejected, not tried yet by this session), a
+//! non-blocking connect, and on a failure or timeout a retry on another
+//! upstream, up to the route's `retries`. No client byte has been sent at
+//! that point, so a retry is invisible to the client. Failures feed outlier
+//! ejection; when nothing is available the client is closed at once (or,
+//! with `when_all_down: try_anyway`, health is ignored).
 
 use std::io;
 use std::sync::Arc;
@@ -10,27 +14,53 @@ use std::time::Instant;
 use mio::Interest;
 
 use super::{Worker, is_fd_exhaustion, session_token};
+use crate::config::{Balance, WhenAllDown};
 use crate::metrics::CloseReason;
 use crate::session::{Side, Stage};
 use crate::sockets;
+use crate::upstream::health::{FailureOutcome, now_ms};
+use crate::upstream::{Availability, Balancer, client_hash};
 
 impl Worker {
-    /// Starts connect attempt `attempt`, skipping upstreams that fail at once.
-    /// `last` says why the previous attempt failed, for the warning if none is left.
-    pub(super) fn connect(&mut self, key: usize, mut attempt: u32, mut last: String, now: Instant) {
-        let (route, first, id) = {
-            let s = &self.sessions[key];
-            (Arc::clone(&s.route), s.first_upstream, s.id)
-        };
-        let n = route.upstreams.len();
-        while (attempt as usize) < n {
-            let index = (first + attempt as usize) % n;
-            let addr = route.upstreams.upstreams[index].addr;
+    /// Starts the session's next connect attempt, skipping upstreams that
+    /// fail at once. `last` says why the previous attempt failed, for the
+    /// warning if no attempt is left.
+    pub(super) fn connect(&mut self, key: usize, mut last: String, now: Instant) {
+        let route = Arc::clone(&self.sessions[key].route);
+        loop {
+            let tried = self.sessions[key].tried.len();
+            if tried > route.pool().retries as usize {
+                break;
+            }
+            let Some((index, probe)) = self.pick(key) else {
+                if tried == 0 {
+                    let client = self.sessions[key].client_addr;
+                    self.warn(format!(
+                        "route {}: no upstream available for client {client} (every one is down or ejected; \
+                         when_all_down: reject); closing it",
+                        route.name
+                    ));
+                    self.close(key, CloseReason::NoUpstream, None, now);
+                    return;
+                }
+                break;
+            };
+            let upstream = &route.upstreams.upstreams[index];
+            let addr = upstream.addr;
             {
                 let mut st = self.metrics.stats();
                 st.route(route.metric_id).connect_attempts += 1;
-                st.upstream(route.upstream_metric_ids[index]).connect_attempts += 1;
+                st.upstream(upstream.metric_id).connect_attempts += 1;
+                if tried > 0 {
+                    st.route(route.metric_id).retries += 1;
+                }
             }
+            let s = &mut self.sessions[key];
+            s.tried.push(index);
+            s.upstream_index = index;
+            s.probing = probe;
+            s.counted = true;
+            upstream.health.session_started();
             let started = sockets::start_connect(addr, &route.socket).and_then(|mut stream| {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 self.poll.registry().register(&mut stream, session_token(key, Side::Upstream), interest)?;
@@ -39,16 +69,15 @@ impl Worker {
             match started {
                 Ok(stream) => {
                     let s = &mut self.sessions[key];
-                    s.attempt(attempt, index, stream, now);
+                    s.attempt(tried as u32, index, stream, now);
                     let deadline = s.deadline(self.draining);
                     self.arm(key, deadline);
                     return;
                 }
                 Err(e) => {
-                    self.count_connect_failure(route.metric_id, route.upstream_metric_ids[index]);
-                    log::debug!("session {id}: connect to {addr} failed at once: {e}");
+                    log::debug!("session {}: connect to {addr} failed at once: {e}", self.sessions[key].id);
                     last = format!("{addr}: {e}");
-                    attempt += 1;
+                    self.attempt_failed(key);
                     if is_fd_exhaustion(&e) {
                         // No fd for an upstream socket: other upstreams won't do better.
                         break;
@@ -56,34 +85,125 @@ impl Worker {
                 }
             }
         }
-        let client = self.sessions[key].client_addr;
+        let (client, tried) = (self.sessions[key].client_addr, self.sessions[key].tried.len());
         self.warn(format!(
-            "route {}: no upstream reachable for client {client} after {attempt} attempt(s), last {last}; closing it",
+            "route {}: no upstream reachable for client {client} after {tried} attempt(s), last {last}; closing it",
             route.name
         ));
         self.close(key, CloseReason::ConnectFailed, None, now);
     }
 
-    fn count_connect_failure(&self, route: usize, upstream: usize) {
-        let mut st = self.metrics.stats();
-        st.route(route).connect_failures += 1;
-        st.upstream(upstream).connect_failures += 1;
+    /// The upstream for the session's next attempt, and whether it is the
+    /// half-open try of an ejected one. Primaries first, then backups; with
+    /// `when_all_down: try_anyway`, any untried one when none is available.
+    fn pick(&mut self, key: usize) -> Option<(usize, bool)> {
+        let s = &self.sessions[key];
+        let route = &s.route;
+        let set = &route.upstreams;
+        let pool = route.pool();
+        let hash = if pool.balance == Balance::HashClientIp { client_hash(s.client_addr.ip()) } else { 0 };
+        // The listener's balancer keeps the rotation; a session whose route
+        // was replaced by a reload since it was accepted uses a fresh one.
+        let mut spare;
+        let balancer = match self.listeners.get_mut(s.listener) {
+            Some(l) if Arc::ptr_eq(&l.route, route) => &mut l.balancer,
+            _ => {
+                spare = Balancer::new(pool.balance, set.upstreams.iter().map(|u| u.weight));
+                &mut spare
+            }
+        };
+        let now = now_ms();
+        let mut skip: Vec<usize> = Vec::new();
+        for backup in [false, true] {
+            loop {
+                let candidate = |i: usize| {
+                    let u = &set.upstreams[i];
+                    u.backup == backup
+                        && !s.tried.contains(i)
+                        && !skip.contains(&i)
+                        && u.health.availability(now) != Availability::Down
+                };
+                let Some(i) = balancer.pick(set, &set.ring, hash, candidate) else {
+                    break;
+                };
+                match set.upstreams[i].health.availability(now) {
+                    Availability::Probe if set.upstreams[i].health.try_probe() => return Some((i, true)),
+                    // Another session claimed the half-open try between the two looks.
+                    Availability::Probe | Availability::Down => skip.push(i),
+                    Availability::Up => return Some((i, false)),
+                }
+            }
+        }
+        if pool.when_all_down == WhenAllDown::TryAnyway {
+            for backup in [false, true] {
+                let any = |i: usize| set.upstreams[i].backup == backup && !s.tried.contains(i);
+                if let Some(i) = balancer.pick(set, &set.ring, hash, any) {
+                    return Some((i, false));
+                }
+            }
+        }
+        None
     }
 
-    /// The connect in progress failed (refused, timed out): try the next upstream.
-    pub(super) fn connect_failed(&mut self, key: usize, e: &io::Error, now: Instant) {
-        let s = &self.sessions[key];
-        let Stage::Connecting { attempt, .. } = s.stage else {
+    /// Books a failed attempt: counters, the upstream's load, outlier detection.
+    fn attempt_failed(&mut self, key: usize) {
+        let s = &mut self.sessions[key];
+        s.upstream = None;
+        let route = Arc::clone(&s.route);
+        let index = s.upstream_index;
+        let upstream = &route.upstreams.upstreams[index];
+        if std::mem::take(&mut s.counted) {
+            upstream.health.session_ended();
+        }
+        let probing = std::mem::take(&mut s.probing);
+        {
+            let mut st = self.metrics.stats();
+            st.route(route.metric_id).connect_failures += 1;
+            st.upstream(upstream.metric_id).connect_failures += 1;
+        }
+        self.outlier_failure(&route, index, probing);
+    }
+
+    /// Feeds a failure of upstream `index` to outlier detection and says what it did.
+    pub(super) fn outlier_failure(&mut self, route: &crate::route::Route, index: usize, probing: bool) {
+        let Some(cfg) = route.pool().outlier else {
             return;
         };
-        let (route_id, upstream_id) = (s.route.metric_id, s.route.upstream_metric_ids[s.upstream_index]);
-        self.count_connect_failure(route_id, upstream_id);
-        let s = &mut self.sessions[key];
-        let upstream = &s.route.upstreams.upstreams[s.upstream_index];
+        let set = &route.upstreams;
+        let upstream = &set.upstreams[index];
+        let others = set.ejected() - usize::from(upstream.health.is_ejected());
+        match upstream.health.connect_failed(&cfg, others, set.len(), now_ms()) {
+            FailureOutcome::Ejected { period, nth, failures } => {
+                let why = if failures == 0 && probing {
+                    "its half-open try failed".to_owned()
+                } else {
+                    format!("{failures} consecutive connect failures")
+                };
+                log::warn!(
+                    "route {}: upstream {upstream} ejected for {} after {why} (ejection {nth} in a row)",
+                    route.name,
+                    crate::config::units::fmt_duration(period)
+                );
+            }
+            FailureOutcome::Spared(n) => log::debug!(
+                "route {}: upstream {upstream} has {n} consecutive failures but max_ejected_percent ({}%) of the route is out already",
+                route.name,
+                cfg.max_ejected_percent
+            ),
+            FailureOutcome::Counted(_) => {}
+        }
+    }
+
+    /// The connect in progress failed (refused, timed out): try another upstream.
+    pub(super) fn connect_failed(&mut self, key: usize, e: &io::Error, now: Instant) {
+        let s = &self.sessions[key];
+        if !matches!(s.stage, Stage::Connecting { .. }) {
+            return;
+        }
+        let upstream = s.upstream();
         log::debug!("session {}: upstream {upstream} failed: {e}", s.id);
         let last = format!("{upstream}: {e}");
-        // Dropping the socket also removes it from the poll.
-        s.upstream = None;
-        self.connect(key, attempt + 1, last, now);
+        self.attempt_failed(key);
+        self.connect(key, last, now);
     }
 }

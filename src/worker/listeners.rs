@@ -16,8 +16,9 @@ use super::{TimerKey, Worker, WorkerSettings, is_fd_exhaustion, session_token};
 use crate::metrics::{CloseReason, WorkerCounters};
 use crate::reload::{ListenKey, RouteUpdate};
 use crate::route::Route;
-use crate::session::{Session, Side};
-use crate::upstream::SmoothRoundRobin;
+use crate::session::{HeaderRead, Session, Side, Stage};
+use crate::sockets;
+use crate::upstream::Balancer;
 
 /// Accepts per listener per loop turn. Accepting a whole queue at once (thousands
 /// after a burst) would hold up every established session's events for tens of
@@ -33,8 +34,8 @@ const LIMIT_RETRY: Duration = Duration::from_millis(50);
 pub(super) struct Listener {
     key: ListenKey,
     socket: TcpListener,
-    route: Arc<Route>,
-    balancer: SmoothRoundRobin,
+    pub(super) route: Arc<Route>,
+    pub(super) balancer: Balancer,
     /// Deregistered until a retry timer or a closing session resumes it.
     paused: bool,
     /// The last accept round stopped at `ACCEPT_BATCH` with clients maybe still queued.
@@ -214,50 +215,123 @@ impl Worker {
         }
     }
 
-    fn start_session(&mut self, li: usize, client: TcpStream, client_addr: SocketAddr, now: Instant) {
+    fn start_session(&mut self, li: usize, client: TcpStream, peer: SocketAddr, now: Instant) {
         WorkerCounters::inc(&self.metrics.counters.accepted);
-        let l = &mut self.listeners[li];
-        let route = Arc::clone(&l.route);
+        let route = Arc::clone(&self.listeners[li].route);
         self.metrics.stats().route(route.metric_id).accepted += 1;
-        if let Some(limit) = route.max_connections_per_client {
-            if !route.state.admit_client(client_addr.ip(), limit) {
-                WorkerCounters::inc(&self.metrics.counters.refused_client_limit);
-                self.metrics.stats().route(route.metric_id).closed[CloseReason::Refused as usize] += 1;
-                log::debug!(
-                    "route {}: refused {client_addr}: it already has {limit} sessions (max_connections_per_client)",
-                    route.name
-                );
+        let accept_header = route.pool().accept_proxy_protocol;
+        // Without a PROXY header the peer is the client: check it before anything is allocated.
+        if !accept_header {
+            if let Some(reason) = admission(&route, peer) {
+                self.refuse(&route, &client, peer, reason);
                 return; // dropping the socket closes it
             }
         }
-        let first = l.balancer.pick().unwrap_or(0);
         route.socket.client(&client);
         self.shared.active.fetch_add(1, Ordering::Relaxed);
         route.state.active.fetch_add(1, Ordering::Relaxed);
         let id = self.next_id;
         self.next_id += self.id_stride;
-        let session = Session::new(id, route, client, client_addr, first, self.settings.splice, now);
+        let session = Session::new(id, route, client, peer, li, self.settings.splice, now);
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
         let s = entry.insert(session);
+        s.client_admitted = !accept_header && s.route.max_connections_per_client.is_some();
         if let Err(e) = self.poll.registry().register(
             &mut s.client,
             session_token(key, Side::Client),
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            log::warn!("cannot register client {client_addr}: {e}");
+            log::warn!("cannot register client {peer}: {e}");
             self.close(key, CloseReason::ConnectFailed, None, now);
             return;
         }
-        log::trace!(
-            "session {}: client {client_addr} on route {}",
-            self.sessions[key].id,
-            self.sessions[key].route.name
-        );
-        self.connect(key, 0, String::new(), now);
+        log::trace!("session {}: client {peer} on route {}", self.sessions[key].id, self.sessions[key].route.name);
+        if accept_header {
+            // The header timeout runs from now; the header is read when the client is readable.
+            let deadline = self.sessions[key].deadline(self.draining);
+            self.arm(key, deadline);
+        } else {
+            self.connect(key, String::new(), now);
+        }
+    }
+
+    /// The client's PROXY header may have arrived: read it, then admit the
+    /// client it names (access list, per-client limit) and connect.
+    pub(super) fn on_header(&mut self, key: usize, now: Instant) {
+        let s = &mut self.sessions[key];
+        match s.read_proxy_header() {
+            HeaderRead::Wait => {}
+            HeaderRead::Invalid(why) => {
+                WorkerCounters::inc(&self.metrics.counters.bad_proxy_header);
+                log::debug!("route {}: client {}: bad PROXY header: {why}", s.route.name, s.peer_addr);
+                self.close(key, CloseReason::BadProxyHeader, Some(Side::Client), now);
+            }
+            HeaderRead::Done => {
+                let route = Arc::clone(&s.route);
+                let client = s.client_addr;
+                log::trace!("session {}: PROXY header from {} says client {client}", s.id, s.peer_addr);
+                if let Some(reason) = admission(&route, client) {
+                    let close = self.refuse(&route, &self.sessions[key].client, client, reason);
+                    self.close(key, close, None, now);
+                    return;
+                }
+                let s = &mut self.sessions[key];
+                s.client_admitted = route.max_connections_per_client.is_some();
+                s.stage = Stage::Connecting { attempt: 0, since: now };
+                self.connect(key, String::new(), now);
+            }
+        }
+    }
+
+    /// Counts (worker-wide) and logs a refused client, makes its socket
+    /// reset on close, and says which close reason it is. A client refused
+    /// before it had a session is counted in the route's stats here too.
+    fn refuse(&self, route: &Route, socket: &TcpStream, client: SocketAddr, reason: Refused) -> CloseReason {
+        let (counter, close) = match reason {
+            Refused::Acl(_) => (&self.metrics.counters.refused_acl, CloseReason::Denied),
+            Refused::ClientLimit(_) => (&self.metrics.counters.refused_client_limit, CloseReason::Refused),
+        };
+        WorkerCounters::inc(counter);
+        match reason {
+            Refused::Acl(why) => log::debug!("route {}: refused {client}: {why}", route.name),
+            Refused::ClientLimit(limit) => log::debug!(
+                "route {}: refused {client}: it already has {limit} sessions (max_connections_per_client)",
+                route.name
+            ),
+        }
+        // A reset tells the client at once and leaves no TIME_WAIT here.
+        sockets::reset_on_close(socket);
+        if !route.pool().accept_proxy_protocol {
+            // No session was made: the route's close count is kept here.
+            self.metrics.stats().route(route.metric_id).closed[close as usize] += 1;
+        }
+        close
     }
 }
 
-fn balancer(route: &Route) -> SmoothRoundRobin {
-    SmoothRoundRobin::new(route.upstreams.upstreams.iter().map(|u| u.weight))
+/// Why a client may not have a session.
+#[derive(Clone, Copy, Debug)]
+enum Refused {
+    Acl(crate::acl::Refusal),
+    ClientLimit(usize),
+}
+
+/// Checks the route's access list and per-client limit for `client`
+/// (counting it in the limit if admitted).
+fn admission(route: &Route, client: SocketAddr) -> Option<Refused> {
+    let acl = &route.pool().acl;
+    if !acl.is_open() {
+        if let Some(why) = acl.check(client.ip()) {
+            return Some(Refused::Acl(why));
+        }
+    }
+    match route.max_connections_per_client {
+        Some(limit) if !route.state.admit_client(client.ip(), limit) => Some(Refused::ClientLimit(limit)),
+        _ => None,
+    }
+}
+
+fn balancer(route: &Route) -> Balancer {
+    Balancer::new(route.pool().balance, route.upstreams.upstreams.iter().map(|u| u.weight))
 }

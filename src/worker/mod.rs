@@ -32,6 +32,7 @@ use crate::reload::RouteUpdate;
 use crate::session::{Readiness, Session, Side, Stage, Verdict};
 use crate::sockets;
 use crate::timer::Timers;
+use crate::upstream;
 use listeners::Listener;
 
 /// Token of the control channel's waker.
@@ -303,6 +304,8 @@ impl Worker {
         s.on_event(side, ready);
         match s.stage {
             Stage::Closed => {}
+            Stage::Header { .. } if side == Side::Client && (ready.readable || ready.hup) => self.on_header(key, now),
+            Stage::Header { .. } => {}
             Stage::Connecting { .. } if side == Side::Upstream => {
                 let verdict = s.check_connect();
                 self.apply(key, verdict, now);
@@ -333,6 +336,16 @@ impl Worker {
                 let s = &mut self.sessions[key];
                 s.connected(now);
                 log::trace!("session {}: connected to {}", s.id, s.upstream_addr());
+                if let Some(v) = s.route.pool().proxy_protocol {
+                    s.queue_proxy_header(v);
+                }
+                if std::mem::take(&mut s.probing) && s.upstream().health.succeeded(upstream::health::now_ms()) {
+                    log::warn!(
+                        "route {}: upstream {} is back: its half-open try connected",
+                        s.route.name,
+                        s.upstream()
+                    );
+                }
                 let deadline = s.deadline(self.draining);
                 self.arm(key, deadline);
                 // The client may have sent bytes while we were connecting.
@@ -414,6 +427,16 @@ impl Worker {
             return;
         }
         match s.stage {
+            Stage::Header { .. } => {
+                WorkerCounters::inc(&self.metrics.counters.bad_proxy_header);
+                log::debug!(
+                    "route {}: client {}: no complete PROXY header within {:?}",
+                    s.route.name,
+                    s.peer_addr,
+                    s.route.pool().proxy_protocol_timeout
+                );
+                self.close(key, CloseReason::BadProxyHeader, Some(Side::Client), now);
+            }
             Stage::Connecting { .. } => {
                 let e =
                     io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {:?}", s.route.connect_timeout));
@@ -453,13 +476,15 @@ impl Worker {
         s.release(&mut self.res);
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
         s.route.state.active.fetch_sub(1, Ordering::Relaxed);
-        if s.route.max_connections_per_client.is_some() {
+        if s.client_admitted {
             s.route.state.release_client(s.client_addr.ip());
         }
+        self.upstream_verdict(key, reason);
+        let s = &self.sessions[key];
         let upstream = s.upstream.as_ref().filter(|_| s.connect_time.is_some());
         let record = SessionRecord {
             route: s.route.metric_id,
-            upstream: upstream.map(|_| s.route.upstream_metric_ids[s.upstream_index]),
+            upstream: upstream.map(|_| s.upstream().metric_id),
             reason,
             client_to_upstream: (s.c2u.spliced, s.c2u.copied),
             upstream_to_client: (s.u2c.spliced, s.u2c.copied),
@@ -473,6 +498,32 @@ impl Worker {
             crate::access::log(format, s, &record);
         }
         self.closed.push(key);
+    }
+
+    /// What a closing session tells its upstream's health: its load drops;
+    /// a reset before the upstream's first byte counts as a connect failure
+    /// (outlier detection), anything else that got connected as a success.
+    fn upstream_verdict(&mut self, key: usize, reason: CloseReason) {
+        let s = &mut self.sessions[key];
+        if !std::mem::take(&mut s.counted) {
+            return; // no attempt in flight (never connected, or its failure was booked)
+        }
+        let route = Arc::clone(&s.route);
+        let index = s.upstream_index;
+        let health = &route.upstreams.upstreams[index].health;
+        health.session_ended();
+        let probing = std::mem::take(&mut s.probing);
+        if s.connect_time.is_none() {
+            if probing {
+                health.probe_abandoned(); // the client left before the try had a verdict
+            }
+            return;
+        }
+        if reason == CloseReason::UpstreamReset && s.u2c.delivered() == 0 {
+            self.outlier_failure(&route, index, probing);
+        } else if health.succeeded(upstream::health::now_ms()) {
+            log::warn!("route {}: upstream {} is back", route.name, route.upstreams.upstreams[index]);
+        }
     }
 
     fn free_closed(&mut self) {
