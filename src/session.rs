@@ -400,6 +400,13 @@ impl Session {
                 return self.reset_both();
             }
         }
+        if let SrcEnd::Failed(kind) = self.u2c.src_end() {
+            if self.retryable_loss() {
+                // The upstream died before a byte moved either way (it was killed with
+                // connections in its accept queue, say): as good as a failed connect.
+                return Verdict::ConnectFailed(io::Error::new(kind, "reset before any byte moved either way"));
+            }
+        }
         if let SrcEnd::Failed(kind) = self.c2u.src_end() {
             self.note_failure(Side::Client, kind);
         }
@@ -425,6 +432,35 @@ impl Session {
             }
             None => Verdict::Continue { more },
         }
+    }
+
+    /// True while nothing has moved either way and the client is still
+    /// there: the upstream can be swapped without the client knowing.
+    fn retryable_loss(&self) -> bool {
+        self.failed.is_none()
+            && self.first_byte_time.is_none()
+            && self.u2c.delivered() == 0
+            && self.u2c.pending() == 0
+            && self.c2u.delivered() == 0
+            && self.c2u.pending() == 0
+            && self.c2u.src_end() == SrcEnd::Open
+            && self.header_out.as_ref().is_none_or(|h| h.written == 0)
+    }
+
+    /// Goes back to connecting after the upstream was lost before any byte
+    /// moved (see `retryable_loss`): the next attempt starts from scratch.
+    pub fn unconnect(&mut self, res: &mut Resources, now: Instant) {
+        self.u2c.release(res);
+        // Edge-triggered: the client's writability is known only from past
+        // events, and nothing was written to it since. Keep it.
+        let client_writable = self.u2c.dst_writable;
+        self.u2c = self.u2c.fresh();
+        self.u2c.dst_writable = client_writable;
+        self.stage = Stage::Connecting { attempt: self.tried.len() as u32, since: now };
+        self.connect_time = None;
+        self.connected_at = None;
+        self.first_byte_time = None;
+        self.header_out = None;
     }
 
     /// Records that `side` failed. The pump reading from it keeps going until

@@ -99,6 +99,11 @@ impl Pump {
         }
     }
 
+    /// A new pump in the same relay mode (for a session that starts over with another upstream).
+    pub fn fresh(&self) -> Pump {
+        Pump::new(matches!(self.stage, Stage::Splice { .. }))
+    }
+
     /// Bytes taken from the source and not yet delivered.
     pub fn pending(&self) -> usize {
         match &self.stage {

@@ -271,6 +271,14 @@ impl Probe {
                 if self.good >= c.rise && !t.health.is_up() && t.health.set_up(true) {
                     log::warn!("route {}: upstream {} is UP after {} good checks", t.route, t.display, self.good);
                 }
+                // As Envoy does: a good active check overrides a passive ejection.
+                if t.health.is_up() && t.health.is_ejected() && t.health.succeeded(super::health::now_ms()) {
+                    log::warn!(
+                        "route {}: upstream {} is back: a health check passed, ending its ejection",
+                        t.route,
+                        t.display
+                    );
+                }
             }
             Err(why) => {
                 counters.checks_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -351,7 +351,13 @@ impl Worker {
                 // The client may have sent bytes while we were connecting.
                 self.relay(key, now);
             }
-            Verdict::ConnectFailed(e) => self.connect_failed(key, &e, now),
+            Verdict::ConnectFailed(e) => {
+                let s = &mut self.sessions[key];
+                if s.stage == Stage::Relaying {
+                    s.unconnect(&mut self.res, now);
+                }
+                self.connect_failed(key, &e, now);
+            }
             Verdict::Close { reason, reset } => self.close(key, reason, reset, now),
         }
     }
@@ -366,10 +372,14 @@ impl Worker {
             let Some(s) = self.sessions.get_mut(key) else {
                 continue;
             };
-            if s.id != id || s.stage != Stage::Relaying {
+            if s.id != id {
                 continue;
             }
+            // Cleared whatever the stage: a session back to connecting must be queued again later.
             s.ready = false;
+            if s.stage != Stage::Relaying {
+                continue;
+            }
             self.relay(key, now);
         }
     }

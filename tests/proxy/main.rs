@@ -28,6 +28,8 @@ mod config_errors;
 mod lifecycle;
 mod limits;
 mod observability;
+mod pools;
+mod proxy_protocol;
 mod relay;
 mod reload;
 mod resilience;

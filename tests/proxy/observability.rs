@@ -15,13 +15,13 @@ use crate::backends::{self, Stream, connect, read_digest, write_stream};
 use crate::harness::{BIN, Sluice, one_route, run, temp_config};
 
 /// A free loopback port for the admin listener (bound, read, released).
-fn admin_addr() -> SocketAddr {
+pub(crate) fn admin_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }
 
 /// GET `path` from the admin port: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the admin port");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
@@ -32,14 +32,14 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
-fn stats(addr: SocketAddr) -> serde_json::Value {
+pub(crate) fn stats(addr: SocketAddr) -> serde_json::Value {
     let (code, body) = get(addr, "/stats");
     assert_eq!(code, 200);
     serde_json::from_str(&body).expect("/stats is JSON")
 }
 
 /// Starts sluice with an admin port and waits until it answers.
-fn with_admin(yaml: &str) -> (Sluice, SocketAddr) {
+pub(crate) fn with_admin(yaml: &str) -> (Sluice, SocketAddr) {
     let admin = admin_addr();
     let s = Sluice::with_config(&format!("admin:\n  listen: {admin}\n{yaml}"), &[]);
     assert!(s.wait_log("admin port listening", Duration::from_secs(10)), "no admin port");
