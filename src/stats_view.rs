@@ -80,6 +80,8 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>, route: Op
     match chosen {
         Ok(r) => {
             out.push(String::new());
+            out.extend(upstreams(r));
+            out.push(String::new());
             out.extend(bars(&format!("route {}: upstream connect time", r.name), &r.connect_time, width));
             out.push(String::new());
             out.extend(bars(&format!("route {}: time to first upstream byte", r.name), &r.first_byte_time, width));
@@ -140,8 +142,18 @@ fn table(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> Vec<String>
             lat(&r.first_byte_time, r.first_byte_time.p99),
         ]);
     }
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    let mut out = aligned(&header, &rows);
+    if rows.is_empty() {
+        out.push("(no routes)".to_owned());
+    }
+    out
+}
+
+/// Rows under a header and a rule: the first column left-aligned, the rest right-aligned.
+fn aligned(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
+    for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
@@ -157,12 +169,40 @@ fn table(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> Vec<String>
     };
     let mut out = vec![line(header.to_vec())];
     out.push("-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
-    if rows.is_empty() {
-        out.push("(no routes)".to_owned());
-    }
-    for row in &rows {
+    for row in rows {
         out.push(line(row.iter().map(String::as_str).collect()));
     }
+    out
+}
+
+/// The upstreams of one route: state, load and failures.
+fn upstreams(r: &RouteSnapshot) -> Vec<String> {
+    let header = ["upstream", "state", "active", "sessions", "conn fails", "checks ok/failed", "ejections"];
+    let rows: Vec<Vec<String>> = r
+        .upstreams
+        .iter()
+        .filter(|u| u.current || u.health.active > 0)
+        .map(|u| {
+            let h = &u.health;
+            let state = match (u.current, h.up, h.ejected) {
+                (false, _, _) => "gone",
+                (_, false, _) => "DOWN",
+                (_, _, true) => "ejected",
+                _ => "up",
+            };
+            vec![
+                u.address.clone(),
+                state.to_owned(),
+                h.active.to_string(),
+                u.sessions.to_string(),
+                u.connect_failures.to_string(),
+                format!("{}/{}", h.checks_ok, h.checks_failed),
+                h.ejections.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = vec![format!("route {}: upstreams", r.name)];
+    out.extend(aligned(&header, &rows));
     out
 }
 
@@ -221,7 +261,7 @@ fn number(us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::snapshot::{Bytes, SessionCounts};
+    use crate::metrics::snapshot::{Bytes, SessionCounts, UpstreamSnapshot, UpstreamState};
 
     fn latency(values_us: &[(u64, u64)]) -> Latency {
         // (pow2 upper bound, count)
@@ -249,6 +289,15 @@ mod tests {
     fn snapshot(scale: u64) -> Snapshot {
         let mut web = route("web", 100 * scale, 3, 1_000_000 * scale, 4_000_000 * scale, 1_000_000 * scale);
         web.connect_time = latency(&[(1024, 5), (2048, 20), (4096, 10)]);
+        let up = |address: &str, up: bool, ejected: bool| UpstreamSnapshot {
+            address: address.into(),
+            current: true,
+            health: UpstreamState { up, ejected, active: 1, checks_ok: 9, checks_failed: 1, ..Default::default() },
+            sessions: 50 * scale,
+            ..Default::default()
+        };
+        web.upstreams =
+            vec![up("10.0.0.1:80", true, false), up("10.0.0.2:80", false, false), up("10.0.0.3:80", true, true)];
         Snapshot {
             version: "0.1.0".into(),
             uptime_secs: 3725.0,
@@ -272,6 +321,21 @@ mod tests {
     }
 
     #[test]
+    fn upstreams_show_their_state() {
+        let v = render(&snapshot(1), None, Some("web"), 100);
+        let rows: Vec<&str> = v.lines().skip_while(|l| *l != "route web: upstreams").skip(3).take(3).collect();
+        assert_eq!(
+            rows,
+            [
+                "10.0.0.1:80       up       1        50           0               9/1          0",
+                "10.0.0.2:80     DOWN       1        50           0               9/1          0",
+                "10.0.0.3:80  ejected       1        50           0               9/1          0"
+            ],
+            "{v}"
+        );
+    }
+
+    #[test]
     fn rates_come_from_two_snapshots() {
         let (a, b) = (snapshot(1), snapshot(3));
         let v = render(&b, Some((&a, Duration::from_secs(2))), None, 100);
@@ -283,7 +347,7 @@ mod tests {
     #[test]
     fn bars_are_drawn_for_the_busiest_route() {
         let v = render(&snapshot(1), None, None, 60);
-        let tail: Vec<&str> = v.lines().skip_while(|l| !l.starts_with("route web: upstream")).take(4).collect();
+        let tail: Vec<&str> = v.lines().skip_while(|l| !l.starts_with("route web: upstream connect")).take(4).collect();
         assert_eq!(
             tail,
             [
