@@ -55,6 +55,10 @@ pub struct Cli {
     #[arg(long, value_enum, global = true)]
     pub relay: Option<RelayMode>,
 
+    /// Bytes per splice pipe and copy buffer, e.g. 64KiB or 1MiB [config: pipe_size].
+    #[arg(long, value_name = "SIZE", global = true)]
+    pub pipe_size: Option<crate::config::units::SizeIn<4096, { 16 << 20 }>>,
+
     /// Log level: error, warn, info, debug or trace [default: info; RUST_LOG is honoured when unset].
     #[arg(long, value_name = "LEVEL", global = true)]
     pub log: Option<log::LevelFilter>,
@@ -101,6 +105,9 @@ impl Cli {
         };
         if let Some(w) = self.workers {
             config.workers = w;
+        }
+        if let Some(p) = self.pipe_size {
+            config.pipe_size = p.get() as usize;
         }
         if let Some(r) = self.relay {
             config.relay = r;

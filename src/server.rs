@@ -19,7 +19,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::admin::AdminContext;
-use crate::config::{self, Config, RelayMode, Workers, units::fmt_size};
+use crate::config::{self, Config, Workers, units::fmt_size};
 use crate::limits;
 use crate::metrics::WorkerCounters;
 use crate::metrics::{Registry, WorkerMetrics};
@@ -224,7 +224,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 /// What workers need to know of the global settings (re-sent on reload).
 fn settings(config: &Config) -> WorkerSettings {
     WorkerSettings {
-        splice: config.relay == RelayMode::Splice,
+        relay: config.relay,
         pipe_size: effective_pipe_size(config.pipe_size),
         max_pooled_pipes: config.max_pooled_pipes,
         access_log: config.log.access.then_some(config.log.format),

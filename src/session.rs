@@ -160,7 +160,7 @@ impl Session {
         client: TcpStream,
         peer_addr: SocketAddr,
         listener: usize,
-        splice: bool,
+        relay: crate::config::RelayMode,
         now: Instant,
     ) -> Session {
         let stage = if route.pool().accept_proxy_protocol {
@@ -184,8 +184,8 @@ impl Session {
             client_admitted: false,
             header_out: None,
             stage,
-            c2u: Pump::new(splice),
-            u2c: Pump::new(splice),
+            c2u: Pump::for_mode(relay),
+            u2c: Pump::for_mode(relay),
             failed: None,
             timer: None,
             last_active: now,

@@ -242,6 +242,11 @@ pub enum RelayMode {
     Splice,
     /// read(2) into a buffer, write(2) out of it.
     Copy,
+    /// Copy while a direction's messages are small (two syscalls each, the
+    /// cheapest for request/response); splice once it reads a full buffer
+    /// twice in a row (a bulk flow). Per direction, one way, and only when
+    /// the buffer is empty, so bytes are never in a buffer and a pipe at once.
+    Auto,
 }
 
 impl fmt::Display for RelayMode {
@@ -249,6 +254,7 @@ impl fmt::Display for RelayMode {
         f.write_str(match self {
             RelayMode::Splice => "splice",
             RelayMode::Copy => "copy",
+            RelayMode::Auto => "auto",
         })
     }
 }

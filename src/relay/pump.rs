@@ -60,6 +60,8 @@ pub struct DstFailed(pub io::Error);
 /// One direction of a session.
 #[derive(Debug)]
 pub struct Pump {
+    /// `relay: auto` while still copying: full-buffer reads in a row so far.
+    bulk_reads: Option<u8>,
     /// The source had readiness we haven't consumed (sticky).
     pub src_readable: bool,
     /// The destination had write space we haven't used up (sticky).
@@ -82,10 +84,26 @@ pub struct Pump {
     pub copied: u64,
 }
 
+/// `relay: auto` moves a direction from copy to splice after this many
+/// full-buffer reads in a row: the source had at least a buffer's worth
+/// queued each time, so the flow is bulk and splicing saves the copies.
+const AUTO_BULK_READS: u8 = 2;
+
 impl Pump {
+    /// A pump for a relay mode (`auto` starts copying).
+    pub fn for_mode(mode: crate::config::RelayMode) -> Pump {
+        use crate::config::RelayMode;
+        let mut p = Pump::new(mode == RelayMode::Splice);
+        if mode == RelayMode::Auto {
+            p.bulk_reads = Some(0);
+        }
+        p
+    }
+
     /// A pump that splices (`splice == true`) or copies.
     pub fn new(splice: bool) -> Pump {
         Pump {
+            bulk_reads: None,
             src_readable: false,
             dst_writable: false,
             src_hup: false,
@@ -101,7 +119,14 @@ impl Pump {
 
     /// A new pump in the same relay mode (for a session that starts over with another upstream).
     pub fn fresh(&self) -> Pump {
-        Pump::new(matches!(self.stage, Stage::Splice { .. }))
+        let mut p = Pump::new(matches!(self.stage, Stage::Splice { .. }));
+        p.bulk_reads = self.bulk_reads.map(|_| 0);
+        p
+    }
+
+    /// True once `relay: auto` has moved this pump to splice (or it always spliced).
+    pub fn splicing(&self) -> bool {
+        matches!(self.stage, Stage::Splice { .. })
     }
 
     /// Bytes taken from the source and not yet delivered.
@@ -211,7 +236,16 @@ impl Pump {
         if self.src != SrcEnd::Open || !self.src_readable {
             return false;
         }
+        if self.bulk_reads.is_some_and(|n| n >= AUTO_BULK_READS) && self.pending() == 0 {
+            // Bulk: splice from now on. The buffer is empty, so no byte is left behind in it.
+            if let Stage::Copy(c) = &mut self.stage {
+                c.release(&mut res.buffers);
+            }
+            self.stage = Stage::Splice { pipe: None, len: 0 };
+            self.bulk_reads = None;
+        }
         let mut short_read = false;
+        let mut full_read = false;
         let r = match &mut self.stage {
             Stage::Splice { pipe, len } => {
                 if *len >= SPLICE_FULL_HINT.min(pipe.as_ref().map_or(usize::MAX, |p| p.capacity)) {
@@ -256,11 +290,21 @@ impl Pump {
                     // wasted syscall per message. Not once a FIN or error was
                     // reported: it may sit behind these bytes, already signalled.
                     short_read = n > 0 && n < room && !self.src_hup;
+                    full_read = n > 0 && n == room && room == c.capacity();
                 })
             }
         };
         if short_read {
             self.src_readable = false;
+        }
+        if let Some(n) = self.bulk_reads.as_mut() {
+            *n = if full_read {
+                n.saturating_add(1)
+            } else if short_read {
+                0
+            } else {
+                *n
+            };
         }
         match r {
             Ok(0) => {

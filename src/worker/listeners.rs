@@ -232,7 +232,7 @@ impl Worker {
         route.state.active.fetch_add(1, Ordering::Relaxed);
         let id = self.next_id;
         self.next_id += self.id_stride;
-        let session = Session::new(id, route, client, peer, li, self.settings.splice, now);
+        let session = Session::new(id, route, client, peer, li, self.settings.relay, now);
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
         let s = entry.insert(session);

@@ -64,8 +64,8 @@ pub enum Control {
 /// The global settings a worker applies to new sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkerSettings {
-    /// Splice (true) or copy.
-    pub splice: bool,
+    /// Splice, copy, or auto (copy until a direction is bulk).
+    pub relay: crate::config::RelayMode,
     /// Bytes per pipe and per copy buffer.
     pub pipe_size: usize,
     /// Spare pipes (and buffers) the worker keeps.

@@ -4,7 +4,7 @@
 mod backends;
 mod harness;
 
-/// Generates `splice` and `copy` test functions in a module named after
+/// Generates `splice`, `copy` and `auto` test functions in a module named after
 /// the behaviour, each calling `$body(mode)`.
 macro_rules! both_modes {
     ($($name:ident => $body:ident;)*) => {
@@ -17,6 +17,10 @@ macro_rules! both_modes {
                 #[test]
                 fn copy() {
                     super::$body("copy");
+                }
+                #[test]
+                fn auto() {
+                    super::$body("auto");
                 }
             }
         )*
