@@ -33,8 +33,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PIPE_SIZE: usize = 64 << 10;
 /// Default `max_connections`, all routes together.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
-/// Default relay mode.
-pub const DEFAULT_RELAY: RelayMode = RelayMode::Splice;
+/// Default relay mode: `auto` measured best or equal in every scenario of
+/// docs/performance.md (copy's two syscalls for small messages, splice for bulk).
+pub const DEFAULT_RELAY: RelayMode = RelayMode::Auto;
 /// Default `half_close_timeout`: a session one side of which has finished
 /// must not linger in CLOSE-WAIT for the whole idle timeout.
 pub const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
