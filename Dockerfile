@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # sluice as a sidecar container.
 #   docker build -t sluice .
-#   docker run --rm --network host -v "$PWD/proxy.yaml:/etc/sluice/proxy.yaml:ro" sluice
+#   docker run --rm -p 8080:8080 -v "$PWD/proxy.yaml:/etc/sluice/proxy.yaml:ro" sluice
+# The config lives at /etc/sluice/proxy.yaml (mount a file or a directory over it;
+# with `watch: true` a changed ConfigMap is reloaded). See README "Container".
 
 # ---- build stage -----------------------------------------------------------
 FROM rust:1.95-slim-bookworm AS build
@@ -21,17 +23,31 @@ RUN cargo build --release --locked \
     && strip target/release/sluice
 
 # ---- runtime stage ---------------------------------------------------------
-# distroless/cc: glibc and libgcc only (what a Rust binary links against), no
-# shell, no package manager; about 25 MB, and the :nonroot tag runs as UID 65532.
+# distroless/cc: glibc and libgcc only (what this glibc-linked Rust binary needs),
+# no shell, no package manager, about 25 MB; :nonroot runs as UID 65532.
+# Not distroless/static: that needs a musl build, whose allocator is measurably
+# slower for a proxy. Not debian-slim: a shell and apt are attack surface a
+# sidecar doesn't use.
 FROM gcr.io/distroless/cc-debian12:nonroot
+
+LABEL org.opencontainers.image.title="sluice" \
+      org.opencontainers.image.description="Zero-copy TCP (layer 4) reverse proxy for Linux: mio event loops, splice pipe pairs" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.source="https://github.com/sluice-proxy/sluice"
 
 COPY --from=build /src/target/release/sluice /usr/local/bin/sluice
 COPY proxy.yaml /etc/sluice/proxy.yaml
 
 # A fixed non-root UID/GID (distroless "nonroot"); ports below 1024 would need
-# CAP_NET_BIND_SERVICE, so the example listens on 8080.
+# CAP_NET_BIND_SERVICE, so the example listens on 8080. 9901: the admin port
+# (/metrics, /readyz), on loopback in the shipped proxy.yaml.
 USER 65532:65532
-EXPOSE 8080
+EXPOSE 8080 9901
+
+# No curl in the image: the binary asks its own admin port (exit 0 on 200).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/sluice", "-c", "/etc/sluice/proxy.yaml", "probe", "/readyz"]
 
 # SIGTERM starts a drain: no new clients, running sessions get drain_timeout.
 STOPSIGNAL SIGTERM

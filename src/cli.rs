@@ -87,6 +87,15 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         route: Option<String>,
     },
+    /// Ask a running sluice's admin port for PATH; exit 0 on HTTP 200, else 1 (container health checks).
+    Probe {
+        /// `/readyz` (accepting, not draining) or `/healthz` (the process runs).
+        #[arg(default_value = "/readyz", value_parser = ["/readyz", "/healthz"])]
+        path: String,
+        /// Give up after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+        timeout: f64,
+    },
     /// Audit this machine's kernel settings and limits for the config; prints the fixes.
     Doctor {
         /// Read kernel settings from this directory instead of /proc (for tests).

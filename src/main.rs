@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             print!("{}", doctor::render(&findings));
             ExitCode::from(u8::try_from(doctor::exit_code(&findings)).unwrap_or(1))
         }
+        Some(Command::Probe { path, timeout }) => probe(&cli, path, *timeout),
         Some(Command::Check) => {
             let Some(config) = load(&cli) else { return ExitCode::from(2) };
             print!("{}", config.describe(server::worker_count(config.workers)));
@@ -53,12 +54,37 @@ fn load(cli: &Cli) -> Option<Config> {
     cli.config().map_err(|e| eprintln!("sluice: {e}")).ok()
 }
 
+/// `sluice probe [PATH]`: exit 0 if the admin port answers 200, else 1, with one line saying why.
+/// The container image has no shell or curl, so its HEALTHCHECK runs this.
+fn probe(cli: &Cli, path: &str, timeout: f64) -> ExitCode {
+    let addr = admin_addr(cli);
+    let timeout = Duration::from_secs_f64(timeout.clamp(0.05, 60.0));
+    match admin::get(addr, path, timeout) {
+        Ok((200, body)) => {
+            println!("{addr}{path}: 200 {}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("sluice: {addr}{path}: HTTP {status} {}", body.trim());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("sluice: {addr}{path}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The admin address for `stats` and `probe`: `--admin`, else the config's, else the default.
+fn admin_addr(cli: &Cli) -> SocketAddr {
+    cli.admin
+        .or_else(|| admin_from_config(cli))
+        .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("the default admin address is a valid socket address"))
+}
+
 /// `sluice stats`: one view (rates over one second), or redrawn every `watch` seconds.
 fn stats(cli: &Cli, watch: Option<f64>, route: Option<&str>) -> ExitCode {
-    let addr = cli
-        .admin
-        .or_else(|| admin_from_config(cli))
-        .unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("the default admin address is a valid socket address"));
+    let addr = admin_addr(cli);
     let width = terminal_size::terminal_size().map_or(100, |(w, _)| usize::from(w.0)).max(40);
     let interval = Duration::from_secs_f64(watch.unwrap_or(1.0).clamp(0.1, 3600.0));
     let mut previous: Option<(Snapshot, Instant)> = None;

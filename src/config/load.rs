@@ -44,7 +44,12 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let (field, message) = describe_yaml_error(&inner.to_string(), &path);
         ConfigError::Invalid {
             origin: origin.to_owned(),
-            location: inner.location().map(|l| Location { line: l.line(), column: l.column() }),
+            // serde_yaml gives no location for some errors (a second document, say): point at the
+            // second `---` if there is one, else at the top, so every error is file:line:column.
+            location: inner
+                .location()
+                .map(|l| Location { line: l.line(), column: l.column() })
+                .or_else(|| Some(second_document(text).unwrap_or(Location { line: 1, column: 1 }))),
             field,
             message,
         }
@@ -55,6 +60,22 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         field: e.field,
         message: e.message,
     })
+}
+
+/// Where a second YAML document starts (a `---` line after content), if anywhere.
+fn second_document(text: &str) -> Option<Location> {
+    let mut seen_content = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_end();
+        if t == "---" || t.starts_with("--- ") {
+            if seen_content {
+                return Some(Location { line: i + 1, column: 1 });
+            }
+        } else if !t.trim_start().is_empty() && !t.trim_start().starts_with('#') {
+            seen_content = true;
+        }
+    }
+    None
 }
 
 /// Splits a serde_yaml message into (field path, message). serde_yaml

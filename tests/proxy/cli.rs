@@ -1,6 +1,8 @@
 //! The command-line contract: help, usage errors (exit 2), runtime
 //! failures (exit 1).
 
+use std::io::{Read, Write};
+
 use crate::harness::run;
 
 #[test]
@@ -43,4 +45,63 @@ fn unresolvable_upstream_exits_1_naming_it() {
     let (code, _, err) = run(&["--listen", "127.0.0.1:0", "--upstream", "no-such-host.invalid:80"]);
     assert_eq!(code, 1, "stderr:\n{err}");
     assert!(err.contains("cannot resolve upstream no-such-host.invalid:80"), "{err}");
+}
+
+#[test]
+fn probe_answers_for_the_admin_port_and_fails_without_one() {
+    use nix::sys::signal::Signal;
+    use std::time::Duration;
+    let up = crate::backends::echo();
+    let (s, admin) =
+        crate::observability::with_admin(&crate::harness::one_route("auto", &[up], "    idle_timeout: 1m\n"));
+    let a = admin.to_string();
+    let (code, out, err) = run(&["probe", "--admin", &a]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("/readyz: 200"), "{out}");
+    assert_eq!(run(&["probe", "/healthz", "--admin", &a]).0, 0);
+    // Draining: not ready any more, still alive. A busy session keeps the drain going
+    // (an idle one would be closed after a second).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = std::sync::Arc::clone(&stop);
+        let mut c = crate::backends::connect(s.addr());
+        std::thread::spawn(move || {
+            let mut b = [0u8; 4];
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if c.write_all(b"ping").is_err() || c.read_exact(&mut b).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    s.signal(Signal::SIGTERM);
+    assert!(s.wait_log("SIGTERM received", Duration::from_secs(5)));
+    let (code, _, err) = run(&["probe", "--admin", &a]);
+    assert_eq!(code, 1, "a draining sluice is not ready");
+    assert!(err.contains("HTTP 503"), "{err}");
+    assert_eq!(run(&["probe", "/healthz", "--admin", &a]).0, 0, "but alive");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    busy.join().expect("busy client");
+    // Nothing listening: exit 1 with the reason.
+    let free = crate::observability::admin_addr().to_string();
+    let (code, _, err) = run(&["probe", "--admin", &free, "--timeout", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("refused"), "{err}");
+    assert_eq!(run(&["probe", "/metrics", "--admin", &a]).0, 2, "only /readyz and /healthz");
+}
+
+#[test]
+fn the_kubernetes_example_config_is_valid() {
+    // The proxy.yaml inside examples/kubernetes/configmap.yaml, checked like any config.
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kubernetes/configmap.yaml"))
+        .expect("configmap.yaml");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    let proxy = doc["data"]["proxy.yaml"].as_str().expect("data.proxy.yaml");
+    let (_dir, path) = crate::harness::temp_config(proxy);
+    let (code, out, err) = run(&["check", "-c", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    for want in ["watch: true", "drain_timeout: 25s", "balance: least_conn", "expect: \"+PONG\""] {
+        assert!(out.contains(want), "no {want:?} in\n{out}");
+    }
 }

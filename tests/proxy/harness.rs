@@ -299,3 +299,10 @@ pub fn one_route(mode: &str, upstreams: &[SocketAddr], route_extra: &str) -> Str
         ups.concat()
     )
 }
+
+/// True if this test process runs with effective UID 0 (from /proc: no extra nix feature needed).
+pub fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // "Uid:\treal\teffective\tsaved\tfs"
+    status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().nth(1)) == Some("0")
+}

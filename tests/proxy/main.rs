@@ -27,10 +27,12 @@ macro_rules! both_modes {
     };
 }
 
+mod chaos;
 mod cli;
 mod config_errors;
 mod lifecycle;
 mod limits;
+mod nonroot;
 mod observability;
 mod pools;
 mod proxy_protocol;
