@@ -242,7 +242,13 @@ fn clock_ticks() -> f64 {
 
 /// A mio echo server on its own thread: everything read is written back.
 fn start_echo() -> io::Result<SocketAddr> {
-    let mut listener = TcpListener::bind("127.0.0.1:0".parse().expect("addr"))?;
+    // A deep listen queue (mio's default is 1,024): sluice connects once per client.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    sock.listen(65_535)?;
+    sock.set_nonblocking(true)?;
+    let mut listener = TcpListener::from_std(sock.into());
     let addr = listener.local_addr()?;
     let mut poll = Poll::new()?;
     poll.registry().register(&mut listener, Token(usize::MAX), Interest::READABLE)?;
@@ -328,10 +334,13 @@ fn measure(proxy: &Proxy, t: &Test, mode: &str, duration: Duration) -> io::Resul
     let mut buf = vec![0u8; (256 << 10).max(t.size.min(1 << 20))];
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?;
     let mut errors = 0u64;
-    // Open every connection first (connects are cheap; the kernel queues what sluice hasn't accepted yet).
+    // Open every connection first, one at a time: a burst of thousands of SYNs would overflow the
+    // listen queues (sluice's and the echo's) and measure SYN retransmits instead of the proxy.
     for i in 0..t.conns {
-        let mut s = match TcpStream::connect(proxy.addr) {
-            Ok(s) => s,
+        let connected = std::net::TcpStream::connect_timeout(&proxy.addr, Duration::from_secs(10))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s));
+        let mut s = match connected {
+            Ok(s) => TcpStream::from_std(s),
             Err(_) => {
                 errors += 1;
                 continue;
