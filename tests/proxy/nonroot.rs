@@ -53,7 +53,16 @@ fn a_low_port_as_nobody_names_the_capability() {
 #[test]
 fn nobody_relays_byte_exact_beyond_the_pipe_page_limit() {
     let Some(drop_privs) = as_nobody() else { return };
-    let up = backends::sink();
+    // A sink that waits a second before reading: every session's bytes sit in sluice's pipes
+    // at once, so the pipe budget is certainly exhausted.
+    let up = backends::serve(|mut s| {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        if let Ok((n, d)) = backends::read_digest(&mut s, None) {
+            let mut reply = n.to_be_bytes().to_vec();
+            reply.extend_from_slice(&d.to_be_bytes());
+            let _ = std::io::Write::write_all(&mut s, &reply);
+        }
+    });
     let admin = admin_addr();
     // 1 MiB pipes: nobody may hold fs.pipe-user-pages-soft (16,384 pages = 64 MiB) of pipes, so 64 of
     // them; 96 concurrent bulk sessions want up to 192.
