@@ -190,6 +190,8 @@ impl Proxy {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()?;
+        // Owned before the wait: on the error path, dropping it kills the child.
+        let proxy = Proxy { child, addr };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
             if Instant::now() > deadline {
@@ -197,7 +199,7 @@ impl Proxy {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Proxy { child, addr })
+        Ok(proxy)
     }
 
     fn pid(&self) -> u32 {

@@ -451,11 +451,7 @@ impl Session {
     /// moved (see `retryable_loss`): the next attempt starts from scratch.
     pub fn unconnect(&mut self, res: &mut Resources, now: Instant) {
         self.u2c.release(res);
-        // Edge-triggered: the client's writability is known only from past
-        // events, and nothing was written to it since. Keep it.
-        let client_writable = self.u2c.dst_writable;
-        self.u2c = self.u2c.fresh();
-        self.u2c.dst_writable = client_writable;
+        self.u2c = self.u2c.for_new_source();
         self.stage = Stage::Connecting { attempt: self.tried.len() as u32, since: now };
         self.connect_time = None;
         self.connected_at = None;

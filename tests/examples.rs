@@ -136,15 +136,10 @@ fn get(addr: SocketAddr, path: &str, extra: &str) -> Response {
 }
 
 fn pseudo_random(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v);
+    v
 }
 
 #[test]

@@ -113,27 +113,21 @@ pub fn render(snap: &Snapshot) -> String {
         "1 if the upstream is in its route's current set (0: dropped by DNS or a reload).",
         &ups.iter().map(|(r, u)| (up_labels(r, u), flag(u.current))).collect::<Vec<_>>(),
     );
-    let checks: Vec<_> = ups
-        .iter()
-        .flat_map(|(r, u)| {
-            [("ok", u.health.checks_ok), ("failed", u.health.checks_failed)].map(|(result, n)| {
-                let mut l = up_labels(r, u);
-                l.push(("result", result.to_owned()));
-                (l, n as f64)
+    // One series per upstream and value of `key`.
+    let split = |key: &'static str, f: &dyn Fn(&super::snapshot::UpstreamState) -> [(&'static str, u64); 2]| {
+        ups.iter()
+            .flat_map(|(r, u)| {
+                f(&u.health).map(|(v, n)| {
+                    let mut l = up_labels(r, u);
+                    l.push((key, v.to_owned()));
+                    (l, n as f64)
+                })
             })
-        })
-        .collect();
+            .collect::<Vec<_>>()
+    };
+    let checks = split("result", &|h| [("ok", h.checks_ok), ("failed", h.checks_failed)]);
     out.counter("sluice_upstream_health_checks_total", "Active health checks, by result.", &checks);
-    let changes: Vec<_> = ups
-        .iter()
-        .flat_map(|(r, u)| {
-            [("down", u.health.went_down), ("up", u.health.went_up)].map(|(to, n)| {
-                let mut l = up_labels(r, u);
-                l.push(("to", to.to_owned()));
-                (l, n as f64)
-            })
-        })
-        .collect();
+    let changes = split("to", &|h| [("down", h.went_down), ("up", h.went_up)]);
     out.counter("sluice_upstream_state_changes_total", "Times active checks changed an upstream's state.", &changes);
     out.counter(
         "sluice_upstream_ejections_total",

@@ -117,16 +117,15 @@ impl Pump {
         }
     }
 
-    /// A new pump in the same relay mode (for a session that starts over with another upstream).
-    pub fn fresh(&self) -> Pump {
+    /// A new pump in the same relay mode reading from a new source into the
+    /// same destination (a session that starts over with another upstream).
+    /// The destination's writability is kept: edge-triggered, it is known only
+    /// from past events, and no new edge would say it again.
+    pub fn for_new_source(&self) -> Pump {
         let mut p = Pump::new(matches!(self.stage, Stage::Splice { .. }));
         p.bulk_reads = self.bulk_reads.map(|_| 0);
+        p.dst_writable = self.dst_writable;
         p
-    }
-
-    /// True once `relay: auto` has moved this pump to splice (or it always spliced).
-    pub fn splicing(&self) -> bool {
-        matches!(self.stage, Stage::Splice { .. })
     }
 
     /// Bytes taken from the source and not yet delivered.

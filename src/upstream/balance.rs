@@ -45,11 +45,6 @@ impl Balancer {
         Balancer { kind, rr: SmoothRoundRobin::new(weights), rng: fastrand::Rng::new() }
     }
 
-    /// The algorithm.
-    pub fn kind(&self) -> Balance {
-        self.kind
-    }
-
     /// Picks among the upstreams `ok` accepts. `client` is the client
     /// address hash, used with `ring` by `hash_client_ip`.
     pub fn pick(&mut self, loads: &impl Loads, ring: &Ring, client: u64, ok: impl Fn(usize) -> bool) -> Option<usize> {

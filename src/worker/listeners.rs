@@ -223,7 +223,9 @@ impl Worker {
         // Without a PROXY header the peer is the client: check it before anything is allocated.
         if !accept_header {
             if let Some(reason) = admission(&route, peer) {
-                self.refuse(&route, &client, peer, reason);
+                let close = self.refuse(&route, &client, peer, reason);
+                // No session was made: its close is counted here.
+                self.metrics.stats().route(route.metric_id).closed[close as usize] += 1;
                 return; // dropping the socket closes it
             }
         }
@@ -285,8 +287,7 @@ impl Worker {
     }
 
     /// Counts (worker-wide) and logs a refused client, makes its socket
-    /// reset on close, and says which close reason it is. A client refused
-    /// before it had a session is counted in the route's stats here too.
+    /// reset on close, and says which close reason it is.
     fn refuse(&self, route: &Route, socket: &TcpStream, client: SocketAddr, reason: Refused) -> CloseReason {
         let (counter, close) = match reason {
             Refused::Acl(_) => (&self.metrics.counters.refused_acl, CloseReason::Denied),
@@ -302,10 +303,6 @@ impl Worker {
         }
         // A reset tells the client at once and leaves no TIME_WAIT here.
         sockets::reset_on_close(socket);
-        if !route.pool().accept_proxy_protocol {
-            // No session was made: the route's close count is kept here.
-            self.metrics.stats().route(route.metric_id).closed[close as usize] += 1;
-        }
         close
     }
 }

@@ -147,13 +147,30 @@ pub fn echo() -> SocketAddr {
 
 /// Reads to EOF, then answers `count (u64 BE) ‖ xxh3 (u64 BE)` and closes.
 pub fn sink() -> SocketAddr {
-    serve(|mut s| {
-        if let Ok((n, d)) = read_digest(&mut s, None) {
-            let mut reply = n.to_be_bytes().to_vec();
-            reply.extend_from_slice(&d.to_be_bytes());
-            let _ = s.write_all(&reply);
-        }
-    })
+    serve(|mut s| answer_digest(&mut s))
+}
+
+/// What `sink` does with one connection: read to EOF, answer `count ‖ xxh3`.
+pub fn answer_digest(s: &mut TcpStream) {
+    if let Ok((n, d)) = read_digest(s, None) {
+        let mut reply = n.to_be_bytes().to_vec();
+        reply.extend_from_slice(&d.to_be_bytes());
+        let _ = s.write_all(&reply);
+    }
+}
+
+/// Sends `len` bytes of stream `seed` through `addr` to a sink, half-closes, and
+/// says whether the sink's answer matches (errors are the caller's to count).
+pub fn verified_upload(addr: SocketAddr, seed: u64, len: u64) -> io::Result<bool> {
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    timeouts(&c);
+    write_stream(&mut c, seed, len)?;
+    c.shutdown(Shutdown::Write)?;
+    let mut reply = [0u8; 16];
+    c.read_exact(&mut reply)?;
+    let n = u64::from_be_bytes(reply[..8].try_into().expect("8 bytes"));
+    let d = u64::from_be_bytes(reply[8..].try_into().expect("8 bytes"));
+    Ok(n == len && d == Stream::digest(seed, len))
 }
 
 /// Sends `len` bytes of stream `seed`, then closes.

@@ -12,7 +12,7 @@
 //! do nothing unless `SLUICE_CHAOS_HELPER` names an address).
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::backends::{self, Stream, read_digest, timeouts, write_stream};
+use crate::backends::{self, Stream, timeouts, verified_upload, write_stream};
 use crate::harness::{Sluice, raise_fd_limit, temp_config};
 
 const HELPER_ENV: &str = "SLUICE_CHAOS_HELPER";
 
 /// This test binary again, running helper test `name` on `addr` (inside namespace `ns` if given).
-fn helper(name: &str, addr: SocketAddr, ns: Option<&str>) -> Child {
+fn helper(name: &str, addr: SocketAddr, ns: Option<&str>) -> Helper {
     let exe = std::env::current_exe().expect("test binary");
     let mut cmd = match ns {
         Some(ns) => {
@@ -45,8 +45,10 @@ fn helper(name: &str, addr: SocketAddr, ns: Option<&str>) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start a helper");
+    // Owned before the wait: a helper that never listens is killed when the assertion unwinds.
+    let helper = Helper(child);
     wait_listening(addr);
-    child
+    helper
 }
 
 /// Waits until `addr` accepts (from the root namespace, a helper in the test's namespace is reachable over the veth).
@@ -70,15 +72,8 @@ fn helper_addr() -> Option<SocketAddr> {
 fn helper_sink() {
     let Some(addr) = helper_addr() else { return };
     let l = TcpListener::bind(addr).expect("bind");
-    for conn in l.incoming().flatten() {
-        std::thread::spawn(move || {
-            let mut s = conn;
-            if let Ok((n, d)) = read_digest(&mut s, None) {
-                let mut reply = n.to_be_bytes().to_vec();
-                reply.extend_from_slice(&d.to_be_bytes());
-                let _ = s.write_all(&reply);
-            }
-        });
+    for mut conn in l.incoming().flatten() {
+        std::thread::spawn(move || backends::answer_digest(&mut conn));
     }
 }
 
@@ -175,20 +170,6 @@ impl Drop for Helper {
     }
 }
 
-/// Sends `len` bytes of stream `seed` through `addr` to a sink, returns whether its answer matched.
-fn verified_upload(addr: SocketAddr, seed: u64, len: u64) -> io::Result<bool> {
-    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    c.set_read_timeout(Some(Duration::from_secs(120)))?;
-    c.set_write_timeout(Some(Duration::from_secs(120)))?;
-    write_stream(&mut c, seed, len)?;
-    c.shutdown(Shutdown::Write)?;
-    let mut reply = [0u8; 16];
-    c.read_exact(&mut reply)?;
-    let n = u64::from_be_bytes(reply[..8].try_into().expect("8 bytes"));
-    let d = u64::from_be_bytes(reply[8..].try_into().expect("8 bytes"));
-    Ok(n == len && d == Stream::digest(seed, len))
-}
-
 #[test]
 fn a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout() {
     let Some(ns) = Netns::create() else { return };
@@ -201,7 +182,7 @@ fn a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout() {
         &["qdisc", "add", "dev", &ns.host_if, "root", "tbf", "rate", "100mbit", "burst", "64kb", "latency", "100ms"],
     );
     let up = SocketAddr::from((ns.peer, 9000));
-    let _sink = Helper(helper("helper_sink", up, Some(&ns.name)));
+    let _sink = helper("helper_sink", up, Some(&ns.name));
     let yaml = format!(
         "workers: 1\nroutes:\n  - name: lossy\n    listen: 127.0.0.1:0\n    upstreams: [\"{up}\"]\n\
          \x20   idle_timeout: 5s\n    socket: {{ user_timeout: 10s, keepalive: {{ idle: 2s, interval: 1s, count: 3 }} }}\n"
@@ -256,7 +237,7 @@ fn a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout() {
 #[test]
 fn an_upstream_killed_mid_transfer_resets_its_clients_and_later_ones_succeed() {
     let up = backends::refused(); // a free port for the helper
-    let mut source = Helper(helper("helper_source", up, None));
+    let mut source = helper("helper_source", up, None);
     let s = Sluice::with_config(&crate::harness::one_route("auto", &[up], ""), &[]);
     let mut c = backends::connect(s.addr());
     // Bytes the source never reads: when it dies the kernel resets the connection (as for any
@@ -281,7 +262,7 @@ fn an_upstream_killed_mid_transfer_resets_its_clients_and_later_ones_succeed() {
         "the client of the killed upstream must see a reset, got {end:?} after {got} bytes"
     );
     assert!(got < 1 << 30);
-    let _source = Helper(helper("helper_source", up, None));
+    let _source = helper("helper_source", up, None);
     let mut later = backends::connect(s.addr());
     let mut want = vec![0u8; 4 << 20];
     later.read_exact(&mut want).expect("a later client is served");
@@ -318,9 +299,19 @@ fn an_upstream_that_never_reads_throttles_the_client_and_the_idle_timeout_ends_i
             }
         }
     });
-    // Let the buffers fill: the writer stalls (backpressure) instead of sluice buffering more.
-    std::thread::sleep(Duration::from_millis(1500));
-    let stalled_at = written.load(Ordering::SeqCst);
+    // Wait for the writer to stall (backpressure) instead of sluice buffering more: no
+    // progress for half a second. Bounded well inside the 2 s idle timeout's reach.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stalled_at = written.load(Ordering::SeqCst);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = written.load(Ordering::SeqCst);
+        if now == stalled_at && now > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the writer never stalled ({now} bytes written)");
+        stalled_at = now;
+    }
     let rss_full = s.rss_kib();
     assert!(s.wait_log("reason=idle_timeout", Duration::from_secs(10)), "the idle timeout never ended it");
     let e = writer.join().expect("writer");

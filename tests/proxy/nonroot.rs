@@ -4,12 +4,11 @@
 //! connection fails), and a port below 1024 fails with a message naming
 //! CAP_NET_BIND_SERVICE. Skipped, saying why, where we can't switch users.
 
-use std::io::Read;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use crate::backends::{self, Stream, write_stream};
+use crate::backends;
 use crate::harness::{BIN, Sluice};
 use crate::observability::{admin_addr, stats};
 
@@ -57,11 +56,7 @@ fn nobody_relays_byte_exact_beyond_the_pipe_page_limit() {
     // at once, so the pipe budget is certainly exhausted.
     let up = backends::serve(|mut s| {
         std::thread::sleep(std::time::Duration::from_secs(1));
-        if let Ok((n, d)) = backends::read_digest(&mut s, None) {
-            let mut reply = n.to_be_bytes().to_vec();
-            reply.extend_from_slice(&d.to_be_bytes());
-            let _ = std::io::Write::write_all(&mut s, &reply);
-        }
+        backends::answer_digest(&mut s);
     });
     let admin = admin_addr();
     // 1 MiB pipes: nobody may hold fs.pipe-user-pages-soft (16,384 pages = 64 MiB) of pipes, so 64 of
@@ -81,18 +76,7 @@ fn nobody_relays_byte_exact_beyond_the_pipe_page_limit() {
     assert!(uid_line.split_whitespace().nth(1) == Some("65534"), "not running as nobody: {uid_line}");
     let addr: SocketAddr = s.addr();
     let threads: Vec<_> = (0..96u64)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let mut c = backends::connect(addr);
-                write_stream(&mut c, 50 + i, 8 << 20).expect("upload");
-                c.shutdown(Shutdown::Write).expect("shutdown");
-                let mut reply = [0u8; 16];
-                c.read_exact(&mut reply).expect("reply");
-                let n = u64::from_be_bytes(reply[..8].try_into().expect("8"));
-                let d = u64::from_be_bytes(reply[8..].try_into().expect("8"));
-                (n, d) == (8 << 20, Stream::digest(50 + i, 8 << 20))
-            })
-        })
+        .map(|i| std::thread::spawn(move || backends::verified_upload(addr, 50 + i, 8 << 20).expect("upload")))
         .collect();
     let exact = threads.into_iter().map(|t| t.join().expect("thread")).filter(|ok| *ok).count();
     assert_eq!(exact, 96, "every session byte-exact");
