@@ -374,13 +374,23 @@ impl Session {
         // A pump whose destination failed is dead: don't run it again.
         if header_out && self.failed != Some(Side::Upstream) {
             match self.c2u.run(&self.client, up, res) {
-                Ok(a) => (more, progressed) = (more | a.more, progressed | a.progressed),
+                Ok(a) => {
+                    (more, progressed) = (more | a.more, progressed | a.progressed);
+                    if a.took_in {
+                        self.u2c.other_way_moved();
+                    }
+                }
                 Err(DstFailed(e)) => dst_failed[0] = Some(e),
             }
         }
         if self.failed != Some(Side::Client) {
             match self.u2c.run(up, &self.client, res) {
-                Ok(a) => (more, progressed) = (more | a.more, progressed | a.progressed),
+                Ok(a) => {
+                    (more, progressed) = (more | a.more, progressed | a.progressed);
+                    if a.took_in {
+                        self.c2u.other_way_moved();
+                    }
+                }
                 Err(DstFailed(e)) => dst_failed[1] = Some(e),
             }
         }

@@ -66,7 +66,8 @@ fn exact_counts(mode: &str) {
     let n = 12u64;
     let mut up_total = 0u64;
     for i in 0..n {
-        let len = 1000 + i * 70_001;
+        // The last one is a one-way 6 MiB upload: `auto` splices it past 4 MiB.
+        let len = if i == n - 1 { 6 << 20 } else { 1000 + i * 70_001 };
         up_total += len;
         let mut c = connect(s.addr());
         write_stream(&mut c, i, len).expect("upload");
@@ -94,7 +95,7 @@ fn exact_counts(mode: &str) {
     if mode == "copy" {
         assert_eq!(r["client_to_upstream"]["spliced"], 0);
     } else {
-        assert!(r["client_to_upstream"]["spliced"].as_u64().unwrap() > 0, "splice mode spliced nothing");
+        assert!(r["client_to_upstream"]["spliced"].as_u64().unwrap() > 0, "{mode} mode spliced nothing");
     }
     assert_eq!(r["duration"]["count"], n, "one duration per session");
     assert_eq!(r["connect_time"]["count"], n);
@@ -110,6 +111,39 @@ fn exact_counts(mode: &str) {
     assert_eq!(sample(&m, "sluice_sessions_accepted_total{route=\"test\"}") as u64, n);
     assert_eq!(sample(&m, "sluice_sessions_closed_total{route=\"test\",reason=\"clean\"}") as u64, n);
     assert_eq!(sample(&m, "sluice_session_duration_seconds_count{route=\"test\"}") as u64, n);
+}
+
+/// `relay: auto` copies request/response exchanges, however big the messages
+/// (6 MiB each way here, in 1 MiB exchanges), and splices a one-way flow (the
+/// 6 MiB upload of `exact_counts`).
+#[test]
+fn auto_copies_request_response_exchanges() {
+    let (s, admin) = with_admin(&one_route("auto", &[backends::echo()], ""));
+    let mut c = connect(s.addr());
+    for round in 0..6u64 {
+        let msg = Stream::bytes(round, 1 << 20);
+        let mut w = c.try_clone().expect("clone");
+        let sent = msg.clone();
+        let writer = std::thread::spawn(move || w.write_all(&sent));
+        let mut back = vec![0; msg.len()];
+        c.read_exact(&mut back).expect("echo");
+        writer.join().expect("writer").expect("request");
+        assert!(back == msg, "round {round}: echo differs");
+    }
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = stats(admin);
+        if v["routes"][0]["sessions"]["closed"]["clean"] == 1 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "session not closed: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for dir in ["client_to_upstream", "upstream_to_client"] {
+        assert_eq!(v["routes"][0][dir]["spliced"], 0, "{dir}: {v}");
+        assert_eq!(v["routes"][0][dir]["copied"], 6 << 20, "{dir}: {v}");
+    }
 }
 
 #[test]
