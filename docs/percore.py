@@ -12,7 +12,10 @@ client's, which decides what a proxy change can win there.
     LOADGEN_BIN=... SLUICE_BIN=target/release/sluice \\
         python3 docs/percore.py sluice rr 1k 50 3s [extra sluice flags...]
 
-proxy: direct | sluice | haproxy | haproxy-nosplice; scenario: rr SIZE CONNS
+SLUICE_ROUTE='socket: { nodelay: false }' runs sluice from a generated config
+with that extra route key instead of --listen/--upstream.
+
+proxy: direct | sluice | haproxy | haproxy-nosplice | realm (REALM_BIN); scenario: rr SIZE CONNS
 DURATION, connrate - CONCURRENCY DURATION, or up|down BYTES STREAMS - (one-way
 streams). Python 3 standard library only.
 """
@@ -81,7 +84,14 @@ def voluntary_switches(pid):
 
 
 def start_proxy(which, extra):
-    if which == "sluice":
+    if which == "sluice" and os.environ.get("SLUICE_ROUTE"):
+        # A config file: one route on the usual ports with SLUICE_ROUTE's extra keys (YAML, indented 4).
+        cfg = os.path.join(tempfile.mkdtemp(), "proxy.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"workers: 1\nroutes:\n  - name: percore\n    listen: 127.0.0.1:{PROXY_PORT}\n"
+                    f"    upstreams: [\"127.0.0.1:{BACKEND_PORT}\"]\n    {os.environ['SLUICE_ROUTE']}\n")
+        argv = [SLUICE, "-c", cfg, *extra]
+    elif which == "sluice":
         argv = [SLUICE, "--listen", f"127.0.0.1:{PROXY_PORT}", "--upstream", f"127.0.0.1:{BACKEND_PORT}",
                 "--workers", "1", *extra]
     elif which in ("haproxy", "haproxy-nosplice"):
@@ -91,9 +101,13 @@ def start_proxy(which, extra):
             f.write(HAPROXY_CFG.format(nosplice="" if splice else "nosplice", splice="option splice-auto" if splice
                                        else "", port=PROXY_PORT, upstream=BACKEND_PORT))
         argv = ["haproxy", "-db", "-f", cfg]
+    elif which == "realm":
+        argv = [os.environ.get("REALM_BIN", "realm"), "-l", f"127.0.0.1:{PROXY_PORT}", "-r",
+                f"127.0.0.1:{BACKEND_PORT}"]
     else:
         sys.exit(f"unknown proxy {which}")
-    p = subprocess.Popen(["taskset", "-c", "1", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, TOKIO_WORKER_THREADS="1")
+    p = subprocess.Popen(["taskset", "-c", "1", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_port(PROXY_PORT)
     return p
 
