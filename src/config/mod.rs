@@ -33,8 +33,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PIPE_SIZE: usize = 64 << 10;
 /// Default `max_connections`, all routes together.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
-/// Default relay mode: `auto` measured best or equal in every scenario of
-/// docs/performance.md (copy's two syscalls for small messages, splice for bulk).
+/// Default relay mode: `auto` copies request/response traffic (measured faster
+/// for 1 KiB to 1 MiB exchanges) and splices one-way bulk flows (less proxy CPU
+/// per byte); docs/performance.md has the figures and the CPU it costs.
 pub const DEFAULT_RELAY: RelayMode = RelayMode::Auto;
 /// Default `half_close_timeout`: a session one side of which has finished
 /// must not linger in CLOSE-WAIT for the whole idle timeout.

@@ -56,11 +56,6 @@ impl CopyStage {
         self.end - self.start
     }
 
-    /// The lent buffer's size (0 when none is lent).
-    pub fn capacity(&self) -> usize {
-        self.buf.as_ref().map_or(0, |b| b.len())
-    }
-
     /// True while a read can add bytes.
     pub fn has_room(&self) -> bool {
         self.buf.as_ref().is_none_or(|b| self.end < b.len())

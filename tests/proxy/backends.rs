@@ -159,6 +159,18 @@ pub fn answer_digest(s: &mut TcpStream) {
     }
 }
 
+/// Sends `msg` on an open connection to an echo and reads as many bytes back,
+/// concurrently (a big message would deadlock a write-then-read client).
+pub fn exchange(c: &mut TcpStream, msg: &[u8]) -> io::Result<Vec<u8>> {
+    let mut w = c.try_clone()?;
+    let sent = msg.to_vec();
+    let writer = std::thread::spawn(move || w.write_all(&sent));
+    let mut back = vec![0; msg.len()];
+    c.read_exact(&mut back)?;
+    writer.join().expect("writer thread")?;
+    Ok(back)
+}
+
 /// Sends `len` bytes of stream `seed` through `addr` to a sink, half-closes, and
 /// says whether the sink's answer matches (errors are the caller's to count).
 pub fn verified_upload(addr: SocketAddr, seed: u64, len: u64) -> io::Result<bool> {

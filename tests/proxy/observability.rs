@@ -46,6 +46,20 @@ pub(crate) fn with_admin(yaml: &str) -> (Sluice, SocketAddr) {
     (s, admin)
 }
 
+/// /stats once the first route has counted `n` clean closes (sessions are
+/// counted when they close, a little after the client sees its last byte).
+fn wait_closed_clean(admin: SocketAddr, n: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = stats(admin);
+        if v["routes"][0]["sessions"]["closed"]["clean"] == n {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "sessions not all closed (want {n} clean): {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The value of the sample line `name` (exact, labels included).
 fn sample(metrics: &str, name: &str) -> f64 {
     metrics
@@ -75,16 +89,7 @@ fn exact_counts(mode: &str) {
         let (got, _) = read_digest(&mut c, None).expect("answer");
         assert_eq!(got, 5000);
     }
-    // Sessions are counted when they close; wait until all have.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let v = loop {
-        let v = stats(admin);
-        if v["routes"][0]["sessions"]["closed"]["clean"] == n {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "sessions not all closed: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let v = wait_closed_clean(admin, n);
     let r = &v["routes"][0];
     assert_eq!(r["sessions"]["accepted"], n);
     assert_eq!(r["sessions"]["active"], 0);
@@ -122,24 +127,11 @@ fn auto_copies_request_response_exchanges() {
     let mut c = connect(s.addr());
     for round in 0..6u64 {
         let msg = Stream::bytes(round, 1 << 20);
-        let mut w = c.try_clone().expect("clone");
-        let sent = msg.clone();
-        let writer = std::thread::spawn(move || w.write_all(&sent));
-        let mut back = vec![0; msg.len()];
-        c.read_exact(&mut back).expect("echo");
-        writer.join().expect("writer").expect("request");
+        let back = backends::exchange(&mut c, &msg).expect("echo");
         assert!(back == msg, "round {round}: echo differs");
     }
     drop(c);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let v = loop {
-        let v = stats(admin);
-        if v["routes"][0]["sessions"]["closed"]["clean"] == 1 {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "session not closed: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let v = wait_closed_clean(admin, 1);
     for dir in ["client_to_upstream", "upstream_to_client"] {
         assert_eq!(v["routes"][0][dir]["spliced"], 0, "{dir}: {v}");
         assert_eq!(v["routes"][0][dir]["copied"], 6 << 20, "{dir}: {v}");
@@ -295,12 +287,7 @@ fn admin_port_survives_a_flood_of_bad_and_slow_requests() {
     // The data plane never noticed.
     let mut c = connect(s.addr());
     let msg = Stream::bytes(1, 100_000);
-    let mut w = c.try_clone().expect("clone");
-    let m2 = msg.clone();
-    let t = std::thread::spawn(move || w.write_all(&m2));
-    let mut got = vec![0; msg.len()];
-    c.read_exact(&mut got).expect("echo during the flood");
-    t.join().expect("writer").expect("write");
+    let got = backends::exchange(&mut c, &msg).expect("echo during the flood");
     assert!(got == msg);
     let t0 = Instant::now();
     assert_eq!(get(admin, "/healthz").0, 200);
