@@ -14,6 +14,8 @@ client's, which decides what a proxy change can win there.
 
 SLUICE_ROUTE='socket: { nodelay: false }' runs sluice from a generated config
 with that extra route key instead of --listen/--upstream.
+PROXY_CPU=0 puts the proxy on the client's core too, where only the total
+work per byte or request counts.
 
 proxy: direct | sluice | haproxy | haproxy-nosplice | realm (REALM_BIN); scenario: rr SIZE CONNS
 DURATION, connrate - CONCURRENCY DURATION, or up|down BYTES STREAMS - (one-way
@@ -107,7 +109,8 @@ def start_proxy(which, extra):
     else:
         sys.exit(f"unknown proxy {which}")
     env = dict(os.environ, TOKIO_WORKER_THREADS="1")
-    p = subprocess.Popen(["taskset", "-c", "1", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    cpu = os.environ.get("PROXY_CPU", "1")
+    p = subprocess.Popen(["taskset", "-c", cpu, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_port(PROXY_PORT)
     return p
 
