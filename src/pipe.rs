@@ -120,6 +120,8 @@ impl PipeBudget {
 pub struct PoolCounts {
     /// Pipes made with `pipe2`.
     pub created: u64,
+    /// Pipes handed to pumps, pooled or new (`lent - created` came from the pool).
+    pub lent: u64,
     /// Times a pipe was wanted and none could be had.
     pub refused: u64,
     /// Pipes lent out right now.
@@ -175,6 +177,7 @@ impl PipePool {
     pub fn get(&mut self) -> Option<Pipe> {
         if let Some(p) = self.free.pop() {
             self.counts.in_use += 1;
+            self.counts.lent += 1;
             return Some(p);
         }
         if self.cool_down > 0 || !self.budget.take() {
@@ -184,6 +187,7 @@ impl PipePool {
         match Pipe::new(self.size) {
             Ok(p) => {
                 self.counts.created += 1;
+                self.counts.lent += 1;
                 self.counts.in_use += 1;
                 Some(p)
             }
@@ -280,6 +284,7 @@ mod tests {
         assert_eq!(b.held(), 1, "the other went back to the budget");
         let _d = pool.get().unwrap();
         assert_eq!(pool.counts().created, 2, "the pooled pipe was reused");
+        assert_eq!(pool.counts().lent, 3, "every loan counts, pooled or new");
         assert_eq!(pool.counts().in_use, 1);
     }
 

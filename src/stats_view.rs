@@ -52,8 +52,9 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>, route: Op
         "sluice {}  up {uptime}  {} workers  {state}  reloads {} ok / {} failed",
         now.version, now.workers, now.reloads.ok, now.reloads.failed
     ));
+    let hits = now.pipes.pool_hit_rate().map_or("-".to_string(), |r| format!("{:.1} %", r * 100.0));
     out.push(format!(
-        "pipes {} in use / {} pooled / cap {}  copy fallbacks {}",
+        "pipes {} in use / {} pooled / cap {}  pool hits {hits}  copy fallbacks {}",
         now.pipes.in_use, now.pipes.pooled, now.pipes.cap, now.pipes.copy_fallbacks
     ));
     out.push(String::new());

@@ -132,6 +132,7 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
     p.in_use += g(&c.pipes_in_use);
     p.pooled += g(&c.pipes_pooled);
     p.created += g(&c.pipes_created);
+    p.lent += g(&c.pipes_lent);
     p.refused += g(&c.pipes_refused);
     p.copy_fallbacks += g(&c.copy_fallbacks);
     let a: &mut AcceptSnapshot = &mut snap.accept;

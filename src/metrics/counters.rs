@@ -90,6 +90,8 @@ pub struct WorkerCounters {
     pub bad_proxy_header: AtomicU64,
     /// Splice pipes created.
     pub pipes_created: AtomicU64,
+    /// Splice pipes handed to pumps (from the pool or new).
+    pub pipes_lent: AtomicU64,
     /// Times a pipe was wanted and could not be had.
     pub pipes_refused: AtomicU64,
     /// Pipes lent to pumps right now.

@@ -156,6 +156,11 @@ pub fn render(snap: &Snapshot) -> String {
     out.gauge("sluice_pipes_cap", "Splice pipes the process may hold.", &[(vec![], p.cap as f64)]);
     out.counter("sluice_pipes_created_total", "Splice pipes created.", &[(vec![], p.created as f64)]);
     out.counter(
+        "sluice_pipes_lent_total",
+        "Splice pipes handed to pumps, from the pool or new (pool hit rate: 1 - created / lent).",
+        &[(vec![], p.lent as f64)],
+    );
+    out.counter(
         "sluice_pipes_refused_total",
         "Times a pipe was wanted and none could be had.",
         &[(vec![], p.refused as f64)],

@@ -216,12 +216,22 @@ pub struct PipeSnapshot {
     pub pooled: u64,
     /// Made with pipe2 since start.
     pub created: u64,
+    /// Handed to pumps since start, from the pools or new.
+    #[serde(default)]
+    pub lent: u64,
     /// Times one was wanted and none could be had.
     pub refused: u64,
     /// Pumps that copied for want of a pipe (or because splice refused the sockets).
     pub copy_fallbacks: u64,
     /// The process-wide cap.
     pub cap: u64,
+}
+
+impl PipeSnapshot {
+    /// The share of pipe loans the pools served without a `pipe2` call; `None` before the first loan.
+    pub fn pool_hit_rate(&self) -> Option<f64> {
+        (self.lent > 0).then(|| self.lent.saturating_sub(self.created) as f64 / self.lent as f64)
+    }
 }
 
 /// Accept-side events, all workers.

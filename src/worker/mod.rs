@@ -551,6 +551,7 @@ impl Worker {
     fn publish_pool_counts(&self) {
         let c = self.res.pipes.counts();
         WorkerCounters::set(&self.metrics.counters.pipes_created, c.created);
+        WorkerCounters::set(&self.metrics.counters.pipes_lent, c.lent);
         WorkerCounters::set(&self.metrics.counters.pipes_refused, c.refused);
         WorkerCounters::set(&self.metrics.counters.pipes_in_use, c.in_use);
         WorkerCounters::set(&self.metrics.counters.pipes_pooled, c.pooled);

@@ -116,6 +116,16 @@ fn exact_counts(mode: &str) {
     assert_eq!(sample(&m, "sluice_sessions_accepted_total{route=\"test\"}") as u64, n);
     assert_eq!(sample(&m, "sluice_sessions_closed_total{route=\"test\",reason=\"clean\"}") as u64, n);
     assert_eq!(sample(&m, "sluice_session_duration_seconds_count{route=\"test\"}") as u64, n);
+    // Pipe loans: one session at a time, so after the first the pool serves them.
+    let (lent, created) = (v["pipes"]["lent"].as_u64().unwrap(), v["pipes"]["created"].as_u64().unwrap());
+    assert_eq!(sample(&m, "sluice_pipes_lent_total") as u64, lent);
+    if mode == "splice" {
+        assert!(lent >= 2 * n && created <= 4, "{mode}: {} pipe loans, {created} created", lent);
+    } else if mode == "auto" {
+        assert!(lent >= 1 && created <= lent, "{mode}: {lent} pipe loans, {created} created");
+    } else {
+        assert_eq!(lent, 0, "copy mode lent pipes");
+    }
 }
 
 /// `relay: auto` copies request/response exchanges, however big the messages
@@ -314,6 +324,7 @@ fn sluice_stats_shows_the_routes() {
     let (code, out, err) = run(&["stats", "--admin", &admin.to_string()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("test"), "no route row:\n{out}");
+    assert!(out.contains("pool hits"), "no pipe pool line:\n{out}");
     let (code, _, err) = run(&["stats", "--admin", "127.0.0.1:1"]);
     assert_eq!(code, 1);
     assert!(err.contains("cannot read"), "{err}");
