@@ -303,8 +303,8 @@ impl Applied {
         if let Some(d) = o.user_timeout {
             self.set(Opt::UserTimeout, || set_user_timeout(s, d.get()));
         }
-        if let Some(n) = o.notsent_lowat {
-            self.set(Opt::NotSentLowat, || set_notsent_lowat(s, u32::try_from(n.get()).unwrap_or(u32::MAX)));
+        if let Some(n) = o.notsent_lowat() {
+            self.set(Opt::NotSentLowat, || set_notsent_lowat(s, n));
         }
     }
 

@@ -227,6 +227,20 @@ routes:
     }
 
     #[test]
+    fn notsent_lowat_defaults_to_256k_and_0_turns_it_off() {
+        let lowat = |extra: &str| {
+            let text = GOOD.replace("    idle_timeout: 1m\n", &format!("    idle_timeout: 1m\n{extra}"));
+            let c = parse_str(&text, "proxy.yaml").unwrap_or_else(|e| panic!("{e}"));
+            let again = parse_str(&c.describe(2), "again").unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(again.routes[0].socket.notsent_lowat(), c.routes[0].socket.notsent_lowat(), "describe");
+            c.routes[0].socket.notsent_lowat()
+        };
+        assert_eq!(lowat(""), Some(super::super::DEFAULT_NOTSENT_LOWAT));
+        assert_eq!(lowat("    socket: { notsent_lowat: 0 }\n"), None);
+        assert_eq!(lowat("    socket: { notsent_lowat: 16KiB }\n"), Some(16 << 10));
+    }
+
+    #[test]
     fn single_value_errors_have_line_column_and_path() {
         let e = err(&GOOD.replace("127.0.0.1:8080", "0.0.0.0:80800"));
         assert_eq!(

@@ -180,7 +180,7 @@ pub struct RawSocket {
     pub congestion: Option<super::units::CongestionName>,
     /// TCP_FASTOPEN queue length on the listener; 0 = off.
     pub fastopen: Option<FastOpenQueue>,
-    /// TCP_NOTSENT_LOWAT.
+    /// TCP_NOTSENT_LOWAT; unset = [`super::DEFAULT_NOTSENT_LOWAT`], 0 = off (the kernel's unlimited).
     pub notsent_lowat: Option<NotSentLowat>,
     /// TCP_DEFER_ACCEPT on the listener; 0s = off. Breaks server-speaks-first protocols.
     pub defer_accept: Option<DeferAccept>,
@@ -196,8 +196,8 @@ pub type UserTimeout = DurationIn<0, 86_400_000>;
 pub type BufferSize = SizeIn<4096, { 256 << 20 }>;
 /// `fastopen`: listener queue length, 0 = off.
 pub type FastOpenQueue = CountIn<0, 65_535>;
-/// `notsent_lowat`: 1 byte to 256 MiB.
-pub type NotSentLowat = SizeIn<1, { 256 << 20 }>;
+/// `notsent_lowat`: 0 (off) to 256 MiB.
+pub type NotSentLowat = SizeIn<0, { 256 << 20 }>;
 /// `defer_accept`: 0 (off) to 1 hour, in seconds.
 pub type DeferAccept = DurationIn<0, 3_600_000>;
 /// `mark`: any 32-bit value.

@@ -1,7 +1,8 @@
 //! Workers and socket options as the kernel sees them: four workers share
 //! the clients; congestion control and keepalive reach the sockets sluice
 //! makes (read back with `ss`); an unavailable algorithm falls back with
-//! one warning.
+//! one warning; the default TCP_NOTSENT_LOWAT bounds what waits unsent
+//! toward a client that doesn't read.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -113,4 +114,43 @@ fn an_unavailable_congestion_control_falls_back_with_one_warning_and_the_backlog
     if somaxconn < 65535 {
         assert!(s.log().contains("backlog 65535 capped at net.core.somaxconn"), "{}", s.log());
     }
+}
+
+/// The unsent bytes (`notsent:`) queued on sluice's own end of its client
+/// connections, largest first; `None` without `ss`.
+fn sluice_notsent(port: u16) -> Option<u64> {
+    let out = Command::new("ss").args(["-tniH", "state", "established", &format!("sport = :{port}")]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some(text.split_whitespace().filter_map(|w| w.strip_prefix("notsent:")?.parse().ok()).max().unwrap_or(0))
+}
+
+/// Waits (bounded) until sluice's end toward a client that never reads holds
+/// at least `at_least` unsent bytes, then returns the most seen over 300 ms.
+fn notsent_toward_a_stalled_client(extra: &str, at_least: u64) -> Option<u64> {
+    sluice_notsent(1)?;
+    let s = Sluice::with_config(&one_route("auto", &[backends::source(7, 256 << 20)], extra), &[]);
+    let _client = connect(s.addr()); // never reads
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sluice_notsent(s.addr().port())? < at_least {
+        assert!(std::time::Instant::now() < deadline, "sluice never queued {at_least} unsent bytes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut most = 0;
+    for _ in 0..15 {
+        most = most.max(sluice_notsent(s.addr().port())?);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(most)
+}
+
+#[test]
+fn unsent_data_per_socket_is_bounded_by_default_and_unbounded_with_notsent_lowat_0() {
+    let Some(bounded) = notsent_toward_a_stalled_client("", 128 << 10) else {
+        eprintln!("skipped: `ss` (iproute2) is not available");
+        return;
+    };
+    // 256 KiB (the default TCP_NOTSENT_LOWAT) plus at most one write past it.
+    assert!(bounded <= 512 << 10, "{bounded} bytes unsent toward the client with the default notsent_lowat");
+    let off = notsent_toward_a_stalled_client("    socket: { notsent_lowat: 0 }\n", 1 << 20).expect("ss");
+    assert!(off > bounded, "notsent_lowat: 0 queued {off} bytes, the default {bounded}");
 }
