@@ -296,11 +296,17 @@ impl Session {
         self.c2u.dst_writable = false;
     }
 
-    /// Reads the result of the connect in progress.
-    pub fn check_connect(&mut self) -> Verdict {
+    /// Reads the result of the connect in progress from the upstream's event.
+    pub fn check_connect(&mut self, ready: Readiness) -> Verdict {
         let Some(up) = &self.upstream else {
             return Verdict::Continue { more: false };
         };
+        if ready.writable && !ready.hup {
+            // Writable with no error or hang-up: the handshake completed (a
+            // socket in SYN-SENT never polls writable; a failed one polls
+            // EPOLLERR). Saves SO_ERROR + getpeername per connection.
+            return Verdict::Connected;
+        }
         match sockets::connect_result(up) {
             ConnectState::Connected => Verdict::Connected,
             ConnectState::ConnectedThenReset => {
@@ -371,6 +377,13 @@ impl Session {
                 false
             }
         };
+        // The second direction to finish leaves its FIN to close() (see Pump::fin_by_close).
+        if self.failed.is_none() && self.u2c.finished() {
+            self.c2u.fin_by_close();
+        }
+        if self.failed.is_none() && self.c2u.finished() {
+            self.u2c.fin_by_close();
+        }
         // A pump whose destination failed is dead: don't run it again.
         if header_out && self.failed != Some(Side::Upstream) {
             match self.c2u.run(&self.client, up, res) {

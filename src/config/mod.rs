@@ -33,8 +33,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PIPE_SIZE: usize = 64 << 10;
 /// Default `notsent_lowat`: 256 KiB of unsent data per socket at most. The
 /// kernel's own default queues up to the whole (autotuned, multi-MiB) send
-/// buffer; bounding it kept a stream's pages hot and measured +20-40 % on
-/// loopback streams at no cost to request/response traffic (docs/performance.md).
+/// buffer; bounding it measured +20-40 % on loopback streams at no cost to
+/// request/response traffic, for ~10-25 % more proxy CPU per byte (docs/performance.md).
 /// It limits only data not yet sent, never what is in flight.
 pub const DEFAULT_NOTSENT_LOWAT: u32 = 256 << 10;
 /// Default `max_connections`, all routes together.

@@ -307,7 +307,7 @@ impl Worker {
             Stage::Header { .. } if side == Side::Client && (ready.readable || ready.hup) => self.on_header(key, now),
             Stage::Header { .. } => {}
             Stage::Connecting { .. } if side == Side::Upstream => {
-                let verdict = s.check_connect();
+                let verdict = s.check_connect(ready);
                 self.apply(key, verdict, now);
             }
             Stage::Connecting { .. } => {}
