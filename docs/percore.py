@@ -33,7 +33,17 @@ import time
 
 LOADGEN = os.environ.get("LOADGEN_BIN", "/tmp/bench-loadgen-target/release/loadgen")
 SLUICE = os.environ.get("SLUICE_BIN", "target/release/sluice")
-BACKEND_PORT, PROXY_PORT = 19101, 19102
+
+
+def free_port():
+    """A port the OS calls free now (the children need a number to listen on)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+BACKEND_PORT = free_port()
+PROXY_PORT = next(p for p in iter(free_port, None) if p != BACKEND_PORT)
 
 HAPROXY_CFG = """global
     nbthread 1

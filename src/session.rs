@@ -301,13 +301,7 @@ impl Session {
         let Some(up) = &self.upstream else {
             return Verdict::Continue { more: false };
         };
-        if ready.writable && !ready.hup {
-            // Writable with no error or hang-up: the handshake completed (a
-            // socket in SYN-SENT never polls writable; a failed one polls
-            // EPOLLERR). Saves SO_ERROR + getpeername per connection.
-            return Verdict::Connected;
-        }
-        match sockets::connect_result(up) {
+        match sockets::connect_result(up, ready.writable && !ready.hup) {
             ConnectState::Connected => Verdict::Connected,
             ConnectState::ConnectedThenReset => {
                 self.u2c.fail_at_eof(io::ErrorKind::ConnectionReset);
@@ -381,9 +375,6 @@ impl Session {
         if self.failed.is_none() && self.u2c.finished() {
             self.c2u.fin_by_close();
         }
-        if self.failed.is_none() && self.c2u.finished() {
-            self.u2c.fin_by_close();
-        }
         // A pump whose destination failed is dead: don't run it again.
         if header_out && self.failed != Some(Side::Upstream) {
             match self.c2u.run(&self.client, up, res) {
@@ -395,6 +386,10 @@ impl Session {
                 }
                 Err(DstFailed(e)) => dst_failed[0] = Some(e),
             }
+        }
+        // After c2u's run, so a c2u that finished just now counts too.
+        if self.failed.is_none() && self.c2u.finished() {
+            self.u2c.fin_by_close();
         }
         if self.failed != Some(Side::Client) {
             match self.u2c.run(up, &self.client, res) {

@@ -58,10 +58,16 @@ pub enum ConnectState {
     Failed(io::Error),
 }
 
-/// Reads the outcome of a non-blocking connect: writable does not mean
-/// connected. `SO_ERROR` first (set means failed), then `getpeername`
-/// (`ENOTCONN` means still in progress).
-pub fn connect_result(stream: &TcpStream) -> ConnectState {
+/// Reads the outcome of a non-blocking connect. `clean_writable`: the event
+/// that woke us was writable with no error and no hang-up, which already says
+/// connected (a socket in SYN-SENT never polls writable; a failed one polls
+/// EPOLLERR), so no syscall is needed; that saves two per proxied connection.
+/// Otherwise writable does not mean connected: `SO_ERROR` first (set means
+/// failed), then `getpeername` (`ENOTCONN` means still in progress).
+pub fn connect_result(stream: &TcpStream, clean_writable: bool) -> ConnectState {
+    if clean_writable {
+        return ConnectState::Connected;
+    }
     match stream.take_error() {
         // A refused handshake is ECONNREFUSED; a reset means the handshake
         // completed and the peer reset afterwards (say, a server that writes
@@ -112,7 +118,7 @@ mod tests {
         let s = start_connect(SocketAddr::from(([127, 0, 0, 1], port)), &Applied::default()).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            match connect_result(&s) {
+            match connect_result(&s, false) {
                 ConnectState::Failed(e) => {
                     assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
                     break;
@@ -146,11 +152,43 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the reset never arrived");
             poll.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
         }
-        assert!(matches!(connect_result(&s), ConnectState::ConnectedThenReset));
+        assert!(matches!(connect_result(&s, false), ConnectState::ConnectedThenReset));
         // What the server sent before its reset is still there to relay.
         let mut got = Vec::new();
         let _ = (&s).read_to_end(&mut got);
         assert_eq!(got, b"too many connections");
+    }
+
+    /// What `clean_writable` relies on: the first event of a connect that
+    /// succeeds is writable without error or hang-up, and the socket is then
+    /// connected; the first event of one that is refused carries the error.
+    #[test]
+    fn the_first_connect_event_tells_success_from_failure() {
+        let first_event = |addr: SocketAddr| {
+            let mut s = start_connect(addr, &Applied::default()).unwrap();
+            let mut poll = mio::Poll::new().unwrap();
+            let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
+            poll.registry().register(&mut s, mio::Token(0), interest).unwrap();
+            let mut events = mio::Events::with_capacity(4);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                poll.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
+                if let Some(e) = events.iter().next() {
+                    let clean = e.is_writable() && !e.is_error() && !e.is_read_closed() && !e.is_write_closed();
+                    return (s, clean);
+                }
+                assert!(std::time::Instant::now() < deadline, "no event for the connect");
+            }
+        };
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (s, clean) = first_event(l.local_addr().unwrap());
+        assert!(clean, "a successful connect's first event was not a clean writable");
+        assert!(s.peer_addr().is_ok(), "clean writable, yet not connected");
+        let closed = l.local_addr().unwrap();
+        drop(l);
+        let (s, clean) = first_event(closed);
+        assert!(!clean, "a refused connect looked clean");
+        assert!(matches!(connect_result(&s, false), ConnectState::Failed(_)));
     }
 
     #[test]
@@ -158,7 +196,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let s = start_connect(l.local_addr().unwrap(), &Applied::default()).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !matches!(connect_result(&s), ConnectState::Connected) {
+        while !matches!(connect_result(&s, false), ConnectState::Connected) {
             assert!(std::time::Instant::now() < deadline, "connect never finished");
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -207,7 +207,7 @@ impl Probe {
         let check = &self.target.check;
         let f = self.in_flight.as_mut()?;
         if !f.connected {
-            match sockets::connect_result(&f.stream) {
+            match sockets::connect_result(&f.stream, false) {
                 ConnectState::Pending => return None,
                 ConnectState::Failed(e) => return Some(Err(format!("connect failed: {e}"))),
                 ConnectState::ConnectedThenReset => return Some(Err("reset right after connecting".to_owned())),

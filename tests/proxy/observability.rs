@@ -120,7 +120,7 @@ fn exact_counts(mode: &str) {
     let (lent, created) = (v["pipes"]["lent"].as_u64().unwrap(), v["pipes"]["created"].as_u64().unwrap());
     assert_eq!(sample(&m, "sluice_pipes_lent_total") as u64, lent);
     if mode == "splice" {
-        assert!(lent >= 2 * n && created <= 4, "{mode}: {} pipe loans, {created} created", lent);
+        assert!(lent >= 2 * n && created <= 4, "{mode}: {lent} pipe loans, {created} created");
     } else if mode == "auto" {
         assert!(lent >= 1 && created <= lent, "{mode}: {lent} pipe loans, {created} created");
     } else {

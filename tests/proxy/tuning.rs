@@ -116,11 +116,10 @@ fn an_unavailable_congestion_control_falls_back_with_one_warning_and_the_backlog
     }
 }
 
-/// The unsent bytes (`notsent:`) queued on sluice's own end of its client
-/// connections, largest first; `None` without `ss`.
+/// The most unsent bytes (`notsent:`) queued on a socket of a connection to
+/// `port` (the clients' ends send nothing, so this is sluice's); `None` without `ss`.
 fn sluice_notsent(port: u16) -> Option<u64> {
-    let out = Command::new("ss").args(["-tniH", "state", "established", &format!("sport = :{port}")]).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = ss_lines(port)?;
     Some(text.split_whitespace().filter_map(|w| w.strip_prefix("notsent:")?.parse().ok()).max().unwrap_or(0))
 }
 
