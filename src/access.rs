@@ -1,26 +1,78 @@
-//! The access log: one line per finished session, at info on target
-//! `sluice::access` — route, client (and the peer that sent its PROXY header), upstream, bytes each way (and how many
-//! were spliced), connect and first-byte times, duration, close reason — as
-//! `key=value` pairs, or as a JSON object with `log.format: json`.
+//! The access log, at info on target `sluice::access`: one line per finished
+//! session — route, client (and the peer that sent its PROXY header),
+//! upstream, bytes each way (and how many were spliced), connect and
+//! first-byte times, duration, close reason and whether it was aborted —
+//! as `key=value` pairs, or as a JSON object with `log.format: json`. With
+//! `log.flush_interval`, a session open longer than that also gets a
+//! `event=periodic` line every interval, with its bytes so far.
 //!
 //! Turn it off with `log.access: false` (or `RUST_LOG=sluice::access=off`).
 //! Lines go through the non-blocking writer of `logging.rs`, so a slow
 //! stderr never stalls a worker.
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::LogFormat;
-use crate::metrics::SessionRecord;
+use crate::metrics::{CloseReason, SessionRecord};
 use crate::session::Session;
 
 /// The log target of access lines.
 pub const TARGET: &str = "sluice::access";
 
-/// Logs the access line of a session that just closed.
-pub fn log(format: LogFormat, s: &Session, r: &SessionRecord) {
+/// What an access line reports.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The session ended (with this reason), or it is still running.
+    pub reason: Option<CloseReason>,
+    /// `(spliced, copied)` client → upstream so far.
+    pub client_to_upstream: (u64, u64),
+    /// `(spliced, copied)` upstream → client so far.
+    pub upstream_to_client: (u64, u64),
+    /// A connected upstream.
+    pub connected: bool,
+    /// Upstream connect time.
+    pub connect_time: Option<Duration>,
+    /// Connected to first upstream byte.
+    pub first_byte_time: Option<Duration>,
+    /// Accept to now (or to close).
+    pub duration: Duration,
+}
+
+impl Entry {
+    /// The final line of a session that closed.
+    pub fn closed(r: &SessionRecord) -> Entry {
+        Entry {
+            reason: Some(r.reason),
+            client_to_upstream: r.client_to_upstream,
+            upstream_to_client: r.upstream_to_client,
+            connected: r.upstream.is_some(),
+            connect_time: r.connect_time,
+            first_byte_time: r.first_byte_time,
+            duration: r.duration,
+        }
+    }
+
+    /// A periodic line of a session still running at `now`.
+    pub fn running(s: &Session, now: Instant) -> Entry {
+        let [up, down] = s.bytes();
+        let relay = s.relay();
+        Entry {
+            reason: None,
+            client_to_upstream: (up[0], up[1]),
+            upstream_to_client: (down[0], down[1]),
+            connected: relay.is_some(),
+            connect_time: relay.map(|r| r.connect_time),
+            first_byte_time: relay.and_then(|r| r.first_byte_time),
+            duration: s.age(now),
+        }
+    }
+}
+
+/// Logs an access line for session `s`.
+pub fn log(format: LogFormat, s: &Session, e: &Entry) {
     if log::log_enabled!(target: TARGET, log::Level::Info) {
-        log::info!(target: TARGET, "{}", line(format, s, r));
+        log::info!(target: TARGET, "{}", line(format, s, e));
     }
 }
 
@@ -29,23 +81,26 @@ fn ms(d: Option<Duration>) -> Option<f64> {
 }
 
 /// The line for one session.
-pub fn line(format: LogFormat, s: &Session, r: &SessionRecord) -> String {
-    let upstream = r.upstream.map(|_| s.upstream_addr().to_string());
+pub fn line(format: LogFormat, s: &Session, e: &Entry) -> String {
+    let upstream = e.connected.then(|| s.upstream_addr().to_string());
+    let str_or_null = |v: Option<String>| v.map_or(Value::Null, Value::Str);
     // `peer` is who connected to us; `client` is who the PROXY header said it spoke for (the same without one).
-    let fields: [(&str, Value); 13] = [
+    let fields: [(&str, Value); 15] = [
+        ("event", Value::Str(if e.reason.is_some() { "end" } else { "periodic" }.to_owned())),
         ("session", Value::Int(s.id)),
         ("route", Value::Str(s.route.name.clone())),
         ("client", Value::Str(s.client_addr.to_string())),
         ("peer", Value::Str(s.peer_addr.to_string())),
-        ("upstream", upstream.map_or(Value::Null, Value::Str)),
-        ("bytes_up", Value::Int(r.client_to_upstream.0 + r.client_to_upstream.1)),
-        ("bytes_down", Value::Int(r.upstream_to_client.0 + r.upstream_to_client.1)),
-        ("spliced_up", Value::Int(r.client_to_upstream.0)),
-        ("spliced_down", Value::Int(r.upstream_to_client.0)),
-        ("connect_ms", ms(r.connect_time).map_or(Value::Null, Value::Float)),
-        ("first_byte_ms", ms(r.first_byte_time).map_or(Value::Null, Value::Float)),
-        ("duration_ms", ms(Some(r.duration)).map_or(Value::Null, Value::Float)),
-        ("reason", Value::Str(r.reason.as_str().to_owned())),
+        ("upstream", str_or_null(upstream)),
+        ("bytes_up", Value::Int(e.client_to_upstream.0 + e.client_to_upstream.1)),
+        ("bytes_down", Value::Int(e.upstream_to_client.0 + e.upstream_to_client.1)),
+        ("spliced_up", Value::Int(e.client_to_upstream.0)),
+        ("spliced_down", Value::Int(e.upstream_to_client.0)),
+        ("connect_ms", ms(e.connect_time).map_or(Value::Null, Value::Float)),
+        ("first_byte_ms", ms(e.first_byte_time).map_or(Value::Null, Value::Float)),
+        ("duration_ms", ms(Some(e.duration)).map_or(Value::Null, Value::Float)),
+        ("reason", str_or_null(e.reason.map(|r| r.as_str().to_owned()))),
+        ("aborted", e.reason.map_or(Value::Null, |r| Value::Bool(r.aborted()))),
     ];
     let mut out = String::with_capacity(256);
     match format {
@@ -58,6 +113,7 @@ pub fn line(format: LogFormat, s: &Session, r: &SessionRecord) -> String {
                     Value::Null => write!(out, "{k}=-"),
                     Value::Int(n) => write!(out, "{k}={n}"),
                     Value::Float(f) => write!(out, "{k}={f}"),
+                    Value::Bool(b) => write!(out, "{k}={b}"),
                     Value::Str(t) => write!(out, "{k}={t}"),
                 };
             }
@@ -70,6 +126,7 @@ pub fn line(format: LogFormat, s: &Session, r: &SessionRecord) -> String {
                         Value::Null => serde_json::Value::Null,
                         Value::Int(n) => n.into(),
                         Value::Float(f) => f.into(),
+                        Value::Bool(b) => b.into(),
                         Value::Str(t) => t.into(),
                     };
                     (k.to_owned(), v)
@@ -85,5 +142,6 @@ enum Value {
     Null,
     Int(u64),
     Float(f64),
+    Bool(bool),
     Str(String),
 }

@@ -28,7 +28,8 @@ Examples:
   sluice check -c proxy.yaml                validate and print the effective routes
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
-Signals: SIGTERM/SIGINT stop accepting and let sessions finish for drain_timeout; a second one stops at once."
+Signals: SIGTERM makes /readyz 503, accepts for drain_grace more, then lets sessions finish for drain_timeout;
+SIGINT skips the grace; a second signal stops at once; SIGHUP reloads."
 )]
 pub struct Cli {
     /// What to do (default: run the proxy).
@@ -67,6 +68,10 @@ pub struct Cli {
     /// For `stats`: where to read from [default: the config's admin.listen, else 127.0.0.1:9901].
     #[arg(long, value_name = "ADDR", global = true)]
     pub admin: Option<SocketAddr>,
+
+    /// Keep accepting this long after SIGTERM, /readyz saying 503 meanwhile, e.g. 5s or 0s [config: drain_grace].
+    #[arg(long, value_name = "DURATION", global = true)]
+    pub drain_grace: Option<crate::config::units::DurationIn<0, 600_000>>,
 
     /// Don't write the access log (one line per finished session) [config: log.access].
     #[arg(long, global = true)]
@@ -120,6 +125,9 @@ impl Cli {
         }
         if let Some(r) = self.relay {
             config.relay = r;
+        }
+        if let Some(g) = self.drain_grace {
+            config.drain_grace = g.get();
         }
         if let Some(listen) = self.admin {
             if !listen.ip().is_loopback() {

@@ -11,7 +11,7 @@
 //! - `server`: the control thread: start workers, signals, reload, drain.
 //! - `reload`: config → per-worker route updates (start and reload); the file watch.
 //! - `worker`: one thread, one mio loop: listeners, sessions, timers, pools.
-//! - `session`: one client↔upstream pair: connecting, relaying, failures.
+//! - `session`: one client↔upstream pair through its stages, and how it ends.
 //! - `relay`: the pump state machine over splice pipes or copy buffers.
 //! - `proxy_protocol`: PROXY protocol v1/v2 headers: building and strict parsing.
 //! - `pipe`: splice pipes and the per-worker pipe pool.
@@ -19,6 +19,7 @@
 //! - `route`: a route as workers run it (bound, resolved).
 //! - `upstream`: resolved upstream sets and balancing.
 //! - `sockets`: listeners, upstream connects, abortive close.
+//! - `socket_queue`: what a socket still holds: unread and unacknowledged bytes.
 //! - `sockopt`: one function per TCP option; where each one applies.
 //! - `limits`: the fd limit and the reserve fd.
 //! - `logging`: env_logger through a non-blocking queue to stderr.
@@ -45,6 +46,7 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod socket_queue;
 pub mod sockets;
 pub mod sockopt;
 pub mod stats_view;

@@ -1,7 +1,10 @@
 //! The control thread: starts the workers from a `Config`, then waits for
 //! signals, worker exits and config file changes. SIGHUP (or a changed file
-//! with `watch: true`) reloads; SIGTERM/SIGINT start a drain (listeners
-//! close at once, sessions get `drain_timeout`), a second one stops at once.
+//! with `watch: true`) reloads. SIGTERM stops in steps a load balancer can
+//! follow: `/readyz` says 503 at once, the listeners keep accepting for
+//! `drain_grace`, then the workers serve whoever is queued and close their
+//! listeners, and running sessions get `drain_timeout`. SIGINT (a terminal's
+//! Ctrl-C) skips the grace; a second signal stops at once.
 //!
 //! Everything that may block (name resolution, binding, reading files and
 //! /proc) happens here, never on a worker.
@@ -208,6 +211,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         registry,
         watch,
         draining: false,
+        grace_until: None,
         failure: None,
         checker,
         resolver,
@@ -228,6 +232,7 @@ fn settings(config: &Config) -> WorkerSettings {
         pipe_size: effective_pipe_size(config.pipe_size),
         max_pooled_pipes: config.max_pooled_pipes,
         access_log: config.log.access.then_some(config.log.format),
+        access_flush: config.log.flush_interval,
     }
 }
 
@@ -238,7 +243,10 @@ struct ControlThread {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     watch: Option<FileWatch>,
+    /// A stop signal arrived: no reloads from then on.
     draining: bool,
+    /// The listeners stop accepting at this time (the end of `drain_grace`).
+    grace_until: Option<Instant>,
     failure: Option<ServerError>,
     checker: Checker,
     resolver: Resolver,
@@ -250,7 +258,10 @@ impl ControlThread {
     fn run(&mut self, mut poll: Poll, signals: &mut Signals, exits: &Receiver<Exit>) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(8);
         loop {
-            let timeout = self.watch.as_ref().filter(|_| !self.draining).map(|_| WATCH_EVERY);
+            let mut timeout = self.watch.as_ref().filter(|_| !self.draining).map(|_| WATCH_EVERY);
+            if let Some(t) = self.grace_until {
+                timeout = Some(t.saturating_duration_since(Instant::now()));
+            }
             match poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -265,6 +276,9 @@ impl ControlThread {
                 for signal in signals.pending() {
                     self.on_signal(signal);
                 }
+            }
+            if self.grace_until.is_some_and(|t| Instant::now() >= t) {
+                self.stop_accepting();
             }
             if !self.draining && self.watch.as_mut().is_some_and(FileWatch::changed) {
                 log::info!("{} changed: reloading", self.config.origin());
@@ -290,21 +304,44 @@ impl ControlThread {
                 log::info!("second stop signal: closing every session now");
                 self.handles.iter().for_each(|h| h.send(Control::Stop));
             }
-            _ => {
-                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+            SIGINT => {
                 log::info!(
-                    "{name} received: no new connections; running sessions get up to {:?} to finish",
+                    "SIGINT received: no new connections; running sessions get up to {:?} to finish",
                     self.config.drain_timeout
                 );
-                self.drain();
+                self.drain(Duration::ZERO);
+            }
+            _ => {
+                let grace = self.config.drain_grace;
+                log::info!(
+                    "SIGTERM received: /readyz says 503; accepting for {:?} more (drain_grace), then running \
+                     sessions get up to {:?} to finish",
+                    grace,
+                    self.config.drain_timeout
+                );
+                self.drain(grace);
             }
         }
     }
 
-    fn drain(&mut self) {
+    /// Starts the shutdown: `/readyz` says 503 now; the listeners stop
+    /// accepting after `grace`.
+    fn drain(&mut self, grace: Duration) {
         self.draining = true;
-        // /readyz turns 503 before the listeners close.
         self.shared.draining.store(true, Ordering::Relaxed);
+        self.grace_until = Some(Instant::now() + grace);
+        if grace.is_zero() {
+            self.stop_accepting();
+        }
+    }
+
+    /// The grace is over: the workers serve what is queued, close their
+    /// listeners, and give running sessions `drain_timeout`.
+    fn stop_accepting(&mut self) {
+        if self.grace_until.take().is_none() {
+            return;
+        }
+        log::info!("no new connections from now on; running sessions get up to {:?}", self.config.drain_timeout);
         let deadline = Instant::now() + self.config.drain_timeout;
         self.handles.iter().for_each(|h| h.send(Control::Drain { deadline }));
     }
@@ -322,7 +359,7 @@ impl ControlThread {
         log::error!("worker {id} {why}; shutting down");
         self.failure.get_or_insert(ServerError::Worker(id, why));
         if !self.draining {
-            self.drain();
+            self.drain(Duration::ZERO);
         }
     }
 

@@ -1,5 +1,6 @@
-//! Deadlines of one worker: connect timeouts, idle timeouts, accept retries,
-//! the drain deadline.
+//! Deadlines of one worker: each session's one timer (PROXY header, connect,
+//! idle and half-close timeouts, the drain's idle rule, the wait before a
+//! reset), accept retries, the byte reports, the drain deadline.
 //!
 //! An ordered set of `(deadline in ms, key)`: insert and cancel are
 //! O(log n), the next deadline is the first entry, and nothing stale stays
@@ -7,7 +8,7 @@
 //! closed session's idle timer for ten minutes). Time is passed in, so the
 //! tests never sleep. Idle timers are not moved on every byte: a session
 //! keeps its last-activity time and the timer re-arms itself when it fires
-//! early (see `Session::on_timer`).
+//! early (the worker's `on_session_timer` asks `Session::due` again).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -27,6 +27,7 @@ impl Config {
         line("pipe_size", fmt_size(self.pipe_size as u64));
         line("max_pooled_pipes", self.max_pooled_pipes.to_string());
         line("max_connections", self.max_connections.to_string());
+        line("drain_grace", fmt_duration(self.drain_grace));
         line("drain_timeout", fmt_duration(self.drain_timeout));
         line("watch", self.watch.to_string());
         match &self.admin {
@@ -40,6 +41,10 @@ impl Config {
             super::LogFormat::Json => "json",
         };
         s.push_str(&format!("log:\n  format: {format}\n  access: {}\n", self.log.access));
+        match self.log.flush_interval {
+            Some(d) => s.push_str(&format!("  flush_interval: {}\n", fmt_duration(d))),
+            None => s.push_str("  # flush_interval: off\n"),
+        }
         s.push_str("routes:\n");
         for r in &self.routes {
             describe_route(&mut s, r);

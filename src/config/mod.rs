@@ -27,8 +27,16 @@ pub use units::{CongestionName, HostPort, Keepalive, Workers};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default `idle_timeout` of a route.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Default `drain_timeout`.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `drain_timeout`: with the default `drain_grace`, the whole
+/// shutdown fits Kubernetes' default `terminationGracePeriodSeconds` (30 s),
+/// so sessions end by our reset rather than by SIGKILL.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// Default `drain_grace`: how long listeners keep accepting after SIGTERM,
+/// with `/readyz` already saying 503, so load balancers and Kubernetes can
+/// take this instance out before it stops accepting. Endpoint removal takes
+/// a few seconds to reach every node's kube-proxy; Istio's sidecar waits
+/// 5 s (`terminationDrainDuration`) for the same reason. SIGINT skips it.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Default `pipe_size`: 64 KiB, the kernel's own default pipe size.
 pub const DEFAULT_PIPE_SIZE: usize = 64 << 10;
 /// Default `notsent_lowat`: 256 KiB of unsent data per socket at most. The
@@ -43,9 +51,6 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// for 1 KiB to 1 MiB exchanges) and splices one-way bulk flows (less proxy CPU
 /// per byte); docs/performance.md has the figures and the CPU it costs.
 pub const DEFAULT_RELAY: RelayMode = RelayMode::Auto;
-/// Default `half_close_timeout`: a session one side of which has finished
-/// must not linger in CLOSE-WAIT for the whole idle timeout.
-pub const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default listen `backlog` (capped at `net.core.somaxconn`).
 pub const DEFAULT_BACKLOG: u32 = 4096;
 /// Default `max_pooled_pipes` per worker.
@@ -70,8 +75,10 @@ pub struct Config {
     pub max_pooled_pipes: usize,
     /// Sessions allowed at once, all routes together.
     pub max_connections: usize,
-    /// Time running sessions get to finish after SIGTERM.
+    /// Time running sessions get to finish once accepting stopped.
     pub drain_timeout: Duration,
+    /// Time listeners keep accepting after SIGTERM (`/readyz` says 503 meanwhile).
+    pub drain_grace: Duration,
     /// Reload when the file changes.
     pub watch: bool,
     /// The admin port, if any.
@@ -98,6 +105,8 @@ pub struct Log {
     pub format: LogFormat,
     /// Log one line per finished session.
     pub access: bool,
+    /// Also log one for each session open longer than this, every this long.
+    pub flush_interval: Option<Duration>,
 }
 
 /// One listen address and where its sessions go.
@@ -113,7 +122,11 @@ pub struct Route {
     pub connect_timeout: Duration,
     /// A session with no byte either way for this long is closed.
     pub idle_timeout: Duration,
-    /// Once one side has finished, the session is closed after this long without a byte.
+    /// Once one side has finished, the session is closed after this long
+    /// without a byte. Defaults to `idle_timeout`: a client that half-closes
+    /// its request and waits minutes for the answer (a report, a dump) must
+    /// not be cut, and the idle timeout still bounds CLOSE-WAIT (HAProxy's
+    /// `timeout client-fin` is likewise off unless set).
     pub half_close_timeout: Duration,
     /// Listen queue length asked of the kernel.
     pub backlog: u32,

@@ -22,6 +22,10 @@ pub type ConnectTimeout = DurationIn<1, 300_000>;
 pub type IdleTimeout = DurationIn<10, { 30 * 86_400_000 }>;
 /// `drain_timeout`: 0 (close at once) to 1 hour.
 pub type DrainTimeout = DurationIn<0, 3_600_000>;
+/// `drain_grace`: 0 (stop accepting at once) to 10 minutes.
+pub type DrainGrace = DurationIn<0, 600_000>;
+/// `log.flush_interval`: 1 second to 1 day.
+pub type FlushInterval = DurationIn<1000, 86_400_000>;
 /// `pipe_size`: one page to 16 MiB (the kernel clamps further to `fs.pipe-max-size`).
 pub type PipeSize = SizeIn<4096, { 16 << 20 }>;
 /// `max_connections`: 1 to 10 million.
@@ -52,8 +56,10 @@ pub struct RawConfig {
     pub max_pooled_pipes: Option<MaxPooledPipes>,
     /// Sessions allowed at once, all routes together.
     pub max_connections: Option<MaxConnections>,
-    /// How long running sessions may take to finish after SIGTERM.
+    /// How long running sessions may take to finish once accepting stopped.
     pub drain_timeout: Option<DrainTimeout>,
+    /// How long listeners keep accepting after SIGTERM (with /readyz at 503).
+    pub drain_grace: Option<DrainGrace>,
     /// Reload when the file changes (polled every second).
     pub watch: Option<bool>,
     /// The admin HTTP port; absent = off.
@@ -77,7 +83,8 @@ pub struct RawDefaults {
     pub connect_timeout: Option<ConnectTimeout>,
     /// A session with no byte either way for this long is closed.
     pub idle_timeout: Option<IdleTimeout>,
-    /// A session one side of which has finished is closed after this long without a byte.
+    /// A session one side of which has finished is closed after this long
+    /// without a byte (unset: the idle timeout).
     pub half_close_timeout: Option<HalfCloseTimeout>,
     /// Listen queue length.
     pub backlog: Option<Backlog>,
@@ -221,6 +228,8 @@ pub struct RawLog {
     pub format: Option<LogFormat>,
     /// One line per finished session on target `sluice::access` (default on).
     pub access: Option<bool>,
+    /// Also a line for each session open longer than this, every this long.
+    pub flush_interval: Option<FlushInterval>,
 }
 
 /// Log line format.

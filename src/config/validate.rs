@@ -12,9 +12,8 @@ use super::pool::PoolErrorAt;
 use super::schema::{RawConfig, RawRoute};
 use super::units::{HostPort, Workers};
 use super::{
-    Config, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HALF_CLOSE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_POOLED_PIPES, DEFAULT_PIPE_SIZE, DEFAULT_RELAY, Route,
-    UpstreamSpec,
+    Config, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_GRACE, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_POOLED_PIPES, DEFAULT_PIPE_SIZE, DEFAULT_RELAY, Route, UpstreamSpec,
 };
 
 /// One step of a field path.
@@ -102,6 +101,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, FieldError> {
         max_pooled_pipes: raw.max_pooled_pipes.map_or(DEFAULT_MAX_POOLED_PIPES, |n| n.get() as usize),
         max_connections: raw.max_connections.map_or(DEFAULT_MAX_CONNECTIONS, |n| n.get() as usize),
         drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.get()),
+        drain_grace: raw.drain_grace.map_or(DEFAULT_DRAIN_GRACE, |d| d.get()),
         watch: raw.watch.unwrap_or(false),
         admin: match raw.admin {
             None => None,
@@ -120,7 +120,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, FieldError> {
                 Some(super::Admin { listen: a.listen.0, allow_remote })
             }
         },
-        log: super::Log { format: raw.log.format.unwrap_or_default(), access: raw.log.access.unwrap_or(true) },
+        log: super::Log {
+            format: raw.log.format.unwrap_or_default(),
+            access: raw.log.access.unwrap_or(true),
+            flush_interval: raw.log.flush_interval.map(|d| d.get()),
+        },
         routes,
     })
 }
@@ -200,6 +204,7 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
             );
         }
     }
+    let idle_timeout = r.idle_timeout.or(defaults.idle_timeout).map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get());
     Ok(Route {
         listen: r.listen.0,
         upstreams: r
@@ -212,11 +217,8 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
             })
             .collect(),
         connect_timeout: r.connect_timeout.or(defaults.connect_timeout).map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get()),
-        idle_timeout: r.idle_timeout.or(defaults.idle_timeout).map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get()),
-        half_close_timeout: r
-            .half_close_timeout
-            .or(defaults.half_close_timeout)
-            .map_or(DEFAULT_HALF_CLOSE_TIMEOUT, |d| d.get()),
+        idle_timeout,
+        half_close_timeout: r.half_close_timeout.or(defaults.half_close_timeout).map_or(idle_timeout, |d| d.get()),
         backlog: r.backlog.or(defaults.backlog).map_or(DEFAULT_BACKLOG, |n| n.get() as u32),
         max_connections: r.max_connections.or(defaults.max_connections).map(|n| n.get() as usize),
         max_connections_per_client: r

@@ -240,6 +240,7 @@ mod tests {
                 reason: CloseReason::Clean,
                 client_to_upstream: (10, 1),
                 upstream_to_client: (20, 2),
+                reported: [[0; 2]; 2],
                 connect_time: Some(Duration::from_micros(100 * (i as u64 + 1))),
                 first_byte_time: None,
                 duration: Duration::from_millis(5),

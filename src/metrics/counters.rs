@@ -1,8 +1,9 @@
-//! Per-worker counters: sessions by close reason, bytes by direction and
-//! relay mode, connect attempts, pipe and accept trouble.
+//! Why sessions end (`CloseReason`, the label of `sluice_sessions_closed_total`)
+//! and each worker's worker-wide counters: accept trouble, refusals, pipes.
 //!
 //! A worker is the only writer of its own `WorkerCounters` (relaxed atomic
-//! adds, no contention); anyone may read them and sum over workers.
+//! adds, no contention); anyone may read them and sum over workers. Counts
+//! by route and upstream (sessions, bytes, latencies) live in `stats.rs`.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -16,11 +17,20 @@ pub enum CloseReason {
     ClientReset,
     /// The upstream reset or failed; the client was reset after it.
     UpstreamReset,
-    /// No byte either way for `idle_timeout`.
+    /// No byte either way for `idle_timeout`, nothing in flight: closed with a FIN.
     IdleTimeout,
+    /// `idle_timeout` with bytes still in flight (a reader that stopped
+    /// reading) or a side already failed: both sides reset.
+    IdleTimeoutAborted,
+    /// One direction finished and no byte for `half_close_timeout`, nothing in flight: FIN.
+    HalfCloseTimeout,
+    /// `half_close_timeout` with bytes still in flight: both sides reset.
+    HalfCloseTimeoutAborted,
+    /// Quiet for `DRAIN_IDLE` while draining: closed with a FIN.
+    DrainIdle,
     /// No upstream of the route accepted the connection (refused or timed out).
     ConnectFailed,
-    /// Cut at the end of `drain_timeout` during shutdown.
+    /// Cut with a reset at the end of `drain_timeout` (or by a second stop signal).
     Drained,
     /// Refused right after accept (per-client limit).
     Refused,
@@ -34,11 +44,15 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in a fixed order (the counter index).
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::Clean,
         CloseReason::ClientReset,
         CloseReason::UpstreamReset,
         CloseReason::IdleTimeout,
+        CloseReason::IdleTimeoutAborted,
+        CloseReason::HalfCloseTimeout,
+        CloseReason::HalfCloseTimeoutAborted,
+        CloseReason::DrainIdle,
         CloseReason::ConnectFailed,
         CloseReason::Drained,
         CloseReason::Refused,
@@ -54,6 +68,10 @@ impl CloseReason {
             CloseReason::ClientReset => "client_reset",
             CloseReason::UpstreamReset => "upstream_reset",
             CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::IdleTimeoutAborted => "idle_timeout_aborted",
+            CloseReason::HalfCloseTimeout => "half_close_timeout",
+            CloseReason::HalfCloseTimeoutAborted => "half_close_timeout_aborted",
+            CloseReason::DrainIdle => "drain_idle",
             CloseReason::ConnectFailed => "connect_failed",
             CloseReason::Drained => "drained",
             CloseReason::Refused => "refused",
@@ -61,6 +79,17 @@ impl CloseReason {
             CloseReason::BadProxyHeader => "bad_proxy_header",
             CloseReason::NoUpstream => "no_upstream",
         }
+    }
+}
+
+impl CloseReason {
+    /// The session did not end with a FIN after everything was delivered:
+    /// a side was reset, refused, or never connected (the access log's `aborted`).
+    pub fn aborted(self) -> bool {
+        !matches!(
+            self,
+            CloseReason::Clean | CloseReason::IdleTimeout | CloseReason::HalfCloseTimeout | CloseReason::DrainIdle
+        )
     }
 }
 
@@ -116,5 +145,19 @@ impl WorkerCounters {
     /// Reads one.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_reason_at_its_own_index() {
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r} is out of place: counters are indexed by discriminant");
+        }
+        let names: std::collections::HashSet<&str> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), CloseReason::ALL.len(), "labels are unique");
     }
 }

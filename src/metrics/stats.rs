@@ -4,8 +4,9 @@
 //!
 //! Each worker owns one `WorkerMetrics`. Its route/upstream stats sit
 //! behind a mutex that only that worker takes per *session* (accept,
-//! connect attempt, close: never per event or per byte), and the admin
-//! thread takes briefly per scrape, so it is uncontended in practice.
+//! connect attempt, close: never per event or per byte) and once a second
+//! to add the bytes running sessions moved, and the admin thread takes
+//! briefly per scrape, so it is uncontended in practice.
 //! Worker-wide counters that change per event stay lock-free atomics in
 //! `WorkerCounters`.
 
@@ -133,14 +134,27 @@ impl WorkerStats {
         &mut self.upstreams[id]
     }
 
-    /// A finished session.
+    /// Bytes a running session moved since it last reported (`[c2u, u2c][spliced, copied]`).
+    pub fn bytes_moved(&mut self, route: usize, delta: [[u64; 2]; 2]) {
+        let r = self.route(route);
+        for (into, from) in r.bytes.iter_mut().flatten().zip(delta.iter().flatten()) {
+            *into += from;
+        }
+    }
+
+    /// A finished session (its bytes minus what it reported while running).
     pub fn session_closed(&mut self, s: &SessionRecord) {
+        let totals =
+            [[s.client_to_upstream.0, s.client_to_upstream.1], [s.upstream_to_client.0, s.upstream_to_client.1]];
+        let mut rest = [[0; 2]; 2];
+        for ((out, total), reported) in
+            rest.iter_mut().flatten().zip(totals.iter().flatten()).zip(s.reported.iter().flatten())
+        {
+            *out = total.saturating_sub(*reported);
+        }
+        self.bytes_moved(s.route, rest);
         let r = self.route(s.route);
         r.closed[s.reason as usize] += 1;
-        r.bytes[0][0] += s.client_to_upstream.0;
-        r.bytes[0][1] += s.client_to_upstream.1;
-        r.bytes[1][0] += s.upstream_to_client.0;
-        r.bytes[1][1] += s.upstream_to_client.1;
         if let Some(t) = s.connect_time {
             record(&mut r.connect_time, us(t));
         }
@@ -175,6 +189,8 @@ pub struct SessionRecord {
     pub client_to_upstream: (u64, u64),
     /// (spliced, copied) bytes upstream → client.
     pub upstream_to_client: (u64, u64),
+    /// Of those, what was already counted while the session ran (`bytes_moved`).
+    pub reported: [[u64; 2]; 2],
     /// Time the successful connect took.
     pub connect_time: Option<Duration>,
     /// Connected to first upstream byte.
@@ -215,6 +231,7 @@ mod tests {
             reason: CloseReason::Clean,
             client_to_upstream: (100, 5),
             upstream_to_client: (0, 7),
+            reported: [[0; 2]; 2],
             connect_time: Some(Duration::from_micros(250)),
             first_byte_time: Some(Duration::from_millis(100)),
             duration: Duration::from_secs(2),
@@ -228,6 +245,26 @@ mod tests {
         assert_eq!(st.upstreams[1].sessions, 1);
         assert_eq!(st.upstreams[1].retransmits.max(), 3);
         assert_eq!(st.routes.len(), 3, "grown to the id");
+    }
+
+    #[test]
+    fn bytes_reported_while_running_are_not_counted_again_at_close() {
+        let mut st = WorkerStats::default();
+        st.bytes_moved(0, [[100, 0], [0, 50]]);
+        assert_eq!(st.routes[0].bytes, [[100, 0], [0, 50]], "visible while the session runs");
+        st.session_closed(&SessionRecord {
+            route: 0,
+            upstream: None,
+            reason: CloseReason::Clean,
+            client_to_upstream: (150, 0),
+            upstream_to_client: (0, 50),
+            reported: [[100, 0], [0, 50]],
+            connect_time: None,
+            first_byte_time: None,
+            duration: Duration::from_secs(1),
+            tcp_info: None,
+        });
+        assert_eq!(st.routes[0].bytes, [[150, 0], [0, 50]], "the total, once");
     }
 
     #[test]

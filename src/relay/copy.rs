@@ -79,7 +79,7 @@ impl CopyStage {
     }
 
     /// Records `n` bytes written out of `data()`.
-    pub fn drained(&mut self, n: usize) {
+    pub fn written(&mut self, n: usize) {
         self.start += n;
         debug_assert!(self.start <= self.end);
         if self.start == self.end {
@@ -121,11 +121,11 @@ mod tests {
         space[..5].copy_from_slice(b"hello");
         st.filled(5);
         assert_eq!(st.data(), b"hello");
-        st.drained(2);
+        st.written(2);
         assert_eq!(st.data(), b"llo");
         st.release_if_empty(&mut pool);
         assert_eq!(st.pending(), 3, "a buffer with bytes is kept");
-        st.drained(3);
+        st.written(3);
         assert_eq!(st.pending(), 0);
         st.release_if_empty(&mut pool);
         assert!(st.buf.is_none());
@@ -139,7 +139,7 @@ mod tests {
         st.space(&mut pool);
         st.filled(4);
         assert!(!st.has_room());
-        st.drained(4);
+        st.written(4);
         assert!(st.has_room(), "an emptied buffer starts over");
     }
 }

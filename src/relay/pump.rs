@@ -13,6 +13,7 @@ use std::net::Shutdown;
 use mio::net::TcpStream;
 
 use super::Resources;
+use super::auto::OneWay;
 use super::copy::CopyStage;
 use super::splice;
 use crate::pipe::Pipe;
@@ -55,21 +56,6 @@ pub struct Activity {
     pub took_in: bool,
 }
 
-/// `relay: auto` while a direction still copies: what it has read since the
-/// other direction last moved a byte.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct OneWay {
-    bytes: u64,
-    reads: u64,
-}
-
-impl OneWay {
-    /// A one-way bulk flow: enough bytes without a reply, in big reads.
-    fn is_bulk(&self) -> bool {
-        self.bytes >= AUTO_SPLICE_AFTER && self.bytes / self.reads.max(1) >= AUTO_MIN_AVG_READ
-    }
-}
-
 /// Writing to the destination failed: that side is gone.
 #[derive(Debug)]
 pub struct DstFailed(pub io::Error);
@@ -103,19 +89,6 @@ pub struct Pump {
     /// Bytes delivered through a buffer.
     pub copied: u64,
 }
-
-/// `relay: auto` moves a direction from copy to splice once it has read this
-/// many bytes while the other direction sent nothing (a download, an upload, a
-/// replication stream), in reads averaging at least [`AUTO_MIN_AVG_READ`].
-/// Request/response traffic, even with 1 MiB messages, keeps copying: measured
-/// on loopback, copying beats splicing for 64 KiB and 1 MiB exchanges (the
-/// peers on the other end pay less per message), while a long one-way stream
-/// costs the proxy less CPU spliced. See docs/performance.md.
-const AUTO_SPLICE_AFTER: u64 = 4 << 20;
-
-/// Below this average read size a one-way flow is many small messages, for
-/// which splicing costs more syscalls per message than copying.
-const AUTO_MIN_AVG_READ: u64 = 8 << 10;
 
 impl Pump {
     /// A pump for a relay mode (`auto` starts copying).
@@ -171,13 +144,13 @@ impl Pump {
     }
 
     /// The source ended and everything it sent has been delivered.
-    pub fn drained(&self) -> bool {
+    pub fn all_delivered(&self) -> bool {
         self.src != SrcEnd::Open && self.pending() == 0
     }
 
     /// Finished cleanly: EOF read, all bytes delivered, FIN passed on.
     pub fn finished(&self) -> bool {
-        self.drained() && self.dst_shut
+        self.all_delivered() && self.dst_shut
     }
 
     /// Bytes delivered so far, both modes.
@@ -231,7 +204,7 @@ impl Pump {
                 break;
             }
         }
-        if self.drained() && !self.dst_shut && !self.hold_fin && self.src == SrcEnd::Eof {
+        if self.all_delivered() && !self.dst_shut && !self.hold_fin && self.src == SrcEnd::Eof {
             // Half-close: every byte before the FIN has been delivered.
             if !self.fin_by_close {
                 dst.shutdown(Shutdown::Write).map_err(DstFailed)?;
@@ -261,7 +234,7 @@ impl Pump {
             }),
             Stage::Splice { pipe: None, .. } => unreachable!("bytes in flight without a pipe"),
             Stage::Copy(c) => (&*dst).write(c.data()).inspect(|&n| {
-                c.drained(n);
+                c.written(n);
                 self.copied += n as u64;
             }),
         };
@@ -343,8 +316,7 @@ impl Pump {
             self.src_readable = false;
         }
         if let (Some(w), Ok(n @ 1..)) = (self.one_way.as_mut(), &r) {
-            w.bytes += *n as u64;
-            w.reads += 1;
+            w.read(*n);
         }
         match r {
             Ok(0) => {
@@ -400,6 +372,7 @@ impl Pump {
 
 #[cfg(test)]
 mod tests {
+    use super::super::auto::AUTO_SPLICE_AFTER;
     use super::*;
     use mio::{Events, Interest, Poll, Token};
     use std::net::{TcpListener, TcpStream as StdStream};
@@ -514,7 +487,7 @@ mod tests {
             let mut pump = Pump::new(splice);
             pump.fail_at_eof(io::ErrorKind::ConnectionReset);
             let deadline = Instant::now() + Duration::from_secs(5);
-            while !pump.drained() {
+            while !pump.all_delivered() {
                 assert!(Instant::now() < deadline, "splice={splice}: never drained");
                 pump.src_readable = true;
                 pump.dst_writable = true;
@@ -621,17 +594,17 @@ mod tests {
     }
 
     #[test]
-    fn auto_keeps_copying_while_the_other_way_replies_or_reads_are_small() {
+    fn auto_starts_counting_over_when_the_other_way_replies() {
         let mut p = Pump::for_mode(crate::config::RelayMode::Auto);
-        let big = OneWay { bytes: AUTO_SPLICE_AFTER, reads: AUTO_SPLICE_AFTER / (64 << 10) };
+        let mut big = OneWay::default();
+        for _ in 0..(AUTO_SPLICE_AFTER / (64 << 10)) {
+            big.read(64 << 10);
+        }
         assert!(big.is_bulk());
         p.one_way = Some(big);
         // A reply (1 MiB request/response, say) starts the count over.
         p.other_way_moved();
         assert_eq!(p.one_way, Some(OneWay::default()));
-        // Many small messages one way are not bulk, however many bytes.
-        let small = OneWay { bytes: 64 * AUTO_SPLICE_AFTER, reads: 64 * AUTO_SPLICE_AFTER / 1024 };
-        assert!(!small.is_bulk());
         // Splice and copy pumps have no count to reset.
         let mut s = Pump::new(true);
         s.other_way_moved();

@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use mio::Interest;
 
-use super::{Worker, is_fd_exhaustion, session_token};
+use super::{Worker, is_fd_exhaustion, token};
 use crate::config::{Balance, WhenAllDown};
 use crate::metrics::CloseReason;
-use crate::session::{Side, Stage};
+use crate::session::{End, Ending, Side, Stage};
 use crate::sockets;
 use crate::upstream::health::{FailureOutcome, now_ms};
 use crate::upstream::{Availability, Balancer, client_hash};
@@ -40,7 +40,7 @@ impl Worker {
                          when_all_down: reject); closing it",
                         route.name
                     ));
-                    self.close(key, CloseReason::NoUpstream, None, now);
+                    self.close(key, End { reason: CloseReason::NoUpstream, ending: Ending::Fin }, now);
                     return;
                 }
                 break;
@@ -61,16 +61,19 @@ impl Worker {
             s.probing = probe;
             s.counted = true;
             upstream.health.session_started();
+            // A new generation: events of an earlier attempt's socket still in this batch are told apart.
+            let generation = token::next_generation(s.upstream_generation);
+            let tok = token::session(key, Side::Upstream, generation).expect("a session's key has a token");
             let started = sockets::start_connect(addr, &route.socket).and_then(|mut stream| {
                 let interest = Interest::READABLE | Interest::WRITABLE;
-                self.poll.registry().register(&mut stream, session_token(key, Side::Upstream), interest)?;
+                self.poll.registry().register(&mut stream, tok, interest)?;
                 Ok(stream)
             });
             match started {
                 Ok(stream) => {
                     let s = &mut self.sessions[key];
-                    s.attempt(tried as u32, index, stream, now);
-                    let deadline = s.deadline(self.draining);
+                    s.attempt(tried as u32, index, stream, generation, now);
+                    let (deadline, _) = s.due(self.draining);
                     self.arm(key, deadline);
                     return;
                 }
@@ -90,7 +93,7 @@ impl Worker {
             "route {}: no upstream reachable for client {client} after {tried} attempt(s), last {last}; closing it",
             route.name
         ));
-        self.close(key, CloseReason::ConnectFailed, None, now);
+        self.close(key, End { reason: CloseReason::ConnectFailed, ending: Ending::Fin }, now);
     }
 
     /// The upstream for the session's next attempt, and whether it is the
@@ -146,9 +149,9 @@ impl Worker {
     }
 
     /// Books a failed attempt: counters, the upstream's load, outlier detection.
+    /// Its socket is gone already (`Session::drop_attempt`) or never was.
     fn attempt_failed(&mut self, key: usize) {
         let s = &mut self.sessions[key];
-        s.upstream = None;
         let route = Arc::clone(&s.route);
         let index = s.upstream_index;
         let upstream = &route.upstreams.upstreams[index];
@@ -194,10 +197,11 @@ impl Worker {
         }
     }
 
-    /// The connect in progress failed (refused, timed out): try another upstream.
+    /// The connect in progress failed (refused, timed out, or the upstream
+    /// was lost before a byte moved): its socket is dropped; try another upstream.
     pub(super) fn connect_failed(&mut self, key: usize, e: &io::Error, now: Instant) {
         let s = &self.sessions[key];
-        if !matches!(s.stage, Stage::Connecting { .. }) {
+        if !matches!(s.stage, Stage::Unconnected) {
             return;
         }
         let upstream = s.upstream();

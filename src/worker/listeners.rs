@@ -1,6 +1,8 @@
 //! A worker's listening sockets: taking route updates (start and reload),
 //! accepting in fair batches, the connection limits (global and per route:
-//! stop accepting; per client: refuse), and running out of file descriptors.
+//! stop accepting; per client: refuse), running out of file descriptors,
+//! and the drain's last accepts (everyone already queued is served, then
+//! the listeners close).
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,15 +10,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use mio::Interest;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Token};
 use socket2::SockRef;
 
-use super::{TimerKey, Worker, WorkerSettings, is_fd_exhaustion, session_token};
+use super::{TimerKey, Worker, WorkerSettings, is_fd_exhaustion, token};
 use crate::metrics::{CloseReason, WorkerCounters};
 use crate::reload::{ListenKey, RouteUpdate};
 use crate::route::Route;
-use crate::session::{HeaderRead, Session, Side, Stage};
+use crate::session::{End, Ending, HeaderRead, Session, Side};
 use crate::sockets;
 use crate::upstream::Balancer;
 
@@ -42,10 +44,6 @@ pub(super) struct Listener {
     pub(super) backlog: bool,
 }
 
-fn listener_token(li: usize) -> Token {
-    Token(1 + li)
-}
-
 impl Worker {
     /// Serves exactly `routes` from now on: new ones start listening,
     /// changed ones keep their socket (with its options re-applied) and give
@@ -64,7 +62,15 @@ impl Worker {
             match (u.listener, existing) {
                 (Some(mut socket), _) => {
                     let li = self.listeners.vacant_key();
-                    if let Err(e) = self.poll.registry().register(&mut socket, listener_token(li), Interest::READABLE) {
+                    let Some(tok) = token::listener(li) else {
+                        log::error!(
+                            "worker {}: too many listeners; route {} is not served here",
+                            self.id,
+                            u.route.name
+                        );
+                        continue;
+                    };
+                    if let Err(e) = self.poll.registry().register(&mut socket, tok, Interest::READABLE) {
                         log::error!("worker {}: cannot register the listener of route {}: {e}", self.id, u.route.name);
                         continue;
                     }
@@ -109,9 +115,38 @@ impl Worker {
         self.accept_backlogs(now);
     }
 
-    /// Closes every listener (drain): new clients are refused at once.
-    pub(super) fn close_listeners(&mut self) {
-        self.listeners.clear();
+    /// The drain's last accepts: every client already in a listener's queue
+    /// is accepted and served (past the connection limits: they were let in
+    /// by the kernel, and closing the listener would reset them), then the
+    /// listeners close and new clients are refused. A client whose
+    /// handshake completes between the last accept and the close is still
+    /// reset by the kernel; after `drain_grace` a load balancer sends none.
+    pub(super) fn stop_accepting(&mut self, now: Instant) {
+        let keys: Vec<usize> = self.listeners.iter().map(|(i, _)| i).collect();
+        let mut served = 0;
+        for li in keys {
+            loop {
+                match self.listeners[li].socket.accept() {
+                    Ok((stream, addr)) => {
+                        served += 1;
+                        self.start_session(li, stream, addr, now);
+                    }
+                    Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        let listen = self.listeners[li].route.listen;
+                        log::warn!("worker {}: closing {listen}: accepting its queue failed: {e}", self.id);
+                        break;
+                    }
+                }
+            }
+            // Dropping the socket closes it (and takes it out of the poll).
+            let l = self.listeners.remove(li);
+            log::debug!("worker {}: route {} stops listening on {}", self.id, l.route.name, l.route.listen);
+        }
+        if served > 0 {
+            log::info!("worker {}: served {served} clients still queued when accepting stopped", self.id);
+        }
     }
 
     /// Accepts on listeners whose last round stopped at the batch limit.
@@ -200,7 +235,8 @@ impl Worker {
             return;
         }
         l.paused = false;
-        if let Err(e) = self.poll.registry().register(&mut l.socket, listener_token(li), Interest::READABLE) {
+        let tok = token::listener(li).expect("a registered listener's key has a token");
+        if let Err(e) = self.poll.registry().register(&mut l.socket, tok, Interest::READABLE) {
             log::error!("worker {}: cannot resume listening for route {}: {e}", self.id, l.route.name);
             return;
         }
@@ -223,7 +259,9 @@ impl Worker {
         // Without a PROXY header the peer is the client: check it before anything is allocated.
         if !accept_header {
             if let Some(reason) = admission(&route, peer) {
-                let close = self.refuse(&route, &client, peer, reason);
+                let close = self.refuse(&route, peer, reason);
+                // A reset tells the client at once and leaves no TIME_WAIT here.
+                sockets::reset_on_close(&client);
                 // No session was made: its close is counted here.
                 self.metrics.stats().route(route.metric_id).closed[close as usize] += 1;
                 return; // dropping the socket closes it
@@ -239,19 +277,19 @@ impl Worker {
         let key = entry.key();
         let s = entry.insert(session);
         s.client_admitted = !accept_header && s.route.max_connections_per_client.is_some();
-        if let Err(e) = self.poll.registry().register(
-            &mut s.client,
-            session_token(key, Side::Client),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        let registered = match token::session(key, Side::Client, 0) {
+            Some(tok) => self.poll.registry().register(&mut s.client, tok, Interest::READABLE | Interest::WRITABLE),
+            None => Err(io::Error::other("too many sessions in this worker")),
+        };
+        if let Err(e) = registered {
             log::warn!("cannot register client {peer}: {e}");
-            self.close(key, CloseReason::ConnectFailed, None, now);
+            self.close(key, End { reason: CloseReason::ConnectFailed, ending: Ending::RESET_CLIENT }, now);
             return;
         }
         log::trace!("session {}: client {peer} on route {}", self.sessions[key].id, self.sessions[key].route.name);
         if accept_header {
             // The header timeout runs from now; the header is read when the client is readable.
-            let deadline = self.sessions[key].deadline(self.draining);
+            let (deadline, _) = self.sessions[key].due(self.draining);
             self.arm(key, deadline);
         } else {
             self.connect(key, String::new(), now);
@@ -267,28 +305,27 @@ impl Worker {
             HeaderRead::Invalid(why) => {
                 WorkerCounters::inc(&self.metrics.counters.bad_proxy_header);
                 log::debug!("route {}: client {}: bad PROXY header: {why}", s.route.name, s.peer_addr);
-                self.close(key, CloseReason::BadProxyHeader, Some(Side::Client), now);
+                self.close(key, End { reason: CloseReason::BadProxyHeader, ending: Ending::RESET_CLIENT }, now);
             }
-            HeaderRead::Done => {
+            HeaderRead::Done(_) => {
                 let route = Arc::clone(&s.route);
                 let client = s.client_addr;
                 log::trace!("session {}: PROXY header from {} says client {client}", s.id, s.peer_addr);
                 if let Some(reason) = admission(&route, client) {
-                    let close = self.refuse(&route, &self.sessions[key].client, client, reason);
-                    self.close(key, close, None, now);
+                    let close = self.refuse(&route, client, reason);
+                    self.close(key, End { reason: close, ending: Ending::RESET_CLIENT }, now);
                     return;
                 }
-                let s = &mut self.sessions[key];
-                s.client_admitted = route.max_connections_per_client.is_some();
-                s.stage = Stage::Connecting { attempt: 0, since: now };
+                self.sessions[key].client_admitted = route.max_connections_per_client.is_some();
                 self.connect(key, String::new(), now);
             }
         }
     }
 
-    /// Counts (worker-wide) and logs a refused client, makes its socket
-    /// reset on close, and says which close reason it is.
-    fn refuse(&self, route: &Route, socket: &TcpStream, client: SocketAddr, reason: Refused) -> CloseReason {
+    /// Counts (worker-wide) and logs a refused client, and says which close
+    /// reason it is (the caller resets it: a reset tells the client at once
+    /// and leaves no TIME_WAIT here).
+    fn refuse(&self, route: &Route, client: SocketAddr, reason: Refused) -> CloseReason {
         let (counter, close) = match reason {
             Refused::Acl(_) => (&self.metrics.counters.refused_acl, CloseReason::Denied),
             Refused::ClientLimit(_) => (&self.metrics.counters.refused_client_limit, CloseReason::Refused),
@@ -301,8 +338,6 @@ impl Worker {
                 route.name
             ),
         }
-        // A reset tells the client at once and leaves no TIME_WAIT here.
-        sockets::reset_on_close(socket);
         close
     }
 }

@@ -3,147 +3,52 @@
 //!
 //! Shared-nothing: no lock is taken per event. The control thread talks to
 //! a worker only through its channel and `Waker` (route updates, drain,
-//! stop). Tokens: 0 is the waker, `1 + key` is listener `key`, sessions use
-//! `SESSION_BASE + 2 * key + side`. Sessions that close during an event
-//! batch are freed at the end of that batch, so a queued event never
-//! reaches a new occupant of the same slot.
+//! stop). Tokens say what an event is about (`token.rs`). Sessions that
+//! close during an event batch are freed at the end of that batch, so a
+//! queued event never reaches a new occupant of the same slot.
 //!
-//! `listeners.rs` accepts (limits, fd exhaustion, reloads of routes),
-//! `connect.rs` opens upstream connections; this file runs the loop and the
-//! sessions.
+//! This file runs the loop, dispatches events and timers to sessions and
+//! applies their verdicts. `control.rs` is what the control thread and a
+//! worker share and say to each other, `listeners.rs` accepts (limits, fd exhaustion,
+//! route reloads, the drain's last accepts), `connect.rs` opens upstream
+//! connections, `close.rs` ends sessions (resets, the wait before a reset,
+//! accounting, access lines) and reports the bytes of running ones.
 
+mod close;
 mod connect;
+mod control;
 mod listeners;
+pub mod token;
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use mio::{Events, Poll, Token};
+use mio::{Events, Poll};
 use slab::Slab;
 
 use crate::limits::FdReserve;
-use crate::metrics::{CloseReason, SessionRecord, WorkerCounters, WorkerMetrics};
-use crate::pipe::PipeBudget;
+use crate::metrics::WorkerMetrics;
 use crate::relay::Resources;
-use crate::reload::RouteUpdate;
-use crate::session::{Readiness, Session, Side, Stage, Verdict};
-use crate::sockets;
+use crate::session::{Due, End, Readiness, Session, Side, Stage, Verdict};
 use crate::timer::Timers;
 use crate::upstream;
+pub use control::{Control, Reloads, Shared, WorkerSettings, WorkerSetup};
 use listeners::Listener;
+use token::Target;
+pub use token::WAKER;
 
-/// Token of the control channel's waker.
-pub const WAKER: Token = Token(0);
-const SESSION_BASE: usize = 1 << 16;
 /// At most one "out of fds"/"no upstream" warning per this interval per worker.
 const WARN_EVERY: Duration = Duration::from_secs(5);
-
-/// A message from the control thread.
-#[derive(Debug)]
-pub enum Control {
-    /// The routes to serve from now on (start and reload); listeners not
-    /// named are closed, their sessions run to completion.
-    Routes {
-        /// Every route, with a socket for the new ones.
-        routes: Vec<RouteUpdate>,
-        /// Global settings, possibly changed.
-        settings: WorkerSettings,
-    },
-    /// Stop accepting, let sessions finish until the deadline, then exit.
-    Drain {
-        /// When to cut whatever is still running.
-        deadline: Instant,
-    },
-    /// Close everything now and exit.
-    Stop,
-}
-
-/// The global settings a worker applies to new sessions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WorkerSettings {
-    /// Splice, copy, or auto (copy until a direction is bulk).
-    pub relay: crate::config::RelayMode,
-    /// Bytes per pipe and per copy buffer.
-    pub pipe_size: usize,
-    /// Spare pipes (and buffers) the worker keeps.
-    pub max_pooled_pipes: usize,
-    /// Write an access line per finished session, in this format.
-    pub access_log: Option<crate::config::LogFormat>,
-}
-
-/// Reloads by outcome.
-#[derive(Debug, Default)]
-pub struct Reloads {
-    /// Applied.
-    pub ok: AtomicU64,
-    /// Refused (bad file, bind failure); the old config kept serving.
-    pub failed: AtomicU64,
-}
-
-/// State shared by all workers and the control thread.
-#[derive(Debug)]
-pub struct Shared {
-    /// Sessions open right now, all workers.
-    pub active: AtomicUsize,
-    /// `max_connections` (a reload may change it).
-    pub max_connections: AtomicUsize,
-    /// How many splice pipes the process may hold.
-    pub pipes: Arc<PipeBudget>,
-    /// Reloads by outcome.
-    pub reloads: Reloads,
-    /// The workers run (`/readyz`).
-    pub ready: AtomicBool,
-    /// A drain has started (`/readyz` says 503 from then on).
-    pub draining: AtomicBool,
-    /// When the process started.
-    pub started: Instant,
-}
-
-impl Shared {
-    /// Fresh shared state.
-    pub fn new(max_connections: usize, pipes: PipeBudget) -> Shared {
-        Shared {
-            active: AtomicUsize::new(0),
-            max_connections: AtomicUsize::new(max_connections),
-            pipes: Arc::new(pipes),
-            reloads: Reloads::default(),
-            ready: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            started: Instant::now(),
-        }
-    }
-}
-
-/// What a worker is started with.
-pub struct WorkerSetup {
-    /// 0-based index, for logs.
-    pub id: usize,
-    /// How many workers there are.
-    pub workers: usize,
-    /// Its poll, created on the control thread so the waker exists first.
-    pub poll: Poll,
-    /// The routes to serve, each with this worker's listening socket.
-    pub routes: Vec<RouteUpdate>,
-    /// Messages from the control thread.
-    pub control: Receiver<Control>,
-    /// Cross-worker state.
-    pub shared: Arc<Shared>,
-    /// This worker's metrics (the control thread and the admin port hold clones).
-    pub metrics: Arc<WorkerMetrics>,
-    /// Global settings.
-    pub settings: WorkerSettings,
-    /// Pin the thread to the n-th allowed CPU.
-    pub cpu: Option<usize>,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKey {
     Session(usize),
     Accept(usize),
     Drain,
+    /// Report the bytes of running sessions (and their periodic access lines).
+    Report,
 }
 
 /// A running worker's state.
@@ -168,12 +73,10 @@ pub struct Worker {
     id_stride: u64,
     draining: bool,
     stop: bool,
+    /// The report timer is armed.
+    reporting: bool,
     last_warn: Option<Instant>,
     fired: Vec<TimerKey>,
-}
-
-fn session_token(key: usize, side: Side) -> Token {
-    Token(SESSION_BASE + 2 * key + usize::from(side == Side::Upstream))
 }
 
 impl Worker {
@@ -206,6 +109,7 @@ impl Worker {
             id_stride: workers.max(1) as u64,
             draining: false,
             stop: false,
+            reporting: false,
             last_warn: None,
             fired: Vec::new(),
         };
@@ -231,18 +135,16 @@ impl Worker {
             }
             let now = Instant::now();
             for ev in events.iter() {
-                match ev.token() {
-                    WAKER => self.on_control(now),
-                    Token(t) if t < SESSION_BASE => self.accept(t - 1, now),
-                    Token(t) => {
-                        let key = (t - SESSION_BASE) / 2;
-                        let side = if (t - SESSION_BASE) % 2 == 0 { Side::Client } else { Side::Upstream };
+                match token::target(ev.token()) {
+                    Target::Waker => self.on_control(now),
+                    Target::Listener(li) => self.accept(li, now),
+                    Target::Session { key, side, generation } => {
                         let ready = Readiness {
                             readable: ev.is_readable(),
                             writable: ev.is_writable() || ev.is_write_closed() || ev.is_error(),
                             hup: ev.is_read_closed() || ev.is_error(),
                         };
-                        self.on_session_event(key, side, ready, now);
+                        self.on_session_event(key, side, generation, ready, now);
                     }
                 }
             }
@@ -256,7 +158,7 @@ impl Worker {
         }
         let cut: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
         for key in cut {
-            self.close(key, CloseReason::Drained, None, Instant::now());
+            self.close(key, End::DRAINED, Instant::now());
         }
         self.free_closed();
         self.publish_pool_counts();
@@ -268,7 +170,7 @@ impl Worker {
         loop {
             match self.control.try_recv() {
                 Ok(Control::Routes { routes, settings }) => self.set_routes(routes, settings, now),
-                Ok(Control::Drain { deadline }) => self.drain(deadline),
+                Ok(Control::Drain { deadline }) => self.drain(deadline, now),
                 Ok(Control::Stop) | Err(TryRecvError::Disconnected) => {
                     self.stop = true;
                     return;
@@ -278,17 +180,18 @@ impl Worker {
         }
     }
 
-    /// Closes the listeners (new clients are refused at once), closes sessions
-    /// that are idle, and gives the rest until `deadline`.
-    fn drain(&mut self, deadline: Instant) {
+    /// Stops accepting — serving whoever is queued already, then closing the
+    /// listeners — closes sessions that are idle, and gives the rest until
+    /// `deadline`.
+    fn drain(&mut self, deadline: Instant, now: Instant) {
         if self.draining {
             return;
         }
+        self.stop_accepting(now);
         self.draining = true;
-        self.close_listeners();
         self.timers.schedule(deadline, TimerKey::Drain);
         log::debug!("worker {} draining {} sessions", self.id, self.sessions.len());
-        // Idle sessions get a short deadline now (see `Session::deadline`).
+        // Idle sessions get a short deadline now (see `Relay::due`).
         let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.rearm_if_sooner(key);
@@ -297,27 +200,27 @@ impl Worker {
 
     // --------------------------------------------------------------- sessions
 
-    fn on_session_event(&mut self, key: usize, side: Side, ready: Readiness, now: Instant) {
+    fn on_session_event(&mut self, key: usize, side: Side, generation: u32, ready: Readiness, now: Instant) {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
-        s.on_event(side, ready);
-        match s.stage {
-            Stage::Closed => {}
-            Stage::Header { .. } if side == Side::Client && (ready.readable || ready.hup) => self.on_header(key, now),
-            Stage::Header { .. } => {}
-            Stage::Connecting { .. } if side == Side::Upstream => {
+        if !s.on_event(side, generation, ready) {
+            return; // an event of an upstream socket this session no longer has
+        }
+        match (&s.stage, side) {
+            (Stage::Header { .. }, Side::Client) if ready.readable || ready.hup => self.on_header(key, now),
+            (Stage::Connecting(_), Side::Upstream) => {
                 let verdict = s.check_connect(ready);
                 self.apply(key, verdict, now);
             }
-            Stage::Connecting { .. } => {}
-            Stage::Relaying => self.relay(key, now),
+            (Stage::Relaying(_), _) => self.relay(key, now),
+            _ => {}
         }
     }
 
     fn relay(&mut self, key: usize, now: Instant) {
         let s = &mut self.sessions[key];
-        let verdict = s.relay(&mut self.res, now);
+        let verdict = s.relay_step(&mut self.res, now);
         self.apply(key, verdict, now);
     }
 
@@ -332,13 +235,10 @@ impl Worker {
                 // A side just finished: the half-close timeout may be sooner.
                 self.rearm_if_sooner(key);
             }
-            Verdict::Connected => {
+            Verdict::Connected { reset_already } => {
                 let s = &mut self.sessions[key];
-                s.connected(now);
+                s.connected(reset_already, now);
                 log::trace!("session {}: connected to {}", s.id, s.upstream_addr());
-                if let Some(v) = s.route.pool().proxy_protocol {
-                    s.queue_proxy_header(v);
-                }
                 if std::mem::take(&mut s.probing) && s.upstream().health.succeeded(upstream::health::now_ms()) {
                     log::warn!(
                         "route {}: upstream {} is back: its half-open try connected",
@@ -346,19 +246,22 @@ impl Worker {
                         s.upstream()
                     );
                 }
-                let deadline = s.deadline(self.draining);
+                let (deadline, _) = s.due(self.draining);
                 self.arm(key, deadline);
+                self.ensure_reporting(now);
                 // The client may have sent bytes while we were connecting.
                 self.relay(key, now);
             }
             Verdict::ConnectFailed(e) => {
                 let s = &mut self.sessions[key];
-                if s.stage == Stage::Relaying {
-                    s.unconnect(&mut self.res, now);
+                if matches!(s.stage, Stage::Relaying(_)) {
+                    s.unconnect(&mut self.res);
+                } else {
+                    s.drop_attempt();
                 }
                 self.connect_failed(key, &e, now);
             }
-            Verdict::Close { reason, reset } => self.close(key, reason, reset, now),
+            Verdict::End(end) => self.end(key, end, now),
         }
     }
 
@@ -377,10 +280,9 @@ impl Worker {
             }
             // Cleared whatever the stage: a session back to connecting must be queued again later.
             s.ready = false;
-            if s.stage != Stage::Relaying {
-                continue;
+            if matches!(s.stage, Stage::Relaying(_)) {
+                self.relay(key, now);
             }
-            self.relay(key, now);
         }
     }
 
@@ -398,10 +300,10 @@ impl Worker {
         let Some(s) = self.sessions.get(key) else {
             return;
         };
-        if s.stage == Stage::Closed {
+        if matches!(s.stage, Stage::Closed) {
             return;
         }
-        let due = s.deadline(self.draining);
+        let (due, _) = s.due(self.draining);
         if s.timer.is_none_or(|(_, at)| due < at) {
             self.arm(key, due);
         }
@@ -414,6 +316,7 @@ impl Worker {
             match key {
                 TimerKey::Session(k) => self.on_session_timer(k, now),
                 TimerKey::Accept(li) => self.resume(li, now),
+                TimerKey::Report => self.report(now),
                 TimerKey::Drain => {
                     if !self.sessions.is_empty() {
                         log::info!("worker {}: drain timeout: cutting {} sessions", self.id, self.sessions.len());
@@ -430,109 +333,39 @@ impl Worker {
             return;
         };
         s.timer = None;
-        let deadline = s.deadline(self.draining);
+        let (deadline, due) = s.due(self.draining);
         if now < deadline {
             // Bytes moved since the timer was armed: sleep until the new deadline.
             self.arm(key, deadline);
             return;
         }
-        match s.stage {
-            Stage::Header { .. } => {
-                WorkerCounters::inc(&self.metrics.counters.bad_proxy_header);
+        match due {
+            Due::Linger => return self.check_linger(key, now),
+            Due::Connect => {
+                let e =
+                    io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {:?}", s.route.connect_timeout));
+                s.drop_attempt();
+                return self.connect_failed(key, &e, now);
+            }
+            Due::Header => {
                 log::debug!(
                     "route {}: client {}: no complete PROXY header within {:?}",
                     s.route.name,
                     s.peer_addr,
                     s.route.pool().proxy_protocol_timeout
                 );
-                self.close(key, CloseReason::BadProxyHeader, Some(Side::Client), now);
+                crate::metrics::WorkerCounters::inc(&self.metrics.counters.bad_proxy_header);
             }
-            Stage::Connecting { .. } => {
-                let e =
-                    io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {:?}", s.route.connect_timeout));
-                self.connect_failed(key, &e, now);
+            Due::Idle | Due::HalfClose | Due::DrainIdle => {}
+        }
+        match s.on_timeout(due) {
+            Some(end) => {
+                let idle = s.relay().map(|r| now.saturating_duration_since(r.last_active()));
+                log::debug!("session {}: {} after {idle:?} without a byte", s.id, end.reason);
+                self.end(key, end, now);
             }
-            Stage::Relaying => {
-                let why = if self.draining { "idle while draining" } else { "idle" };
-                log::debug!("session {}: {why} since {:?}", s.id, now.saturating_duration_since(s.last_active()));
-                self.close(key, CloseReason::IdleTimeout, None, now);
-            }
-            Stage::Closed => {}
-        }
-    }
-
-    /// Ends a session: counts it, resets `reset` if asked, returns its pipes.
-    /// The slot is freed at the end of the batch.
-    fn close(&mut self, key: usize, reason: CloseReason, reset: Option<Side>, now: Instant) {
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        if s.stage == Stage::Closed {
-            return;
-        }
-        s.stage = Stage::Closed;
-        if let Some((t, _)) = s.timer.take() {
-            self.timers.cancel(t, TimerKey::Session(key));
-        }
-        // Cut mid-stream by the drain: neither side may mistake it for a complete transfer.
-        let reset_client = reset == Some(Side::Client) || reason == CloseReason::Drained;
-        let reset_upstream = reset == Some(Side::Upstream) || reason == CloseReason::Drained;
-        if reset_client {
-            sockets::reset_on_close(&s.client);
-        }
-        if let Some(u) = s.upstream.as_ref().filter(|_| reset_upstream) {
-            sockets::reset_on_close(u);
-        }
-        s.release(&mut self.res);
-        self.shared.active.fetch_sub(1, Ordering::Relaxed);
-        s.route.state.active.fetch_sub(1, Ordering::Relaxed);
-        if s.client_admitted {
-            s.route.state.release_client(s.client_addr.ip());
-        }
-        self.upstream_verdict(key, reason);
-        let s = &self.sessions[key];
-        let upstream = s.upstream.as_ref().filter(|_| s.connect_time.is_some());
-        let record = SessionRecord {
-            route: s.route.metric_id,
-            upstream: upstream.map(|_| s.upstream().metric_id),
-            reason,
-            client_to_upstream: (s.c2u.spliced, s.c2u.copied),
-            upstream_to_client: (s.u2c.spliced, s.u2c.copied),
-            connect_time: s.connect_time,
-            first_byte_time: s.first_byte_time,
-            duration: s.age(now),
-            tcp_info: upstream.and_then(|u| crate::sockopt::tcp_info(u).ok()),
-        };
-        self.metrics.stats().session_closed(&record);
-        if let Some(format) = self.settings.access_log {
-            crate::access::log(format, s, &record);
-        }
-        self.closed.push(key);
-    }
-
-    /// What a closing session tells its upstream's health: its load drops;
-    /// a reset before the upstream's first byte counts as a connect failure
-    /// (outlier detection), anything else that got connected as a success.
-    fn upstream_verdict(&mut self, key: usize, reason: CloseReason) {
-        let s = &mut self.sessions[key];
-        if !std::mem::take(&mut s.counted) {
-            return; // no attempt in flight (never connected, or its failure was booked)
-        }
-        let route = Arc::clone(&s.route);
-        let index = s.upstream_index;
-        let health = &route.upstreams.upstreams[index].health;
-        health.session_ended();
-        let probing = std::mem::take(&mut s.probing);
-        if s.connect_time.is_none() {
-            if probing {
-                health.probe_abandoned(); // the client left before the try had a verdict
-            }
-            return;
-        }
-        if reason == CloseReason::UpstreamReset && s.u2c.delivered() == 0 {
-            self.outlier_failure(&route, index, probing);
-        } else if health.succeeded(upstream::health::now_ms()) {
-            log::warn!("route {}: upstream {} is back", route.name, route.upstreams.upstreams[index]);
+            // Bytes still in flight while draining: not idle, only slow. Look again later.
+            None => self.arm(key, now + crate::session::DRAIN_IDLE),
         }
     }
 
@@ -541,7 +374,7 @@ impl Worker {
             return;
         }
         for key in self.closed.drain(..) {
-            // Dropping the session closes both sockets (which leaves the poll).
+            // Dropping the session closes its client socket (which leaves the poll).
             self.sessions.try_remove(key);
         }
         // Slots (and fds) came free: paused listeners may take clients again.
@@ -549,13 +382,15 @@ impl Worker {
     }
 
     fn publish_pool_counts(&self) {
+        use crate::metrics::WorkerCounters;
         let c = self.res.pipes.counts();
-        WorkerCounters::set(&self.metrics.counters.pipes_created, c.created);
-        WorkerCounters::set(&self.metrics.counters.pipes_lent, c.lent);
-        WorkerCounters::set(&self.metrics.counters.pipes_refused, c.refused);
-        WorkerCounters::set(&self.metrics.counters.pipes_in_use, c.in_use);
-        WorkerCounters::set(&self.metrics.counters.pipes_pooled, c.pooled);
-        WorkerCounters::set(&self.metrics.counters.copy_fallbacks, self.res.copy_fallbacks);
+        let counters = &self.metrics.counters;
+        WorkerCounters::set(&counters.pipes_created, c.created);
+        WorkerCounters::set(&counters.pipes_lent, c.lent);
+        WorkerCounters::set(&counters.pipes_refused, c.refused);
+        WorkerCounters::set(&counters.pipes_in_use, c.in_use);
+        WorkerCounters::set(&counters.pipes_pooled, c.pooled);
+        WorkerCounters::set(&counters.copy_fallbacks, self.res.copy_fallbacks);
     }
 
     /// A warning at most once per `WARN_EVERY`, so a storm can't flood the log.

@@ -1,6 +1,8 @@
 //! Chaos: sluice when the world misbehaves. A lossy, rate-capped path to
 //! the upstream (a network namespace this test creates: 1% loss by an
-//! nftables rule, 100 Mbit/s by `tc tbf`); an upstream killed with SIGKILL
+//! nftables rule, 100 Mbit/s by `tc tbf`); an upstream that resets right
+//! after its last bytes while the client sits behind a slow link (they must
+//! all arrive before the reset); an upstream killed with SIGKILL
 //! mid-transfer and restarted; an upstream that accepts and never reads; a
 //! client that opens 5,000 connections and sends nothing; 100 reloads under
 //! traffic; a 60 s soak. Each test prints its figures (run with
@@ -90,6 +92,27 @@ fn helper_source() {
     }
 }
 
+/// Helper: writes 2 MiB of stream 6 to each connection, waits until the
+/// peer (sluice) has acknowledged every byte — so none is lost in our own
+/// send queue — then resets the connection.
+#[test]
+fn helper_write_then_reset() {
+    let Some(addr) = helper_addr() else { return };
+    let l = TcpListener::bind(addr).expect("bind");
+    for conn in l.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut s = conn;
+            if write_stream(&mut s, 6, 2 << 20).is_ok() {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while sluice::socket_queue::unacknowledged(&s).is_ok_and(|n| n > 0) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            }
+        });
+    }
+}
+
 /// Runs `ip`/`nft`/`tc` with arguments, panicking with its stderr if it fails.
 fn sh(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
@@ -104,6 +127,8 @@ fn can_run(cmd: &str, args: &[&str]) -> bool {
 struct Netns {
     name: String,
     host_if: String,
+    /// The veth end inside the namespace.
+    ns_if: String,
     peer: std::net::Ipv4Addr,
 }
 
@@ -130,7 +155,7 @@ impl Netns {
             eprintln!("SKIP: cannot create a network namespace here");
             return None;
         }
-        let ns = Netns { name, host_if, peer };
+        let ns = Netns { name, host_if, ns_if: ns_if.clone(), peer };
         sh("ip", &["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns_if]);
         sh("ip", &["link", "set", &ns_if, "netns", &ns.name]);
         sh("ip", &["addr", "add", &format!("{host}/30"), "dev", &ns.host_if]);
@@ -548,4 +573,47 @@ fn a_sixty_second_soak_ends_where_it_started() {
     assert_eq!(failures.load(Ordering::SeqCst), 0);
     assert!((rss_end as f64) <= rss_warm as f64 * 1.05, "RSS grew more than 5%: {rss_warm} -> {rss_end} KiB");
     assert!((fds_end as f64) <= fds_warm as f64 * 1.05, "fds grew more than 5%: {fds_warm} -> {fds_end}");
+}
+
+#[test]
+fn a_reset_reaches_a_client_behind_a_slow_link_after_every_byte_before_it() {
+    let Some(ns) = Netns::create() else { return };
+    // sluice and the upstream live in the namespace (the upstream on the
+    // namespace's own address: local delivery, fast); this test is the client,
+    // across the veth, whose namespace end sends at 20 Mbit/s. When the
+    // upstream resets, the last of its 2 MiB are still in sluice's pipe and
+    // send queue toward the client.
+    ns.exec(&[
+        "tc", "qdisc", "add", "dev", &ns.ns_if, "root", "tbf", "rate", "20mbit", "burst", "32kb", "latency", "200ms",
+    ]);
+    let up = SocketAddr::from((ns.peer, 9000));
+    let _upstream = helper("helper_write_then_reset", up, Some(&ns.name));
+    let yaml = format!("workers: 1\nroutes:\n  - name: slow\n    listen: {}:0\n    upstreams: [\"{up}\"]\n", ns.peer);
+    let (dir, path) = temp_config(&yaml);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name, crate::harness::BIN, "-c"]).arg(&path);
+    let s = Sluice::spawn(cmd, 1, Some(dir));
+    let mut c = backends::connect(s.addr());
+    let started = Instant::now();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0u64;
+    let end = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                h.update(&buf[..n]);
+                got += n as u64;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    eprintln!("chaos slow link: {got} bytes in {:.2} s, then {end:?}", started.elapsed().as_secs_f64());
+    assert_eq!(got, 2 << 20, "bytes sent before the reset were lost (then {end:?})");
+    assert_eq!(h.digest(), Stream::digest(6, 2 << 20), "and they must be the right ones");
+    assert!(
+        matches!(&end, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+        "the upstream's reset must reach the client after its bytes, got {end:?}"
+    );
+    assert!(s.wait_log("reason=upstream_reset", Duration::from_secs(5)), "{}", s.log());
 }

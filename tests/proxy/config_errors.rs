@@ -108,7 +108,9 @@ fn check_prints_the_effective_routes() {
         "connect_timeout: 2s",
         "idle_timeout: 10m",
         "idle_timeout: 1h",
-        "drain_timeout: 30s",
+        "drain_timeout: 25s",
+        "drain_grace: 5s",
+        "half_close_timeout: 1h",
         "pipe_size: 64KiB",
     ] {
         assert!(out.contains(expected), "check output lacks {expected:?}:\n{out}");

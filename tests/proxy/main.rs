@@ -30,6 +30,7 @@ macro_rules! both_modes {
 mod chaos;
 mod cli;
 mod config_errors;
+mod endings;
 mod lifecycle;
 mod limits;
 mod nonroot;

@@ -1,12 +1,14 @@
 //! What sluice says about itself: /metrics and /stats after known traffic,
 //! promtool's verdict on the exposition format, latency histograms against
 //! a known delay, the access log in both formats, /readyz during a drain,
-//! the admin port under a flood of bad requests, `sluice stats` and
-//! `sluice doctor`.
+//! the admin port under a flood of bad requests, bytes of a running session
+//! (in /metrics and periodic access lines), `sluice stats` and `sluice doctor`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -359,4 +361,65 @@ fn doctor_reports_a_bad_machine_and_exits_1_on_failure() {
     let (code, out, err) = run(&["doctor", "-c", shipped]);
     assert!(code == 0 || code == 1, "{err}");
     assert!(out.contains("somaxconn"), "{out}");
+}
+
+/// Bytes client → upstream so far, summed over relay modes, from /metrics.
+fn bytes_up(admin: SocketAddr) -> u64 {
+    let (_, m) = get(admin, "/metrics");
+    ["spliced", "copied"]
+        .iter()
+        .map(|how| {
+            let name = format!("sluice_bytes_total{{route=\"test\",direction=\"client_to_upstream\",mode=\"{how}\"}}");
+            m.lines().find_map(|l| l.strip_prefix(name.as_str())?.trim().parse::<f64>().ok()).unwrap_or(0.0) as u64
+        })
+        .sum()
+}
+
+#[test]
+fn a_long_upload_shows_in_metrics_and_the_access_log_while_it_runs() {
+    let yaml = format!("log:\n  flush_interval: 1s\n{}", one_route("auto", &[backends::sink()], ""));
+    let (s, admin) = with_admin(&yaml);
+    let mut c = connect(s.addr());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = Arc::clone(&stop);
+        let mut c = c.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let chunk = vec![3u8; 64 << 10];
+            while !stop.load(Ordering::SeqCst) {
+                c.write_all(&chunk).expect("upload");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // Within 2 s of the first bytes, /metrics counts them, and the count grows while the session is open.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let first = loop {
+        let n = bytes_up(admin);
+        if n > 0 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no upload byte in /metrics 2 s into the session");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while bytes_up(admin) <= first {
+        assert!(Instant::now() < deadline, "the count did not grow while the upload ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s.wait_log("event=periodic", Duration::from_secs(3)), "no periodic access line:\n{}", s.log());
+    let line = s.log().lines().find(|l| l.contains("event=periodic")).expect("periodic line").to_owned();
+    assert!(line.contains("reason=-") && !line.contains("bytes_up=0 "), "{line}");
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    c.shutdown(Shutdown::Write).expect("half-close");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    // At the end the total is counted once, not twice.
+    let v = wait_closed_clean(admin, 1);
+    let total = v["routes"][0]["client_to_upstream"]["spliced"].as_u64().unwrap()
+        + v["routes"][0]["client_to_upstream"]["copied"].as_u64().unwrap();
+    assert!(s.wait_log("event=end", Duration::from_secs(5)));
+    let end = s.log().lines().find(|l| l.contains("event=end")).expect("end line").to_owned();
+    assert!(end.contains(&format!("bytes_up={total} ")), "metrics say {total}, the access line: {end}");
 }

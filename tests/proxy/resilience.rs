@@ -91,8 +91,9 @@ fn idle_timeout(mode: &str) {
     c.write_all(b"hello").expect("write");
     let mut got = [0; 5];
     c.read_exact(&mut got).expect("echo");
-    let (rest, _, took) = read_until_closed(&mut c);
+    let (rest, end, took) = read_until_closed(&mut c);
     assert!(rest.is_empty());
+    assert!(end.is_ok(), "{mode}: a quiet session must end with a FIN, got {end:?}");
     assert!(took >= Duration::from_millis(900), "{mode}: closed after {took:?}, before the idle timeout");
     assert!(took < Duration::from_secs(2), "{mode}: closed after {took:?}, more than idle timeout + 1 s");
 }

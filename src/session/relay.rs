@@ -1,0 +1,296 @@
+//! The relaying stage of a session: the upstream socket, the two pumps, the
+//! PROXY header still to send, and what a failure of either side means for
+//! the other. Owning the upstream socket here makes "relaying implies an
+//! upstream" a fact of the types.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use super::ending::{DRAIN_IDLE, Due, End};
+use super::header::Outgoing;
+use super::{ByteCounts, Readiness, Side};
+use crate::config::RelayMode;
+use crate::relay::{DstFailed, Pump, Resources, SrcEnd};
+use crate::socket_queue;
+
+/// Both sockets connected; the pumps run.
+#[derive(Debug)]
+pub struct Relay {
+    /// The upstream socket.
+    pub upstream: TcpStream,
+    /// Client → upstream.
+    pub c2u: Pump,
+    /// Upstream → client.
+    pub u2c: Pump,
+    /// The side that failed first, once one has.
+    failed: Option<Side>,
+    /// Our PROXY header, while some of it is still to be written (before any relayed byte).
+    header_out: Option<Box<Outgoing>>,
+    /// Last time a byte moved (idle timeouts).
+    last_active: Instant,
+    /// When the upstream connected (first-byte time).
+    connected_at: Instant,
+    /// How long the successful connect took.
+    pub connect_time: Duration,
+    /// From the upstream connection to its first byte.
+    pub first_byte_time: Option<Duration>,
+}
+
+/// What a run of the pumps leads to.
+#[derive(Debug)]
+pub enum Step {
+    /// Nothing more now; `more` asks to be run again before the next poll.
+    Continue {
+        /// A pump hit its round cap with work left.
+        more: bool,
+    },
+    /// The upstream died before a byte moved either way (killed with
+    /// connections in its accept queue, say): as good as a failed connect,
+    /// the session may try another upstream without the client knowing.
+    Lost(io::Error),
+    /// The session is over.
+    End(End),
+}
+
+impl Relay {
+    /// Relaying over a just-connected `upstream`, with what the events of
+    /// each socket said so far (edge-triggered: they would not say it again).
+    pub fn new(
+        upstream: TcpStream,
+        mode: RelayMode,
+        client: Readiness,
+        up: Readiness,
+        header: Option<Outgoing>,
+        now: Instant,
+    ) -> Relay {
+        let mut c2u = Pump::for_mode(mode);
+        let mut u2c = Pump::for_mode(mode);
+        (c2u.src_readable, c2u.src_hup, u2c.dst_writable) = (client.readable, client.hup, client.writable);
+        (u2c.src_readable, u2c.src_hup, c2u.dst_writable) = (up.readable, up.hup, up.writable);
+        Relay {
+            upstream,
+            c2u,
+            u2c,
+            failed: None,
+            header_out: header.map(Box::new),
+            last_active: now,
+            connected_at: now,
+            connect_time: Duration::ZERO,
+            first_byte_time: None,
+        }
+    }
+
+    /// The upstream was reset before we read from it (the reset was reported
+    /// with the connect): relay what it sent, then end as a failure, not EOF.
+    pub fn upstream_reset_before_read(&mut self) {
+        self.u2c.fail_at_eof(io::ErrorKind::ConnectionReset);
+    }
+
+    /// Records readiness of `side`'s socket in the pumps that read and write it.
+    pub fn on_event(&mut self, side: Side, ready: Readiness) {
+        let (reader, writer) = match side {
+            Side::Client => (&mut self.c2u, &mut self.u2c),
+            Side::Upstream => (&mut self.u2c, &mut self.c2u),
+        };
+        reader.src_readable |= ready.readable || ready.hup;
+        reader.src_hup |= ready.hup;
+        writer.dst_writable |= ready.writable;
+    }
+
+    /// What is known of the client socket's readiness (for a session that
+    /// goes back to connecting another upstream).
+    pub fn client_readiness(&self) -> Readiness {
+        Readiness { readable: self.c2u.src_readable, hup: self.c2u.src_hup, writable: self.u2c.dst_writable }
+    }
+
+    /// Bytes delivered each way, `[c2u, u2c][spliced, copied]`.
+    pub fn bytes(&self) -> ByteCounts {
+        [[self.c2u.spliced, self.c2u.copied], [self.u2c.spliced, self.u2c.copied]]
+    }
+
+    /// Last time a byte moved.
+    pub fn last_active(&self) -> Instant {
+        self.last_active
+    }
+
+    /// The side that failed first, if one has.
+    pub fn failed(&self) -> Option<Side> {
+        self.failed
+    }
+
+    /// Runs both pumps and decides what follows.
+    pub fn run(&mut self, client: &TcpStream, res: &mut Resources, now: Instant) -> Step {
+        let mut more = false;
+        let mut progressed = false;
+        let mut dst_failed = [None, None];
+        // The PROXY header goes first; client bytes wait until it is out.
+        let header_out = match self.header_out.as_mut().map(|h| h.write_to(&self.upstream)) {
+            None => true,
+            Some(Ok(true)) => {
+                self.header_out = None;
+                true
+            }
+            Some(Ok(false)) => {
+                self.c2u.dst_writable = false;
+                false
+            }
+            Some(Err(e)) => {
+                dst_failed[0] = Some(e);
+                false
+            }
+        };
+        // The second direction to finish leaves its FIN to close() (see Pump::fin_by_close).
+        if self.failed.is_none() && self.u2c.finished() {
+            self.c2u.fin_by_close();
+        }
+        // A pump whose destination failed is dead: don't run it again.
+        if header_out && self.failed != Some(Side::Upstream) {
+            match self.c2u.run(client, &self.upstream, res) {
+                Ok(a) => {
+                    (more, progressed) = (more | a.more, progressed | a.progressed);
+                    if a.took_in {
+                        self.u2c.other_way_moved();
+                    }
+                }
+                Err(DstFailed(e)) => dst_failed[0] = Some(e),
+            }
+        }
+        // After c2u's run, so a c2u that finished just now counts too.
+        if self.failed.is_none() && self.c2u.finished() {
+            self.u2c.fin_by_close();
+        }
+        if self.failed != Some(Side::Client) {
+            match self.u2c.run(&self.upstream, client, res) {
+                Ok(a) => {
+                    (more, progressed) = (more | a.more, progressed | a.progressed);
+                    if a.took_in {
+                        self.c2u.other_way_moved();
+                    }
+                }
+                Err(DstFailed(e)) => dst_failed[1] = Some(e),
+            }
+        }
+        if progressed {
+            self.last_active = now;
+            if self.first_byte_time.is_none() && self.u2c.delivered() > 0 {
+                self.first_byte_time = Some(now.saturating_duration_since(self.connected_at));
+            }
+        }
+        for (side, e) in [(Side::Upstream, &dst_failed[0]), (Side::Client, &dst_failed[1])] {
+            if let Some(e) = e {
+                if self.note_failure(side, e.kind()) {
+                    return Step::End(End::both_failed(self.failed.unwrap_or(side)));
+                }
+            }
+        }
+        if let SrcEnd::Failed(kind) = self.u2c.src_end() {
+            if self.retryable_loss() {
+                return Step::Lost(io::Error::new(kind, "reset before any byte moved either way"));
+            }
+        }
+        for (side, end) in [(Side::Client, self.c2u.src_end()), (Side::Upstream, self.u2c.src_end())] {
+            if let SrcEnd::Failed(kind) = end {
+                if self.note_failure(side, kind) {
+                    return Step::End(End::both_failed(self.failed.unwrap_or(side)));
+                }
+            }
+        }
+        match self.failed {
+            // Pass the failure on once the failed side's last bytes are delivered.
+            Some(failed) if self.from(failed).all_delivered() => Step::End(End::failed(failed)),
+            Some(_) => Step::Continue { more },
+            None if self.c2u.finished() && self.u2c.finished() => Step::End(End::CLEAN),
+            None => Step::Continue { more },
+        }
+    }
+
+    /// The pump that reads from `side`.
+    fn from(&self, side: Side) -> &Pump {
+        match side {
+            Side::Client => &self.c2u,
+            Side::Upstream => &self.u2c,
+        }
+    }
+
+    /// True while nothing has moved either way and the client is still
+    /// there: the upstream can be swapped without the client knowing.
+    fn retryable_loss(&self) -> bool {
+        self.failed.is_none()
+            && self.first_byte_time.is_none()
+            && self.u2c.delivered() == 0
+            && self.u2c.pending() == 0
+            && self.c2u.delivered() == 0
+            && self.c2u.pending() == 0
+            && self.c2u.src_end() == SrcEnd::Open
+            && self.header_out.as_ref().is_none_or(|h| !h.started())
+    }
+
+    /// Records that `side` failed. The pump reading from it keeps going until
+    /// it has delivered what that side sent before failing; then the session
+    /// ends with the survivor reset. Returns true if both sides have now failed.
+    fn note_failure(&mut self, side: Side, kind: io::ErrorKind) -> bool {
+        match self.failed {
+            Some(s) if s == side => false,
+            Some(_) => true,
+            None => {
+                log::trace!("{side} failed: {kind}");
+                self.failed = Some(side);
+                let from_failed = match side {
+                    Side::Client => &mut self.c2u,
+                    Side::Upstream => &mut self.u2c,
+                };
+                from_failed.hold_fin();
+                // Read what the failed side still has queued (data that came
+                // before its reset); the read also surfaces the error.
+                from_failed.src_readable = true;
+                false
+            }
+        }
+    }
+
+    /// Nothing is in flight that we can see without a syscall: no side
+    /// failed, no byte in a pipe or buffer, no PROXY header half-written.
+    fn nothing_pending(&self) -> bool {
+        self.failed.is_none() && self.header_out.is_none() && self.c2u.pending() == 0 && self.u2c.pending() == 0
+    }
+
+    /// Truly quiet, so a FIN to both sides tells the truth: nothing pending,
+    /// no source failed, and nothing received and unread in either socket
+    /// (closing a socket with unread bytes would reset it anyway).
+    pub fn is_quiet(&self, client: &TcpStream) -> bool {
+        let failed = |p: &Pump| matches!(p.src_end(), SrcEnd::Failed(_));
+        self.nothing_pending()
+            && !failed(&self.c2u)
+            && !failed(&self.u2c)
+            && socket_queue::unread(client).is_ok_and(|n| n == 0)
+            && socket_queue::unread(&self.upstream).is_ok_and(|n| n == 0)
+    }
+
+    /// When the timer should fire and which rule it is: `idle_timeout` after
+    /// the last byte; `half_close_timeout` instead once a direction has
+    /// finished (if it is shorter or equal); `DRAIN_IDLE` while draining, for
+    /// a session with nothing pending.
+    pub fn due(&self, idle: Duration, half_close: Duration, draining: bool) -> (Instant, Due) {
+        let mut due = (idle, Due::Idle);
+        if (self.c2u.finished() || self.u2c.finished()) && half_close <= idle {
+            due = (half_close, Due::HalfClose);
+        }
+        if draining && DRAIN_IDLE < due.0 && self.nothing_pending() {
+            due = (DRAIN_IDLE, Due::DrainIdle);
+        }
+        (self.last_active + due.0, due.1)
+    }
+
+    /// How the timer of rule `due` ends this session (see `End::timeout`).
+    pub fn on_timeout(&self, due: Due, client: &TcpStream) -> Option<End> {
+        End::timeout(due, self.is_quiet(client))
+    }
+
+    /// Returns the pumps' pipes and buffers to the pools.
+    pub fn release(&mut self, res: &mut Resources) {
+        self.c2u.release(res);
+        self.u2c.release(res);
+    }
+}

@@ -1,0 +1,206 @@
+//! Ending sessions, and what running ones report while they run.
+//!
+//! `end` carries out an `End` (see `session::ending` for the rules): a FIN,
+//! resets at once, or — when a side failed — the wait until the survivor
+//! has acknowledged the failed side's last bytes (`session::linger`), then
+//! its reset. `close` is the one place a session is finally closed: sockets
+//! reset or closed, pipes returned, limits released, the upstream's health
+//! told, the record counted and the access line written.
+//!
+//! Bytes are counted while sessions run: once a second (while any runs)
+//! the worker adds what each moved since its last report to the route's
+//! counters, under one lock for all of them, and writes the periodic access
+//! lines `log.flush_interval` asks for.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{TimerKey, Worker};
+use crate::access::{self, Entry};
+use crate::metrics::{CloseReason, SessionRecord};
+use crate::session::{End, Ending, Linger, LingerCheck, Relay, Side, Stage};
+use crate::{socket_queue, sockets, upstream};
+
+/// How often running sessions' bytes reach the metrics.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+impl Worker {
+    /// Ends session `key` as `end` says.
+    pub(super) fn end(&mut self, key: usize, end: End, now: Instant) {
+        let Ending::ResetWhenDelivered { survivor } = end.ending else {
+            return self.close(key, end, now);
+        };
+        let s = &mut self.sessions[key];
+        let Stage::Relaying(mut relay) = std::mem::replace(&mut s.stage, Stage::Closed) else {
+            unreachable!("only a relaying session has a survivor to wait for");
+        };
+        // The failed side's bytes are all in the survivor's socket; what the
+        // survivor sent the other way can no longer be delivered.
+        relay.release(&mut self.res);
+        log::debug!("session {}: {}; resetting the {survivor} once it has the last bytes", s.id, end.reason);
+        s.stage = Stage::Lingering(Linger::new(relay, survivor, end.reason, now));
+        self.check_linger(key, now);
+    }
+
+    /// Looks at a lingering survivor's send queue: reset it now, or look again later.
+    pub(super) fn check_linger(&mut self, key: usize, now: Instant) {
+        let s = &mut self.sessions[key];
+        let Stage::Lingering(l) = &mut s.stage else {
+            return;
+        };
+        let socket = match l.survivor {
+            Side::Client => &s.client,
+            Side::Upstream => &l.relay.upstream,
+        };
+        let check = l.check(socket_queue::unacknowledged(socket), now);
+        let (survivor, reason) = (l.survivor, l.reason);
+        match check {
+            LingerCheck::Wait(at) => self.arm(key, at),
+            LingerCheck::Delivered => self.close(key, End { reason, ending: Ending::reset(survivor) }, now),
+            LingerCheck::GaveUp { unacked } => {
+                log::debug!(
+                    "session {}: the {survivor} still holds {unacked} unacknowledged bytes: resetting it",
+                    s.id
+                );
+                self.close(key, End { reason, ending: Ending::reset(survivor) }, now);
+            }
+        }
+    }
+
+    /// Closes session `key` for good; the slot is freed at the end of the batch.
+    pub(super) fn close(&mut self, key: usize, end: End, now: Instant) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let stage = std::mem::replace(&mut s.stage, Stage::Closed);
+        if matches!(stage, Stage::Closed) {
+            return;
+        }
+        if let Some((t, _)) = s.timer.take() {
+            self.timers.cancel(t, TimerKey::Session(key));
+        }
+        let (reset_client, reset_upstream) = match end.ending {
+            Ending::Fin => (false, false),
+            Ending::Reset { client, upstream } => (client, upstream),
+            Ending::ResetWhenDelivered { survivor } => (survivor == Side::Client, survivor == Side::Upstream),
+        };
+        if reset_client {
+            sockets::reset_on_close(&s.client);
+        }
+        // What the stage held: the relay of a connected session, or the socket of an attempt.
+        let (mut relay, attempt) = match stage {
+            Stage::Relaying(r) => (Some(r), None),
+            Stage::Lingering(l) => (Some(l.relay), None),
+            Stage::Connecting(a) => (None, Some(a.upstream)),
+            Stage::Header { .. } | Stage::Unconnected | Stage::Closed => (None, None),
+        };
+        if let Some(r) = relay.as_mut() {
+            r.release(&mut self.res);
+        }
+        if let Some(u) = relay.as_ref().map(|r| &r.upstream).or(attempt.as_ref()).filter(|_| reset_upstream) {
+            sockets::reset_on_close(u);
+        }
+        self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        s.route.state.active.fetch_sub(1, Ordering::Relaxed);
+        if s.client_admitted {
+            s.route.state.release_client(s.client_addr.ip());
+        }
+        self.upstream_verdict(key, end.reason, relay.as_ref());
+        let s = &self.sessions[key];
+        let [up, down] = relay.as_ref().map_or([[0; 2]; 2], Relay::bytes);
+        let record = SessionRecord {
+            route: s.route.metric_id,
+            upstream: relay.as_ref().map(|_| s.upstream().metric_id),
+            reason: end.reason,
+            client_to_upstream: (up[0], up[1]),
+            upstream_to_client: (down[0], down[1]),
+            reported: s.reported,
+            connect_time: relay.as_ref().map(|r| r.connect_time),
+            first_byte_time: relay.as_ref().and_then(|r| r.first_byte_time),
+            duration: s.age(now),
+            tcp_info: relay.as_ref().and_then(|r| crate::sockopt::tcp_info(&r.upstream).ok()),
+        };
+        self.metrics.stats().session_closed(&record);
+        if let Some(format) = self.settings.access_log {
+            access::log(format, s, &Entry::closed(&record));
+        }
+        // The upstream socket closes here; the client's when the slot is freed.
+        drop(relay);
+        drop(attempt);
+        self.closed.push(key);
+    }
+
+    /// What a closing session tells its upstream's health: its load drops;
+    /// a reset before the upstream's first byte counts as a connect failure
+    /// (outlier detection), anything else that got connected as a success.
+    fn upstream_verdict(&mut self, key: usize, reason: CloseReason, relay: Option<&Relay>) {
+        let s = &mut self.sessions[key];
+        if !std::mem::take(&mut s.counted) {
+            return; // no attempt in flight (never connected, or its failure was booked)
+        }
+        let route = Arc::clone(&s.route);
+        let index = s.upstream_index;
+        let health = &route.upstreams.upstreams[index].health;
+        health.session_ended();
+        let probing = std::mem::take(&mut s.probing);
+        let Some(relay) = relay else {
+            if probing {
+                health.probe_abandoned(); // the client left before the try had a verdict
+            }
+            return;
+        };
+        if reason == CloseReason::UpstreamReset && relay.u2c.delivered() == 0 {
+            self.outlier_failure(&route, index, probing);
+        } else if health.succeeded(upstream::health::now_ms()) {
+            log::warn!("route {}: upstream {} is back", route.name, route.upstreams.upstreams[index]);
+        }
+    }
+
+    /// Arms the report timer if it isn't (a session started relaying).
+    pub(super) fn ensure_reporting(&mut self, now: Instant) {
+        if !self.reporting {
+            self.reporting = true;
+            self.timers.schedule(now + REPORT_EVERY, TimerKey::Report);
+        }
+    }
+
+    /// Adds what running sessions moved since their last report to the
+    /// route counters (one lock for all), writes periodic access lines, and
+    /// comes back in a second while any session has bytes to report.
+    pub(super) fn report(&mut self, now: Instant) {
+        self.reporting = false;
+        let mut running = false;
+        {
+            let mut stats = self.metrics.stats();
+            for (_, s) in self.sessions.iter_mut() {
+                if s.relay().is_none() {
+                    continue;
+                }
+                running = true;
+                let bytes = s.bytes();
+                if bytes != s.reported {
+                    let mut delta = [[0; 2]; 2];
+                    for ((d, b), r) in
+                        delta.iter_mut().flatten().zip(bytes.iter().flatten()).zip(s.reported.iter().flatten())
+                    {
+                        *d = b.saturating_sub(*r);
+                    }
+                    stats.bytes_moved(s.route.metric_id, delta);
+                    s.reported = bytes;
+                }
+            }
+        }
+        if let (Some(format), Some(every)) = (self.settings.access_log, self.settings.access_flush) {
+            for (_, s) in self.sessions.iter_mut() {
+                if s.relay().is_some() && now.saturating_duration_since(s.last_access_line) >= every {
+                    access::log(format, s, &Entry::running(s, now));
+                    s.last_access_line = now;
+                }
+            }
+        }
+        if running {
+            self.ensure_reporting(now);
+        }
+    }
+}

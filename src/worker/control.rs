@@ -1,0 +1,117 @@
+//! What the control thread and a worker share and say to each other: the
+//! messages a worker takes from its channel (`Control`), the global settings
+//! it applies to new sessions, what it is started with, and the state all
+//! workers share (`Shared`: session count, limits, readiness, reloads).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use mio::Poll;
+
+use crate::metrics::WorkerMetrics;
+use crate::pipe::PipeBudget;
+use crate::reload::RouteUpdate;
+
+/// A message from the control thread.
+#[derive(Debug)]
+pub enum Control {
+    /// The routes to serve from now on (start and reload); listeners not
+    /// named are closed, their sessions run to completion.
+    Routes {
+        /// Every route, with a socket for the new ones.
+        routes: Vec<RouteUpdate>,
+        /// Global settings, possibly changed.
+        settings: WorkerSettings,
+    },
+    /// Stop accepting (serving what is queued), let sessions finish until
+    /// the deadline, then exit.
+    Drain {
+        /// When to cut whatever is still running.
+        deadline: Instant,
+    },
+    /// Close everything now and exit.
+    Stop,
+}
+
+/// The global settings a worker applies to new sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// Splice, copy, or auto (copy until a direction is bulk).
+    pub relay: crate::config::RelayMode,
+    /// Bytes per pipe and per copy buffer.
+    pub pipe_size: usize,
+    /// Spare pipes (and buffers) the worker keeps.
+    pub max_pooled_pipes: usize,
+    /// Write an access line per finished session, in this format.
+    pub access_log: Option<crate::config::LogFormat>,
+    /// Also write one for each session open longer than this, every this long.
+    pub access_flush: Option<Duration>,
+}
+
+/// Reloads by outcome.
+#[derive(Debug, Default)]
+pub struct Reloads {
+    /// Applied.
+    pub ok: AtomicU64,
+    /// Refused (bad file, bind failure); the old config kept serving.
+    pub failed: AtomicU64,
+}
+
+/// State shared by all workers and the control thread.
+#[derive(Debug)]
+pub struct Shared {
+    /// Sessions open right now, all workers.
+    pub active: AtomicUsize,
+    /// `max_connections` (a reload may change it).
+    pub max_connections: AtomicUsize,
+    /// How many splice pipes the process may hold.
+    pub pipes: Arc<PipeBudget>,
+    /// Reloads by outcome.
+    pub reloads: Reloads,
+    /// The workers run (`/readyz`).
+    pub ready: AtomicBool,
+    /// A stop signal arrived (`/readyz` says 503 from then on, through the
+    /// grace and the drain).
+    pub draining: AtomicBool,
+    /// When the process started.
+    pub started: Instant,
+}
+
+impl Shared {
+    /// Fresh shared state.
+    pub fn new(max_connections: usize, pipes: PipeBudget) -> Shared {
+        Shared {
+            active: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(max_connections),
+            pipes: Arc::new(pipes),
+            reloads: Reloads::default(),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// What a worker is started with.
+pub struct WorkerSetup {
+    /// 0-based index, for logs.
+    pub id: usize,
+    /// How many workers there are.
+    pub workers: usize,
+    /// Its poll, created on the control thread so the waker exists first.
+    pub poll: Poll,
+    /// The routes to serve, each with this worker's listening socket.
+    pub routes: Vec<RouteUpdate>,
+    /// Messages from the control thread.
+    pub control: Receiver<Control>,
+    /// Cross-worker state.
+    pub shared: Arc<Shared>,
+    /// This worker's metrics (the control thread and the admin port hold clones).
+    pub metrics: Arc<WorkerMetrics>,
+    /// Global settings.
+    pub settings: WorkerSettings,
+    /// Pin the thread to the n-th allowed CPU.
+    pub cpu: Option<usize>,
+}
