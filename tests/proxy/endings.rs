@@ -35,8 +35,7 @@ fn idle_with_bytes_in_flight(mode: &str) {
     let mut c = connect(s.addr());
     read_start(&mut c, 71, 1 << 20);
     // The client stops reading; the session ends while it does.
-    assert!(s.wait_log("reason=idle_timeout", Duration::from_secs(10)), "{mode}: the idle timeout never fired");
-    assert!(s.log().contains("reason=idle_timeout_aborted"), "{mode}: not counted as aborted:\n{}", s.log());
+    assert!(s.wait_log("reason=", Duration::from_secs(10)), "{mode}: the idle timeout never fired");
     match read_digest(&mut c, None) {
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
         Ok((n, _)) => {
@@ -44,6 +43,7 @@ fn idle_with_bytes_in_flight(mode: &str) {
         }
         Err(e) => panic!("{mode}: expected a reset, got {e}"),
     }
+    assert!(s.log().contains("reason=idle_timeout_aborted"), "{mode}: not counted as aborted:\n{}", s.log());
 }
 
 /// A client that half-closed its request and stopped reading the answer:
@@ -55,13 +55,13 @@ fn half_close_with_bytes_in_flight(mode: &str) {
     c.write_all(b"send me everything").expect("request");
     c.shutdown(Shutdown::Write).expect("half-close");
     read_start(&mut c, 72, 1 << 20);
-    assert!(s.wait_log("reason=half_close_timeout", Duration::from_secs(10)), "{mode}: the timeout never fired");
-    assert!(s.log().contains("reason=half_close_timeout_aborted"), "{mode}: not counted as aborted:\n{}", s.log());
+    assert!(s.wait_log("reason=", Duration::from_secs(10)), "{mode}: the timeout never fired");
     match read_digest(&mut c, None) {
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
         Ok((n, _)) => panic!("{mode}: a clean EOF after {} bytes of the answer: it looked complete", n + (1 << 20)),
         Err(e) => panic!("{mode}: expected a reset, got {e}"),
     }
+    assert!(s.log().contains("reason=half_close_timeout_aborted"), "{mode}: not counted as aborted:\n{}", s.log());
 }
 
 /// During a drain, a download whose reader pauses longer than the drain's
