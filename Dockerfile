@@ -49,7 +49,7 @@ EXPOSE 8080 9901
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/sluice", "-c", "/etc/sluice/proxy.yaml", "probe", "/readyz"]
 
-# SIGTERM starts a drain: no new clients, running sessions get drain_timeout.
+# SIGTERM: /readyz 503, accept for drain_grace more, then running sessions get drain_timeout.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/sluice"]
 CMD ["-c", "/etc/sluice/proxy.yaml"]
