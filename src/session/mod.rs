@@ -343,6 +343,9 @@ impl Session {
     /// right after): relaying starts now, with a PROXY header first if the
     /// route sends one.
     pub fn connected(&mut self, reset_already: bool, now: Instant) {
+        if !matches!(self.stage, Stage::Connecting(_)) {
+            return;
+        }
         let Stage::Connecting(a) = std::mem::replace(&mut self.stage, Stage::Closed) else {
             return;
         };
@@ -364,6 +367,9 @@ impl Session {
     /// moved (see `Relay::retryable_loss`): the next attempt starts from
     /// scratch, with what is known of the client's readiness.
     pub fn unconnect(&mut self, res: &mut Resources) {
+        if !matches!(self.stage, Stage::Relaying(_)) {
+            return;
+        }
         if let Stage::Relaying(mut r) = std::mem::replace(&mut self.stage, Stage::Unconnected) {
             r.release(res);
             self.client_ready = r.client_readiness();

@@ -32,8 +32,12 @@ impl Worker {
             return self.close(key, end, now);
         };
         let s = &mut self.sessions[key];
+        if !matches!(s.stage, Stage::Relaying(_)) {
+            // Only a relaying session has bytes on their way to a survivor.
+            return self.close(key, End { ending: Ending::reset(survivor), ..end }, now);
+        }
         let Stage::Relaying(mut relay) = std::mem::replace(&mut s.stage, Stage::Closed) else {
-            unreachable!("only a relaying session has a survivor to wait for");
+            return;
         };
         // The failed side's bytes are all in the survivor's socket; what the
         // survivor sent the other way can no longer be delivered.
