@@ -21,6 +21,7 @@
 //! - `sockets`: listeners, upstream connects, abortive close.
 //! - `sockopt`: one function per TCP option; where each one applies.
 //! - `limits`: the fd limit and the reserve fd.
+//! - `local_error`: telling this host's failures (fds, memory, ports, `source:`) from an upstream's.
 //! - `logging`: env_logger through a non-blocking queue to stderr.
 //! - `metrics`: per-worker counters and histograms, snapshots, Prometheus text.
 //! - `netstat`: machine-wide TCP counters from /proc/net.
@@ -35,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod limits;
+pub mod local_error;
 pub mod logging;
 pub mod metrics;
 pub mod netstat;
