@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::config::Config;
+use crate::local_ports;
 
 /// How serious a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -73,6 +74,8 @@ pub struct Facts {
     pub tcp_tw_reuse: Option<u64>,
     /// net.ipv4.ip_local_port_range (low, high)
     pub port_range: Option<(u64, u64)>,
+    /// net.ipv4.ip_local_reserved_ports, as ranges (empty: none, or unreadable)
+    pub reserved_ports: Vec<(u64, u64)>,
     /// fs.file-max
     pub file_max: Option<u64>,
     /// Open-file limit (soft, hard) of this process.
@@ -114,6 +117,9 @@ impl Facts {
                 .map(|t| t.split_whitespace().map(str::to_owned).collect()),
             tcp_tw_reuse: num("sys/net/ipv4/tcp_tw_reuse"),
             port_range: nums("sys/net/ipv4/ip_local_port_range").and_then(|v| Some((*v.first()?, *v.get(1)?))),
+            reserved_ports: text("sys/net/ipv4/ip_local_reserved_ports")
+                .and_then(|t| local_ports::parse_reserved(&t))
+                .unwrap_or_default(),
             file_max: num("sys/fs/file-max"),
             nofile,
         }
@@ -286,25 +292,7 @@ pub fn audit(config: &Config, f: &Facts) -> Vec<Finding> {
         ),
     });
 
-    let upstreams = config.routes.iter().map(|r| r.upstreams.len().max(1) as u64).min().unwrap_or(1);
-    let per_destination = max_conn.div_ceil(upstreams);
-    out.push(match f.port_range {
-        None => unknown("net.ipv4.ip_local_port_range"),
-        Some((lo, hi)) if hi >= lo && hi - lo + 1 >= per_destination => ok(
-            "net.ipv4.ip_local_port_range",
-            format!("{} ports >= {per_destination} connections per upstream address", hi - lo + 1),
-        ),
-        Some((lo, hi)) => bad(
-            Level::Warn,
-            "net.ipv4.ip_local_port_range",
-            format!(
-                "{} ports < {per_destination} connections per upstream address (max_connections {max_conn} over \
-                 {upstreams} upstream(s)): connects fail with EADDRNOTAVAIL before the limit",
-                (hi + 1).saturating_sub(lo)
-            ),
-            "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"".to_owned(),
-        ),
-    });
+    out.extend(local_port_findings(config, f));
 
     out.push(match f.file_max {
         None => unknown("fs.file-max"),
@@ -317,6 +305,72 @@ pub fn audit(config: &Config, f: &Facts) -> Vec<Finding> {
         ),
     });
     out
+}
+
+/// Local ports per upstream address against what the routes may need at
+/// once (`local_ports`): one OK line that explains the limit, or a warning
+/// per (source, upstream address) that may need more.
+fn local_port_findings(config: &Config, f: &Facts) -> Vec<Finding> {
+    const CHECK: &str = "net.ipv4.ip_local_port_range";
+    let Some((lo, hi)) = f.port_range else {
+        return vec![unknown(CHECK)];
+    };
+    let ports = local_ports::usable((lo, hi), &f.reserved_ports);
+    let in_range = (hi + 1).saturating_sub(lo);
+    let range = match in_range - ports {
+        0 => format!("{lo}-{hi} = {ports} ports"),
+        reserved => format!("{lo}-{hi} less {reserved} in ip_local_reserved_ports = {ports} ports"),
+    };
+    let demand = local_ports::demand(config);
+    let to = |d: &local_ports::Demand| match d.source {
+        Some(s) => format!("{} from {s}", d.upstream),
+        None => d.upstream.clone(),
+    };
+    let routes = |d: &local_ports::Demand| match d.routes.as_slice() {
+        [one] => format!("route {one}"),
+        many => format!("routes {}", many.join(", ")),
+    };
+    let over: Vec<&local_ports::Demand> = demand.iter().filter(|d| d.sessions > ports).collect();
+    if over.is_empty() {
+        let busiest = demand
+            .first()
+            .map_or(String::new(), |d| format!("; the most any needs is {} ({}: {})", d.sessions, routes(d), to(d)));
+        return vec![ok(
+            CHECK,
+            format!(
+                "{range}: from one local address each upstream address can have {ports} connections open at once \
+                 (a route's source: address has {ports} of its own){busiest}"
+            ),
+        )];
+    }
+    let widest = local_ports::usable((1024, 65535), &f.reserved_ports);
+    over.into_iter()
+        .map(|d| {
+            let fix = if d.sessions <= widest {
+                "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"".to_owned()
+            } else {
+                format!(
+                    "add upstream addresses, or split the traffic over routes or instances with different source: \
+                     addresses (each has its own ports: {widest} with 1024-65535), or lower max_connections of {} \
+                     until no upstream address needs more than {ports}",
+                    routes(d)
+                )
+            };
+            bad(
+                Level::Warn,
+                CHECK,
+                format!(
+                    "{range} per upstream address, but {} may have {} sessions open at once to {} (max_connections \
+                     spread over the upstreams by weight): past {ports}, connects fail with EADDRNOTAVAIL (local \
+                     errors: the client is reset, the upstream not blamed)",
+                    routes(d),
+                    d.sessions,
+                    to(d)
+                ),
+                fix,
+            )
+        })
+        .collect()
 }
 
 /// The findings as text: one line each, fixes indented below, and a summary.
@@ -361,6 +415,7 @@ mod tests {
             congestion_available: Some(vec!["reno".into(), "cubic".into(), "bbr".into()]),
             tcp_tw_reuse: Some(2),
             port_range: Some((32768, 60999)),
+            reserved_ports: Vec::new(),
             file_max: Some(1 << 20),
             nofile: Some((20000, 20064)),
         }
@@ -454,6 +509,53 @@ mod tests {
     }
 
     #[test]
+    fn local_ports_are_counted_per_upstream_address_and_source() {
+        let route = |name: &str, port: u16, extra: &str| {
+            format!(
+                "  - name: {name}\n    listen: 127.0.0.1:{port}\n    upstreams: [10.0.0.1:80, 10.0.0.2:80]\n{extra}"
+            )
+        };
+        let ports = |c: &str, f: &Facts| {
+            let c = parse_str(&format!("max_connections: 100000\nroutes:\n{c}"), "t").unwrap_or_else(|e| panic!("{e}"));
+            audit(&c, f).into_iter().filter(|x| x.check == "net.ipv4.ip_local_port_range").collect::<Vec<_>>()
+        };
+        // 100,000 over two upstreams: 50,000 each > 28,232, within 64,512.
+        let fs = ports(&route("web", 1, ""), &good());
+        assert_eq!(fs.len(), 2, "one warning per upstream address: {fs:#?}");
+        assert!(fs.iter().all(|x| x.level == Level::Warn));
+        let want = "32768-60999 = 28232 ports per upstream address, but route web may have 50000 sessions open at \
+                    once to 10.0.0.1:80 (";
+        assert!(fs[0].detail.starts_with(want), "{}", fs[0].detail);
+        assert_eq!(fs[0].fix.as_deref(), Some("sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\""));
+        // Two routes to the same addresses share their ports: 100,000 each, past even 64,512.
+        let fs = ports(&format!("{}{}", route("a", 1, ""), route("b", 2, "")), &good());
+        assert!(fs[0].detail.contains("routes a, b may have 100000 sessions"), "{}", fs[0].detail);
+        assert!(fs[0].fix.as_deref().is_some_and(|x| x.contains("different source: addresses")), "{:?}", fs[0].fix);
+        // Route limits, reserved ports and sources.
+        let limited = route("web", 1, "    max_connections: 40000\n");
+        let f = Facts { reserved_ports: vec![(40000, 40099), (8080, 8080)], ..good() };
+        let fs = ports(&limited, &f);
+        assert_eq!(fs.len(), 1);
+        assert_eq!(fs[0].level, Level::Ok, "{}", fs[0].detail);
+        assert!(
+            fs[0].detail.starts_with("32768-60999 less 100 in ip_local_reserved_ports = 28132 ports"),
+            "{}",
+            fs[0].detail
+        );
+        assert!(fs[0].detail.ends_with("the most any needs is 20000 (route web: 10.0.0.1:80)"), "{}", fs[0].detail);
+        let sourced = |a: &str, b: &str| {
+            format!("{}{}", route("a", 1, &format!("    source: {a}\n")), route("b", 2, &format!("    source: {b}\n")))
+        };
+        let fs = ports(&sourced("10.0.0.7", "10.0.0.8"), &Facts { port_range: Some((1024, 65535)), ..good() });
+        assert!(fs.iter().all(|x| x.level == Level::Ok), "each source has ports of its own: {fs:#?}");
+        let fs = ports(&sourced("10.0.0.7", "10.0.0.7"), &Facts { port_range: Some((1024, 65535)), ..good() });
+        assert!(fs.iter().all(|x| x.level == Level::Warn) && fs.len() == 2, "one source, shared: {fs:#?}");
+        let want = "routes a, b may have 100000 sessions open at once to 10.0.0.1:80 from 10.0.0.7 (";
+        assert!(fs[0].detail.contains(want), "{}", fs[0].detail);
+        assert_eq!(ports(&limited, &Facts { port_range: None, ..good() })[0].detail, "could not be read");
+    }
+
+    #[test]
     fn privileged_processes_are_not_limited_by_pipe_pages() {
         let c = parse_str(CONFIG, "t").unwrap();
         let f = Facts { pipe_limits_apply: false, pipe_user_pages_soft: Some(1), ..good() };
@@ -471,6 +573,7 @@ mod tests {
         put("sys/net/core/somaxconn", "128\n");
         put("sys/net/ipv4/tcp_rmem", "4096\t131072\t6291456\n");
         put("sys/net/ipv4/ip_local_port_range", "32768\t60999\n");
+        put("sys/net/ipv4/ip_local_reserved_ports", "8080,40000-40009\n");
         put("sys/net/ipv4/tcp_available_congestion_control", "reno cubic\n");
         put("self/status", "Name:\tsluice\nCapEff:\t0000000000000000\n");
         put(
@@ -481,6 +584,7 @@ mod tests {
         assert_eq!(f.somaxconn, Some(128));
         assert_eq!(f.tcp_rmem, Some([4096, 131072, 6291456]));
         assert_eq!(f.port_range, Some((32768, 60999)));
+        assert_eq!(f.reserved_ports, vec![(8080, 8080), (40000, 40009)]);
         assert_eq!(f.congestion_available, Some(vec!["reno".to_owned(), "cubic".to_owned()]));
         assert!(f.pipe_limits_apply);
         assert_eq!(f.nofile, Some((1024, 4096)));

@@ -22,6 +22,8 @@
 //! - `socket_queue`: what a socket still holds: unread and unacknowledged bytes.
 //! - `sockopt`: one function per TCP option; where each one applies.
 //! - `limits`: the fd limit and the reserve fd.
+//! - `local_error`: telling this host's failures (fds, memory, ports, `source:`) from an upstream's.
+//! - `local_ports`: local ports per upstream address, and what the routes may need (`doctor`).
 //! - `logging`: env_logger through a non-blocking queue to stderr.
 //! - `metrics`: per-worker counters and histograms, snapshots, Prometheus text.
 //! - `netstat`: machine-wide TCP counters from /proc/net.
@@ -36,6 +38,8 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod limits;
+pub mod local_error;
+pub mod local_ports;
 pub mod logging;
 pub mod metrics;
 pub mod netstat;

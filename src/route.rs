@@ -125,7 +125,7 @@ impl Route {
             backlog,
             max_connections: r.max_connections,
             max_connections_per_client: r.max_connections_per_client,
-            socket: Arc::new(Applied::new(&r.name, r.socket.clone(), congestion_available)),
+            socket: Arc::new(Applied::new(&r.name, r.socket.clone(), congestion_available).with_source(r.source)),
             state: state.unwrap_or_default(),
             config: r.clone(),
         })

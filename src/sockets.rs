@@ -10,6 +10,7 @@ use std::time::Duration;
 use mio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
+use crate::local_error::SourceError;
 use crate::sockopt::Applied;
 
 /// Binds a non-blocking `SO_REUSEPORT` listener, one per worker per route:
@@ -31,11 +32,23 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: u32, opts: &Applied) -> io:
     Ok(TcpListener::from_std(socket.into()))
 }
 
-/// Starts a non-blocking connect to `addr` with the route's options. The
-/// result arrives later as a writable event; read it with [`connect_result`].
+/// Starts a non-blocking connect to `addr` with the route's options, from
+/// its `source:` address if it has one. The result arrives later as a
+/// writable event; read it with [`connect_result`]. A source that cannot be
+/// used (other family, not on this host) fails with a
+/// [`SourceError`] inside the `io::Error`.
 pub fn start_connect(addr: SocketAddr, opts: &Applied) -> io::Result<TcpStream> {
+    let source = opts.source();
+    if let Some(ip) = source.filter(|ip| ip.is_ipv4() != addr.is_ipv4()) {
+        return Err(SourceError::Family { source: ip, upstream: addr }.into());
+    }
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     opts.upstream(&socket);
+    if let Some(ip) = source {
+        // Port 0 with IP_BIND_ADDRESS_NO_PORT (set by `upstream`): connect picks
+        // the port, unique per destination, instead of bind, unique overall.
+        socket.bind(&SocketAddr::new(ip, 0).into()).map_err(|error| SourceError::Bind { source: ip, error })?;
+    }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
@@ -189,6 +202,30 @@ mod tests {
         let (s, clean) = first_event(closed);
         assert!(!clean, "a refused connect looked clean");
         assert!(matches!(connect_result(&s, false), ConnectState::Failed(_)));
+    }
+
+    #[test]
+    fn a_source_address_is_the_local_address_and_its_port_is_chosen_at_connect() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let opts = Applied::default().with_source(Some([127, 0, 0, 2].into()));
+        let s = start_connect(l.local_addr().unwrap(), &opts).unwrap();
+        let (_server, peer) = l.accept().unwrap();
+        assert_eq!(peer.ip(), std::net::IpAddr::from([127, 0, 0, 2]));
+        assert_ne!(peer.port(), 0);
+        assert!(crate::sockopt::bind_address_no_port(&s).unwrap());
+    }
+
+    #[test]
+    fn an_unusable_source_is_a_local_error() {
+        use crate::local_error::{LocalCause, classify};
+        let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        // TEST-NET-1: never an address of this host.
+        let e = start_connect(up, &Applied::default().with_source(Some([192, 0, 2, 1].into()))).unwrap_err();
+        assert_eq!(classify(&e), Some(LocalCause::Source), "{e}");
+        assert!(e.to_string().starts_with("cannot bind source address 192.0.2.1"), "{e}");
+        let e = start_connect(up, &Applied::default().with_source(Some("::1".parse().unwrap()))).unwrap_err();
+        assert_eq!(classify(&e), Some(LocalCause::Source), "{e}");
+        assert!(e.to_string().contains("is IPv6 and upstream 127.0.0.1:9 is IPv4"), "{e}");
     }
 
     #[test]

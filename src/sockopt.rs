@@ -8,12 +8,14 @@
 //! - listener, after `listen`: `fastopen` (queue length), `defer_accept`;
 //! - accepted client socket: `nodelay`, `keepalive`, `user_timeout`, `notsent_lowat`;
 //! - upstream socket, before `connect`: all of the per-connection options
-//!   plus the buffers, `congestion` and `mark`.
+//!   plus the buffers, `congestion` and `mark`; with a route `source:`,
+//!   `IP_BIND_ADDRESS_NO_PORT` before the socket is bound to it.
 //!
 //! A refused option never fails a connection: the route warns once, names
 //! the option and the kernel's reason, and stops asking for it.
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -48,6 +50,8 @@ pub enum Opt {
     Mark,
     /// SO_REUSEADDR.
     ReuseAddress,
+    /// IP_BIND_ADDRESS_NO_PORT.
+    BindAddressNoPort,
 }
 
 impl Opt {
@@ -65,6 +69,7 @@ impl Opt {
             Opt::DeferAccept => "TCP_DEFER_ACCEPT",
             Opt::Mark => "SO_MARK",
             Opt::ReuseAddress => "SO_REUSEADDR",
+            Opt::BindAddressNoPort => "IP_BIND_ADDRESS_NO_PORT",
         }
     }
 
@@ -131,6 +136,19 @@ pub fn set_mark(s: &impl AsFd, mark: u32) -> io::Result<()> {
 /// SO_REUSEADDR on a listener: rebind at once after a restart.
 pub fn set_reuse_address(s: &impl AsFd, on: bool) -> io::Result<()> {
     SockRef::from(s).set_reuse_address(on)
+}
+
+/// IP_BIND_ADDRESS_NO_PORT: a `bind` to port 0 leaves the port to `connect`,
+/// which picks one unique per destination. Without it `bind` must pick a
+/// port free toward every destination at once, so all upstream connections
+/// from one source address share a single range of ports.
+pub fn set_bind_address_no_port(s: &impl AsFd, on: bool) -> io::Result<()> {
+    nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::IpBindAddressNoPort, &on).map_err(io::Error::from)
+}
+
+/// Whether IP_BIND_ADDRESS_NO_PORT is set.
+pub fn bind_address_no_port(s: &impl AsFd) -> io::Result<bool> {
+    nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::IpBindAddressNoPort).map_err(io::Error::from)
 }
 
 /// TCP_FASTOPEN on a listener: accept data in the SYN, with this many
@@ -216,6 +234,8 @@ fn get_int(s: &impl AsFd, level: i32, name: i32) -> io::Result<u32> {
 #[derive(Debug, Default)]
 pub struct Applied {
     opts: SocketOptions,
+    /// The route's `source:`: the local address of its upstream connections.
+    source: Option<IpAddr>,
     route: String,
     refused: AtomicU32,
 }
@@ -234,7 +254,19 @@ impl Applied {
                 opts.congestion = None;
             }
         }
-        Applied { opts, route: route.to_owned(), refused: AtomicU32::new(0) }
+        Applied { opts, source: None, route: route.to_owned(), refused: AtomicU32::new(0) }
+    }
+
+    /// The same options with the route's `source:` address for upstream
+    /// connections (sessions and health checks alike).
+    pub fn with_source(mut self, source: Option<IpAddr>) -> Applied {
+        self.source = source;
+        self
+    }
+
+    /// The local address upstream sockets are bound to, if the route sets one.
+    pub fn source(&self) -> Option<IpAddr> {
+        self.source
     }
 
     /// The options as configured (after the availability check).
@@ -319,6 +351,11 @@ impl Applied {
         self.buffers_and_congestion(s);
         if let Some(m) = self.opts.mark {
             self.set(Opt::Mark, || set_mark(s, m.get() as u32));
+        }
+        if self.source.is_some() {
+            // Refused (a kernel before 4.2): bind then picks the port, which still works,
+            // only with fewer ports to go round (`sluice doctor` explains).
+            self.set(Opt::BindAddressNoPort, || set_bind_address_no_port(s, true));
         }
     }
 }
@@ -449,6 +486,29 @@ mod tests {
         assert!(s.reuse_address().unwrap());
         set_reuse_address(&s, false).unwrap();
         assert!(!s.reuse_address().unwrap());
+    }
+
+    #[test]
+    fn bind_address_no_port_round_trips_on_both_families() {
+        for domain in [Domain::IPV4, Domain::IPV6] {
+            let s = Socket::new(domain, Type::STREAM, None).unwrap();
+            set_bind_address_no_port(&s, true).unwrap();
+            assert!(bind_address_no_port(&s).unwrap());
+            set_bind_address_no_port(&s, false).unwrap();
+            assert!(!bind_address_no_port(&s).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_source_puts_bind_address_no_port_on_upstream_sockets_only() {
+        let plain = Applied::new("web", SocketOptions::default(), None);
+        let s = tcp();
+        plain.upstream(&s);
+        assert!(!bind_address_no_port(&s).unwrap());
+        let sourced = Applied::new("web", SocketOptions::default(), None).with_source(Some([127, 0, 0, 2].into()));
+        sourced.upstream(&s);
+        assert!(bind_address_no_port(&s).unwrap());
+        assert_eq!(sourced.refused(), 0);
     }
 
     #[test]

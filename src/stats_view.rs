@@ -1,8 +1,9 @@
 //! The `sluice stats` terminal view, built from `/stats` snapshots: a
 //! header, one row per route (active sessions, sessions/s, Mbit/s each way,
-//! spliced share, connect p50/p99, first-byte p99), close reasons and
-//! kernel counters, then one route's latency distributions as bars in
-//! power-of-two buckets (the seed printed `1-2ms: N requests`; this draws it).
+//! spliced share, connect p50/p99, first-byte p99), close reasons, local
+//! errors by cause (when there are any) and kernel counters, then one
+//! route's latency distributions as bars in power-of-two buckets (the seed
+//! printed `1-2ms: N requests`; this draws it).
 //! Rates need two snapshots; without a previous one they show `-`.
 
 use std::time::Duration;
@@ -70,6 +71,11 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>, route: Op
     by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     let closed: Vec<String> = by_count.iter().map(|(k, v)| format!("{k} {v}")).collect();
     out.push(format!("closed: {}", if closed.is_empty() { "none".to_owned() } else { closed.join(", ") }));
+    let local: Vec<String> =
+        now.local_errors.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+    if !local.is_empty() {
+        out.push(format!("local errors (this host's, never an upstream's): {}", local.join(", ")));
+    }
     if !now.kernel.is_empty() {
         let k: Vec<String> = now.kernel.iter().map(|(k, v)| format!("{k} {v}")).collect();
         out.push(format!("kernel: {}", k.join(", ")));
@@ -367,6 +373,15 @@ mod tests {
                 assert!(l.chars().count() <= w, "{w}: {l}");
             }
         }
+    }
+
+    #[test]
+    fn local_errors_are_shown_by_cause_once_there_are_any() {
+        let mut snap = snapshot(1);
+        assert!(!render(&snap, None, None, 100).contains("local errors"));
+        snap.local_errors = [("fds", 8), ("memory", 0), ("ports", 2)].map(|(k, n)| (k.to_owned(), n)).into();
+        let v = render(&snap, None, None, 100);
+        assert!(v.lines().any(|l| l == "local errors (this host's, never an upstream's): fds 8, ports 2"), "{v}");
     }
 
     #[test]

@@ -72,6 +72,10 @@ fn describe_route(s: &mut String, r: &Route) {
             None => writeln!(s, "    # {k}: no limit"),
         };
     }
+    let _ = match r.source {
+        Some(ip) => writeln!(s, "    source: \"{ip}\""),
+        None => writeln!(s, "    # source: none (the kernel picks the local address)"),
+    };
     describe_socket(s, &r.socket);
     describe_pool(s, &r.pool);
 }
@@ -171,9 +175,11 @@ mod tests {
                     \x20   balance: hash_client_ip\n    retries: 0\n    outlier_detection: false\n\
                     \x20   health_check: { interval: 5s, send: \"PING\\r\\n\", expect: \"+PONG\" }\n\
                     \x20   proxy_protocol: v2\n    accept_proxy_protocol: true\n    allow: [\"10.0.0.0/8\", \"::1\"]\n\
-                    \x20 - name: b\n    listen: 127.0.0.1:2\n    upstreams: [\"h:1\", {address: \"h:2\", backup: true}]\n";
+                    \x20 - name: b\n    listen: 127.0.0.1:2\n    upstreams: [\"h:1\", {address: \"h:2\", backup: true}]\n\
+                    \x20   source: \"fd00::5\"\n";
         let c = parse_str(text, "t").unwrap();
         let again = parse_str(&c.describe(2), "t").unwrap_or_else(|e| panic!("{e}\n{}", c.describe(2)));
         assert_eq!(again, c);
+        assert_eq!(c.routes[1].source, Some("fd00::5".parse().unwrap()));
     }
 }

@@ -307,6 +307,29 @@ routes:
     }
 
     #[test]
+    fn source_is_a_route_key_and_a_default() {
+        let c =
+            parse_str(&GOOD.replace("  connect_timeout: 2s\n", "  connect_timeout: 2s\n  source: 127.0.0.2\n"), "t")
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.routes[0].source, Some([127, 0, 0, 2].into()), "from defaults");
+        assert_eq!(c.routes[1].source, Some([127, 0, 0, 2].into()), "a name may resolve to any family");
+        let text = GOOD.replace("    idle_timeout: 1m\n", "    idle_timeout: 1m\n    source: 127.0.0.3\n");
+        let c = parse_str(&text, "t").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.routes[0].source, Some([127, 0, 0, 3].into()));
+        assert_eq!(c.routes[1].source, None);
+    }
+
+    #[test]
+    fn a_source_of_the_other_family_than_a_literal_upstream_is_refused_where_it_is_set() {
+        let e = err(&GOOD.replace("    idle_timeout: 1m\n", "    idle_timeout: 1m\n    source: \"fd00::5\"\n"));
+        assert!(e.starts_with("proxy.yaml:12:13: routes[0].source: source address fd00::5 is IPv6 but upstreams[0] 127.0.0.1:9000 is IPv4"), "{e}");
+        let e = err(&GOOD.replace("  connect_timeout: 2s\n", "  connect_timeout: 2s\n  source: \"::1\"\n"));
+        assert!(e.starts_with("proxy.yaml:10:9: routes[0].upstreams[0]: upstream 127.0.0.1:9000 is IPv4 but the route's source ::1 (from defaults.source) is IPv6"), "{e}");
+        let e = err(&GOOD.replace("  connect_timeout: 2s\n", "  connect_timeout: 2s\n  source: 127.0.0.1:80\n"));
+        assert!(e.starts_with("proxy.yaml:5:11: defaults.source: invalid source address \"127.0.0.1:80\""), "{e}");
+    }
+
+    #[test]
     fn readme_yaml_snippets_are_valid() {
         let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
         let blocks: Vec<&str> = readme.split("```yaml\n").skip(1).filter_map(|b| b.split("```").next()).collect();

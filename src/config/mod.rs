@@ -13,7 +13,7 @@ pub mod units;
 mod validate;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -134,6 +134,10 @@ pub struct Route {
     pub max_connections: Option<usize>,
     /// Sessions allowed at once from one client IP on this route.
     pub max_connections_per_client: Option<usize>,
+    /// The local address of its upstream connections (sessions and health
+    /// checks); `None`: the kernel chooses by route. Never of another family
+    /// than an upstream given as an IP literal.
+    pub source: Option<IpAddr>,
     /// Socket options, `defaults.socket` merged in.
     pub socket: SocketOptions,
     /// Balancing, retries, health, discovery, PROXY protocol, access list.

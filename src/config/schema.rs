@@ -13,7 +13,7 @@ use super::pool::{
     Balance, ProxyHeaderTimeout, ProxyVersion, RawHealthCheck, RawOutlier, RawPool, ResolveInterval, Retries, Toggle,
     WhenAllDown,
 };
-use super::units::{CountIn, DurationIn, HostPort, ListenAddr, SizeIn, Workers};
+use super::units::{CountIn, DurationIn, HostPort, ListenAddr, SizeIn, SourceAddr, Workers};
 use crate::acl::Cidr;
 
 /// `connect_timeout`: 1 ms to 5 minutes.
@@ -92,6 +92,8 @@ pub struct RawDefaults {
     pub max_connections: Option<MaxConnections>,
     /// Sessions allowed at once from one client IP on the route.
     pub max_connections_per_client: Option<MaxConnections>,
+    /// The local address of upstream connections (the kernel's choice if unset).
+    pub source: Option<SourceAddr>,
     /// Socket options.
     #[serde(default)]
     pub socket: RawSocket,
@@ -141,6 +143,8 @@ pub struct RawRoute {
     pub max_connections: Option<MaxConnections>,
     /// Overrides `defaults.max_connections_per_client`.
     pub max_connections_per_client: Option<MaxConnections>,
+    /// Overrides `defaults.source`.
+    pub source: Option<SourceAddr>,
     /// Overrides `defaults.socket`, option by option.
     #[serde(default)]
     pub socket: RawSocket,

@@ -264,6 +264,32 @@ impl FromStr for ListenAddr {
     }
 }
 
+/// A `source:` address: an IP literal without a port, the local address of
+/// upstream connections. The port is left to `connect` (IP_BIND_ADDRESS_NO_PORT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceAddr(pub IpAddr);
+
+impl FromStr for SourceAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("invalid source address {s:?}: {why}");
+        let ip: IpAddr = s
+            .trim()
+            .parse()
+            .map_err(|_| bad("expected an IP address without a port or brackets, e.g. \"10.0.0.5\" or \"fd00::5\""))?;
+        if ip.is_unspecified() {
+            return Err(bad(
+                "the unspecified address lets the kernel choose, which is what leaving `source:` out does",
+            ));
+        }
+        if ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
+            return Err(bad("a connection's local address must be a unicast address"));
+        }
+        Ok(SourceAddr(ip))
+    }
+}
+
 /// TCP keepalive: off, or probes after `idle` without traffic, every
 /// `interval`, giving up after `count` unanswered probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -401,6 +427,7 @@ deserialize_from_str!(SizeIn<MIN, MAX>, "a size with a unit, e.g. \"64KiB\"", co
 deserialize_from_str!(Workers, "\"auto\" or a number of workers");
 deserialize_from_str!(HostPort, "an upstream address \"host:port\"");
 deserialize_from_str!(ListenAddr, "a listen address \"IP:port\"");
+deserialize_from_str!(SourceAddr, "a source address such as \"10.0.0.5\"");
 deserialize_from_str!(CongestionName, "a congestion control name such as \"bbr\"");
 deserialize_from_str!(crate::acl::Cidr, "an address block such as \"10.0.0.0/8\" or \"fd00::/8\"");
 
@@ -487,6 +514,18 @@ mod tests {
         assert!("bbr".parse::<CongestionName>().is_ok());
         assert!("".parse::<CongestionName>().is_err());
         assert!("a very long algorithm".parse::<CongestionName>().is_err());
+    }
+
+    #[test]
+    fn source_addresses_are_unicast_ip_literals_without_a_port() {
+        assert_eq!("10.0.0.5".parse::<SourceAddr>().unwrap().0, IpAddr::from([10, 0, 0, 5]));
+        assert!("fd00::5".parse::<SourceAddr>().unwrap().0.is_ipv6());
+        assert!("10.0.0.5:80".parse::<SourceAddr>().unwrap_err().contains("without a port"));
+        assert!("[::1]".parse::<SourceAddr>().is_err());
+        assert!("host.example".parse::<SourceAddr>().is_err());
+        assert!("0.0.0.0".parse::<SourceAddr>().unwrap_err().contains("unspecified"));
+        assert!("::".parse::<SourceAddr>().is_err());
+        assert!("224.0.0.1".parse::<SourceAddr>().unwrap_err().contains("unicast"));
     }
 
     #[test]

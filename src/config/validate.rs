@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::pool::PoolErrorAt;
 use super::schema::{RawConfig, RawRoute};
@@ -145,6 +145,7 @@ pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Conf
         backlog: None,
         max_connections: None,
         max_connections_per_client: None,
+        source: None,
         socket: Default::default(),
         balance: None,
         retries: None,
@@ -205,6 +206,8 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
         }
     }
     let idle_timeout = r.idle_timeout.or(defaults.idle_timeout).map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get());
+    let source = r.source.or(defaults.source).map(|s| s.0);
+    check_source_family(&here, &r, source)?;
     Ok(Route {
         listen: r.listen.0,
         upstreams: r
@@ -225,6 +228,7 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
             .max_connections_per_client
             .or(defaults.max_connections_per_client)
             .map(|n| n.get() as usize),
+        source,
         socket: {
             let mut o = r.socket.or(&defaults.socket);
             // The two options that are on unless turned off, spelled out.
@@ -235,6 +239,43 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
         pool,
         name: r.name,
     })
+}
+
+/// A connection cannot go from one address family to the other: an upstream
+/// given as an IP literal must be of the source's family. (Names resolve
+/// later; an address of the other family fails then, as a local error.)
+fn check_source_family(here: &FieldPath, r: &RawRoute, source: Option<IpAddr>) -> Result<(), FieldError> {
+    let Some(ip) = source else {
+        return Ok(());
+    };
+    let family = |v4: bool| if v4 { "IPv4" } else { "IPv6" };
+    for (j, u) in r.upstreams.iter().enumerate() {
+        let Some(addr) = u.address.as_socket_addr().filter(|a| a.is_ipv4() != ip.is_ipv4()) else {
+            continue;
+        };
+        return match r.source {
+            Some(_) => fail(
+                here.clone().key("source"),
+                format!(
+                    "source address {ip} is {} but upstreams[{j}] {addr} is {}: a connection cannot go from one \
+                     address family to the other; use a source of the upstreams' family",
+                    family(ip.is_ipv4()),
+                    family(addr.is_ipv4())
+                ),
+            ),
+            None => fail(
+                here.clone().key("upstreams").index(j),
+                format!(
+                    "upstream {addr} is {} but the route's source {ip} (from defaults.source) is {}: a connection \
+                     cannot go from one address family to the other; give route {:?} a source of its own",
+                    family(addr.is_ipv4()),
+                    family(ip.is_ipv4()),
+                    r.name
+                ),
+            ),
+        };
+    }
+    Ok(())
 }
 
 fn check_names(routes: &[Route]) -> Result<(), FieldError> {

@@ -12,6 +12,7 @@ use super::snapshot::{
 };
 use super::stats::{RouteStats, UpstreamStats, WorkerMetrics};
 use super::{CloseReason, Registry, WorkerCounters};
+use crate::local_error::LocalCause;
 use crate::upstream::UpstreamHealth;
 
 /// What a snapshot is built from.
@@ -142,6 +143,9 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
     a.refused_client_limit += g(&c.refused_client_limit);
     a.refused_acl += g(&c.refused_acl);
     a.bad_proxy_header += g(&c.bad_proxy_header);
+    for (cause, n) in LocalCause::ALL.iter().zip(&c.local_errors) {
+        *snap.local_errors.entry(cause.as_str().to_owned()).or_default() += g(n);
+    }
 }
 
 fn state(h: &UpstreamHealth) -> UpstreamState {
@@ -248,6 +252,8 @@ mod tests {
             });
         }
         WorkerCounters::inc(&workers[1].counters.pipes_created);
+        WorkerCounters::inc(&workers[0].counters.local_errors[LocalCause::Fds as usize]);
+        WorkerCounters::inc(&workers[1].counters.local_errors[LocalCause::Fds as usize]);
         let snap = collect(Sources { workers: &workers, registry: &reg, base: Snapshot::default() });
         let web = &snap.routes[0];
         assert_eq!((web.sessions.accepted, web.sessions.active), (4, 2));
@@ -258,5 +264,7 @@ mod tests {
         assert_eq!(web.upstreams[0].sessions, 2);
         assert_eq!(web.listen, "127.0.0.1:80");
         assert_eq!(snap.pipes.created, 1);
+        assert_eq!(snap.local_errors.get("fds"), Some(&2));
+        assert_eq!(snap.local_errors.get("ports"), Some(&0), "every cause is there, zeros too");
     }
 }

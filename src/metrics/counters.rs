@@ -8,6 +8,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::local_error::LocalCause;
+
 /// Why a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CloseReason {
@@ -40,11 +42,15 @@ pub enum CloseReason {
     BadProxyHeader,
     /// Every upstream was down or ejected (`when_all_down: reject`).
     NoUpstream,
+    /// This host could not open the upstream connection (out of fds, memory
+    /// or local ports, an unusable `source:`); the client was reset and the
+    /// upstream not blamed.
+    LocalError,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order (the counter index).
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::Clean,
         CloseReason::ClientReset,
         CloseReason::UpstreamReset,
@@ -59,6 +65,7 @@ impl CloseReason {
         CloseReason::Denied,
         CloseReason::BadProxyHeader,
         CloseReason::NoUpstream,
+        CloseReason::LocalError,
     ];
 
     /// A stable lowercase name for logs and metric labels.
@@ -78,6 +85,7 @@ impl CloseReason {
             CloseReason::Denied => "denied",
             CloseReason::BadProxyHeader => "bad_proxy_header",
             CloseReason::NoUpstream => "no_upstream",
+            CloseReason::LocalError => "local_error",
         }
     }
 }
@@ -129,6 +137,9 @@ pub struct WorkerCounters {
     pub pipes_pooled: AtomicU64,
     /// Pumps that wanted to splice and copied instead.
     pub copy_fallbacks: AtomicU64,
+    /// Upstream connections this host could not open, indexed like
+    /// `LocalCause::ALL` (never counted against an upstream).
+    pub local_errors: [AtomicU64; LocalCause::ALL.len()],
 }
 
 impl WorkerCounters {

@@ -1,7 +1,7 @@
 //! The Prometheus text exposition format (0.0.4) of a `Snapshot`: counters,
 //! gauges, and histograms as cumulative `_bucket`/`_sum`/`_count` in
 //! seconds. Names are `sluice_*`; labels `route`, `upstream`, `direction`,
-//! `mode`, `reason`, `result`.
+//! `mode`, `reason`, `result`, `cause`.
 
 use std::fmt::Write as _;
 
@@ -194,6 +194,13 @@ pub fn render(snap: &Snapshot) -> String {
             (vec![("reason", "bad_proxy_header".to_owned())], a.bad_proxy_header as f64),
         ],
     );
+    let local: Vec<_> = snap.local_errors.iter().map(|(k, v)| (vec![("cause", k.clone())], *v as f64)).collect();
+    out.counter(
+        "sluice_local_errors_total",
+        "Upstream connections this host could not open (fds, memory, ports, source), by cause; the client was \
+         reset and no upstream blamed.",
+        &local,
+    );
     out.counter(
         "sluice_reloads_total",
         "Configuration reloads, by result.",
@@ -301,6 +308,7 @@ mod tests {
             h
         });
         snap.routes.push(r);
+        snap.local_errors.insert("fds".into(), 3);
         let text = render(&snap);
         for line in [
             "sluice_ready 1",
@@ -312,6 +320,7 @@ mod tests {
             "sluice_connect_duration_seconds_bucket{route=\"web\",le=\"+Inf\"} 1",
             "sluice_connect_duration_seconds_count{route=\"web\"} 1",
             "# TYPE sluice_session_duration_seconds histogram",
+            "sluice_local_errors_total{cause=\"fds\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

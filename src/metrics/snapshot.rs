@@ -32,6 +32,10 @@ pub struct Snapshot {
     pub accept: AcceptSnapshot,
     /// Configuration reloads by outcome.
     pub reloads: ReloadSnapshot,
+    /// Upstream connections this host could not open, by cause (`fds`,
+    /// `memory`, `ports`, `source`), all workers; never counted against an upstream.
+    #[serde(default)]
+    pub local_errors: BTreeMap<String, u64>,
     /// Kernel TCP statistics from /proc/net/snmp and /proc/net/netstat
     /// (`RetransSegs`, `OutRsts`, `AttemptFails`, `EstabResets`, `ListenOverflows`, `ListenDrops`).
     pub kernel: BTreeMap<String, u64>,
@@ -57,14 +61,16 @@ impl Snapshot {
         let closed: Vec<String> = closed.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!(
             "{accepted} sessions accepted; closed: {}; bytes client→upstream {} spliced + {} copied, \
-             upstream→client {} spliced + {} copied; {} pumps copied for want of a pipe; {} accepts hit the fd limit",
+             upstream→client {} spliced + {} copied; {} pumps copied for want of a pipe; {} accepts hit the fd limit; \
+             {} upstream connections failed locally",
             if closed.is_empty() { "none".to_owned() } else { closed.join(" ") },
             up.spliced,
             up.copied,
             down.spliced,
             down.copied,
             self.pipes.copy_fallbacks,
-            self.accept.fd_exhausted
+            self.accept.fd_exhausted,
+            self.local_errors.values().sum::<u64>()
         )
     }
 }

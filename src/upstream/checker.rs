@@ -1,11 +1,12 @@
 //! Active health checks, on their own thread with their own mio loop (a
 //! check never runs on a worker). Each check is a non-blocking TCP connect
-//! with the route's socket options, optionally followed by sending `send`
-//! and reading until the reply starts with `expect` (or differs, or the
-//! timeout passes). `rise` good checks in a row bring a down upstream back,
-//! `fall` failed ones take an up one out; each change is logged at warn
-//! and counted, and the verdict is stored in the upstream's shared
-//! `UpstreamHealth`, where workers read it.
+//! with the route's socket options and source address, optionally followed
+//! by sending `send` and reading until the reply starts with `expect` (or
+//! differs, or the timeout passes). `rise` good checks in a row bring a
+//! down upstream back, `fall` failed ones take an up one out; each change
+//! is logged at warn and counted, and the verdict is stored in the
+//! upstream's shared `UpstreamHealth`, where workers read it. A check this
+//! host cannot start (out of fds or ports: `local_error`) gives no verdict.
 //!
 //! Intervals are jittered by ±10% and the first check of each upstream
 //! falls at a random point of its first interval, so many sluice instances
@@ -24,6 +25,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::health::UpstreamHealth;
 use crate::config::HealthCheck;
+use crate::local_error;
 use crate::sockets::{self, ConnectState};
 use crate::sockopt::Applied;
 
@@ -42,7 +44,8 @@ pub struct Target {
     pub health: Arc<UpstreamHealth>,
     /// What to check.
     pub check: HealthCheck,
-    /// The route's socket options (a `mark` must route checks like sessions).
+    /// The route's socket options and `source:` (a check must leave from
+    /// where sessions do: a `mark` routes it, the source is what the upstream sees).
     pub socket: Arc<Applied>,
 }
 
@@ -99,6 +102,8 @@ struct Probe {
     in_flight: Option<InFlight>,
     good: u32,
     bad: u32,
+    /// The last check could not start for a reason of this host's (warned once per spell).
+    local_trouble: bool,
 }
 
 type Key = (String, SocketAddr);
@@ -169,7 +174,7 @@ fn retarget(old: Vec<Probe>, targets: Vec<Target>, rng: &mut fastrand::Rng) -> V
             }
             _ => {
                 let first = t.check.interval.mul_f64(rng.f64());
-                Probe { target: t, next: now + first, in_flight: None, good: 0, bad: 0 }
+                Probe { target: t, next: now + first, in_flight: None, good: 0, bad: 0, local_trouble: false }
             }
         })
         .collect();
@@ -192,12 +197,26 @@ impl Probe {
                     return;
                 }
                 self.in_flight = Some(InFlight { stream, connected: false, sent: 0, got: Vec::new(), deadline });
+                self.local_trouble = false;
             }
             Err(e) => {
-                // No fd, no route: a failed check like any other.
                 self.in_flight = None;
-                self.record(Err(format!("connect failed: {e}")));
                 self.next = now + self.target.check.interval;
+                if let Some(cause) = local_error::classify(&e) {
+                    // Out of fds or ports here says nothing about the upstream: no verdict.
+                    let t = &self.target;
+                    let advice = local_error::advice(&e, cause, t.addr, t.socket.source());
+                    if !std::mem::replace(&mut self.local_trouble, true) {
+                        log::warn!(
+                            "route {}: cannot health-check {}: {e}: {advice}; its state stays",
+                            t.route,
+                            t.display
+                        );
+                    }
+                    return;
+                }
+                // No route to it: a failed check like any other.
+                self.record(Err(format!("connect failed: {e}")));
             }
         }
     }

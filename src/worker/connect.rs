@@ -5,17 +5,21 @@
 //! upstream, up to the route's `retries`. No client byte has been sent at
 //! that point, so a retry is invisible to the client. Failures feed outlier
 //! ejection; when nothing is available the client is closed at once (or,
-//! with `when_all_down: try_anyway`, health is ignored).
+//! with `when_all_down: try_anyway`, health is ignored). A failure of this
+//! host's own (out of fds, memory or ports; see `local_error`) is never the
+//! upstream's: the client is reset and the upstream left alone.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use mio::Interest;
 
-use super::{Worker, is_fd_exhaustion, token};
+use super::{Worker, token};
 use crate::config::{Balance, WhenAllDown};
-use crate::metrics::CloseReason;
+use crate::local_error::{self, LocalCause};
+use crate::metrics::{CloseReason, WorkerCounters};
 use crate::session::{End, Ending, Side, Stage};
 use crate::sockets;
 use crate::upstream::health::{FailureOutcome, now_ms};
@@ -79,12 +83,18 @@ impl Worker {
                 }
                 Err(e) => {
                     log::debug!("session {}: connect to {addr} failed at once: {e}", self.sessions[key].id);
+                    if let Some(cause) = local_error::classify(&e) {
+                        // This host's failure, not the upstream's, and no retry: fds and
+                        // memory are the process's and the machine's, so any other upstream
+                        // needs the same; balanced load runs short of local ports toward every
+                        // upstream address at about the same time; an unusable `source:` is
+                        // configuration. Resetting at once lets the client back off and retry
+                        // while this host is short, rather than spending more on other attempts.
+                        self.local_error(key, &e, cause, addr, now);
+                        return;
+                    }
                     last = format!("{addr}: {e}");
                     self.attempt_failed(key);
-                    if is_fd_exhaustion(&e) {
-                        // No fd for an upstream socket: other upstreams won't do better.
-                        break;
-                    }
                 }
             }
         }
@@ -146,6 +156,42 @@ impl Worker {
             }
         }
         None
+    }
+
+    /// Ends a session whose attempt failed for a reason of this host's own
+    /// (`local_error`): the attempt is un-counted and the upstream's load
+    /// released, but nothing is held against the upstream (no connect
+    /// failure, no outlier verdict, a half-open try given back); the client
+    /// is reset, the cause counted, and the operator told the fix.
+    fn local_error(&mut self, key: usize, e: &io::Error, cause: LocalCause, addr: SocketAddr, now: Instant) {
+        let s = &mut self.sessions[key];
+        let route = Arc::clone(&s.route);
+        let upstream = &route.upstreams.upstreams[s.upstream_index];
+        if std::mem::take(&mut s.counted) {
+            upstream.health.session_ended();
+        }
+        if std::mem::take(&mut s.probing) {
+            upstream.health.probe_abandoned();
+        }
+        let retry = s.tried.len() > 1;
+        {
+            // The attempt never reached the upstream.
+            let mut st = self.metrics.stats();
+            st.route(route.metric_id).connect_attempts -= 1;
+            st.upstream(upstream.metric_id).connect_attempts -= 1;
+            if retry {
+                st.route(route.metric_id).retries -= 1;
+            }
+        }
+        WorkerCounters::inc(&self.metrics.counters.local_errors[cause as usize]);
+        let client = s.client_addr;
+        let advice = local_error::advice(e, cause, addr, route.socket.source());
+        self.warn(format!(
+            "route {}: cannot open a connection to upstream {upstream} for client {client}: {e}: {advice}; \
+             resetting the client (a local error: the upstream is not blamed)",
+            route.name
+        ));
+        self.close(key, End { reason: CloseReason::LocalError, ending: Ending::RESET_CLIENT }, now);
     }
 
     /// Books a failed attempt: counters, the upstream's load, outlier detection.

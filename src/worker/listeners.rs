@@ -282,8 +282,12 @@ impl Worker {
             None => Err(io::Error::other("too many sessions in this worker")),
         };
         if let Err(e) = registered {
-            log::warn!("cannot register client {peer}: {e}");
-            self.close(key, End { reason: CloseReason::ConnectFailed, ending: Ending::RESET_CLIENT }, now);
+            // The poll is this host's (epoll watches, memory): a local error, no upstream involved.
+            if let Some(cause) = crate::local_error::classify(&e) {
+                WorkerCounters::inc(&self.metrics.counters.local_errors[cause as usize]);
+            }
+            self.warn(format!("cannot register client {peer}: {e}; resetting it"));
+            self.close(key, End { reason: CloseReason::LocalError, ending: Ending::RESET_CLIENT }, now);
             return;
         }
         log::trace!("session {}: client {peer} on route {}", self.sessions[key].id, self.sessions[key].route.name);

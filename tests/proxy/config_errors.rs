@@ -62,6 +62,23 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str, &'sta
         ("duplicate name", GOOD.replace("name: db", "name: web"), ":11:11", "routes[1].name", "already used"),
         ("bad weight", GOOD.replace("weight: 3", "weight: 0"), ":10:", "routes[0].upstreams[1].weight", "out of range"),
         (
+            "source of the other family than an upstream",
+            GOOD.replace(
+                "    upstreams:\n      - 127.0.0.1:9000",
+                "    source: \"::1\"\n    upstreams:\n      - 127.0.0.1:9000",
+            ),
+            ":8:13",
+            "routes[0].source",
+            "source address ::1 is IPv6 but upstreams[0] 127.0.0.1:9000 is IPv4",
+        ),
+        (
+            "source with a port",
+            GOOD.replace("  connect_timeout: 2s", "  connect_timeout: 2s\n  source: 10.0.0.1:80"),
+            ":5:11",
+            "defaults.source",
+            "invalid source address \"10.0.0.1:80\": expected an IP address without a port",
+        ),
+        (
             "bad upstream",
             GOOD.replace("127.0.0.1:9000", "nowhere"),
             ":9:9",

@@ -334,7 +334,7 @@ fn sluice_stats_shows_the_routes() {
 
 #[test]
 fn doctor_reports_a_bad_machine_and_exits_1_on_failure() {
-    // A fake /proc: a tiny somaxconn, a tiny fd limit.
+    // A fake /proc: a tiny somaxconn, a tiny fd limit, few local ports.
     let dir = tempfile::tempdir().expect("tempdir");
     let sys = |rel: &str, value: &str| {
         let p = dir.path().join(rel);
@@ -342,6 +342,8 @@ fn doctor_reports_a_bad_machine_and_exits_1_on_failure() {
         std::fs::write(p, value).expect("write");
     };
     sys("sys/net/core/somaxconn", "128\n");
+    sys("sys/net/ipv4/ip_local_port_range", "60000\t60999\n");
+    sys("sys/net/ipv4/ip_local_reserved_ports", "60000-60099\n");
     sys(
         "self/limits",
         "Limit                     Soft Limit           Hard Limit           Units\nMax open files            64                   64                   files\n",
@@ -356,6 +358,9 @@ fn doctor_reports_a_bad_machine_and_exits_1_on_failure() {
     assert_eq!(out.status.code(), Some(1), "a FAIL must exit 1:\n{text}");
     assert!(text.contains("sysctl -w net.core.somaxconn="), "{text}");
     assert!(text.contains("FAIL"), "{text}");
+    let ports = "60000-60999 less 100 in ip_local_reserved_ports = 900 ports per upstream address, but route test \
+                 may have 100000 sessions open at once";
+    assert!(text.contains(ports), "{text}");
     // The real machine and the shipped config: runs, and says something for each check.
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.yaml");
     let (code, out, err) = run(&["doctor", "-c", shipped]);

@@ -2,12 +2,15 @@
 //! the clients; congestion control and keepalive reach the sockets sluice
 //! makes (read back with `ss`); an unavailable algorithm falls back with
 //! one warning; the default TCP_NOTSENT_LOWAT bounds what waits unsent
-//! toward a client that doesn't read.
+//! toward a client that doesn't read; a route's `source:` is where its
+//! upstream connections and health checks come from, and one that is not
+//! on this host is a local error.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -152,4 +155,86 @@ fn unsent_data_per_socket_is_bounded_by_default_and_unbounded_with_notsent_lowat
     assert!(bounded <= 512 << 10, "{bounded} bytes unsent toward the client with the default notsent_lowat");
     let off = notsent_toward_a_stalled_client("    socket: { notsent_lowat: 0 }\n", 1 << 20).expect("ss");
     assert!(off > bounded, "notsent_lowat: 0 queued {off} bytes, the default {bounded}");
+}
+
+/// An echo upstream that records the address of every connection it gets.
+fn recording_echo() -> (SocketAddr, Arc<Mutex<Vec<SocketAddr>>>) {
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&peers);
+    let up = backends::serve(move |mut s| {
+        if let Ok(p) = s.peer_addr() {
+            seen.lock().expect("peers").push(p);
+        }
+        let mut buf = [0; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    (up, peers)
+}
+
+/// (local, peer) of each established TCP connection to port `port`, from `ss -tn`.
+fn ss_connections_to(port: u16) -> Option<Vec<(SocketAddr, SocketAddr)>> {
+    let out =
+        Command::new("ss").args(["-tn", "state", "established", &format!("( dport = :{port} )")]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pairs = text
+        .lines()
+        .filter_map(|l| {
+            let mut addrs = l.split_whitespace().filter_map(|w| w.parse::<SocketAddr>().ok());
+            Some((addrs.next()?, addrs.next()?))
+        })
+        .collect();
+    out.status.success().then_some(pairs)
+}
+
+#[test]
+fn a_source_address_is_where_upstream_connections_and_health_checks_come_from() {
+    if ss_connections_to(1).is_none() {
+        eprintln!("skipped: `ss` (iproute2) is not available");
+        return;
+    }
+    let source = IpAddr::from([127, 0, 0, 2]); // every 127/8 address is this host's on Linux loopback
+    let (up, peers) = recording_echo();
+    let extra = "    source: 127.0.0.2\n    health_check: { interval: 100ms, timeout: 100ms }\n";
+    let s = Sluice::with_config(&one_route("copy", &[up], extra), &[]);
+    let mut c = connect(s.addr());
+    c.write_all(b"hi").expect("write");
+    let mut b = [0; 2];
+    c.read_exact(&mut b).expect("echo through the source address");
+    let conns = ss_connections_to(up.port()).expect("ss");
+    let session: Vec<_> = conns.iter().filter(|(_, peer)| *peer == up).collect();
+    assert!(!session.is_empty(), "ss shows no connection to the upstream {up}: {conns:?}");
+    assert!(session.iter().all(|(local, _)| local.ip() == source), "not from {source}: {session:?}");
+    // Health checks too: every connection the upstream got (the session's and at least two checks').
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while peers.lock().expect("peers").len() < 3 {
+        assert!(Instant::now() < deadline, "no health checks reached the upstream");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = peers.lock().expect("peers").clone();
+    assert!(seen.iter().all(|p| p.ip() == source), "connections not from {source}: {seen:?}");
+}
+
+#[test]
+fn a_source_address_not_on_this_host_resets_clients_and_blames_no_upstream() {
+    let (up, peers) = recording_echo();
+    // TEST-NET-1 is never an address of this host.
+    let extra = "    source: 192.0.2.1\n    health_check: { interval: 100ms, timeout: 100ms, fall: 1 }\n";
+    let s = Sluice::with_config(&one_route("copy", &[up], extra), &[]);
+    for _ in 0..6 {
+        let outcome = std::net::TcpStream::connect_timeout(&s.addr(), Duration::from_secs(10)).and_then(|mut c| {
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            c.read(&mut [0; 1])
+        });
+        assert_eq!(outcome.map_err(|e| e.kind()), Err(io::ErrorKind::ConnectionReset), "the client is reset");
+    }
+    assert!(s.wait_log("192.0.2.1 is not an address of this host", Duration::from_secs(10)), "no warning");
+    assert!(s.wait_log("cannot health-check", Duration::from_secs(10)), "the checks did not say why they stopped");
+    assert!(s.wait_log_count("reason=local_error", 6, Duration::from_secs(10)), "not closed as local errors");
+    let log = s.log();
+    assert!(!log.contains("ejected") && !log.contains("is DOWN"), "the upstream was blamed:\n{log}");
+    assert!(peers.lock().expect("peers").is_empty(), "something reached the upstream");
 }
