@@ -16,7 +16,7 @@ use super::balance::{Loads, Ring};
 use super::health::UpstreamHealth;
 use super::resolve;
 use crate::config::{HostPort, UpstreamSpec};
-use crate::metrics::Registry;
+use crate::metrics::{Registry, UpstreamKey};
 
 /// One address to connect to.
 #[derive(Clone, Debug)]
@@ -29,8 +29,9 @@ pub struct Upstream {
     pub weight: u32,
     /// Used only when no primary is available.
     pub backup: bool,
-    /// Its metric series.
-    pub metric_id: usize,
+    /// Its metric series (slot and generation: a session that outlives the
+    /// series records nowhere).
+    pub metric_id: UpstreamKey,
     /// Health, ejection and load, shared by every thread.
     pub health: Arc<UpstreamHealth>,
 }
@@ -96,7 +97,6 @@ impl UpstreamSet {
             }
         }
         let ring = Ring::new(upstreams.iter().map(|u| (u.addr.to_string(), u.weight)));
-        registry.set_current_upstreams(route_id, &upstreams.iter().map(|u| u.addr).collect::<Vec<_>>());
         UpstreamSet { upstreams, ring }
     }
 
