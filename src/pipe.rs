@@ -6,12 +6,15 @@
 //! with bytes in it is dropped, never pooled. When a pipe cannot be had (the
 //! budget is spent, the fd limit, the per-user pipe memory limit, a pipe
 //! shorter than asked) the pool says so and the pump copies instead; the
-//! pool counts it.
+//! pool counts it. After the kernel refused a pipe, the pool does not ask it
+//! again for a cool-down time (`COOL_DOWN`), read from a clock the caller
+//! passes in.
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::pipe2;
@@ -115,6 +118,13 @@ impl PipeBudget {
     }
 }
 
+/// After the kernel refused a pipe, how long a pool copies without asking
+/// again. A process at a limit (fds, `fs.pipe-user-pages-soft`) must not pay
+/// a failing `pipe2` and `fcntl` per session, yet must notice soon that the
+/// limit has room again: a second bounds the failing calls to one per worker
+/// per second, and a bulk flow worth splicing lasts longer than that.
+pub const COOL_DOWN: Duration = Duration::from_secs(1);
+
 /// What a pool has done, for the metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolCounts {
@@ -138,10 +148,13 @@ pub struct PipePool {
     max_pooled: usize,
     budget: Arc<PipeBudget>,
     counts: PoolCounts,
-    /// After the kernel refused a pipe, don't ask again until this many pipes
-    /// came back: a process at a limit must not pay failing syscalls per session.
-    cool_down: u32,
+    /// After the kernel refused a pipe, don't ask it again before this time
+    /// (see [`COOL_DOWN`]). By time, not by pipes coming back: lent pipes may
+    /// all be discarded, or none pooled (`max_pooled_pipes: 0`).
+    cool_down_until: Option<Instant>,
     last_error: Option<io::ErrorKind>,
+    /// Makes a pipe: `Pipe::new`, or in tests one that counts or fails.
+    make: fn(usize) -> io::Result<Pipe>,
 }
 
 impl PipePool {
@@ -154,8 +167,9 @@ impl PipePool {
             max_pooled,
             budget,
             counts: PoolCounts::default(),
-            cool_down: 0,
+            cool_down_until: None,
             last_error: None,
+            make: Pipe::new,
         }
     }
 
@@ -173,18 +187,27 @@ impl PipePool {
         self.trim();
     }
 
-    /// A pipe, pooled or new; `None` when none can be had (counted).
-    pub fn get(&mut self) -> Option<Pipe> {
+    /// A pipe, pooled or new; `None` when none can be had (counted). `now`
+    /// is read only when the answer depends on the time (a cool-down is on,
+    /// or a new pipe was refused), so the common path costs no clock read.
+    pub fn get(&mut self, now: impl Fn() -> Instant) -> Option<Pipe> {
         if let Some(p) = self.free.pop() {
             self.counts.in_use += 1;
             self.counts.lent += 1;
             return Some(p);
         }
-        if self.cool_down > 0 || !self.budget.take() {
+        if let Some(until) = self.cool_down_until {
+            if now() < until {
+                self.counts.refused += 1;
+                return None;
+            }
+            self.cool_down_until = None;
+        }
+        if !self.budget.take() {
             self.counts.refused += 1;
             return None;
         }
-        match Pipe::new(self.size) {
+        match (self.make)(self.size) {
             Ok(p) => {
                 self.counts.created += 1;
                 self.counts.lent += 1;
@@ -195,14 +218,14 @@ impl PipePool {
                 self.budget.give_back();
                 if self.last_error != Some(e.kind()) {
                     log::warn!(
-                        "cannot make a {} byte splice pipe ({e}); pumps copy instead until pipes free up",
-                        self.size
+                        "cannot make a {} byte splice pipe ({e}); pumps copy instead, asking again every {}",
+                        self.size,
+                        crate::config::units::fmt_duration(COOL_DOWN)
                     );
                     self.last_error = Some(e.kind());
                 }
                 self.counts.refused += 1;
-                // Ask again after a few pipes have come back (or at once if we hold none).
-                self.cool_down = if self.counts.in_use == 0 { 0 } else { 16 };
+                self.cool_down_until = Some(now() + COOL_DOWN);
                 None
             }
         }
@@ -211,7 +234,6 @@ impl PipePool {
     /// Returns an empty pipe. Pipes with bytes in them must be `discard`ed instead.
     pub fn put(&mut self, pipe: Pipe) {
         self.counts.in_use = self.counts.in_use.saturating_sub(1);
-        self.cool_down = self.cool_down.saturating_sub(1);
         if pipe.capacity >= self.size && self.free.len() < self.max_pooled {
             self.free.push(pipe);
         } else {
@@ -274,15 +296,15 @@ mod tests {
     fn pool_reuses_and_caps() {
         let b = budget(100);
         let mut pool = PipePool::new(64 << 10, 1, Arc::clone(&b));
-        let a = pool.get().unwrap();
-        let c = pool.get().unwrap();
+        let a = pool.get(Instant::now).unwrap();
+        let c = pool.get(Instant::now).unwrap();
         assert_eq!(pool.counts().created, 2);
         assert_eq!(pool.counts().in_use, 2);
         pool.put(a);
         pool.put(c);
         assert_eq!(pool.counts().pooled, 1, "only max_pooled pipes are kept");
         assert_eq!(b.held(), 1, "the other went back to the budget");
-        let _d = pool.get().unwrap();
+        let _d = pool.get(Instant::now).unwrap();
         assert_eq!(pool.counts().created, 2, "the pooled pipe was reused");
         assert_eq!(pool.counts().lent, 3, "every loan counts, pooled or new");
         assert_eq!(pool.counts().in_use, 1);
@@ -293,12 +315,12 @@ mod tests {
         let b = budget(2);
         let mut one = PipePool::new(64 << 10, 4, Arc::clone(&b));
         let mut two = PipePool::new(64 << 10, 4, Arc::clone(&b));
-        let p1 = one.get().unwrap();
-        let p2 = two.get().unwrap();
-        assert!(one.get().is_none() && two.get().is_none(), "the cap holds across workers");
+        let p1 = one.get(Instant::now).unwrap();
+        let p2 = two.get(Instant::now).unwrap();
+        assert!(one.get(Instant::now).is_none() && two.get(Instant::now).is_none(), "the cap holds across workers");
         assert_eq!(one.counts().refused + two.counts().refused, 2);
         one.discard(p1);
-        assert!(two.get().is_some(), "a pipe given back can be had again");
+        assert!(two.get(Instant::now).is_some(), "a pipe given back can be had again");
         two.put(p2);
         drop(two);
         drop(one);
@@ -309,17 +331,84 @@ mod tests {
     fn an_impossible_size_is_refused_and_counted() {
         let b = budget(10);
         let mut pool = PipePool::new(1 << 30, 4, Arc::clone(&b));
-        assert!(pool.get().is_none());
+        assert!(pool.get(Instant::now).is_none());
         assert_eq!(pool.counts().refused, 1);
         assert_eq!(b.held(), 0, "a failed pipe2 does not spend the budget");
+    }
+
+    thread_local! {
+        /// What `flaky` does on this test's thread: (fail, calls so far).
+        static FLAKY: std::cell::Cell<(bool, u32)> = const { std::cell::Cell::new((false, 0)) };
+    }
+
+    /// `Pipe::new`, counted, failing like a process at its fd limit while told to.
+    fn flaky(size: usize) -> io::Result<Pipe> {
+        let (fail, calls) = FLAKY.get();
+        FLAKY.set((fail, calls + 1));
+        if fail { Err(io::Error::from_raw_os_error(24)) } else { Pipe::new(size) }
+    }
+
+    fn set_failing(fail: bool) {
+        FLAKY.set((fail, FLAKY.get().1));
+    }
+
+    fn pipe2_calls() -> u32 {
+        FLAKY.get().1
+    }
+
+    #[test]
+    fn a_refused_pipe_cools_down_by_time_even_when_every_lent_pipe_is_discarded() {
+        for max_pooled in [0, 4] {
+            let b = budget(10);
+            let mut pool = PipePool::new(64 << 10, max_pooled, Arc::clone(&b));
+            pool.make = flaky;
+            let t0 = Instant::now();
+            let lent: Vec<Pipe> = (0..3).map(|_| pool.get(|| t0).expect("a pipe")).collect();
+            set_failing(true);
+            let calls = pipe2_calls();
+            assert!(pool.get(|| t0).is_none(), "the kernel refuses");
+            assert_eq!(pipe2_calls(), calls + 1);
+            // Every lent pipe comes back with bytes in it: nothing is pooled.
+            for p in lent {
+                pool.discard(p);
+            }
+            set_failing(false);
+            for ms in [0, 10, 999] {
+                let t = t0 + Duration::from_millis(ms);
+                assert!(pool.get(|| t).is_none(), "max_pooled {max_pooled}: still cooling down at {ms} ms");
+            }
+            assert_eq!(pipe2_calls(), calls + 1, "max_pooled {max_pooled}: no pipe2 during the cool-down");
+            assert_eq!(pool.counts().refused, 4);
+            let later = t0 + COOL_DOWN;
+            let p = pool.get(|| later).expect("after the cool-down the pool asks again");
+            assert_eq!(pipe2_calls(), calls + 2);
+            pool.put(p);
+            assert_eq!(b.held(), usize::from(max_pooled > 0));
+        }
+    }
+
+    #[test]
+    fn the_clock_is_read_only_when_the_answer_depends_on_it() {
+        let b = budget(10);
+        let mut pool = PipePool::new(64 << 10, 4, Arc::clone(&b));
+        pool.make = flaky;
+        let no_clock = || -> Instant { panic!("the clock was read on the common path") };
+        let p = pool.get(no_clock).expect("a new pipe");
+        pool.put(p);
+        let p = pool.get(no_clock).expect("the pooled pipe");
+        set_failing(true);
+        let t0 = Instant::now();
+        assert!(pool.get(|| t0).is_none());
+        pool.put(p);
+        assert!(pool.get(no_clock).is_some(), "a pooled pipe is lent even during a cool-down");
     }
 
     #[test]
     fn resizing_closes_spare_pipes_of_the_old_size() {
         let b = budget(10);
         let mut pool = PipePool::new(64 << 10, 4, Arc::clone(&b));
-        let lent = pool.get().unwrap();
-        let spare = pool.get().unwrap();
+        let lent = pool.get(Instant::now).unwrap();
+        let spare = pool.get(Instant::now).unwrap();
         pool.put(spare);
         pool.resize(128 << 10, 4);
         assert_eq!(pool.counts().pooled, 0);

@@ -4,7 +4,9 @@
 //! follow: `/readyz` says 503 at once, the listeners keep accepting for
 //! `drain_grace`, then the workers serve whoever is queued and close their
 //! listeners, and running sessions get `drain_timeout`. SIGINT (a terminal's
-//! Ctrl-C) skips the grace; a second signal stops at once.
+//! Ctrl-C) skips the grace; a second signal stops at once. DNS reports become
+//! new route versions; the metric series of upstreams that left are
+//! reclaimed here once they have been quiet long enough.
 //!
 //! Everything that may block (name resolution, binding, reading files and
 //! /proc) happens here, never on a worker.
@@ -25,7 +27,7 @@ use crate::admin::AdminContext;
 use crate::config::{self, Config, Workers, units::fmt_size};
 use crate::limits;
 use crate::metrics::WorkerCounters;
-use crate::metrics::{Registry, WorkerMetrics};
+use crate::metrics::{Registry, UpstreamKey, WorkerMetrics};
 use crate::pipe;
 use crate::reload::{self, FileWatch, RouteUpdate, Running};
 use crate::upstream::ResolveError;
@@ -216,6 +218,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         checker,
         resolver,
         resolved,
+        reclaim_at: None,
     };
     control.publish_pools();
     let result = control.run(poll, &mut signals, &exits);
@@ -251,6 +254,8 @@ struct ControlThread {
     checker: Checker,
     resolver: Resolver,
     resolved: Receiver<Resolved>,
+    /// When an upstream's metric series may next be reclaimed.
+    reclaim_at: Option<Instant>,
 }
 
 impl ControlThread {
@@ -258,7 +263,9 @@ impl ControlThread {
     fn run(&mut self, mut poll: Poll, signals: &mut Signals, exits: &Receiver<Exit>) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(8);
         loop {
-            let mut timeout = self.watch.as_ref().filter(|_| !self.draining).map(|_| WATCH_EVERY);
+            let watch = self.watch.as_ref().map(|_| WATCH_EVERY);
+            let reclaim = self.reclaim_at.map(|t| t.saturating_duration_since(Instant::now()));
+            let mut timeout = [watch, reclaim].into_iter().flatten().min().filter(|_| !self.draining);
             if let Some(t) = self.grace_until {
                 timeout = Some(t.saturating_duration_since(Instant::now()));
             }
@@ -286,6 +293,9 @@ impl ControlThread {
             }
             while let Ok(exit) = exits.try_recv() {
                 self.on_exit(exit);
+            }
+            if !self.draining {
+                self.reclaim(Instant::now());
             }
             if self.handles.iter().all(|h| h.thread.is_none()) {
                 return self.failure.take().map_or(Ok(()), Err);
@@ -414,11 +424,14 @@ impl ControlThread {
 }
 
 impl ControlThread {
-    /// Tells the health checker and the resolver what the running routes need.
+    /// Tells the health checker and the resolver what the running routes
+    /// need, and the metrics registry which upstreams are current.
     fn publish_pools(&self) {
         let mut targets = Vec::new();
         let mut watches = Vec::new();
+        let mut current: Vec<UpstreamKey> = Vec::new();
         for (_, r) in &self.running {
+            current.extend(r.upstreams.upstreams.iter().map(|u| u.metric_id));
             let pool = r.pool();
             if let Some(check) = &pool.health_check {
                 targets.extend(r.upstreams.upstreams.iter().map(|u| Target {
@@ -441,6 +454,22 @@ impl ControlThread {
         }
         self.checker.set_targets(targets);
         self.resolver.set_watches(watches);
+        self.registry.set_current(&current);
+    }
+
+    /// Drops the metric series of upstreams that left their route and have
+    /// been quiet for `metrics::registry::RETENTION`, in the registry and in
+    /// every worker (each worker's stats locked once, briefly).
+    fn reclaim(&mut self, now: Instant) {
+        let done = self.registry.reclaim(now);
+        if !done.freed.is_empty() {
+            for h in &self.handles {
+                let mut st = h.metrics.stats();
+                done.freed.iter().for_each(|&key| st.forget(key));
+            }
+            log::debug!("metrics: dropped the series of {} upstream(s) that left with no sessions", done.freed.len());
+        }
+        self.reclaim_at = done.next;
     }
 
     /// A route's host names resolve to new addresses: new sessions get a

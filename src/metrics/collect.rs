@@ -1,6 +1,8 @@
 //! Building a `Snapshot`: every worker's stats summed and its histograms
 //! merged (each worker's mutex held only while its numbers are copied),
-//! summarised into percentiles and bucket counts.
+//! summarised into percentiles and bucket counts. Upstream numbers count
+//! only for the generation the registry listed; an upstream reclaimed while
+//! the snapshot is taken is left out.
 
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use super::snapshot::{
     AcceptSnapshot, Bytes, Latency, PROMETHEUS_BOUNDS_US, PipeSnapshot, RouteSnapshot, SessionCounts, Snapshot,
     UpstreamSnapshot, UpstreamState,
 };
-use super::stats::{RouteStats, UpstreamStats, WorkerMetrics};
+use super::stats::{RouteStats, UpstreamStats, UpstreamTimes, WorkerMetrics};
 use super::{CloseReason, Registry, WorkerCounters};
 use crate::local_error::LocalCause;
 use crate::upstream::UpstreamHealth;
@@ -31,6 +33,16 @@ pub fn collect(src: Sources<'_>) -> Snapshot {
     let (route_info, upstream_info) = src.registry.list();
     let mut routes: Vec<RouteStats> = route_info.iter().map(|_| RouteStats::default()).collect();
     let mut upstreams: Vec<UpstreamStats> = upstream_info.iter().map(|_| UpstreamStats::default()).collect();
+    // Slot id → index in `upstream_info`.
+    let mut by_slot: Vec<Option<usize>> = Vec::new();
+    for (i, u) in upstream_info.iter().enumerate() {
+        if by_slot.len() <= u.key.id {
+            by_slot.resize(u.key.id + 1, None);
+        }
+        by_slot[u.key.id] = Some(i);
+    }
+    // Reclaimed since the registry was listed (a worker has forgotten it).
+    let mut gone = vec![false; upstream_info.len()];
     let mut snap = src.base;
     for w in src.workers {
         {
@@ -38,8 +50,16 @@ pub fn collect(src: Sources<'_>) -> Snapshot {
             for (into, from) in routes.iter_mut().zip(&st.routes) {
                 merge_route(into, from);
             }
-            for (into, from) in upstreams.iter_mut().zip(&st.upstreams) {
-                merge_upstream(into, from);
+            for (key, from) in st.upstream_slots() {
+                let Some(i) = by_slot.get(key.id).copied().flatten() else {
+                    continue;
+                };
+                match key.generation.cmp(&upstream_info[i].key.generation) {
+                    std::cmp::Ordering::Equal => merge_upstream(&mut upstreams[i], from),
+                    std::cmp::Ordering::Greater => gone[i] = true,
+                    // This worker has not recorded for the listed occupant.
+                    std::cmp::Ordering::Less => {}
+                }
             }
         }
         add_counters(&mut snap, &w.counters);
@@ -74,17 +94,22 @@ pub fn collect(src: Sources<'_>) -> Snapshot {
                 upstreams: upstream_info
                     .iter()
                     .zip(&upstreams)
-                    .filter(|(u, _)| u.route == id)
-                    .map(|(u, s)| UpstreamSnapshot {
-                        address: u.address.clone(),
-                        current: u.current,
-                        health: state(&u.health),
-                        sessions: s.sessions,
-                        connect_attempts: s.connect_attempts,
-                        connect_failures: s.connect_failures,
-                        connect_time: summarise(&s.connect_time),
-                        rtt: summarise(&s.rtt),
-                        retransmits: summarise(&s.retransmits),
+                    .zip(&gone)
+                    .filter(|((u, _), gone)| u.route == id && !**gone)
+                    .map(|((u, s), _)| {
+                        let times = s.times.as_deref();
+                        let summary = |h: fn(&UpstreamTimes) -> &Histogram<u32>| times.map(h).map(summarise);
+                        UpstreamSnapshot {
+                            address: u.address.clone(),
+                            current: u.current,
+                            health: state(&u.health),
+                            sessions: s.sessions,
+                            connect_attempts: s.connect_attempts,
+                            connect_failures: s.connect_failures,
+                            connect_time: summary(|t| &t.connect_time).unwrap_or_else(empty),
+                            rtt: summary(|t| &t.rtt).unwrap_or_else(empty),
+                            retransmits: summary(|t| &t.retransmits).unwrap_or_else(empty),
+                        }
                     })
                     .collect(),
             })
@@ -115,9 +140,12 @@ fn merge_upstream(into: &mut UpstreamStats, from: &UpstreamStats) {
     into.sessions += from.sessions;
     into.connect_attempts += from.connect_attempts;
     into.connect_failures += from.connect_failures;
-    merge(&mut into.connect_time, &from.connect_time);
-    merge(&mut into.rtt, &from.rtt);
-    merge(&mut into.retransmits, &from.retransmits);
+    if let Some(from) = &from.times {
+        let into = into.times();
+        merge(&mut into.connect_time, &from.connect_time);
+        merge(&mut into.rtt, &from.rtt);
+        merge(&mut into.retransmits, &from.retransmits);
+    }
 }
 
 fn merge(into: &mut Histogram<u32>, from: &Histogram<u32>) {
@@ -163,10 +191,15 @@ fn state(h: &UpstreamHealth) -> UpstreamState {
     }
 }
 
+/// The summary of an empty histogram.
+fn empty() -> Latency {
+    Latency { buckets: PROMETHEUS_BOUNDS_US.iter().map(|&b| [b, 0]).collect(), ..Latency::default() }
+}
+
 /// Percentiles, Prometheus buckets and power-of-two buckets of a histogram.
 pub fn summarise(h: &Histogram<u32>) -> Latency {
     if h.is_empty() {
-        return Latency { buckets: PROMETHEUS_BOUNDS_US.iter().map(|&b| [b, 0]).collect(), ..Latency::default() };
+        return empty();
     }
     // One pass over the recorded values fills both bucket sets: cheaper than
     // a count_between per bucket, which walks the whole counts array each time.
@@ -232,7 +265,7 @@ mod tests {
     fn workers_are_summed_and_merged() {
         let reg = Registry::default();
         let r = reg.route_id("web");
-        let u = reg.upstream_id(r, "127.0.0.1:1".parse().unwrap());
+        let u = reg.upstream_key(r, "127.0.0.1:1".parse().unwrap());
         reg.set_configured(&[(r, "127.0.0.1:80".parse().unwrap())]);
         let workers: Vec<Arc<WorkerMetrics>> = (0..2).map(|_| Arc::new(WorkerMetrics::default())).collect();
         for (i, w) in workers.iter().enumerate() {
@@ -266,5 +299,66 @@ mod tests {
         assert_eq!(snap.pipes.created, 1);
         assert_eq!(snap.local_errors.get("fds"), Some(&2));
         assert_eq!(snap.local_errors.get("ports"), Some(&0), "every cause is there, zeros too");
+    }
+
+    fn closed_on(route: usize, upstream: crate::metrics::UpstreamKey) -> SessionRecord {
+        SessionRecord {
+            route,
+            upstream: Some(upstream),
+            reason: CloseReason::Clean,
+            client_to_upstream: (10, 0),
+            upstream_to_client: (10, 0),
+            reported: [[0; 2]; 2],
+            connect_time: Some(Duration::from_micros(100)),
+            first_byte_time: None,
+            duration: Duration::from_millis(5),
+            tcp_info: Some((50, 0)),
+        }
+    }
+
+    #[test]
+    fn a_reclaimed_upstream_leaves_the_snapshot_and_its_slot_starts_clean() {
+        use crate::metrics::registry::RETENTION;
+        let reg = Registry::default();
+        let r = reg.route_id("web");
+        reg.set_configured(&[(r, "127.0.0.1:80".parse().unwrap())]);
+        let old = reg.upstream_key(r, "10.0.0.1:80".parse().unwrap());
+        reg.set_current(&[old]);
+        let workers: Vec<Arc<WorkerMetrics>> = (0..2).map(|_| Arc::new(WorkerMetrics::default())).collect();
+        for w in &workers {
+            w.stats().session_closed(&closed_on(r, old));
+        }
+        // DNS moves the route on; the old address is quiet for the retention.
+        let new = reg.upstream_key(r, "10.0.0.2:80".parse().unwrap());
+        reg.set_current(&[new]);
+        let t0 = std::time::Instant::now();
+        reg.reclaim(t0);
+        let snap = collect(Sources { workers: &workers, registry: &reg, base: Snapshot::default() });
+        assert_eq!(snap.routes[0].upstreams.len(), 2, "kept during the retention");
+        assert_eq!(snap.routes[0].upstreams[0].sessions, 2);
+        let freed = reg.reclaim(t0 + RETENTION).freed;
+        assert_eq!(freed, [old]);
+        for w in &workers {
+            let mut st = w.stats();
+            freed.iter().for_each(|&k| st.forget(k));
+        }
+        let snap = collect(Sources { workers: &workers, registry: &reg, base: Snapshot::default() });
+        let addresses: Vec<&str> = snap.routes[0].upstreams.iter().map(|u| u.address.as_str()).collect();
+        assert_eq!(addresses, ["10.0.0.2:80"], "its series are gone");
+        assert_eq!(snap.routes[0].sessions.closed.get("clean"), Some(&2), "the route's own counts stay");
+        // A later address gets the slot; a session on an old route version still closes on the old key.
+        let third = reg.upstream_key(r, "10.0.0.3:80".parse().unwrap());
+        assert_eq!(third.id, old.id);
+        reg.set_current(&[new, third]);
+        workers[0].stats().upstream(third).connect_attempts += 1;
+        workers[0].stats().session_closed(&closed_on(r, old));
+        workers[1].stats().session_closed(&closed_on(r, old));
+        let snap = collect(Sources { workers: &workers, registry: &reg, base: Snapshot::default() });
+        let got = snap.routes[0].upstreams.iter().find(|u| u.address == "10.0.0.3:80").unwrap();
+        assert_eq!((got.connect_attempts, got.sessions, got.rtt.count), (1, 0, 0), "none of the old numbers");
+        // Reclaimed between listing the registry and reading a worker: left out, not shown as zeros.
+        workers[1].stats().forget(third);
+        let snap = collect(Sources { workers: &workers, registry: &reg, base: Snapshot::default() });
+        assert!(snap.routes[0].upstreams.iter().all(|u| u.address != "10.0.0.3:80"));
     }
 }

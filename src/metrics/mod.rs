@@ -2,7 +2,8 @@
 //! (`stats.rs`: per route and upstream, under a per-worker mutex taken per
 //! session; `counters.rs`: worker-wide atomics) and is their only writer.
 //! `collect.rs` merges them into a `Snapshot` (`snapshot.rs`), which
-//! `prometheus.rs` renders; `registry.rs` names the series.
+//! `prometheus.rs` renders; `registry.rs` names the series (and reclaims
+//! those of upstreams that left).
 
 pub mod collect;
 pub mod counters;
@@ -12,5 +13,5 @@ pub mod snapshot;
 pub mod stats;
 
 pub use counters::{CloseReason, WorkerCounters};
-pub use registry::Registry;
+pub use registry::{Registry, UpstreamKey};
 pub use stats::{SessionRecord, WorkerMetrics};

@@ -9,12 +9,19 @@
 //! briefly per scrape, so it is uncontended in practice.
 //! Worker-wide counters that change per event stay lock-free atomics in
 //! `WorkerCounters`.
+//!
+//! Upstream stats are indexed by the registry's `UpstreamKey`: a slot the
+//! registry reclaimed is emptied here by `forget`, and a late record for a
+//! generation that is gone is dropped, never counted for the slot's next
+//! occupant. An upstream's histograms are made on its first connected
+//! session, so one that never connected costs none.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::registry::UpstreamKey;
 use super::{CloseReason, WorkerCounters};
 
 /// Largest time a histogram holds: 1 day in µs (longer values are clamped).
@@ -79,7 +86,7 @@ impl Default for RouteStats {
 }
 
 /// One upstream's numbers in one worker.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct UpstreamStats {
     /// Sessions relayed to it.
     pub sessions: u64,
@@ -87,6 +94,14 @@ pub struct UpstreamStats {
     pub connect_attempts: u64,
     /// Connect failures.
     pub connect_failures: u64,
+    /// Its histograms, made by the first session that connected (a time
+    /// histogram is ~100 KiB; an address that never answers needs none).
+    pub times: Option<Box<UpstreamTimes>>,
+}
+
+/// The histograms of one upstream in one worker.
+#[derive(Debug)]
+pub struct UpstreamTimes {
     /// Connect time (µs).
     pub connect_time: Histogram<u32>,
     /// Smoothed RTT at close (µs).
@@ -95,17 +110,24 @@ pub struct UpstreamStats {
     pub retransmits: Histogram<u32>,
 }
 
-impl Default for UpstreamStats {
+impl Default for UpstreamTimes {
     fn default() -> Self {
-        UpstreamStats {
-            sessions: 0,
-            connect_attempts: 0,
-            connect_failures: 0,
-            connect_time: time_histogram(),
-            rtt: time_histogram(),
-            retransmits: count_histogram(),
-        }
+        UpstreamTimes { connect_time: time_histogram(), rtt: time_histogram(), retransmits: count_histogram() }
     }
+}
+
+impl UpstreamStats {
+    /// Its histograms, made now if they don't exist yet.
+    pub fn times(&mut self) -> &mut UpstreamTimes {
+        self.times.get_or_insert_with(Box::default)
+    }
+}
+
+/// One upstream slot in one worker: the generation it holds numbers for.
+#[derive(Debug, Default)]
+struct UpstreamSlot {
+    generation: u32,
+    stats: UpstreamStats,
 }
 
 /// Everything a worker records by route and upstream id.
@@ -113,8 +135,11 @@ impl Default for UpstreamStats {
 pub struct WorkerStats {
     /// By route metric id (grown on first use).
     pub routes: Vec<RouteStats>,
-    /// By upstream metric id.
-    pub upstreams: Vec<UpstreamStats>,
+    /// By upstream slot (grown on first use).
+    upstreams: Vec<UpstreamSlot>,
+    /// What `upstream` hands out for a key whose generation is gone: cleared
+    /// on every such call, never read.
+    discarded: UpstreamStats,
 }
 
 impl WorkerStats {
@@ -126,12 +151,51 @@ impl WorkerStats {
         &mut self.routes[id]
     }
 
-    /// The stats of upstream `id`.
-    pub fn upstream(&mut self, id: usize) -> &mut UpstreamStats {
-        if self.upstreams.len() <= id {
-            self.upstreams.resize_with(id + 1, UpstreamStats::default);
+    /// The stats of upstream `key` to record into. For a generation the
+    /// registry has reclaimed since (a session on an old version of its
+    /// route), a scratch record that is thrown away.
+    pub fn upstream(&mut self, key: UpstreamKey) -> &mut UpstreamStats {
+        if !self.admit(key) {
+            self.discarded = UpstreamStats::default();
+            return &mut self.discarded;
         }
-        &mut self.upstreams[id]
+        &mut self.upstreams[key.id].stats
+    }
+
+    /// Readies slot `key.id` for `key`; false if `key` is of a gone generation.
+    fn admit(&mut self, key: UpstreamKey) -> bool {
+        if self.upstreams.len() <= key.id {
+            self.upstreams.resize_with(key.id + 1, UpstreamSlot::default);
+        }
+        let slot = &mut self.upstreams[key.id];
+        match slot.generation.cmp(&key.generation) {
+            std::cmp::Ordering::Equal => true,
+            // A new occupant this worker has not recorded for yet.
+            std::cmp::Ordering::Less => {
+                *slot = UpstreamSlot { generation: key.generation, stats: UpstreamStats::default() };
+                true
+            }
+            std::cmp::Ordering::Greater => false,
+        }
+    }
+
+    /// The registry reclaimed `key`: frees its numbers, and from now on drops
+    /// records for it.
+    pub fn forget(&mut self, key: UpstreamKey) {
+        if let Some(slot) = self.upstreams.get_mut(key.id).filter(|s| s.generation <= key.generation) {
+            *slot = UpstreamSlot { generation: key.generation.wrapping_add(1), stats: UpstreamStats::default() };
+        }
+    }
+
+    /// The numbers of `key`, if this worker holds them for that generation.
+    pub fn upstream_stats(&self, key: UpstreamKey) -> Option<&UpstreamStats> {
+        self.upstreams.get(key.id).filter(|s| s.generation == key.generation).map(|s| &s.stats)
+    }
+
+    /// Every slot this worker has: its key (the generation it holds numbers
+    /// for) and those numbers.
+    pub fn upstream_slots(&self) -> impl Iterator<Item = (UpstreamKey, &UpstreamStats)> {
+        self.upstreams.iter().enumerate().map(|(id, s)| (UpstreamKey { id, generation: s.generation }, &s.stats))
     }
 
     /// Bytes a running session moved since it last reported (`[c2u, u2c][spliced, copied]`).
@@ -162,15 +226,16 @@ impl WorkerStats {
             record(&mut r.first_byte_time, us(t));
         }
         record(&mut r.duration, us(s.duration));
-        if let Some(u) = s.upstream {
-            let up = self.upstream(u);
+        if let Some(u) = s.upstream.filter(|&u| self.admit(u)) {
+            let up = &mut self.upstreams[u.id].stats;
             up.sessions += 1;
             if let Some(t) = s.connect_time {
-                record(&mut up.connect_time, us(t));
+                record(&mut up.times().connect_time, us(t));
             }
             if let Some((rtt_us, retrans)) = s.tcp_info {
-                record(&mut up.rtt, u64::from(rtt_us));
-                record(&mut up.retransmits, u64::from(retrans));
+                let times = up.times();
+                record(&mut times.rtt, u64::from(rtt_us));
+                record(&mut times.retransmits, u64::from(retrans));
             }
         }
     }
@@ -181,8 +246,8 @@ impl WorkerStats {
 pub struct SessionRecord {
     /// Route metric id.
     pub route: usize,
-    /// Upstream metric id, if one was connected.
-    pub upstream: Option<usize>,
+    /// Upstream metric key, if one was connected.
+    pub upstream: Option<UpstreamKey>,
     /// Why it ended.
     pub reason: CloseReason,
     /// (spliced, copied) bytes client → upstream.
@@ -221,13 +286,32 @@ impl WorkerMetrics {
 mod tests {
     use super::*;
 
+    fn key(id: usize, generation: u32) -> UpstreamKey {
+        UpstreamKey { id, generation }
+    }
+
+    fn closed_on(upstream: UpstreamKey) -> SessionRecord {
+        SessionRecord {
+            route: 0,
+            upstream: Some(upstream),
+            reason: CloseReason::Clean,
+            client_to_upstream: (1, 0),
+            upstream_to_client: (1, 0),
+            reported: [[0; 2]; 2],
+            connect_time: Some(Duration::from_micros(100)),
+            first_byte_time: None,
+            duration: Duration::from_millis(1),
+            tcp_info: Some((40, 0)),
+        }
+    }
+
     #[test]
     fn a_closed_session_lands_in_its_route_and_upstream() {
         let mut st = WorkerStats::default();
         st.route(2).accepted += 1;
         st.session_closed(&SessionRecord {
             route: 2,
-            upstream: Some(1),
+            upstream: Some(key(1, 0)),
             reason: CloseReason::Clean,
             client_to_upstream: (100, 5),
             upstream_to_client: (0, 7),
@@ -242,8 +326,9 @@ mod tests {
         assert_eq!(r.bytes, [[100, 5], [0, 7]]);
         assert_eq!(r.connect_time.len(), 1);
         assert!(r.first_byte_time.equivalent(r.first_byte_time.value_at_quantile(0.5), 100_000));
-        assert_eq!(st.upstreams[1].sessions, 1);
-        assert_eq!(st.upstreams[1].retransmits.max(), 3);
+        let up = st.upstream_stats(key(1, 0)).unwrap();
+        assert_eq!(up.sessions, 1);
+        assert_eq!(up.times.as_ref().unwrap().retransmits.max(), 3);
         assert_eq!(st.routes.len(), 3, "grown to the id");
     }
 
@@ -265,6 +350,56 @@ mod tests {
             tcp_info: None,
         });
         assert_eq!(st.routes[0].bytes, [[150, 0], [0, 50]], "the total, once");
+    }
+
+    #[test]
+    fn an_upstream_that_never_connected_has_no_histograms() {
+        let mut st = WorkerStats::default();
+        st.upstream(key(3, 0)).connect_attempts += 1;
+        st.upstream(key(3, 0)).connect_failures += 1;
+        let up = st.upstream_stats(key(3, 0)).unwrap();
+        assert_eq!((up.connect_attempts, up.connect_failures), (1, 1));
+        assert!(up.times.is_none(), "failed connects make no histograms");
+        assert!(st.upstream_stats(key(0, 0)).unwrap().times.is_none(), "nor do the slots below it");
+        st.session_closed(&closed_on(key(3, 0)));
+        assert_eq!(st.upstream_stats(key(3, 0)).unwrap().times.as_ref().unwrap().rtt.len(), 1);
+    }
+
+    #[test]
+    fn a_forgotten_generation_is_freed_and_its_late_records_dropped() {
+        let mut st = WorkerStats::default();
+        let old = key(0, 4);
+        st.upstream(old).connect_attempts += 1;
+        st.session_closed(&closed_on(old));
+        st.forget(old);
+        assert!(st.upstream_stats(old).is_none(), "its numbers are gone");
+        assert!(st.upstream_slots().all(|(_, s)| s.times.is_none() && s.sessions == 0), "and its histograms freed");
+        // A session on an old version of the route still records for it.
+        st.upstream(old).connect_attempts += 1;
+        st.session_closed(&closed_on(old));
+        let new = key(0, 5);
+        st.upstream(new).connect_attempts += 1;
+        let up = st.upstream_stats(new).unwrap();
+        assert_eq!((up.connect_attempts, up.sessions), (1, 0), "nothing of the old occupant lands in the new one");
+        assert!(up.times.is_none());
+        st.session_closed(&closed_on(old));
+        assert_eq!(st.upstream_stats(new).unwrap().sessions, 0, "not even after the new one recorded");
+        assert_eq!(st.routes[0].closed[CloseReason::Clean as usize], 3, "the route still counts every session");
+    }
+
+    #[test]
+    fn a_new_generation_replaces_an_old_one_this_worker_was_not_told_of() {
+        let mut st = WorkerStats::default();
+        st.session_closed(&closed_on(key(2, 0)));
+        // The registry reclaimed and reused slot 2 while this worker held generation 0.
+        st.upstream(key(2, 1)).connect_attempts += 1;
+        let up = st.upstream_stats(key(2, 1)).unwrap();
+        assert_eq!((up.connect_attempts, up.sessions), (1, 0), "the new occupant starts from zero");
+        assert!(up.times.is_none(), "and the old histograms are freed");
+        st.upstream(key(2, 0)).connect_attempts += 1;
+        assert_eq!(st.upstream_stats(key(2, 1)).unwrap().connect_attempts, 1, "the old generation is dropped");
+        st.forget(key(2, 0));
+        assert!(st.upstream_stats(key(2, 1)).is_some(), "forgetting an older generation keeps the newer one");
     }
 
     #[test]

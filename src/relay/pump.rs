@@ -271,7 +271,7 @@ impl Pump {
                     return false;
                 }
                 if pipe.is_none() {
-                    match res.pipes.get() {
+                    match res.pipes.get(std::time::Instant::now) {
                         Some(p) => *pipe = Some(p),
                         None => {
                             // No pipe to be had: this pump copies from now on.

@@ -4,7 +4,8 @@
 //! sessions it has right now (for `least_conn` and `random`).
 //!
 //! One `UpstreamHealth` per (route name, address), kept by the metrics
-//! registry, so it survives reloads and DNS updates that keep the address.
+//! registry, so it survives reloads and DNS updates that keep the address
+//! (an address the registry has reclaimed starts afresh if it comes back).
 //! Workers read it with relaxed atomic loads per pick; the health-check
 //! thread and the workers write it when something changes. The mutex guards
 //! only the outlier bookkeeping, taken on a connect failure or the end of an

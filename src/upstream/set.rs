@@ -16,7 +16,7 @@ use super::balance::{Loads, Ring};
 use super::health::UpstreamHealth;
 use super::resolve;
 use crate::config::{HostPort, UpstreamSpec};
-use crate::metrics::Registry;
+use crate::metrics::{Registry, UpstreamKey};
 
 /// One address to connect to.
 #[derive(Clone, Debug)]
@@ -29,8 +29,9 @@ pub struct Upstream {
     pub weight: u32,
     /// Used only when no primary is available.
     pub backup: bool,
-    /// Its metric series.
-    pub metric_id: usize,
+    /// Its metric series (slot and generation: a session that outlives the
+    /// series records nowhere).
+    pub metric_id: UpstreamKey,
     /// Health, ejection and load, shared by every thread.
     pub health: Arc<UpstreamHealth>,
 }
@@ -96,7 +97,6 @@ impl UpstreamSet {
             }
         }
         let ring = Ring::new(upstreams.iter().map(|u| (u.addr.to_string(), u.weight)));
-        registry.set_current_upstreams(route_id, &upstreams.iter().map(|u| u.addr).collect::<Vec<_>>());
         UpstreamSet { upstreams, ring }
     }
 
@@ -110,9 +110,12 @@ impl UpstreamSet {
         self.upstreams.is_empty()
     }
 
-    /// How many are ejected right now.
-    pub fn ejected(&self) -> usize {
-        self.upstreams.iter().filter(|u| u.health.is_ejected()).count()
+    /// How many upstreams other than `index` are ejected right now (for
+    /// `max_ejected_percent`). One pass that skips `index`: subtracting its own
+    /// state from a total read earlier could underflow when another worker
+    /// ejects it between the two reads.
+    pub fn ejected_except(&self, index: usize) -> usize {
+        self.upstreams.iter().enumerate().filter(|&(i, u)| i != index && u.health.is_ejected()).count()
     }
 }
 
@@ -159,6 +162,26 @@ mod tests {
         assert_eq!(set.upstreams[1].to_string(), "[::1]:81");
         let again = UpstreamSet::build(&specs, &UpstreamSet::resolve(&specs).unwrap(), 0, &reg);
         assert!(Arc::ptr_eq(&set.upstreams[0].health, &again.upstreams[0].health), "health is kept per address");
+    }
+
+    #[test]
+    fn the_others_ejected_count_cannot_underflow_when_another_worker_ejects_this_one() {
+        let specs = [spec("127.0.0.1:80", 1), spec("127.0.0.1:81", 1)];
+        let set = UpstreamSet::build(&specs, &UpstreamSet::resolve(&specs).unwrap(), 0, &Registry::default());
+        let cfg = crate::config::Outlier {
+            consecutive_failures: 1,
+            base_ejection: std::time::Duration::from_secs(10),
+            max_ejection: std::time::Duration::from_secs(60),
+            max_ejected_percent: 50,
+        };
+        // The old expression, `set.ejected() - this.is_ejected()`, read as two steps
+        // with another worker ejecting upstream 0 in between:
+        let total = set.upstreams.iter().filter(|u| u.health.is_ejected()).count();
+        set.upstreams[0].health.connect_failed(&cfg, 0, 2, 1);
+        let old = total.wrapping_sub(usize::from(set.upstreams[0].health.is_ejected()));
+        assert_eq!(old, usize::MAX, "release builds wrapped: max_ejected_percent let everything go");
+        assert_eq!(set.ejected_except(0), 0, "no other upstream is ejected");
+        assert_eq!(set.ejected_except(1), 1, "upstream 0 is, as seen from upstream 1");
     }
 
     #[test]

@@ -220,7 +220,7 @@ impl Worker {
         };
         let set = &route.upstreams;
         let upstream = &set.upstreams[index];
-        let others = set.ejected() - usize::from(upstream.health.is_ejected());
+        let others = set.ejected_except(index);
         match upstream.health.connect_failed(&cfg, others, set.len(), now_ms()) {
             FailureOutcome::Ejected { period, nth, failures } => {
                 let why = if failures == 0 && probing {

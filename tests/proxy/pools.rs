@@ -3,7 +3,7 @@
 //! reload that removes an upstream, an upstream killed under load (health
 //! checks + retries: no client sees a failure), outlier ejection and its
 //! half-open retry, backups, `when_all_down`, and DNS changes through the
-//! hosts-file seam.
+//! hosts-file seam (and what /stats says of an address DNS dropped).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -16,7 +16,7 @@ use nix::sys::signal::Signal;
 
 use crate::backends::timeouts;
 use crate::harness::{BIN, Sluice, one_route, temp_config};
-use crate::observability::{stats, with_admin};
+use crate::observability::{admin_addr, stats, with_admin};
 
 /// A backend that says which one it is (one byte) and then echoes; it can
 /// be killed (its listener closes: connects are refused) and restarted on
@@ -398,6 +398,47 @@ fn dns_changes_add_and_remove_upstreams_without_touching_running_sessions() {
     let mut back = [0u8; 10];
     held.read_exact(&mut back).expect("read");
     assert_eq!(&back, b"still here");
+    drop((a, b));
+}
+
+#[test]
+fn an_address_dns_dropped_keeps_its_series_marked_not_current() {
+    let a = Tagged::start("127.0.0.4:0".parse().expect("addr"), 4);
+    let port = a.addr.port();
+    let b = Tagged::start(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5)), port), 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts_file = dir.path().join("hosts");
+    std::fs::write(&hosts_file, "127.0.0.4 app\n").expect("hosts");
+    let admin = admin_addr();
+    let yaml = format!(
+        "workers: 2\nadmin:\n  listen: {admin}\nroutes:\n  - name: dns\n    listen: 127.0.0.1:0\n    \
+         upstreams: [\"app:{port}\"]\n    resolve_interval: 100ms\n"
+    );
+    let (cfg_dir, cfg) = temp_config(&yaml);
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("-c").arg(&cfg).env("SLUICE_HOSTS_FILE", &hosts_file);
+    let s = Sluice::spawn(cmd, 1, Some(cfg_dir));
+    assert!(s.wait_log("admin port listening", Duration::from_secs(10)), "no admin port");
+    assert!((0..3).all(|_| ask(s.addr()).expect("session") == 4));
+    std::fs::write(&hosts_file, "127.0.0.5 app\n").expect("hosts");
+    assert!(s.wait_log("removed [127.0.0.4", Duration::from_secs(10)), "the change was not picked up");
+    assert!((0..2).all(|_| ask(s.addr()).expect("session") == 5));
+    // Sessions are counted when they close, a little after the client's last byte.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (old, new) = loop {
+        let st = stats(admin);
+        let ups = st["routes"][0]["upstreams"].as_array().expect("upstreams").clone();
+        let find = |ip: &str| ups.iter().find(|u| u["address"] == format!("{ip}:{port}")).cloned();
+        if let (Some(old), Some(new)) = (find("127.0.0.4"), find("127.0.0.5")) {
+            if old["sessions"] == 3 && new["sessions"] == 2 {
+                break (old, new);
+            }
+        }
+        assert!(Instant::now() < deadline, "not 3 + 2 sessions in {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(old["current"], false, "the dropped address is kept for the retention, marked");
+    assert_eq!(new["current"], true);
     drop((a, b));
 }
 
