@@ -1,7 +1,9 @@
 //! The access log, at info on target `sluice::access`: one line per finished
 //! session — route, client (and the peer that sent its PROXY header),
 //! upstream, bytes each way (and how many were spliced), connect and
-//! first-byte times, duration, close reason and whether it was aborted —
+//! first-byte times, duration, close reason and whether it was aborted, and
+//! on an address routed by name the ClientHello's server name, ALPN list and
+//! ECH flag (the name a route was chosen by, so it is always in the log) —
 //! as `key=value` pairs, or as a JSON object with `log.format: json`. With
 //! `log.flush_interval`, a session open longer than that also gets a
 //! `event=periodic` line every interval, with its bytes so far.
@@ -85,10 +87,12 @@ pub fn line(format: LogFormat, s: &Session, e: &Entry) -> String {
     let upstream = e.connected.then(|| s.upstream_addr().to_string());
     let str_or_null = |v: Option<String>| v.map_or(Value::Null, Value::Str);
     // `peer` is who connected to us; `client` is who the PROXY header said it spoke for (the same without one).
-    let fields: [(&str, Value); 15] = [
+    let tls = s.tls.as_deref();
+    let fields: [(&str, Value); 18] = [
         ("event", Value::Str(if e.reason.is_some() { "end" } else { "periodic" }.to_owned())),
         ("session", Value::Int(s.id)),
-        ("route", Value::Str(s.route.name.clone())),
+        // A client whose ClientHello chose no route has none.
+        ("route", Value::Str(if s.routed { s.route.name.clone() } else { "-".to_owned() })),
         ("client", Value::Str(s.client_addr.to_string())),
         ("peer", Value::Str(s.peer_addr.to_string())),
         ("upstream", str_or_null(upstream)),
@@ -101,6 +105,9 @@ pub fn line(format: LogFormat, s: &Session, e: &Entry) -> String {
         ("duration_ms", ms(Some(e.duration)).map_or(Value::Null, Value::Float)),
         ("reason", str_or_null(e.reason.map(|r| r.as_str().to_owned()))),
         ("aborted", e.reason.map_or(Value::Null, |r| Value::Bool(r.aborted()))),
+        ("sni", str_or_null(tls.and_then(|t| t.sni.clone()))),
+        ("alpn", str_or_null(tls.and_then(|t| t.alpn.clone()))),
+        ("ech", tls.map_or(Value::Null, |t| Value::Int(u64::from(t.ech)))),
     ];
     let mut out = String::with_capacity(256);
     match format {

@@ -8,6 +8,7 @@
 //! - `cli`: the command line and how its flags become a `Config`.
 //! - `config`: `proxy.yaml`: schema, units, validation, errors with file:line:column.
 //! - `doctor`: `sluice doctor`, the kernel and limits audit.
+//! - `frontend`: what one listen address serves: its routes, and their name table.
 //! - `server`: the control thread: start workers, signals, reload, drain.
 //! - `reload`: config → per-worker route updates (start and reload); the file watch.
 //! - `worker`: one thread, one mio loop: listeners, sessions, timers, pools.
@@ -29,6 +30,7 @@
 //! - `netstat`: machine-wide TCP counters from /proc/net.
 //! - `stats_view`: the `sluice stats` terminal view.
 //! - `sysctl`: reading kernel settings from /proc/sys.
+//! - `tls`: reading a TLS ClientHello (sans-I/O) and choosing a route by its server name.
 
 pub mod access;
 pub mod acl;
@@ -37,6 +39,7 @@ pub mod affinity;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod frontend;
 pub mod limits;
 pub mod local_error;
 pub mod local_ports;
@@ -56,5 +59,6 @@ pub mod sockopt;
 pub mod stats_view;
 pub mod sysctl;
 pub mod timer;
+pub mod tls;
 pub mod upstream;
 pub mod worker;

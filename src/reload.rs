@@ -1,15 +1,18 @@
-//! Turning a configuration into per-worker route updates — at start (from
-//! nothing) and on every reload (from the running routes) — and noticing
-//! that the config file changed.
+//! Turning a configuration into per-worker listener updates — at start
+//! (from nothing) and on every reload (from the running routes) — and
+//! noticing that the config file changed.
 //!
-//! A route keeps its listening sockets when its key is unchanged (the listen
-//! address; for port 0, the name too): closing a `SO_REUSEPORT` socket
-//! would reset the connections waiting in its queue. A changed route gets a
-//! new `Arc<Route>` (new sessions use it; running ones keep theirs) that
-//! shares the old one's live counts. New routes are bound here, on the
-//! control thread, before any worker hears of them, so a bind error leaves
-//! everything as it was.
+//! A listen address keeps its listening sockets when its key is unchanged
+//! (the address; for port 0, the name of its first route too): closing a
+//! `SO_REUSEPORT` socket would reset the connections waiting in its queue.
+//! Routes that share an address (routed by TLS server name) share its
+//! sockets, so adding or removing one, or a name, keeps them too. A changed
+//! route gets a new `Arc<Route>` (new sessions use it; running ones keep
+//! theirs) that shares the old one's live counts. New addresses are bound
+//! here, on the control thread, before any worker hears of them, so a bind
+//! error leaves everything as it was.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -19,8 +22,9 @@ use std::time::SystemTime;
 use mio::net::TcpListener;
 
 use crate::config::{self, Config};
+use crate::frontend::Frontend;
 use crate::metrics::Registry;
-use crate::route::Route;
+use crate::route::{Route, RouteState};
 use crate::server::ServerError;
 use crate::sockets;
 use crate::sockopt;
@@ -35,33 +39,77 @@ pub enum ListenKey {
 }
 
 impl ListenKey {
-    /// The key of a configured route.
+    /// The key of a configured route that has its address to itself.
     pub fn of(r: &config::Route) -> ListenKey {
         if r.listen.port() == 0 { ListenKey::Ephemeral(r.name.clone(), r.listen) } else { ListenKey::Fixed(r.listen) }
     }
+
+    /// The key of each route of `config`, in order: routes sharing an address
+    /// share their group's key (its first route's, for port 0).
+    pub fn of_all(config: &Config) -> Vec<ListenKey> {
+        let mut keys = vec![None; config.routes.len()];
+        for g in config::listen_groups(&config.routes) {
+            let key = ListenKey::of(&config.routes[g[0]]);
+            for i in g {
+                keys[i] = Some(key.clone());
+            }
+        }
+        keys.into_iter().zip(&config.routes).map(|(k, r)| k.unwrap_or_else(|| ListenKey::of(r))).collect()
+    }
 }
 
-/// One route as a worker should run it after an update.
+/// One listen address as a worker should serve it after an update.
 #[derive(Debug)]
-pub struct RouteUpdate {
+pub struct ListenerUpdate {
     /// Which listener.
     pub key: ListenKey,
-    /// The route new sessions get.
-    pub route: Arc<Route>,
-    /// This worker's socket for a route that is new; `None` keeps the one it has.
+    /// The routes new clients get.
+    pub frontend: Arc<Frontend>,
+    /// This worker's socket for an address that is new; `None` keeps the one it has.
     pub listener: Option<TcpListener>,
-    /// The route's settings changed: re-apply the listener's options.
+    /// A route of the address changed: re-apply the listener's options.
     pub changed: bool,
 }
 
-/// The routes running now, in config order, with their bound addresses.
+/// The routes running now, in config order, with their listeners' keys
+/// (repeated for routes that share an address).
 pub type Running = Vec<(ListenKey, Arc<Route>)>;
+
+/// Per shared address, its clients still sending a ClientHello (kept across reloads).
+pub type HelloStates = HashMap<ListenKey, Arc<RouteState>>;
+
+/// The frontends of the running routes, one per key in order of first
+/// appearance; `hello` keeps each address's count of unrouted clients
+/// (entries of addresses that are gone are dropped).
+pub fn frontends(running: &Running, hello: &mut HelloStates) -> Vec<(ListenKey, Arc<Frontend>)> {
+    let mut groups: Vec<(ListenKey, Vec<Arc<Route>>)> = Vec::new();
+    for (k, r) in running {
+        match groups.iter_mut().find(|(g, _)| g == k) {
+            Some((_, rs)) => rs.push(Arc::clone(r)),
+            None => groups.push((k.clone(), vec![Arc::clone(r)])),
+        }
+    }
+    hello.retain(|k, _| groups.iter().any(|(g, _)| g == k));
+    groups
+        .into_iter()
+        .map(|(k, routes)| {
+            let state = Arc::clone(hello.entry(k.clone()).or_default());
+            let first = Arc::clone(&routes[0]);
+            let f = Frontend::new(routes, Arc::clone(&state)).unwrap_or_else(|e| {
+                // Validation rules this out; serve the first route rather than nothing.
+                log::error!("listener {}: {e}; serving route {} only", first.listen, first.name);
+                Frontend::new(vec![Arc::clone(&first)], state).expect("one route without names never conflicts")
+            });
+            (k, Arc::new(f))
+        })
+        .collect()
+}
 
 /// What applying a configuration means.
 #[derive(Debug)]
 pub struct Plan {
-    /// For each worker, every route it should serve (listeners not named are closed).
-    pub per_worker: Vec<Vec<RouteUpdate>>,
+    /// For each worker, every listen address it should serve (listeners not named are closed).
+    pub per_worker: Vec<Vec<ListenerUpdate>>,
     /// The routes that will be running.
     pub running: Running,
     /// One line for the log: "2 routes: 1 added, 1 unchanged".
@@ -69,49 +117,68 @@ pub struct Plan {
 }
 
 /// Plans the move from `old` to `config` for `workers` workers, binding
-/// every new route's sockets.
-pub fn plan(old: &Running, config: &Config, workers: usize, registry: &Registry) -> Result<Plan, ServerError> {
+/// every new address's sockets.
+pub fn plan(
+    old: &Running,
+    config: &Config,
+    workers: usize,
+    registry: &Registry,
+    hello: &mut HelloStates,
+) -> Result<Plan, ServerError> {
     let somaxconn = sockets::somaxconn();
     let available = sockopt::available_congestion();
-    let mut per_worker: Vec<Vec<RouteUpdate>> = (0..workers).map(|_| Vec::new()).collect();
-    let mut running = Vec::with_capacity(config.routes.len());
+    let keys = ListenKey::of_all(config);
+    let mut running: Running = Vec::with_capacity(config.routes.len());
+    let mut new_sockets: HashMap<ListenKey, std::vec::IntoIter<TcpListener>> = HashMap::new();
+    let mut bound: HashMap<ListenKey, SocketAddr> = HashMap::new();
+    let mut changed_keys: Vec<ListenKey> = Vec::new();
     let (mut added, mut changed, mut kept) = (0, 0, 0);
-    for r in &config.routes {
-        let key = ListenKey::of(r);
-        let previous = old.iter().find(|(k, _)| *k == key).map(|(_, route)| route);
+    for (r, key) in config.routes.iter().zip(keys.iter().cloned()) {
+        let alone = keys.iter().filter(|k| **k == key).count() == 1 && on_key(old, &key).count() == 1;
+        // The same route: same address and name (or the one route of an address that keeps having one).
+        let previous =
+            on_key(old, &key).find(|p| p.name == r.name).or_else(|| on_key(old, &key).next().filter(|_| alone));
         if let Some(prev) = previous.filter(|p| p.config == *r) {
             kept += 1;
-            for w in &mut per_worker {
-                w.push(RouteUpdate { key: key.clone(), route: Arc::clone(prev), listener: None, changed: false });
-            }
             running.push((key, Arc::clone(prev)));
             continue;
         }
         let state = previous.map(|p| Arc::clone(&p.state));
         let mut route = Route::prepare(r, somaxconn.map(|n| n as u32), available.as_deref(), state, registry)
             .map_err(|source| ServerError::Resolve { route: r.name.clone(), source })?;
-        let sockets = match previous {
-            Some(prev) => {
-                changed += 1;
-                route.listen = prev.listen;
-                None
-            }
-            None => {
-                added += 1;
-                let (bound, sockets) = bind(&route, workers)?;
-                route.listen = bound;
-                Some(sockets)
-            }
-        };
-        let route = Arc::new(route);
-        let mut sockets = sockets.map(Vec::into_iter);
-        for w in &mut per_worker {
-            let listener = sockets.as_mut().and_then(Iterator::next);
-            w.push(RouteUpdate { key: key.clone(), route: Arc::clone(&route), listener, changed: previous.is_some() });
+        if previous.is_some() {
+            changed += 1
+        } else {
+            added += 1
         }
-        running.push((key, route));
+        if let Some(existing) = on_key(old, &key).next() {
+            route.listen = existing.listen;
+            if !changed_keys.contains(&key) {
+                changed_keys.push(key.clone());
+            }
+            if previous.is_none() {
+                log_listening(&route, route.listen);
+            }
+        } else if let Some(&addr) = bound.get(&key) {
+            route.listen = addr;
+            log_listening(&route, addr);
+        } else {
+            let (addr, sockets) = bind(&route, workers)?;
+            route.listen = addr;
+            bound.insert(key.clone(), addr);
+            new_sockets.insert(key.clone(), sockets.into_iter());
+        }
+        running.push((key, Arc::new(route)));
     }
-    let removed = old.iter().filter(|(k, _)| !running.iter().any(|(n, _)| n == k)).count();
+    let mut per_worker: Vec<Vec<ListenerUpdate>> = (0..workers).map(|_| Vec::new()).collect();
+    for (key, frontend) in frontends(&running, hello) {
+        for w in &mut per_worker {
+            let listener = new_sockets.get_mut(&key).and_then(Iterator::next);
+            let changed = changed_keys.contains(&key);
+            w.push(ListenerUpdate { key: key.clone(), frontend: Arc::clone(&frontend), listener, changed });
+        }
+    }
+    let removed = old.iter().filter(|(k, o)| !running.iter().any(|(n, r)| n == k && r.name == o.name)).count();
     registry.set_configured(&running.iter().map(|(_, r)| (r.metric_id, r.listen)).collect::<Vec<_>>());
     let mut parts = Vec::new();
     for (n, what) in [(added, "added"), (changed, "changed"), (removed, "removed"), (kept, "unchanged")] {
@@ -121,6 +188,12 @@ pub fn plan(old: &Running, config: &Config, workers: usize, registry: &Registry)
     }
     let summary = format!("{} route(s): {}", running.len(), parts.join(", "));
     Ok(Plan { per_worker, running, summary })
+}
+
+/// The running routes on listener `key`.
+fn on_key<'a>(old: &'a Running, key: &ListenKey) -> impl Iterator<Item = &'a Arc<Route>> + 'a {
+    let key = key.clone();
+    old.iter().filter(move |(k, _)| *k == key).map(|(_, route)| route)
 }
 
 /// Binds one `SO_REUSEPORT` socket per worker for a new route. Port 0: the
@@ -135,9 +208,20 @@ fn bind(route: &Route, workers: usize) -> Result<(SocketAddr, Vec<TcpListener>),
         addr = l.local_addr().map_err(|source| ServerError::Io { what: "reading a listener's address", source })?;
         sockets.push(l);
     }
-    let upstreams: Vec<String> = route.upstreams.upstreams.iter().map(ToString::to_string).collect();
-    log::info!("route {} listening on {addr} -> {}", route.name, upstreams.join(", "));
+    log_listening(route, addr);
     Ok((addr, sockets))
+}
+
+/// The line that says a route serves an address (tests read the address from it).
+fn log_listening(route: &Route, addr: SocketAddr) {
+    let upstreams: Vec<String> = route.upstreams.upstreams.iter().map(ToString::to_string).collect();
+    let names = if route.config.server_names.is_empty() {
+        String::new()
+    } else {
+        let ns: Vec<String> = route.config.server_names.iter().map(ToString::to_string).collect();
+        format!(" for server names {}", ns.join(", "))
+    };
+    log::info!("route {} listening on {addr}{names} -> {}", route.name, upstreams.join(", "));
 }
 
 fn bind_hint(e: &std::io::Error, addr: SocketAddr) -> &'static str {

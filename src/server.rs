@@ -29,7 +29,7 @@ use crate::limits;
 use crate::metrics::WorkerCounters;
 use crate::metrics::{Registry, UpstreamKey, WorkerMetrics};
 use crate::pipe;
-use crate::reload::{self, FileWatch, RouteUpdate, Running};
+use crate::reload::{self, FileWatch, HelloStates, ListenerUpdate, Running};
 use crate::upstream::ResolveError;
 use crate::upstream::checker::{Checker, Target};
 use crate::upstream::discovery::{self, Resolved, Resolver, Watch};
@@ -132,7 +132,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let workers = worker_count(config.workers);
     let settings = settings(&config);
     let registry = Arc::new(Registry::default());
-    let plan = reload::plan(&Vec::new(), &config, workers, &registry)?;
+    let mut hello = HelloStates::new();
+    let plan = reload::plan(&Vec::new(), &config, workers, &registry, &mut hello)?;
     let shared = Arc::new(Shared::new(config.max_connections, pipe::PipeBudget::new(nofile, settings.pipe_size)));
 
     // The control thread sleeps until a signal arrives, a worker exits, DNS reports, or the watch interval passes.
@@ -208,6 +209,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mut control = ControlThread {
         config,
         running: plan.running,
+        hello,
         handles,
         shared,
         registry,
@@ -242,6 +244,8 @@ fn settings(config: &Config) -> WorkerSettings {
 struct ControlThread {
     config: Config,
     running: Running,
+    /// Per address routed by name, its clients still sending a ClientHello.
+    hello: HelloStates,
     handles: Vec<WorkerHandle>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
@@ -403,7 +407,8 @@ impl ControlThread {
             new.workers = self.config.workers;
             new.cpu_affinity = self.config.cpu_affinity;
         }
-        let plan = reload::plan(&self.running, &new, self.handles.len(), &self.registry).map_err(|e| e.to_string())?;
+        let plan = reload::plan(&self.running, &new, self.handles.len(), &self.registry, &mut self.hello)
+            .map_err(|e| e.to_string())?;
         let settings = settings(&new);
         self.shared.max_connections.store(new.max_connections, Ordering::Relaxed);
         self.shared.pipes.resize(settings.pipe_size);
@@ -501,13 +506,13 @@ impl ControlThread {
         );
         self.running[pos].1 = route;
         let settings = settings(&self.config);
+        let frontends = reload::frontends(&self.running, &mut self.hello);
         for h in &self.handles {
-            let routes = self
-                .running
+            let routes = frontends
                 .iter()
-                .map(|(key, route)| RouteUpdate {
+                .map(|(key, frontend)| ListenerUpdate {
                     key: key.clone(),
-                    route: Arc::clone(route),
+                    frontend: Arc::clone(frontend),
                     listener: None,
                     changed: false,
                 })

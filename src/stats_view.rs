@@ -71,6 +71,24 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>, route: Op
     by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     let closed: Vec<String> = by_count.iter().map(|(k, v)| format!("{k} {v}")).collect();
     out.push(format!("closed: {}", if closed.is_empty() { "none".to_owned() } else { closed.join(", ") }));
+    // Addresses shared by routes that choose by TLS server name, and the clients no route took.
+    let mut shared: Vec<(&str, Vec<&str>)> = Vec::new();
+    for r in &now.routes {
+        match shared.iter_mut().find(|(l, _)| *l == r.listen) {
+            Some((_, names)) => names.push(&r.name),
+            None => shared.push((&r.listen, vec![&r.name])),
+        }
+    }
+    for (listen, names) in shared.iter().filter(|(_, n)| n.len() > 1) {
+        out.push(format!("shared {listen} (routed by TLS server name): {}", names.join(", ")));
+    }
+    let a = &now.accept;
+    if a.bad_client_hello + a.no_route + a.client_hello_timeout + a.refused_route_limit > 0 {
+        out.push(format!(
+            "refused before a route: bad_client_hello {}, no_route {}, client_hello_timeout {}, route_limit {}",
+            a.bad_client_hello, a.no_route, a.client_hello_timeout, a.refused_route_limit
+        ));
+    }
     let local: Vec<String> =
         now.local_errors.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
     if !local.is_empty() {

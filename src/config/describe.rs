@@ -49,6 +49,7 @@ impl Config {
         for r in &self.routes {
             describe_route(&mut s, r);
         }
+        describe_shared(&mut s, &self.routes);
         s
     }
 }
@@ -76,8 +77,41 @@ fn describe_route(s: &mut String, r: &Route) {
         Some(ip) => writeln!(s, "    source: \"{ip}\""),
         None => writeln!(s, "    # source: none (the kernel picks the local address)"),
     };
+    if !r.server_names.is_empty() {
+        let names: Vec<String> = r.server_names.iter().map(|p| format!("\"{p}\"")).collect();
+        let _ = writeln!(s, "    server_names: [{}]", names.join(", "));
+    }
+    if !r.alpn.is_empty() {
+        let protos: Vec<String> = r.alpn.iter().map(|p| yaml_bytes(p.as_bytes())).collect();
+        let _ = writeln!(s, "    alpn: [{}]", protos.join(", "));
+    }
+    let _ = writeln!(s, "    client_hello_timeout: {}", fmt_duration(r.client_hello_timeout));
     describe_socket(s, &r.socket);
     describe_pool(s, &r.pool);
+}
+
+/// The name table of every address that routes by TLS server name, as comments.
+fn describe_shared(s: &mut String, routes: &[Route]) {
+    for g in super::listen_groups(routes) {
+        if g.len() == 1 && routes[g[0]].server_names.is_empty() {
+            continue;
+        }
+        let claims: Vec<crate::tls::names::RouteNames<'_>> = g
+            .iter()
+            .map(|&i| crate::tls::names::RouteNames {
+                route: &routes[i].name,
+                names: &routes[i].server_names,
+                alpn: &routes[i].alpn,
+            })
+            .collect();
+        let Ok(table) = crate::tls::names::NameTable::build(&claims) else {
+            continue; // validation refuses conflicts before this is printed
+        };
+        let _ = writeln!(s, "# {} routes by TLS server name (ClientHello):", routes[g[0]].listen);
+        for line in table.describe(|i| routes[g[i]].name.clone()) {
+            let _ = writeln!(s, "#   {line}");
+        }
+    }
 }
 
 fn describe_pool(s: &mut String, p: &Pool) {

@@ -9,6 +9,7 @@ mod describe;
 mod load;
 pub mod pool;
 mod schema;
+mod shared;
 pub mod units;
 mod validate;
 
@@ -21,6 +22,7 @@ pub use load::{digest, load_file, parse_str};
 pub use pool::{Balance, HealthCheck, Outlier, Pool, ProxyVersion, WhenAllDown};
 pub use schema::RawSocket as SocketOptions;
 pub use schema::{LogFormat, RelayMode};
+pub use shared::listen_groups;
 pub use units::{CongestionName, HostPort, Keepalive, Workers};
 
 /// Default `connect_timeout` of a route.
@@ -53,6 +55,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const DEFAULT_RELAY: RelayMode = RelayMode::Auto;
 /// Default listen `backlog` (capped at `net.core.somaxconn`).
 pub const DEFAULT_BACKLOG: u32 = 4096;
+/// Default `client_hello_timeout`: a real client sends its ClientHello in its
+/// first round trip; 5 s covers a slow mobile link while a client that
+/// stalls holds a socket for less than nginx's 30 s or Envoy's 15 s would.
+pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `max_pooled_pipes` per worker.
 pub const DEFAULT_MAX_POOLED_PIPES: usize = 128;
 
@@ -138,6 +144,13 @@ pub struct Route {
     /// checks); `None`: the kernel chooses by route. Never of another family
     /// than an upstream given as an IP literal.
     pub source: Option<IpAddr>,
+    /// TLS server names this route takes (empty: not routed by name; on a
+    /// shared address, the default route).
+    pub server_names: Vec<crate::tls::names::Pattern>,
+    /// ALPN protocols this route takes for its names (empty: any).
+    pub alpn: Vec<String>,
+    /// Time a client has to send its ClientHello (addresses that read them).
+    pub client_hello_timeout: Duration,
     /// Socket options, `defaults.socket` merged in.
     pub socket: SocketOptions,
     /// Balancing, retries, health, discovery, PROXY protocol, access list.

@@ -26,6 +26,8 @@ pub type DrainTimeout = DurationIn<0, 3_600_000>;
 pub type DrainGrace = DurationIn<0, 600_000>;
 /// `log.flush_interval`: 1 second to 1 day.
 pub type FlushInterval = DurationIn<1000, 86_400_000>;
+/// `client_hello_timeout`: 10 ms to 1 minute.
+pub type HelloTimeout = DurationIn<10, 60_000>;
 /// `pipe_size`: one page to 16 MiB (the kernel clamps further to `fs.pipe-max-size`).
 pub type PipeSize = SizeIn<4096, { 16 << 20 }>;
 /// `max_connections`: 1 to 10 million.
@@ -94,6 +96,8 @@ pub struct RawDefaults {
     pub max_connections_per_client: Option<MaxConnections>,
     /// The local address of upstream connections (the kernel's choice if unset).
     pub source: Option<SourceAddr>,
+    /// Time a client of a route that reads ClientHellos has to send its own.
+    pub client_hello_timeout: Option<HelloTimeout>,
     /// Socket options.
     #[serde(default)]
     pub socket: RawSocket,
@@ -145,6 +149,12 @@ pub struct RawRoute {
     pub max_connections_per_client: Option<MaxConnections>,
     /// Overrides `defaults.source`.
     pub source: Option<SourceAddr>,
+    /// TLS server names (exact or `*.` wildcards) whose clients this route takes.
+    pub server_names: Option<Vec<String>>,
+    /// ALPN protocols this route takes for its server names.
+    pub alpn: Option<Vec<String>>,
+    /// Overrides `defaults.client_hello_timeout`.
+    pub client_hello_timeout: Option<HelloTimeout>,
     /// Overrides `defaults.socket`, option by option.
     #[serde(default)]
     pub socket: RawSocket,

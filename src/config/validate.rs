@@ -12,8 +12,9 @@ use super::pool::PoolErrorAt;
 use super::schema::{RawConfig, RawRoute};
 use super::units::{HostPort, Workers};
 use super::{
-    Config, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_GRACE, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_POOLED_PIPES, DEFAULT_PIPE_SIZE, DEFAULT_RELAY, Route, UpstreamSpec,
+    Config, DEFAULT_BACKLOG, DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_GRACE,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_POOLED_PIPES, DEFAULT_PIPE_SIZE,
+    DEFAULT_RELAY, Route, UpstreamSpec,
 };
 
 /// One step of a field path.
@@ -91,6 +92,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, FieldError> {
     }
     check_names(&routes)?;
     check_listen(&routes)?;
+    super::shared::check_shared(&routes)?;
     Ok(Config {
         source: None,
         source_digest: 0,
@@ -146,6 +148,9 @@ pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Conf
         max_connections: None,
         max_connections_per_client: None,
         source: None,
+        server_names: None,
+        alpn: None,
+        client_hello_timeout: None,
         socket: Default::default(),
         balance: None,
         retries: None,
@@ -208,6 +213,7 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
     let idle_timeout = r.idle_timeout.or(defaults.idle_timeout).map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get());
     let source = r.source.or(defaults.source).map(|s| s.0);
     check_source_family(&here, &r, source)?;
+    let (server_names, alpn) = names(&here, &r)?;
     Ok(Route {
         listen: r.listen.0,
         upstreams: r
@@ -229,6 +235,12 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
             .or(defaults.max_connections_per_client)
             .map(|n| n.get() as usize),
         source,
+        server_names,
+        alpn,
+        client_hello_timeout: r
+            .client_hello_timeout
+            .or(defaults.client_hello_timeout)
+            .map_or(DEFAULT_CLIENT_HELLO_TIMEOUT, |d| d.get()),
         socket: {
             let mut o = r.socket.or(&defaults.socket);
             // The two options that are on unless turned off, spelled out.
@@ -239,6 +251,49 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
         pool,
         name: r.name,
     })
+}
+
+/// A route's `server_names` (parsed) and `alpn` (which needs names: the
+/// default route takes whatever no name claims).
+fn names(here: &FieldPath, r: &RawRoute) -> Result<(Vec<crate::tls::names::Pattern>, Vec<String>), FieldError> {
+    let mut patterns = Vec::new();
+    if let Some(list) = &r.server_names {
+        if list.is_empty() {
+            return fail(
+                here.clone().key("server_names"),
+                "an empty list: name at least one server, or leave server_names out for the address's default route"
+                    .to_owned(),
+            );
+        }
+        for (j, n) in list.iter().enumerate() {
+            let p = crate::tls::names::pattern(n).map_err(|m| FieldError {
+                field: here.clone().key("server_names").index(j).to_string(),
+                path: here.clone().key("server_names").index(j),
+                message: m,
+            })?;
+            patterns.push(p);
+        }
+    }
+    let alpn = r.alpn.clone().unwrap_or_default();
+    if !alpn.is_empty() && patterns.is_empty() {
+        return fail(
+            here.clone().key("alpn"),
+            "alpn needs server_names: it picks among the routes of one name (the default route takes the rest)"
+                .to_owned(),
+        );
+    }
+    if r.alpn.as_ref().is_some_and(Vec::is_empty) {
+        return fail(
+            here.clone().key("alpn"),
+            "an empty list: name a protocol (h2, http/1.1) or leave alpn out".to_owned(),
+        );
+    }
+    for (j, p) in alpn.iter().enumerate() {
+        if p.is_empty() || p.len() > 255 {
+            return fail(here.clone().key("alpn").index(j), format!("{p:?}: an ALPN protocol is 1 to 255 bytes"));
+        }
+    }
+    Ok((patterns, alpn))
 }
 
 /// A connection cannot go from one address family to the other: an upstream
@@ -301,7 +356,11 @@ fn check_listen(routes: &[Route]) -> Result<(), FieldError> {
             if a.port() == 0 || a.port() != b.port() || a.is_ipv4() != b.is_ipv4() {
                 continue;
             }
-            let why = if a.ip() == b.ip() {
+            // An address routed by name is shared (config/shared.rs checks its group).
+            let by_name = routes.iter().any(|x| x.listen == a && !x.server_names.is_empty());
+            let why = if a.ip() == b.ip() && by_name {
+                continue;
+            } else if a.ip() == b.ip() {
                 "is the same address as"
             } else if a.ip().is_unspecified() || b.ip().is_unspecified() {
                 "overlaps"
@@ -311,7 +370,7 @@ fn check_listen(routes: &[Route]) -> Result<(), FieldError> {
             return fail(
                 FieldPath::route(i).key("listen"),
                 format!(
-                    "listen address {a} {why} {b} of route {:?} (routes[{j}]): each route needs its own address",
+                    "listen address {a} {why} {b} of route {:?} (routes[{j}]): each route needs its own address (routes may share one only when they choose by TLS server name: server_names)",
                     other.name
                 ),
             );

@@ -171,6 +171,10 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
     a.refused_client_limit += g(&c.refused_client_limit);
     a.refused_acl += g(&c.refused_acl);
     a.bad_proxy_header += g(&c.bad_proxy_header);
+    a.bad_client_hello += g(&c.bad_client_hello);
+    a.no_route += g(&c.no_route);
+    a.client_hello_timeout += g(&c.client_hello_timeout);
+    a.refused_route_limit += g(&c.refused_route_limit);
     for (cause, n) in LocalCause::ALL.iter().zip(&c.local_errors) {
         *snap.local_errors.entry(cause.as_str().to_owned()).or_default() += g(n);
     }

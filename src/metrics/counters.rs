@@ -46,11 +46,18 @@ pub enum CloseReason {
     /// or local ports, an unusable `source:`); the client was reset and the
     /// upstream not blamed.
     LocalError,
+    /// Not a TLS ClientHello, a malformed or oversized one, or a client that
+    /// closed before finishing it, on an address routed by name (reset; no route).
+    BadClientHello,
+    /// A ClientHello no route takes, on an address without a default route (reset).
+    NoRoute,
+    /// No complete ClientHello within `client_hello_timeout` (reset; no route).
+    ClientHelloTimeout,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order (the counter index).
-    pub const ALL: [CloseReason; 15] = [
+    pub const ALL: [CloseReason; 18] = [
         CloseReason::Clean,
         CloseReason::ClientReset,
         CloseReason::UpstreamReset,
@@ -66,6 +73,9 @@ impl CloseReason {
         CloseReason::BadProxyHeader,
         CloseReason::NoUpstream,
         CloseReason::LocalError,
+        CloseReason::BadClientHello,
+        CloseReason::NoRoute,
+        CloseReason::ClientHelloTimeout,
     ];
 
     /// A stable lowercase name for logs and metric labels.
@@ -86,6 +96,9 @@ impl CloseReason {
             CloseReason::BadProxyHeader => "bad_proxy_header",
             CloseReason::NoUpstream => "no_upstream",
             CloseReason::LocalError => "local_error",
+            CloseReason::BadClientHello => "bad_client_hello",
+            CloseReason::NoRoute => "no_route",
+            CloseReason::ClientHelloTimeout => "client_hello_timeout",
         }
     }
 }
@@ -125,6 +138,14 @@ pub struct WorkerCounters {
     pub refused_acl: AtomicU64,
     /// Clients closed for a malformed, oversized or late PROXY header.
     pub bad_proxy_header: AtomicU64,
+    /// Clients reset for bytes that are not a well-formed ClientHello (addresses routed by name).
+    pub bad_client_hello: AtomicU64,
+    /// Clients reset because no route takes their ClientHello's name and ALPN.
+    pub no_route: AtomicU64,
+    /// Clients reset for not sending a complete ClientHello in time.
+    pub client_hello_timeout: AtomicU64,
+    /// Clients routed by name to a route already at its `max_connections`.
+    pub refused_route_limit: AtomicU64,
     /// Splice pipes created.
     pub pipes_created: AtomicU64,
     /// Splice pipes handed to pumps (from the pool or new).

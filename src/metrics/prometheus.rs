@@ -187,11 +187,15 @@ pub fn render(snap: &Snapshot) -> String {
     );
     out.counter(
         "sluice_refused_total",
-        "Clients refused right after accept (or after their PROXY header), by reason.",
+        "Clients refused right after accept (or after their PROXY header or ClientHello), by reason.",
         &[
             (vec![("reason", "client_limit".to_owned())], a.refused_client_limit as f64),
             (vec![("reason", "acl".to_owned())], a.refused_acl as f64),
             (vec![("reason", "bad_proxy_header".to_owned())], a.bad_proxy_header as f64),
+            (vec![("reason", "bad_client_hello".to_owned())], a.bad_client_hello as f64),
+            (vec![("reason", "no_route".to_owned())], a.no_route as f64),
+            (vec![("reason", "client_hello_timeout".to_owned())], a.client_hello_timeout as f64),
+            (vec![("reason", "route_limit".to_owned())], a.refused_route_limit as f64),
         ],
     );
     let local: Vec<_> = snap.local_errors.iter().map(|(k, v)| (vec![("cause", k.clone())], *v as f64)).collect();

@@ -257,6 +257,18 @@ pub struct AcceptSnapshot {
     /// Clients closed for a bad or late PROXY header.
     #[serde(default)]
     pub bad_proxy_header: u64,
+    /// Clients reset for bytes that are not a well-formed ClientHello (addresses routed by name).
+    #[serde(default)]
+    pub bad_client_hello: u64,
+    /// Clients reset because no route takes their ClientHello.
+    #[serde(default)]
+    pub no_route: u64,
+    /// Clients reset for not sending a complete ClientHello within `client_hello_timeout`.
+    #[serde(default)]
+    pub client_hello_timeout: u64,
+    /// Clients routed by name to a route at its `max_connections`.
+    #[serde(default)]
+    pub refused_route_limit: u64,
 }
 
 /// Reloads by outcome.

@@ -26,6 +26,8 @@ pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
 pub enum Due {
     /// `proxy_protocol_timeout`: the client's PROXY header is late.
     Header,
+    /// `client_hello_timeout`: the client's TLS ClientHello is late.
+    Hello,
     /// `connect_timeout`: the connect attempt is late.
     Connect,
     /// `idle_timeout`: no byte either way.
@@ -92,7 +94,7 @@ impl End {
             Due::Idle => (CloseReason::IdleTimeout, CloseReason::IdleTimeoutAborted),
             Due::HalfClose => (CloseReason::HalfCloseTimeout, CloseReason::HalfCloseTimeoutAborted),
             Due::DrainIdle if quiet => (CloseReason::DrainIdle, CloseReason::DrainIdle),
-            Due::DrainIdle | Due::Header | Due::Connect | Due::Linger => return None,
+            Due::DrainIdle | Due::Header | Due::Hello | Due::Connect | Due::Linger => return None,
         };
         Some(if quiet {
             End { reason: clean, ending: Ending::Fin }

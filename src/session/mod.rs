@@ -1,5 +1,6 @@
 //! One client↔upstream pair through its stages: waiting for the client's
-//! PROXY header, choosing and connecting an upstream, relaying, and — when
+//! PROXY header, then (on an address routed by name) for its TLS
+//! ClientHello, choosing and connecting an upstream, relaying, and — when
 //! one side failed — waiting for the survivor to receive the last bytes
 //! before its reset. Each stage owns its data (`Connecting` the attempt's
 //! socket, `Relaying` the upstream socket and both pumps), so relaying
@@ -32,6 +33,7 @@ pub use relay::{Relay, Step};
 pub use tried::{MAX_ATTEMPTS, Tried};
 
 use crate::config::RelayMode;
+use crate::frontend::Frontend;
 use crate::metrics::CloseReason;
 use crate::relay::Resources;
 use crate::route::Route;
@@ -100,6 +102,36 @@ pub struct Attempt {
     ready: Readiness,
 }
 
+/// Waiting for a client's TLS ClientHello, on an address whose routes
+/// choose by it.
+#[derive(Debug)]
+pub struct HelloWait {
+    /// When the wait started (for `client_hello_timeout`).
+    pub since: Instant,
+    /// Bytes the parser needs before it can take its next step.
+    pub need: usize,
+    /// The routes to choose from.
+    pub frontend: Arc<Frontend>,
+}
+
+impl HelloWait {
+    /// Starts waiting at `now`.
+    pub fn new(frontend: Arc<Frontend>, now: Instant) -> HelloWait {
+        HelloWait { since: now, need: 1, frontend }
+    }
+}
+
+/// What a client's ClientHello said, for the access log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The server name (SNI), normalised.
+    pub sni: Option<String>,
+    /// The ALPN protocols offered, comma-separated, escaped.
+    pub alpn: Option<String>,
+    /// An `encrypted_client_hello` extension was present (the name is the outer one).
+    pub ech: bool,
+}
+
 /// Where a session is in its life.
 #[derive(Debug)]
 pub enum Stage {
@@ -107,7 +139,12 @@ pub enum Stage {
     Header {
         /// When the client was accepted (for the header timeout).
         since: Instant,
+        /// The routes a ClientHello will choose from once the header is read
+        /// (an address routed by name).
+        then: Option<Arc<Frontend>>,
     },
+    /// Waiting for the client's TLS ClientHello, which picks the route.
+    Hello(HelloWait),
     /// No upstream socket: before the first attempt and between attempts
     /// (a transient state inside the worker's `connect`).
     Unconnected,
@@ -127,6 +164,7 @@ impl Stage {
     pub fn name(&self) -> &'static str {
         match self {
             Stage::Header { .. } => "header",
+            Stage::Hello(_) => "hello",
             Stage::Unconnected => "unconnected",
             Stage::Connecting(_) => "connecting",
             Stage::Relaying(_) => "relaying",
@@ -164,8 +202,16 @@ pub type ByteCounts = [[u64; 2]; 2];
 pub struct Session {
     /// Unique within the process, for logs.
     pub id: u64,
-    /// The route it came in on.
+    /// The route it came in on (on an address routed by name, until its
+    /// ClientHello chose one: the address's first route, and `routed` false).
     pub route: Arc<Route>,
+    /// `route` is really this session's: it counts in the route's sessions
+    /// and metrics (false while a ClientHello is still to choose it).
+    pub routed: bool,
+    /// Counted among the clients still sending a ClientHello (to release).
+    pub hello_admitted: bool,
+    /// What its ClientHello said (addresses routed by name).
+    pub tls: Option<Box<TlsInfo>>,
     /// The client's socket.
     pub client: TcpStream,
     /// Who the client is: the PROXY header's source when the route accepts
@@ -207,21 +253,44 @@ pub struct Session {
     pub ready: bool,
 }
 
+/// A client as accepted: its socket, its address, the worker's listener.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The accepted socket.
+    pub client: TcpStream,
+    /// Who connected.
+    pub peer_addr: SocketAddr,
+    /// The worker's listener it came from.
+    pub listener: usize,
+}
+
 impl Session {
-    /// A new session for an accepted client, before any connect attempt.
+    /// A new session for an accepted client, before any connect attempt;
+    /// `inspect`: the routes its ClientHello will choose from (an address
+    /// routed by name).
     pub fn new(
         id: u64,
         route: Arc<Route>,
-        client: TcpStream,
-        peer_addr: SocketAddr,
-        listener: usize,
+        accepted: Accepted,
         relay_mode: RelayMode,
+        inspect: Option<Arc<Frontend>>,
         now: Instant,
     ) -> Session {
-        let stage = if route.pool().accept_proxy_protocol { Stage::Header { since: now } } else { Stage::Unconnected };
+        let Accepted { client, peer_addr, listener } = accepted;
+        let routed = inspect.is_none();
+        let stage = if route.pool().accept_proxy_protocol {
+            Stage::Header { since: now, then: inspect }
+        } else if let Some(f) = inspect {
+            Stage::Hello(HelloWait::new(f, now))
+        } else {
+            Stage::Unconnected
+        };
         Session {
             id,
             route,
+            routed,
+            hello_admitted: false,
+            tls: None,
             client,
             client_addr: peer_addr,
             peer_addr,
@@ -277,19 +346,38 @@ impl Session {
     }
 
     /// Reads the client's PROXY header if it has all arrived. On success the
-    /// session's client and local addresses are the header's.
-    pub fn read_proxy_header(&mut self) -> HeaderRead {
+    /// session's client and local addresses are the header's, and it waits
+    /// for a ClientHello next (an address routed by name) or is unconnected.
+    pub fn read_proxy_header(&mut self, now: Instant) -> HeaderRead {
         let read = header::read(&self.client);
         if let HeaderRead::Done(addrs) = &read {
             if let Some((src, dst)) = addrs {
                 self.client_addr = *src;
                 self.local_addr = Some(*dst);
             }
-            // Payload may follow in the same segment: the relay must look.
+            // Payload may follow in the same segment: the next stage must look.
             self.client_ready.readable = true;
-            self.stage = Stage::Unconnected;
+            let then = match &mut self.stage {
+                Stage::Header { then, .. } => then.take(),
+                _ => None,
+            };
+            self.stage = match then {
+                Some(f) => Stage::Hello(HelloWait::new(f, now)),
+                None => Stage::Unconnected,
+            };
         }
         read
+    }
+
+    /// The client half-closed or failed, as far as its events said (before relaying).
+    pub fn client_hup(&self) -> bool {
+        self.client_ready.hup
+    }
+
+    /// The client has bytes to read that no new event will announce (a
+    /// ClientHello that was only peeked at).
+    pub fn mark_client_readable(&mut self) {
+        self.client_ready.readable = true;
     }
 
     /// Records readiness from an event for the socket of `side` whose token
@@ -380,7 +468,8 @@ impl Session {
     pub fn due(&self, draining: bool) -> (Instant, Due) {
         let route = &self.route;
         match &self.stage {
-            Stage::Header { since } => (*since + route.pool().proxy_protocol_timeout, Due::Header),
+            Stage::Header { since, .. } => (*since + route.pool().proxy_protocol_timeout, Due::Header),
+            Stage::Hello(h) => (h.since + h.frontend.hello_timeout(), Due::Hello),
             Stage::Connecting(a) => (a.since + route.connect_timeout, Due::Connect),
             Stage::Relaying(r) => r.due(route.idle_timeout, route.half_close_timeout, draining),
             Stage::Lingering(l) => (l.next_check(), Due::Linger),
@@ -436,7 +525,8 @@ mod tests {
         let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let peer = client.local_addr().unwrap();
         let now = Instant::now();
-        (Session::new(1, route, TcpStream::from_std(client), peer, 0, RelayMode::Auto, now), l)
+        let accepted = Accepted { client: TcpStream::from_std(client), peer_addr: peer, listener: 0 };
+        (Session::new(1, route, accepted, RelayMode::Auto, None, now), l)
     }
 
     fn connecting_socket(l: &TcpListener) -> TcpStream {

@@ -97,6 +97,12 @@ impl Worker {
             Stage::Relaying(r) => (Some(r), None),
             Stage::Lingering(l) => (Some(l.relay), None),
             Stage::Connecting(a) => (None, Some(a.upstream)),
+            Stage::Hello(h) => {
+                if std::mem::take(&mut s.hello_admitted) {
+                    h.frontend.release_hello(s.client_addr.ip());
+                }
+                (None, None)
+            }
             Stage::Header { .. } | Stage::Unconnected | Stage::Closed => (None, None),
         };
         if let Some(r) = relay.as_mut() {
@@ -106,7 +112,9 @@ impl Worker {
             sockets::reset_on_close(u);
         }
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
-        s.route.state.active.fetch_sub(1, Ordering::Relaxed);
+        if s.routed {
+            s.route.state.active.fetch_sub(1, Ordering::Relaxed);
+        }
         if s.client_admitted {
             s.route.state.release_client(s.client_addr.ip());
         }
@@ -125,7 +133,10 @@ impl Worker {
             duration: s.age(now),
             tcp_info: relay.as_ref().and_then(|r| crate::sockopt::tcp_info(&r.upstream).ok()),
         };
-        self.metrics.stats().session_closed(&record);
+        if s.routed {
+            // A client whose ClientHello chose no route is counted by the worker (`refuse_hello`), in no route.
+            self.metrics.stats().session_closed(&record);
+        }
         if let Some(format) = self.settings.access_log {
             access::log(format, s, &Entry::closed(&record));
         }

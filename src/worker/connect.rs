@@ -118,9 +118,13 @@ impl Worker {
         // The listener's balancer keeps the rotation; a session whose route
         // was replaced by a reload since it was accepted uses a fresh one.
         let mut spare;
-        let balancer = match self.listeners.get_mut(s.listener) {
-            Some(l) if Arc::ptr_eq(&l.route, route) => &mut l.balancer,
-            _ => {
+        let own = self.listeners.get_mut(s.listener).and_then(|l| {
+            let i = l.frontend.routes.iter().position(|r| Arc::ptr_eq(r, route))?;
+            l.balancers.get_mut(i)
+        });
+        let balancer = match own {
+            Some(b) => b,
+            None => {
                 spare = Balancer::new(pool.balance, set.upstreams.iter().map(|u| u.weight));
                 &mut spare
             }

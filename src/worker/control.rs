@@ -12,7 +12,7 @@ use mio::Poll;
 
 use crate::metrics::WorkerMetrics;
 use crate::pipe::PipeBudget;
-use crate::reload::RouteUpdate;
+use crate::reload::ListenerUpdate;
 
 /// A message from the control thread.
 #[derive(Debug)]
@@ -21,7 +21,7 @@ pub enum Control {
     /// named are closed, their sessions run to completion.
     Routes {
         /// Every route, with a socket for the new ones.
-        routes: Vec<RouteUpdate>,
+        routes: Vec<ListenerUpdate>,
         /// Global settings, possibly changed.
         settings: WorkerSettings,
     },
@@ -103,7 +103,7 @@ pub struct WorkerSetup {
     /// Its poll, created on the control thread so the waker exists first.
     pub poll: Poll,
     /// The routes to serve, each with this worker's listening socket.
-    pub routes: Vec<RouteUpdate>,
+    pub routes: Vec<ListenerUpdate>,
     /// Messages from the control thread.
     pub control: Receiver<Control>,
     /// Cross-worker state.

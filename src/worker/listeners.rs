@@ -5,21 +5,19 @@
 //! the listeners close).
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mio::Interest;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use socket2::SockRef;
 
 use super::{TimerKey, Worker, WorkerSettings, is_fd_exhaustion, token};
-use crate::metrics::{CloseReason, WorkerCounters};
-use crate::reload::{ListenKey, RouteUpdate};
+use crate::frontend::Frontend;
+use crate::metrics::WorkerCounters;
+use crate::reload::{ListenKey, ListenerUpdate};
 use crate::route::Route;
-use crate::session::{End, Ending, HeaderRead, Session, Side};
-use crate::sockets;
 use crate::upstream::Balancer;
 
 /// Accepts per listener per loop turn. Accepting a whole queue at once (thousands
@@ -32,12 +30,13 @@ const FD_RETRY: Duration = Duration::from_millis(100);
 /// (it also looks whenever one of this worker's sessions closes).
 const LIMIT_RETRY: Duration = Duration::from_millis(50);
 
-/// One route's listening socket in this worker.
+/// One listen address's socket in this worker, and the routes it serves.
 pub(super) struct Listener {
     key: ListenKey,
-    socket: TcpListener,
-    pub(super) route: Arc<Route>,
-    pub(super) balancer: Balancer,
+    pub(super) socket: TcpListener,
+    pub(super) frontend: Arc<Frontend>,
+    /// One per route of the frontend, in its order (they keep the rotation).
+    pub(super) balancers: Vec<Balancer>,
     /// Deregistered until a retry timer or a closing session resumes it.
     paused: bool,
     /// The last accept round stopped at `ACCEPT_BATCH` with clients maybe still queued.
@@ -45,10 +44,11 @@ pub(super) struct Listener {
 }
 
 impl Worker {
-    /// Serves exactly `routes` from now on: new ones start listening,
-    /// changed ones keep their socket (with its options re-applied) and give
-    /// new sessions the new route, the rest close (running sessions go on).
-    pub(super) fn set_routes(&mut self, routes: Vec<RouteUpdate>, settings: WorkerSettings, now: Instant) {
+    /// Serves exactly `routes` from now on: new addresses start listening,
+    /// kept ones keep their socket (with its options re-applied if a route
+    /// changed) and give new clients the new routes, the rest close (running
+    /// sessions go on).
+    pub(super) fn set_routes(&mut self, routes: Vec<ListenerUpdate>, settings: WorkerSettings, now: Instant) {
         if settings != self.settings {
             self.res.resize(settings.pipe_size, settings.max_pooled_pipes);
             self.settings = settings;
@@ -62,24 +62,21 @@ impl Worker {
             match (u.listener, existing) {
                 (Some(mut socket), _) => {
                     let li = self.listeners.vacant_key();
+                    let first = Arc::clone(u.frontend.first());
                     let Some(tok) = token::listener(li) else {
-                        log::error!(
-                            "worker {}: too many listeners; route {} is not served here",
-                            self.id,
-                            u.route.name
-                        );
+                        log::error!("worker {}: too many listeners; {} is not served here", self.id, first.listen);
                         continue;
                     };
                     if let Err(e) = self.poll.registry().register(&mut socket, tok, Interest::READABLE) {
-                        log::error!("worker {}: cannot register the listener of route {}: {e}", self.id, u.route.name);
+                        log::error!("worker {}: cannot register the listener of route {}: {e}", self.id, first.name);
                         continue;
                     }
-                    let balancer = balancer(&u.route);
+                    let balancers = u.frontend.routes.iter().map(|r| balancer(r)).collect();
                     self.listeners.insert(Listener {
                         key: u.key,
                         socket,
-                        route: u.route,
-                        balancer,
+                        frontend: u.frontend,
+                        balancers,
                         paused: false,
                         backlog: true, // accept whatever is queued already
                     });
@@ -87,11 +84,23 @@ impl Worker {
                 }
                 (None, Some(li)) => {
                     let l = &mut self.listeners[li];
-                    if !Arc::ptr_eq(&l.route, &u.route) {
-                        l.balancer = balancer(&u.route);
-                        l.route = u.route;
+                    if !Arc::ptr_eq(&l.frontend, &u.frontend) {
+                        // A route that is the same Arc keeps its balancer (and its rotation).
+                        let old: Vec<(Arc<Route>, Balancer)> =
+                            l.frontend.routes.iter().cloned().zip(std::mem::take(&mut l.balancers)).collect();
+                        l.balancers = u
+                            .frontend
+                            .routes
+                            .iter()
+                            .map(|r| {
+                                old.iter()
+                                    .find(|(o, _)| Arc::ptr_eq(o, r))
+                                    .map_or_else(|| balancer(r), |(_, b)| b.clone())
+                            })
+                            .collect();
+                        l.frontend = u.frontend;
                         if u.changed {
-                            let r = &l.route;
+                            let r = l.frontend.first();
                             r.socket.before_listen(&l.socket);
                             // listen() again on a listening socket just updates its backlog.
                             let backlog = i32::try_from(r.backlog).unwrap_or(i32::MAX);
@@ -103,13 +112,15 @@ impl Worker {
                     }
                     keep.push(li);
                 }
-                (None, None) => log::error!("worker {}: route {} has no listener here", self.id, u.route.name),
+                (None, None) => {
+                    log::error!("worker {}: {} has no listener here", self.id, u.frontend.first().listen)
+                }
             }
         }
         let gone: Vec<usize> = self.listeners.iter().map(|(i, _)| i).filter(|i| !keep.contains(i)).collect();
         for li in gone {
             let l = self.listeners.remove(li);
-            log::debug!("worker {}: route {} stops listening on {}", self.id, l.route.name, l.route.listen);
+            log::debug!("worker {}: stops listening on {}", self.id, l.frontend.first().listen);
             // Dropping the socket closes it (and takes it out of the poll).
         }
         self.accept_backlogs(now);
@@ -134,7 +145,7 @@ impl Worker {
                     Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        let listen = self.listeners[li].route.listen;
+                        let listen = self.listeners[li].frontend.first().listen;
                         log::warn!("worker {}: closing {listen}: accepting its queue failed: {e}", self.id);
                         break;
                     }
@@ -142,7 +153,7 @@ impl Worker {
             }
             // Dropping the socket closes it (and takes it out of the poll).
             let l = self.listeners.remove(li);
-            log::debug!("worker {}: route {} stops listening on {}", self.id, l.route.name, l.route.listen);
+            log::debug!("worker {}: stops listening on {}", self.id, l.frontend.first().listen);
         }
         if served > 0 {
             log::info!("worker {}: served {served} clients still queued when accepting stopped", self.id);
@@ -174,7 +185,7 @@ impl Worker {
                 self.pause(li, LIMIT_RETRY, now);
                 return;
             }
-            if self.listeners[li].route.at_limit() {
+            if self.listeners[li].frontend.at_limit() {
                 WorkerCounters::inc(&self.metrics.counters.accept_paused_route);
                 self.pause(li, LIMIT_RETRY, now);
                 return;
@@ -188,7 +199,7 @@ impl Worker {
                     return;
                 }
                 Err(e) => {
-                    let listen = self.listeners[li].route.listen;
+                    let listen = self.listeners[li].frontend.first().listen;
                     self.warn(format!("accept on {listen} failed: {e}; retrying shortly"));
                     self.pause(li, FD_RETRY, now);
                     return;
@@ -237,7 +248,7 @@ impl Worker {
         l.paused = false;
         let tok = token::listener(li).expect("a registered listener's key has a token");
         if let Err(e) = self.poll.registry().register(&mut l.socket, tok, Interest::READABLE) {
-            log::error!("worker {}: cannot resume listening for route {}: {e}", self.id, l.route.name);
+            log::error!("worker {}: cannot resume listening on {}: {e}", self.id, l.frontend.first().listen);
             return;
         }
         self.accept(li, now);
@@ -249,122 +260,6 @@ impl Worker {
         for li in paused {
             self.resume(li, now);
         }
-    }
-
-    fn start_session(&mut self, li: usize, client: TcpStream, peer: SocketAddr, now: Instant) {
-        WorkerCounters::inc(&self.metrics.counters.accepted);
-        let route = Arc::clone(&self.listeners[li].route);
-        self.metrics.stats().route(route.metric_id).accepted += 1;
-        let accept_header = route.pool().accept_proxy_protocol;
-        // Without a PROXY header the peer is the client: check it before anything is allocated.
-        if !accept_header {
-            if let Some(reason) = admission(&route, peer) {
-                let close = self.refuse(&route, peer, reason);
-                // A reset tells the client at once and leaves no TIME_WAIT here.
-                sockets::reset_on_close(&client);
-                // No session was made: its close is counted here.
-                self.metrics.stats().route(route.metric_id).closed[close as usize] += 1;
-                return; // dropping the socket closes it
-            }
-        }
-        route.socket.client(&client);
-        self.shared.active.fetch_add(1, Ordering::Relaxed);
-        route.state.active.fetch_add(1, Ordering::Relaxed);
-        let id = self.next_id;
-        self.next_id += self.id_stride;
-        let session = Session::new(id, route, client, peer, li, self.settings.relay, now);
-        let entry = self.sessions.vacant_entry();
-        let key = entry.key();
-        let s = entry.insert(session);
-        s.client_admitted = !accept_header && s.route.max_connections_per_client.is_some();
-        let registered = match token::session(key, Side::Client, 0) {
-            Some(tok) => self.poll.registry().register(&mut s.client, tok, Interest::READABLE | Interest::WRITABLE),
-            None => Err(io::Error::other("too many sessions in this worker")),
-        };
-        if let Err(e) = registered {
-            // The poll is this host's (epoll watches, memory): a local error, no upstream involved.
-            if let Some(cause) = crate::local_error::classify(&e) {
-                WorkerCounters::inc(&self.metrics.counters.local_errors[cause as usize]);
-            }
-            self.warn(format!("cannot register client {peer}: {e}; resetting it"));
-            self.close(key, End { reason: CloseReason::LocalError, ending: Ending::RESET_CLIENT }, now);
-            return;
-        }
-        log::trace!("session {}: client {peer} on route {}", self.sessions[key].id, self.sessions[key].route.name);
-        if accept_header {
-            // The header timeout runs from now; the header is read when the client is readable.
-            let (deadline, _) = self.sessions[key].due(self.draining);
-            self.arm(key, deadline);
-        } else {
-            self.connect(key, String::new(), now);
-        }
-    }
-
-    /// The client's PROXY header may have arrived: read it, then admit the
-    /// client it names (access list, per-client limit) and connect.
-    pub(super) fn on_header(&mut self, key: usize, now: Instant) {
-        let s = &mut self.sessions[key];
-        match s.read_proxy_header() {
-            HeaderRead::Wait => {}
-            HeaderRead::Invalid(why) => {
-                WorkerCounters::inc(&self.metrics.counters.bad_proxy_header);
-                log::debug!("route {}: client {}: bad PROXY header: {why}", s.route.name, s.peer_addr);
-                self.close(key, End { reason: CloseReason::BadProxyHeader, ending: Ending::RESET_CLIENT }, now);
-            }
-            HeaderRead::Done(_) => {
-                let route = Arc::clone(&s.route);
-                let client = s.client_addr;
-                log::trace!("session {}: PROXY header from {} says client {client}", s.id, s.peer_addr);
-                if let Some(reason) = admission(&route, client) {
-                    let close = self.refuse(&route, client, reason);
-                    self.close(key, End { reason: close, ending: Ending::RESET_CLIENT }, now);
-                    return;
-                }
-                self.sessions[key].client_admitted = route.max_connections_per_client.is_some();
-                self.connect(key, String::new(), now);
-            }
-        }
-    }
-
-    /// Counts (worker-wide) and logs a refused client, and says which close
-    /// reason it is (the caller resets it: a reset tells the client at once
-    /// and leaves no TIME_WAIT here).
-    fn refuse(&self, route: &Route, client: SocketAddr, reason: Refused) -> CloseReason {
-        let (counter, close) = match reason {
-            Refused::Acl(_) => (&self.metrics.counters.refused_acl, CloseReason::Denied),
-            Refused::ClientLimit(_) => (&self.metrics.counters.refused_client_limit, CloseReason::Refused),
-        };
-        WorkerCounters::inc(counter);
-        match reason {
-            Refused::Acl(why) => log::debug!("route {}: refused {client}: {why}", route.name),
-            Refused::ClientLimit(limit) => log::debug!(
-                "route {}: refused {client}: it already has {limit} sessions (max_connections_per_client)",
-                route.name
-            ),
-        }
-        close
-    }
-}
-
-/// Why a client may not have a session.
-#[derive(Clone, Copy, Debug)]
-enum Refused {
-    Acl(crate::acl::Refusal),
-    ClientLimit(usize),
-}
-
-/// Checks the route's access list and per-client limit for `client`
-/// (counting it in the limit if admitted).
-fn admission(route: &Route, client: SocketAddr) -> Option<Refused> {
-    let acl = &route.pool().acl;
-    if !acl.is_open() {
-        if let Some(why) = acl.check(client.ip()) {
-            return Some(Refused::Acl(why));
-        }
-    }
-    match route.max_connections_per_client {
-        Some(limit) if !route.state.admit_client(client.ip(), limit) => Some(Refused::ClientLimit(limit)),
-        _ => None,
     }
 }
 

@@ -9,14 +9,18 @@
 //!
 //! This file runs the loop, dispatches events and timers to sessions and
 //! applies their verdicts. `control.rs` is what the control thread and a
-//! worker share and say to each other, `listeners.rs` accepts (limits, fd exhaustion,
+//! worker share and say to each other, `admit.rs` takes an accepted client
+//! up to its route (PROXY header, access list, limits), `hello.rs` routes
+//! by TLS ClientHello, `listeners.rs` accepts (limits, fd exhaustion,
 //! route reloads, the drain's last accepts), `connect.rs` opens upstream
 //! connections, `close.rs` ends sessions (resets, the wait before a reset,
 //! accounting, access lines) and reports the bytes of running ones.
 
+mod admit;
 mod close;
 mod connect;
 mod control;
+mod hello;
 mod listeners;
 pub mod token;
 
@@ -77,6 +81,8 @@ pub struct Worker {
     reporting: bool,
     last_warn: Option<Instant>,
     fired: Vec<TimerKey>,
+    /// Where ClientHellos are peeked into (`tls::hello::MAX_WIRE`, made on first use).
+    hello_buf: Vec<u8>,
 }
 
 impl Worker {
@@ -112,6 +118,7 @@ impl Worker {
             reporting: false,
             last_warn: None,
             fired: Vec::new(),
+            hello_buf: Vec::new(),
         };
         w.set_routes(routes, settings, Instant::now());
         Ok(w)
@@ -209,6 +216,7 @@ impl Worker {
         }
         match (&s.stage, side) {
             (Stage::Header { .. }, Side::Client) if ready.readable || ready.hup => self.on_header(key, now),
+            (Stage::Hello(_), Side::Client) if ready.readable || ready.hup => self.on_hello(key, now),
             (Stage::Connecting(_), Side::Upstream) => {
                 let verdict = s.check_connect(ready);
                 self.apply(key, verdict, now);
@@ -346,6 +354,10 @@ impl Worker {
                     io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {:?}", s.route.connect_timeout));
                 s.drop_attempt();
                 return self.connect_failed(key, &e, now);
+            }
+            Due::Hello => {
+                let why = format!("no complete ClientHello within {:?}", s.route.config.client_hello_timeout);
+                return self.refuse_hello(key, crate::metrics::CloseReason::ClientHelloTimeout, &why, now);
             }
             Due::Header => {
                 log::debug!(

@@ -141,3 +141,98 @@ fn shipped_proxy_yaml_passes_check() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("name: web"), "{out}");
 }
+
+/// Three routes on one address, routed by TLS server name.
+const SNI: &str = "\
+routes:
+  - name: api
+    listen: 127.0.0.1:8443
+    upstreams: [\"127.0.0.1:9001\"]
+    server_names: [\"api.example.com\", \"*.example.com\"]
+  - name: web
+    listen: 127.0.0.1:8443
+    upstreams: [\"127.0.0.1:9002\"]
+    server_names: [\"www.example.org\"]
+  - name: fallback
+    listen: 127.0.0.1:8443
+    upstreams: [\"127.0.0.1:9003\"]
+";
+
+#[test]
+fn routes_sharing_an_address_are_checked_with_file_line_column() {
+    let (_dir, path) = temp_config(SNI);
+    let (code, out, err) = run(&["check", "-c", &path.to_string_lossy()]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "# 127.0.0.1:8443 routes by TLS server name (ClientHello):",
+        "#   *.example.com -> api",
+        "#   api.example.com -> api",
+        "#   www.example.org -> web",
+        "#   (no SNI, or a name no route claims) -> fallback",
+        "server_names: [\"api.example.com\", \"*.example.com\"]",
+        "client_hello_timeout: 5s",
+    ] {
+        assert!(out.contains(line), "check output lacks {line:?}:\n{out}");
+    }
+    let cases = [
+        (
+            "a name claimed twice",
+            SNI.replace("www.example.org", "API.example.com."),
+            ":9:",
+            "routes[1].server_names[0]",
+            "api.example.com is claimed twice",
+        ),
+        (
+            "a bad wildcard",
+            SNI.replace("*.example.com", "a.*.example.com"),
+            ":5:",
+            "routes[0].server_names[1]",
+            "covers exactly one label",
+        ),
+        (
+            "a wildcard for a TLD",
+            SNI.replace("*.example.com", "*.com"),
+            ":5:",
+            "routes[0].server_names[1]",
+            "at least two labels",
+        ),
+        (
+            "two defaults",
+            SNI.replace("    server_names: [\"www.example.org\"]\n", ""),
+            ":9:",
+            "routes[2]",
+            "already the default",
+        ),
+        (
+            "disagreeing backlogs",
+            SNI.replace("[\"www.example.org\"]\n", "[\"www.example.org\"]\n    backlog: 100\n"),
+            ":10:",
+            "routes[1].backlog",
+            "must agree on backlog",
+        ),
+        (
+            "alpn without names",
+            format!("{SNI}    alpn: [\"h2\"]\n"),
+            ":13:",
+            "routes[2].alpn",
+            "alpn needs server_names",
+        ),
+        (
+            "two plain routes on one address",
+            SNI.replace("    server_names: [\"www.example.org\"]\n", "")
+                .replace("    server_names: [\"api.example.com\", \"*.example.com\"]\n", ""),
+            ":",
+            "routes[1].listen",
+            "same address",
+        ),
+    ];
+    for (what, yaml, at, field, words) in cases {
+        let (_dir, path) = temp_config(&yaml);
+        let file = path.to_string_lossy().into_owned();
+        let (code, _, err) = run(&["check", "-c", &file]);
+        assert_eq!(code, 2, "{what}: exit code\n{err}");
+        assert!(err.contains(&format!("{file}{at}")), "{what}: no {at} in {err}");
+        assert!(err.contains(&format!(": {field}: ")), "{what}: no field {field} in {err}");
+        assert!(err.contains(words), "{what}: no {words:?} in {err}");
+    }
+}

@@ -40,4 +40,5 @@ mod proxy_protocol;
 mod relay;
 mod reload;
 mod resilience;
+mod sni;
 mod tuning;

@@ -1,0 +1,89 @@
+//! What one listen address serves: its routes and, when they choose by the
+//! client's TLS ClientHello (`server_names`, `alpn`), the name table and the
+//! limits that apply before a route is known.
+//!
+//! Most addresses have one route and no table: every client is that
+//! route's. An address shared by several routes (or one route that sets
+//! `server_names`) reads each client's ClientHello first (`tls::hello`),
+//! picks the route with `tls::names`, and only then does the route's own
+//! work (access lists, limits, balancing). The routes of one address agree
+//! on what the listener does before that (validated with the config), so
+//! listener settings are read from the first.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::route::{Route, RouteState};
+use crate::tls::names::{NameTable, RouteNames};
+
+/// The routes of one listen address.
+#[derive(Debug)]
+pub struct Frontend {
+    /// In config order; at least one.
+    pub routes: Vec<Arc<Route>>,
+    /// How a ClientHello picks among them; `None`: every client is `routes[0]`'s.
+    pub names: Option<NameTable>,
+    /// Clients still sending their ClientHello, per IP (shared across reloads
+    /// of the address, like a route's counts).
+    pub hello: Arc<RouteState>,
+}
+
+impl Frontend {
+    /// The frontend of `routes` (one address, config order). Fails only if
+    /// their names conflict, which config validation has already ruled out.
+    pub fn new(routes: Vec<Arc<Route>>, hello: Arc<RouteState>) -> Result<Frontend, String> {
+        let inspect = routes.len() > 1 || routes.iter().any(|r| !r.config.server_names.is_empty());
+        let names = if inspect {
+            let claims: Vec<RouteNames<'_>> = routes
+                .iter()
+                .map(|r| RouteNames { route: &r.name, names: &r.config.server_names, alpn: &r.config.alpn })
+                .collect();
+            Some(NameTable::build(&claims).map_err(|c| c.message)?)
+        } else {
+            None
+        };
+        Ok(Frontend { routes, names, hello })
+    }
+
+    /// The route whose settings the listener follows (they all agree).
+    pub fn first(&self) -> &Arc<Route> {
+        &self.routes[0]
+    }
+
+    /// Clients send a ClientHello that picks their route.
+    pub fn inspects(&self) -> bool {
+        self.names.is_some()
+    }
+
+    /// Time a client has to send its ClientHello.
+    pub fn hello_timeout(&self) -> Duration {
+        self.first().config.client_hello_timeout
+    }
+
+    /// The most unrouted connections one client may hold: as many as the
+    /// most generous route would let it have, when every route sets
+    /// `max_connections_per_client`; otherwise no limit.
+    pub fn hello_limit(&self) -> Option<usize> {
+        self.routes.iter().map(|r| r.max_connections_per_client).collect::<Option<Vec<_>>>()?.into_iter().max()
+    }
+
+    /// Counts a client that starts its ClientHello; false if it is at the limit.
+    pub fn admit_hello(&self, ip: IpAddr) -> bool {
+        self.hello_limit().is_none_or(|limit| self.hello.admit_client(ip, limit))
+    }
+
+    /// The client's ClientHello is over (routed or refused).
+    pub fn release_hello(&self, ip: IpAddr) {
+        if self.hello_limit().is_some() {
+            self.hello.release_client(ip);
+        }
+    }
+
+    /// The listener may stop accepting because its route is full: only an
+    /// address with one route and no ClientHello to read (a full route among
+    /// several refuses its clients once they are routed instead).
+    pub fn at_limit(&self) -> bool {
+        !self.inspects() && self.first().at_limit()
+    }
+}

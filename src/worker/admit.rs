@@ -1,0 +1,184 @@
+//! What happens to an accepted client before its upstream is chosen: the
+//! session is made, the client's PROXY header read (`accept_proxy_protocol`),
+//! and the client admitted by its route (access list, per-client limit) or
+//! refused with a reset and counted. On an address routed by name the route
+//! is only known after the ClientHello (`hello.rs`); until then the client
+//! counts against the address's limit of unrouted clients.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use mio::Interest;
+use mio::net::TcpStream;
+
+use super::{Worker, token};
+use crate::metrics::{CloseReason, WorkerCounters};
+use crate::route::Route;
+use crate::session::{Accepted, End, Ending, HeaderRead, Session, Side, Stage};
+use crate::sockets;
+
+impl Worker {
+    /// A client was accepted on listener `li`: check it, make its session,
+    /// and start reading its header or hello, or connecting.
+    pub(super) fn start_session(&mut self, li: usize, client: TcpStream, peer: SocketAddr, now: Instant) {
+        WorkerCounters::inc(&self.metrics.counters.accepted);
+        let frontend = Arc::clone(&self.listeners[li].frontend);
+        let route = Arc::clone(frontend.first());
+        let accept_header = route.pool().accept_proxy_protocol;
+        let inspect = frontend.inspects();
+        if !inspect {
+            // (A client of an address routed by name counts in its route once its hello chose it.)
+            self.metrics.stats().route(route.metric_id).accepted += 1;
+        }
+        // Without a PROXY header the peer is the client: check it before anything is allocated.
+        if !accept_header {
+            let refused = if inspect {
+                (!frontend.admit_hello(peer.ip())).then(|| self.refuse_unrouted(&frontend, peer))
+            } else {
+                admission(&route, peer).map(|reason| self.refuse(&route, peer, reason))
+            };
+            if let Some(close) = refused {
+                // A reset tells the client at once and leaves no TIME_WAIT here.
+                sockets::reset_on_close(&client);
+                if !inspect {
+                    // No session was made: its close is counted here.
+                    self.metrics.stats().route(route.metric_id).closed[close as usize] += 1;
+                }
+                return; // dropping the socket closes it
+            }
+        }
+        self.shared.active.fetch_add(1, Ordering::Relaxed);
+        if !inspect {
+            route.socket.client(&client);
+            route.state.active.fetch_add(1, Ordering::Relaxed);
+        }
+        let id = self.next_id;
+        self.next_id += self.id_stride;
+        let relay = self.settings.relay;
+        let accepted = Accepted { client, peer_addr: peer, listener: li };
+        let session = Session::new(id, route, accepted, relay, inspect.then(|| Arc::clone(&frontend)), now);
+        let entry = self.sessions.vacant_entry();
+        let key = entry.key();
+        let s = entry.insert(session);
+        s.client_admitted = !accept_header && !inspect && s.route.max_connections_per_client.is_some();
+        s.hello_admitted = !accept_header && inspect && frontend.hello_limit().is_some();
+        let registered = match token::session(key, Side::Client, 0) {
+            Some(tok) => self.poll.registry().register(&mut s.client, tok, Interest::READABLE | Interest::WRITABLE),
+            None => Err(io::Error::other("too many sessions in this worker")),
+        };
+        if let Err(e) = registered {
+            // The poll is this host's (epoll watches, memory): a local error, no upstream involved.
+            if let Some(cause) = crate::local_error::classify(&e) {
+                WorkerCounters::inc(&self.metrics.counters.local_errors[cause as usize]);
+            }
+            self.warn(format!("cannot register client {peer}: {e}; resetting it"));
+            self.close(key, End { reason: CloseReason::LocalError, ending: Ending::RESET_CLIENT }, now);
+            return;
+        }
+        log::trace!("session {}: client {peer} on {}", self.sessions[key].id, self.sessions[key].route.listen);
+        match self.sessions[key].stage {
+            // The header's (or hello's) timeout runs from now; it is read when the client is readable.
+            Stage::Header { .. } | Stage::Hello(_) => {
+                let (deadline, _) = self.sessions[key].due(self.draining);
+                self.arm(key, deadline);
+            }
+            _ => self.connect(key, String::new(), now),
+        }
+    }
+
+    /// The client's PROXY header may have arrived: read it, then admit the
+    /// client it names (access list, per-client limit) and connect — or,
+    /// on an address routed by name, go on to its ClientHello.
+    pub(super) fn on_header(&mut self, key: usize, now: Instant) {
+        let s = &mut self.sessions[key];
+        match s.read_proxy_header(now) {
+            HeaderRead::Wait => {}
+            HeaderRead::Invalid(why) => {
+                WorkerCounters::inc(&self.metrics.counters.bad_proxy_header);
+                log::debug!("listener {}: client {}: bad PROXY header: {why}", s.route.listen, s.peer_addr);
+                self.close(key, End { reason: CloseReason::BadProxyHeader, ending: Ending::RESET_CLIENT }, now);
+            }
+            HeaderRead::Done(_) => {
+                let client = s.client_addr;
+                log::trace!("session {}: PROXY header from {} says client {client}", s.id, s.peer_addr);
+                if let Stage::Hello(h) = &s.stage {
+                    let frontend = Arc::clone(&h.frontend);
+                    if !frontend.admit_hello(client.ip()) {
+                        let close = self.refuse_unrouted(&frontend, client);
+                        return self.close(key, End { reason: close, ending: Ending::RESET_CLIENT }, now);
+                    }
+                    let s = &mut self.sessions[key];
+                    s.hello_admitted = frontend.hello_limit().is_some();
+                    let (deadline, _) = s.due(self.draining);
+                    self.arm(key, deadline);
+                    // The hello may have come with the header: no new event would say so.
+                    return self.on_hello(key, now);
+                }
+                let route = Arc::clone(&s.route);
+                if let Some(reason) = admission(&route, client) {
+                    let close = self.refuse(&route, client, reason);
+                    self.close(key, End { reason: close, ending: Ending::RESET_CLIENT }, now);
+                    return;
+                }
+                self.sessions[key].client_admitted = route.max_connections_per_client.is_some();
+                self.connect(key, String::new(), now);
+            }
+        }
+    }
+
+    /// Counts (worker-wide) and logs a refused client, and says which close
+    /// reason it is (the caller resets it: a reset tells the client at once
+    /// and leaves no TIME_WAIT here).
+    pub(super) fn refuse(&self, route: &Route, client: SocketAddr, reason: Refused) -> CloseReason {
+        let (counter, close) = match reason {
+            Refused::Acl(_) => (&self.metrics.counters.refused_acl, CloseReason::Denied),
+            Refused::ClientLimit(_) => (&self.metrics.counters.refused_client_limit, CloseReason::Refused),
+        };
+        WorkerCounters::inc(counter);
+        match reason {
+            Refused::Acl(why) => log::debug!("route {}: refused {client}: {why}", route.name),
+            Refused::ClientLimit(limit) => log::debug!(
+                "route {}: refused {client}: it already has {limit} sessions (max_connections_per_client)",
+                route.name
+            ),
+        }
+        close
+    }
+
+    /// A client refused before its ClientHello chose a route: it holds as
+    /// many unrouted connections as any route of the address would let it have.
+    fn refuse_unrouted(&self, frontend: &crate::frontend::Frontend, client: SocketAddr) -> CloseReason {
+        WorkerCounters::inc(&self.metrics.counters.refused_client_limit);
+        log::debug!(
+            "listener {}: refused {client}: it already has {} connections sending their ClientHello",
+            frontend.first().listen,
+            frontend.hello_limit().unwrap_or(0)
+        );
+        CloseReason::Refused
+    }
+}
+
+/// Why a client may not have a session.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Refused {
+    Acl(crate::acl::Refusal),
+    ClientLimit(usize),
+}
+
+/// Checks the route's access list and per-client limit for `client`
+/// (counting it in the limit if admitted).
+pub(super) fn admission(route: &Route, client: SocketAddr) -> Option<Refused> {
+    let acl = &route.pool().acl;
+    if !acl.is_open() {
+        if let Some(why) = acl.check(client.ip()) {
+            return Some(Refused::Acl(why));
+        }
+    }
+    match route.max_connections_per_client {
+        Some(limit) if !route.state.admit_client(client.ip(), limit) => Some(Refused::ClientLimit(limit)),
+        _ => None,
+    }
+}

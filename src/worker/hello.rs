@@ -1,0 +1,129 @@
+//! Routing by TLS ClientHello on an address shared by several routes: a
+//! client's first bytes are peeked (`MSG_PEEK`: they stay in the kernel, so
+//! the relay that follows still splices them) into the worker's scratch
+//! buffer and read by `tls::hello`; its server name and ALPN list pick the
+//! route (`tls::names`), which then takes the client like any of its own
+//! (access list, limits, connect). A client is looked at again only once the
+//! socket holds as many bytes as the parser said it needs (one `FIONREAD`
+//! per event), so one that trickles its hello costs no re-parse per segment.
+//!
+//! Fail closed: bytes that are not a ClientHello, a malformed or oversized
+//! one, a client that closes before finishing it, and a hello no route
+//! takes are reset and counted, and never reach any route.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::Worker;
+use crate::metrics::{CloseReason, WorkerCounters};
+use crate::session::{End, Ending, HelloWait, Stage, TlsInfo};
+use crate::socket_queue;
+use crate::tls::hello::{self, MAX_WIRE, Parse};
+
+impl Worker {
+    /// The client of session `key` is (or may be) done with its ClientHello: read it and route.
+    pub(super) fn on_hello(&mut self, key: usize, now: Instant) {
+        let s = &self.sessions[key];
+        let Stage::Hello(h) = &s.stage else {
+            return;
+        };
+        let closed = s.client_hup();
+        let unread = socket_queue::unread(&s.client).unwrap_or(0);
+        if unread < h.need && !closed {
+            return; // not enough for the parser's next step yet
+        }
+        if self.hello_buf.len() < MAX_WIRE {
+            self.hello_buf.resize(MAX_WIRE, 0);
+        }
+        let peeked = s.client.peek(&mut self.hello_buf);
+        let n = match peeked {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
+            Err(e) => return self.refuse_hello(key, CloseReason::BadClientHello, &format!("failed: {e}"), now),
+        };
+        let parsed = hello::parse(&self.hello_buf[..n]);
+        let s = &mut self.sessions[key];
+        let Stage::Hello(h) = &mut s.stage else {
+            return;
+        };
+        match parsed {
+            Parse::NeedMore { .. } if closed => {
+                self.refuse_hello(key, CloseReason::BadClientHello, "closed before finishing its ClientHello", now)
+            }
+            Parse::NeedMore { need } => h.need = need,
+            Parse::Invalid(why) => self.refuse_hello(key, CloseReason::BadClientHello, &why.to_string(), now),
+            Parse::Done(hello) => {
+                let frontend = Arc::clone(&h.frontend);
+                let names = frontend.names.as_ref().expect("a frontend that reads hellos has a name table");
+                let choice = names.choose(hello.server_name.as_deref(), &hello.alpn);
+                s.tls =
+                    Some(Box::new(TlsInfo { sni: hello.server_name.clone(), alpn: hello.alpn_text(), ech: hello.ech }));
+                match choice {
+                    Some(i) => self.route_to(key, i, now),
+                    None => {
+                        let why = format!(
+                            "no route for server name {} with ALPN {}",
+                            hello.server_name.as_deref().unwrap_or("(none)"),
+                            hello.alpn_text().unwrap_or_else(|| "(none)".to_owned())
+                        );
+                        self.refuse_hello(key, CloseReason::NoRoute, &why, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The ClientHello chose route `i` of the session's frontend: the
+    /// session becomes that route's (its counts, its client socket options,
+    /// its access list and limits), then connects.
+    fn route_to(&mut self, key: usize, i: usize, now: Instant) {
+        let s = &mut self.sessions[key];
+        let Stage::Hello(h) = std::mem::replace(&mut s.stage, Stage::Unconnected) else {
+            return;
+        };
+        let HelloWait { frontend, .. } = h;
+        if std::mem::take(&mut s.hello_admitted) {
+            frontend.release_hello(s.client_addr.ip());
+        }
+        let route = Arc::clone(&frontend.routes[i]);
+        log::trace!("session {}: ClientHello chose route {}", s.id, route.name);
+        // The hello is still queued in the socket: the relay reads it first.
+        s.mark_client_readable();
+        // Full already: with several routes on an address the listener can't
+        // pause for one of them, so its clients are refused here.
+        let full = route.at_limit();
+        s.route = Arc::clone(&route);
+        s.routed = true;
+        route.state.active.fetch_add(1, Ordering::Relaxed);
+        self.metrics.stats().route(route.metric_id).accepted += 1;
+        route.socket.client(&s.client);
+        if full {
+            WorkerCounters::inc(&self.metrics.counters.refused_route_limit);
+            log::debug!("route {}: refused {}: at max_connections", route.name, s.client_addr);
+            return self.close(key, End { reason: CloseReason::Refused, ending: Ending::RESET_CLIENT }, now);
+        }
+        let client = s.client_addr;
+        if let Some(reason) = super::admit::admission(&route, client) {
+            let close = self.refuse(&route, client, reason);
+            return self.close(key, End { reason: close, ending: Ending::RESET_CLIENT }, now);
+        }
+        self.sessions[key].client_admitted = route.max_connections_per_client.is_some();
+        self.connect(key, String::new(), now);
+    }
+
+    /// Resets a client whose ClientHello led nowhere, and counts it.
+    pub(super) fn refuse_hello(&mut self, key: usize, reason: CloseReason, why: &str, now: Instant) {
+        let counters = &self.metrics.counters;
+        let counter = match reason {
+            CloseReason::NoRoute => &counters.no_route,
+            CloseReason::ClientHelloTimeout => &counters.client_hello_timeout,
+            _ => &counters.bad_client_hello,
+        };
+        WorkerCounters::inc(counter);
+        let s = &self.sessions[key];
+        log::debug!("listener {}: client {}: {why}", s.route.listen, s.peer_addr);
+        self.close(key, End { reason, ending: Ending::RESET_CLIENT }, now);
+    }
+}
