@@ -57,6 +57,13 @@ def wait_port(port, timeout=10):
     raise SystemExit(f"nothing listens on {port} (a child failed to start)")
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def record_openssl_hello(path):
     """The first bytes `openssl s_client` sends, caught by a listener that never answers."""
     with socket.socket() as l:
@@ -117,11 +124,12 @@ routes:
     server_names: ["*.example.org"]
     upstreams: ["127.0.0.1:{echo_port}"]
 """)
-    procs.append(subprocess.Popen(["taskset", "-c", "1", SLUICE, "-c", cfg], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL))
+    sluice = subprocess.Popen(["taskset", "-c", "1", SLUICE, "-c", cfg], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    procs.append(sluice)
     wait_port(plain_port)
     wait_port(names_port)
-    targets = [("plain", plain_port), ("names", names_port)]
+    targets = [("plain", plain_port, sluice.pid), ("names", names_port, sluice.pid)]
     if shutil.which("haproxy"):
         hcfg = os.path.join(tmp, "haproxy.cfg")
         with open(hcfg, "w") as f:
@@ -144,24 +152,35 @@ backend app
 backend other
     server s 127.0.0.1:{echo_port}
 """)
-        procs.append(subprocess.Popen(["taskset", "-c", "1", "haproxy", "-db", "-f", hcfg], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+        haproxy = subprocess.Popen(["taskset", "-c", "1", "haproxy", "-db", "-f", hcfg], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        procs.append(haproxy)
         wait_port(haproxy_port)
-        targets.append(("haproxy", haproxy_port))
+        targets.append(("haproxy", haproxy_port, haproxy.pid))
     try:
         for label, args in hellos:
-            results = {name: [] for name, _ in targets}
+            results = {name: [] for name, _, _ in targets}
+            cost = {name: [] for name, _, _ in targets}
             for r in range(ROUNDS):
-                for name, port in targets:
+                for name, port, pid in targets:
+                    before, t0 = cpu_seconds(pid), time.time()
                     out = subprocess.run(["taskset", "-c", "0", HELLO_RATE, "--target", f"127.0.0.1:{port}",
                                           "--duration", DURATION] + args, capture_output=True, text=True, check=True)
+                    cpu, wall = cpu_seconds(pid) - before, time.time() - t0
                     cps = float(out.stdout.split()[1])
                     errors = int(out.stdout.split("errors")[1].split()[0])
                     results[name].append(cps)
-                    print(f"[{label}] round {r} {name}: {out.stdout.strip()}", flush=True)
+                    us_per_conn = cpu / max(cps * wall, 1) * 1e6
+                    cost[name].append(us_per_conn)
+                    print(f"[{label}] round {r} {name}: {out.stdout.strip()}  proxy cpu {100 * cpu / wall:.0f}% "
+                          f"= {us_per_conn:.1f} us/conn", flush=True)
                     if errors:
                         print(f"  {errors} errors!", flush=True)
             med = {n: statistics.median(v) for n, v in results.items()}
+            us = {n: statistics.median(v) for n, v in cost.items()}
+            print(f"[{label}] medians proxy CPU per connection: "
+                  + ", ".join(f"{n} {m:.1f} us" for n, m in us.items())
+                  + f"; names/plain {us['names'] / us['plain']:.3f}")
             line = ", ".join(f"{n} {m:,.0f}" for n, m in med.items())
             print(f"[{label}] medians conn/s: {line}; names/plain {med['names'] / med['plain']:.3f}"
                   + (f", names/haproxy {med['names'] / med['haproxy']:.3f}" if "haproxy" in med else ""))

@@ -328,9 +328,32 @@ mod tests {
             uptime_secs: 3725.0,
             ready: true,
             workers: 2,
-            routes: vec![web, route("db", 10 * scale, 1, 500 * scale, 500 * scale, 0)],
+            routes: vec![
+                web,
+                RouteSnapshot {
+                    listen: "127.0.0.1:5432".into(),
+                    ..route("db", 10 * scale, 1, 500 * scale, 500 * scale, 0)
+                },
+            ],
             ..Snapshot::default()
         }
+    }
+
+    #[test]
+    fn routes_sharing_an_address_and_clients_no_route_took_are_shown() {
+        let mut snap = snapshot(1);
+        assert!(!render(&snap, None, None, 100).contains("shared"), "no shared address yet");
+        let mut api = route("api", 5, 0, 10, 10, 0);
+        api.listen = "127.0.0.1:5432".into();
+        snap.routes.push(api);
+        snap.accept.no_route = 3;
+        snap.accept.bad_client_hello = 2;
+        let v = render(&snap, None, None, 100);
+        assert!(v.contains("shared 127.0.0.1:5432 (routed by TLS server name): db, api"), "{v}");
+        assert!(
+            v.contains("refused before a route: bad_client_hello 2, no_route 3, client_hello_timeout 0, route_limit 0"),
+            "{v}"
+        );
     }
 
     #[test]
