@@ -6,6 +6,8 @@
 //! inputs (noise, mutated hellos, truncations) — `SLUICE_FUZZ_CASES`
 //! changes the count.
 
+mod fuzz_support;
+
 use proptest::prelude::*;
 use sluice::tls::hello::build::{Spec, message, records};
 use sluice::tls::hello::{MAX_WIRE, Parse, parse};
@@ -68,7 +70,7 @@ proptest! {
 
 #[test]
 fn a_million_random_inputs_never_panic() {
-    let cases: usize = std::env::var("SLUICE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let cases = fuzz_support::cases();
     let mut rng = fastrand::Rng::with_seed(0x5eed_c11e_4e11_0001); // seeded: a failure reproduces exactly
     let seeds: Vec<Vec<u8>> = [
         Spec { sni: Some(b"a.example.com"), alpn: &[b"h2", b"http/1.1"], ..Spec::default() },
@@ -91,17 +93,7 @@ fn a_million_random_inputs_never_panic() {
             // A valid hello with a few bytes flipped, inserted or removed.
             1 | 2 => {
                 buf.extend_from_slice(seed);
-                for _ in 0..1 + rng.usize(..4) {
-                    let at = rng.usize(..buf.len() + 1);
-                    match rng.usize(..3) {
-                        0 if at < buf.len() => buf[at] = rng.u8(..),
-                        1 => buf.insert(at, rng.u8(..)),
-                        _ if at < buf.len() => {
-                            buf.remove(at);
-                        }
-                        _ => {}
-                    }
-                }
+                fuzz_support::mutate(&mut rng, &mut buf);
             }
             // A valid start followed by noise.
             _ => {

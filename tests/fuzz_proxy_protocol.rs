@@ -5,6 +5,8 @@
 //! random fuzz of 1,000,000 inputs (pure noise, mutated valid headers and
 //! truncations) — `SLUICE_FUZZ_CASES` changes the count.
 
+mod fuzz_support;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use proptest::prelude::*;
@@ -68,7 +70,7 @@ proptest! {
 
 #[test]
 fn a_million_random_inputs_never_panic() {
-    let cases: usize = std::env::var("SLUICE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let cases = fuzz_support::cases();
     let mut rng = fastrand::Rng::with_seed(0x5eed_1234_abcd_0001); // seeded: a failure reproduces exactly
     let mut seeds = Vec::new();
     for v in [Version::V1, Version::V2] {
@@ -91,17 +93,7 @@ fn a_million_random_inputs_never_panic() {
             // A valid header with a few bytes flipped, inserted or removed.
             1 | 2 => {
                 buf.extend_from_slice(&seeds[rng.usize(..seeds.len())]);
-                for _ in 0..1 + rng.usize(..4) {
-                    let at = rng.usize(..buf.len() + 1);
-                    match rng.usize(..3) {
-                        0 if at < buf.len() => buf[at] = rng.u8(..),
-                        1 => buf.insert(at, rng.u8(..)),
-                        _ if at < buf.len() => {
-                            buf.remove(at);
-                        }
-                        _ => {}
-                    }
-                }
+                fuzz_support::mutate(&mut rng, &mut buf);
             }
             // A valid start followed by noise (v2 lengths and v1 lines that run on).
             _ => {
