@@ -24,6 +24,8 @@ use crate::metrics::{Registry, WorkerMetrics, prometheus};
 use crate::worker::Shared;
 
 const LISTENER: Token = Token(0);
+/// Wakes the thread to stop (its tokens for connections start above it).
+const WAKER: Token = Token(usize::MAX);
 const MAX_REQUEST: usize = 8 << 10;
 const MAX_CONNECTIONS: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,6 +61,7 @@ impl AdminContext {
             uptime_secs: sh.started.elapsed().as_secs_f64(),
             ready: sh.ready.load(Ordering::Relaxed) && !sh.draining.load(Ordering::Relaxed),
             draining: sh.draining.load(Ordering::Relaxed),
+            generation: sh.generation.load(Ordering::Relaxed),
             workers: self.workers.len(),
             pipes: PipeSnapshot { cap: sh.pipes.cap() as u64, ..PipeSnapshot::default() },
             reloads: ReloadSnapshot {
@@ -72,20 +75,50 @@ impl AdminContext {
     }
 }
 
-/// Binds the admin port and serves it on a new thread. Binding happens
-/// here, so an address in use is reported before the proxy starts.
-pub fn start(addr: SocketAddr, ctx: AdminContext) -> io::Result<SocketAddr> {
-    let mut listener = TcpListener::bind(addr)?;
-    let bound = listener.local_addr()?;
+/// The running admin port, as the control thread holds it.
+#[derive(Debug)]
+pub struct AdminHandle {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A duplicate of its listening socket (for a successor).
+    listener: std::os::fd::OwnedFd,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    waker: Arc<mio::Waker>,
+}
+
+impl AdminHandle {
+    /// Another duplicate of the listening socket, to hand to a successor.
+    pub fn dup(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.listener.try_clone()
+    }
+
+    /// Stops serving (a successor serves the port now; the socket lives on there).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.waker.wake();
+    }
+}
+
+/// Serves the admin port on a new thread, on `listener` (bound by the
+/// caller, so an address in use is reported before the proxy starts, or
+/// received from a predecessor).
+pub fn start(listener: std::net::TcpListener, ctx: AdminContext) -> io::Result<AdminHandle> {
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let dup = std::os::fd::OwnedFd::from(listener.try_clone()?);
+    let mut listener = TcpListener::from_std(listener);
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
     std::thread::Builder::new().name("sluice-admin".to_owned()).spawn(move || {
-        let admin = Admin { poll, listener, conns: Slab::new(), ctx, accepting: true };
+        let admin = Admin { poll, listener, conns: Slab::new(), ctx, accepting: true, stop: flag };
         if let Err(e) = admin.run() {
             log::error!("admin port stopped: {e}");
         }
     })?;
-    Ok(bound)
+    Ok(AdminHandle { addr, listener: dup, stop, waker })
 }
 
 struct Conn {
@@ -102,6 +135,8 @@ struct Admin {
     conns: Slab<Conn>,
     ctx: AdminContext,
     accepting: bool,
+    /// A successor took the port over: stop.
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Admin {
@@ -118,8 +153,13 @@ impl Admin {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
+                    WAKER => {}
                     Token(t) => self.serve(t - 1),
                 }
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                // Our copy of the socket closes; the successor's keeps its queue.
+                return Ok(());
             }
             // Slow or silent clients are cut at their deadline.
             let now = Instant::now();

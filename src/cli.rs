@@ -73,6 +73,15 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", global = true)]
     pub drain_grace: Option<crate::config::units::DurationIn<0, 600_000>>,
 
+    /// Listen on this Unix socket for a successor (`--takeover`) [config: control_socket].
+    #[arg(long, value_name = "PATH", global = true)]
+    pub control_socket: Option<PathBuf>,
+
+    /// Take the listeners over from the sluice running on the control socket, then tell it to drain and exit
+    /// (a new binary or worker count without dropping a connection).
+    #[arg(long)]
+    pub takeover: bool,
+
     /// Don't write the access log (one line per finished session) [config: log.access].
     #[arg(long, global = true)]
     pub no_access_log: bool,
@@ -128,6 +137,19 @@ impl Cli {
         }
         if let Some(g) = self.drain_grace {
             config.drain_grace = g.get();
+        }
+        if let Some(p) = &self.control_socket {
+            config.control_socket = Some(p.clone());
+        }
+        if self.takeover && config.control_socket.is_none() {
+            return Err(ConfigError::Invalid {
+                origin: config.origin(),
+                location: None,
+                field: "--takeover".to_owned(),
+                message: "the configuration names no control_socket (nor does --control-socket): there is no \
+                          running sluice to take over from"
+                    .to_owned(),
+            });
         }
         if let Some(listen) = self.admin {
             if !listen.ip().is_loopback() {

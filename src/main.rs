@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         None => {
             let Some(config) = load(&cli) else { return ExitCode::from(2) };
             logging::init(cli.log, config.log.format);
-            let code = match server::run(config) {
+            let code = match server::run(config, server::RunOptions { takeover: cli.takeover }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e}");

@@ -29,8 +29,9 @@ use crate::server::ServerError;
 use crate::sockets;
 use crate::sockopt;
 
-/// What must stay the same for a route to keep its listening sockets.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// What must stay the same for a route to keep its listening sockets (and
+/// what names a listener in a handoff to a successor).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ListenKey {
     /// A fixed address: whatever the route is called.
     Fixed(SocketAddr),
@@ -114,16 +115,23 @@ pub struct Plan {
     pub running: Running,
     /// One line for the log: "2 routes: 1 added, 1 unchanged".
     pub summary: String,
+    /// Listen keys whose sockets came from `inherited` (a predecessor stops accepting on these).
+    pub taken: Vec<ListenKey>,
+    /// Inherited sockets beyond one per worker: to be emptied (everything
+    /// queued accepted and served) and closed.
+    pub retire: Vec<(ListenKey, TcpListener)>,
 }
 
-/// Plans the move from `old` to `config` for `workers` workers, binding
-/// every new address's sockets.
+/// Plans the move from `old` to `config` for `workers` workers: sockets of
+/// a new address come from `inherited` when it has them (a takeover,
+/// socket activation), else are bound here.
 pub fn plan(
     old: &Running,
     config: &Config,
     workers: usize,
     registry: &Registry,
     hello: &mut HelloStates,
+    inherited: &mut crate::handoff::Inherited,
 ) -> Result<Plan, ServerError> {
     let somaxconn = sockets::somaxconn();
     let available = sockopt::available_congestion();
@@ -132,6 +140,7 @@ pub fn plan(
     let mut new_sockets: HashMap<ListenKey, std::vec::IntoIter<TcpListener>> = HashMap::new();
     let mut bound: HashMap<ListenKey, SocketAddr> = HashMap::new();
     let mut changed_keys: Vec<ListenKey> = Vec::new();
+    let (mut taken, mut retire) = (Vec::new(), Vec::new());
     let (mut added, mut changed, mut kept) = (0, 0, 0);
     for (r, key) in config.routes.iter().zip(keys.iter().cloned()) {
         let alone = keys.iter().filter(|k| **k == key).count() == 1 && on_key(old, &key).count() == 1;
@@ -163,7 +172,15 @@ pub fn plan(
             route.listen = addr;
             log_listening(&route, addr);
         } else {
-            let (addr, sockets) = bind(&route, workers)?;
+            let given = inherited.take(&key);
+            let (addr, sockets) = if given.is_empty() {
+                bind(&route, workers)?
+            } else {
+                taken.push(key.clone());
+                let (addr, sockets, surplus) = adopt(&route, given, workers)?;
+                retire.extend(surplus.into_iter().map(|s| (key.clone(), s)));
+                (addr, sockets)
+            };
             route.listen = addr;
             bound.insert(key.clone(), addr);
             new_sockets.insert(key.clone(), sockets.into_iter());
@@ -187,7 +204,48 @@ pub fn plan(
         }
     }
     let summary = format!("{} route(s): {}", running.len(), parts.join(", "));
-    Ok(Plan { per_worker, running, summary })
+    Ok(Plan { per_worker, running, summary, taken, retire })
+}
+
+/// Adopts sockets a predecessor (or systemd) bound for `route`: one per
+/// worker, with this configuration's listener options applied again; the
+/// missing ones bound into the same `SO_REUSEPORT` group; the surplus
+/// returned to be emptied and closed.
+#[allow(clippy::type_complexity)]
+fn adopt(
+    route: &Route,
+    given: Vec<(SocketAddr, std::net::TcpListener)>,
+    workers: usize,
+) -> Result<(SocketAddr, Vec<TcpListener>, Vec<TcpListener>), ServerError> {
+    let addr = given[0].0;
+    let mut sockets = Vec::with_capacity(workers);
+    let mut surplus = Vec::new();
+    for (i, (_, s)) in given.into_iter().enumerate() {
+        if let Err(source) = s.set_nonblocking(true) {
+            return Err(ServerError::Io { what: "adopting a listening socket", source });
+        }
+        let s = TcpListener::from_std(s);
+        if i < workers {
+            route.socket.before_listen(&s);
+            // listen() again on a listening socket just sets its backlog.
+            let backlog = i32::try_from(route.backlog).unwrap_or(i32::MAX);
+            if let Err(e) = socket2::SockRef::from(&s).listen(backlog) {
+                log::warn!("route {}: cannot set the backlog of an adopted socket: {e}", route.name);
+            }
+            route.socket.after_listen(&s);
+            sockets.push(s);
+        } else {
+            surplus.push(s);
+        }
+    }
+    while sockets.len() < workers {
+        let l = sockets::reuseport_listener(addr, route.backlog, &route.socket).map_err(|source| {
+            ServerError::Bind { route: route.name.clone(), addr, hint: bind_hint(&source, addr), source }
+        })?;
+        sockets.push(l);
+    }
+    log_listening(route, addr);
+    Ok((addr, sockets, surplus))
 }
 
 /// The running routes on listener `key`.

@@ -30,6 +30,10 @@ impl Config {
         line("drain_grace", fmt_duration(self.drain_grace));
         line("drain_timeout", fmt_duration(self.drain_timeout));
         line("watch", self.watch.to_string());
+        match &self.control_socket {
+            Some(p) => line("control_socket", format!("{:?}", p.display().to_string())),
+            None => line("# control_socket", "none (no upgrades in place: sluice --takeover needs one)".to_owned()),
+        }
         match &self.admin {
             Some(a) => {
                 s.push_str(&format!("admin:\n  listen: {}\n  allow_remote: {}\n", a.listen, a.allow_remote));

@@ -87,6 +87,8 @@ pub struct Config {
     pub drain_grace: Duration,
     /// Reload when the file changes.
     pub watch: bool,
+    /// Where a successor can take the listeners over (`--takeover`); `None`: no upgrades in place.
+    pub control_socket: Option<PathBuf>,
     /// The admin port, if any.
     pub admin: Option<Admin>,
     /// Log format and the access log.

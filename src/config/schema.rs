@@ -64,6 +64,8 @@ pub struct RawConfig {
     pub drain_grace: Option<DrainGrace>,
     /// Reload when the file changes (polled every second).
     pub watch: Option<bool>,
+    /// A Unix socket where a successor (`--takeover`) can take the listeners over.
+    pub control_socket: Option<std::path::PathBuf>,
     /// The admin HTTP port; absent = off.
     pub admin: Option<RawAdmin>,
     /// Log output.

@@ -105,6 +105,19 @@ pub fn validate(raw: RawConfig) -> Result<Config, FieldError> {
         drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.get()),
         drain_grace: raw.drain_grace.map_or(DEFAULT_DRAIN_GRACE, |d| d.get()),
         watch: raw.watch.unwrap_or(false),
+        control_socket: match raw.control_socket {
+            Some(p) if p.as_os_str().is_empty() => {
+                return fail(FieldPath(vec![Seg::Key("control_socket")]), "an empty path".to_owned());
+            }
+            // A Unix socket path is at most 107 bytes (sun_path).
+            Some(p) if p.as_os_str().len() > 107 => {
+                return fail(
+                    FieldPath(vec![Seg::Key("control_socket")]),
+                    format!("{} is longer than a Unix socket path may be (107 bytes)", p.display()),
+                );
+            }
+            p => p,
+        },
         admin: match raw.admin {
             None => None,
             Some(a) => {

@@ -20,6 +20,11 @@ pub fn render(snap: &Snapshot) -> String {
         &[(vec![], flag(snap.ready))],
     );
     out.gauge("sluice_draining", "1 while a drain is under way.", &[(vec![], flag(snap.draining))]);
+    out.gauge(
+        "sluice_generation",
+        "1 for a process started afresh, one more than its predecessor's after each takeover (upgrade).",
+        &[(vec![], snap.generation as f64)],
+    );
     out.gauge("sluice_uptime_seconds", "Seconds since the process started.", &[(vec![], snap.uptime_secs)]);
     out.gauge("sluice_workers", "Worker threads.", &[(vec![], snap.workers as f64)]);
 

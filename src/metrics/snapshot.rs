@@ -21,6 +21,9 @@ pub struct Snapshot {
     pub ready: bool,
     /// A drain is under way.
     pub draining: bool,
+    /// 1 for a process started afresh, one more than its predecessor's after each takeover.
+    #[serde(default)]
+    pub generation: u64,
     /// Worker threads.
     pub workers: usize,
     /// One entry per configured route, in config order (routes removed by a

@@ -3,16 +3,19 @@
 //! it applies to new sessions, what it is started with, and the state all
 //! workers share (`Shared`: session count, limits, readiness, reloads).
 
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use mio::Poll;
+use mio::net::TcpListener;
 
 use crate::metrics::WorkerMetrics;
 use crate::pipe::PipeBudget;
-use crate::reload::ListenerUpdate;
+use crate::reload::{ListenKey, ListenerUpdate};
 
 /// A message from the control thread.
 #[derive(Debug)]
@@ -30,6 +33,19 @@ pub enum Control {
     Drain {
         /// When to cut whatever is still running.
         deadline: Instant,
+        /// Listeners a successor took over: close them without accepting
+        /// what is queued (the successor serves it; the socket lives on there).
+        handed_over: Vec<ListenKey>,
+    },
+    /// Send a duplicate of every listening socket (for a successor).
+    Export(Sender<Vec<(ListenKey, SocketAddr, OwnedFd)>>),
+    /// Accept everything queued on this surplus socket of listener `key`
+    /// (a predecessor had more workers), then close it.
+    Retire {
+        /// Which listener's routes its clients get.
+        key: ListenKey,
+        /// The socket.
+        socket: TcpListener,
     },
     /// Close everything now and exit.
     Stop,
@@ -77,6 +93,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// When the process started.
     pub started: Instant,
+    /// 1 for a process started afresh, one more than its predecessor's after a takeover.
+    pub generation: AtomicU64,
 }
 
 impl Shared {
@@ -90,6 +108,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             started: Instant::now(),
+            generation: AtomicU64::new(1),
         }
     }
 }

@@ -5,6 +5,8 @@
 //! the listeners close).
 
 use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -132,11 +134,11 @@ impl Worker {
     /// listeners close and new clients are refused. A client whose
     /// handshake completes between the last accept and the close is still
     /// reset by the kernel; after `drain_grace` a load balancer sends none.
-    pub(super) fn stop_accepting(&mut self, now: Instant) {
+    pub(super) fn stop_accepting(&mut self, handed_over: &[ListenKey], now: Instant) {
         let keys: Vec<usize> = self.listeners.iter().map(|(i, _)| i).collect();
         let mut served = 0;
         for li in keys {
-            loop {
+            while !handed_over.contains(&self.listeners[li].key) {
                 match self.listeners[li].socket.accept() {
                     Ok((stream, addr)) => {
                         served += 1;
@@ -158,6 +160,44 @@ impl Worker {
         if served > 0 {
             log::info!("worker {}: served {served} clients still queued when accepting stopped", self.id);
         }
+    }
+
+    /// A duplicate of every listening socket, with its key and bound address
+    /// (for a successor; ours stay open and keep accepting).
+    pub(super) fn export_listeners(&self) -> Vec<(ListenKey, SocketAddr, OwnedFd)> {
+        self.listeners
+            .iter()
+            .filter_map(|(_, l)| {
+                let addr = l.socket.local_addr().ok()?;
+                let fd = l.socket.as_fd().try_clone_to_owned().ok()?;
+                Some((l.key.clone(), addr, fd))
+            })
+            .collect()
+    }
+
+    /// Empties a surplus socket of listener `key` (everything queued is
+    /// accepted and served as that listener's), then closes it.
+    pub(super) fn retire(&mut self, key: &ListenKey, socket: TcpListener, now: Instant) {
+        let Some(li) = self.listeners.iter().find(|(_, l)| l.key == *key).map(|(i, _)| i) else {
+            log::warn!("worker {}: a surplus socket of {key:?} has no listener here; closing it", self.id);
+            return;
+        };
+        let mut served = 0;
+        loop {
+            match socket.accept() {
+                Ok((stream, addr)) => {
+                    served += 1;
+                    self.start_session(li, stream, addr, now);
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::warn!("worker {}: emptying a surplus socket of {key:?}: {e}", self.id);
+                    break;
+                }
+            }
+        }
+        log::debug!("worker {}: closed a surplus socket of {key:?} after serving {served} queued clients", self.id);
     }
 
     /// Accepts on listeners whose last round stopped at the batch limit.

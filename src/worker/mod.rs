@@ -177,7 +177,11 @@ impl Worker {
         loop {
             match self.control.try_recv() {
                 Ok(Control::Routes { routes, settings }) => self.set_routes(routes, settings, now),
-                Ok(Control::Drain { deadline }) => self.drain(deadline, now),
+                Ok(Control::Drain { deadline, handed_over }) => self.drain(deadline, &handed_over, now),
+                Ok(Control::Export(tx)) => {
+                    let _ = tx.send(self.export_listeners());
+                }
+                Ok(Control::Retire { key, socket }) => self.retire(&key, socket, now),
                 Ok(Control::Stop) | Err(TryRecvError::Disconnected) => {
                     self.stop = true;
                     return;
@@ -188,13 +192,14 @@ impl Worker {
     }
 
     /// Stops accepting — serving whoever is queued already, then closing the
-    /// listeners — closes sessions that are idle, and gives the rest until
+    /// listeners (those a successor took are just closed: it serves their
+    /// queues) — closes sessions that are idle, and gives the rest until
     /// `deadline`.
-    fn drain(&mut self, deadline: Instant, now: Instant) {
+    fn drain(&mut self, deadline: Instant, handed_over: &[crate::reload::ListenKey], now: Instant) {
         if self.draining {
             return;
         }
-        self.stop_accepting(now);
+        self.stop_accepting(handed_over, now);
         self.draining = true;
         self.timers.schedule(deadline, TimerKey::Drain);
         log::debug!("worker {} draining {} sessions", self.id, self.sessions.len());

@@ -1,0 +1,207 @@
+//! The handoff's messages on the wire: a Unix `SOCK_SEQPACKET` socket (one
+//! message per packet, no framing to get wrong), a JSON body per message,
+//! and file descriptors riding along as `SCM_RIGHTS`.
+//!
+//! Old and new process speak it on the control socket: the new one asks
+//! (`Takeover`), the old one offers its listening sockets (`Offer`, then
+//! `Sockets` packets carrying the fds), the new one says when it serves
+//! (`Ready`), the old one confirms it stopped accepting (`Draining`).
+
+use std::io;
+use std::io::{IoSlice, IoSliceMut};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use serde::{Deserialize, Serialize};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::reload::ListenKey;
+
+/// The most fds one packet carries (the kernel's `SCM_MAX_FD` is 253).
+pub const FDS_PER_PACKET: usize = 200;
+/// The largest message body.
+const MAX_MESSAGE: usize = 1 << 20;
+
+/// One listening socket on offer: which listener of which address, in which worker slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offered {
+    /// The listener's identity (its address; for port 0, its first route's name too).
+    pub key: ListenKey,
+    /// The address it is bound to (the real port, for port 0).
+    pub addr: SocketAddr,
+    /// The worker that held it (0-based).
+    pub slot: usize,
+}
+
+/// What the two processes say.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Message {
+    /// New → old: hand me your listeners.
+    Takeover {
+        /// The new process.
+        pid: u32,
+    },
+    /// Old → new: these are coming, in `packets` `Sockets` messages, in this order.
+    Offer {
+        /// The old process's generation (the new one is this + 1).
+        generation: u64,
+        /// The old process.
+        pid: u32,
+        /// One entry per socket, in the order the fds follow.
+        listeners: Vec<Offered>,
+        /// The admin port's address, whose socket follows the listeners' (if any).
+        admin: Option<SocketAddr>,
+        /// How many `Sockets` packets follow.
+        packets: usize,
+    },
+    /// Old → new: the next fds, in offer order.
+    Sockets {
+        /// How many fds this packet carries.
+        count: usize,
+    },
+    /// New → old: I serve now; stop accepting on these listeners (the rest: drain them yourself).
+    Ready {
+        /// The listeners the new process took.
+        taken: Vec<ListenKey>,
+    },
+    /// Old → new: stopped accepting; running sessions drain, then I exit.
+    Draining,
+    /// Either way: it can't be done, and why.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A connected control-socket peer.
+#[derive(Debug)]
+pub struct Peer {
+    socket: Socket,
+}
+
+impl Peer {
+    /// Connects to the control socket at `path`.
+    pub fn connect(path: &Path, timeout: Duration) -> io::Result<Peer> {
+        let socket = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
+        socket.connect(&SockAddr::unix(path)?)?;
+        let peer = Peer { socket };
+        peer.set_timeout(timeout)?;
+        Ok(peer)
+    }
+
+    /// Wraps an accepted connection.
+    pub fn from_socket(socket: Socket, timeout: Duration) -> io::Result<Peer> {
+        socket.set_nonblocking(false)?;
+        let peer = Peer { socket };
+        peer.set_timeout(timeout)?;
+        Ok(peer)
+    }
+
+    /// How long a send or receive may block.
+    pub fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.socket.set_read_timeout(Some(timeout))?;
+        self.socket.set_write_timeout(Some(timeout))
+    }
+
+    /// Sends `msg` with `fds` attached.
+    pub fn send(&self, msg: &Message, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let cmsgs: Vec<ControlMessage<'_>> =
+            if raw.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&raw)] };
+        let sent = sendmsg::<()>(self.socket.as_raw_fd(), &[IoSlice::new(&body)], &cmsgs, MsgFlags::empty(), None)?;
+        if sent != body.len() {
+            return Err(io::Error::other(format!("sent {sent} of {} bytes", body.len())));
+        }
+        Ok(())
+    }
+
+    /// Receives one message and the fds that came with it.
+    pub fn recv(&self) -> io::Result<(Message, Vec<OwnedFd>)> {
+        let mut body = vec![0u8; MAX_MESSAGE];
+        let mut cmsg = nix::cmsg_space!([RawFd; FDS_PER_PACKET]);
+        let (n, raw) = {
+            let mut iov = [IoSliceMut::new(&mut body)];
+            let msg = recvmsg::<()>(self.socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+            let mut raw = Vec::new();
+            for c in msg.cmsgs()? {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    raw.extend(fds);
+                }
+            }
+            (msg.bytes, raw)
+        };
+        let fds = own(raw);
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let msg = serde_json::from_slice(&body[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok((msg, fds))
+    }
+}
+
+/// Takes ownership of fds the kernel just installed in this process.
+#[allow(unsafe_code)]
+fn own(raw: Vec<RawFd>) -> Vec<OwnedFd> {
+    raw.into_iter()
+        // SAFETY: recvmsg with SCM_RIGHTS installed these fds in our table a
+        // moment ago; nothing else in the process knows their numbers, so each
+        // gets exactly one owner, which closes it once.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect()
+}
+
+/// A listening control socket at `path`: bound at `path.tmp`, then renamed
+/// over `path` (so the path always names a live listener, ours or the
+/// predecessor's, never nothing).
+pub fn listen(path: &Path) -> io::Result<Socket> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let socket = Socket::new(Domain::UNIX, Type::SEQPACKET.nonblocking().cloexec(), None)?;
+    socket.bind(&SockAddr::unix(&tmp)?)?;
+    socket.listen(4)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn messages_and_fds_cross_a_seqpacket_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let l = listen(&path).unwrap();
+        let client = Peer::connect(&path, Duration::from_secs(5)).unwrap();
+        let server = loop {
+            match l.accept() {
+                Ok((s, _)) => break Peer::from_socket(s, Duration::from_secs(5)).unwrap(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        client.send(&Message::Takeover { pid: 7 }, &[]).unwrap();
+        assert_eq!(server.recv().unwrap().0, Message::Takeover { pid: 7 });
+        // A listening socket crosses and still listens on the same port.
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        server.send(&Message::Sockets { count: 1 }, &[tcp.as_fd()]).unwrap();
+        let (msg, fds) = client.recv().unwrap();
+        assert_eq!(msg, Message::Sockets { count: 1 });
+        assert_eq!(fds.len(), 1);
+        let got = std::net::TcpListener::from(fds.into_iter().next().unwrap());
+        assert_eq!(got.local_addr().unwrap(), addr);
+        drop(tcp);
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        assert!(got.accept().is_ok(), "the received copy accepts after the sender closed its own");
+        // The other side going away is an end, not a hang.
+        drop(server);
+        assert_eq!(client.recv().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+}

@@ -1,0 +1,306 @@
+//! The control thread's loop: signals, worker exits, config file changes,
+//! DNS reports, metric reclamation and a successor on the control socket;
+//! the stop sequence (grace, then the workers' drain) and reloads.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll};
+use signal_hook::consts::{SIGHUP, SIGINT};
+use signal_hook_mio::v1_0::Signals;
+
+use super::successor::ControlSocket;
+use super::{CONTROL, Exit, SIGNALS, ServerError, WATCH_EVERY, WorkerHandle, settings};
+use crate::admin::AdminHandle;
+use crate::config::{self, Config};
+use crate::metrics::Registry;
+use crate::reload::{self, FileWatch, HelloStates, Running};
+use crate::upstream::checker::Checker;
+use crate::upstream::discovery::{Resolved, Resolver};
+use crate::worker::{Control, Shared};
+
+/// What the control thread keeps.
+pub(super) struct ControlThread {
+    pub(super) config: Config,
+    pub(super) running: Running,
+    /// Per address routed by name, its clients still sending a ClientHello.
+    pub(super) hello: HelloStates,
+    pub(super) handles: Vec<WorkerHandle>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) registry: Arc<Registry>,
+    pub(super) watch: Option<FileWatch>,
+    /// A stop signal arrived: no reloads from then on.
+    pub(super) draining: bool,
+    /// The listeners stop accepting at this time (the end of `drain_grace`).
+    pub(super) grace_until: Option<Instant>,
+    pub(super) failure: Option<ServerError>,
+    pub(super) checker: Checker,
+    pub(super) resolver: Resolver,
+    pub(super) resolved: Receiver<Resolved>,
+    /// When an upstream's metric series may next be reclaimed.
+    pub(super) reclaim_at: Option<Instant>,
+    /// The admin port (stopped when a successor takes it over).
+    pub(super) admin: Option<AdminHandle>,
+    /// Where a successor may knock (`control_socket`).
+    pub(super) control_socket: Option<ControlSocket>,
+}
+
+/// What the control thread starts with.
+pub(super) struct ControlParts {
+    pub config: Config,
+    pub running: Running,
+    pub hello: HelloStates,
+    pub handles: Vec<WorkerHandle>,
+    pub shared: Arc<Shared>,
+    pub registry: Arc<Registry>,
+    pub watch: Option<FileWatch>,
+    pub checker: Checker,
+    pub resolver: Resolver,
+    pub resolved: Receiver<Resolved>,
+    pub admin: Option<AdminHandle>,
+    pub control_socket: Option<ControlSocket>,
+}
+
+impl ControlThread {
+    /// The control thread of a process that has just started.
+    pub(super) fn new(p: ControlParts) -> ControlThread {
+        ControlThread {
+            config: p.config,
+            running: p.running,
+            hello: p.hello,
+            handles: p.handles,
+            shared: p.shared,
+            registry: p.registry,
+            watch: p.watch,
+            draining: false,
+            grace_until: None,
+            failure: None,
+            checker: p.checker,
+            resolver: p.resolver,
+            resolved: p.resolved,
+            reclaim_at: None,
+            admin: p.admin,
+            control_socket: p.control_socket,
+        }
+    }
+
+    pub(super) fn handles(&self) -> &[WorkerHandle] {
+        &self.handles
+    }
+
+    pub(super) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(super) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(super) fn admin(&self) -> Option<&AdminHandle> {
+        self.admin.as_ref()
+    }
+
+    pub(super) fn take_admin(&mut self) -> Option<AdminHandle> {
+        self.admin.take()
+    }
+
+    pub(super) fn control_socket(&self) -> Option<&ControlSocket> {
+        self.control_socket.as_ref()
+    }
+
+    pub(super) fn take_control_socket(&mut self) -> Option<ControlSocket> {
+        self.control_socket.take()
+    }
+
+    pub(super) fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Waits for signals, file changes and the workers; returns when every worker has exited.
+    pub(super) fn run(
+        &mut self,
+        mut poll: Poll,
+        signals: &mut Signals,
+        exits: &Receiver<Exit>,
+    ) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(8);
+        loop {
+            let watch = self.watch.as_ref().map(|_| WATCH_EVERY);
+            let reclaim = self.reclaim_at.map(|t| t.saturating_duration_since(Instant::now()));
+            let mut timeout = [watch, reclaim].into_iter().flatten().min().filter(|_| !self.draining);
+            if let Some(t) = self.grace_until {
+                timeout = Some(t.saturating_duration_since(Instant::now()));
+            }
+            match poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(ServerError::Io { what: "waiting for signals", source: e });
+                }
+            }
+            while let Ok(r) = self.resolved.try_recv() {
+                self.on_resolved(r);
+            }
+            if events.iter().any(|e| e.token() == SIGNALS) {
+                for signal in signals.pending() {
+                    self.on_signal(signal);
+                }
+            }
+            if events.iter().any(|e| e.token() == CONTROL) {
+                self.on_successor();
+            }
+            if self.grace_until.is_some_and(|t| Instant::now() >= t) {
+                self.stop_accepting();
+            }
+            if !self.draining && self.watch.as_mut().is_some_and(FileWatch::changed) {
+                log::info!("{} changed: reloading", self.config.origin());
+                self.reload();
+            }
+            while let Ok(exit) = exits.try_recv() {
+                self.on_exit(exit);
+            }
+            if !self.draining {
+                self.reclaim(Instant::now());
+            }
+            if self.handles.iter().all(|h| h.thread.is_none()) {
+                return self.failure.take().map_or(Ok(()), Err);
+            }
+        }
+    }
+
+    fn on_signal(&mut self, signal: i32) {
+        match signal {
+            SIGHUP if self.draining => log::info!("SIGHUP during the drain: ignored"),
+            SIGHUP => {
+                log::info!("SIGHUP received: reloading {}", self.config.origin());
+                self.reload();
+            }
+            _ if self.draining => {
+                log::info!("second stop signal: closing every session now");
+                self.handles.iter().for_each(|h| h.send(Control::Stop));
+            }
+            SIGINT => {
+                log::info!(
+                    "SIGINT received: no new connections; running sessions get up to {:?} to finish",
+                    self.config.drain_timeout
+                );
+                self.drain(Duration::ZERO);
+            }
+            _ => {
+                let grace = self.config.drain_grace;
+                log::info!(
+                    "SIGTERM received: /readyz says 503; accepting for {:?} more (drain_grace), then running \
+                     sessions get up to {:?} to finish",
+                    grace,
+                    self.config.drain_timeout
+                );
+                self.drain(grace);
+            }
+        }
+    }
+
+    /// Starts the shutdown: `/readyz` says 503 now; the listeners stop
+    /// accepting after `grace`.
+    fn drain(&mut self, grace: Duration) {
+        self.draining = true;
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.grace_until = Some(Instant::now() + grace);
+        if grace.is_zero() {
+            self.stop_accepting();
+        }
+    }
+
+    /// The grace is over: the workers serve what is queued, close their
+    /// listeners, and give running sessions `drain_timeout`.
+    fn stop_accepting(&mut self) {
+        if self.grace_until.take().is_none() {
+            return;
+        }
+        log::info!("no new connections from now on; running sessions get up to {:?}", self.config.drain_timeout);
+        let deadline = Instant::now() + self.config.drain_timeout;
+        self.start_draining(deadline, Vec::new());
+    }
+
+    /// The workers stop accepting (closing the listeners in `handed_over`
+    /// without serving their queues: a successor does) and drain until `deadline`.
+    pub(super) fn start_draining(&mut self, deadline: Instant, handed_over: Vec<crate::reload::ListenKey>) {
+        self.draining = true;
+        self.grace_until = None;
+        self.shared.draining.store(true, Ordering::Relaxed);
+        for h in &self.handles {
+            h.send(Control::Drain { deadline, handed_over: handed_over.clone() });
+        }
+    }
+
+    fn on_exit(&mut self, Exit { id, outcome }: Exit) {
+        if let Some(t) = self.handles[id].thread.take() {
+            // It has sent its last word: the join is immediate.
+            let _ = t.join();
+        }
+        let why = match outcome {
+            Ok(()) if self.draining => return,
+            Ok(()) => "exited unexpectedly".to_owned(),
+            Err(e) => e,
+        };
+        log::error!("worker {id} {why}; shutting down");
+        self.failure.get_or_insert(ServerError::Worker(id, why));
+        if !self.draining {
+            self.drain(Duration::ZERO);
+        }
+    }
+
+    /// Loads the config file again and, if it is good, hands the workers
+    /// their new routes. A bad file changes nothing.
+    fn reload(&mut self) {
+        let Some(path) = self.config.source.clone() else {
+            log::warn!("reload asked, but sluice runs from the command line, not a file: nothing to reload");
+            return;
+        };
+        match self.try_reload(&path) {
+            Ok(summary) => {
+                self.shared.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                log::info!("reloaded {}: {summary}", path.display());
+            }
+            Err(e) => {
+                self.shared.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                log::error!("reload failed, the running configuration stays: {e}");
+            }
+        }
+    }
+
+    fn try_reload(&mut self, path: &std::path::Path) -> Result<String, String> {
+        let loaded = config::load_file(path);
+        if let (Some(w), Ok(c)) = (&mut self.watch, &loaded) {
+            w.loaded(c.source_digest);
+        }
+        let mut new = loaded.map_err(|e| e.to_string())?;
+        if new.workers != self.config.workers || new.cpu_affinity != self.config.cpu_affinity {
+            log::warn!("workers and cpu_affinity only change with a restart; keeping the running ones");
+            new.workers = self.config.workers;
+            new.cpu_affinity = self.config.cpu_affinity;
+        }
+        // A reload binds what it needs itself; inherited sockets come only at start.
+        let mut none = crate::handoff::Inherited::default();
+        let plan = reload::plan(&self.running, &new, self.handles.len(), &self.registry, &mut self.hello, &mut none)
+            .map_err(|e| e.to_string())?;
+        let settings = settings(&new);
+        self.shared.max_connections.store(new.max_connections, Ordering::Relaxed);
+        self.shared.pipes.resize(settings.pipe_size);
+        for (h, routes) in self.handles.iter().zip(plan.per_worker) {
+            h.send(Control::Routes { routes, settings });
+        }
+        self.running = plan.running;
+        self.publish_pools();
+        if new.admin != self.config.admin {
+            log::warn!("the admin port only changes with a restart; keeping the running one");
+        }
+        if new.watch != self.config.watch {
+            self.watch = new.watch.then(|| FileWatch::new(path, new.source_digest));
+        }
+        self.config = new;
+        Ok(plan.summary)
+    }
+}
