@@ -111,9 +111,17 @@ pub fn start(listener: std::net::TcpListener, ctx: AdminContext) -> io::Result<A
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
+    let (flag, own_waker) = (Arc::clone(&stop), Arc::clone(&waker));
     std::thread::Builder::new().name("sluice-admin".to_owned()).spawn(move || {
-        let admin = Admin { poll, listener, conns: Slab::new(), ctx, accepting: true, stop: flag };
+        let admin = Admin {
+            poll,
+            listener: Some(listener),
+            conns: Slab::new(),
+            ctx,
+            accepting: true,
+            stop: flag,
+            _waker: own_waker,
+        };
         if let Err(e) = admin.run() {
             log::error!("admin port stopped: {e}");
         }
@@ -131,12 +139,16 @@ struct Conn {
 
 struct Admin {
     poll: Poll,
-    listener: TcpListener,
+    /// `None` once a successor took the port over.
+    listener: Option<TcpListener>,
     conns: Slab<Conn>,
     ctx: AdminContext,
     accepting: bool,
     /// A successor took the port over: stop.
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Kept while the thread runs: a waker dropped right after waking (the
+    /// handle's) would take its pending wake-up with it.
+    _waker: Arc<mio::Waker>,
 }
 
 impl Admin {
@@ -157,8 +169,14 @@ impl Admin {
                     Token(t) => self.serve(t - 1),
                 }
             }
-            if self.stop.load(Ordering::Relaxed) {
+            if self.stop.load(Ordering::Relaxed) && self.listener.is_some() {
                 // Our copy of the socket closes; the successor's keeps its queue.
+                // Requests already accepted are still answered.
+                if let Some(mut l) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+            }
+            if self.listener.is_none() && self.conns.is_empty() {
                 return Ok(());
             }
             // Slow or silent clients are cut at their deadline.
@@ -181,7 +199,10 @@ impl Admin {
                 self.accepting = false;
                 return;
             }
-            match self.listener.accept() {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
                 Ok((mut stream, _)) => {
                     let entry = self.conns.vacant_entry();
                     let token = Token(entry.key() + 1);

@@ -191,9 +191,30 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
     for (id, routes) in std::mem::take(&mut plan.per_worker).into_iter().enumerate() {
         handles.push(start_worker(id, workers, routes, &shared, settings, &config, &exit_tx, &exit_waker)?);
     }
-    // Surplus sockets of a predecessor with more workers: emptied, then closed.
-    for (i, (key, socket)) in std::mem::take(&mut plan.retire).into_iter().enumerate() {
-        handles[i % handles.len()].send(Control::Retire { key, socket });
+    // Surplus sockets of a predecessor with more workers: emptied and closed
+    // where the kernel hands what arrives meanwhile to the other sockets of the
+    // group (`tcp_migrate_req`); else served for good, since closing one
+    // resets the clients whose handshake is in flight to it.
+    let surplus = std::mem::take(&mut plan.retire);
+    if !surplus.is_empty() {
+        let migrate = crate::sysctl::read::<u32>("net/ipv4/tcp_migrate_req") == Some(1);
+        if migrate {
+            log::info!(
+                "closing {} surplus listening socket(s) once emptied (net.ipv4.tcp_migrate_req = 1)",
+                surplus.len()
+            );
+        } else {
+            log::info!(
+                "keeping {} surplus listening socket(s) of the predecessor's extra workers open, served by this \
+                 process's workers: closing them would reset clients whose handshake is in flight \
+                 (sysctl -w net.ipv4.tcp_migrate_req=1 lets the kernel move those, and sluice closes surplus sockets)",
+                surplus.len()
+            );
+        }
+        for (i, (key, socket)) in surplus.into_iter().enumerate() {
+            let msg = if migrate { Control::Retire { key, socket } } else { Control::Adopt { key, socket } };
+            handles[i % handles.len()].send(msg);
+        }
     }
     log::info!(
         "sluice {} running: generation {generation}, {workers} worker(s), relay {}, pipe size {}, max {} connections{}",

@@ -39,8 +39,17 @@ pub enum Control {
     },
     /// Send a duplicate of every listening socket (for a successor).
     Export(Sender<Vec<(ListenKey, SocketAddr, OwnedFd)>>),
+    /// Serve this surplus socket of listener `key` (a predecessor had more
+    /// workers) beside the worker's own, for good.
+    Adopt {
+        /// Which listener's routes its clients get.
+        key: ListenKey,
+        /// The socket.
+        socket: TcpListener,
+    },
     /// Accept everything queued on this surplus socket of listener `key`
-    /// (a predecessor had more workers), then close it.
+    /// (a predecessor had more workers), then close it (the kernel migrates
+    /// what arrives after: `net.ipv4.tcp_migrate_req` is on).
     Retire {
         /// Which listener's routes its clients get.
         key: ListenKey,

@@ -60,63 +60,18 @@ impl Worker {
         }
         let mut keep = Vec::with_capacity(routes.len());
         for u in routes {
-            let existing = self.listeners.iter().find(|(_, l)| l.key == u.key).map(|(i, _)| i);
-            match (u.listener, existing) {
-                (Some(mut socket), _) => {
-                    let li = self.listeners.vacant_key();
-                    let first = Arc::clone(u.frontend.first());
-                    let Some(tok) = token::listener(li) else {
-                        log::error!("worker {}: too many listeners; {} is not served here", self.id, first.listen);
-                        continue;
-                    };
-                    if let Err(e) = self.poll.registry().register(&mut socket, tok, Interest::READABLE) {
-                        log::error!("worker {}: cannot register the listener of route {}: {e}", self.id, first.name);
-                        continue;
-                    }
-                    let balancers = u.frontend.routes.iter().map(|r| balancer(r)).collect();
-                    self.listeners.insert(Listener {
-                        key: u.key,
-                        socket,
-                        frontend: u.frontend,
-                        balancers,
-                        paused: false,
-                        backlog: true, // accept whatever is queued already
-                    });
-                    keep.push(li);
-                }
-                (None, Some(li)) => {
-                    let l = &mut self.listeners[li];
-                    if !Arc::ptr_eq(&l.frontend, &u.frontend) {
-                        // A route that is the same Arc keeps its balancer (and its rotation).
-                        let old: Vec<(Arc<Route>, Balancer)> =
-                            l.frontend.routes.iter().cloned().zip(std::mem::take(&mut l.balancers)).collect();
-                        l.balancers = u
-                            .frontend
-                            .routes
-                            .iter()
-                            .map(|r| {
-                                old.iter()
-                                    .find(|(o, _)| Arc::ptr_eq(o, r))
-                                    .map_or_else(|| balancer(r), |(_, b)| b.clone())
-                            })
-                            .collect();
-                        l.frontend = u.frontend;
-                        if u.changed {
-                            let r = l.frontend.first();
-                            r.socket.before_listen(&l.socket);
-                            // listen() again on a listening socket just updates its backlog.
-                            let backlog = i32::try_from(r.backlog).unwrap_or(i32::MAX);
-                            if let Err(e) = SockRef::from(&l.socket).listen(backlog) {
-                                log::warn!("route {}: cannot change the backlog: {e}", r.name);
-                            }
-                            r.socket.after_listen(&l.socket);
-                        }
-                    }
-                    keep.push(li);
-                }
-                (None, None) => {
-                    log::error!("worker {}: {} has no listener here", self.id, u.frontend.first().listen)
-                }
+            // (A worker may hold more than one socket of an address: see `adopt_extra`.)
+            let existing: Vec<usize> = self.listeners.iter().filter(|(_, l)| l.key == u.key).map(|(i, _)| i).collect();
+            if let Some(socket) = u.listener {
+                keep.extend(self.add_listener(u.key, socket, u.frontend));
+                continue;
+            }
+            if existing.is_empty() {
+                log::error!("worker {}: {} has no listener here", self.id, u.frontend.first().listen);
+            }
+            for li in existing {
+                self.update_listener(li, &u.frontend, u.changed);
+                keep.push(li);
             }
         }
         let gone: Vec<usize> = self.listeners.iter().map(|(i, _)| i).filter(|i| !keep.contains(i)).collect();
@@ -125,6 +80,73 @@ impl Worker {
             log::debug!("worker {}: stops listening on {}", self.id, l.frontend.first().listen);
             // Dropping the socket closes it (and takes it out of the poll).
         }
+        self.accept_backlogs(now);
+    }
+
+    /// Serves `socket` for listen key `key` from now on; its index, or `None`
+    /// if it could not be registered (logged).
+    fn add_listener(&mut self, key: ListenKey, mut socket: TcpListener, frontend: Arc<Frontend>) -> Option<usize> {
+        let li = self.listeners.vacant_key();
+        let first = Arc::clone(frontend.first());
+        let Some(tok) = token::listener(li) else {
+            log::error!("worker {}: too many listeners; {} is not served here", self.id, first.listen);
+            return None;
+        };
+        if let Err(e) = self.poll.registry().register(&mut socket, tok, Interest::READABLE) {
+            log::error!("worker {}: cannot register the listener of route {}: {e}", self.id, first.name);
+            return None;
+        }
+        let balancers = frontend.routes.iter().map(|r| balancer(r)).collect();
+        self.listeners.insert(Listener {
+            key,
+            socket,
+            frontend,
+            balancers,
+            paused: false,
+            backlog: true, // accept whatever is queued already
+        });
+        Some(li)
+    }
+
+    /// Gives listener `li`'s new clients `frontend`'s routes (a reload), with
+    /// the listener options re-applied if a route `changed`.
+    fn update_listener(&mut self, li: usize, frontend: &Arc<Frontend>, changed: bool) {
+        let l = &mut self.listeners[li];
+        if Arc::ptr_eq(&l.frontend, frontend) {
+            return;
+        }
+        // A route that is the same Arc keeps its balancer (and its rotation).
+        let old: Vec<(Arc<Route>, Balancer)> =
+            l.frontend.routes.iter().cloned().zip(std::mem::take(&mut l.balancers)).collect();
+        l.balancers = frontend
+            .routes
+            .iter()
+            .map(|r| old.iter().find(|(o, _)| Arc::ptr_eq(o, r)).map_or_else(|| balancer(r), |(_, b)| b.clone()))
+            .collect();
+        l.frontend = Arc::clone(frontend);
+        if changed {
+            let r = l.frontend.first();
+            r.socket.before_listen(&l.socket);
+            // listen() again on a listening socket just updates its backlog.
+            let backlog = i32::try_from(r.backlog).unwrap_or(i32::MAX);
+            if let Err(e) = SockRef::from(&l.socket).listen(backlog) {
+                log::warn!("route {}: cannot change the backlog: {e}", r.name);
+            }
+            r.socket.after_listen(&l.socket);
+        }
+    }
+
+    /// Serves a surplus socket of listen key `key` (a predecessor had more
+    /// workers) for good, beside this worker's own: closing it would reset the
+    /// clients whose handshake is in flight to it, unless the kernel migrates
+    /// them (`net.ipv4.tcp_migrate_req`).
+    pub(super) fn adopt_extra(&mut self, key: ListenKey, socket: TcpListener, now: Instant) {
+        let Some(frontend) = self.listeners.iter().find(|(_, l)| l.key == key).map(|(_, l)| Arc::clone(&l.frontend))
+        else {
+            log::warn!("worker {}: a surplus socket of {key:?} has no listener here; closing it", self.id);
+            return;
+        };
+        self.add_listener(key, socket, frontend);
         self.accept_backlogs(now);
     }
 

@@ -182,6 +182,7 @@ impl Worker {
                     let _ = tx.send(self.export_listeners());
                 }
                 Ok(Control::Retire { key, socket }) => self.retire(&key, socket, now),
+                Ok(Control::Adopt { key, socket }) => self.adopt_extra(key, socket, now),
                 Ok(Control::Stop) | Err(TryRecvError::Disconnected) => {
                     self.stop = true;
                     return;

@@ -42,3 +42,4 @@ mod reload;
 mod resilience;
 mod sni;
 mod tuning;
+mod upgrade;
