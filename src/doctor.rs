@@ -78,6 +78,8 @@ pub struct Facts {
     pub reserved_ports: Vec<(u64, u64)>,
     /// fs.file-max
     pub file_max: Option<u64>,
+    /// net.ipv4.tcp_migrate_req
+    pub tcp_migrate_req: Option<u64>,
     /// Open-file limit (soft, hard) of this process.
     pub nofile: Option<(u64, u64)>,
 }
@@ -121,6 +123,7 @@ impl Facts {
                 .and_then(|t| local_ports::parse_reserved(&t))
                 .unwrap_or_default(),
             file_max: num("sys/fs/file-max"),
+            tcp_migrate_req: num("sys/net/ipv4/tcp_migrate_req"),
             nofile,
         }
     }
@@ -294,6 +297,27 @@ pub fn audit(config: &Config, f: &Facts) -> Vec<Finding> {
 
     out.extend(local_port_findings(config, f));
 
+    if config.control_socket.is_some() {
+        out.push(match f.tcp_migrate_req {
+            None => unknown("net.ipv4.tcp_migrate_req"),
+            Some(1) => ok(
+                "net.ipv4.tcp_migrate_req",
+                "1: an upgrade to fewer workers closes the surplus listening sockets, the kernel moving their \
+                 handshakes in flight to the others"
+                    .to_owned(),
+            ),
+            Some(v) => bad(
+                Level::Warn,
+                "net.ipv4.tcp_migrate_req",
+                format!(
+                    "{v}: an upgrade to fewer workers must keep the surplus listening sockets open (closing one resets \
+                     the clients whose handshake is in flight to it), so the new workers serve more than one each"
+                ),
+                "sysctl -w net.ipv4.tcp_migrate_req=1".to_owned(),
+            ),
+        });
+    }
+
     out.push(match f.file_max {
         None => unknown("fs.file-max"),
         Some(v) if v >= max_conn * 2 => ok("fs.file-max", format!("{v} >= {}", max_conn * 2)),
@@ -417,8 +441,23 @@ mod tests {
             port_range: Some((32768, 60999)),
             reserved_ports: Vec::new(),
             file_max: Some(1 << 20),
+            tcp_migrate_req: Some(1),
             nofile: Some((20000, 20064)),
         }
+    }
+
+    #[test]
+    fn upgrades_to_fewer_workers_want_tcp_migrate_req() {
+        let mut config = crate::config::parse_str(CONFIG, "t").unwrap();
+        let f = good();
+        assert!(audit(&config, &f).iter().all(|x| x.check != "net.ipv4.tcp_migrate_req"), "no control socket");
+        config.control_socket = Some("/run/sluice.sock".into());
+        assert_eq!(find(&audit(&config, &f), "net.ipv4.tcp_migrate_req").level, Level::Ok);
+        let off = Facts { tcp_migrate_req: Some(0), ..good() };
+        let w = audit(&config, &off);
+        let x = find(&w, "net.ipv4.tcp_migrate_req");
+        assert_eq!(x.level, Level::Warn);
+        assert_eq!(x.fix.as_deref(), Some("sysctl -w net.ipv4.tcp_migrate_req=1"));
     }
 
     fn find<'a>(fs: &'a [Finding], check: &str) -> &'a Finding {

@@ -234,3 +234,80 @@ fn takeover_needs_a_control_socket_and_a_second_instance_is_refused() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("another sluice is running there"), "{err}");
 }
+
+/// Listening sockets of `pid` on `port` (from /proc/net/tcp of its namespace: state 0A).
+fn listening_sockets(pid: i32, port: u16) -> usize {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && *f.get(3)? == "0A").then(|| f.get(9).map(|s| (*s).to_owned()))?
+        })
+        .collect();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+    fds.iter()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|t| inodes.iter().any(|i| t.to_string_lossy() == format!("socket:[{i}]")))
+        .count()
+}
+
+/// With `net.ipv4.tcp_migrate_req = 1` (set in a network namespace of this
+/// test's own), an upgrade to fewer workers empties and closes the surplus
+/// sockets — the kernel moves the handshakes in flight to the others — and
+/// no client notices. (Without it they stay open and served: the test above.)
+#[test]
+fn with_tcp_migrate_req_surplus_sockets_are_closed_and_nothing_is_dropped() {
+    if !crate::harness::is_root() {
+        eprintln!("SKIP: a network namespace needs root");
+        return;
+    }
+    // This test's thread, and the threads and processes it starts, get a namespace of their own.
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+        eprintln!("SKIP: cannot make a network namespace: {e}");
+        return;
+    }
+    assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip").success());
+    std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1").expect("tcp_migrate_req");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.yaml");
+    let (echo, admin) = (backends::echo(), free_admin());
+    std::fs::write(&path, config(dir.path(), 4, echo, echo, admin)).expect("config");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-c").arg(&path);
+    let _first = Sluice::spawn(cmd, 2, None);
+    let echo_addr = _first.addrs[0];
+    let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
+            std::thread::spawn(move || echo_loop(echo_addr, stop, ok))
+        })
+        .collect();
+    std::fs::write(&path, config(dir.path(), 2, echo, echo, admin)).expect("config");
+    let second = take_over(&path, 2);
+    assert!(
+        second.wait_log("closing 4 surplus listening socket(s) once emptied", Duration::from_secs(10)),
+        "{}",
+        second.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listening_sockets(second.pid(), echo_addr.port()) != 2 {
+        assert!(Instant::now() < deadline, "the surplus sockets were not closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = ok.load(Ordering::SeqCst);
+    while ok.load(Ordering::SeqCst) < before + 200 {
+        assert!(Instant::now() < deadline, "the clients stopped being served");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let failures: Vec<String> = clients.into_iter().flat_map(|c| c.join().expect("client")).collect();
+    assert!(failures.is_empty(), "{} failures: {failures:?}", failures.len());
+    eprintln!(
+        "upgrade with tcp_migrate_req: {} echoes through 4 → 2 workers, surplus closed, zero failures",
+        ok.load(Ordering::SeqCst)
+    );
+}
