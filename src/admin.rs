@@ -1,7 +1,7 @@
 //! The admin HTTP port, on its own thread with its own mio loop (never on a
 //! worker): `GET /metrics` (Prometheus text 0.0.4), `GET /stats` (JSON),
 //! `GET /healthz` (200 while the process runs), `GET /readyz` (503 before
-//! the workers run and while draining).
+//! the workers run, while draining and while shedding load).
 //!
 //! One request per connection (`Connection: close`), parsed with httparse.
 //! Requests are bounded in size (8 KiB) and time (5 s to arrive and be
@@ -59,7 +59,10 @@ impl AdminContext {
         let base = Snapshot {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: sh.started.elapsed().as_secs_f64(),
-            ready: sh.ready.load(Ordering::Relaxed) && !sh.draining.load(Ordering::Relaxed),
+            ready: sh.ready.load(Ordering::Relaxed)
+                && !sh.draining.load(Ordering::Relaxed)
+                && !sh.overload.is_shedding(),
+            overloaded: sh.overload.is_shedding(),
             draining: sh.draining.load(Ordering::Relaxed),
             generation: sh.generation.load(Ordering::Relaxed),
             workers: self.workers.len(),
@@ -321,6 +324,8 @@ fn handle(raw: &[u8], ctx: &AdminContext) -> Option<Vec<u8>> {
                 response(503, "Service Unavailable", "text/plain", b"draining\n".to_vec(), head)
             } else if !sh.ready.load(Ordering::Relaxed) {
                 response(503, "Service Unavailable", "text/plain", b"starting\n".to_vec(), head)
+            } else if sh.overload.is_shedding() {
+                response(503, "Service Unavailable", "text/plain", b"overloaded\n".to_vec(), head)
             } else {
                 response(200, "OK", "text/plain", b"ready\n".to_vec(), head)
             }

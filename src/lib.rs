@@ -11,11 +11,13 @@
 //! - `handoff`: hitless upgrade: listening sockets handed to a successor over a Unix socket.
 //! - `frontend`: what one listen address serves: its routes, and their name table.
 //! - `server`: the control thread: start workers, signals, reload, drain.
+//! - `ratelimit`: connection-rate limits per route and per client prefix, shared by the workers.
 //! - `reload`: config → per-worker route updates (start and reload); the file watch.
 //! - `worker`: one thread, one mio loop: listeners, sessions, timers, pools.
 //! - `session`: one client↔upstream pair through its stages, and how it ends.
 //! - `relay`: the pump state machine over splice pipes or copy buffers.
 //! - `proxy_protocol`: PROXY protocol v1/v2 headers: building and strict parsing.
+//! - `overload`: refusing new clients above fd or memory thresholds (`overload:`).
 //! - `pipe`: splice pipes and the per-worker pipe pool.
 //! - `timer`: deadlines with `now` passed in.
 //! - `route`: a route as workers run it (bound, resolved).
@@ -48,8 +50,10 @@ pub mod local_ports;
 pub mod logging;
 pub mod metrics;
 pub mod netstat;
+pub mod overload;
 pub mod pipe;
 pub mod proxy_protocol;
+pub mod ratelimit;
 pub mod relay;
 pub mod reload;
 pub mod route;

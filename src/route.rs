@@ -36,6 +36,10 @@ pub struct Route {
     pub max_connections: Option<usize>,
     /// Sessions allowed at once from one client IP on this route.
     pub max_connections_per_client: Option<usize>,
+    /// New connections per second on this route.
+    pub max_connection_rate: Option<crate::ratelimit::Rate>,
+    /// New connections per second from one client prefix.
+    pub max_connection_rate_per_client: Option<crate::ratelimit::ClientRate>,
     /// Socket options, ready to apply (shared with the versions of this route DNS updates make).
     pub socket: Arc<Applied>,
     /// Live counts, carried over when a reload keeps the route.
@@ -56,6 +60,12 @@ pub struct RouteState {
     pub active: AtomicUsize,
     /// Sessions open right now per client IP (kept only when the route limits them).
     per_client: Mutex<HashMap<IpAddr, usize>>,
+    /// `max_connection_rate`: the route's one rate cell (kept across reloads).
+    pub rate: crate::ratelimit::Gcra,
+    /// Clients refused by a rate since the last warning.
+    pub rate_refused: AtomicUsize,
+    /// When the last rate warning was logged (seconds on the limiter's clock).
+    pub rate_warned_at: std::sync::atomic::AtomicU64,
 }
 
 impl RouteState {
@@ -125,6 +135,8 @@ impl Route {
             backlog,
             max_connections: r.max_connections,
             max_connections_per_client: r.max_connections_per_client,
+            max_connection_rate: r.max_connection_rate,
+            max_connection_rate_per_client: r.max_connection_rate_per_client,
             socket: Arc::new(Applied::new(&r.name, r.socket.clone(), congestion_available).with_source(r.source)),
             state: state.unwrap_or_default(),
             config: r.clone(),
@@ -144,6 +156,8 @@ impl Route {
             backlog: self.backlog,
             max_connections: self.max_connections,
             max_connections_per_client: self.max_connections_per_client,
+            max_connection_rate: self.max_connection_rate,
+            max_connection_rate_per_client: self.max_connection_rate_per_client,
             socket: Arc::clone(&self.socket),
             state: Arc::clone(&self.state),
             config: self.config.clone(),

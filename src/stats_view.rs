@@ -89,6 +89,12 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>, route: Op
             a.bad_client_hello, a.no_route, a.client_hello_timeout, a.refused_route_limit
         ));
     }
+    if let Some(line) = refusals(now, previous) {
+        out.push(line);
+    }
+    if now.overloaded {
+        out.push("OVERLOADED: new clients are refused and /readyz says 503 (overload thresholds)".to_owned());
+    }
     let local: Vec<String> =
         now.local_errors.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
     if !local.is_empty() {
@@ -269,6 +275,34 @@ fn bars(title: &str, l: &Latency, width: usize) -> Vec<String> {
     out
 }
 
+/// Refusals by reason, per second between two snapshots (or in all, for a single view).
+fn refusals(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> Option<String> {
+    let counts = |s: &Snapshot| {
+        let a = &s.accept;
+        [
+            ("rate_limited", a.rate_limited),
+            ("overload", a.overload),
+            ("client_limit", a.refused_client_limit),
+            ("acl", a.refused_acl),
+            ("bad_proxy_header", a.bad_proxy_header),
+        ]
+    };
+    let cur = counts(now);
+    if cur.iter().all(|(_, n)| *n == 0) {
+        return None;
+    }
+    let parts: Vec<String> = match previous {
+        Some((prev, dt)) if !dt.is_zero() => cur
+            .iter()
+            .zip(counts(prev))
+            .map(|((k, n), (_, p))| format!("{k} {:.1}", n.saturating_sub(p) as f64 / dt.as_secs_f64()))
+            .collect(),
+        _ => cur.iter().map(|(k, n)| format!("{k} {n}")).collect(),
+    };
+    let what = if previous.is_some() { "refused/s" } else { "refused" };
+    Some(format!("{what}: {}", parts.join(", ")))
+}
+
 fn unit(us: u64) -> u8 {
     match us {
         0..1_000 => 0,
@@ -337,6 +371,21 @@ mod tests {
             ],
             ..Snapshot::default()
         }
+    }
+
+    #[test]
+    fn refusals_are_shown_per_second_by_reason() {
+        let mut a = snapshot(1);
+        assert!(!render(&a, None, None, 100).contains("refused"), "none yet");
+        a.accept.rate_limited = 100;
+        let mut b = snapshot(1);
+        b.accept.rate_limited = 400;
+        b.accept.overload = 20;
+        b.overloaded = true;
+        let v = render(&b, Some((&a, Duration::from_secs(2))), None, 100);
+        assert!(v.contains("refused/s: rate_limited 150.0, overload 10.0, client_limit 0.0"), "{v}");
+        assert!(v.contains("OVERLOADED"), "{v}");
+        assert!(render(&a, None, None, 100).contains("refused: rate_limited 100"));
     }
 
     #[test]

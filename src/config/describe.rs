@@ -30,6 +30,19 @@ impl Config {
         line("drain_grace", fmt_duration(self.drain_grace));
         line("drain_timeout", fmt_duration(self.drain_timeout));
         line("watch", self.watch.to_string());
+        match &self.overload {
+            Some(o) => {
+                let mem = match (o.max_memory, o.resume_memory) {
+                    (Some(m), Some(r)) => format!(", max_memory: {}, resume_memory: {}", fmt_size(m), fmt_size(r)),
+                    _ => String::new(),
+                };
+                line(
+                    "overload",
+                    format!("{{ max_fd_use: \"{}%\", resume_fd_use: \"{}%\"{mem} }}", o.max_fd_use, o.resume_fd_use),
+                );
+            }
+            None => line("# overload", "off (no shedding before the fd limit)".to_owned()),
+        }
         match &self.control_socket {
             Some(p) => line("control_socket", format!("{:?}", p.display().to_string())),
             None => line("# control_socket", "none (no upgrades in place: sluice --takeover needs one)".to_owned()),
@@ -77,6 +90,20 @@ fn describe_route(s: &mut String, r: &Route) {
             None => writeln!(s, "    # {k}: no limit"),
         };
     }
+    let _ = match r.max_connection_rate {
+        Some(rate) => {
+            writeln!(s, "    max_connection_rate: {{ per_second: {}, burst: {} }}", rate.per_second, rate.burst)
+        }
+        None => writeln!(s, "    # max_connection_rate: no limit"),
+    };
+    let _ = match r.max_connection_rate_per_client {
+        Some(c) => writeln!(
+            s,
+            "    max_connection_rate_per_client: {{ per_second: {}, burst: {}, prefix_v4: {}, prefix_v6: {} }}",
+            c.rate.per_second, c.rate.burst, c.prefix_v4, c.prefix_v6
+        ),
+        None => writeln!(s, "    # max_connection_rate_per_client: no limit"),
+    };
     let _ = match r.source {
         Some(ip) => writeln!(s, "    source: \"{ip}\""),
         None => writeln!(s, "    # source: none (the kernel picks the local address)"),
@@ -214,7 +241,9 @@ mod tests {
                     \x20   health_check: { interval: 5s, send: \"PING\\r\\n\", expect: \"+PONG\" }\n\
                     \x20   proxy_protocol: v2\n    accept_proxy_protocol: true\n    allow: [\"10.0.0.0/8\", \"::1\"]\n\
                     \x20 - name: b\n    listen: 127.0.0.1:2\n    upstreams: [\"h:1\", {address: \"h:2\", backup: true}]\n\
-                    \x20   source: \"fd00::5\"\n";
+                    \x20   source: \"fd00::5\"\n    max_connection_rate: { per_second: 500, burst: 100 }\n\
+                    \x20   max_connection_rate_per_client: { per_second: 20, prefix_v6: 48 }\n\
+                    overload: { max_fd_use: 85%, max_memory: 2GiB }\n";
         let c = parse_str(text, "t").unwrap();
         let again = parse_str(&c.describe(2), "t").unwrap_or_else(|e| panic!("{e}\n{}", c.describe(2)));
         assert_eq!(again, c);

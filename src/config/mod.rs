@@ -6,6 +6,7 @@
 //! call to serde_yaml and puts line and column on each error.
 
 mod describe;
+pub mod limits;
 mod load;
 pub mod pool;
 mod schema;
@@ -89,6 +90,8 @@ pub struct Config {
     pub watch: bool,
     /// Where a successor can take the listeners over (`--takeover`); `None`: no upgrades in place.
     pub control_socket: Option<PathBuf>,
+    /// Overload shedding; `None`: off.
+    pub overload: Option<limits::Overload>,
     /// The admin port, if any.
     pub admin: Option<Admin>,
     /// Log format and the access log.
@@ -142,6 +145,10 @@ pub struct Route {
     pub max_connections: Option<usize>,
     /// Sessions allowed at once from one client IP on this route.
     pub max_connections_per_client: Option<usize>,
+    /// New connections per second on this route (all workers together).
+    pub max_connection_rate: Option<crate::ratelimit::Rate>,
+    /// New connections per second from one client prefix on this route.
+    pub max_connection_rate_per_client: Option<crate::ratelimit::ClientRate>,
     /// The local address of its upstream connections (sessions and health
     /// checks); `None`: the kernel chooses by route. Never of another family
     /// than an upstream given as an IP literal.

@@ -66,6 +66,8 @@ pub struct RawConfig {
     pub watch: Option<bool>,
     /// A Unix socket where a successor (`--takeover`) can take the listeners over.
     pub control_socket: Option<std::path::PathBuf>,
+    /// Refuse new clients above these levels of fd and memory use.
+    pub overload: Option<super::limits::RawOverload>,
     /// The admin HTTP port; absent = off.
     pub admin: Option<RawAdmin>,
     /// Log output.
@@ -96,6 +98,10 @@ pub struct RawDefaults {
     pub max_connections: Option<MaxConnections>,
     /// Sessions allowed at once from one client IP on the route.
     pub max_connections_per_client: Option<MaxConnections>,
+    /// New connections per second on the route.
+    pub max_connection_rate: Option<super::limits::RawRate>,
+    /// New connections per second from one client prefix on the route.
+    pub max_connection_rate_per_client: Option<super::limits::RawClientRate>,
     /// The local address of upstream connections (the kernel's choice if unset).
     pub source: Option<SourceAddr>,
     /// Time a client of a route that reads ClientHellos has to send its own.
@@ -149,6 +155,10 @@ pub struct RawRoute {
     pub max_connections: Option<MaxConnections>,
     /// Overrides `defaults.max_connections_per_client`.
     pub max_connections_per_client: Option<MaxConnections>,
+    /// Overrides `defaults.max_connection_rate`.
+    pub max_connection_rate: Option<super::limits::RawRate>,
+    /// Overrides `defaults.max_connection_rate_per_client`.
+    pub max_connection_rate_per_client: Option<super::limits::RawClientRate>,
     /// Overrides `defaults.source`.
     pub source: Option<SourceAddr>,
     /// TLS server names (exact or `*.` wildcards) whose clients this route takes.

@@ -150,6 +150,40 @@ impl<const MIN: u64, const MAX: u64> fmt::Display for CountIn<MIN, MAX> {
     }
 }
 
+/// A share in percent, `"90%"` (or a bare `90`), 1 to 100.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Percent(u8);
+
+impl Percent {
+    /// The share, 1..=100.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    /// `self` of `whole`.
+    pub fn of(self, whole: u64) -> u64 {
+        whole.saturating_mul(u64::from(self.0)) / 100
+    }
+}
+
+impl std::str::FromStr for Percent {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let digits = s.trim().strip_suffix('%').unwrap_or(s.trim()).trim();
+        match digits.parse::<u8>() {
+            Ok(n @ 1..=100) => Ok(Percent(n)),
+            _ => Err(format!("invalid share {s:?}: expected a percentage from 1% to 100%, e.g. \"90%\"")),
+        }
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
 /// How many worker threads to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workers {
@@ -429,6 +463,7 @@ deserialize_from_str!(HostPort, "an upstream address \"host:port\"");
 deserialize_from_str!(ListenAddr, "a listen address \"IP:port\"");
 deserialize_from_str!(SourceAddr, "a source address such as \"10.0.0.5\"");
 deserialize_from_str!(CongestionName, "a congestion control name such as \"bbr\"");
+deserialize_from_str!(Percent, "a percentage such as \"90%\"");
 deserialize_from_str!(crate::acl::Cidr, "an address block such as \"10.0.0.0/8\" or \"fd00::/8\"");
 
 impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for CountIn<MIN, MAX> {
@@ -443,6 +478,16 @@ mod tests {
     use super::*;
 
     type Timeout = DurationIn<1, 300_000>;
+
+    #[test]
+    fn percentages() {
+        assert_eq!("90%".parse::<Percent>().map(Percent::get), Ok(90));
+        assert_eq!("100".parse::<Percent>().map(Percent::get), Ok(100));
+        assert!(
+            "0%".parse::<Percent>().is_err() && "101%".parse::<Percent>().is_err() && "x".parse::<Percent>().is_err()
+        );
+        assert_eq!("90%".parse::<Percent>().unwrap().of(20_000), 18_000);
+    }
 
     #[test]
     fn durations_need_units_and_range() {

@@ -105,6 +105,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, FieldError> {
         drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.get()),
         drain_grace: raw.drain_grace.map_or(DEFAULT_DRAIN_GRACE, |d| d.get()),
         watch: raw.watch.unwrap_or(false),
+        overload: match &raw.overload {
+            Some(o) => Some(o.validate().map_err(|(key, message)| {
+                let path = FieldPath(vec![Seg::Key("overload"), Seg::Key(key)]);
+                FieldError { field: path.to_string(), path, message }
+            })?),
+            None => None,
+        },
         control_socket: match raw.control_socket {
             Some(p) if p.as_os_str().is_empty() => {
                 return fail(FieldPath(vec![Seg::Key("control_socket")]), "an empty path".to_owned());
@@ -160,6 +167,8 @@ pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Conf
         backlog: None,
         max_connections: None,
         max_connections_per_client: None,
+        max_connection_rate: None,
+        max_connection_rate_per_client: None,
         source: None,
         server_names: None,
         alpn: None,
@@ -247,6 +256,12 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
             .max_connections_per_client
             .or(defaults.max_connections_per_client)
             .map(|n| n.get() as usize),
+        max_connection_rate: r.max_connection_rate.as_ref().or(defaults.max_connection_rate.as_ref()).map(|r| r.rate()),
+        max_connection_rate_per_client: r
+            .max_connection_rate_per_client
+            .as_ref()
+            .or(defaults.max_connection_rate_per_client.as_ref())
+            .map(|c| c.limit()),
         source,
         server_names,
         alpn,

@@ -175,6 +175,8 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
     a.no_route += g(&c.no_route);
     a.client_hello_timeout += g(&c.client_hello_timeout);
     a.refused_route_limit += g(&c.refused_route_limit);
+    a.rate_limited += g(&c.rate_limited);
+    a.overload += g(&c.refused_overload);
     for (cause, n) in LocalCause::ALL.iter().zip(&c.local_errors) {
         *snap.local_errors.entry(cause.as_str().to_owned()).or_default() += g(n);
     }

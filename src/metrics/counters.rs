@@ -53,11 +53,15 @@ pub enum CloseReason {
     NoRoute,
     /// No complete ClientHello within `client_hello_timeout` (reset; no route).
     ClientHelloTimeout,
+    /// Over `max_connection_rate` or `max_connection_rate_per_client` (reset right after accept).
+    RateLimited,
+    /// Refused while shedding load (`overload:`; reset right after accept).
+    Overloaded,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order (the counter index).
-    pub const ALL: [CloseReason; 18] = [
+    pub const ALL: [CloseReason; 20] = [
         CloseReason::Clean,
         CloseReason::ClientReset,
         CloseReason::UpstreamReset,
@@ -76,6 +80,8 @@ impl CloseReason {
         CloseReason::BadClientHello,
         CloseReason::NoRoute,
         CloseReason::ClientHelloTimeout,
+        CloseReason::RateLimited,
+        CloseReason::Overloaded,
     ];
 
     /// A stable lowercase name for logs and metric labels.
@@ -99,6 +105,8 @@ impl CloseReason {
             CloseReason::BadClientHello => "bad_client_hello",
             CloseReason::NoRoute => "no_route",
             CloseReason::ClientHelloTimeout => "client_hello_timeout",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::Overloaded => "overload",
         }
     }
 }
@@ -146,6 +154,10 @@ pub struct WorkerCounters {
     pub client_hello_timeout: AtomicU64,
     /// Clients routed by name to a route already at its `max_connections`.
     pub refused_route_limit: AtomicU64,
+    /// Clients over a connection rate (route or client prefix).
+    pub rate_limited: AtomicU64,
+    /// Clients refused while shedding load.
+    pub refused_overload: AtomicU64,
     /// Splice pipes created.
     pub pipes_created: AtomicU64,
     /// Splice pipes handed to pumps (from the pool or new).

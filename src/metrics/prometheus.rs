@@ -21,6 +21,11 @@ pub fn render(snap: &Snapshot) -> String {
     );
     out.gauge("sluice_draining", "1 while a drain is under way.", &[(vec![], flag(snap.draining))]);
     out.gauge(
+        "sluice_overloaded",
+        "1 while new clients are refused for overload (overload: thresholds).",
+        &[(vec![], flag(snap.overloaded))],
+    );
+    out.gauge(
         "sluice_generation",
         "1 for a process started afresh, one more than its predecessor's after each takeover (upgrade).",
         &[(vec![], snap.generation as f64)],
@@ -201,6 +206,8 @@ pub fn render(snap: &Snapshot) -> String {
             (vec![("reason", "no_route".to_owned())], a.no_route as f64),
             (vec![("reason", "client_hello_timeout".to_owned())], a.client_hello_timeout as f64),
             (vec![("reason", "route_limit".to_owned())], a.refused_route_limit as f64),
+            (vec![("reason", "rate_limited".to_owned())], a.rate_limited as f64),
+            (vec![("reason", "overload".to_owned())], a.overload as f64),
         ],
     );
     let local: Vec<_> = snap.local_errors.iter().map(|(k, v)| (vec![("cause", k.clone())], *v as f64)).collect();

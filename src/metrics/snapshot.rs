@@ -21,6 +21,9 @@ pub struct Snapshot {
     pub ready: bool,
     /// A drain is under way.
     pub draining: bool,
+    /// Shedding load now (`overload:`): new clients are refused.
+    #[serde(default)]
+    pub overloaded: bool,
     /// 1 for a process started afresh, one more than its predecessor's after each takeover.
     #[serde(default)]
     pub generation: u64,
@@ -272,6 +275,12 @@ pub struct AcceptSnapshot {
     /// Clients routed by name to a route at its `max_connections`.
     #[serde(default)]
     pub refused_route_limit: u64,
+    /// Clients over a connection rate (`max_connection_rate`, `max_connection_rate_per_client`).
+    #[serde(default)]
+    pub rate_limited: u64,
+    /// Clients refused while shedding load (`overload:`).
+    #[serde(default)]
+    pub overload: u64,
 }
 
 /// Reloads by outcome.

@@ -130,7 +130,9 @@ impl ControlThread {
         loop {
             let watch = self.watch.as_ref().map(|_| WATCH_EVERY);
             let reclaim = self.reclaim_at.map(|t| t.saturating_duration_since(Instant::now()));
-            let mut timeout = [watch, reclaim].into_iter().flatten().min().filter(|_| !self.draining);
+            // Memory for `overload.max_memory` is looked at once a second.
+            let memory = self.config.overload.and_then(|o| o.max_memory).map(|_| Duration::from_secs(1));
+            let mut timeout = [watch, reclaim, memory].into_iter().flatten().min().filter(|_| !self.draining);
             if let Some(t) = self.grace_until {
                 timeout = Some(t.saturating_duration_since(Instant::now()));
             }
@@ -164,6 +166,9 @@ impl ControlThread {
             }
             if !self.draining {
                 self.reclaim(Instant::now());
+            }
+            if let Some(rss) = self.config.overload.and(crate::overload::resident_bytes()) {
+                self.shared.overload.check_memory(self.config.overload.as_ref(), rss);
             }
             if self.handles.iter().all(|h| h.thread.is_none()) {
                 return self.failure.take().map_or(Ok(()), Err);
@@ -278,7 +283,9 @@ impl ControlThread {
         }
         let mut new = loaded.map_err(|e| e.to_string())?;
         if new.workers != self.config.workers || new.cpu_affinity != self.config.cpu_affinity {
-            log::warn!("workers and cpu_affinity only change with a restart; keeping the running ones");
+            log::warn!(
+                "workers and cpu_affinity change with a restart or an upgrade (sluice --takeover); keeping the running ones"
+            );
             new.workers = self.config.workers;
             new.cpu_affinity = self.config.cpu_affinity;
         }
@@ -297,6 +304,11 @@ impl ControlThread {
         if new.admin != self.config.admin {
             log::warn!("the admin port only changes with a restart; keeping the running one");
         }
+        if new.control_socket != self.config.control_socket {
+            log::warn!("the control socket only changes with a restart or an upgrade; keeping the running one");
+            new.control_socket.clone_from(&self.config.control_socket);
+        }
+        self.shared.overload.reconfigure(new.overload.as_ref());
         if new.watch != self.config.watch {
             self.watch = new.watch.then(|| FileWatch::new(path, new.source_digest));
         }

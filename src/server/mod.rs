@@ -246,6 +246,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
     };
     // What the plan did not take (an address the new config dropped) the predecessor drains itself.
     drop(inherited);
+    shared.overload.configure(config.overload.as_ref(), nofile, crate::overload::open_fds());
     shared.ready.store(true, Ordering::Relaxed);
     if let Some(peer) = predecessor {
         match crate::handoff::ready(&peer, std::mem::take(&mut plan.taken)) {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use mio::Interest;
 use mio::net::TcpStream;
 
-use super::{Worker, token};
+use super::{Shared, Worker, token};
 use crate::metrics::{CloseReason, WorkerCounters};
 use crate::route::Route;
 use crate::session::{Accepted, End, Ending, HeaderRead, Session, Side, Stage};
@@ -33,12 +33,16 @@ impl Worker {
             // (A client of an address routed by name counts in its route once its hello chose it.)
             self.metrics.stats().route(route.metric_id).accepted += 1;
         }
+        let shedding =
+            self.shared.overload.refuse(self.shared.active.load(Ordering::Relaxed), self.shared.pipes.held());
         // Without a PROXY header the peer is the client: check it before anything is allocated.
-        if !accept_header {
-            let refused = if inspect {
+        if shedding || !accept_header {
+            let refused = if shedding {
+                Some(self.refuse(&route, peer, Refused::Overload))
+            } else if inspect {
                 (!frontend.admit_hello(peer.ip())).then(|| self.refuse_unrouted(&frontend, peer))
             } else {
-                admission(&route, peer).map(|reason| self.refuse(&route, peer, reason))
+                admission(&self.shared, &route, peer, now).map(|reason| self.refuse(&route, peer, reason))
             };
             if let Some(close) = refused {
                 // A reset tells the client at once and leaves no TIME_WAIT here.
@@ -118,7 +122,7 @@ impl Worker {
                     return self.on_hello(key, now);
                 }
                 let route = Arc::clone(&s.route);
-                if let Some(reason) = admission(&route, client) {
+                if let Some(reason) = admission(&self.shared, &route, client, now) {
                     let close = self.refuse(&route, client, reason);
                     self.close(key, End { reason: close, ending: Ending::RESET_CLIENT }, now);
                     return;
@@ -133,9 +137,12 @@ impl Worker {
     /// reason it is (the caller resets it: a reset tells the client at once
     /// and leaves no TIME_WAIT here).
     pub(super) fn refuse(&self, route: &Route, client: SocketAddr, reason: Refused) -> CloseReason {
+        let c = &self.metrics.counters;
         let (counter, close) = match reason {
-            Refused::Acl(_) => (&self.metrics.counters.refused_acl, CloseReason::Denied),
-            Refused::ClientLimit(_) => (&self.metrics.counters.refused_client_limit, CloseReason::Refused),
+            Refused::Acl(_) => (&c.refused_acl, CloseReason::Denied),
+            Refused::ClientLimit(_) => (&c.refused_client_limit, CloseReason::Refused),
+            Refused::Rate(_) => (&c.rate_limited, CloseReason::RateLimited),
+            Refused::Overload => (&c.refused_overload, CloseReason::Overloaded),
         };
         WorkerCounters::inc(counter);
         match reason {
@@ -144,6 +151,11 @@ impl Worker {
                 "route {}: refused {client}: it already has {limit} sessions (max_connections_per_client)",
                 route.name
             ),
+            Refused::Rate(key) => {
+                log::debug!("route {}: refused {client}: over {key}", route.name);
+                rate_warning(&self.shared, route, key);
+            }
+            Refused::Overload => log::debug!("route {}: refused {client}: shedding load (overload)", route.name),
         }
         close
     }
@@ -166,19 +178,56 @@ impl Worker {
 pub(super) enum Refused {
     Acl(crate::acl::Refusal),
     ClientLimit(usize),
+    /// Over the named rate key.
+    Rate(&'static str),
+    Overload,
 }
 
-/// Checks the route's access list and per-client limit for `client`
-/// (counting it in the limit if admitted).
-pub(super) fn admission(route: &Route, client: SocketAddr) -> Option<Refused> {
+/// Checks, in this order, the route's access list, its connection rates
+/// and its per-client limit for `client` (counting it in the limit and the
+/// rates if admitted). The client's own rate comes before the route's, so a
+/// client over its rate is refused without spending the route's.
+pub(super) fn admission(shared: &Shared, route: &Route, client: SocketAddr, now: Instant) -> Option<Refused> {
     let acl = &route.pool().acl;
     if !acl.is_open() {
         if let Some(why) = acl.check(client.ip()) {
             return Some(Refused::Acl(why));
         }
     }
+    if let Some(limit) = route.max_connection_rate_per_client {
+        let limiter = shared.limiter.get_or_init(crate::ratelimit::Limiter::default);
+        if !limiter.allow_client(route.metric_id, client.ip(), limit, now) {
+            return Some(Refused::Rate("max_connection_rate_per_client"));
+        }
+    }
+    if let Some(rate) = route.max_connection_rate {
+        let limiter = shared.limiter.get_or_init(crate::ratelimit::Limiter::default);
+        if !route.state.rate.allow(rate, limiter.now_ns(now)) {
+            return Some(Refused::Rate("max_connection_rate"));
+        }
+    }
     match route.max_connections_per_client {
         Some(limit) if !route.state.admit_client(client.ip(), limit) => Some(Refused::ClientLimit(limit)),
         _ => None,
+    }
+}
+
+/// How often a route says it refuses clients over a rate.
+const RATE_WARN_EVERY_SECS: u64 = 10;
+
+/// One warning per route per `RATE_WARN_EVERY_SECS` with the count of clients refused meanwhile.
+fn rate_warning(shared: &Shared, route: &Route, key: &str) {
+    let st = &route.state;
+    let refused = st.rate_refused.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = shared.started.elapsed().as_secs() + RATE_WARN_EVERY_SECS;
+    let last = st.rate_warned_at.load(Ordering::Relaxed);
+    if now >= last + RATE_WARN_EVERY_SECS
+        && st.rate_warned_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        st.rate_refused.fetch_sub(refused, Ordering::Relaxed);
+        log::warn!(
+            "route {}: {refused} client(s) refused over {key} (or the other rate) in the last {RATE_WARN_EVERY_SECS} s",
+            route.name
+        );
     }
 }

@@ -104,6 +104,10 @@ pub struct Shared {
     pub started: Instant,
     /// 1 for a process started afresh, one more than its predecessor's after a takeover.
     pub generation: AtomicU64,
+    /// Per-client connection rates (made on first use: 4 MiB).
+    pub limiter: std::sync::OnceLock<crate::ratelimit::Limiter>,
+    /// Overload shedding.
+    pub overload: crate::overload::OverloadState,
 }
 
 impl Shared {
@@ -118,6 +122,8 @@ impl Shared {
             draining: AtomicBool::new(false),
             started: Instant::now(),
             generation: AtomicU64::new(1),
+            limiter: std::sync::OnceLock::new(),
+            overload: crate::overload::OverloadState::default(),
         }
     }
 }

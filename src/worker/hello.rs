@@ -108,7 +108,7 @@ impl Worker {
             return self.close(key, End { reason: CloseReason::Refused, ending: Ending::RESET_CLIENT }, now);
         }
         let client = s.client_addr;
-        if let Some(reason) = super::admit::admission(&route, client) {
+        if let Some(reason) = super::admit::admission(&self.shared, &route, client, now) {
             let close = self.refuse(&route, client, reason);
             return self.close(key, End { reason: close, ending: Ending::RESET_CLIENT }, now);
         }

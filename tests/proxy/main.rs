@@ -37,6 +37,7 @@ mod nonroot;
 mod observability;
 mod pools;
 mod proxy_protocol;
+mod ratelimit;
 mod relay;
 mod reload;
 mod resilience;
