@@ -41,4 +41,5 @@ mod relay;
 mod reload;
 mod resilience;
 mod sni;
+mod systemd;
 mod tuning;
