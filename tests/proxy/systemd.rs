@@ -189,3 +189,115 @@ fn listen_fds_for_another_process_are_left_alone() {
     c.read_exact(&mut got).expect("echo");
     assert_eq!(&got, b"ping");
 }
+
+/// A file of examples/systemd/.
+fn example(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd").join(name)
+}
+
+#[test]
+fn the_example_socket_unit_binds_what_its_config_listens_on() {
+    let unit = std::fs::read_to_string(example("sluice.socket")).expect("sluice.socket");
+    let mut streams: Vec<String> =
+        unit.lines().filter_map(|l| l.strip_prefix("ListenStream=")).map(|a| a.trim().to_owned()).collect();
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(example("proxy.yaml")).expect("proxy.yaml")).expect("YAML");
+    let mut listens: Vec<String> = config["routes"]
+        .as_sequence()
+        .expect("routes")
+        .iter()
+        .map(|r| r["listen"].as_str().expect("listen").to_owned())
+        .chain([config["admin"]["listen"].as_str().expect("admin.listen").to_owned()])
+        .collect();
+    streams.sort();
+    listens.sort();
+    assert_eq!(streams, listens, "sluice.socket's ListenStream= lines and proxy.yaml's addresses");
+    let (code, _, err) = crate::harness::run(&["check", "-c", example("proxy.yaml").to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Kills a process this test did not start as a child (it is reparented).
+struct Orphan(i32);
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        // Never 0 or less: kill(2) would signal a whole process group.
+        if self.0 > 0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Runs sluice-takeover (at most 40 s): exit code and what it and the new sluice wrote.
+fn takeover_helper(
+    dir: &std::path::Path,
+    pidfile: &std::path::Path,
+    control: &std::path::Path,
+    args: &[&str],
+) -> (i32, String) {
+    let out = dir.join("takeover.log");
+    let log = std::fs::File::create(&out).expect("log file");
+    // Not a pipe: the new sluice keeps the helper's stderr open after it exits.
+    let mut child = Command::new("/bin/sh")
+        .arg(example("sluice-takeover"))
+        .arg(pidfile)
+        .arg(control)
+        .arg(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn sluice-takeover");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code().unwrap_or(-1), std::fs::read_to_string(&out).unwrap_or_default())
+}
+
+#[test]
+fn the_takeover_helper_hands_the_pid_file_to_the_new_process_once_it_serves() {
+    let up = backends::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = dir.path().join("control.sock");
+    let pidfile = dir.path().join("sluice.pid");
+    let yaml = format!(
+        "workers: 1\ndrain_grace: 0s\ncontrol_socket: {}\nroutes:\n  - name: web\n    listen: 127.0.0.1:0\n    \
+         upstreams: [{up}]\n",
+        control.display()
+    );
+    let mut old = Sluice::with_config(&yaml, &[]);
+    assert!(old.wait_log("control socket", Duration::from_secs(10)), "no control socket");
+    let cfg = old.config_path().expect("config path");
+    let cfg = cfg.to_str().expect("utf-8");
+
+    // A new process that cannot start: the helper says so, the PID file stays untouched.
+    let (code, said) = takeover_helper(dir.path(), &pidfile, &control, &["-c", "/nonexistent.yaml", "--takeover"]);
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("exited (status 2) before taking over"), "{said}");
+    assert!(!pidfile.exists());
+    assert!(old.alive(), "the running sluice still serves");
+
+    let (code, said) = takeover_helper(dir.path(), &pidfile, &control, &["-c", cfg, "--takeover"]);
+    let new: i32 = std::fs::read_to_string(&pidfile).unwrap_or_default().trim().parse().unwrap_or(0);
+    let _new = Orphan(new);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains(&format!("sluice-takeover: pid {new} serves now")), "{said}");
+    let cmdline = std::fs::read(format!("/proc/{new}/cmdline")).unwrap_or_default();
+    assert!(String::from_utf8_lossy(&cmdline).contains("--takeover"), "pid {new} is the new sluice");
+    // By then the old process had stopped accepting: it drains and exits.
+    let status = old.wait_exit(Duration::from_secs(20)).expect("the old sluice exits");
+    assert!(status.success(), "{status}");
+    let mut c = connect(old.addr());
+    c.write_all(b"ping").expect("write");
+    let mut got = [0; 4];
+    c.read_exact(&mut got).expect("the new process answers");
+    assert_eq!(&got, b"ping");
+}
