@@ -258,7 +258,7 @@ fn check(fd: OwnedFd, number: RawFd, name: String) -> Result<Received, Activatio
     if !socket.is_listener().unwrap_or(false) {
         return Err(unusable(
             &name,
-            format!("(bound to {addr}) is not listening (with Accept=yes systemd passes connections: use Accept=no)"),
+            format!("is bound to {addr} but not listening (with Accept=yes systemd passes connections: use Accept=no)"),
         ));
     }
     socket.set_cloexec(true).map_err(|e| unusable(&name, format!("cannot be set close-on-exec: {e}")))?;
@@ -602,6 +602,6 @@ admin:
         let bound = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         bound.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
         let e = err(bound.into());
-        assert!(e.contains("is not listening (with Accept=yes systemd passes connections"), "{e}");
+        assert!(e.contains("but not listening (with Accept=yes systemd passes connections"), "{e}");
     }
 }

@@ -4,8 +4,9 @@
 //! sluice serves clients and the admin port on sockets it never bound; both
 //! workers accept, whether they join the socket's `SO_REUSEPORT` group or
 //! share the one socket; a socket that fits nothing is an error naming it.
-//! The example units under examples/systemd/ fit their config, and their
-//! takeover helper hands the PID file to the new process once it serves.
+//! The example units under examples/systemd/ fit their config and pass
+//! `systemd-analyze verify`, and their takeover helper hands the PID file to
+//! the new process once it serves.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -214,6 +215,31 @@ fn the_example_socket_unit_binds_what_its_config_listens_on() {
     assert_eq!(streams, listens, "sluice.socket's ListenStream= lines and proxy.yaml's addresses");
     let (code, _, err) = crate::harness::run(&["check", "-c", example("proxy.yaml").to_str().expect("utf-8")]);
     assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn the_example_units_pass_systemd_analyze_verify() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    }
+    // verify wants every ExecStart= binary to exist: point them at this build.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let units = ["sluice.socket", "sluice.service", "sluice-upgrade.service"];
+    for unit in units {
+        let text = std::fs::read_to_string(example(unit)).expect("unit file");
+        let text = text
+            .replace("/usr/local/lib/sluice/sluice-takeover", example("sluice-takeover").to_str().expect("utf-8"))
+            .replace("/usr/local/bin/sluice", BIN);
+        std::fs::write(dir.path().join(unit), text).expect("write unit");
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(units.iter().map(|u| dir.path().join(u)))
+        .output()
+        .expect("systemd-analyze verify");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
 }
 
 /// Kills a process this test did not start as a child (it is reparented).
