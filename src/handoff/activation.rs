@@ -27,6 +27,10 @@ use crate::reload::ListenKey;
 /// The first fd systemd passes (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
 
+/// The most fds `LISTEN_FDS` may announce: far more listen addresses than a
+/// config has, and a bound on the work a bogus value can cause.
+pub const MAX_LISTEN_FDS: i32 = 65536;
+
 /// The variables `sd_listen_fds(1)` unsets (`LISTEN_PIDFDID`, newer systemd's
 /// guard against a reused pid, is unset but not compared: `LISTEN_PID` is).
 const VARIABLES: [&str; 4] = ["LISTEN_PID", "LISTEN_PIDFDID", "LISTEN_FDS", "LISTEN_FDNAMES"];
@@ -101,7 +105,8 @@ pub enum Announced {
 
 /// Reads the variables' values the way `sd_listen_fds_with_names(3)` does:
 /// nothing unless `LISTEN_PID` is `our_pid`; `LISTEN_FDS` a positive count;
-/// `LISTEN_FDNAMES`, when set, exactly one name per fd.
+/// `LISTEN_FDNAMES`, when set, exactly one name per fd. (libsystemd takes any
+/// count that fits an int; sluice stops at [`MAX_LISTEN_FDS`].)
 pub fn parse(
     our_pid: u32,
     listen_pid: Option<&str>,
@@ -117,10 +122,9 @@ pub fn parse(
         return Ok(Announced::NotOurs { listen_pid: pid });
     }
     let Some(n) = listen_fds else { return Ok(Announced::Nothing) };
-    let count =
-        n.parse::<i32>().ok().filter(|&c| c > 0 && c <= i32::MAX - LISTEN_FDS_START).ok_or_else(|| {
-            ActivationError::BadValue { var: "LISTEN_FDS", value: n.to_owned(), what: "a count above 0" }
-        })?;
+    let count = n.parse::<i32>().ok().filter(|&c| c > 0 && c <= MAX_LISTEN_FDS).ok_or_else(|| {
+        ActivationError::BadValue { var: "LISTEN_FDS", value: n.to_owned(), what: "a count from 1 to 65536" }
+    })?;
     let fds = LISTEN_FDS_START..LISTEN_FDS_START + count;
     let names: Vec<String> = match fdnames {
         Some(list) => list.split(':').map(str::to_owned).collect(),
@@ -180,6 +184,7 @@ pub fn from_env() -> Result<Activation, ActivationError> {
         Ok(Announced::Fds(fds)) => fds.iter().map(|(fd, _)| *fd).collect(),
         _ => Vec::new(),
     };
+    // `claim` stops at the first fd that is not open: that one is the error.
     let mut owned = claim(&numbers).into_iter();
     match announced? {
         Announced::Nothing => Ok(Activation::None),
@@ -187,7 +192,7 @@ pub fn from_env() -> Result<Activation, ActivationError> {
         Announced::Fds(fds) => {
             let mut received = Vec::with_capacity(fds.len());
             for (fd, name) in fds {
-                let Some(Some(socket)) = owned.next() else {
+                let Some(socket) = owned.next() else {
                     return Err(ActivationError::Unusable { fd, name, problem: "is not open".to_owned() });
                 };
                 received.push(check(socket, fd, name)?);
@@ -198,9 +203,9 @@ pub fn from_env() -> Result<Activation, ActivationError> {
 }
 
 /// The one place socket activation needs `unsafe`: unsets the variables
-/// and takes ownership of fds `numbers` (`None` for one that is not open).
+/// and takes ownership of fds `numbers`, up to the first that is not open.
 #[allow(unsafe_code)]
-fn claim(numbers: &[RawFd]) -> Vec<Option<OwnedFd>> {
+fn claim(numbers: &[RawFd]) -> Vec<OwnedFd> {
     // Unsetting is belt and braces: LISTEN_PID names this process, so a
     // child (another pid) would ignore the variables anyway, and sluice
     // never execs itself. So when another thread exists, they stay.
@@ -227,6 +232,8 @@ fn claim(numbers: &[RawFd]) -> Vec<Option<OwnedFd>> {
             // gets exactly one owner, which closes it once.
             open.then(|| unsafe { OwnedFd::from_raw_fd(fd) })
         })
+        .take_while(Option::is_some)
+        .flatten()
         .collect()
 }
 
@@ -450,10 +457,11 @@ mod tests {
         assert_eq!(err("x", "1", None), "socket activation: LISTEN_PID=\"x\" is not a process id");
         assert_eq!(err("0", "1", None), "socket activation: LISTEN_PID=\"0\" is not a process id");
         assert_eq!(err("-1", "1", None), "socket activation: LISTEN_PID=\"-1\" is not a process id");
-        assert_eq!(err("4242", "0", None), "socket activation: LISTEN_FDS=\"0\" is not a count above 0");
-        assert_eq!(err("4242", "-2", None), "socket activation: LISTEN_FDS=\"-2\" is not a count above 0");
-        assert_eq!(err("4242", "two", None), "socket activation: LISTEN_FDS=\"two\" is not a count above 0");
-        assert!(err("4242", "2147483647", None).contains("LISTEN_FDS"), "3 + n overflows an int");
+        let bad_count = |n: &str| format!("socket activation: LISTEN_FDS={n:?} is not a count from 1 to 65536");
+        for n in ["0", "-2", "two", "65537", "2147483647"] {
+            assert_eq!(err("4242", n, None), bad_count(n));
+        }
+        assert!(parse(PID, Some("4242"), Some("65536"), None).is_ok());
         assert_eq!(err("4242", "2", Some("web")), "socket activation: LISTEN_FDNAMES has 1 name(s) for LISTEN_FDS=2");
         assert_eq!(err("4242", "1", Some("a:b")), "socket activation: LISTEN_FDNAMES has 2 name(s) for LISTEN_FDS=1");
     }

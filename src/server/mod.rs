@@ -10,7 +10,8 @@
 //!
 //! Everything that may block (name resolution, binding, reading files and
 //! /proc) happens here, never on a worker. This file starts everything
-//! (taking a predecessor's listeners first with `--takeover`);
+//! (taking a predecessor's listeners first with `--takeover`, or systemd's
+//! with socket activation);
 //! `control.rs` is the loop, stop sequence and reloads, `pools.rs` what
 //! upstream pools and DNS need, `successor.rs` the control socket and the
 //! old process's side of a takeover.

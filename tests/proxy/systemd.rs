@@ -35,8 +35,9 @@ fn listening(reuse_port: bool) -> (SocketAddr, OwnedFd) {
 /// and `LISTEN_PID` the pid of the process that runs sluice. `Command`
 /// passes only stdin, stdout and stderr, so the sockets go as stdin and
 /// stdout to a shell that moves them to 3 and 4 (no close-on-exec there),
-/// puts /dev/null back, sets `LISTEN_PID` to its own pid and execs sluice,
-/// which keeps that pid.
+/// puts /dev/null back, closes fd 5 (whatever the test process inherited
+/// there), sets `LISTEN_PID` to its own pid and execs sluice, which keeps
+/// that pid.
 fn activated(fd3: OwnedFd, fd4: OwnedFd, names: &str, args: &[&str]) -> Command {
     activated_for("$$", fd3, fd4, names, args)
 }
@@ -45,7 +46,7 @@ fn activated(fd3: OwnedFd, fd4: OwnedFd, names: &str, args: &[&str]) -> Command 
 fn activated_for(pid: &str, fd3: OwnedFd, fd4: OwnedFd, names: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(format!(r#"exec 3<&0 4<&1 </dev/null >/dev/null; export LISTEN_PID={pid}; exec "$0" "$@""#))
+        .arg(format!(r#"exec 3<&0 4<&1 5<&- </dev/null >/dev/null; export LISTEN_PID={pid}; exec "$0" "$@""#))
         .arg(BIN)
         .args(args)
         .env("LISTEN_FDS", "2")
@@ -166,6 +167,13 @@ fn a_stray_or_unusable_fd_is_an_error_naming_it() {
     let (code, err) = finish(activated(null, web_fd, "fifo:web", &["-c", cfg]));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("sluice: socket activation: fd 3 (fifo) is not a socket"), "{err}");
+    // More fds announced than passed.
+    let ((_, a), (_, b)) = (listening(false), listening(false));
+    let mut cmd = activated(a, b, "a:b:c", &["-c", cfg]);
+    cmd.env("LISTEN_FDS", "3");
+    let (code, err) = finish(cmd);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("sluice: socket activation: fd 5 (c) is not open"), "{err}");
     // Names that do not match the count.
     let ((_, a), (_, b)) = (listening(false), listening(false));
     let (code, err) = finish(activated(a, b, "one", &["-c", cfg]));
