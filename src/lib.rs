@@ -8,7 +8,8 @@
 //! - `cli`: the command line and how its flags become a `Config`.
 //! - `config`: `proxy.yaml`: schema, units, validation, errors with file:line:column.
 //! - `doctor`: `sluice doctor`, the kernel and limits audit.
-//! - `handoff`: hitless upgrade: listening sockets handed to a successor over a Unix socket.
+//! - `handoff`: hitless upgrade: listening sockets handed to a successor over a Unix socket;
+//!   systemd socket activation.
 //! - `frontend`: what one listen address serves: its routes, and their name table.
 //! - `server`: the control thread: start workers, signals, reload, drain.
 //! - `ratelimit`: connection-rate limits per route and per client prefix, shared by the workers.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use sluice::cli::{Cli, Command, DEFAULT_CONFIG};
 use sluice::config::{self, Config};
+use sluice::handoff::activation;
 use sluice::metrics::snapshot::Snapshot;
 use sluice::{admin, doctor, logging, server, stats_view};
 
@@ -32,9 +33,18 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         None => {
+            // Socket activation first: it takes fds 3 onwards before anything opens a
+            // file, and unsets LISTEN_* before any thread exists (logging starts one).
+            let activation = match activation::from_env() {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    return ExitCode::from(1);
+                }
+            };
             let Some(config) = load(&cli) else { return ExitCode::from(2) };
             logging::init(cli.log, config.log.format);
-            let code = match server::run(config, server::RunOptions { takeover: cli.takeover }) {
+            let code = match server::run(config, server::RunOptions { takeover: cli.takeover, activation }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e}");

@@ -209,8 +209,9 @@ pub fn plan(
 
 /// Adopts sockets a predecessor (or systemd) bound for `route`: one per
 /// worker, with this configuration's listener options applied again; the
-/// missing ones bound into the same `SO_REUSEPORT` group; the surplus
-/// returned to be emptied and closed.
+/// missing ones bound into the same `SO_REUSEPORT` group, or duplicates of
+/// the given ones where the group cannot be joined
+/// (`sockets::fill_workers`); the surplus returned to be emptied and closed.
 #[allow(clippy::type_complexity)]
 fn adopt(
     route: &Route,
@@ -238,11 +239,22 @@ fn adopt(
             surplus.push(s);
         }
     }
-    while sockets.len() < workers {
-        let l = sockets::reuseport_listener(addr, route.backlog, &route.socket).map_err(|source| {
-            ServerError::Bind { route: route.name.clone(), addr, hint: bind_hint(&source, addr), source }
-        })?;
-        sockets.push(l);
+    let given = sockets.len();
+    let join = || sockets::reuseport_listener(addr, route.backlog, &route.socket);
+    match sockets::fill_workers(addr, &mut sockets, workers, join) {
+        Ok(sockets::Filled::Nothing) => {}
+        Ok(sockets::Filled::Joined(n)) => {
+            log::info!(
+                "route {}: {given} socket(s) handed over, {n} more bound into their SO_REUSEPORT group",
+                route.name
+            )
+        }
+        Ok(sockets::Filled::Shared { count, joined, why }) => log::info!(
+            "route {}: {given} socket(s) handed over{}; {count} worker(s) share a duplicate of one, as {why}",
+            route.name,
+            if joined > 0 { format!(", {joined} more bound into their SO_REUSEPORT group") } else { String::new() }
+        ),
+        Err(source) => return Err(ServerError::Io { what: "sharing an adopted listening socket", source }),
     }
     log_listening(route, addr);
     Ok((addr, sockets, surplus))

@@ -32,6 +32,78 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: u32, opts: &Applied) -> io:
     Ok(TcpListener::from_std(socket.into()))
 }
 
+/// How the workers beyond the sockets handed over (by systemd or a
+/// predecessor) got theirs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Filled {
+    /// One socket per worker was handed over: nothing to add.
+    Nothing,
+    /// This many were bound into the handed-over socket's `SO_REUSEPORT`
+    /// group: the kernel spreads clients over every worker's own queue.
+    Joined(usize),
+    /// This many workers got a duplicate of a handed-over socket: they share
+    /// its one queue (each is woken for each client, and one accept wins).
+    /// `why` says why the group could not be joined (after `joined` could).
+    Shared {
+        /// Duplicates made.
+        count: usize,
+        /// Sockets that did join before the group refused one.
+        joined: usize,
+        /// Why not (all) joined.
+        why: String,
+    },
+}
+
+/// Gives `workers` workers a socket each for `addr`, where `sockets` (at
+/// least one, at most `workers`) were handed over: the missing ones join
+/// the first socket's `SO_REUSEPORT` group (`join` binds one) when it has
+/// one sluice could join, else are duplicates (`dup`) of the handed-over
+/// ones in turn. Joining needs `SO_REUSEPORT` on the socket, the same
+/// `IPV6_V6ONLY` as sluice's own (on, for IPv6), and the same effective
+/// user that made it (the kernel's rule: systemd's sockets are root's).
+pub fn fill_workers(
+    addr: SocketAddr,
+    sockets: &mut Vec<TcpListener>,
+    workers: usize,
+    mut join: impl FnMut() -> io::Result<TcpListener>,
+) -> io::Result<Filled> {
+    let given = sockets.len();
+    debug_assert!(given > 0, "fill_workers needs a socket to join or share");
+    if given >= workers {
+        return Ok(Filled::Nothing);
+    }
+    let first = SockRef::from(&sockets[0]);
+    let mut why = if !first.reuse_port()? {
+        Some("it has no SO_REUSEPORT (ReusePort=yes in a .socket unit sets it)".to_owned())
+    } else if addr.is_ipv6() && !first.only_v6()? {
+        Some("it takes IPv4 too (IPV6_V6ONLY off), and sluice's own [::] sockets are IPv6 only".to_owned())
+    } else {
+        None
+    };
+    let mut joined = 0;
+    while why.is_none() && sockets.len() < workers {
+        match join() {
+            Ok(l) => {
+                joined += 1;
+                sockets.push(l);
+            }
+            Err(e) => {
+                why = Some(format!(
+                    "joining its SO_REUSEPORT group failed ({e}; the group takes sockets of the user that made it only)"
+                ))
+            }
+        }
+    }
+    let Some(why) = why else { return Ok(Filled::Joined(joined)) };
+    let mut count = 0;
+    while sockets.len() < workers {
+        let copy = SockRef::from(&sockets[count % given]).try_clone()?;
+        sockets.push(TcpListener::from_std(copy.into()));
+        count += 1;
+    }
+    Ok(Filled::Shared { count, joined, why })
+}
+
 /// Starts a non-blocking connect to `addr` with the route's options, from
 /// its `source:` address if it has one. The result arrives later as a
 /// writable event; read it with [`connect_result`]. A source that cannot be
@@ -238,5 +310,89 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(s.nodelay().unwrap());
+    }
+
+    fn std_listener(reuse_port: bool) -> TcpListener {
+        let s = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), None).unwrap();
+        s.set_reuse_port(reuse_port).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        s.listen(16).unwrap();
+        TcpListener::from_std(s.into())
+    }
+
+    /// Accepts on `l` within 5 s (the listeners are non-blocking).
+    fn accepts(l: &TcpListener) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if l.accept().is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn workers_join_a_reuseport_socket_handed_over() {
+        let mut sockets = vec![std_listener(true)];
+        let addr = sockets[0].local_addr().unwrap();
+        let filled = fill_workers(addr, &mut sockets, 3, || reuseport_listener(addr, 16, &Applied::default())).unwrap();
+        assert_eq!(filled, Filled::Joined(2));
+        assert_eq!(sockets.len(), 3);
+        for s in &sockets {
+            assert_eq!(s.local_addr().unwrap(), addr);
+            assert!(SockRef::from(s).reuse_port().unwrap());
+        }
+        assert_eq!(fill_workers(addr, &mut sockets, 3, || unreachable!()).unwrap(), Filled::Nothing);
+    }
+
+    #[test]
+    fn workers_share_duplicates_of_a_socket_without_reuseport() {
+        let mut sockets = vec![std_listener(false)];
+        let addr = sockets[0].local_addr().unwrap();
+        let filled = fill_workers(addr, &mut sockets, 3, || panic!("no SO_REUSEPORT: nothing to join")).unwrap();
+        let Filled::Shared { count: 2, joined: 0, why } = filled else { panic!("{filled:?}") };
+        assert!(why.contains("no SO_REUSEPORT"), "{why}");
+        // One socket, three fds: a client queued on it is accepted on any of them.
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        assert!(accepts(&sockets[2]), "the duplicate accepts what the original queued");
+        assert!(sockets[0].accept().is_err(), "and it was the same queue");
+    }
+
+    #[test]
+    fn workers_share_duplicates_when_the_group_refuses_them() {
+        let mut sockets = vec![std_listener(true)];
+        let addr = sockets[0].local_addr().unwrap();
+        let mut tries = 0;
+        let filled = fill_workers(addr, &mut sockets, 4, || {
+            tries += 1;
+            if tries == 1 {
+                reuseport_listener(addr, 16, &Applied::default())
+            } else {
+                Err(io::Error::from(io::ErrorKind::AddrInUse))
+            }
+        })
+        .unwrap();
+        let Filled::Shared { count: 2, joined: 1, why } = filled else { panic!("{filled:?}") };
+        assert!(why.contains("joining its SO_REUSEPORT group failed"), "{why}");
+        assert_eq!(sockets.len(), 4);
+        assert!(sockets.iter().all(|s| s.local_addr().unwrap() == addr));
+    }
+
+    #[test]
+    fn a_dual_stack_socket_is_shared_not_joined() {
+        // Only a wildcard address can be dual-stack (binding ::1 turns IPV6_V6ONLY
+        // on); bound but never listening, it takes no connection from anywhere.
+        let Ok(s) = Socket::new(Domain::IPV6, Type::STREAM.nonblocking(), None) else {
+            eprintln!("skipped: no IPv6");
+            return;
+        };
+        s.set_reuse_port(true).unwrap();
+        s.set_only_v6(false).unwrap();
+        s.bind(&"[::]:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        let mut sockets = vec![TcpListener::from_std(s.into())];
+        let addr = sockets[0].local_addr().unwrap();
+        let filled = fill_workers(addr, &mut sockets, 2, || panic!("dual-stack: not joined")).unwrap();
+        assert!(matches!(&filled, Filled::Shared { count: 1, why, .. } if why.contains("IPV6_V6ONLY")), "{filled:?}");
     }
 }

@@ -66,6 +66,16 @@ impl Inherited {
         fits.then(|| self.admin.take().map(|(_, s)| s)).flatten()
     }
 
+    /// Listening sockets of listen key `key` not taken yet.
+    pub fn count(&self, key: &ListenKey) -> usize {
+        self.listeners.iter().filter(|(o, _)| o.key == *key).count()
+    }
+
+    /// An admin port's socket waits to be taken.
+    pub fn has_admin(&self) -> bool {
+        self.admin.is_some()
+    }
+
     /// Listening sockets not taken yet.
     pub fn len(&self) -> usize {
         self.listeners.len()

@@ -23,8 +23,10 @@
 //!
 //! If the new process dies before step 4, the old one never stopped
 //! serving. `inherit.rs` keeps what was received until the plan uses it;
-//! systemd socket activation hands sockets over the same way.
+//! systemd socket activation (`activation.rs`) hands sockets over the same
+//! way.
 
+pub mod activation;
 pub mod inherit;
 pub mod wire;
 

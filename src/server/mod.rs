@@ -10,7 +10,8 @@
 //!
 //! Everything that may block (name resolution, binding, reading files and
 //! /proc) happens here, never on a worker. This file starts everything
-//! (taking a predecessor's listeners first with `--takeover`);
+//! (taking a predecessor's listeners first with `--takeover`, or systemd's
+//! with socket activation);
 //! `control.rs` is the loop, stop sequence and reloads, `pools.rs` what
 //! upstream pools and DNS need, `successor.rs` the control socket and the
 //! old process's side of a takeover.
@@ -85,6 +86,9 @@ pub enum ServerError {
     /// Taking the listeners over from a running sluice failed (it still serves).
     #[error("{0}")]
     Handoff(#[from] crate::handoff::HandoffError),
+    /// The sockets systemd passed do not fit the configuration.
+    #[error("{0}")]
+    Activation(#[from] crate::handoff::activation::ActivationError),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
@@ -132,10 +136,13 @@ struct Exit {
 }
 
 /// How `run` starts.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct RunOptions {
     /// Take the listeners over from the process on the config's `control_socket`.
     pub takeover: bool,
+    /// Listening sockets from systemd (`handoff::activation::from_env`, read
+    /// in `main` before any thread starts). A takeover wins over them.
+    pub activation: crate::handoff::activation::Activation,
 }
 
 /// Starts the workers for `config` and serves until a signal ends it (or a
@@ -170,6 +177,10 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
         }
         _ => (None, crate::handoff::Inherited::default()),
     };
+    // Socket activation: systemd's sockets, unless a takeover brought the running process's.
+    if let Some(from_systemd) = opts.activation.into_inherited(&config, workers, predecessor.is_some())? {
+        inherited = from_systemd;
+    }
     let generation = inherited.generation + 1;
     let registry = Arc::new(Registry::default());
     let mut hello = HelloStates::new();

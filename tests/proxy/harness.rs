@@ -71,7 +71,14 @@ impl Sluice {
 
     /// Runs a prepared command (for wrappers such as `prlimit`).
     pub fn spawn(mut cmd: Command, routes: usize, dir: Option<tempfile::TempDir>) -> Sluice {
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        Sluice::spawn_keeping_stdio(cmd, routes, dir)
+    }
+
+    /// Like `spawn`, with stdin and stdout as `cmd` has them (socket
+    /// activation passes sockets there, for a shell to move).
+    pub fn spawn_keeping_stdio(mut cmd: Command, routes: usize, dir: Option<tempfile::TempDir>) -> Sluice {
+        cmd.stderr(Stdio::piped());
         if std::env::var_os("RUST_LOG").is_none() && !has_log_flag(&cmd) {
             cmd.env("RUST_LOG", "sluice=debug");
         }

@@ -42,5 +42,6 @@ mod relay;
 mod reload;
 mod resilience;
 mod sni;
+mod systemd;
 mod tuning;
 mod upgrade;
