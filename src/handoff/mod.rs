@@ -13,8 +13,10 @@
 //!    bound address and worker slot) and of the admin port's;
 //! 3. the new process plans its routes with those sockets (more workers:
 //!    it binds the missing ones into the same `SO_REUSEPORT` group; fewer:
-//!    it empties the surplus ones and closes them), starts its workers and
-//!    serves; until now the old one served too;
+//!    its workers serve the surplus ones too, or, where the kernel migrates
+//!    a closing socket's handshakes (`net.ipv4.tcp_migrate_req = 1`), empty
+//!    and close them), starts its workers and serves; until now the old one
+//!    served too;
 //! 4. new → old `Ready`: the listeners it took; the old one stops accepting
 //!    on those (closing its copies, so the sockets live on in the new
 //!    process with whatever is queued), drains the ones the new config
