@@ -63,6 +63,7 @@ impl AdminContext {
                 && !sh.draining.load(Ordering::Relaxed)
                 && !sh.overload.is_shedding(),
             overloaded: sh.overload.is_shedding(),
+            overload_episodes: sh.overload.episodes.load(Ordering::Relaxed),
             draining: sh.draining.load(Ordering::Relaxed),
             generation: sh.generation.load(Ordering::Relaxed),
             workers: self.workers.len(),

@@ -25,6 +25,11 @@ pub fn render(snap: &Snapshot) -> String {
         "1 while new clients are refused for overload (overload: thresholds).",
         &[(vec![], flag(snap.overloaded))],
     );
+    out.counter(
+        "sluice_overload_episodes_total",
+        "Times overload shedding started (overload: thresholds crossed upwards).",
+        &[(vec![], snap.overload_episodes as f64)],
+    );
     out.gauge(
         "sluice_generation",
         "1 for a process started afresh, one more than its predecessor's after each takeover (upgrade).",

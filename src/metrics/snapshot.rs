@@ -24,6 +24,9 @@ pub struct Snapshot {
     /// Shedding load now (`overload:`): new clients are refused.
     #[serde(default)]
     pub overloaded: bool,
+    /// Times shedding started since the process started.
+    #[serde(default)]
+    pub overload_episodes: u64,
     /// 1 for a process started afresh, one more than its predecessor's after each takeover.
     #[serde(default)]
     pub generation: u64,

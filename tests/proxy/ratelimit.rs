@@ -172,6 +172,8 @@ fn overload_shedding_trips_near_the_fd_limit_and_recovers() {
     assert!(n > 10 && n < 50, "shed after {n} sessions");
     assert_eq!(get(admin, "/readyz"), (503, "overloaded\n".to_owned()));
     assert!(refused_total(admin, "overload") >= 1);
+    let (_, m) = get(admin, "/metrics");
+    assert!(m.contains("\nsluice_overload_episodes_total 1\n") && m.contains("\nsluice_overloaded 1\n"), "{m}");
     assert!(s.wait_log("overload: about", Duration::from_secs(5)), "{}", s.log());
     // Below 40 %: accepting again.
     held.truncate(n / 2);
