@@ -28,40 +28,13 @@ import tempfile
 import threading
 import time
 
+from benchlib import cpu_seconds, free_ports, wait_port
+
 LOADGEN = os.environ.get("LOADGEN_BIN", "../shared/bench/loadgen/target/release/loadgen")
 SLUICE = os.environ.get("SLUICE_BIN", "target/release/sluice")
 HELLO_RATE = os.environ.get("HELLO_RATE_BIN", "target/release/examples/hello_rate")
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 DURATION = sys.argv[2] if len(sys.argv) > 2 else "4s"
-
-
-def free_ports(n):
-    """n distinct ports the OS calls free now (held open together, so no two are the same)."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def wait_port(port, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port} (a child failed to start)")
-
-
-def cpu_seconds(pid):
-    """utime + stime of a process, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def record_openssl_hello(path):
