@@ -3,7 +3,7 @@
 #   docker build -t sluice .
 #   docker run --rm -p 8080:8080 -v "$PWD/proxy.yaml:/etc/sluice/proxy.yaml:ro" sluice
 # The config lives at /etc/sluice/proxy.yaml (mount a file or a directory over it;
-# with `watch: true` a changed ConfigMap is reloaded). See README "Container".
+# with `watch: true` a changed ConfigMap is reloaded). See docs/operations.md "Container".
 
 # ---- build stage -----------------------------------------------------------
 FROM rust:1.95-slim-bookworm AS build

@@ -11,6 +11,15 @@ use crate::config::{self, Config, ConfigError, HostPort, RelayMode, Workers};
 /// The default config file, relative to the working directory.
 pub const DEFAULT_CONFIG: &str = "proxy.yaml";
 
+/// Where the full reference is: the one line every `--help` ends with, short
+/// enough that `wrap_help` never breaks it. (A macro, not a const, so
+/// `concat!` can join it to the main help text.)
+macro_rules! reference {
+    () => {
+        "Reference: docs/configuration.md, docs/observability.md, docs/operations.md (source tree)"
+    };
+}
+
 /// sluice: a zero-copy TCP (layer 4) reverse proxy for Linux.
 ///
 /// Accepts TCP connections on each route's listen address and relays them
@@ -20,7 +29,7 @@ pub const DEFAULT_CONFIG: &str = "proxy.yaml";
 #[command(
     name = "sluice",
     version,
-    after_help = "\
+    after_help = concat!("\
 Examples:
   sluice -c proxy.yaml                      run the routes in proxy.yaml
   sluice --listen 127.0.0.1:8080 --upstream 127.0.0.1:8000
@@ -29,7 +38,9 @@ Examples:
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 Signals: SIGTERM makes /readyz 503, accepts for drain_grace more, then lets sessions finish for drain_timeout;
-SIGINT skips the grace; a second signal stops at once; SIGHUP reloads."
+SIGINT skips the grace; a second signal stops at once; SIGHUP reloads.
+
+", reference!())
 )]
 pub struct Cli {
     /// What to do (default: run the proxy).
@@ -91,8 +102,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate the config file and print the effective settings (defaults merged); exit 0 or 2.
+    #[command(after_help = reference!())]
     Check,
     /// Live per-route table from the admin port's /stats, with latency bars.
+    #[command(after_help = reference!())]
     Stats {
         /// Redraw every SECS seconds until interrupted.
         #[arg(long, value_name = "SECS")]
@@ -102,6 +115,7 @@ pub enum Command {
         route: Option<String>,
     },
     /// Ask a running sluice's admin port for PATH; exit 0 on HTTP 200, else 1 (container health checks).
+    #[command(after_help = reference!())]
     Probe {
         /// `/readyz` (accepting, not draining) or `/healthz` (the process runs).
         #[arg(default_value = "/readyz", value_parser = ["/readyz", "/healthz"])]
@@ -111,6 +125,7 @@ pub enum Command {
         timeout: f64,
     },
     /// Audit this machine's kernel settings and limits for the config; prints the fixes.
+    #[command(after_help = reference!())]
     Doctor {
         /// Read kernel settings from this directory instead of /proc (for tests).
         #[arg(long, value_name = "DIR", hide = true, default_value = "/proc")]

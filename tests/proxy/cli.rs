@@ -15,6 +15,30 @@ fn help_describes_the_contract() {
 }
 
 #[test]
+fn every_help_says_where_the_reference_is() {
+    for args in [
+        vec!["--help"],
+        vec!["-h"],
+        vec!["check", "--help"],
+        vec!["stats", "--help"],
+        vec!["probe", "--help"],
+        vec!["doctor", "--help"],
+    ] {
+        let (code, out, _) = run(&args);
+        assert_eq!(code, 0, "{args:?}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("Reference"))
+            .unwrap_or_else(|| panic!("{args:?}: no Reference line:\n{out}"));
+        for doc in ["docs/configuration.md", "docs/observability.md", "docs/operations.md"] {
+            assert!(line.contains(doc), "{args:?}: the Reference line lacks {doc}: {line}");
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(doc);
+            assert!(path.is_file(), "{args:?} names {doc}, which does not exist");
+        }
+    }
+}
+
+#[test]
 fn usage_errors_exit_2() {
     for args in [
         vec!["--relay", "bogus", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1"],
