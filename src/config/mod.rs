@@ -3,9 +3,11 @@
 //!
 //! `schema.rs` is what the file looks like, `units.rs` checks single values,
 //! `validate.rs` turns the raw file into a `Config`, `load.rs` owns every
-//! call to serde_yaml and puts line and column on each error.
+//! call to serde_yaml and puts line and column on each error. `keys.rs`
+//! lists every key the file accepts, traced from the schema, for the docs tests.
 
 mod describe;
+mod keys;
 pub mod limits;
 mod load;
 pub mod pool;
@@ -19,6 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use keys::accepted_keys;
 pub use load::{digest, load_file, parse_str};
 pub use pool::{Balance, HealthCheck, Outlier, Pool, ProxyVersion, WhenAllDown};
 pub use schema::RawSocket as SocketOptions;

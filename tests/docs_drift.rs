@@ -1,0 +1,540 @@
+//! Drift between the documentation and the code is a test failure:
+//! - `docs/configuration.md` names every key the loader accepts (traced from
+//!   the schema by `sluice::config::accepted_keys`), and its key tables name
+//!   no key the loader refuses;
+//! - `docs/observability.md` names every metric family a fully featured
+//!   sluice exposes, and no `sluice_*` name it doesn't;
+//! - `proxy.yaml`, every sluice config under `examples/` and every block
+//!   fenced as ```` ```yaml ```` in README.md and docs/*.md pass `sluice check`
+//!   (fragments are fenced ```` ```yaml fragment ```` and skipped).
+//!
+//! Every failure lists all that is wrong, not the first thing.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Reads `rel` (relative to the repository), failing clearly when it is missing.
+fn read_doc(rel: &str) -> String {
+    let path = Path::new(ROOT).join(rel);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{rel} is missing"),
+        Err(e) => panic!("{rel}: cannot read: {e}"),
+    }
+}
+
+/// The inline code spans (`` `x` ``) of `text` outside fenced blocks, with their 1-based line.
+fn inline_spans(text: &str) -> Vec<(usize, String)> {
+    let mut spans = Vec::new();
+    let mut fenced = false;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            spans.extend(spans_of(line).into_iter().map(|s| (i + 1, s)));
+        }
+    }
+    spans
+}
+
+/// The code spans of one line (a last, unclosed backtick opens none).
+fn spans_of(line: &str) -> Vec<String> {
+    let pieces: Vec<&str> = line.split('`').collect();
+    pieces
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1 && i + 1 < pieces.len())
+        .map(|(_, s)| (*s).to_owned())
+        .collect()
+}
+
+/// Fenced blocks: (line of the opening fence, info string, body).
+fn fenced_blocks(text: &str) -> Vec<(usize, String, String)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(usize, String, String)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        match (&mut open, t.strip_prefix("```")) {
+            (None, Some(info)) => open = Some((i + 1, info.trim().to_owned(), String::new())),
+            (Some(_), Some(_)) => blocks.extend(open.take()),
+            (Some((_, _, body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    blocks
+}
+
+/// The cells of a table row `| a | b |`.
+fn cells(line: &str) -> Vec<String> {
+    let t = line.trim();
+    let t = t.strip_prefix('|').unwrap_or(t);
+    let t = t.strip_suffix('|').unwrap_or(t);
+    t.split('|').map(|c| c.trim().to_owned()).collect()
+}
+
+/// The first cells of every row of every table whose header's first cell is `key`: (line, cell).
+fn key_column(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut in_table = false;
+    let mut fenced = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("```") {
+            fenced = !fenced;
+        }
+        if fenced || !t.starts_with('|') {
+            in_table = false;
+            continue;
+        }
+        let row = cells(t);
+        if !in_table {
+            in_table = row.first().map(String::as_str) == Some("key");
+            continue;
+        }
+        let first = row.into_iter().next().unwrap_or_default();
+        if first.chars().all(|c| matches!(c, '-' | ':' | ' ')) {
+            continue; // the separator row
+        }
+        out.push((i + 1, first));
+    }
+    out
+}
+
+#[test]
+fn configuration_md_documents_every_accepted_key_and_no_other() {
+    let accepted = sluice::config::accepted_keys();
+    let (defaults, keys): (Vec<&String>, Vec<&String>) = accepted.iter().partition(|k| k.starts_with("defaults."));
+    let keys: BTreeSet<&str> = keys.into_iter().map(String::as_str).collect();
+    eprintln!("{} accepted keys (and {} under defaults:):", keys.len(), defaults.len());
+    for k in &keys {
+        eprintln!("  {k}");
+    }
+
+    // `defaults:` holds route keys only; the docs name them once, as `routes[].X`.
+    let not_route_keys: Vec<String> = defaults
+        .iter()
+        .map(|d| format!("routes[].{}", &d["defaults.".len()..]))
+        .filter(|r| !keys.contains(r.as_str()))
+        .collect();
+    assert!(not_route_keys.is_empty(), "keys under defaults: that no route accepts: {not_route_keys:?}");
+
+    let text = read_doc("docs/configuration.md");
+    let named: BTreeSet<String> = inline_spans(&text).into_iter().map(|(_, s)| s).collect();
+    let missing: Vec<&str> = keys.iter().copied().filter(|k| !named.contains(*k)).collect();
+
+    let mut unknown = Vec::new();
+    let mut rows = 0;
+    for (line, cell) in key_column(&text) {
+        rows += 1;
+        let paths = spans_of(&cell);
+        if paths.is_empty() || cell.split('`').step_by(2).any(|between| !matches!(between.trim(), "" | "," | "/")) {
+            unknown.push(format!("docs/configuration.md:{line}: first cell {cell:?} is not key paths in backticks"));
+        }
+        for p in paths {
+            if !keys.contains(p.as_str()) {
+                unknown.push(format!("docs/configuration.md:{line}: `{p}`"));
+            }
+        }
+    }
+    let mut problems = String::new();
+    if rows == 0 {
+        problems.push_str("no key table (a table whose header's first cell is `key`) in docs/configuration.md\n");
+    }
+    if !missing.is_empty() {
+        problems.push_str(&format!(
+            "{} accepted keys are not named in docs/configuration.md:\n  {}\n",
+            missing.len(),
+            missing.join("\n  ")
+        ));
+    }
+    if !unknown.is_empty() {
+        problems.push_str(&format!(
+            "{} key-table entries are no key the loader accepts:\n  {}\n",
+            unknown.len(),
+            unknown.join("\n  ")
+        ));
+    }
+    assert!(problems.is_empty(), "{problems}");
+}
+
+/// A child killed on drop, its stderr collected for readiness and failures.
+struct Running {
+    child: Child,
+    log: Arc<(Mutex<String>, Condvar)>,
+}
+
+impl Running {
+    fn start(config: &Path) -> Running {
+        let mut child = Command::new(SLUICE)
+            .arg("-c")
+            .arg(config)
+            .env("RUST_LOG", "sluice=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sluice");
+        let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
+        let sink = Arc::clone(&log);
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut t = sink.0.lock().unwrap_or_else(|p| p.into_inner());
+                t.push_str(&line);
+                t.push('\n');
+                sink.1.notify_all();
+            }
+        });
+        Running { child, log }
+    }
+
+    /// Waits (bounded) for a log line containing `needle`; returns what follows it.
+    fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut text = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(rest) = text.lines().find_map(|l| l.split(needle).nth(1)) {
+                return rest.to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader catch the last lines (the reason) up.
+                drop(text);
+                std::thread::sleep(Duration::from_millis(300));
+                let text = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
+                panic!("sluice exited ({status}) before logging {needle:?}:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "sluice did not log {needle:?} within 20 s:\n{text}");
+            text = self.log.1.wait_timeout(text, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// The address logged after `needle`.
+    fn addr_after(&mut self, needle: &str) -> SocketAddr {
+        let rest = self.wait_line(needle);
+        let word = rest.split_whitespace().next().unwrap_or_default().trim_end_matches(':');
+        word.parse().unwrap_or_else(|_| panic!("no address after {needle:?}: {rest}"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("sluice log:\n{}", self.log.0.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+}
+
+/// An echo server on an OS-chosen loopback port, one thread per connection.
+fn echo_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
+    let addr = l.local_addr().expect("backend address");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `data` through `addr`, half-closes and reads to the end (bounded).
+fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to a route");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    s.write_all(data).expect("send");
+    let _ = s.shutdown(Shutdown::Write);
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    got
+}
+
+/// GET `path` from the admin port: (status, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the admin port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status"), body.to_owned())
+}
+
+/// A config with every feature that adds series: the admin port, upgrades,
+/// overload shedding, the access log, a pool route with health checks,
+/// outlier detection, rate and connection limits, an access list and a
+/// backup; an SNI route; a route with the PROXY protocol both ways. Port 0
+/// on one IP is one address, so each route has its own loopback IP.
+fn featureful_config(dir: &Path, a: SocketAddr, b: SocketAddr) -> String {
+    format!(
+        "workers: 1
+control_socket: {ctl}
+admin:
+  listen: 127.0.0.1:0
+overload:
+  max_fd_use: 99%
+  max_memory: 1TiB
+log:
+  access: true
+  flush_interval: 1s
+defaults:
+  connect_timeout: 2s
+  outlier_detection: true
+routes:
+  - name: pool
+    listen: 127.0.0.1:0
+    upstreams:
+      - {{ address: \"{a}\", weight: 2 }}
+      - {{ address: \"{b}\", backup: true }}
+    balance: least_conn
+    retries: 1
+    max_connections: 1000
+    max_connections_per_client: 100
+    max_connection_rate: {{ per_second: 10000 }}
+    max_connection_rate_per_client: {{ per_second: 10000 }}
+    allow: [127.0.0.0/8]
+    health_check: {{ interval: 100ms, timeout: 90ms }}
+    outlier_detection: {{}}
+  - name: sni
+    listen: 127.0.0.2:0
+    server_names: [app.example.com]
+    upstreams: [\"{a}\"]
+  - name: proxied
+    listen: 127.0.0.3:0
+    upstreams: [\"{b}\"]
+    accept_proxy_protocol: true
+    proxy_protocol: v1
+",
+        ctl = dir.join("control.sock").display()
+    )
+}
+
+/// The families of an exposition: name → type, from its `# TYPE` lines.
+fn families(exposition: &str) -> Vec<(String, String)> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
+        .collect()
+}
+
+/// The `sluice_…` names in `text`, each with whether a `*` follows it (a prefix).
+fn metric_tokens(text: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("sluice_") {
+        let before = rest[..at].chars().next_back();
+        let tail = &rest[at..];
+        let len =
+            tail.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')).unwrap_or(tail.len());
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') && len > "sluice_".len() {
+            out.push((tail[..len].to_owned(), tail[len..].starts_with('*')));
+        }
+        rest = &tail[len.max(1)..];
+    }
+    out
+}
+
+#[test]
+fn observability_md_documents_every_metric_family_and_no_other() {
+    let (a, b) = (echo_backend(), echo_backend());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(&config, featureful_config(dir.path(), a, b)).expect("write the config");
+    let mut sluice = Running::start(&config);
+    let admin = sluice.addr_after("admin port listening on ");
+    let pool = sluice.addr_after("route pool listening on ");
+    let sni = sluice.addr_after("route sni listening on ");
+    let proxied = sluice.addr_after("route proxied listening on ");
+
+    // Traffic, so per-route and per-upstream series have samples.
+    for i in 0..3 {
+        let msg = format!("hello {i}");
+        assert_eq!(exchange(pool, msg.as_bytes()), msg.as_bytes(), "echo through the pool route");
+    }
+    let header = format!("PROXY TCP4 127.0.0.1 127.0.0.1 40000 {}\r\n", proxied.port());
+    let got = exchange(proxied, format!("{header}ping").as_bytes());
+    assert!(got.starts_with(b"PROXY TCP4 ") && got.ends_with(b"ping"), "PROXY v1 to the upstream: {got:?}");
+    exchange(sni, b"not a ClientHello");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (code, body) = get(admin, "/metrics");
+        assert_eq!(code, 200, "{body}");
+        let checked = body.lines().any(|l| l.starts_with("sluice_upstream_health_checks_total{") && !l.ends_with(" 0"));
+        if body.contains("sluice_sessions_accepted_total{route=\"pool\"} 3") && checked {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "sessions or health checks not counted within 10 s:\n{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let scraped = families(&metrics);
+    assert!(scraped.len() > 30, "few families scraped:\n{metrics}");
+    eprintln!("{} families scraped:", scraped.len());
+    for (name, kind) in &scraped {
+        eprintln!("  {name} {kind}");
+    }
+    let names: BTreeSet<&str> = scraped.iter().map(|(n, _)| n.as_str()).collect();
+    let histograms: Vec<&str> = scraped.iter().filter(|(_, k)| k == "histogram").map(|(n, _)| n.as_str()).collect();
+    let known = |token: &str| {
+        names.contains(token)
+            || ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|s| token.strip_suffix(s).is_some_and(|base| histograms.contains(&base)))
+    };
+
+    let text = read_doc("docs/observability.md");
+    let documented: BTreeSet<String> =
+        inline_spans(&text).iter().flat_map(|(_, s)| metric_tokens(s)).map(|(t, _)| t).collect();
+    let missing: Vec<&str> = names.iter().copied().filter(|n| !documented.contains(*n)).collect();
+
+    let mut unknown = Vec::new();
+    let fenced = fenced_blocks(&text).into_iter().flat_map(|(fence, _, body)| {
+        body.lines().enumerate().map(|(i, l)| (fence + 1 + i, l.to_owned())).collect::<Vec<_>>()
+    });
+    for (line, span) in inline_spans(&text).into_iter().chain(fenced) {
+        for (token, prefix) in metric_tokens(&span) {
+            let ok = if prefix { names.iter().any(|n| n.starts_with(&token)) } else { known(&token) };
+            if !ok {
+                unknown.push(format!("docs/observability.md:{line}: `{token}{}`", if prefix { "*" } else { "" }));
+            }
+        }
+    }
+    let mut problems = String::new();
+    if !missing.is_empty() {
+        problems.push_str(&format!(
+            "{} metric families are not named in backticks in docs/observability.md:\n  {}\n",
+            missing.len(),
+            missing.join("\n  ")
+        ));
+    }
+    if !unknown.is_empty() {
+        problems.push_str(&format!(
+            "{} names in docs/observability.md are no family sluice exposes (histograms by base name):\n  {}\n",
+            unknown.len(),
+            unknown.join("\n  ")
+        ));
+    }
+    assert!(problems.is_empty(), "{problems}");
+}
+
+/// `sluice check -c path`: None if it passes, else what it said.
+fn check(path: &Path) -> Option<String> {
+    let out =
+        Command::new(SLUICE).args(["check", "-c"]).arg(path).stdin(Stdio::null()).output().expect("run sluice check");
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    (!out.status.success()).then(|| format!("exit {}: {said}", out.status.code().unwrap_or(-1)))
+}
+
+/// Every file under `dir`, recursively, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A sluice config rather than a Kubernetes manifest or other YAML: a
+/// top-level `routes:` key and no `apiVersion:`/`kind:`.
+fn is_sluice_config(text: &str) -> bool {
+    let top = |key: &str| text.lines().any(|l| l.starts_with(key));
+    top("routes:") && !top("apiVersion:") && !top("kind:")
+}
+
+#[test]
+fn shipped_configs_and_yaml_blocks_pass_sluice_check() {
+    let root = Path::new(ROOT);
+    let mut checked = Vec::new();
+    let mut failures = Vec::new();
+
+    let mut files = vec![root.join("proxy.yaml")];
+    for p in files_under(&root.join("examples")) {
+        let yaml = p.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        if yaml && std::fs::read_to_string(&p).is_ok_and(|t| is_sluice_config(&t)) {
+            files.push(p);
+        }
+    }
+    for p in files {
+        let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+        if let Some(e) = check(&p) {
+            failures.push(format!("{rel}: {e}"));
+        }
+        checked.push(rel);
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut docs = vec![root.join("README.md")];
+    docs.extend(files_under(&root.join("docs")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "md")));
+    for doc in docs {
+        let rel = doc.strip_prefix(root).unwrap_or(&doc).display().to_string();
+        let text = std::fs::read_to_string(&doc).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        for (line, info, body) in fenced_blocks(&text) {
+            if info != "yaml" {
+                continue;
+            }
+            let file = dir.path().join(format!("{}-{line}.yaml", rel.replace('/', "_")));
+            std::fs::write(&file, &body).expect("write a block");
+            if let Some(e) = check(&file) {
+                failures.push(format!("{rel}:{line}: the ```yaml block: {e}"));
+            }
+            checked.push(format!("{rel}:{line}"));
+        }
+    }
+    eprintln!("checked {}:\n  {}", checked.len(), checked.join("\n  "));
+    assert!(
+        failures.is_empty(),
+        "{} of {} configs fail `sluice check` (fence fragments as ```yaml fragment):\n  {}",
+        failures.len(),
+        checked.len(),
+        failures.join("\n  ")
+    );
+}
+
+#[test]
+fn doc_parsing_finds_spans_tables_and_blocks() {
+    let md = "intro `a` and `b.c`\n\n| key | type |\n|---|---|\n| `x`, `y[].z` | d |\n| nope | d |\n\n\
+              ```yaml\nworkers: 1\n```\n\n```yaml fragment\nx: 1\n```\n| other | t |\n|--|--|\n| `q` | r |\n";
+    let spans: Vec<String> = inline_spans(md).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(spans, ["a", "b.c", "x", "y[].z", "q"]);
+    assert_eq!(key_column(md), vec![(5, "`x`, `y[].z`".to_owned()), (6, "nope".to_owned())]);
+    let blocks = fenced_blocks(md);
+    assert_eq!(blocks.len(), 2);
+    assert_eq!((blocks[0].0, blocks[0].1.as_str(), blocks[0].2.as_str()), (8, "yaml", "workers: 1\n"));
+    assert_eq!(blocks[1].1, "yaml fragment");
+    let tokens = metric_tokens("rate(sluice_bytes_total[5m]) `sluice_upstream_*` xsluice_no");
+    assert_eq!(tokens, vec![("sluice_bytes_total".to_owned(), false), ("sluice_upstream_".to_owned(), true)]);
+    assert!(is_sluice_config("workers: 1\nroutes:\n  - name: a\n"));
+    assert!(!is_sluice_config("apiVersion: v1\nkind: ConfigMap\ndata:\n  proxy.yaml: |\nroutes:\n"));
+}
