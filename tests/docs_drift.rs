@@ -153,20 +153,8 @@ fn configuration_md_documents_every_accepted_key_and_no_other() {
     if rows == 0 {
         problems.push_str("no key table (a table whose header's first cell is `key`) in docs/configuration.md\n");
     }
-    if !missing.is_empty() {
-        problems.push_str(&format!(
-            "{} accepted keys are not named in docs/configuration.md:\n  {}\n",
-            missing.len(),
-            missing.join("\n  ")
-        ));
-    }
-    if !unknown.is_empty() {
-        problems.push_str(&format!(
-            "{} key-table entries are no key the loader accepts:\n  {}\n",
-            unknown.len(),
-            unknown.join("\n  ")
-        ));
-    }
+    listed(&mut problems, "accepted keys are not named in docs/configuration.md", &missing);
+    listed(&mut problems, "key-table entries are no key the loader accepts", &unknown);
     assert!(problems.is_empty(), "{problems}");
 }
 
@@ -425,21 +413,21 @@ fn observability_md_documents_every_metric_family_and_no_other() {
         }
     }
     let mut problems = String::new();
-    if !missing.is_empty() {
-        problems.push_str(&format!(
-            "{} metric families are not named in backticks in docs/observability.md:\n  {}\n",
-            missing.len(),
-            missing.join("\n  ")
-        ));
-    }
-    if !unknown.is_empty() {
-        problems.push_str(&format!(
-            "{} names in docs/observability.md are no family sluice exposes (histograms by base name):\n  {}\n",
-            unknown.len(),
-            unknown.join("\n  ")
-        ));
-    }
+    listed(&mut problems, "metric families are not named in backticks in docs/observability.md", &missing);
+    listed(
+        &mut problems,
+        "names in docs/observability.md are no family sluice exposes (histograms by base name)",
+        &unknown,
+    );
     assert!(problems.is_empty(), "{problems}");
+}
+
+/// Adds "N WHAT:" and the items, one per line, to `problems` (nothing if there are none).
+fn listed<S: AsRef<str>>(problems: &mut String, what: &str, items: &[S]) {
+    if !items.is_empty() {
+        let lines: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+        problems.push_str(&format!("{} {what}:\n  {}\n", items.len(), lines.join("\n  ")));
+    }
 }
 
 /// `sluice check -c path`: None if it passes, else what it said.
