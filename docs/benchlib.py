@@ -5,6 +5,7 @@ Python 3 standard library only.
 """
 
 import os
+import shutil
 import socket
 import time
 
@@ -37,3 +38,11 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_all(procs, tmp):
+    """Kills and reaps every child in `procs`, then removes the scratch directory `tmp`."""
+    for p in procs:
+        p.kill()
+        p.wait()
+    shutil.rmtree(tmp, ignore_errors=True)

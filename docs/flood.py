@@ -45,7 +45,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import cpu_seconds, free_ports, wait_port
+from benchlib import cpu_seconds, free_ports, stop_all, wait_port
 
 LOADGEN = os.environ.get("LOADGEN_BIN", "../shared/bench/loadgen/target/release/loadgen")
 SLUICE = os.environ.get("SLUICE_BIN", "target/release/sluice")
@@ -255,10 +255,7 @@ def main():
         if "2" in parts:
             part2(tmp, echo_port, procs)
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, tmp)
 
 
 if __name__ == "__main__":

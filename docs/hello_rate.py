@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import cpu_seconds, free_ports, wait_port
+from benchlib import cpu_seconds, free_ports, stop_all, wait_port
 
 LOADGEN = os.environ.get("LOADGEN_BIN", "../shared/bench/loadgen/target/release/loadgen")
 SLUICE = os.environ.get("SLUICE_BIN", "target/release/sluice")
@@ -158,10 +158,7 @@ backend other
             print(f"[{label}] medians conn/s: {line}; names/plain {med['names'] / med['plain']:.3f}"
                   + (f", names/haproxy {med['names'] / med['haproxy']:.3f}" if "haproxy" in med else ""))
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, tmp)
 
 
 if __name__ == "__main__":
