@@ -16,7 +16,7 @@ mod harness;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -78,14 +78,9 @@ fn promtool(args: &[&str], what: &str) {
 
 /// GET /metrics from the admin port.
 fn scrape(admin: SocketAddr) -> String {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(5)).expect("connect to the admin port");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
-    assert!(head.starts_with("HTTP/1.1 200"), "/metrics answered {head}");
-    body.to_owned()
+    let (status, body) = harness::admin_get(admin, "/metrics");
+    assert_eq!(status, 200, "/metrics answered {status}: {body}");
+    body
 }
 
 /// Every series name the exposition declares: each `# TYPE` family, and a

@@ -10,15 +10,22 @@
 //!
 //! Every failure lists all that is wrong, not the first thing.
 
+#[allow(dead_code)]
+#[path = "proxy/backends.rs"]
+mod backends;
+#[allow(dead_code)]
+#[path = "proxy/harness.rs"]
+mod harness;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+use crate::harness::Sluice;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Reads `rel` (relative to the repository), failing clearly when it is missing.
@@ -158,101 +165,9 @@ fn configuration_md_documents_every_accepted_key_and_no_other() {
     assert!(problems.is_empty(), "{problems}");
 }
 
-/// A child killed on drop, its stderr collected for readiness and failures.
-struct Running {
-    child: Child,
-    log: Arc<(Mutex<String>, Condvar)>,
-}
-
-impl Running {
-    fn start(config: &Path) -> Running {
-        let mut child = Command::new(SLUICE)
-            .arg("-c")
-            .arg(config)
-            .env("RUST_LOG", "sluice=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sluice");
-        let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
-        let sink = Arc::clone(&log);
-        let stderr = child.stderr.take().expect("piped stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut t = sink.0.lock().unwrap_or_else(|p| p.into_inner());
-                t.push_str(&line);
-                t.push('\n');
-                sink.1.notify_all();
-            }
-        });
-        Running { child, log }
-    }
-
-    /// Waits (bounded) for a log line containing `needle`; returns what follows it.
-    fn wait_line(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut text = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(rest) = text.lines().find_map(|l| l.split(needle).nth(1)) {
-                return rest.to_owned();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the reader catch the last lines (the reason) up.
-                drop(text);
-                std::thread::sleep(Duration::from_millis(300));
-                let text = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
-                panic!("sluice exited ({status}) before logging {needle:?}:\n{text}");
-            }
-            assert!(Instant::now() < deadline, "sluice did not log {needle:?} within 20 s:\n{text}");
-            text = self.log.1.wait_timeout(text, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
-        }
-    }
-
-    /// The address logged after `needle`.
-    fn addr_after(&mut self, needle: &str) -> SocketAddr {
-        let rest = self.wait_line(needle);
-        let word = rest.split_whitespace().next().unwrap_or_default().trim_end_matches(':');
-        word.parse().unwrap_or_else(|_| panic!("no address after {needle:?}: {rest}"))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("sluice log:\n{}", self.log.0.lock().unwrap_or_else(|p| p.into_inner()));
-        }
-    }
-}
-
-/// An echo server on an OS-chosen loopback port, one thread per connection.
-fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
-    let addr = l.local_addr().expect("backend address");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = s.read(&mut buf) {
-                    if s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Sends `data` through `addr`, half-closes and reads to the end (bounded).
-fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to a route");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+fn send_and_read_all(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut s = backends::connect(addr);
     s.write_all(data).expect("send");
     let _ = s.shutdown(Shutdown::Write);
     let mut got = Vec::new();
@@ -260,15 +175,13 @@ fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     got
 }
 
-/// GET `path` from the admin port: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the admin port");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
-    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status"), body.to_owned())
+/// The address sluice logged after `needle` (waiting for the line, bounded).
+fn logged_addr(sluice: &Sluice, needle: &str) -> SocketAddr {
+    assert!(sluice.wait_log(needle, Duration::from_secs(20)), "sluice did not log {needle:?}:\n{}", sluice.log());
+    let log = sluice.log();
+    let rest = log.lines().find_map(|l| l.split(needle).nth(1)).expect("the line just waited for");
+    let word = rest.split_whitespace().next().unwrap_or_default().trim_end_matches(':');
+    word.parse().unwrap_or_else(|_| panic!("no address after {needle:?}: {rest}"))
 }
 
 /// A config with every feature that adds series: the admin port, upgrades,
@@ -349,28 +262,29 @@ fn metric_tokens(text: &str) -> Vec<(String, bool)> {
 
 #[test]
 fn observability_md_documents_every_metric_family_and_no_other() {
-    let (a, b) = (echo_backend(), echo_backend());
+    let (a, b) = (backends::echo(), backends::echo());
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("proxy.yaml");
     std::fs::write(&config, featureful_config(dir.path(), a, b)).expect("write the config");
-    let mut sluice = Running::start(&config);
-    let admin = sluice.addr_after("admin port listening on ");
-    let pool = sluice.addr_after("route pool listening on ");
-    let sni = sluice.addr_after("route sni listening on ");
-    let proxied = sluice.addr_after("route proxied listening on ");
+    let mut cmd = Command::new(harness::BIN);
+    cmd.arg("-c").arg(&config).env("RUST_LOG", "sluice=info");
+    // Routes log their addresses in config order: pool, sni, proxied.
+    let sluice = Sluice::spawn(cmd, 3, None);
+    let [pool, sni, proxied] = sluice.addrs[..] else { panic!("three routes: {:?}", sluice.addrs) };
+    let admin = logged_addr(&sluice, "admin port listening on ");
 
     // Traffic, so per-route and per-upstream series have samples.
     for i in 0..3 {
         let msg = format!("hello {i}");
-        assert_eq!(exchange(pool, msg.as_bytes()), msg.as_bytes(), "echo through the pool route");
+        assert_eq!(send_and_read_all(pool, msg.as_bytes()), msg.as_bytes(), "echo through the pool route");
     }
     let header = format!("PROXY TCP4 127.0.0.1 127.0.0.1 40000 {}\r\n", proxied.port());
-    let got = exchange(proxied, format!("{header}ping").as_bytes());
+    let got = send_and_read_all(proxied, format!("{header}ping").as_bytes());
     assert!(got.starts_with(b"PROXY TCP4 ") && got.ends_with(b"ping"), "PROXY v1 to the upstream: {got:?}");
-    exchange(sni, b"not a ClientHello");
+    send_and_read_all(sni, b"not a ClientHello");
     let deadline = Instant::now() + Duration::from_secs(10);
     let metrics = loop {
-        let (code, body) = get(admin, "/metrics");
+        let (code, body) = harness::admin_get(admin, "/metrics");
         assert_eq!(code, 200, "{body}");
         let checked = body.lines().any(|l| l.starts_with("sluice_upstream_health_checks_total{") && !l.ends_with(" 0"));
         if body.contains("sluice_sessions_accepted_total{route=\"pool\"} 3") && checked {
@@ -430,12 +344,10 @@ fn listed<S: AsRef<str>>(problems: &mut String, what: &str, items: &[S]) {
     }
 }
 
-/// `sluice check -c path`: None if it passes, else what it said.
+/// `sluice check -c path` (bounded): None if it passes, else what it said.
 fn check(path: &Path) -> Option<String> {
-    let out =
-        Command::new(SLUICE).args(["check", "-c"]).arg(path).stdin(Stdio::null()).output().expect("run sluice check");
-    let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    (!out.status.success()).then(|| format!("exit {}: {said}", out.status.code().unwrap_or(-1)))
+    let (code, _, said) = harness::run(&["check", "-c", &path.display().to_string()]);
+    (code != 0).then(|| format!("exit {code}: {}", said.trim()))
 }
 
 /// Every file under `dir`, recursively, sorted.

@@ -160,19 +160,12 @@ impl Worker {
         let keys: Vec<usize> = self.listeners.iter().map(|(i, _)| i).collect();
         let mut served = 0;
         for li in keys {
-            while !handed_over.contains(&self.listeners[li].key) {
-                match self.listeners[li].socket.accept() {
-                    Ok((stream, addr)) => {
-                        served += 1;
-                        self.start_session(li, stream, addr, now);
-                    }
-                    Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        let listen = self.listeners[li].frontend.first().listen;
-                        log::warn!("worker {}: closing {listen}: accepting its queue failed: {e}", self.id);
-                        break;
-                    }
+            if !handed_over.contains(&self.listeners[li].key) {
+                let (n, failed) = self.serve_queue(li, None, now);
+                served += n;
+                if let Some(e) = failed {
+                    let listen = self.listeners[li].frontend.first().listen;
+                    log::warn!("worker {}: closing {listen}: accepting its queue failed: {e}", self.id);
                 }
             }
             // Dropping the socket closes it (and takes it out of the poll).
@@ -181,6 +174,28 @@ impl Worker {
         }
         if served > 0 {
             log::info!("worker {}: served {served} clients still queued when accepting stopped", self.id);
+        }
+    }
+
+    /// Accepts everything queued — on `surplus` if given, else on listener
+    /// `li`'s own socket — and serves it as listener `li`'s clients. Returns
+    /// how many, and the error that stopped it before the queue was empty.
+    fn serve_queue(&mut self, li: usize, surplus: Option<&TcpListener>, now: Instant) -> (usize, Option<io::Error>) {
+        let mut served = 0;
+        loop {
+            let accepted = match surplus {
+                Some(socket) => socket.accept(),
+                None => self.listeners[li].socket.accept(),
+            };
+            match accepted {
+                Ok((stream, addr)) => {
+                    served += 1;
+                    self.start_session(li, stream, addr, now);
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (served, None),
+                Err(e) => return (served, Some(e)),
+            }
         }
     }
 
@@ -204,20 +219,9 @@ impl Worker {
             log::warn!("worker {}: a surplus socket of {key:?} has no listener here; closing it", self.id);
             return;
         };
-        let mut served = 0;
-        loop {
-            match socket.accept() {
-                Ok((stream, addr)) => {
-                    served += 1;
-                    self.start_session(li, stream, addr, now);
-                }
-                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    log::warn!("worker {}: emptying a surplus socket of {key:?}: {e}", self.id);
-                    break;
-                }
-            }
+        let (served, failed) = self.serve_queue(li, Some(&socket), now);
+        if let Some(e) = failed {
+            log::warn!("worker {}: emptying a surplus socket of {key:?}: {e}", self.id);
         }
         log::debug!("worker {}: closed a surplus socket of {key:?} after serving {served} queued clients", self.id);
     }

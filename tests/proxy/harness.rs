@@ -3,8 +3,8 @@
 //! numbers, signal it, and always kill it on drop, printing its log if the
 //! test failed.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -266,6 +266,18 @@ impl Drop for Sluice {
             eprintln!("----- sluice log (pid {}) -----\n{}-----", self.child.id(), self.log());
         }
     }
+}
+
+/// GET `path` from sluice's admin port at `addr`: (status, body).
+pub fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the admin port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");
+    (status, body.to_owned())
 }
 
 /// Runs `sluice ARGS` to completion (bounded) and returns (exit code, stdout, stderr).

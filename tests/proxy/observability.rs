@@ -22,17 +22,7 @@ pub(crate) fn admin_addr() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
-/// GET `path` from the admin port: (status, body).
-pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the admin port");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");
-    (status, body.to_owned())
-}
+pub(crate) use crate::harness::admin_get as get;
 
 pub(crate) fn stats(addr: SocketAddr) -> serde_json::Value {
     let (code, body) = get(addr, "/stats");

@@ -60,6 +60,46 @@ fn echo_loop(addr: SocketAddr, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>) -> Vec
     failures
 }
 
+/// Client threads running `echo_loop` against one address until finished.
+struct EchoClients {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl EchoClients {
+    fn start(addr: SocketAddr, n: usize) -> EchoClients {
+        let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let threads = (0..n)
+            .map(|_| {
+                let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
+                std::thread::spawn(move || echo_loop(addr, stop, ok))
+            })
+            .collect();
+        EchoClients { stop, ok, threads }
+    }
+
+    /// Round trips that succeeded so far.
+    fn served(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Waits (at most `within`) until `n` more round trips succeeded.
+    fn wait_served(&self, n: u64, within: Duration) {
+        let (before, deadline) = (self.served(), Instant::now() + within);
+        while self.served() < before + n {
+            assert!(Instant::now() < deadline, "the clients stopped being served ({} since)", self.served() - before);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the clients; every failure they saw.
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.threads.into_iter().flat_map(|c| c.join().expect("client")).collect()
+    }
+}
+
 /// A source that sends `len` bytes of stream `seed` slowly (a long session).
 fn slow_source(seed: u64, len: usize, pace: Duration) -> SocketAddr {
     backends::serve(move |mut s| {
@@ -94,21 +134,8 @@ fn upgrades_under_traffic_across_worker_counts_drop_nothing() {
         let mut got = Vec::new();
         long.read_to_end(&mut got).map(|_| got)
     });
-    let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
-            std::thread::spawn(move || echo_loop(echo_addr, stop, ok))
-        })
-        .collect();
-    let wait_served = |n: u64| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let start = ok.load(Ordering::SeqCst);
-        while ok.load(Ordering::SeqCst) < start + n {
-            assert!(Instant::now() < deadline, "the clients stopped being served");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
+    let clients = EchoClients::start(echo_addr, 2);
+    let wait_served = |n: u64| clients.wait_served(n, Duration::from_secs(10));
     wait_served(50);
     // 1 → 4 workers.
     std::fs::write(&path, config(dir.path(), 4, echo, slow, admin)).expect("config");
@@ -123,8 +150,8 @@ fn upgrades_under_traffic_across_worker_counts_drop_nothing() {
     assert!(third.wait_log("predecessor stopped accepting", Duration::from_secs(10)), "{}", third.log());
     assert_eq!(generation(admin), 3);
     wait_served(200);
-    stop.store(true, Ordering::SeqCst);
-    let failures: Vec<String> = clients.into_iter().flat_map(|c| c.join().expect("client")).collect();
+    let served = clients.served();
+    let failures = clients.finish();
     assert!(failures.is_empty(), "{} failures across two upgrades: {failures:?}", failures.len());
     // The long session finished on the first process, byte-exact, and then it exited 0.
     let got = long_reader.join().expect("reader").expect("the long stream ended cleanly");
@@ -132,7 +159,7 @@ fn upgrades_under_traffic_across_worker_counts_drop_nothing() {
     let status = first.wait_exit(Duration::from_secs(20)).expect("the first process exits once its session ended");
     assert_eq!(status.code(), Some(0));
     assert!(first.log().contains("reason=clean") && first.log().contains("route=slow"), "{}", first.log());
-    eprintln!("upgrade: {} echoes through 1 → 4 → 2 workers, zero failures", ok.load(Ordering::SeqCst));
+    eprintln!("upgrade: {served} echoes through 1 → 4 → 2 workers, zero failures");
     drop((second, third));
 }
 
@@ -279,13 +306,7 @@ fn with_tcp_migrate_req_surplus_sockets_are_closed_and_nothing_is_dropped() {
     cmd.arg("-c").arg(&path);
     let _first = Sluice::spawn(cmd, 2, None);
     let echo_addr = _first.addrs[0];
-    let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
-            std::thread::spawn(move || echo_loop(echo_addr, stop, ok))
-        })
-        .collect();
+    let clients = EchoClients::start(echo_addr, 2);
     std::fs::write(&path, config(dir.path(), 2, echo, echo, admin)).expect("config");
     let second = take_over(&path, 2);
     assert!(
@@ -298,20 +319,9 @@ fn with_tcp_migrate_req_surplus_sockets_are_closed_and_nothing_is_dropped() {
         assert!(Instant::now() < deadline, "the surplus sockets were not closed");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (before, deadline) = (ok.load(Ordering::SeqCst), Instant::now() + Duration::from_secs(20));
-    while ok.load(Ordering::SeqCst) < before + 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the clients stopped being served ({} since)",
-            ok.load(Ordering::SeqCst) - before
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    stop.store(true, Ordering::SeqCst);
-    let failures: Vec<String> = clients.into_iter().flat_map(|c| c.join().expect("client")).collect();
+    clients.wait_served(200, Duration::from_secs(20));
+    let served = clients.served();
+    let failures = clients.finish();
     assert!(failures.is_empty(), "{} failures: {failures:?}", failures.len());
-    eprintln!(
-        "upgrade with tcp_migrate_req: {} echoes through 4 → 2 workers, surplus closed, zero failures",
-        ok.load(Ordering::SeqCst)
-    );
+    eprintln!("upgrade with tcp_migrate_req: {served} echoes through 4 → 2 workers, surplus closed, zero failures");
 }
