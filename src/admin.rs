@@ -67,7 +67,11 @@ impl AdminContext {
             draining: sh.draining.load(Ordering::Relaxed),
             generation: sh.generation.load(Ordering::Relaxed),
             workers: self.workers.len(),
-            pipes: PipeSnapshot { cap: sh.pipes.cap() as u64, ..PipeSnapshot::default() },
+            pipes: PipeSnapshot {
+                cap: sh.pipes.cap() as u64,
+                bytes: sh.pipes.held_pages() as u64 * 4096,
+                ..PipeSnapshot::default()
+            },
             reloads: ReloadSnapshot {
                 ok: sh.reloads.ok.load(Ordering::Relaxed),
                 failed: sh.reloads.failed.load(Ordering::Relaxed),

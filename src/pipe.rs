@@ -1,8 +1,11 @@
 //! Splice pipes, the per-worker pool they come from, and the process-wide
-//! budget that bounds how many exist.
+//! budget that bounds how many exist and how big they are.
 //!
 //! A pump takes a pipe only while it has bytes to move and gives it back as
-//! soon as the pipe is empty, so idle sessions hold no pipes. A pipe closed
+//! soon as the pipe is empty, so idle sessions hold no pipes. A pump whose
+//! flow keeps filling its pipe may have it grown (`PipePool::grow`, up to
+//! `fs.pipe-max-size`, within the budget); a grown pipe goes back to the pool
+//! grown. A pipe closed
 //! with bytes in it is dropped, never pooled. When a pipe cannot be had (the
 //! budget is spent, the fd limit, the per-user pipe memory limit, a pipe
 //! shorter than asked) the pool says so and the pump copies instead; the
@@ -47,29 +50,46 @@ impl Pipe {
         }
         Ok(Pipe { read, write, capacity })
     }
+
+    /// Pages the kernel charges to the user for this pipe.
+    fn pages(&self) -> usize {
+        self.capacity.div_ceil(PAGE)
+    }
 }
 
+/// The page size pipes are accounted in (`fs.pipe-user-pages-soft`).
+const PAGE: usize = 4096;
+
 /// How many pipes the whole process may hold (in use and pooled), shared by
-/// the workers: at most a quarter of the fd limit (two fds per pipe, and
-/// sessions need the rest), and, for a process the per-user pipe memory
-/// limit applies to, 90 % of `fs.pipe-user-pages-soft` (other processes of
-/// the same user need some too).
+/// the workers, and how much pipe memory: at most a quarter of the fd limit
+/// in pipes (two fds per pipe, and sessions need the rest), and, for a
+/// process the per-user pipe memory limit applies to, 90 % of
+/// `fs.pipe-user-pages-soft` in pages (other processes of the same user need
+/// some too). Pipes are charged by their size, so a grown pipe costs more.
 #[derive(Debug)]
 pub struct PipeBudget {
     total: AtomicUsize,
+    pages: AtomicUsize,
     cap: AtomicUsize,
+    page_cap: AtomicUsize,
     nofile: u64,
 }
 
 impl PipeBudget {
     /// The budget for a process with `nofile` fds making `pipe_size`-byte pipes.
     pub fn new(nofile: u64, pipe_size: usize) -> PipeBudget {
-        let b = PipeBudget { total: AtomicUsize::new(0), cap: AtomicUsize::new(0), nofile };
+        let b = PipeBudget {
+            total: AtomicUsize::new(0),
+            pages: AtomicUsize::new(0),
+            cap: AtomicUsize::new(0),
+            page_cap: AtomicUsize::new(usize::MAX),
+            nofile,
+        };
         b.resize(pipe_size);
         b
     }
 
-    /// Recomputes the cap for a new pipe size (reload).
+    /// Recomputes the caps for a new pipe size (reload).
     pub fn resize(&self, pipe_size: usize) {
         let by_fds = usize::try_from(self.nofile / 4).unwrap_or(usize::MAX);
         let soft_pages = if crate::limits::pipe_limits_apply() {
@@ -79,32 +99,50 @@ impl PipeBudget {
         };
         let cap = match soft_pages {
             Some(pages) => {
-                let per_pipe = pipe_size.div_ceil(4096).max(1);
-                let by_pages = pages / per_pipe * 9 / 10;
+                let page_cap = pages * 9 / 10;
+                let by_pages = page_cap / pipe_size.div_ceil(PAGE).max(1);
                 log::info!(
                     "splice pipes: at most {} ({by_fds} by the fd limit, {by_pages} by fs.pipe-user-pages-soft = {pages} \
-                     pages); pumps copy beyond that",
+                     pages; fewer when flows grow theirs); pumps copy beyond that",
                     by_fds.min(by_pages)
                 );
+                self.page_cap.store(page_cap, Ordering::Relaxed);
                 by_fds.min(by_pages)
             }
             None => {
                 log::info!("splice pipes: at most {by_fds} (a quarter of the fd limit); pumps copy beyond that");
+                self.page_cap.store(usize::MAX, Ordering::Relaxed);
                 by_fds
             }
         };
         self.cap.store(cap, Ordering::Relaxed);
     }
 
-    /// Takes one pipe from the budget, if any is left.
-    fn take(&self) -> bool {
-        let cap = self.cap.load(Ordering::Relaxed);
-        self.total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1)).is_ok()
+    /// Charges `pages` more pipe memory, if the budget has room for them.
+    fn take_pages(&self, pages: usize) -> bool {
+        let cap = self.page_cap.load(Ordering::Relaxed);
+        self.pages
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(pages).filter(|&m| m <= cap))
+            .is_ok()
     }
 
-    /// Returns one pipe to the budget.
-    fn give_back(&self) {
+    /// Takes one pipe of `pages` pages from the budget, if any is left.
+    fn take(&self, pages: usize) -> bool {
+        let cap = self.cap.load(Ordering::Relaxed);
+        if self.total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < cap).then_some(n + 1)).is_err() {
+            return false;
+        }
+        if !self.take_pages(pages) {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Returns one pipe of `pages` pages to the budget.
+    fn give_back(&self, pages: usize) {
         self.total.fetch_sub(1, Ordering::Relaxed);
+        self.pages.fetch_sub(pages, Ordering::Relaxed);
     }
 
     /// Pipes held by the whole process (in use and pooled).
@@ -112,7 +150,12 @@ impl PipeBudget {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// The cap.
+    /// Pipe pages held by the whole process.
+    pub fn held_pages(&self) -> usize {
+        self.pages.load(Ordering::Relaxed)
+    }
+
+    /// The cap, in pipes of the configured size.
     pub fn cap(&self) -> usize {
         self.cap.load(Ordering::Relaxed)
     }
@@ -134,6 +177,8 @@ pub struct PoolCounts {
     pub lent: u64,
     /// Times a pipe was wanted and none could be had.
     pub refused: u64,
+    /// Pipes a pump's flow filled so often that it was doubled.
+    pub grown: u64,
     /// Pipes lent out right now.
     pub in_use: u64,
     /// Spare pipes kept right now.
@@ -153,6 +198,8 @@ pub struct PipePool {
     /// all be discarded, or none pooled (`max_pooled_pipes: 0`).
     cool_down_until: Option<Instant>,
     last_error: Option<io::ErrorKind>,
+    /// See [`PipePool::grow_limit`].
+    grow_limit: usize,
     /// Makes a pipe: `Pipe::new`, or in tests one that counts or fails.
     make: fn(usize) -> io::Result<Pipe>,
 }
@@ -169,6 +216,7 @@ impl PipePool {
             counts: PoolCounts::default(),
             cool_down_until: None,
             last_error: None,
+            grow_limit: pipe_max_size().unwrap_or(DEFAULT_PIPE_MAX).max(size),
             make: Pipe::new,
         }
     }
@@ -178,10 +226,10 @@ impl PipePool {
     pub fn resize(&mut self, size: usize, max_pooled: usize) {
         if size != self.size {
             for p in self.free.drain(..) {
-                drop(p);
-                self.budget.give_back();
+                self.budget.give_back(p.pages());
             }
             self.size = size;
+            self.grow_limit = pipe_max_size().unwrap_or(DEFAULT_PIPE_MAX).max(size);
         }
         self.max_pooled = max_pooled;
         self.trim();
@@ -203,7 +251,7 @@ impl PipePool {
             }
             self.cool_down_until = None;
         }
-        if !self.budget.take() {
+        if !self.budget.take(self.size.div_ceil(PAGE)) {
             self.counts.refused += 1;
             return None;
         }
@@ -215,7 +263,7 @@ impl PipePool {
                 Some(p)
             }
             Err(e) => {
-                self.budget.give_back();
+                self.budget.give_back(self.size.div_ceil(PAGE));
                 if self.last_error != Some(e.kind()) {
                     log::warn!(
                         "cannot make a {} byte splice pipe ({e}); pumps copy instead, asking again every {}",
@@ -237,23 +285,65 @@ impl PipePool {
         if pipe.capacity >= self.size && self.free.len() < self.max_pooled {
             self.free.push(pipe);
         } else {
-            drop(pipe);
-            self.budget.give_back();
+            self.budget.give_back(pipe.pages());
+        }
+    }
+
+    /// The largest a pipe may grow to: `fs.pipe-max-size`, the most an
+    /// unprivileged process may ask for (1 MiB by default), and never less
+    /// than the configured size.
+    pub fn grow_limit(&self) -> usize {
+        self.grow_limit
+    }
+
+    /// Doubles `pipe` (up to [`PipePool::grow_limit`]) if the budget has the
+    /// pages for it and the kernel agrees. Returns whether it grew; a pipe
+    /// that could not grow is as good as before.
+    pub fn grow(&mut self, pipe: &mut Pipe) -> bool {
+        let to = (pipe.capacity * 2).min(self.grow_limit);
+        if to <= pipe.capacity {
+            return false;
+        }
+        let extra = to.div_ceil(PAGE) - pipe.pages();
+        if !self.budget.take_pages(extra) {
+            return false;
+        }
+        match i32::try_from(to).map(|t| fcntl(&pipe.read, FcntlArg::F_SETPIPE_SZ(t))) {
+            Ok(Ok(cap)) => {
+                // The kernel rounds to a power of two pages, as `to` already is
+                // for the sizes we make; charge what it really made all the same.
+                let cap = usize::try_from(cap).unwrap_or(to);
+                let charged = pipe.pages() + extra;
+                pipe.capacity = cap;
+                self.budget.pages.fetch_add(pipe.pages(), Ordering::Relaxed);
+                self.budget.pages.fetch_sub(charged, Ordering::Relaxed);
+                self.counts.grown += 1;
+                true
+            }
+            _ => {
+                self.budget.pages.fetch_sub(extra, Ordering::Relaxed);
+                false
+            }
         }
     }
 
     /// Closes a pipe that still holds bytes (its session ended).
     pub fn discard(&mut self, pipe: Pipe) {
         self.counts.in_use = self.counts.in_use.saturating_sub(1);
-        drop(pipe);
-        self.budget.give_back();
+        self.budget.give_back(pipe.pages());
     }
 
     fn trim(&mut self) {
         while self.free.len() > self.max_pooled {
-            self.free.pop();
-            self.budget.give_back();
+            if let Some(p) = self.free.pop() {
+                self.budget.give_back(p.pages());
+            }
         }
+    }
+
+    /// Pipe pages the whole process holds (see [`PipeBudget::held_pages`]).
+    pub fn budget_pages(&self) -> usize {
+        self.budget.held_pages()
     }
 
     /// Counters so far.
@@ -268,6 +358,9 @@ impl Drop for PipePool {
         self.trim();
     }
 }
+
+/// `fs.pipe-max-size`'s default, assumed when it cannot be read.
+const DEFAULT_PIPE_MAX: usize = 1 << 20;
 
 /// Reads `fs.pipe-max-size`, the largest pipe we may ask for without `CAP_SYS_RESOURCE`.
 pub fn pipe_max_size() -> Option<usize> {
@@ -401,6 +494,40 @@ mod tests {
         assert!(pool.get(|| t0).is_none());
         pool.put(p);
         assert!(pool.get(no_clock).is_some(), "a pooled pipe is lent even during a cool-down");
+    }
+
+    #[test]
+    fn growing_doubles_within_the_page_budget_and_gives_the_pages_back() {
+        let b = budget(10);
+        b.page_cap.store(16 + 32 + 16, Ordering::Relaxed); // room for one 64 KiB pipe grown once, and one more
+        let mut pool = PipePool::new(64 << 10, 4, Arc::clone(&b));
+        let mut p = pool.get(Instant::now).unwrap();
+        assert_eq!(b.held_pages(), 16);
+        assert!(pool.grow(&mut p), "16 -> 32 pages fits");
+        assert_eq!((p.capacity, b.held_pages()), (128 << 10, 32));
+        let other = pool.get(Instant::now).unwrap();
+        assert!(!pool.grow(&mut p), "64 pages would pass the cap");
+        assert_eq!((p.capacity, b.held_pages()), (128 << 10, 48), "a refused growth charges nothing");
+        assert_eq!(pool.counts().grown, 1);
+        pool.put(p);
+        pool.discard(other);
+        assert_eq!(b.held_pages(), 32, "the grown pipe is pooled, grown");
+        let again = pool.get(Instant::now).unwrap();
+        assert_eq!(again.capacity, 128 << 10);
+        pool.discard(again);
+        assert_eq!((b.held(), b.held_pages()), (0, 0));
+    }
+
+    #[test]
+    fn a_pipe_never_grows_past_the_pools_limit() {
+        let b = budget(10);
+        let mut pool = PipePool::new(64 << 10, 4, Arc::clone(&b));
+        pool.grow_limit = 128 << 10;
+        let mut p = pool.get(Instant::now).unwrap();
+        assert!(pool.grow(&mut p));
+        assert!(!pool.grow(&mut p), "at the limit");
+        assert_eq!(p.capacity, 128 << 10);
+        pool.put(p);
     }
 
     #[test]

@@ -163,6 +163,7 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
     p.created += g(&c.pipes_created);
     p.lent += g(&c.pipes_lent);
     p.refused += g(&c.pipes_refused);
+    p.grown += g(&c.pipes_grown);
     p.copy_fallbacks += g(&c.copy_fallbacks);
     let a: &mut AcceptSnapshot = &mut snap.accept;
     a.fd_exhausted += g(&c.accept_fd_exhausted);

@@ -164,6 +164,8 @@ pub struct WorkerCounters {
     pub pipes_lent: AtomicU64,
     /// Times a pipe was wanted and could not be had.
     pub pipes_refused: AtomicU64,
+    /// Pipes doubled because their flow kept filling them.
+    pub pipes_grown: AtomicU64,
     /// Pipes lent to pumps right now.
     pub pipes_in_use: AtomicU64,
     /// Spare pipes in the pool right now.

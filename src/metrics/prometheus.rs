@@ -169,6 +169,11 @@ pub fn render(snap: &Snapshot) -> String {
     out.gauge("sluice_pipes_in_use", "Splice pipes lent to pumps now.", &[(vec![], p.in_use as f64)]);
     out.gauge("sluice_pipes_pooled", "Spare splice pipes in the pools now.", &[(vec![], p.pooled as f64)]);
     out.gauge("sluice_pipes_cap", "Splice pipes the process may hold.", &[(vec![], p.cap as f64)]);
+    out.gauge(
+        "sluice_pipes_bytes",
+        "Capacity of the splice pipes held now, in use and pooled (what fs.pipe-user-pages-soft counts).",
+        &[(vec![], p.bytes as f64)],
+    );
     out.counter("sluice_pipes_created_total", "Splice pipes created.", &[(vec![], p.created as f64)]);
     out.counter(
         "sluice_pipes_lent_total",
@@ -179,6 +184,11 @@ pub fn render(snap: &Snapshot) -> String {
         "sluice_pipes_refused_total",
         "Times a pipe was wanted and none could be had.",
         &[(vec![], p.refused as f64)],
+    );
+    out.counter(
+        "sluice_pipes_grown_total",
+        "Splice pipes doubled because their flow kept filling them while its destination kept up.",
+        &[(vec![], p.grown as f64)],
     );
     out.counter(
         "sluice_copy_fallbacks_total",

@@ -236,10 +236,16 @@ pub struct PipeSnapshot {
     pub lent: u64,
     /// Times one was wanted and none could be had.
     pub refused: u64,
+    /// Pipes doubled because their flow kept filling them.
+    #[serde(default)]
+    pub grown: u64,
     /// Pumps that copied for want of a pipe (or because splice refused the sockets).
     pub copy_fallbacks: u64,
     /// The process-wide cap.
     pub cap: u64,
+    /// Pipe capacity held (in use and pooled), as the kernel charges it to the user.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 impl PipeSnapshot {

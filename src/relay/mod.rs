@@ -1,10 +1,12 @@
 //! Moving bytes: the pump state machine (`pump.rs`) over its two kinds of
 //! stage, splice pipes (`splice.rs`, pipes from `crate::pipe`) and copy
-//! buffers (`copy.rs`), and `relay: auto`'s switch between them (`auto.rs`).
+//! buffers (`copy.rs`), when a pipe grows (`grow.rs`), and `relay: auto`'s
+//! switch between them (`auto.rs`).
 //! Sessions own pumps; workers own the `Resources`.
 
 pub mod auto;
 pub mod copy;
+pub mod grow;
 pub mod pump;
 pub mod splice;
 

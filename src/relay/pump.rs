@@ -15,17 +15,13 @@ use mio::net::TcpStream;
 use super::Resources;
 use super::auto::OneWay;
 use super::copy::CopyStage;
+use super::grow::{Growth, full_hint};
 use super::splice;
 use crate::pipe::Pipe;
 
 /// At most this many drain+fill rounds per call, so one fast session can't
 /// starve the others of its worker; the caller re-runs a pump that says `more`.
 const MAX_ROUNDS: usize = 16;
-
-/// Splice pipes are full by slots (one per skb fragment), not bytes: a 64 KiB
-/// pipe holds ~23 KiB of 1448-byte segments. Past this many bytes in the pipe
-/// we stop filling and drain first (HAProxy's `SPLICE_FULL_HINT`).
-const SPLICE_FULL_HINT: usize = 16 * 1448;
 
 /// How the source side of a pump ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +37,7 @@ pub enum SrcEnd {
 /// Where the bytes in flight are.
 #[derive(Debug)]
 enum Stage {
-    Splice { pipe: Option<Pipe>, len: usize },
+    Splice { pipe: Option<Pipe>, len: usize, growth: Growth },
     Copy(CopyStage),
 }
 
@@ -65,6 +61,8 @@ pub struct DstFailed(pub io::Error);
 pub struct Pump {
     /// `relay: auto` while still copying: the flow so far (see [`OneWay`]).
     one_way: Option<OneWay>,
+    /// The most a splice pipe of this pump may grow to (see [`Growth`]).
+    pipe_limit: Option<u32>,
     /// The source had readiness we haven't consumed (sticky).
     pub src_readable: bool,
     /// The destination had write space we haven't used up (sticky).
@@ -91,10 +89,15 @@ pub struct Pump {
 }
 
 impl Pump {
-    /// A pump for a relay mode (`auto` starts copying).
-    pub fn for_mode(mode: crate::config::RelayMode) -> Pump {
+    /// A pump for a relay mode (`auto` starts copying) whose pipe may grow to
+    /// `pipe_limit` bytes (`None`: `fs.pipe-max-size`); see [`super::grow`].
+    pub fn for_mode(mode: crate::config::RelayMode, pipe_limit: Option<u32>) -> Pump {
         use crate::config::RelayMode;
         let mut p = Pump::new(mode == RelayMode::Splice);
+        p.pipe_limit = pipe_limit;
+        if let Stage::Splice { growth, .. } = &mut p.stage {
+            *growth = Growth::up_to(pipe_limit);
+        }
         if mode == RelayMode::Auto {
             p.one_way = Some(OneWay::default());
         }
@@ -105,6 +108,7 @@ impl Pump {
     pub fn new(splice: bool) -> Pump {
         Pump {
             one_way: None,
+            pipe_limit: None,
             src_readable: false,
             dst_writable: false,
             src_hup: false,
@@ -113,7 +117,11 @@ impl Pump {
             hold_fin: false,
             fin_by_close: false,
             eof_is_failure: None,
-            stage: if splice { Stage::Splice { pipe: None, len: 0 } } else { Stage::Copy(CopyStage::default()) },
+            stage: if splice {
+                Stage::Splice { pipe: None, len: 0, growth: Growth::default() }
+            } else {
+                Stage::Copy(CopyStage::default())
+            },
             spliced: 0,
             copied: 0,
         }
@@ -125,6 +133,10 @@ impl Pump {
     /// from past events, and no new edge would say it again.
     pub fn for_new_source(&self) -> Pump {
         let mut p = Pump::new(matches!(self.stage, Stage::Splice { .. }));
+        p.pipe_limit = self.pipe_limit;
+        if let Stage::Splice { growth, .. } = &mut p.stage {
+            *growth = Growth::up_to(self.pipe_limit);
+        }
         p.one_way = self.one_way.map(|_| OneWay::default());
         p.dst_writable = self.dst_writable;
         p
@@ -228,7 +240,7 @@ impl Pump {
             return Ok(false);
         }
         let r = match &mut self.stage {
-            Stage::Splice { pipe: Some(pipe), len } => splice::pipe_to_socket(pipe, dst, *len).inspect(|&n| {
+            Stage::Splice { pipe: Some(pipe), len, .. } => splice::pipe_to_socket(pipe, dst, *len).inspect(|&n| {
                 *len -= n.min(*len);
                 self.spliced += n as u64;
             }),
@@ -243,6 +255,9 @@ impl Pump {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.dst_writable = false;
+                if let Stage::Splice { growth, .. } = &mut self.stage {
+                    growth.dst_blocked();
+                }
                 Ok(false)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
@@ -261,13 +276,13 @@ impl Pump {
             if let Stage::Copy(c) = &mut self.stage {
                 c.release(&mut res.buffers);
             }
-            self.stage = Stage::Splice { pipe: None, len: 0 };
+            self.stage = Stage::Splice { pipe: None, len: 0, growth: Growth::up_to(self.pipe_limit) };
             self.one_way = None;
         }
         let mut short_read = false;
         let r = match &mut self.stage {
-            Stage::Splice { pipe, len } => {
-                if *len >= SPLICE_FULL_HINT.min(pipe.as_ref().map_or(usize::MAX, |p| p.capacity)) {
+            Stage::Splice { pipe, len, growth } => {
+                if pipe.as_ref().is_some_and(|p| *len >= full_hint(p.capacity)) {
                     return false;
                 }
                 if pipe.is_none() {
@@ -282,7 +297,7 @@ impl Pump {
                     }
                 }
                 let p = pipe.as_ref().expect("a pipe was just taken");
-                match splice::socket_to_pipe(src, p) {
+                let r = match splice::socket_to_pipe(src, p) {
                     Err(e) if splice::is_unsupported(&e) && self.spliced == 0 && *len == 0 => {
                         // This socket pair can't splice: copy instead (counted).
                         if let Some(p) = pipe.take() {
@@ -293,7 +308,14 @@ impl Pump {
                         return self.fill(src, res);
                     }
                     r => r.inspect(|&n| *len += n),
+                };
+                if let (Ok(1..), Some(p)) = (&r, pipe.as_mut())
+                    && growth.after_read(*len, p.capacity, res.pipes.grow_limit())
+                    && !res.pipes.grow(p)
+                {
+                    growth.refused();
                 }
+                r
             }
             Stage::Copy(c) => {
                 if !c.has_room() {
@@ -346,7 +368,7 @@ impl Pump {
     /// Returns an empty pipe or buffer to its pool.
     fn release_if_empty(&mut self, res: &mut Resources) {
         match &mut self.stage {
-            Stage::Splice { pipe, len: 0 } => {
+            Stage::Splice { pipe, len: 0, .. } => {
                 if let Some(p) = pipe.take() {
                     res.pipes.put(p);
                 }
@@ -359,7 +381,7 @@ impl Pump {
     /// Gives back whatever the pump holds; a pipe with bytes in it is dropped.
     pub fn release(&mut self, res: &mut Resources) {
         match &mut self.stage {
-            Stage::Splice { pipe, len } => {
+            Stage::Splice { pipe, len, .. } => {
                 if let Some(p) = pipe.take() {
                     if *len == 0 { res.pipes.put(p) } else { res.pipes.discard(p) }
                 }
@@ -586,7 +608,7 @@ mod tests {
     fn auto_splices_a_one_way_bulk_flow_past_the_threshold() {
         let data = payload(12 << 20, 11);
         let ((got, pump), _) =
-            relay_with(test_resources(), Pump::for_mode(crate::config::RelayMode::Auto), data.clone(), false);
+            relay_with(test_resources(), Pump::for_mode(crate::config::RelayMode::Auto, None), data.clone(), false);
         assert!(got == data, "contents differ");
         assert!(pump.spliced > 0, "a 12 MiB one-way flow was never spliced");
         assert!(pump.copied >= AUTO_SPLICE_AFTER, "switched after {} bytes", pump.copied);
@@ -595,7 +617,7 @@ mod tests {
 
     #[test]
     fn auto_starts_counting_over_when_the_other_way_replies() {
-        let mut p = Pump::for_mode(crate::config::RelayMode::Auto);
+        let mut p = Pump::for_mode(crate::config::RelayMode::Auto, None);
         let mut big = OneWay::default();
         for _ in 0..(AUTO_SPLICE_AFTER / (64 << 10)) {
             big.read(64 << 10);
@@ -609,6 +631,44 @@ mod tests {
         let mut s = Pump::new(true);
         s.other_way_moved();
         assert_eq!(s.one_way, None);
+    }
+
+    #[test]
+    fn a_bulk_flow_grows_its_pipe_up_to_its_limit() {
+        let data = payload(16 << 20, 21);
+        let limit = 256 << 10;
+        let pump = Pump::for_mode(crate::config::RelayMode::Splice, Some(limit as u32));
+        let ((got, _), res) = relay_with(test_resources(), pump, data.clone(), false);
+        assert!(got == data, "contents differ");
+        let grown = res.pipes.counts().grown;
+        assert!((1..=2).contains(&grown), "64 KiB -> 256 KiB takes 1 or 2 doublings, not {grown}");
+        assert!(res.pipes.budget_pages() <= limit / 4096, "no pipe past the limit: {} pages", res.pipes.budget_pages());
+    }
+
+    #[test]
+    fn request_response_never_grows_its_pipe() {
+        // Scripted: each 1 KiB request is written, relayed with both flags
+        // set by hand, and read on the far side before the next is sent.
+        let (mut src_peer, src) = pair();
+        let (mut dst_peer, dst) = pair();
+        let mut res = test_resources();
+        let mut pump = Pump::new(true);
+        dst_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for i in 0..200 {
+            let msg = payload(1024, i);
+            src_peer.write_all(&msg).unwrap();
+            let mut got = vec![0; msg.len()];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pump.delivered() < (i + 1) * 1024 {
+                assert!(Instant::now() < deadline, "message {i} never relayed");
+                pump.src_readable = true;
+                pump.dst_writable = true;
+                pump.run(&src, &dst, &mut res).unwrap();
+            }
+            dst_peer.read_exact(&mut got).unwrap();
+            assert!(got == msg, "message {i} differs");
+        }
+        assert_eq!(res.pipes.counts().grown, 0, "1 KiB messages never fill a pipe");
     }
 
     #[test]

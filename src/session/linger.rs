@@ -114,6 +114,7 @@ mod tests {
             Readiness::default(),
             Readiness::default(),
             None,
+            None,
             now,
         );
         Linger::new(relay, Side::Client, CloseReason::UpstreamReset, now)

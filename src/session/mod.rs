@@ -442,8 +442,15 @@ impl Session {
             header::Outgoing::new(v, self.client_addr, local)
         });
         let connect_time = now.saturating_duration_since(a.since);
-        let mut relay =
-            Relay::new(a.upstream, self.relay_mode, std::mem::take(&mut self.client_ready), a.ready, header, now);
+        let mut relay = Relay::new(
+            a.upstream,
+            self.relay_mode,
+            std::mem::take(&mut self.client_ready),
+            a.ready,
+            header,
+            self.route.socket.options().notsent_lowat(),
+            now,
+        );
         relay.connect_time = connect_time;
         if reset_already {
             relay.upstream_reset_before_read();

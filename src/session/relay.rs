@@ -63,10 +63,11 @@ impl Relay {
         client: Readiness,
         up: Readiness,
         header: Option<Outgoing>,
+        pipe_limit: Option<u32>,
         now: Instant,
     ) -> Relay {
-        let mut c2u = Pump::for_mode(mode);
-        let mut u2c = Pump::for_mode(mode);
+        let mut c2u = Pump::for_mode(mode, pipe_limit);
+        let mut u2c = Pump::for_mode(mode, pipe_limit);
         (c2u.src_readable, c2u.src_hup, u2c.dst_writable) = (client.readable, client.hup, client.writable);
         (u2c.src_readable, u2c.src_hup, c2u.dst_writable) = (up.readable, up.hup, up.writable);
         Relay {

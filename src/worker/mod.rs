@@ -406,6 +406,7 @@ impl Worker {
         WorkerCounters::set(&counters.pipes_created, c.created);
         WorkerCounters::set(&counters.pipes_lent, c.lent);
         WorkerCounters::set(&counters.pipes_refused, c.refused);
+        WorkerCounters::set(&counters.pipes_grown, c.grown);
         WorkerCounters::set(&counters.pipes_in_use, c.in_use);
         WorkerCounters::set(&counters.pipes_pooled, c.pooled);
         WorkerCounters::set(&counters.copy_fallbacks, self.res.copy_fallbacks);
