@@ -67,7 +67,7 @@ pub struct Cli {
     #[arg(long, value_enum, global = true)]
     pub relay: Option<RelayMode>,
 
-    /// Bytes per splice pipe and copy buffer, e.g. 64KiB or 1MiB [config: pipe_size].
+    /// Bytes each splice pipe starts at (bulk flows grow theirs) and per copy buffer, e.g. 64KiB [config: pipe_size].
     #[arg(long, value_name = "SIZE", global = true)]
     pub pipe_size: Option<crate::config::units::SizeIn<4096, { 16 << 20 }>>,
 

@@ -1,0 +1,304 @@
+//! The pump's tests: real loopback sockets, readiness from real
+//! edge-triggered events or scripted by hand.
+
+use super::super::auto::AUTO_SPLICE_AFTER;
+use super::*;
+use mio::{Events, Interest, Poll, Token};
+use std::net::{TcpListener, TcpStream as StdStream};
+use std::time::{Duration, Instant};
+
+/// A connected loopback pair: (the test's blocking end, the pump's non-blocking end).
+fn pair() -> (StdStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = StdStream::connect(l.local_addr().unwrap()).unwrap();
+    let (ours, _) = l.accept().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    (peer, TcpStream::from_std(ours))
+}
+
+fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Drives one pump from real edge-triggered events until the source's
+/// EOF has been passed on, while threads write `data` in uneven chunks
+/// and read it back (slowly if asked). A lost edge shows up as a timeout.
+fn test_resources() -> Resources {
+    Resources::new(64 << 10, 4, std::sync::Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)))
+}
+
+fn relay_through_pump(splice: bool, data: Vec<u8>, slow_reader: bool) -> (Vec<u8>, Pump) {
+    relay_with(test_resources(), Pump::new(splice), data, slow_reader).0
+}
+
+fn relay_with(mut res: Resources, mut pump: Pump, data: Vec<u8>, slow_reader: bool) -> ((Vec<u8>, Pump), Resources) {
+    let (mut src_peer, mut src) = pair();
+    let (mut dst_peer, mut dst) = pair();
+    let mut poll = Poll::new().unwrap();
+    poll.registry().register(&mut src, Token(0), Interest::READABLE).unwrap();
+    poll.registry().register(&mut dst, Token(1), Interest::WRITABLE).unwrap();
+    let expected_len = data.len();
+    let writer = std::thread::spawn(move || {
+        let mut off = 0;
+        let mut step = 1;
+        while off < data.len() {
+            let n = step.min(data.len() - off);
+            src_peer.write_all(&data[off..off + n]).unwrap();
+            off += n;
+            step = (step * 7 + 13) % 200_000 + 1;
+        }
+        src_peer.shutdown(std::net::Shutdown::Write).unwrap();
+        src_peer
+    });
+    let reader = std::thread::spawn(move || {
+        dst_peer.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut out = Vec::with_capacity(expected_len);
+        let mut buf = vec![0; 7919];
+        loop {
+            let n = dst_peer.read(&mut buf).unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if slow_reader {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    });
+    let mut events = Events::with_capacity(8);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pump.finished() {
+        assert!(Instant::now() < deadline, "pump stalled with {} bytes pending", pump.pending());
+        poll.poll(&mut events, Some(Duration::from_secs(5))).unwrap();
+        for ev in events.iter() {
+            match ev.token() {
+                Token(0) => {
+                    pump.src_readable = true;
+                    pump.src_hup |= ev.is_read_closed() || ev.is_error();
+                }
+                _ => pump.dst_writable = true,
+            }
+        }
+        loop {
+            let act = pump.run(&src, &dst, &mut res).unwrap();
+            if !act.more {
+                break;
+            }
+        }
+    }
+    pump.release(&mut res);
+    assert_eq!(res.pipes.counts().in_use, 0, "every pipe went back to the pool");
+    let _src_peer = writer.join().unwrap();
+    ((reader.join().unwrap(), pump), res)
+}
+
+#[test]
+fn a_source_reset_before_we_read_ends_in_failure_after_its_bytes() {
+    for splice in [true, false] {
+        let (mut src_peer, src) = pair();
+        let (mut dst_peer, dst) = pair();
+        src_peer.write_all(b"bye").unwrap();
+        drop(src_peer);
+        let mut res = test_resources();
+        let mut pump = Pump::new(splice);
+        pump.fail_at_eof(io::ErrorKind::ConnectionReset);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pump.all_delivered() {
+            assert!(Instant::now() < deadline, "splice={splice}: never drained");
+            pump.src_readable = true;
+            pump.dst_writable = true;
+            pump.run(&src, &dst, &mut res).unwrap();
+        }
+        assert_eq!(pump.src_end(), SrcEnd::Failed(io::ErrorKind::ConnectionReset));
+        assert!(!pump.finished(), "splice={splice}: a failed source must not pass a FIN on");
+        let mut got = [0; 3];
+        dst_peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"bye");
+    }
+}
+
+#[test]
+fn without_a_pipe_the_splice_pump_copies_and_counts_it() {
+    let res = Resources {
+        // no such pipe can be made
+        pipes: crate::pipe::PipePool::new(
+            1 << 30,
+            4,
+            std::sync::Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)),
+        ),
+        buffers: super::super::copy::BufferPool::new(64 << 10, 4),
+        copy_fallbacks: 0,
+    };
+    let data = payload(1 << 20, 17);
+    let ((got, pump), res) = relay_with(res, Pump::new(true), data.clone(), false);
+    assert!(got == data, "fallback copy differs");
+    assert_eq!((pump.spliced, pump.copied), (0, 1 << 20));
+    assert_eq!(res.copy_fallbacks, 1);
+    assert_eq!(res.pipes.counts().refused, 1);
+}
+
+#[test]
+fn fin_by_close_finishes_without_shutdown_and_close_sends_the_fin() {
+    for splice in [true, false] {
+        let (mut src_peer, src) = pair();
+        let (mut dst_peer, dst) = pair();
+        let mut res = test_resources();
+        let mut pump = Pump::new(splice);
+        pump.fin_by_close();
+        src_peer.write_all(b"last words").unwrap();
+        src_peer.shutdown(Shutdown::Write).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pump.finished() {
+            assert!(Instant::now() < deadline, "splice {splice}: the pump never finished");
+            (pump.src_readable, pump.dst_writable) = (true, true);
+            pump.run(&src, &dst, &mut res).unwrap();
+        }
+        let mut got = [0; 10];
+        dst_peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"last words");
+        // No shutdown was sent: the peer's read waits...
+        dst_peer.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let e = dst_peer.read(&mut got).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "splice {splice}: {e}");
+        // ...until the session closes the socket, which sends the FIN.
+        pump.release(&mut res);
+        drop(dst);
+        dst_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(dst_peer.read(&mut got).unwrap(), 0, "splice {splice}: no EOF after close");
+    }
+}
+
+#[test]
+fn splice_pump_is_byte_exact_and_passes_eof_on() {
+    for (len, seed) in [(0, 1), (1, 2), (65_535, 3), (65_537, 4), (3 << 20, 5)] {
+        let data = payload(len, seed);
+        let (got, pump) = relay_through_pump(true, data.clone(), false);
+        assert!(got == data, "splice: {len} bytes in, {} out, contents differ", got.len());
+        assert_eq!(pump.spliced, len as u64);
+        assert_eq!(pump.copied, 0);
+    }
+}
+
+#[test]
+fn copy_pump_is_byte_exact_and_passes_eof_on() {
+    for (len, seed) in [(0, 1), (1, 2), (65_535, 3), (65_537, 4), (3 << 20, 5)] {
+        let data = payload(len, seed);
+        let (got, pump) = relay_through_pump(false, data.clone(), false);
+        assert!(got == data, "copy: {len} bytes in, {} out, contents differ", got.len());
+        assert_eq!((pump.spliced, pump.copied), (0, len as u64));
+    }
+}
+
+#[test]
+fn slow_reader_gets_every_byte_in_both_modes() {
+    for splice in [true, false] {
+        let data = payload(2 << 20, 9);
+        let (got, _) = relay_through_pump(splice, data.clone(), true);
+        assert!(got == data, "splice={splice}: contents differ");
+    }
+}
+
+#[test]
+fn auto_splices_a_one_way_bulk_flow_past_the_threshold() {
+    let data = payload(12 << 20, 11);
+    let ((got, pump), _) =
+        relay_with(test_resources(), Pump::for_mode(crate::config::RelayMode::Auto, None), data.clone(), false);
+    assert!(got == data, "contents differ");
+    assert!(pump.spliced > 0, "a 12 MiB one-way flow was never spliced");
+    assert!(pump.copied >= AUTO_SPLICE_AFTER, "switched after {} bytes", pump.copied);
+    assert!(pump.copied < AUTO_SPLICE_AFTER + (1 << 20), "switched late: after {} bytes", pump.copied);
+}
+
+#[test]
+fn auto_starts_counting_over_when_the_other_way_replies() {
+    let mut p = Pump::for_mode(crate::config::RelayMode::Auto, None);
+    let mut big = OneWay::default();
+    for _ in 0..(AUTO_SPLICE_AFTER / (64 << 10)) {
+        big.read(64 << 10);
+    }
+    assert!(big.is_bulk());
+    p.one_way = Some(big);
+    // A reply (1 MiB request/response, say) starts the count over.
+    p.other_way_moved();
+    assert_eq!(p.one_way, Some(OneWay::default()));
+    // Splice and copy pumps have no count to reset.
+    let mut s = Pump::new(true);
+    s.other_way_moved();
+    assert_eq!(s.one_way, None);
+}
+
+#[test]
+fn a_bulk_flow_grows_its_pipe_up_to_its_limit() {
+    let data = payload(16 << 20, 21);
+    let limit = 256 << 10;
+    let pump = Pump::for_mode(crate::config::RelayMode::Splice, Some(limit as u32));
+    let ((got, _), res) = relay_with(test_resources(), pump, data.clone(), false);
+    assert!(got == data, "contents differ");
+    let grown = res.pipes.counts().grown;
+    assert!((1..=2).contains(&grown), "64 KiB -> 256 KiB takes 1 or 2 doublings, not {grown}");
+    assert!(res.pipes.budget_pages() <= limit / 4096, "no pipe past the limit: {} pages", res.pipes.budget_pages());
+}
+
+#[test]
+fn request_response_never_grows_its_pipe() {
+    // Scripted: each 1 KiB request is written, relayed with both flags
+    // set by hand, and read on the far side before the next is sent.
+    let (mut src_peer, src) = pair();
+    let (mut dst_peer, dst) = pair();
+    let mut res = test_resources();
+    let mut pump = Pump::new(true);
+    dst_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for i in 0..200 {
+        let msg = payload(1024, i);
+        src_peer.write_all(&msg).unwrap();
+        let mut got = vec![0; msg.len()];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pump.delivered() < (i + 1) * 1024 {
+            assert!(Instant::now() < deadline, "message {i} never relayed");
+            pump.src_readable = true;
+            pump.dst_writable = true;
+            pump.run(&src, &dst, &mut res).unwrap();
+        }
+        dst_peer.read_exact(&mut got).unwrap();
+        assert!(got == msg, "message {i} differs");
+    }
+    assert_eq!(res.pipes.counts().grown, 0, "1 KiB messages never fill a pipe");
+}
+
+#[test]
+fn a_stuck_reader_stops_the_pump_without_spinning() {
+    for splice in [true, false] {
+        let (mut src_peer, src) = pair();
+        let (_dst_peer, dst) = pair();
+        let mut res = test_resources();
+        let mut pump = Pump::new(splice);
+        let chunk = payload(1 << 20, 3);
+        src_peer.set_nonblocking(true).unwrap();
+        let mut idle_runs = 0;
+        // Keep offering bytes; the destination never reads.
+        for _ in 0..2000 {
+            let _ = src_peer.write(&chunk);
+            pump.src_readable = true;
+            pump.dst_writable = true;
+            let act = pump.run(&src, &dst, &mut res).unwrap();
+            if !act.progressed {
+                idle_runs += 1;
+                if idle_runs > 20 {
+                    break;
+                }
+            }
+        }
+        assert!(idle_runs > 20, "splice={splice}: the pump kept making progress into a reader that never reads");
+        assert!(!pump.dst_writable, "the full destination cleared its flag");
+        assert!(pump.pending() > 0, "bytes wait in the pipe or buffer");
+        pump.release(&mut res);
+    }
+}
