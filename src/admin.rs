@@ -69,7 +69,7 @@ impl AdminContext {
             workers: self.workers.len(),
             pipes: PipeSnapshot {
                 cap: sh.pipes.cap() as u64,
-                bytes: sh.pipes.held_pages() as u64 * 4096,
+                bytes: sh.pipes.held_bytes() as u64,
                 ..PipeSnapshot::default()
             },
             reloads: ReloadSnapshot {

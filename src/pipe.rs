@@ -3,9 +3,9 @@
 //!
 //! A pump takes a pipe only while it has bytes to move and gives it back as
 //! soon as the pipe is empty, so idle sessions hold no pipes. A pump whose
-//! flow keeps filling its pipe may have it grown (`PipePool::grow`, up to
-//! `fs.pipe-max-size`, within the budget); a grown pipe goes back to the pool
-//! grown. A pipe closed
+//! flow keeps filling its pipe may have it doubled (`PipePool::grow`, never
+//! past `fs.pipe-max-size`, within the budget; `relay/grow.rs` decides when
+//! and how far); a grown pipe goes back to the pool grown. A pipe closed
 //! with bytes in it is dropped, never pooled. When a pipe cannot be had (the
 //! budget is spent, the fd limit, the per-user pipe memory limit, a pipe
 //! shorter than asked) the pool says so and the pump copies instead; the
@@ -41,14 +41,25 @@ impl Pipe {
     /// make splicing slower than copying, so it is refused here too.
     pub fn new(size: usize) -> io::Result<Pipe> {
         let (read, write) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        let size_arg = i32::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let current = fcntl(&read, FcntlArg::F_GETPIPE_SZ)?;
-        let capacity = if current >= size_arg { current } else { fcntl(&read, FcntlArg::F_SETPIPE_SZ(size_arg))? };
-        let capacity = usize::try_from(capacity).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let capacity = usize::try_from(current).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let mut pipe = Pipe { read, write, capacity };
         if capacity < size {
-            return Err(io::Error::other(format!("pipe has {capacity} bytes, {size} asked")));
+            pipe.set_size(size)?;
         }
-        Ok(Pipe { read, write, capacity })
+        if pipe.capacity < size {
+            return Err(io::Error::other(format!("pipe has {} bytes, {size} asked", pipe.capacity)));
+        }
+        Ok(pipe)
+    }
+
+    /// Asks the kernel for a pipe of `size` bytes (`F_SETPIPE_SZ`); on
+    /// success `capacity` is what it made (it rounds up to a power of two pages).
+    fn set_size(&mut self, size: usize) -> io::Result<()> {
+        let size = i32::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let made = fcntl(&self.read, FcntlArg::F_SETPIPE_SZ(size))?;
+        self.capacity = usize::try_from(made).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        Ok(())
     }
 
     /// Pages the kernel charges to the user for this pipe.
@@ -57,8 +68,9 @@ impl Pipe {
     }
 }
 
-/// The page size pipes are accounted in (`fs.pipe-user-pages-soft`).
-const PAGE: usize = 4096;
+/// The page size pipes are accounted in (`fs.pipe-user-pages-soft`) and
+/// filled by (one slot per page fragment).
+pub const PAGE: usize = 4096;
 
 /// How many pipes the whole process may hold (in use and pooled), shared by
 /// the workers, and how much pipe memory: at most a quarter of the fd limit
@@ -139,10 +151,15 @@ impl PipeBudget {
         true
     }
 
+    /// Returns `pages` pages of pipe memory to the budget.
+    fn give_back_pages(&self, pages: usize) {
+        self.pages.fetch_sub(pages, Ordering::Relaxed);
+    }
+
     /// Returns one pipe of `pages` pages to the budget.
     fn give_back(&self, pages: usize) {
         self.total.fetch_sub(1, Ordering::Relaxed);
-        self.pages.fetch_sub(pages, Ordering::Relaxed);
+        self.give_back_pages(pages);
     }
 
     /// Pipes held by the whole process (in use and pooled).
@@ -150,9 +167,9 @@ impl PipeBudget {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Pipe pages held by the whole process.
-    pub fn held_pages(&self) -> usize {
-        self.pages.load(Ordering::Relaxed)
+    /// Pipe capacity held by the whole process, in bytes (whole pages).
+    pub fn held_bytes(&self) -> usize {
+        self.pages.load(Ordering::Relaxed) * PAGE
     }
 
     /// The cap, in pipes of the configured size.
@@ -216,7 +233,7 @@ impl PipePool {
             counts: PoolCounts::default(),
             cool_down_until: None,
             last_error: None,
-            grow_limit: pipe_max_size().unwrap_or(DEFAULT_PIPE_MAX).max(size),
+            grow_limit: grow_limit(size),
             make: Pipe::new,
         }
     }
@@ -229,7 +246,7 @@ impl PipePool {
                 self.budget.give_back(p.pages());
             }
             self.size = size;
-            self.grow_limit = pipe_max_size().unwrap_or(DEFAULT_PIPE_MAX).max(size);
+            self.grow_limit = grow_limit(size);
         }
         self.max_pooled = max_pooled;
         self.trim();
@@ -304,27 +321,24 @@ impl PipePool {
         if to <= pipe.capacity {
             return false;
         }
-        let extra = to.div_ceil(PAGE) - pipe.pages();
+        let before = pipe.pages();
+        let extra = to.div_ceil(PAGE) - before;
         if !self.budget.take_pages(extra) {
             return false;
         }
-        match i32::try_from(to).map(|t| fcntl(&pipe.read, FcntlArg::F_SETPIPE_SZ(t))) {
-            Ok(Ok(cap)) => {
-                // The kernel rounds to a power of two pages, as `to` already is
-                // for the sizes we make; charge what it really made all the same.
-                let cap = usize::try_from(cap).unwrap_or(to);
-                let charged = pipe.pages() + extra;
-                pipe.capacity = cap;
-                self.budget.pages.fetch_add(pipe.pages(), Ordering::Relaxed);
-                self.budget.pages.fetch_sub(charged, Ordering::Relaxed);
-                self.counts.grown += 1;
-                true
-            }
-            _ => {
-                self.budget.pages.fetch_sub(extra, Ordering::Relaxed);
-                false
-            }
+        if pipe.set_size(to).is_err() {
+            self.budget.give_back_pages(extra);
+            return false;
         }
+        let made = pipe.pages() - before;
+        if made != extra {
+            // The kernel rounded up to a power of two pages (a `pipe_size`
+            // that is not one): charge what it made, over the cap if need be.
+            self.budget.pages.fetch_add(made, Ordering::Relaxed);
+            self.budget.give_back_pages(extra);
+        }
+        self.counts.grown += 1;
+        true
     }
 
     /// Closes a pipe that still holds bytes (its session ended).
@@ -341,9 +355,10 @@ impl PipePool {
         }
     }
 
-    /// Pipe pages the whole process holds (see [`PipeBudget::held_pages`]).
-    pub fn budget_pages(&self) -> usize {
-        self.budget.held_pages()
+    /// Pipe capacity the whole process holds (see [`PipeBudget::held_bytes`]).
+    #[cfg(test)]
+    pub fn budget_bytes(&self) -> usize {
+        self.budget.held_bytes()
     }
 
     /// Counters so far.
@@ -361,6 +376,12 @@ impl Drop for PipePool {
 
 /// `fs.pipe-max-size`'s default, assumed when it cannot be read.
 const DEFAULT_PIPE_MAX: usize = 1 << 20;
+
+/// How far a pool's pipes of `size` bytes may grow: `fs.pipe-max-size`, and
+/// never less than `size`.
+fn grow_limit(size: usize) -> usize {
+    pipe_max_size().unwrap_or(DEFAULT_PIPE_MAX).max(size)
+}
 
 /// Reads `fs.pipe-max-size`, the largest pipe we may ask for without `CAP_SYS_RESOURCE`.
 pub fn pipe_max_size() -> Option<usize> {
@@ -502,20 +523,20 @@ mod tests {
         b.page_cap.store(16 + 32 + 16, Ordering::Relaxed); // room for one 64 KiB pipe grown once, and one more
         let mut pool = PipePool::new(64 << 10, 4, Arc::clone(&b));
         let mut p = pool.get(Instant::now).unwrap();
-        assert_eq!(b.held_pages(), 16);
+        assert_eq!(b.held_bytes() / PAGE, 16);
         assert!(pool.grow(&mut p), "16 -> 32 pages fits");
-        assert_eq!((p.capacity, b.held_pages()), (128 << 10, 32));
+        assert_eq!((p.capacity, b.held_bytes() / PAGE), (128 << 10, 32));
         let other = pool.get(Instant::now).unwrap();
         assert!(!pool.grow(&mut p), "64 pages would pass the cap");
-        assert_eq!((p.capacity, b.held_pages()), (128 << 10, 48), "a refused growth charges nothing");
+        assert_eq!((p.capacity, b.held_bytes() / PAGE), (128 << 10, 48), "a refused growth charges nothing");
         assert_eq!(pool.counts().grown, 1);
         pool.put(p);
         pool.discard(other);
-        assert_eq!(b.held_pages(), 32, "the grown pipe is pooled, grown");
+        assert_eq!(b.held_bytes() / PAGE, 32, "the grown pipe is pooled, grown");
         let again = pool.get(Instant::now).unwrap();
         assert_eq!(again.capacity, 128 << 10);
         pool.discard(again);
-        assert_eq!((b.held(), b.held_pages()), (0, 0));
+        assert_eq!((b.held(), b.held_bytes() / PAGE), (0, 0));
     }
 
     #[test]

@@ -35,33 +35,21 @@ pub const GROW_AFTER: u8 = 4;
 /// The bytes past which a pipe of `capacity` counts as full: stop filling
 /// it, drain it first.
 pub fn full_hint(capacity: usize) -> usize {
-    (capacity / 4096).max(1) * FULL_PER_PAGE
+    (capacity / crate::pipe::PAGE).max(1) * FULL_PER_PAGE
 }
 
 /// A splice pump's record of how its reads fill its pipe.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Growth {
-    /// The largest this flow's pipe may grow to (0: the pool's limit).
-    limit: u32,
     full_in_a_row: u8,
     /// The pool said no (budget spent, kernel refused): don't ask again for this flow.
     refused: bool,
 }
 
 impl Growth {
-    /// A flow whose pipe may grow to `limit` bytes at most (`None`: as far as
-    /// the pool lets it).
-    pub fn up_to(limit: Option<u32>) -> Growth {
-        Growth { limit: limit.unwrap_or(0), ..Growth::default() }
-    }
-
-    /// A read left `len` bytes in a pipe of `capacity` that the pool lets
-    /// grow to `pool_limit`: true if the pipe should be doubled now.
-    pub fn after_read(&mut self, len: usize, capacity: usize, pool_limit: usize) -> bool {
-        let limit = match self.limit {
-            0 => pool_limit,
-            l => pool_limit.min(l as usize),
-        };
+    /// A read left `len` bytes in a pipe of `capacity` that may grow to
+    /// `limit`: true if the pipe should be doubled now.
+    pub fn after_read(&mut self, len: usize, capacity: usize, limit: usize) -> bool {
         if len < full_hint(capacity) {
             self.full_in_a_row = 0;
             return false;
@@ -142,19 +130,15 @@ mod tests {
     }
 
     #[test]
-    fn the_flows_own_limit_is_kept_below_the_pools() {
-        let mut g = Growth::up_to(Some(256 << 10));
+    fn doubles_up_to_the_limit_and_no_further() {
+        let mut g = Growth::default();
         let mut cap = K64;
         for _ in 0..100 {
-            if g.after_read(cap, cap, M1) {
+            if g.after_read(cap, cap, 256 << 10) {
                 cap *= 2;
             }
         }
-        assert_eq!(cap, 256 << 10, "grew to the route's notsent_lowat and no further");
-        let mut g = Growth::up_to(Some(16 << 20));
-        for _ in 0..100 {
-            assert!(!g.after_read(M1, M1, M1), "the pool's limit holds too");
-        }
+        assert_eq!(cap, 256 << 10);
     }
 
     #[test]

@@ -96,9 +96,6 @@ impl Pump {
         use crate::config::RelayMode;
         let mut p = Pump::new(mode == RelayMode::Splice);
         p.pipe_limit = pipe_limit;
-        if let Stage::Splice { growth, .. } = &mut p.stage {
-            *growth = Growth::up_to(pipe_limit);
-        }
         if mode == RelayMode::Auto {
             p.one_way = Some(OneWay::default());
         }
@@ -135,9 +132,6 @@ impl Pump {
     pub fn for_new_source(&self) -> Pump {
         let mut p = Pump::new(matches!(self.stage, Stage::Splice { .. }));
         p.pipe_limit = self.pipe_limit;
-        if let Stage::Splice { growth, .. } = &mut p.stage {
-            *growth = Growth::up_to(self.pipe_limit);
-        }
         p.one_way = self.one_way.map(|_| OneWay::default());
         p.dst_writable = self.dst_writable;
         p
@@ -277,7 +271,7 @@ impl Pump {
             if let Stage::Copy(c) = &mut self.stage {
                 c.release(&mut res.buffers);
             }
-            self.stage = Stage::Splice { pipe: None, len: 0, growth: Growth::up_to(self.pipe_limit) };
+            self.stage = Stage::Splice { pipe: None, len: 0, growth: Growth::default() };
             self.one_way = None;
         }
         let mut short_read = false;
@@ -310,8 +304,9 @@ impl Pump {
                     }
                     r => r.inspect(|&n| *len += n),
                 };
+                let limit = self.pipe_limit.map_or(res.pipes.grow_limit(), |l| res.pipes.grow_limit().min(l as usize));
                 if let (Ok(1..), Some(p)) = (&r, pipe.as_mut())
-                    && growth.after_read(*len, p.capacity, res.pipes.grow_limit())
+                    && growth.after_read(*len, p.capacity, limit)
                     && !res.pipes.grow(p)
                 {
                     growth.refused();
