@@ -39,7 +39,7 @@ from benchlib import cpu_seconds, free_ports, stop_all, wait_port  # noqa: E402
 LOADGEN = os.environ.get("LOADGEN_BIN", "/tmp/bench-loadgen-target/release/loadgen")
 NS_A, NS_B = "sl-a", "sl-b"
 ADDR_A, ADDR_B = "10.77.0.1", "10.77.0.2"
-SINK_PORT = 19500
+SINK_PORT = 19500  # in sl-b, a namespace of its own: nothing else can hold it
 
 
 def sh(*argv, check=True):
