@@ -165,6 +165,7 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
     p.refused += g(&c.pipes_refused);
     p.grown += g(&c.pipes_grown);
     p.copy_fallbacks += g(&c.copy_fallbacks);
+    snap.busy_ms += g(&c.busy_ms);
     let a: &mut AcceptSnapshot = &mut snap.accept;
     a.fd_exhausted += g(&c.accept_fd_exhausted);
     a.paused_global += g(&c.accept_paused_global);

@@ -172,6 +172,8 @@ pub struct WorkerCounters {
     pub pipes_pooled: AtomicU64,
     /// Pumps that wanted to splice and copied instead.
     pub copy_fallbacks: AtomicU64,
+    /// Milliseconds this worker spent working, not waiting for events (see `worker::load`).
+    pub busy_ms: AtomicU64,
     /// Upstream connections this host could not open, indexed like
     /// `LocalCause::ALL` (never counted against an upstream).
     pub local_errors: [AtomicU64; LocalCause::ALL.len()],

@@ -37,6 +37,11 @@ pub fn render(snap: &Snapshot) -> String {
     );
     out.gauge("sluice_uptime_seconds", "Seconds since the process started.", &[(vec![], snap.uptime_secs)]);
     out.gauge("sluice_workers", "Worker threads.", &[(vec![], snap.workers as f64)]);
+    out.counter(
+        "sluice_worker_busy_seconds_total",
+        "Seconds workers spent working rather than waiting for events (wall time), summed over workers.",
+        &[(vec![], snap.busy_ms as f64 / 1000.0)],
+    );
 
     let per_route = |f: &dyn Fn(&super::snapshot::RouteSnapshot) -> f64| -> Vec<(Vec<(&str, String)>, f64)> {
         snap.routes.iter().map(|r| (vec![("route", r.name.clone())], f(r))).collect()

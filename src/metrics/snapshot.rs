@@ -32,6 +32,10 @@ pub struct Snapshot {
     pub generation: u64,
     /// Worker threads.
     pub workers: usize,
+    /// Milliseconds workers spent working rather than waiting for events,
+    /// summed over workers (wall time, in whole 100 ms windows).
+    #[serde(default)]
+    pub busy_ms: u64,
     /// One entry per configured route, in config order (routes removed by a
     /// reload stay while they have sessions).
     pub routes: Vec<RouteSnapshot>,

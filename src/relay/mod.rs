@@ -15,8 +15,8 @@ pub use pump::{Activity, DstFailed, Pump, SrcEnd};
 use crate::pipe::{PipeBudget, PipePool};
 use copy::BufferPool;
 
-/// What a worker lends its pumps: spare pipes and buffers, and the count of
-/// pumps that wanted to splice and had to copy.
+/// What a worker lends its pumps: spare pipes and buffers, how loaded it is,
+/// and the count of pumps that wanted to splice and had to copy.
 #[derive(Debug)]
 pub struct Resources {
     /// Splice pipes.
@@ -25,6 +25,9 @@ pub struct Resources {
     pub buffers: BufferPool,
     /// Pumps that switched from splice to copy (no pipe, or splice refused).
     pub copy_fallbacks: u64,
+    /// The worker is lightly loaded (see `worker::load`): `relay: auto`
+    /// splices big request/response messages.
+    pub light_load: bool,
 }
 
 impl Resources {
@@ -34,6 +37,7 @@ impl Resources {
             pipes: PipePool::new(pipe_size, max_pooled, budget),
             buffers: BufferPool::new(pipe_size, max_pooled),
             copy_fallbacks: 0,
+            light_load: true,
         }
     }
 

@@ -14,7 +14,7 @@ use std::net::Shutdown;
 use mio::net::TcpStream;
 
 use super::Resources;
-use super::auto::OneWay;
+use super::auto::Auto;
 use super::copy::CopyStage;
 use super::grow::{Growth, full_hint};
 use super::splice;
@@ -60,8 +60,8 @@ pub struct DstFailed(pub io::Error);
 /// One direction of a session.
 #[derive(Debug)]
 pub struct Pump {
-    /// `relay: auto` while still copying: the flow so far (see [`OneWay`]).
-    one_way: Option<OneWay>,
+    /// `relay: auto` while the stage may still change: the flow so far (see [`Auto`]).
+    auto: Option<Auto>,
     /// The most a splice pipe of this pump may grow to (see [`Growth`]).
     pipe_limit: Option<u32>,
     /// The source had readiness we haven't consumed (sticky).
@@ -97,7 +97,7 @@ impl Pump {
         let mut p = Pump::new(mode == RelayMode::Splice);
         p.pipe_limit = pipe_limit;
         if mode == RelayMode::Auto {
-            p.one_way = Some(OneWay::default());
+            p.auto = Some(Auto::default());
         }
         p
     }
@@ -105,7 +105,7 @@ impl Pump {
     /// A pump that splices (`splice == true`) or copies.
     pub fn new(splice: bool) -> Pump {
         Pump {
-            one_way: None,
+            auto: None,
             pipe_limit: None,
             src_readable: false,
             dst_writable: false,
@@ -132,7 +132,7 @@ impl Pump {
     pub fn for_new_source(&self) -> Pump {
         let mut p = Pump::new(matches!(self.stage, Stage::Splice { .. }));
         p.pipe_limit = self.pipe_limit;
-        p.one_way = self.one_way.map(|_| OneWay::default());
+        p.auto = self.auto.map(|_| Auto::default());
         p.dst_writable = self.dst_writable;
         p
     }
@@ -173,8 +173,8 @@ impl Pump {
 
     /// The other direction moved bytes: this one's flow is not one-way (yet).
     pub fn other_way_moved(&mut self) {
-        if let Some(w) = self.one_way.as_mut() {
-            *w = OneWay::default();
+        if let Some(a) = self.auto.as_mut() {
+            a.other_way_moved();
         }
     }
 
@@ -266,13 +266,15 @@ impl Pump {
         if self.src != SrcEnd::Open || !self.src_readable {
             return false;
         }
-        if self.one_way.is_some_and(|w| w.is_bulk()) && self.pending() == 0 {
-            // Bulk: splice from now on. The buffer is empty, so no byte is left behind in it.
-            if let Stage::Copy(c) = &mut self.stage {
-                c.release(&mut res.buffers);
+        if let Some(a) = self.auto
+            && self.pending() == 0
+        {
+            let bulk = a.one_way.is_bulk();
+            if bulk {
+                // A one-way bulk flow: splice from now on.
+                self.auto = None;
             }
-            self.stage = Stage::Splice { pipe: None, len: 0, growth: Growth::default() };
-            self.one_way = None;
+            self.set_stage(bulk || a.splice_now(res.light_load), res);
         }
         let mut short_read = false;
         let r = match &mut self.stage {
@@ -300,6 +302,7 @@ impl Pump {
                         }
                         res.copy_fallbacks += 1;
                         self.stage = Stage::Copy(CopyStage::default());
+                        self.auto = None;
                         return self.fill(src, res);
                     }
                     r => r.inspect(|&n| *len += n),
@@ -333,8 +336,8 @@ impl Pump {
         if short_read {
             self.src_readable = false;
         }
-        if let (Some(w), Ok(n @ 1..)) = (self.one_way.as_mut(), &r) {
-            w.read(*n);
+        if let (Some(a), Ok(n @ 1..)) = (self.auto.as_mut(), &r) {
+            a.read(*n);
         }
         match r {
             Ok(0) => {
@@ -359,6 +362,20 @@ impl Pump {
                 true
             }
         }
+    }
+
+    /// `relay: auto`, with nothing in flight: splice (`true`) or copy from
+    /// now on, giving the empty pipe or buffer of the other stage back.
+    fn set_stage(&mut self, splice: bool, res: &mut Resources) {
+        if splice == matches!(self.stage, Stage::Splice { .. }) {
+            return;
+        }
+        self.release(res);
+        self.stage = if splice {
+            Stage::Splice { pipe: None, len: 0, growth: Growth::default() }
+        } else {
+            Stage::Copy(CopyStage::default())
+        };
     }
 
     /// Returns an empty pipe or buffer to its pool.

@@ -22,6 +22,7 @@ mod connect;
 mod control;
 mod hello;
 mod listeners;
+mod load;
 pub mod token;
 
 use std::io;
@@ -67,6 +68,8 @@ pub struct Worker {
     ready: Vec<(usize, u64)>,
     timers: Timers<TimerKey>,
     res: Resources,
+    /// How loaded this worker is (`relay: auto` reads it through `res`).
+    load: load::LoadMeter,
     control: Receiver<Control>,
     shared: Arc<Shared>,
     metrics: Arc<WorkerMetrics>,
@@ -106,6 +109,7 @@ impl Worker {
             ready: Vec::new(),
             timers: Timers::new(Instant::now()),
             res: Resources::new(settings.pipe_size, settings.max_pooled_pipes, Arc::clone(&shared.pipes)),
+            load: load::LoadMeter::new(Instant::now()),
             control,
             shared,
             metrics,
@@ -140,7 +144,10 @@ impl Worker {
                 }
                 return Err(e);
             }
+            let before = now;
             let now = Instant::now();
+            self.load.waited(before, now);
+            self.res.light_load = self.load.light();
             for ev in events.iter() {
                 match token::target(ev.token()) {
                     Target::Waker => self.on_control(now),
@@ -410,6 +417,7 @@ impl Worker {
         WorkerCounters::set(&counters.pipes_in_use, c.in_use);
         WorkerCounters::set(&counters.pipes_pooled, c.pooled);
         WorkerCounters::set(&counters.copy_fallbacks, self.res.copy_fallbacks);
+        WorkerCounters::set(&counters.busy_ms, self.load.busy.as_millis() as u64);
     }
 
     /// A warning at most once per `WARN_EVERY`, so a storm can't flood the log.

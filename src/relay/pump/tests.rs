@@ -1,7 +1,7 @@
 //! The pump's tests: real loopback sockets, readiness from real
 //! edge-triggered events or scripted by hand.
 
-use super::super::auto::AUTO_SPLICE_AFTER;
+use super::super::auto::{AUTO_SPLICE_AFTER, Auto};
 use super::*;
 use mio::{Events, Interest, Poll, Token};
 use std::net::{TcpListener, TcpStream as StdStream};
@@ -136,6 +136,7 @@ fn without_a_pipe_the_splice_pump_copies_and_counts_it() {
         ),
         buffers: super::super::copy::BufferPool::new(64 << 10, 4),
         copy_fallbacks: 0,
+        light_load: true,
     };
     let data = payload(1 << 20, 17);
     let ((got, pump), res) = relay_with(res, Pump::new(true), data.clone(), false);
@@ -207,32 +208,106 @@ fn slow_reader_gets_every_byte_in_both_modes() {
 }
 
 #[test]
-fn auto_splices_a_one_way_bulk_flow_past_the_threshold() {
+fn auto_under_heavy_load_splices_a_one_way_bulk_flow_past_the_threshold() {
     let data = payload(12 << 20, 11);
-    let ((got, pump), _) =
-        relay_with(test_resources(), Pump::for_mode(crate::config::RelayMode::Auto, None), data.clone(), false);
+    let mut res = test_resources();
+    res.light_load = false;
+    let ((got, pump), _) = relay_with(res, Pump::for_mode(crate::config::RelayMode::Auto, None), data.clone(), false);
     assert!(got == data, "contents differ");
     assert!(pump.spliced > 0, "a 12 MiB one-way flow was never spliced");
     assert!(pump.copied >= AUTO_SPLICE_AFTER, "switched after {} bytes", pump.copied);
     assert!(pump.copied < AUTO_SPLICE_AFTER + (1 << 20), "switched late: after {} bytes", pump.copied);
+    assert!(pump.auto.is_none(), "a bulk flow splices for good");
+}
+
+#[test]
+fn auto_under_light_load_splices_big_reads_at_once() {
+    let data = payload(12 << 20, 12);
+    let ((got, pump), _) =
+        relay_with(test_resources(), Pump::for_mode(crate::config::RelayMode::Auto, None), data.clone(), false);
+    assert!(got == data, "contents differ");
+    assert!(pump.copied < AUTO_SPLICE_AFTER, "copied {} bytes before splicing", pump.copied);
+    assert!(pump.spliced > 8 << 20, "spliced only {} bytes", pump.spliced);
 }
 
 #[test]
 fn auto_starts_counting_over_when_the_other_way_replies() {
     let mut p = Pump::for_mode(crate::config::RelayMode::Auto, None);
-    let mut big = OneWay::default();
+    let mut big = Auto::default();
     for _ in 0..(AUTO_SPLICE_AFTER / (64 << 10)) {
         big.read(64 << 10);
     }
-    assert!(big.is_bulk());
-    p.one_way = Some(big);
+    assert!(big.one_way.is_bulk());
+    p.auto = Some(big);
     // A reply (1 MiB request/response, say) starts the count over.
     p.other_way_moved();
-    assert_eq!(p.one_way, Some(OneWay::default()));
+    assert!(!p.auto.unwrap().one_way.is_bulk());
     // Splice and copy pumps have no count to reset.
     let mut s = Pump::new(true);
     s.other_way_moved();
-    assert_eq!(s.one_way, None);
+    assert_eq!(s.auto, None);
+}
+
+/// Relays `count` messages of `size` bytes one at a time through an auto
+/// pump, each read on the far side before the next is written, with the
+/// worker's load as given (scripted readiness: both flags set by hand).
+/// Returns the pump (its spliced and copied counts) and the resources.
+fn auto_messages(size: usize, count: u64, light: impl Fn(u64) -> bool) -> (Pump, Resources) {
+    let (mut src_peer, src) = pair();
+    let (mut dst_peer, dst) = pair();
+    let mut res = test_resources();
+    let mut pump = Pump::for_mode(crate::config::RelayMode::Auto, None);
+    dst_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for i in 0..count {
+        res.light_load = light(i);
+        let msg = payload(size, i);
+        src_peer.write_all(&msg).unwrap();
+        let mut got = vec![0; size];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut off = 0;
+        while off < size {
+            assert!(Instant::now() < deadline, "message {i} never relayed");
+            pump.src_readable = true;
+            pump.dst_writable = true;
+            pump.run(&src, &dst, &mut res).unwrap();
+            // Read what arrived so a big message never fills the far side's window.
+            dst_peer.set_nonblocking(true).unwrap();
+            match dst_peer.read(&mut got[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("message {i}: {e}"),
+            }
+        }
+        assert!(got == msg, "message {i} differs");
+        // The reply, as the session would report it.
+        pump.other_way_moved();
+    }
+    (pump, res)
+}
+
+#[test]
+fn auto_splices_big_messages_under_light_load() {
+    let (pump, _) = auto_messages(64 << 10, 40, |_| true);
+    // The first read decides; from the second message on all are spliced.
+    assert!(pump.copied <= 64 << 10, "copied {} bytes", pump.copied);
+    assert!(pump.spliced >= 39 * (64 << 10), "spliced {} bytes", pump.spliced);
+}
+
+#[test]
+fn auto_copies_big_messages_under_heavy_load_and_switches_back() {
+    let (pump, res) = auto_messages(64 << 10, 40, |_| false);
+    assert_eq!((pump.spliced, pump.copied), (0, 40 * (64 << 10)), "heavy load: every message copied");
+    assert_eq!(res.pipes.counts().grown, 0);
+    // The load comes and goes: each message goes the way the worker's state says.
+    let (pump, _) = auto_messages(64 << 10, 40, |i| (i / 10) % 2 == 1);
+    assert!(pump.spliced >= 18 * (64 << 10) && pump.spliced <= 20 * (64 << 10), "spliced {}", pump.spliced);
+    assert!(pump.copied >= 20 * (64 << 10), "copied {}", pump.copied);
+}
+
+#[test]
+fn auto_always_copies_small_messages() {
+    let (pump, _) = auto_messages(1024, 200, |_| true);
+    assert_eq!((pump.spliced, pump.copied), (0, 200 * 1024));
 }
 
 #[test]
