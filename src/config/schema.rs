@@ -277,12 +277,13 @@ pub enum RelayMode {
     Splice,
     /// read(2) into a buffer, write(2) out of it.
     Copy,
-    /// Copy request/response traffic (two syscalls per message, and the
-    /// cheapest for the peers even with 1 MiB messages); splice a direction
-    /// once it has moved 4 MiB, in reads averaging 8 KiB or more, while the
-    /// other direction sent nothing (a download, an upload: a bulk flow).
-    /// Per direction, one way, and only when the buffer is empty, so bytes
-    /// are never in a buffer and a pipe at once.
+    /// Decided per direction at run time: copy small messages (two syscalls
+    /// each); splice big request/response messages (reads averaging 8 KiB or
+    /// more) while the worker is lightly loaded, copy them while it is busy;
+    /// splice for good once a direction has moved 4 MiB in big reads while
+    /// the other sent nothing (a download, an upload: a bulk flow). Only
+    /// when nothing is in flight, so bytes are never in a buffer and a pipe
+    /// at once.
     Auto,
 }
 
