@@ -128,23 +128,21 @@ fn exact_counts(mode: &str) {
 #[test]
 fn auto_copies_small_exchanges_and_splices_big_ones_at_light_load() {
     let (s, admin) = with_admin(&one_route("auto", &[backends::echo()], ""));
-    let mut c = connect(s.addr());
-    for round in 0..200u64 {
-        let msg = Stream::bytes(round, 1 << 10);
-        assert!(backends::exchange(&mut c, &msg).expect("echo") == msg, "round {round}: echo differs");
-    }
-    drop(c);
+    // One session of `count` echo exchanges of `size` bytes.
+    let exchanges = |count: u64, size: usize| {
+        let mut c = connect(s.addr());
+        for round in 0..count {
+            let msg = Stream::bytes(round, size);
+            assert!(backends::exchange(&mut c, &msg).expect("echo") == msg, "round {round}: echo differs");
+        }
+    };
+    exchanges(200, 1 << 10);
     let v = wait_closed_clean(admin, 1);
     for dir in ["client_to_upstream", "upstream_to_client"] {
         assert_eq!(v["routes"][0][dir]["spliced"], 0, "{dir}: {v}");
         assert_eq!(v["routes"][0][dir]["copied"], 200 << 10, "{dir}: {v}");
     }
-    let mut c = connect(s.addr());
-    for round in 0..6u64 {
-        let msg = Stream::bytes(round, 1 << 20);
-        assert!(backends::exchange(&mut c, &msg).expect("echo") == msg, "round {round}: echo differs");
-    }
-    drop(c);
+    exchanges(6, 1 << 20);
     let v = wait_closed_clean(admin, 2);
     for dir in ["client_to_upstream", "upstream_to_client"] {
         let spliced = v["routes"][0][dir]["spliced"].as_u64().expect("spliced");
