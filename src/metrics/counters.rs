@@ -170,7 +170,7 @@ pub struct WorkerCounters {
     pub pipes_in_use: AtomicU64,
     /// Spare pipes in the pool right now.
     pub pipes_pooled: AtomicU64,
-    /// Pumps that wanted to splice and copied instead.
+    /// Times a pump that was to splice copied instead.
     pub copy_fallbacks: AtomicU64,
     /// Milliseconds this worker spent working, not waiting for events (see `worker::load`).
     pub busy_ms: AtomicU64,

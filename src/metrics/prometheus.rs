@@ -197,7 +197,7 @@ pub fn render(snap: &Snapshot) -> String {
     );
     out.counter(
         "sluice_copy_fallbacks_total",
-        "Pumps that copied instead of splicing.",
+        "Times a pump that was to splice copied instead (no pipe to be had, or splice refused the sockets); under relay: auto once per big message.",
         &[(vec![], p.copy_fallbacks as f64)],
     );
 

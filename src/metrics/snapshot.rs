@@ -243,7 +243,8 @@ pub struct PipeSnapshot {
     /// Pipes doubled because their flow kept filling them.
     #[serde(default)]
     pub grown: u64,
-    /// Pumps that copied for want of a pipe (or because splice refused the sockets).
+    /// Times a pump that was to splice copied instead, for want of a pipe (or
+    /// because splice refused the sockets); under `relay: auto` once per big message.
     pub copy_fallbacks: u64,
     /// The process-wide cap.
     pub cap: u64,

@@ -16,14 +16,15 @@ use crate::pipe::{PipeBudget, PipePool};
 use copy::BufferPool;
 
 /// What a worker lends its pumps: spare pipes and buffers, how loaded it is,
-/// and the count of pumps that wanted to splice and had to copy.
+/// and how often a pump that wanted to splice had to copy.
 #[derive(Debug)]
 pub struct Resources {
     /// Splice pipes.
     pub pipes: PipePool,
     /// Copy buffers.
     pub buffers: BufferPool,
-    /// Pumps that switched from splice to copy (no pipe, or splice refused).
+    /// Times a pump switched from splice to copy (no pipe, or splice
+    /// refused); under `relay: auto` at most once per big message.
     pub copy_fallbacks: u64,
     /// The worker is lightly loaded (see `worker::load`): `relay: auto`
     /// splices big request/response messages.
