@@ -2,8 +2,9 @@
 //! signals, worker exits and config file changes. SIGHUP (or a changed file
 //! with `watch: true`) reloads. SIGTERM stops in steps a load balancer can
 //! follow: `/readyz` says 503 at once, the listeners keep accepting for
-//! `drain_grace`, then the workers serve whoever is queued and close their
-//! listeners, and running sessions get `drain_timeout`. SIGINT (a terminal's
+//! `drain_grace`, then the workers stop answering new handshakes, serve
+//! whoever is queued and close their listeners, and running sessions get
+//! `drain_timeout`. SIGINT (a terminal's
 //! Ctrl-C) skips the grace; a second signal stops at once. DNS reports become
 //! new route versions; the metric series of upstreams that left are
 //! reclaimed here once they have been quiet long enough.

@@ -1,8 +1,8 @@
 //! A worker's listening sockets: taking route updates (start and reload),
 //! accepting in fair batches, the connection limits (global and per route:
 //! stop accepting; per client: refuse), running out of file descriptors,
-//! and the drain's last accepts (everyone already queued is served, then
-//! the listeners close).
+//! and the drain's last accepts (new handshakes dropped, those under way
+//! given time to complete, everyone queued served, then the listeners close).
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,6 +28,12 @@ use crate::upstream::Balancer;
 const ACCEPT_BATCH: usize = 64;
 /// How long a listener rests after accept hit the fd limit.
 const FD_RETRY: Duration = Duration::from_millis(100);
+/// How long a draining worker goes on accepting after it stopped answering
+/// new handshakes, so that handshakes already under way (their SYN-ACK sent)
+/// complete into the queue and are served, instead of being reset when the
+/// listener closes. Covers a round trip of up to this much.
+pub(super) const HANDSHAKE_WAIT: Duration = Duration::from_millis(100);
+
 /// How long a listener rests at a connection limit before it looks again
 /// (it also looks whenever one of this worker's sessions closes).
 const LIMIT_RETRY: Duration = Duration::from_millis(50);
@@ -150,12 +156,38 @@ impl Worker {
         self.accept_backlogs(now);
     }
 
+    /// The drain's first step: listeners a successor took close at once; the
+    /// others stop answering new handshakes and keep accepting. Returns
+    /// whether any are left to close after [`HANDSHAKE_WAIT`] (with
+    /// `stop_accepting`); if a filter cannot be attached, everything is
+    /// closed now as before.
+    pub(super) fn stop_new_handshakes(&mut self, handed_over: &[ListenKey], now: Instant) -> bool {
+        let theirs: Vec<usize> =
+            self.listeners.iter().filter(|(_, l)| handed_over.contains(&l.key)).map(|(i, _)| i).collect();
+        for li in theirs {
+            self.listeners.remove(li);
+        }
+        for (_, l) in &self.listeners {
+            if let Err(e) = super::handshakes::refuse_new_handshakes(&l.socket) {
+                log::warn!(
+                    "worker {}: cannot stop new handshakes on {} ({e}); closing its listeners at once",
+                    self.id,
+                    l.frontend.first().listen
+                );
+                self.stop_accepting(&[], now);
+                return false;
+            }
+        }
+        !self.listeners.is_empty()
+    }
+
     /// The drain's last accepts: every client already in a listener's queue
     /// is accepted and served (past the connection limits: they were let in
     /// by the kernel, and closing the listener would reset them), then the
-    /// listeners close and new clients are refused. A client whose
-    /// handshake completes between the last accept and the close is still
-    /// reset by the kernel; after `drain_grace` a load balancer sends none.
+    /// listeners close and new clients are refused. After
+    /// `stop_new_handshakes` and its wait no handshake is left under way to
+    /// be reset by the close (one whose round trip is longer than
+    /// [`HANDSHAKE_WAIT`] still is).
     pub(super) fn stop_accepting(&mut self, handed_over: &[ListenKey], now: Instant) {
         let keys: Vec<usize> = self.listeners.iter().map(|(i, _)| i).collect();
         let mut served = 0;

@@ -20,6 +20,7 @@ mod admit;
 mod close;
 mod connect;
 mod control;
+mod handshakes;
 mod hello;
 mod listeners;
 mod load;
@@ -52,6 +53,8 @@ enum TimerKey {
     Session(usize),
     Accept(usize),
     Drain,
+    /// The drain's handshake wait is over: serve the queues, close the listeners.
+    CloseListeners,
     /// Report the bytes of running sessions (and their periodic access lines).
     Report,
 }
@@ -166,7 +169,7 @@ impl Worker {
             self.fire_timers(now);
             self.free_closed();
             self.publish_pool_counts();
-            if self.stop || (self.draining && self.sessions.is_empty()) {
+            if self.stop || (self.draining && self.sessions.is_empty() && self.listeners.is_empty()) {
                 break;
             }
         }
@@ -199,15 +202,18 @@ impl Worker {
         }
     }
 
-    /// Stops accepting — serving whoever is queued already, then closing the
-    /// listeners (those a successor took are just closed: it serves their
+    /// Stops accepting — new handshakes go unanswered, those under way get
+    /// `HANDSHAKE_WAIT` to complete, then whoever is queued is served and the
+    /// listeners close (those a successor took close at once: it serves their
     /// queues) — closes sessions that are idle, and gives the rest until
     /// `deadline`.
     fn drain(&mut self, deadline: Instant, handed_over: &[crate::reload::ListenKey], now: Instant) {
         if self.draining {
             return;
         }
-        self.stop_accepting(handed_over, now);
+        if self.stop_new_handshakes(handed_over, now) {
+            self.timers.schedule(now + listeners::HANDSHAKE_WAIT, TimerKey::CloseListeners);
+        }
         self.draining = true;
         self.timers.schedule(deadline, TimerKey::Drain);
         log::debug!("worker {} draining {} sessions", self.id, self.sessions.len());
@@ -338,6 +344,7 @@ impl Worker {
                 TimerKey::Session(k) => self.on_session_timer(k, now),
                 TimerKey::Accept(li) => self.resume(li, now),
                 TimerKey::Report => self.report(now),
+                TimerKey::CloseListeners => self.stop_accepting(&[], now),
                 TimerKey::Drain => {
                     if !self.sessions.is_empty() {
                         log::info!("worker {}: drain timeout: cutting {} sessions", self.id, self.sessions.len());

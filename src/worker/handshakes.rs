@@ -1,0 +1,69 @@
+//! A listener that stops answering new handshakes while it still accepts
+//! the ones under way: the first step of a drain (`listeners.rs`), so that
+//! closing the listener afterwards resets nobody whose connect succeeded.
+
+use std::io;
+
+use mio::net::TcpListener;
+use socket2::{SockFilter, SockRef};
+
+/// A classic BPF socket filter for a listener that drops new handshakes and
+/// keeps the rest: a socket filter sees the TCP header from offset 0, and
+/// byte 13 holds the flags; SYN without ACK is dropped (return 0), anything
+/// else kept whole. The ACKs that complete handshakes under way still pass.
+/// Sessions accepted from the socket inherit the filter; it keeps all their
+/// segments.
+const DROP_NEW_HANDSHAKES: [SockFilter; 5] = [
+    SockFilter::new(0x30, 0, 0, 13),       // ldb [13]: the TCP flags
+    SockFilter::new(0x54, 0, 0, 0x12),     // and #(SYN|ACK)
+    SockFilter::new(0x15, 0, 1, 0x02),     // jeq #SYN: next, else skip one
+    SockFilter::new(0x06, 0, 0, 0),        // ret #0: drop
+    SockFilter::new(0x06, 0, 0, u32::MAX), // ret #-1: keep all of it
+];
+
+/// Stops `socket` answering new handshakes (see [`DROP_NEW_HANDSHAKES`]):
+/// their SYNs go unanswered, so clients retry a second later and find the
+/// port closed (or a successor listening) rather than being reset after
+/// their connect succeeded.
+pub(super) fn refuse_new_handshakes(socket: &TcpListener) -> io::Result<()> {
+    SockRef::from(socket).attach_filter(&DROP_NEW_HANDSHAKES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::os::fd::OwnedFd;
+    use std::time::Duration;
+
+    #[test]
+    fn a_listener_refusing_new_handshakes_leaves_them_unanswered_and_serves_its_queue() {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let mut queued = TcpStream::connect(addr).unwrap();
+        let listener = TcpListener::from_std(std_listener);
+        refuse_new_handshakes(&listener).unwrap();
+        // A new handshake gets no answer at all: not accepted, not refused.
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}"),
+            Ok(_) => panic!("a new handshake completed on a listener refusing them"),
+        }
+        // The one that completed before is still queued, and its bytes pass
+        // both ways (the accepted socket inherits the filter).
+        let (server, _) = listener.accept().unwrap();
+        let mut server: TcpStream = std::net::TcpStream::from(OwnedFd::from(server));
+        server.set_nonblocking(false).unwrap();
+        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        queued.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let big = vec![7u8; 1 << 20];
+        queued.write_all(&big).unwrap();
+        let mut got = vec![0; big.len()];
+        server.read_exact(&mut got).unwrap();
+        assert!(got == big);
+        server.write_all(b"pong").unwrap();
+        let mut pong = [0; 4];
+        queued.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"pong");
+    }
+}
