@@ -82,8 +82,15 @@ impl Worker {
         }
         let gone: Vec<usize> = self.listeners.iter().map(|(i, _)| i).filter(|i| !keep.contains(i)).collect();
         for li in gone {
+            // Clients already queued completed their connect: serve them (on
+            // the removed route) rather than let the close reset them.
+            let (served, failed) = self.serve_queue(li, None, now);
             let l = self.listeners.remove(li);
-            log::debug!("worker {}: stops listening on {}", self.id, l.frontend.first().listen);
+            let listen = l.frontend.first().listen;
+            if let Some(e) = failed {
+                log::warn!("worker {}: closing {listen}: accepting its queue failed: {e}", self.id);
+            }
+            log::debug!("worker {}: stops listening on {listen} after serving {served} queued clients", self.id);
             // Dropping the socket closes it (and takes it out of the poll).
         }
         self.accept_backlogs(now);

@@ -1,7 +1,8 @@
 //! Reloading: SIGHUP under continuous verified traffic (routes added,
 //! upstreams changed, invalid files, routes removed) loses no byte and no
-//! connection; `watch: true` follows a Kubernetes-style symlink swap and
-//! reloads exactly once.
+//! connection; a removed route serves the clients waiting in its queue
+//! before it closes; `watch: true` follows a Kubernetes-style symlink swap
+//! and reloads exactly once.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -181,4 +182,35 @@ fn sighup_with_an_unchanged_file_keeps_every_socket() {
     c.read_exact(&mut b).expect("echo after reload");
     assert_eq!(&b, b"two");
     assert!(answers(s.addr()));
+}
+
+/// A route removed by a reload serves the clients already waiting in its
+/// listen queue (here held there by the route's `max_connections: 1`)
+/// before its listener closes: their connect succeeded, so a reset would
+/// cut them. New clients are refused after.
+#[test]
+fn a_removed_route_serves_its_queued_clients_before_closing() {
+    let up = backends::echo();
+    let head = "workers: 1\nroutes:\n";
+    let gone = format!("{}    max_connections: 1\n", route("gone", up));
+    let s = Sluice::with_config(&format!("{head}{}{gone}", route("main", up)), &[]);
+    let path = s.config_path().expect("config file");
+    let addr = s.route_addr("gone").expect("the route logs its address");
+    let mut first = connect(addr);
+    assert_eq!(backends::exchange(&mut first, b"first").expect("the first client is served"), b"first");
+    // The route is at its limit: this one completes its handshake and waits in the queue.
+    let mut queued = connect(addr);
+    queued.write_all(b"queued").expect("write while queued");
+    std::fs::write(&path, format!("{head}{}", route("main", up))).expect("write config");
+    s.signal(Signal::SIGHUP);
+    assert!(s.wait_log_count("reloaded ", 1, Duration::from_secs(10)), "no reload");
+    let mut b = [0; 6];
+    queued.read_exact(&mut b).expect("the queued client was cut by the reload");
+    assert_eq!(&b, b"queued");
+    assert_eq!(backends::exchange(&mut first, b"still").expect("the running session goes on"), b"still");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !refused(addr) {
+        assert!(Instant::now() < deadline, "the removed route still accepts");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
