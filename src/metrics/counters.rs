@@ -172,7 +172,7 @@ pub struct WorkerCounters {
     pub pipes_pooled: AtomicU64,
     /// Times a pump that was to splice copied instead.
     pub copy_fallbacks: AtomicU64,
-    /// Milliseconds this worker spent working, not waiting for events (see `worker::load`).
+    /// Milliseconds this worker spent working, not waiting for events (see `relay::load`).
     pub busy_ms: AtomicU64,
     /// Upstream connections this host could not open, indexed like
     /// `LocalCause::ALL` (never counted against an upstream).

@@ -5,7 +5,7 @@
 //! - request/response traffic copies small messages, and splices big ones
 //!   (reads averaging at least [`AUTO_MIN_AVG_READ`]) only while its worker
 //!   is lightly loaded ([`Auto::splice_now`]; the worker's
-//!   [`crate::relay::Resources::light_load`]).
+//!   [`crate::relay::Resources::load`]).
 //!
 //! The pump keeps an [`Auto`] while it may still change stage and asks it
 //! whenever its stage is empty, so no byte is ever left behind in a buffer.

@@ -1,12 +1,13 @@
 //! Moving bytes: the pump state machine (`pump.rs`) over its two kinds of
 //! stage, splice pipes (`splice.rs`, pipes from `crate::pipe`) and copy
 //! buffers (`copy.rs`), when a pipe grows (`grow.rs`), and `relay: auto`'s
-//! switch between them (`auto.rs`).
-//! Sessions own pumps; workers own the `Resources`.
+//! switch between them (`auto.rs`, by the worker's load: `load.rs`).
+//! Sessions own pumps; workers own the `Resources` and feed their load meter.
 
 pub mod auto;
 pub mod copy;
 pub mod grow;
+pub mod load;
 pub mod pump;
 pub mod splice;
 
@@ -26,9 +27,9 @@ pub struct Resources {
     /// Times a pump switched from splice to copy (no pipe, or splice
     /// refused); under `relay: auto` at most once per big message.
     pub copy_fallbacks: u64,
-    /// The worker is lightly loaded (see `worker::load`): `relay: auto`
-    /// splices big request/response messages.
-    pub light_load: bool,
+    /// How loaded the worker is (it feeds the meter): `relay: auto` splices
+    /// big request/response messages only under light load.
+    pub load: load::LoadMeter,
 }
 
 impl Resources {
@@ -38,7 +39,7 @@ impl Resources {
             pipes: PipePool::new(pipe_size, max_pooled, budget),
             buffers: BufferPool::new(pipe_size, max_pooled),
             copy_fallbacks: 0,
-            light_load: true,
+            load: load::LoadMeter::new(std::time::Instant::now()),
         }
     }
 

@@ -274,7 +274,7 @@ impl Pump {
                 // A one-way bulk flow: splice from now on.
                 self.auto = None;
             }
-            self.set_stage(bulk || a.splice_now(res.light_load), res);
+            self.set_stage(bulk || a.splice_now(res.load.light()), res);
         }
         let mut short_read = false;
         let r = match &mut self.stage {

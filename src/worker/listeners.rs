@@ -82,16 +82,8 @@ impl Worker {
         }
         let gone: Vec<usize> = self.listeners.iter().map(|(i, _)| i).filter(|i| !keep.contains(i)).collect();
         for li in gone {
-            // Clients already queued completed their connect: serve them (on
-            // the removed route) rather than let the close reset them.
-            let (served, failed) = self.serve_queue(li, None, now);
-            let l = self.listeners.remove(li);
-            let listen = l.frontend.first().listen;
-            if let Some(e) = failed {
-                log::warn!("worker {}: closing {listen}: accepting its queue failed: {e}", self.id);
-            }
-            log::debug!("worker {}: stops listening on {listen} after serving {served} queued clients", self.id);
-            // Dropping the socket closes it (and takes it out of the poll).
+            // Its queued clients are served on the removed route.
+            self.close_listener(li, now);
         }
         self.accept_backlogs(now);
     }
@@ -181,7 +173,7 @@ impl Worker {
                     self.id,
                     l.frontend.first().listen
                 );
-                self.stop_accepting(&[], now);
+                self.stop_accepting(now);
                 return false;
             }
         }
@@ -195,25 +187,26 @@ impl Worker {
     /// `stop_new_handshakes` and its wait no handshake is left under way to
     /// be reset by the close (one whose round trip is longer than
     /// [`HANDSHAKE_WAIT`] still is).
-    pub(super) fn stop_accepting(&mut self, handed_over: &[ListenKey], now: Instant) {
+    pub(super) fn stop_accepting(&mut self, now: Instant) {
         let keys: Vec<usize> = self.listeners.iter().map(|(i, _)| i).collect();
-        let mut served = 0;
-        for li in keys {
-            if !handed_over.contains(&self.listeners[li].key) {
-                let (n, failed) = self.serve_queue(li, None, now);
-                served += n;
-                if let Some(e) = failed {
-                    let listen = self.listeners[li].frontend.first().listen;
-                    log::warn!("worker {}: closing {listen}: accepting its queue failed: {e}", self.id);
-                }
-            }
-            // Dropping the socket closes it (and takes it out of the poll).
-            let l = self.listeners.remove(li);
-            log::debug!("worker {}: stops listening on {}", self.id, l.frontend.first().listen);
-        }
+        let served: usize = keys.into_iter().map(|li| self.close_listener(li, now)).sum();
         if served > 0 {
             log::info!("worker {}: served {served} clients still queued when accepting stopped", self.id);
         }
+    }
+
+    /// Closes listener `li` after accepting and serving every client in its
+    /// queue (their connect succeeded: the close would reset them); how many.
+    fn close_listener(&mut self, li: usize, now: Instant) -> usize {
+        let (served, failed) = self.serve_queue(li, None, now);
+        // Dropping the socket closes it (and takes it out of the poll).
+        let l = self.listeners.remove(li);
+        let listen = l.frontend.first().listen;
+        if let Some(e) = failed {
+            log::warn!("worker {}: closing {listen}: accepting its queue failed: {e}", self.id);
+        }
+        log::debug!("worker {}: stops listening on {listen} after serving {served} queued clients", self.id);
+        served
     }
 
     /// Accepts everything queued — on `surplus` if given, else on listener

@@ -23,7 +23,6 @@ mod control;
 mod handshakes;
 mod hello;
 mod listeners;
-mod load;
 pub mod token;
 
 use std::io;
@@ -71,8 +70,6 @@ pub struct Worker {
     ready: Vec<(usize, u64)>,
     timers: Timers<TimerKey>,
     res: Resources,
-    /// How loaded this worker is (`relay: auto` reads it through `res`).
-    load: load::LoadMeter,
     control: Receiver<Control>,
     shared: Arc<Shared>,
     metrics: Arc<WorkerMetrics>,
@@ -112,7 +109,6 @@ impl Worker {
             ready: Vec::new(),
             timers: Timers::new(Instant::now()),
             res: Resources::new(settings.pipe_size, settings.max_pooled_pipes, Arc::clone(&shared.pipes)),
-            load: load::LoadMeter::new(Instant::now()),
             control,
             shared,
             metrics,
@@ -149,8 +145,7 @@ impl Worker {
             }
             let before = now;
             let now = Instant::now();
-            self.load.waited(before, now);
-            self.res.light_load = self.load.light();
+            self.res.load.waited(before, now);
             for ev in events.iter() {
                 match token::target(ev.token()) {
                     Target::Waker => self.on_control(now),
@@ -344,7 +339,7 @@ impl Worker {
                 TimerKey::Session(k) => self.on_session_timer(k, now),
                 TimerKey::Accept(li) => self.resume(li, now),
                 TimerKey::Report => self.report(now),
-                TimerKey::CloseListeners => self.stop_accepting(&[], now),
+                TimerKey::CloseListeners => self.stop_accepting(now),
                 TimerKey::Drain => {
                     if !self.sessions.is_empty() {
                         log::info!("worker {}: drain timeout: cutting {} sessions", self.id, self.sessions.len());
@@ -424,7 +419,7 @@ impl Worker {
         WorkerCounters::set(&counters.pipes_in_use, c.in_use);
         WorkerCounters::set(&counters.pipes_pooled, c.pooled);
         WorkerCounters::set(&counters.copy_fallbacks, self.res.copy_fallbacks);
-        WorkerCounters::set(&counters.busy_ms, self.load.busy.as_millis() as u64);
+        WorkerCounters::set(&counters.busy_ms, self.res.load.busy.as_millis() as u64);
     }
 
     /// A warning at most once per `WARN_EVERY`, so a storm can't flood the log.

@@ -2,6 +2,7 @@
 //! edge-triggered events or scripted by hand.
 
 use super::super::auto::{AUTO_SPLICE_AFTER, Auto};
+use super::super::load::LoadMeter;
 use super::*;
 use mio::{Events, Interest, Poll, Token};
 use std::net::{TcpListener, TcpStream as StdStream};
@@ -31,6 +32,20 @@ fn payload(len: usize, seed: u64) -> Vec<u8> {
 /// Drives one pump from real edge-triggered events until the source's
 /// EOF has been passed on, while threads write `data` in uneven chunks
 /// and read it back (slowly if asked). A lost edge shows up as a timeout.
+/// A load meter whose last window found the worker lightly loaded or not
+/// (scripted through the meter's own clock readings).
+fn meter(light: bool) -> LoadMeter {
+    let t = Instant::now();
+    let mut m = LoadMeter::new(t);
+    if !light {
+        // A whole second without waiting for events.
+        let busy_until = t + Duration::from_secs(1);
+        m.waited(busy_until, busy_until);
+    }
+    assert_eq!(m.light(), light);
+    m
+}
+
 fn test_resources() -> Resources {
     Resources::new(64 << 10, 4, std::sync::Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)))
 }
@@ -136,7 +151,7 @@ fn without_a_pipe_the_splice_pump_copies_and_counts_it() {
         ),
         buffers: super::super::copy::BufferPool::new(64 << 10, 4),
         copy_fallbacks: 0,
-        light_load: true,
+        load: meter(true),
     };
     let data = payload(1 << 20, 17);
     let ((got, pump), res) = relay_with(res, Pump::new(true), data.clone(), false);
@@ -178,23 +193,15 @@ fn fin_by_close_finishes_without_shutdown_and_close_sends_the_fin() {
 }
 
 #[test]
-fn splice_pump_is_byte_exact_and_passes_eof_on() {
-    for (len, seed) in [(0, 1), (1, 2), (65_535, 3), (65_537, 4), (3 << 20, 5)] {
-        let data = payload(len, seed);
-        let (got, pump) = relay_through_pump(true, data.clone(), false);
-        assert!(got == data, "splice: {len} bytes in, {} out, contents differ", got.len());
-        assert_eq!(pump.spliced, len as u64);
-        assert_eq!(pump.copied, 0);
-    }
-}
-
-#[test]
-fn copy_pump_is_byte_exact_and_passes_eof_on() {
-    for (len, seed) in [(0, 1), (1, 2), (65_535, 3), (65_537, 4), (3 << 20, 5)] {
-        let data = payload(len, seed);
-        let (got, pump) = relay_through_pump(false, data.clone(), false);
-        assert!(got == data, "copy: {len} bytes in, {} out, contents differ", got.len());
-        assert_eq!((pump.spliced, pump.copied), (0, len as u64));
+fn pump_is_byte_exact_and_passes_eof_on_in_both_modes() {
+    for splice in [true, false] {
+        for (len, seed) in [(0, 1), (1, 2), (65_535, 3), (65_537, 4), (3 << 20, 5)] {
+            let data = payload(len, seed);
+            let (got, pump) = relay_through_pump(splice, data.clone(), false);
+            assert!(got == data, "splice={splice}: {len} bytes in, {} out, contents differ", got.len());
+            let expected = if splice { (len as u64, 0) } else { (0, len as u64) };
+            assert_eq!((pump.spliced, pump.copied), expected, "splice={splice}, {len} bytes");
+        }
     }
 }
 
@@ -211,7 +218,7 @@ fn slow_reader_gets_every_byte_in_both_modes() {
 fn auto_under_heavy_load_splices_a_one_way_bulk_flow_past_the_threshold() {
     let data = payload(12 << 20, 11);
     let mut res = test_resources();
-    res.light_load = false;
+    res.load = meter(false);
     let ((got, pump), _) = relay_with(res, Pump::for_mode(crate::config::RelayMode::Auto, None), data.clone(), false);
     assert!(got == data, "contents differ");
     assert!(pump.spliced > 0, "a 12 MiB one-way flow was never spliced");
@@ -259,7 +266,7 @@ fn auto_messages(size: usize, count: u64, light: impl Fn(u64) -> bool) -> (Pump,
     let mut pump = Pump::for_mode(crate::config::RelayMode::Auto, None);
     dst_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     for i in 0..count {
-        res.light_load = light(i);
+        res.load = meter(light(i));
         let msg = payload(size, i);
         src_peer.write_all(&msg).unwrap();
         let mut got = vec![0; size];

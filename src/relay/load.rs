@@ -1,8 +1,9 @@
 //! How loaded a worker is: the share of each window of wall time it spent
 //! working rather than waiting in `epoll_wait`, from the two clock readings
-//! its loop takes anyway (no syscall of its own). `relay: auto` splices big
-//! request/response messages only while the load is light (`relay::auto`),
-//! and the busy time is exported (`sluice_worker_busy_seconds_total`).
+//! its loop takes anyway (no syscall of its own). The worker feeds the meter
+//! in its `Resources`; `relay: auto` splices big request/response messages
+//! only while the load is light (`auto.rs`), and the busy time is exported
+//! (`sluice_worker_busy_seconds_total`).
 
 use std::time::{Duration, Instant};
 
