@@ -27,10 +27,10 @@ pub const TARGET: &str = "sluice::access";
 pub struct Entry {
     /// The session ended (with this reason), or it is still running.
     pub reason: Option<CloseReason>,
-    /// `(spliced, copied)` client → upstream so far.
-    pub client_to_upstream: (u64, u64),
-    /// `(spliced, copied)` upstream → client so far.
-    pub upstream_to_client: (u64, u64),
+    /// `[spliced, copied, uring]` client → upstream so far.
+    pub client_to_upstream: [u64; 3],
+    /// `[spliced, copied, uring]` upstream → client so far.
+    pub upstream_to_client: [u64; 3],
     /// A connected upstream.
     pub connected: bool,
     /// Upstream connect time.
@@ -61,8 +61,8 @@ impl Entry {
         let relay = s.relay();
         Entry {
             reason: None,
-            client_to_upstream: (up[0], up[1]),
-            upstream_to_client: (down[0], down[1]),
+            client_to_upstream: up,
+            upstream_to_client: down,
             connected: relay.is_some(),
             connect_time: relay.map(|r| r.connect_time),
             first_byte_time: relay.and_then(|r| r.first_byte_time),
@@ -96,10 +96,10 @@ pub fn line(format: LogFormat, s: &Session, e: &Entry) -> String {
         ("client", Value::Str(s.client_addr.to_string())),
         ("peer", Value::Str(s.peer_addr.to_string())),
         ("upstream", str_or_null(upstream)),
-        ("bytes_up", Value::Int(e.client_to_upstream.0 + e.client_to_upstream.1)),
-        ("bytes_down", Value::Int(e.upstream_to_client.0 + e.upstream_to_client.1)),
-        ("spliced_up", Value::Int(e.client_to_upstream.0)),
-        ("spliced_down", Value::Int(e.upstream_to_client.0)),
+        ("bytes_up", Value::Int(e.client_to_upstream.iter().sum())),
+        ("bytes_down", Value::Int(e.upstream_to_client.iter().sum())),
+        ("spliced_up", Value::Int(e.client_to_upstream[0])),
+        ("spliced_down", Value::Int(e.upstream_to_client[0])),
         ("connect_ms", ms(e.connect_time).map_or(Value::Null, Value::Float)),
         ("first_byte_ms", ms(e.first_byte_time).map_or(Value::Null, Value::Float)),
         ("duration_ms", ms(Some(e.duration)).map_or(Value::Null, Value::Float)),

@@ -337,8 +337,8 @@ mod tests {
             name: name.into(),
             listen: "127.0.0.1:8080".into(),
             sessions: SessionCounts { accepted, active, ..Default::default() },
-            client_to_upstream: Bytes { spliced: spliced.min(up), copied: up - spliced.min(up) },
-            upstream_to_client: Bytes { spliced: 0, copied: down },
+            client_to_upstream: Bytes { spliced: spliced.min(up), copied: up - spliced.min(up), uring: 0 },
+            upstream_to_client: Bytes { spliced: 0, copied: down, uring: 0 },
             ..Default::default()
         };
         r.sessions.closed.insert("clean".into(), accepted - active);

@@ -285,6 +285,11 @@ pub enum RelayMode {
     /// when nothing is in flight, so bytes are never in a buffer and a pipe
     /// at once.
     Auto,
+    /// Receives and sends submitted to a per-worker io_uring (Linux 6.0+),
+    /// its completions waking the worker's event loop: fewer syscalls per
+    /// message. Falls back to `auto`, saying so once, where io_uring is
+    /// unavailable (`kernel.io_uring_disabled`, a seccomp filter).
+    Uring,
 }
 
 impl fmt::Display for RelayMode {
@@ -293,6 +298,7 @@ impl fmt::Display for RelayMode {
             RelayMode::Splice => "splice",
             RelayMode::Copy => "copy",
             RelayMode::Auto => "auto",
+            RelayMode::Uring => "uring",
         })
     }
 }

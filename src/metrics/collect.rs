@@ -83,8 +83,8 @@ pub fn collect(src: Sources<'_>) -> Snapshot {
                         .filter(|(_, n)| *n > 0)
                         .collect(),
                 },
-                client_to_upstream: Bytes { spliced: r.bytes[0][0], copied: r.bytes[0][1] },
-                upstream_to_client: Bytes { spliced: r.bytes[1][0], copied: r.bytes[1][1] },
+                client_to_upstream: Bytes { spliced: r.bytes[0][0], copied: r.bytes[0][1], uring: r.bytes[0][2] },
+                upstream_to_client: Bytes { spliced: r.bytes[1][0], copied: r.bytes[1][1], uring: r.bytes[1][2] },
                 connect_attempts: r.connect_attempts,
                 connect_failures: r.connect_failures,
                 retries: r.retries,
@@ -123,10 +123,8 @@ fn merge_route(into: &mut RouteStats, from: &RouteStats) {
     for (a, b) in into.closed.iter_mut().zip(from.closed) {
         *a += b;
     }
-    for d in 0..2 {
-        for m in 0..2 {
-            into.bytes[d][m] += from.bytes[d][m];
-        }
+    for (into, from) in into.bytes.iter_mut().flatten().zip(from.bytes.iter().flatten()) {
+        *into += from;
     }
     into.connect_attempts += from.connect_attempts;
     into.connect_failures += from.connect_failures;
@@ -283,9 +281,9 @@ mod tests {
                 route: r,
                 upstream: Some(u),
                 reason: CloseReason::Clean,
-                client_to_upstream: (10, 1),
-                upstream_to_client: (20, 2),
-                reported: [[0; 2]; 2],
+                client_to_upstream: [10, 1, 0],
+                upstream_to_client: [20, 2, 0],
+                reported: [[0; 3]; 2],
                 connect_time: Some(Duration::from_micros(100 * (i as u64 + 1))),
                 first_byte_time: None,
                 duration: Duration::from_millis(5),
@@ -299,7 +297,7 @@ mod tests {
         let web = &snap.routes[0];
         assert_eq!((web.sessions.accepted, web.sessions.active), (4, 2));
         assert_eq!(web.sessions.closed.get("clean"), Some(&2));
-        assert_eq!(web.client_to_upstream, Bytes { spliced: 20, copied: 2 });
+        assert_eq!(web.client_to_upstream, Bytes { spliced: 20, copied: 2, uring: 0 });
         assert_eq!(web.upstream_to_client.total(), 44);
         assert_eq!(web.connect_time.count, 2);
         assert_eq!(web.upstreams[0].sessions, 2);
@@ -314,9 +312,9 @@ mod tests {
             route,
             upstream: Some(upstream),
             reason: CloseReason::Clean,
-            client_to_upstream: (10, 0),
-            upstream_to_client: (10, 0),
-            reported: [[0; 2]; 2],
+            client_to_upstream: [10, 0, 0],
+            upstream_to_client: [10, 0, 0],
+            reported: [[0; 3]; 2],
             connect_time: Some(Duration::from_micros(100)),
             first_byte_time: None,
             duration: Duration::from_millis(5),

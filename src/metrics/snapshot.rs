@@ -65,22 +65,25 @@ impl Snapshot {
             }
         }
         let sum = |f: &dyn Fn(&RouteSnapshot) -> Bytes| {
-            self.routes
-                .iter()
-                .map(f)
-                .fold(Bytes::default(), |a, b| Bytes { spliced: a.spliced + b.spliced, copied: a.copied + b.copied })
+            self.routes.iter().map(f).fold(Bytes::default(), |a, b| Bytes {
+                spliced: a.spliced + b.spliced,
+                copied: a.copied + b.copied,
+                uring: a.uring + b.uring,
+            })
         };
         let (up, down) = (sum(&|r| r.client_to_upstream), sum(&|r| r.upstream_to_client));
         let closed: Vec<String> = closed.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!(
-            "{accepted} sessions accepted; closed: {}; bytes client→upstream {} spliced + {} copied, \
-             upstream→client {} spliced + {} copied; {} pumps copied for want of a pipe; {} accepts hit the fd limit; \
+            "{accepted} sessions accepted; closed: {}; bytes client→upstream {} spliced + {} copied + {} uring, \
+             upstream→client {} spliced + {} copied + {} uring; {} pumps copied for want of a pipe; {} accepts hit the fd limit; \
              {} upstream connections failed locally",
             if closed.is_empty() { "none".to_owned() } else { closed.join(" ") },
             up.spliced,
             up.copied,
+            up.uring,
             down.spliced,
             down.copied,
+            down.uring,
             self.pipes.copy_fallbacks,
             self.accept.fd_exhausted,
             self.local_errors.values().sum::<u64>()
@@ -137,12 +140,15 @@ pub struct Bytes {
     pub spliced: u64,
     /// Through copy buffers.
     pub copied: u64,
+    /// Through the worker's io_uring (`relay: uring`).
+    #[serde(default)]
+    pub uring: u64,
 }
 
 impl Bytes {
     /// Both together.
     pub fn total(&self) -> u64 {
-        self.spliced + self.copied
+        self.spliced + self.copied + self.uring
     }
 }
 

@@ -53,8 +53,8 @@ pub struct RouteStats {
     pub accepted: u64,
     /// Sessions closed, indexed like `CloseReason::ALL`.
     pub closed: [u64; CloseReason::ALL.len()],
-    /// `[client→upstream, upstream→client][spliced, copied]` bytes.
-    pub bytes: [[u64; 2]; 2],
+    /// `[client→upstream, upstream→client][spliced, copied, uring]` bytes.
+    pub bytes: [[u64; 3]; 2],
     /// Upstream connect attempts.
     pub connect_attempts: u64,
     /// Upstream connect failures.
@@ -74,7 +74,7 @@ impl Default for RouteStats {
         RouteStats {
             accepted: 0,
             closed: [0; CloseReason::ALL.len()],
-            bytes: [[0; 2]; 2],
+            bytes: [[0; 3]; 2],
             connect_attempts: 0,
             connect_failures: 0,
             retries: 0,
@@ -198,8 +198,8 @@ impl WorkerStats {
         self.upstreams.iter().enumerate().map(|(id, s)| (UpstreamKey { id, generation: s.generation }, &s.stats))
     }
 
-    /// Bytes a running session moved since it last reported (`[c2u, u2c][spliced, copied]`).
-    pub fn bytes_moved(&mut self, route: usize, delta: [[u64; 2]; 2]) {
+    /// Bytes a running session moved since it last reported (`[c2u, u2c][spliced, copied, uring]`).
+    pub fn bytes_moved(&mut self, route: usize, delta: [[u64; 3]; 2]) {
         let r = self.route(route);
         for (into, from) in r.bytes.iter_mut().flatten().zip(delta.iter().flatten()) {
             *into += from;
@@ -208,9 +208,8 @@ impl WorkerStats {
 
     /// A finished session (its bytes minus what it reported while running).
     pub fn session_closed(&mut self, s: &SessionRecord) {
-        let totals =
-            [[s.client_to_upstream.0, s.client_to_upstream.1], [s.upstream_to_client.0, s.upstream_to_client.1]];
-        let mut rest = [[0; 2]; 2];
+        let totals = [s.client_to_upstream, s.upstream_to_client];
+        let mut rest = [[0; 3]; 2];
         for ((out, total), reported) in
             rest.iter_mut().flatten().zip(totals.iter().flatten()).zip(s.reported.iter().flatten())
         {
@@ -250,12 +249,12 @@ pub struct SessionRecord {
     pub upstream: Option<UpstreamKey>,
     /// Why it ended.
     pub reason: CloseReason,
-    /// (spliced, copied) bytes client → upstream.
-    pub client_to_upstream: (u64, u64),
-    /// (spliced, copied) bytes upstream → client.
-    pub upstream_to_client: (u64, u64),
+    /// [spliced, copied, uring] bytes client → upstream.
+    pub client_to_upstream: [u64; 3],
+    /// [spliced, copied, uring] bytes upstream → client.
+    pub upstream_to_client: [u64; 3],
     /// Of those, what was already counted while the session ran (`bytes_moved`).
-    pub reported: [[u64; 2]; 2],
+    pub reported: [[u64; 3]; 2],
     /// Time the successful connect took.
     pub connect_time: Option<Duration>,
     /// Connected to first upstream byte.
@@ -295,9 +294,9 @@ mod tests {
             route: 0,
             upstream: Some(upstream),
             reason: CloseReason::Clean,
-            client_to_upstream: (1, 0),
-            upstream_to_client: (1, 0),
-            reported: [[0; 2]; 2],
+            client_to_upstream: [1, 0, 0],
+            upstream_to_client: [1, 0, 0],
+            reported: [[0; 3]; 2],
             connect_time: Some(Duration::from_micros(100)),
             first_byte_time: None,
             duration: Duration::from_millis(1),
@@ -313,9 +312,9 @@ mod tests {
             route: 2,
             upstream: Some(key(1, 0)),
             reason: CloseReason::Clean,
-            client_to_upstream: (100, 5),
-            upstream_to_client: (0, 7),
-            reported: [[0; 2]; 2],
+            client_to_upstream: [100, 5, 0],
+            upstream_to_client: [0, 7, 3],
+            reported: [[0; 3]; 2],
             connect_time: Some(Duration::from_micros(250)),
             first_byte_time: Some(Duration::from_millis(100)),
             duration: Duration::from_secs(2),
@@ -323,7 +322,7 @@ mod tests {
         });
         let r = &st.routes[2];
         assert_eq!(r.closed[CloseReason::Clean as usize], 1);
-        assert_eq!(r.bytes, [[100, 5], [0, 7]]);
+        assert_eq!(r.bytes, [[100, 5, 0], [0, 7, 3]]);
         assert_eq!(r.connect_time.len(), 1);
         assert!(r.first_byte_time.equivalent(r.first_byte_time.value_at_quantile(0.5), 100_000));
         let up = st.upstream_stats(key(1, 0)).unwrap();
@@ -335,21 +334,21 @@ mod tests {
     #[test]
     fn bytes_reported_while_running_are_not_counted_again_at_close() {
         let mut st = WorkerStats::default();
-        st.bytes_moved(0, [[100, 0], [0, 50]]);
-        assert_eq!(st.routes[0].bytes, [[100, 0], [0, 50]], "visible while the session runs");
+        st.bytes_moved(0, [[100, 0, 0], [0, 50, 0]]);
+        assert_eq!(st.routes[0].bytes, [[100, 0, 0], [0, 50, 0]], "visible while the session runs");
         st.session_closed(&SessionRecord {
             route: 0,
             upstream: None,
             reason: CloseReason::Clean,
-            client_to_upstream: (150, 0),
-            upstream_to_client: (0, 50),
-            reported: [[100, 0], [0, 50]],
+            client_to_upstream: [150, 0, 0],
+            upstream_to_client: [0, 50, 0],
+            reported: [[100, 0, 0], [0, 50, 0]],
             connect_time: None,
             first_byte_time: None,
             duration: Duration::from_secs(1),
             tcp_info: None,
         });
-        assert_eq!(st.routes[0].bytes, [[150, 0], [0, 50]], "the total, once");
+        assert_eq!(st.routes[0].bytes, [[150, 0, 0], [0, 50, 0]], "the total, once");
     }
 
     #[test]

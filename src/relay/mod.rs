@@ -1,7 +1,8 @@
 //! Moving bytes: the pump state machine (`pump.rs`) over its two kinds of
 //! stage, splice pipes (`splice.rs`, pipes from `crate::pipe`) and copy
 //! buffers (`copy.rs`), when a pipe grows (`grow.rs`), and `relay: auto`'s
-//! switch between them (`auto.rs`, by the worker's load: `load.rs`).
+//! switch between them (`auto.rs`, by the worker's load: `load.rs`), and
+//! `relay: uring`'s per-worker io_uring (`ring.rs`).
 //! Sessions own pumps; workers own the `Resources` and feed their load meter.
 
 pub mod auto;
@@ -9,6 +10,7 @@ pub mod copy;
 pub mod grow;
 pub mod load;
 pub mod pump;
+pub mod ring;
 pub mod splice;
 
 pub use pump::{Activity, DstFailed, Pump, SrcEnd};
@@ -30,6 +32,8 @@ pub struct Resources {
     /// How loaded the worker is (it feeds the meter): `relay: auto` splices
     /// big request/response messages only under light load.
     pub load: load::LoadMeter,
+    /// The worker's io_uring, under `relay: uring`.
+    pub ring: Option<ring::Ring>,
 }
 
 impl Resources {
@@ -40,6 +44,7 @@ impl Resources {
             buffers: BufferPool::new(pipe_size, max_pooled),
             copy_fallbacks: 0,
             load: load::LoadMeter::new(std::time::Instant::now()),
+            ring: None,
         }
     }
 

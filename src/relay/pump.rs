@@ -3,7 +3,8 @@
 //! A pump owns its sticky readiness flags (set by events, cleared only by
 //! `WouldBlock`), the bytes in flight (a pipe for splice, a buffer for copy,
 //! never both; how its reads fill the pipe, for `grow.rs` to decide when it
-//! doubles), and the end-of-stream bookkeeping. Its step drains before it
+//! doubles; under `relay: uring` its operations on the worker's ring,
+//! `pump/uring.rs`), and the end-of-stream bookkeeping. Its step drains before it
 //! fills, fills only while there is room (backpressure), and passes a
 //! half-close on only once everything before it has been delivered. What a
 //! failure means for the session is the session's business.
@@ -40,6 +41,7 @@ pub enum SrcEnd {
 enum Stage {
     Splice { pipe: Option<Pipe>, len: usize, growth: Growth },
     Copy(CopyStage),
+    Uring(uring::UringStage),
 }
 
 /// What one call to [`Pump::run`] did.
@@ -87,6 +89,8 @@ pub struct Pump {
     pub spliced: u64,
     /// Bytes delivered through a buffer.
     pub copied: u64,
+    /// Bytes delivered through the worker's io_uring.
+    pub uring: u64,
 }
 
 impl Pump {
@@ -122,6 +126,7 @@ impl Pump {
             },
             spliced: 0,
             copied: 0,
+            uring: 0,
         }
     }
 
@@ -137,11 +142,17 @@ impl Pump {
         p
     }
 
+    /// Runs on the worker's io_uring (`relay: uring`).
+    pub fn is_uring(&self) -> bool {
+        matches!(self.stage, Stage::Uring(_))
+    }
+
     /// Bytes taken from the source and not yet delivered.
     pub fn pending(&self) -> usize {
         match &self.stage {
             Stage::Splice { len, .. } => *len,
             Stage::Copy(c) => c.pending(),
+            Stage::Uring(u) => u.pending(),
         }
     }
 
@@ -160,9 +171,9 @@ impl Pump {
         self.all_delivered() && self.dst_shut
     }
 
-    /// Bytes delivered so far, both modes.
+    /// Bytes delivered so far, all modes.
     pub fn delivered(&self) -> u64 {
-        self.spliced + self.copied
+        self.spliced + self.copied + self.uring
     }
 
     /// The source was reset before we read from it (the reset was reported
@@ -197,8 +208,11 @@ impl Pump {
     pub fn run(&mut self, src: &TcpStream, dst: &TcpStream, res: &mut Resources) -> Result<Activity, DstFailed> {
         let mut act = Activity::default();
         let taken_before = self.delivered() + self.pending() as u64;
+        if matches!(self.stage, Stage::Uring(_)) {
+            act = self.run_uring(src, dst, res)?;
+        }
         let mut rounds = 0;
-        loop {
+        while !matches!(self.stage, Stage::Uring(_)) {
             let mut progress = self.drain(dst)?;
             progress |= self.fill(src, res);
             if !progress {
@@ -240,6 +254,7 @@ impl Pump {
                 self.spliced += n as u64;
             }),
             Stage::Splice { pipe: None, .. } => unreachable!("bytes in flight without a pipe"),
+            Stage::Uring(_) => unreachable!("a uring pump does not drain by readiness"),
             Stage::Copy(c) => (&*dst).write(c.data()).inspect(|&n| {
                 c.written(n);
                 self.copied += n as u64;
@@ -316,6 +331,7 @@ impl Pump {
                 }
                 r
             }
+            Stage::Uring(_) => return false,
             Stage::Copy(c) => {
                 if !c.has_room() {
                     return false;
@@ -386,13 +402,16 @@ impl Pump {
                     res.pipes.put(p);
                 }
             }
-            Stage::Splice { .. } => {}
+            Stage::Splice { .. } | Stage::Uring(_) => {}
             Stage::Copy(c) => c.release_if_empty(&mut res.buffers),
         }
     }
 
-    /// Gives back whatever the pump holds; a pipe with bytes in it is dropped.
-    pub fn release(&mut self, res: &mut Resources) {
+    /// Gives back whatever the pump holds; a pipe with bytes in it is
+    /// dropped. Returns true if bytes a `relay: uring` pump had already
+    /// taken from its source will now never be delivered (so that source
+    /// must be reset, not closed as if all had arrived).
+    pub fn release(&mut self, res: &mut Resources) -> bool {
         match &mut self.stage {
             Stage::Splice { pipe, len, .. } => {
                 if let Some(p) = pipe.take() {
@@ -401,9 +420,12 @@ impl Pump {
                 *len = 0;
             }
             Stage::Copy(c) => c.release(&mut res.buffers),
+            Stage::Uring(_) => return res.ring.as_mut().is_some_and(|r| self.release_uring(r)),
         }
+        false
     }
 }
 
 #[cfg(test)]
 mod tests;
+mod uring;

@@ -231,7 +231,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
     log::info!(
         "sluice {} running: generation {generation}, {workers} worker(s), relay {}, pipe size {}, max {} connections{}",
         env!("CARGO_PKG_VERSION"),
-        config.relay,
+        settings.relay,
         fmt_size(settings.pipe_size as u64),
         config.max_connections,
         if config.watch { ", watching the config file" } else { "" }
@@ -341,11 +341,32 @@ fn start_worker(
 /// What workers need to know of the global settings (re-sent on reload).
 fn settings(config: &Config) -> WorkerSettings {
     WorkerSettings {
-        relay: config.relay,
+        relay: relay_mode(config.relay),
         pipe_size: effective_pipe_size(config.pipe_size),
         max_pooled_pipes: config.max_pooled_pipes,
         access_log: config.log.access.then_some(config.log.format),
         access_flush: config.log.flush_interval,
+    }
+}
+
+/// The relay mode we can really have: `uring` only where io_uring can be
+/// set up, else `auto`, said once per process (a reload asking again says
+/// nothing new).
+fn relay_mode(wanted: crate::config::RelayMode) -> crate::config::RelayMode {
+    use crate::config::RelayMode;
+    use std::sync::atomic::AtomicBool;
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if wanted != RelayMode::Uring {
+        return wanted;
+    }
+    match crate::relay::ring::probe() {
+        Ok(()) => wanted,
+        Err(why) => {
+            if !SAID.swap(true, Ordering::Relaxed) {
+                log::warn!("relay: uring is not available here: {why}; relaying with relay: auto instead");
+            }
+            RelayMode::Auto
+        }
     }
 }
 

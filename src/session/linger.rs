@@ -110,10 +110,9 @@ mod tests {
         let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let relay = Relay::new(
             mio::net::TcpStream::from_std(s),
-            RelayMode::Splice,
+            Relay::pumps(RelayMode::Splice, None, (0, 1), None),
             Readiness::default(),
             Readiness::default(),
-            None,
             None,
             now,
         );

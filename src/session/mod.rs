@@ -36,6 +36,7 @@ use crate::config::RelayMode;
 use crate::frontend::Frontend;
 use crate::metrics::CloseReason;
 use crate::relay::Resources;
+use crate::relay::ring::Completion;
 use crate::route::Route;
 use crate::sockets::{self, ConnectState};
 use crate::timer::Deadline;
@@ -194,8 +195,8 @@ pub enum Verdict {
     End(End),
 }
 
-/// Bytes delivered, `[client→upstream, upstream→client][spliced, copied]`.
-pub type ByteCounts = [[u64; 2]; 2];
+/// Bytes delivered, `[client→upstream, upstream→client][spliced, copied, uring]`.
+pub type ByteCounts = [[u64; 3]; 2];
 
 /// One session.
 #[derive(Debug)]
@@ -251,6 +252,10 @@ pub struct Session {
     pub last_access_line: Instant,
     /// Queued on the worker's ready list.
     pub ready: bool,
+    /// `relay: uring`, between upstreams: the client→upstream pump of the
+    /// relay whose upstream was lost before any byte moved. Its receive on
+    /// the client stays in flight; the next relay goes on with it.
+    kept: Option<crate::relay::Pump>,
 }
 
 /// A client as accepted: its socket, its address, the worker's listener.
@@ -307,9 +312,10 @@ impl Session {
             client_admitted: false,
             timer: None,
             started: now,
-            reported: [[0; 2]; 2],
+            reported: [[0; 3]; 2],
             last_access_line: now,
             ready: false,
+            kept: None,
         }
     }
 
@@ -342,7 +348,7 @@ impl Session {
 
     /// Bytes delivered so far each way.
     pub fn bytes(&self) -> ByteCounts {
-        self.relay().map_or([[0; 2]; 2], Relay::bytes)
+        self.relay().map_or([[0; 3]; 2], Relay::bytes)
     }
 
     /// Reads the client's PROXY header if it has all arrived. On success the
@@ -429,8 +435,9 @@ impl Session {
 
     /// The upstream connected (`reset_already`: and was reset by its peer
     /// right after): relaying starts now, with a PROXY header first if the
-    /// route sends one.
-    pub fn connected(&mut self, reset_already: bool, now: Instant) {
+    /// route sends one. `key` is the session's slot (`relay: uring` tags
+    /// its operations with it).
+    pub fn connected(&mut self, reset_already: bool, key: usize, now: Instant) {
         if !matches!(self.stage, Stage::Connecting(_)) {
             return;
         }
@@ -442,15 +449,9 @@ impl Session {
             header::Outgoing::new(v, self.client_addr, local)
         });
         let connect_time = now.saturating_duration_since(a.since);
-        let mut relay = Relay::new(
-            a.upstream,
-            self.relay_mode,
-            std::mem::take(&mut self.client_ready),
-            a.ready,
-            header,
-            self.route.socket.options().notsent_lowat(),
-            now,
-        );
+        let pipe_limit = self.route.socket.options().notsent_lowat();
+        let pumps = Relay::pumps(self.relay_mode, pipe_limit, (key, self.id), self.kept.take());
+        let mut relay = Relay::new(a.upstream, pumps, std::mem::take(&mut self.client_ready), a.ready, header, now);
         relay.connect_time = connect_time;
         if reset_already {
             relay.upstream_reset_before_read();
@@ -466,9 +467,48 @@ impl Session {
             return;
         }
         if let Stage::Relaying(mut r) = std::mem::replace(&mut self.stage, Stage::Unconnected) {
-            r.release(res);
             self.client_ready = r.client_readiness();
+            if r.is_uring() {
+                self.kept = Some(r.into_client_pump(res));
+            } else {
+                r.release(res);
+            }
         }
+    }
+
+    /// A completion of one of this session's io_uring operations. Returns
+    /// whether the relay should run now; `Err` gives it back if no pump
+    /// of this session waits for it.
+    pub fn complete(&mut self, c: Completion) -> Result<bool, Completion> {
+        match &mut self.stage {
+            Stage::Relaying(r) if r.is_uring() => r.pump_mut(c.owner.dir).complete(c),
+            _ => match self.kept.as_mut() {
+                Some(p) if c.owner.dir == 0 => {
+                    p.complete(c);
+                    return Ok(false);
+                }
+                _ => return Err(c),
+            },
+        }
+        Ok(true)
+    }
+
+    /// A buffer came free for this session's starved receive in direction `dir`.
+    pub fn unstarve(&mut self, dir: u8) -> bool {
+        match &mut self.stage {
+            Stage::Relaying(r) => r.pump_mut(dir).unstarve(),
+            _ => match self.kept.as_mut() {
+                Some(p) => p.unstarve(),
+                None => return false,
+            },
+        }
+        true
+    }
+
+    /// Gives up what a session between upstreams kept (`relay: uring`);
+    /// true if bytes its receive took will never be delivered.
+    pub fn release_kept(&mut self, res: &mut Resources) -> bool {
+        self.kept.take().is_some_and(|mut p| p.release(res))
     }
 
     /// When the timer should fire, and which rule that is.
@@ -565,7 +605,7 @@ mod tests {
         let now = Instant::now();
         assert!(s.on_event(Side::Client, 0, Readiness { readable: true, ..Readiness::default() }));
         s.attempt(0, 0, connecting_socket(&l), 1, now);
-        s.connected(false, now);
+        s.connected(false, 0, now);
         assert!(matches!(s.stage, Stage::Relaying(_)));
         assert!(s.relay().unwrap().c2u.src_readable, "the relay learned the client had bytes");
         let mut res = Resources::new(64 << 10, 4, Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)));

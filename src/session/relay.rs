@@ -12,6 +12,7 @@ use super::ending::{DRAIN_IDLE, Due, End};
 use super::header::Outgoing;
 use super::{ByteCounts, Readiness, Side};
 use crate::config::RelayMode;
+use crate::relay::ring::Owner;
 use crate::relay::{DstFailed, Pump, Resources, SrcEnd};
 use crate::socket_queue;
 
@@ -55,19 +56,17 @@ pub enum Step {
 }
 
 impl Relay {
-    /// Relaying over a just-connected `upstream`, with what the events of
-    /// each socket said so far (edge-triggered: they would not say it again).
+    /// Relaying over a just-connected `upstream` with pumps `[c2u, u2c]`
+    /// (see `pumps`), with what the events of each socket said so far
+    /// (edge-triggered: they would not say it again).
     pub fn new(
         upstream: TcpStream,
-        mode: RelayMode,
+        [mut c2u, mut u2c]: [Pump; 2],
         client: Readiness,
         up: Readiness,
         header: Option<Outgoing>,
-        pipe_limit: Option<u32>,
         now: Instant,
     ) -> Relay {
-        let mut c2u = Pump::for_mode(mode, pipe_limit);
-        let mut u2c = Pump::for_mode(mode, pipe_limit);
         (c2u.src_readable, c2u.src_hup, u2c.dst_writable) = (client.readable, client.hup, client.writable);
         (u2c.src_readable, u2c.src_hup, c2u.dst_writable) = (up.readable, up.hup, up.writable);
         Relay {
@@ -81,6 +80,28 @@ impl Relay {
             connect_time: Duration::ZERO,
             first_byte_time: None,
         }
+    }
+
+    /// The two pumps of a relay in `mode` (`relay: uring`: their operations
+    /// carry `owner`, the session's slot and id; a client→upstream pump
+    /// kept from a lost upstream goes on with its receive in flight).
+    pub fn pumps(mode: RelayMode, pipe_limit: Option<u32>, owner: (usize, u64), kept: Option<Pump>) -> [Pump; 2] {
+        if mode == RelayMode::Uring {
+            let (key, id) = owner;
+            let c2u = kept.unwrap_or_else(|| Pump::uring(Owner { key, id, dir: 0 }));
+            return [c2u, Pump::uring(Owner { key, id, dir: 1 })];
+        }
+        [Pump::for_mode(mode, pipe_limit), Pump::for_mode(mode, pipe_limit)]
+    }
+
+    /// The relay runs on the worker's io_uring: readiness events mean nothing to it.
+    pub fn is_uring(&self) -> bool {
+        self.c2u.is_uring()
+    }
+
+    /// The pump a completion of direction `dir` belongs to.
+    pub fn pump_mut(&mut self, dir: u8) -> &mut Pump {
+        if dir == 0 { &mut self.c2u } else { &mut self.u2c }
     }
 
     /// The upstream was reset before we read from it (the reset was reported
@@ -106,9 +127,10 @@ impl Relay {
         Readiness { readable: self.c2u.src_readable, hup: self.c2u.src_hup, writable: self.u2c.dst_writable }
     }
 
-    /// Bytes delivered each way, `[c2u, u2c][spliced, copied]`.
+    /// Bytes delivered each way, `[c2u, u2c][spliced, copied, uring]`.
     pub fn bytes(&self) -> ByteCounts {
-        [[self.c2u.spliced, self.c2u.copied], [self.u2c.spliced, self.u2c.copied]]
+        let b = |p: &Pump| [p.spliced, p.copied, p.uring];
+        [b(&self.c2u), b(&self.u2c)]
     }
 
     /// Last time a byte moved.
@@ -289,9 +311,18 @@ impl Relay {
         End::timeout(due, self.is_quiet(client))
     }
 
-    /// Returns the pumps' pipes and buffers to the pools.
-    pub fn release(&mut self, res: &mut Resources) {
-        self.c2u.release(res);
+    /// Returns the pumps' pipes and buffers to the pools (`relay: uring`:
+    /// abandons their operations). Returns, per direction, whether bytes
+    /// already taken from that direction's source will never be delivered.
+    pub fn release(&mut self, res: &mut Resources) -> [bool; 2] {
+        [self.c2u.release(res), self.u2c.release(res)]
+    }
+
+    /// Gives up the upstream side for another try, keeping the
+    /// client→upstream pump (under `relay: uring` its receive on the client
+    /// is in flight and must not lose what it takes).
+    pub fn into_client_pump(mut self, res: &mut Resources) -> Pump {
         self.u2c.release(res);
+        self.c2u
     }
 }

@@ -61,7 +61,7 @@ impl Worker {
         }
         let id = self.next_id;
         self.next_id += self.id_stride;
-        let relay = self.settings.relay;
+        let relay = self.relay_mode();
         let accepted = Accepted { client, peer_addr: peer, listener: li };
         let session = Session::new(id, route, accepted, relay, inspect.then(|| Arc::clone(&frontend)), now);
         let entry = self.sessions.vacant_entry();

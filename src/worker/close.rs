@@ -105,9 +105,22 @@ impl Worker {
             }
             Stage::Header { .. } | Stage::Unconnected | Stage::Closed => (None, None),
         };
-        if let Some(r) = relay.as_mut() {
-            r.release(&mut self.res);
+        let mut lost = relay.as_mut().map_or([false; 2], |r| r.release(&mut self.res));
+        lost[0] |= s.release_kept(&mut self.res);
+        if self.res.ring.is_some() {
+            // Cancel its io_uring operations before its sockets close. A
+            // receive that had taken bytes now never delivered means its
+            // source must be reset, not closed as if everything arrived.
+            let id = s.id;
+            let settled = self.settle_ring(key, id);
+            lost = [lost[0] | settled[0], lost[1] | settled[1]];
         }
+        let s = &mut self.sessions[key];
+        if lost[0] && !reset_client {
+            log::debug!("session {}: bytes the client sent were taken but not delivered: resetting it", s.id);
+            sockets::reset_on_close(&s.client);
+        }
+        let reset_upstream = reset_upstream || lost[1];
         if let Some(u) = relay.as_ref().map(|r| &r.upstream).or(attempt.as_ref()).filter(|_| reset_upstream) {
             sockets::reset_on_close(u);
         }
@@ -120,13 +133,13 @@ impl Worker {
         }
         self.upstream_verdict(key, end.reason, relay.as_ref());
         let s = &self.sessions[key];
-        let [up, down] = relay.as_ref().map_or([[0; 2]; 2], Relay::bytes);
+        let [up, down] = relay.as_ref().map_or([[0; 3]; 2], Relay::bytes);
         let record = SessionRecord {
             route: s.route.metric_id,
             upstream: relay.as_ref().map(|_| s.upstream().metric_id),
             reason: end.reason,
-            client_to_upstream: (up[0], up[1]),
-            upstream_to_client: (down[0], down[1]),
+            client_to_upstream: up,
+            upstream_to_client: down,
             reported: s.reported,
             connect_time: relay.as_ref().map(|r| r.connect_time),
             first_byte_time: relay.as_ref().and_then(|r| r.first_byte_time),
@@ -195,7 +208,7 @@ impl Worker {
                 running = true;
                 let bytes = s.bytes();
                 if bytes != s.reported {
-                    let mut delta = [[0; 2]; 2];
+                    let mut delta = [[0; 3]; 2];
                     for ((d, b), r) in
                         delta.iter_mut().flatten().zip(bytes.iter().flatten()).zip(s.reported.iter().flatten())
                     {

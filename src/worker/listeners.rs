@@ -60,6 +60,7 @@ impl Worker {
         if settings != self.settings {
             self.res.resize(settings.pipe_size, settings.max_pooled_pipes);
             self.settings = settings;
+            self.ensure_ring();
         }
         if self.draining {
             return; // the new sockets close here; nothing listens during a drain

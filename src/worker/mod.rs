@@ -14,7 +14,8 @@
 //! by TLS ClientHello, `listeners.rs` accepts (limits, fd exhaustion,
 //! route reloads, the drain's last accepts), `connect.rs` opens upstream
 //! connections, `close.rs` ends sessions (resets, the wait before a reset,
-//! accounting, access lines) and reports the bytes of running ones.
+//! accounting, access lines) and reports the bytes of running ones;
+//! `uring.rs` drives the io_uring of `relay: uring`.
 
 mod admit;
 mod close;
@@ -24,6 +25,7 @@ mod handshakes;
 mod hello;
 mod listeners;
 pub mod token;
+mod uring;
 
 use std::io;
 use std::sync::Arc;
@@ -123,6 +125,7 @@ impl Worker {
             fired: Vec::new(),
             hello_buf: Vec::new(),
         };
+        w.ensure_ring();
         w.set_routes(routes, settings, Instant::now());
         Ok(w)
     }
@@ -132,13 +135,18 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
-            let timeout = if self.ready.is_empty() && !self.listeners.iter().any(|(_, l)| l.backlog) {
-                self.timers.next_timeout(now)
-            } else {
-                Some(Duration::ZERO)
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            self.turn_ring(now);
+            let timeout =
+                if self.ready.is_empty() && !self.listeners.iter().any(|(_, l)| l.backlog) && self.ring_may_sleep() {
+                    self.timers.next_timeout(now)
+                } else {
+                    Some(Duration::ZERO)
+                };
+            let polled = self.poll.poll(&mut events, timeout);
+            self.ring_awake();
+            if let Err(e) = polled {
                 if e.kind() == io::ErrorKind::Interrupted {
+                    // A completion's task work interrupts the wait: reap it.
                     continue;
                 }
                 return Err(e);
@@ -146,9 +154,12 @@ impl Worker {
             let before = now;
             let now = Instant::now();
             self.res.load.waited(before, now);
+            // Completions first: a timer below must see what they brought.
+            self.turn_ring(now);
             for ev in events.iter() {
                 match token::target(ev.token()) {
                     Target::Waker => self.on_control(now),
+                    Target::Ring => {} // reaped above
                     Target::Listener(li) => self.accept(li, now),
                     Target::Session { key, side, generation } => {
                         let ready = Readiness {
@@ -235,7 +246,8 @@ impl Worker {
                 let verdict = s.check_connect(ready);
                 self.apply(key, verdict, now);
             }
-            (Stage::Relaying(_), _) => self.relay(key, now),
+            // A relay on the io_uring hears from its completions, not from readiness.
+            (Stage::Relaying(r), _) if !r.is_uring() => self.relay(key, now),
             _ => {}
         }
     }
@@ -259,7 +271,7 @@ impl Worker {
             }
             Verdict::Connected { reset_already } => {
                 let s = &mut self.sessions[key];
-                s.connected(reset_already, now);
+                s.connected(reset_already, key, now);
                 log::trace!("session {}: connected to {}", s.id, s.upstream_addr());
                 if std::mem::take(&mut s.probing) && s.upstream().health.succeeded(upstream::health::now_ms()) {
                     log::warn!(

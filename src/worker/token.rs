@@ -1,5 +1,5 @@
-//! What a mio `Token` of a worker stands for, and back: the waker, a
-//! listener, or one socket of a session together with the generation of
+//! What a mio `Token` of a worker stands for, and back: the waker, the
+//! io_uring's eventfd (`relay: uring`), a listener, or one socket of a session together with the generation of
 //! that socket.
 //!
 //! Kinds live in the low bits, so a listener can never alias a session
@@ -28,12 +28,16 @@ const UPSTREAM_KIND: usize = 3;
 
 /// The control channel's waker.
 pub const WAKER: Token = Token(WAKER_KIND);
+/// The eventfd of the worker's io_uring (same kind as the waker, key 1).
+pub const RING: Token = Token(1 << KIND_BITS | WAKER_KIND);
 
 /// What an event is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     /// The control channel.
     Waker,
+    /// Completions of the worker's io_uring.
+    Ring,
     /// Listener `key` of the worker's listener slab.
     Listener(usize),
     /// One socket of session `key`; `generation` tells upstream sockets of
@@ -77,6 +81,7 @@ pub fn target(token: Token) -> Target {
     let key = (t >> KIND_BITS) & MAX_KEY;
     let generation = (t >> (KIND_BITS + KEY_BITS)) as u32 & GEN_MASK;
     match t & ((1 << KIND_BITS) - 1) {
+        WAKER_KIND if key == 1 => Target::Ring,
         WAKER_KIND => Target::Waker,
         LISTENER_KIND => Target::Listener(key),
         CLIENT_KIND => Target::Session { key, side: Side::Client, generation },
@@ -91,6 +96,7 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         assert_eq!(target(WAKER), Target::Waker);
+        assert_eq!(target(RING), Target::Ring);
         for key in [0, 1, 65_535, 65_536, 1 << 20, MAX_KEY] {
             assert_eq!(target(listener(key).unwrap()), Target::Listener(key));
             for side in [Side::Client, Side::Upstream] {
@@ -109,6 +115,7 @@ mod tests {
         for key in [0, 65_535, 65_536, 65_537, 1 << 24] {
             let l = listener(key).unwrap();
             assert_ne!(l, WAKER);
+            assert_ne!(l, RING);
             for s in [0, key / 2, key] {
                 for side in [Side::Client, Side::Upstream] {
                     assert_ne!(l, session(s, side, 0).unwrap(), "listener {key} vs session {s}");

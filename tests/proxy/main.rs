@@ -1,10 +1,10 @@
 //! Integration tests: the real `sluice` binary against backends on
-//! 127.0.0.1:0. Relay tests run in both relay modes (`both_modes!`).
+//! 127.0.0.1:0. Relay tests run in every relay mode (`both_modes!`).
 
 mod backends;
 mod harness;
 
-/// Generates `splice`, `copy` and `auto` test functions in a module named after
+/// Generates `splice`, `copy`, `auto` and `uring` test functions in a module named after
 /// the behaviour, each calling `$body(mode)`.
 macro_rules! both_modes {
     ($($name:ident => $body:ident;)*) => {
@@ -21,6 +21,10 @@ macro_rules! both_modes {
                 #[test]
                 fn auto() {
                     super::$body("auto");
+                }
+                #[test]
+                fn uring() {
+                    super::$body("uring");
                 }
             }
         )*

@@ -85,11 +85,16 @@ fn exact_counts(mode: &str) {
     let r = &v["routes"][0];
     assert_eq!(r["sessions"]["accepted"], n);
     assert_eq!(r["sessions"]["active"], 0);
-    let up = r["client_to_upstream"]["spliced"].as_u64().unwrap() + r["client_to_upstream"]["copied"].as_u64().unwrap();
-    let down =
-        r["upstream_to_client"]["spliced"].as_u64().unwrap() + r["upstream_to_client"]["copied"].as_u64().unwrap();
+    let moved = |dir: &str| ["spliced", "copied", "uring"].map(|m| r[dir][m].as_u64().unwrap()).iter().sum::<u64>();
+    let (up, down) = (moved("client_to_upstream"), moved("upstream_to_client"));
     assert_eq!((up, down), (up_total, 5000 * n), "{mode}: bytes in /stats");
-    if mode == "copy" {
+    if mode == "uring" {
+        assert_eq!(r["client_to_upstream"]["uring"], up_total, "uring mode moved every byte on the ring");
+        assert_eq!(r["upstream_to_client"]["uring"], 5000 * n);
+    } else {
+        assert_eq!(r["client_to_upstream"]["uring"], 0, "{mode}: no ring");
+    }
+    if mode == "copy" || mode == "uring" {
         assert_eq!(r["client_to_upstream"]["spliced"], 0);
     } else {
         assert!(r["client_to_upstream"]["spliced"].as_u64().unwrap() > 0, "{mode} mode spliced nothing");
@@ -103,8 +108,10 @@ fn exact_counts(mode: &str) {
     let bytes = |dir: &str, how: &str| {
         sample(&m, &format!("sluice_bytes_total{{route=\"test\",direction=\"{dir}\",mode=\"{how}\"}}")) as u64
     };
-    assert_eq!(bytes("client_to_upstream", "spliced") + bytes("client_to_upstream", "copied"), up_total);
-    assert_eq!(bytes("upstream_to_client", "spliced") + bytes("upstream_to_client", "copied"), 5000 * n);
+    let all = |dir: &str| bytes(dir, "spliced") + bytes(dir, "copied") + bytes(dir, "uring");
+    assert_eq!(all("client_to_upstream"), up_total);
+    assert_eq!(all("upstream_to_client"), 5000 * n);
+    assert_eq!(bytes("client_to_upstream", "uring"), if mode == "uring" { up_total } else { 0 });
     assert_eq!(sample(&m, "sluice_sessions_accepted_total{route=\"test\"}") as u64, n);
     assert_eq!(sample(&m, "sluice_sessions_closed_total{route=\"test\",reason=\"clean\"}") as u64, n);
     assert_eq!(sample(&m, "sluice_session_duration_seconds_count{route=\"test\"}") as u64, n);
@@ -116,7 +123,7 @@ fn exact_counts(mode: &str) {
     } else if mode == "auto" {
         assert!(lent >= 1 && created <= lent, "{mode}: {lent} pipe loans, {created} created");
     } else {
-        assert_eq!(lent, 0, "copy mode lent pipes");
+        assert_eq!(lent, 0, "{mode} mode lent pipes");
     }
 }
 

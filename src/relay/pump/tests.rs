@@ -152,6 +152,7 @@ fn without_a_pipe_the_splice_pump_copies_and_counts_it() {
         buffers: super::super::copy::BufferPool::new(64 << 10, 4),
         copy_fallbacks: 0,
         load: meter(true),
+        ring: None,
     };
     let data = payload(1 << 20, 17);
     let ((got, pump), res) = relay_with(res, Pump::new(true), data.clone(), false);

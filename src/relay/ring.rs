@@ -1,0 +1,564 @@
+//! `relay: uring`: one io_uring instance per worker, the buffers its
+//! receives land in, and the table of operations in flight. This is the one
+//! module with the `unsafe` the ring needs; everything else sees safe calls.
+//!
+//! Receives use a provided-buffer ring: the kernel picks a buffer only when
+//! bytes arrive, so an idle session holds none (10,000 quiet clients cost no
+//! buffer memory). A buffer leaves the ring with a receive's completion, is
+//! sent from, and goes back (`recycle`) once all of it is sent. The worker
+//! grows the buffer set on demand up to a cap; past it a receive that finds
+//! none waits (`starved`) until one comes back.
+//!
+//! Completions wake the worker's mio loop through an eventfd (`eventfd()`),
+//! enabled only while the worker sleeps (`sleep`), so completions it reaps
+//! while awake cost no wake-up. An operation whose session went away is
+//! cancelled and its completion only returns its buffer (`abandon`,
+//! `settle`): what a cancelled receive had already taken is reported, so the
+//! session that sent it is reset rather than closed as if all had arrived.
+
+#![allow(unsafe_code)]
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use slab::Slab;
+
+/// Entries in the submission queue (completions get twice as many).
+const SQ_ENTRIES: u32 = 256;
+/// Slots in the provided-buffer ring: the most buffers a worker can have.
+const BUF_RING_SLOTS: u16 = 4096;
+/// Buffers are added this many at a time.
+const GROW_BY: usize = 16;
+/// The one buffer group.
+const GROUP: u16 = 0;
+/// `user_data` of cancel requests, whose completions say nothing we need.
+const CANCEL: u64 = u64::MAX;
+
+/// Who an operation is for: a session (slab key and id, which together
+/// survive slot reuse) and a direction (0 client→upstream, 1 back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The session's slot in the worker's slab.
+    pub key: usize,
+    /// The session's id.
+    pub id: u64,
+    /// 0: client → upstream, 1: upstream → client.
+    pub dir: u8,
+}
+
+/// An operation in flight, as its owner knows it.
+pub type OpId = usize;
+
+/// Bytes received into buffer `bid`; `start..end` not sent yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The buffer.
+    pub bid: u16,
+    /// First byte not yet sent.
+    pub start: u32,
+    /// One past the last byte received.
+    pub end: u32,
+}
+
+impl Held {
+    /// Bytes still to send.
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    /// Nothing left to send.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// What finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// A receive: bytes in a buffer, `None` for EOF, or an errno.
+    Received(Result<Option<Held>, i32>),
+    /// A send: bytes sent (from the front of the held buffer), or an error.
+    Sent(Result<u32, i32>),
+}
+
+/// A completion for a live owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Whose.
+    pub owner: Owner,
+    /// Which operation.
+    pub op: OpId,
+    /// What it did.
+    pub done: Done,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Recv,
+    Send { bid: u16 },
+}
+
+#[derive(Debug)]
+struct Op {
+    owner: Owner,
+    kind: Kind,
+    /// The owner gave up on it: its completion only frees what it holds.
+    abandoned: bool,
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RingCounts {
+    /// Buffers made (each `buf_size` bytes).
+    pub buffers: usize,
+    /// Buffers lent to sessions now (not in the ring).
+    pub lent: usize,
+    /// Receives that found no buffer.
+    pub starved: u64,
+}
+
+/// One worker's io_uring.
+pub struct Ring {
+    uring: IoUring,
+    eventfd: OwnedFd,
+    bufs: Buffers,
+    ops: Slab<Op>,
+    /// Completions reaped while settling an abandoned session, for the worker's next pass.
+    backlog: VecDeque<Completion>,
+    /// Owners whose receive found no buffer, to be run again when one comes back.
+    starved: Vec<Owner>,
+    /// SQEs pushed since the last submit.
+    unsubmitted: bool,
+    starved_count: u64,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("ops", &self.ops.len()).field("buffers", &self.bufs.made).finish()
+    }
+}
+
+/// Whether this process may use io_uring here, and if not why (the
+/// `io_uring_disabled` sysctl, a seccomp filter, an old kernel).
+pub fn probe() -> Result<(), String> {
+    match Ring::new(4096, 1) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(match e.raw_os_error() {
+            Some(nix::libc::ENOSYS) => {
+                format!("io_uring_setup is not available ({e}): kernel too old or blocked by seccomp")
+            }
+            Some(nix::libc::EPERM) => format!(
+                "io_uring_setup was refused ({e}): kernel.io_uring_disabled forbids it, or a seccomp filter (Docker's default) does"
+            ),
+            _ => format!("io_uring cannot be set up: {e}"),
+        }),
+    }
+}
+
+impl Ring {
+    /// A ring whose receives use buffers of `buf_size` bytes, at most `max_buffers` of them.
+    pub fn new(buf_size: usize, max_buffers: usize) -> io::Result<Ring> {
+        let uring = IoUring::builder().setup_cqsize(SQ_ENTRIES * 8).build(SQ_ENTRIES)?;
+        let eventfd = nix::sys::eventfd::EventFd::from_flags(
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )
+        .map_err(io::Error::from)?;
+        let eventfd: OwnedFd = eventfd.into();
+        uring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let bufs = Buffers::new(&uring, buf_size, max_buffers.clamp(1, BUF_RING_SLOTS as usize))?;
+        let mut ring = Ring {
+            uring,
+            eventfd,
+            bufs,
+            ops: Slab::new(),
+            backlog: VecDeque::new(),
+            starved: Vec::new(),
+            unsubmitted: false,
+            starved_count: 0,
+        };
+        ring.bufs.grow();
+        Ok(ring)
+    }
+
+    /// The eventfd that becomes readable when completions arrive while the worker sleeps.
+    pub fn eventfd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    /// Arms a receive on `fd` into a buffer the kernel picks when bytes arrive.
+    pub fn recv(&mut self, fd: RawFd, owner: Owner) -> io::Result<OpId> {
+        let op = self.ops.insert(Op { owner, kind: Kind::Recv, abandoned: false });
+        let sqe = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.bufs.size as u32)
+            .buf_group(GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(op as u64);
+        self.push(sqe).inspect_err(|_| {
+            self.ops.remove(op);
+        })?;
+        Ok(op)
+    }
+
+    /// Sends the unsent bytes of `held` on `fd` (no SIGPIPE).
+    pub fn send(&mut self, fd: RawFd, held: &Held, owner: Owner) -> io::Result<OpId> {
+        let op = self.ops.insert(Op { owner, kind: Kind::Send { bid: held.bid }, abandoned: false });
+        let ptr = self.bufs.ptr(held.bid);
+        // SAFETY (buffer lifetime): `held.start..held.end` lies inside buffer
+        // `held.bid` (a receive's completion said so), which stays allocated
+        // until the ring is dropped and is not given back to the kernel for
+        // new receives until this send's completion has been reaped (the op
+        // records the bid; `recycle` of a held buffer happens only after).
+        let data = unsafe { ptr.as_ptr().add(held.start as usize) };
+        let sqe = opcode::Send::new(types::Fd(fd), data, held.len() as u32)
+            .flags(nix::libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(op as u64);
+        self.push(sqe).inspect_err(|_| {
+            self.ops.remove(op);
+        })?;
+        Ok(op)
+    }
+
+    /// The bytes of a held buffer (for tests and diagnostics).
+    pub fn data(&self, held: &Held) -> &[u8] {
+        // SAFETY: the buffer came with a receive's completion, so the kernel
+        // is done writing to it, and it is not back in the ring (its holder
+        // still has it): nothing writes to it while this borrow lives.
+        unsafe { std::slice::from_raw_parts(self.bufs.ptr(held.bid).as_ptr().add(held.start as usize), held.len()) }
+    }
+
+    /// Gives buffer `bid` back to the kernel for new receives.
+    pub fn recycle(&mut self, bid: u16) {
+        self.bufs.put(bid);
+    }
+
+    /// The owner no longer wants `op`: cancel it; its completion will only
+    /// free what it holds. False if it already completed (its completion
+    /// waits in the backlog: see `forget`).
+    pub fn abandon(&mut self, op: OpId) -> bool {
+        let Some(o) = self.ops.get_mut(op) else {
+            return false;
+        };
+        o.abandoned = true;
+        let sqe = opcode::AsyncCancel::new(op as u64).build().user_data(CANCEL);
+        // A full queue is submitted first; if even that fails the op
+        // completes on its own when its socket closes.
+        let _ = self.push(sqe);
+        true
+    }
+
+    /// Completions already taken off the queue for `key`'s session (a
+    /// session being closed): frees their buffers. Returns the directions
+    /// in which bytes received will now never be delivered.
+    pub fn forget(&mut self, key: usize, id: u64) -> [bool; 2] {
+        let mut lost = [false; 2];
+        let bufs = &mut self.bufs;
+        self.backlog.retain(|c| {
+            if c.owner.key != key || c.owner.id != id {
+                return true;
+            }
+            if let Done::Received(Ok(Some(h))) = c.done {
+                lost[c.owner.dir as usize & 1] = true;
+                bufs.put(h.bid);
+            }
+            false
+        });
+        lost
+    }
+
+    /// Submits what was abandoned and reaps what that cancelled, so the
+    /// sockets of a closing session are released by the kernel before they
+    /// close. Returns the directions of session `key`/`id` whose cancelled
+    /// receive had already taken bytes.
+    pub fn settle(&mut self, key: usize, id: u64) -> [bool; 2] {
+        let _ = self.submit();
+        let mut lost = [false; 2];
+        self.reap(&mut |o: Owner, got: bool| {
+            if o.key == key && o.id == id {
+                lost[o.dir as usize & 1] |= got;
+            }
+        });
+        let more = self.forget(key, id);
+        [lost[0] | more[0], lost[1] | more[1]]
+    }
+
+    /// Hands the submission queue to the kernel (one `io_uring_enter`).
+    pub fn submit(&mut self) -> io::Result<()> {
+        if !self.unsubmitted {
+            return Ok(());
+        }
+        loop {
+            match self.uring.submit() {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // EBUSY (completions overflowed): the worker reaps and submits again.
+                Err(e) => return Err(e),
+            }
+        }
+        self.unsubmitted = !self.uring.submission().is_empty();
+        Ok(())
+    }
+
+    /// Entries are queued that the kernel has not seen yet.
+    pub fn has_unsubmitted(&self) -> bool {
+        self.unsubmitted
+    }
+
+    /// The next completion for a live owner, if any.
+    pub fn next_completion(&mut self) -> Option<Completion> {
+        if let Some(c) = self.backlog.pop_front() {
+            return Some(c);
+        }
+        loop {
+            let cqe = self.uring.completion().next()?;
+            if let Some(c) = self.complete(&cqe, &mut |_, _| {}) {
+                return Some(c);
+            }
+        }
+    }
+
+    /// Owners whose receive found no buffer, now that one is free.
+    pub fn take_unstarved(&mut self) -> Option<Owner> {
+        if self.bufs.available() == 0 && !self.bufs.can_grow() {
+            return None;
+        }
+        self.starved.pop()
+    }
+
+    /// About to sleep in the mio poll: lets completions signal the eventfd.
+    /// Returns false if one already arrived (don't sleep).
+    pub fn sleep(&mut self) -> bool {
+        let mut cq = self.uring.completion();
+        cq.enable_eventfd();
+        cq.sync();
+        cq.is_empty() && self.backlog.is_empty()
+    }
+
+    /// Awake again: completions are reaped without a wake-up.
+    pub fn wake(&mut self) {
+        self.uring.completion().disable_eventfd();
+    }
+
+    /// Counters for `/metrics`.
+    pub fn counts(&self) -> RingCounts {
+        RingCounts {
+            buffers: self.bufs.made,
+            lent: self.bufs.made - self.bufs.available(),
+            starved: self.starved_count,
+        }
+    }
+
+    /// Reaps every completion now in the queue: abandoned ones free their
+    /// buffers (telling `seen` whether a cancelled receive had taken
+    /// bytes), live ones go to the backlog.
+    fn reap(&mut self, seen: &mut dyn FnMut(Owner, bool)) {
+        loop {
+            let Some(cqe) = self.uring.completion().next() else {
+                return;
+            };
+            if let Some(c) = self.complete(&cqe, seen) {
+                self.backlog.push_back(c);
+            }
+        }
+    }
+
+    /// Turns a CQE into a completion for a live owner, or frees what an
+    /// abandoned operation held.
+    fn complete(&mut self, cqe: &cqueue::Entry, seen: &mut dyn FnMut(Owner, bool)) -> Option<Completion> {
+        let ud = cqe.user_data();
+        if ud == CANCEL {
+            return None;
+        }
+        let op = ud as usize;
+        let o = self.ops.try_remove(op)?;
+        let res = cqe.result();
+        let picked = cqueue::buffer_select(cqe.flags());
+        if picked.is_some() {
+            self.bufs.given = self.bufs.given.saturating_sub(1);
+        }
+        let done = match (o.kind, res, picked) {
+            (Kind::Recv, n @ 1.., Some(bid)) => Done::Received(Ok(Some(Held { bid, start: 0, end: n as u32 }))),
+            (Kind::Recv, n, picked) => {
+                if let Some(bid) = picked {
+                    // A buffer with no bytes in it goes straight back.
+                    self.bufs.put(bid);
+                }
+                if n == -nix::libc::ENOBUFS {
+                    self.starved_count += 1;
+                    if !o.abandoned {
+                        if self.bufs.can_grow() {
+                            self.bufs.grow();
+                        }
+                        self.starved.push(o.owner);
+                    }
+                }
+                Done::Received(match n {
+                    0 => Ok(None),
+                    n if n < 0 => Err(-n),
+                    _ => Err(nix::libc::EIO), // bytes without a buffer: cannot happen
+                })
+            }
+            (Kind::Send { bid }, res, _) => {
+                if o.abandoned {
+                    self.bufs.put(bid);
+                }
+                Done::Sent(if res >= 0 { Ok(res as u32) } else { Err(-res) })
+            }
+        };
+        if o.abandoned {
+            let got = if let Done::Received(Ok(Some(h))) = done {
+                self.bufs.put(h.bid);
+                true
+            } else {
+                false
+            };
+            seen(o.owner, got);
+            return None;
+        }
+        Some(Completion { owner: o.owner, op, done })
+    }
+
+    fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
+        // SAFETY (buffer lifetime): every SQE built here points either at no
+        // memory of ours (receives select a provided buffer; cancels carry
+        // only a user_data) or into a provided buffer that stays allocated
+        // for the ring's life and is not recycled while the send is in
+        // flight (see `send`). The file descriptor is the caller's open
+        // socket; the worker submits before closing a socket with queued
+        // SQEs (`settle`), and the kernel holds its own file reference from
+        // then on.
+        if unsafe { self.uring.submission().push(&sqe) }.is_err() {
+            self.uring.submit()?;
+            // SAFETY: as above.
+            unsafe { self.uring.submission().push(&sqe) }
+                .map_err(|_| io::Error::new(io::ErrorKind::WouldBlock, "submission queue full"))?;
+        }
+        self.unsubmitted = true;
+        Ok(())
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Cancel everything still in flight and wait for it, so no
+        // operation outlives the buffers it points into.
+        let all = types::CancelBuilder::any();
+        let _ = self.uring.submitter().register_sync_cancel(None, all);
+        self.reap(&mut |_, _| {});
+        if !self.ops.is_empty() {
+            // Some could not be cancelled: keep their memory rather than risk
+            // the kernel writing into freed buffers (the worker is exiting).
+            self.bufs.leak = true;
+        }
+    }
+}
+
+/// The provided buffers: a page-aligned ring of `BUF_RING_SLOTS` entries
+/// shared with the kernel, and the buffers it points at.
+struct Buffers {
+    ring: NonNull<types::BufRingEntry>,
+    /// The buffers, by id; each `size` bytes, allocated once and freed with the ring.
+    mem: Vec<NonNull<u8>>,
+    size: usize,
+    max: usize,
+    made: usize,
+    /// Our tail (the kernel consumes from its head up to it).
+    tail: u16,
+    /// Buffers given back and not yet taken by a receive, as far as we know.
+    given: usize,
+    leak: bool,
+}
+
+impl Buffers {
+    fn layout() -> Layout {
+        let bytes = BUF_RING_SLOTS as usize * std::mem::size_of::<types::BufRingEntry>();
+        Layout::from_size_align(bytes, 4096).expect("a valid layout")
+    }
+
+    fn new(uring: &IoUring, size: usize, max: usize) -> io::Result<Buffers> {
+        // SAFETY: a non-zero size; the result is checked for null.
+        let ring = NonNull::new(unsafe { alloc_zeroed(Self::layout()) }.cast::<types::BufRingEntry>())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        let bufs = Buffers { ring, mem: Vec::new(), size, max, made: 0, tail: 0, given: 0, leak: false };
+        // SAFETY: the ring memory is page-aligned, BUF_RING_SLOTS entries
+        // long, zeroed (tail 0), and lives until `Buffers` drops, which
+        // happens after the IoUring that uses it (field order in `Ring`:
+        // `uring` is dropped first, and the kernel drops the registration
+        // with the ring).
+        unsafe { uring.submitter().register_buf_ring_with_flags(ring.as_ptr() as u64, BUF_RING_SLOTS, GROUP, 0) }?;
+        Ok(bufs)
+    }
+
+    fn ptr(&self, bid: u16) -> NonNull<u8> {
+        self.mem[bid as usize]
+    }
+
+    fn can_grow(&self) -> bool {
+        self.made < self.max
+    }
+
+    /// Buffers in the ring, roughly: given back minus taken (a receive's
+    /// completion takes one). Used only to decide when starved owners retry.
+    fn available(&self) -> usize {
+        self.given
+    }
+
+    /// Adds up to `GROW_BY` new buffers to the ring.
+    fn grow(&mut self) {
+        for _ in 0..GROW_BY {
+            if !self.can_grow() {
+                break;
+            }
+            let buf: Box<[u8]> = vec![0u8; self.size].into_boxed_slice();
+            let ptr = NonNull::new(Box::into_raw(buf).cast::<u8>()).expect("a box is never null");
+            self.mem.push(ptr);
+            self.made += 1;
+            self.put((self.made - 1) as u16);
+        }
+    }
+
+    /// Puts buffer `bid` at the tail of the ring and publishes the tail.
+    fn put(&mut self, bid: u16) {
+        if bid as usize >= self.mem.len() {
+            return;
+        }
+        let slot = (self.tail & (BUF_RING_SLOTS - 1)) as usize;
+        // SAFETY: `slot` < BUF_RING_SLOTS, inside the ring allocation; the
+        // kernel reads entries only between its head and the published tail,
+        // and this slot is past the tail until the store below publishes it.
+        let entry = unsafe { &mut *self.ring.as_ptr().add(slot) };
+        entry.set_addr(self.mem[bid as usize].as_ptr() as u64);
+        entry.set_len(self.size as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail field overlays entry 0's `resv`, which the kernel
+        // never reads as an entry field; it is read with acquire ordering by
+        // the kernel, so the release store publishes the entry written above.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.ring.as_ptr()) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+        self.given += 1;
+    }
+}
+
+impl Drop for Buffers {
+    fn drop(&mut self) {
+        if self.leak {
+            return;
+        }
+        for p in self.mem.drain(..) {
+            // SAFETY: each pointer came from `Box::into_raw` of a `size`-byte
+            // boxed slice in `grow`, and the kernel no longer uses it: the
+            // ring that could has been dropped and every operation cancelled.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p.as_ptr(), self.size)) });
+        }
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ring.as_ptr().cast(), Self::layout()) };
+    }
+}
