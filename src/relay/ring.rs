@@ -95,6 +95,8 @@ pub struct Completion {
     pub op: OpId,
     /// What it did.
     pub done: Done,
+    /// A multishot receive goes on: more completions of `op` will come.
+    pub more: bool,
 }
 
 #[derive(Debug)]
@@ -163,13 +165,27 @@ pub fn probe() -> Result<(), String> {
 impl Ring {
     /// A ring whose receives use buffers of `buf_size` bytes, at most `max_buffers` of them.
     pub fn new(buf_size: usize, max_buffers: usize) -> io::Result<Ring> {
+        // Default task running: a completion interrupts the worker's wait
+        // (measured cheaper here than COOP_TASKRUN or DEFER_TASKRUN, see
+        // docs/performance.md).
         let uring = IoUring::builder().setup_cqsize(SQ_ENTRIES * 8).build(SQ_ENTRIES)?;
         let eventfd = nix::sys::eventfd::EventFd::from_flags(
             nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
         )
         .map_err(io::Error::from)?;
         let eventfd: OwnedFd = eventfd.into();
-        uring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        // Completions run as task work in the worker's own thread interrupt
+        // its epoll_wait; the eventfd is for those posted by io_uring's
+        // worker threads (which no interruption announces). Signalling it
+        // for every completion cost one spurious wake-up per loop turn.
+        uring.submitter().register_eventfd_async(eventfd.as_raw_fd())?;
+        // Multishot receives and synchronous cancellation are Linux 6.0:
+        // an older kernel fails here (EINVAL), so the probe says no.
+        match uring.submitter().register_sync_cancel(None, types::CancelBuilder::user_data(CANCEL)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
         let bufs = Buffers::new(&uring, buf_size, max_buffers.clamp(1, BUF_RING_SLOTS as usize))?;
         let mut ring = Ring {
             uring,
@@ -190,14 +206,13 @@ impl Ring {
         self.eventfd.as_raw_fd()
     }
 
-    /// Arms a receive on `fd` into a buffer the kernel picks when bytes arrive.
+    /// Arms a multishot receive on `fd`: one completion per arrival of
+    /// bytes, each in a buffer the kernel picks then, until it is stopped
+    /// (`stop`), reads EOF or an error, or finds no buffer. Its poll stays
+    /// armed between arrivals (measured cheaper than a receive per message).
     pub fn recv(&mut self, fd: RawFd, owner: Owner) -> io::Result<OpId> {
         let op = self.ops.insert(Op { owner, kind: Kind::Recv, abandoned: false });
-        let sqe = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.bufs.size as u32)
-            .buf_group(GROUP)
-            .build()
-            .flags(squeue::Flags::BUFFER_SELECT)
-            .user_data(op as u64);
+        let sqe = opcode::RecvMulti::new(types::Fd(fd), GROUP).build().user_data(op as u64);
         self.push(sqe).inspect_err(|_| {
             self.ops.remove(op);
         })?;
@@ -235,6 +250,14 @@ impl Ring {
     /// Gives buffer `bid` back to the kernel for new receives.
     pub fn recycle(&mut self, bid: u16) {
         self.bufs.put(bid);
+    }
+
+    /// Asks a multishot receive to stop; its owner still gets what it
+    /// receives until the last completion (the one without `more`).
+    pub fn stop(&mut self, op: OpId) {
+        if self.ops.contains(op) {
+            let _ = self.push(opcode::AsyncCancel::new(op as u64).build().user_data(CANCEL));
+        }
     }
 
     /// The owner no longer wants `op`: cancel it; its completion will only
@@ -289,7 +312,7 @@ impl Ring {
 
     /// Hands the submission queue to the kernel (one `io_uring_enter`).
     pub fn submit(&mut self) -> io::Result<()> {
-        if !self.unsubmitted {
+        if !self.has_unsubmitted() {
             return Ok(());
         }
         loop {
@@ -305,8 +328,8 @@ impl Ring {
     }
 
     /// Entries are queued that the kernel has not seen yet.
-    pub fn has_unsubmitted(&self) -> bool {
-        self.unsubmitted
+    pub fn has_unsubmitted(&mut self) -> bool {
+        self.unsubmitted || self.uring.submission().taskrun()
     }
 
     /// The next completion for a live owner, if any.
@@ -336,7 +359,9 @@ impl Ring {
         let mut cq = self.uring.completion();
         cq.enable_eventfd();
         cq.sync();
-        cq.is_empty() && self.backlog.is_empty()
+        let quiet = cq.is_empty();
+        drop(cq);
+        quiet && self.backlog.is_empty() && !self.uring.submission().taskrun()
     }
 
     /// Awake again: completions are reaped without a wake-up.
@@ -375,7 +400,13 @@ impl Ring {
             return None;
         }
         let op = ud as usize;
-        let o = self.ops.try_remove(op)?;
+        let more = cqueue::more(cqe.flags());
+        let o = if more {
+            let o = self.ops.get(op)?;
+            Op { owner: o.owner, kind: Kind::Recv, abandoned: o.abandoned }
+        } else {
+            self.ops.try_remove(op)?
+        };
         let res = cqe.result();
         let picked = cqueue::buffer_select(cqe.flags());
         if picked.is_some() {
@@ -420,7 +451,7 @@ impl Ring {
             seen(o.owner, got);
             return None;
         }
-        Some(Completion { owner: o.owner, op, done })
+        Some(Completion { owner: o.owner, op, done, more })
     }
 
     fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
@@ -562,3 +593,6 @@ impl Drop for Buffers {
         unsafe { dealloc(self.ring.as_ptr().cast(), Self::layout()) };
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -33,6 +33,8 @@ pub(super) struct UringStage {
     done: Vec<Completion>,
     /// The last receive found no buffer: wait until the worker says one is free.
     starved: bool,
+    /// The multishot receive was asked to stop (enough held).
+    stopping: bool,
 }
 
 impl UringStage {
@@ -44,6 +46,7 @@ impl UringStage {
             send: None,
             done: Vec::new(),
             starved: false,
+            stopping: false,
         }
     }
 
@@ -90,10 +93,14 @@ impl Pump {
             unreachable!("run_uring on another stage");
         };
         let mut failed = None;
-        for c in std::mem::take(&mut u.done) {
+        let mut done = std::mem::take(&mut u.done);
+        for c in done.drain(..) {
             match c.done {
                 Done::Received(r) => {
-                    u.recv = None;
+                    let stopped = u.stopping;
+                    if !c.more {
+                        (u.recv, u.stopping) = (None, false);
+                    }
                     act.progressed = true;
                     match r {
                         Ok(Some(h)) => {
@@ -103,6 +110,8 @@ impl Pump {
                         Ok(None) => self.src = self.eof_is_failure.map_or(SrcEnd::Eof, SrcEnd::Failed),
                         Err(nix::libc::ENOBUFS) => u.starved = true,
                         Err(nix::libc::EINTR | nix::libc::EAGAIN) => {}
+                        // Stopped because enough is held: received again once it is sent.
+                        Err(nix::libc::ECANCELED) if stopped => {}
                         Err(e) => self.src = SrcEnd::Failed(io::Error::from_raw_os_error(e).kind()),
                     }
                 }
@@ -126,6 +135,7 @@ impl Pump {
                 }
             }
         }
+        u.done = done;
         if let Some(e) = failed {
             return Err(DstFailed(e));
         }
@@ -133,6 +143,11 @@ impl Pump {
             && let Some(h) = u.held.first()
         {
             u.send = Some(ring.send(dst.as_raw_fd(), h, u.owner).map_err(DstFailed)?);
+        }
+        if let Some(op) = u.recv.filter(|_| !u.stopping && u.held.len() >= MAX_HELD) {
+            // Enough held: stop receiving until the destination takes it.
+            ring.stop(op);
+            u.stopping = true;
         }
         if u.recv.is_none() && !u.starved && u.held.len() < MAX_HELD && self.src == SrcEnd::Open {
             match ring.recv(src.as_raw_fd(), u.owner) {

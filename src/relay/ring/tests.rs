@@ -1,0 +1,131 @@
+use super::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (b, _) = l.accept().unwrap();
+    (a, b)
+}
+
+fn owner(key: usize, dir: u8) -> Owner {
+    Owner { key, id: key as u64 + 100, dir }
+}
+
+/// The next completion, submitting and waiting (bounded) for it.
+fn wait(ring: &mut Ring) -> Completion {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        ring.submit().unwrap();
+        if let Some(c) = ring.next_completion() {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "no completion within 5 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn received_bytes_are_sent_on_exactly_and_eof_ends_the_receive() {
+    let mut ring = Ring::new(4096, 64).unwrap();
+    let (mut src_peer, src) = pair();
+    let (dst, mut dst_peer) = pair();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        src_peer.write_all(&sent).unwrap();
+        // EOF after the bytes.
+    });
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        dst_peer.read_to_end(&mut got).unwrap();
+        got
+    });
+    let me = owner(1, 0);
+    ring.recv(src.as_raw_fd(), me).unwrap();
+    let (mut queue, mut sending, mut eof) = (std::collections::VecDeque::<Held>::new(), false, false);
+    while !(eof && queue.is_empty()) {
+        let c = wait(&mut ring);
+        assert_eq!(c.owner, me);
+        match c.done {
+            Done::Received(Ok(None)) => eof = true,
+            Done::Received(Ok(Some(h))) => queue.push_back(h),
+            Done::Received(Err(e)) => {
+                // Out of buffers: the ring grew (up to its cap) and says so.
+                assert_eq!(e, nix::libc::ENOBUFS);
+                assert_eq!(ring.take_unstarved(), Some(me));
+                ring.recv(src.as_raw_fd(), me).unwrap();
+            }
+            Done::Sent(r) => {
+                sending = false;
+                let h = queue.front_mut().unwrap();
+                h.start += r.unwrap();
+                if h.is_empty() {
+                    ring.recycle(h.bid);
+                    queue.pop_front();
+                }
+            }
+        }
+        if let (false, Some(h)) = (sending, queue.front()) {
+            ring.send(dst.as_raw_fd(), h, me).unwrap();
+            sending = true;
+        }
+    }
+    writer.join().unwrap();
+    dst.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(reader.join().unwrap() == data, "bytes differ");
+    assert_eq!(ring.counts().lent, 0, "every buffer went back");
+}
+
+#[test]
+fn a_cancelled_receive_that_had_taken_bytes_is_reported_lost() {
+    let mut ring = Ring::new(4096, 16).unwrap();
+    let (mut peer, s) = pair();
+    let me = owner(3, 0);
+    let op = ring.recv(s.as_raw_fd(), me).unwrap();
+    ring.submit().unwrap();
+    peer.write_all(b"last words").unwrap();
+    // Let the receive complete in the kernel without reaping it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while crate::socket_queue::unread(&mio::net::TcpStream::from_std(s.try_clone().unwrap())).unwrap_or(0) > 0
+        || ring.uring.completion().is_empty()
+    {
+        assert!(Instant::now() < deadline, "the receive never completed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(ring.abandon(op), "a multishot receive stays in the table");
+    assert_eq!(ring.settle(3, 103), [true, false], "the bytes it took are lost");
+    assert!(ring.next_completion().is_none(), "an abandoned op reaches no one");
+    assert_eq!(ring.counts().lent, 0, "its buffer went back");
+}
+
+#[test]
+fn a_capped_ring_starves_a_receive_until_a_buffer_comes_back() {
+    let mut ring = Ring::new(1024, 16).unwrap();
+    let mut pairs: Vec<(TcpStream, TcpStream)> = (0..17).map(|_| pair()).collect();
+    let mut held = Vec::new();
+    for (i, (peer, s)) in pairs.iter_mut().enumerate() {
+        ring.recv(s.as_raw_fd(), owner(i, 0)).unwrap();
+        peer.write_all(b"x").unwrap();
+        let c = wait(&mut ring);
+        match c.done {
+            Done::Received(Ok(Some(h))) => held.push(h),
+            Done::Received(Err(e)) => {
+                assert_eq!((i, e), (16, nix::libc::ENOBUFS), "only the 17th finds no buffer");
+                assert!(!c.more, "no buffer ends a multishot receive");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(held.len(), 16);
+    assert_eq!(ring.counts().buffers, 16, "grown to the cap, not past it");
+    assert!(ring.take_unstarved().is_none(), "no buffer free yet");
+    ring.recycle(held.pop().unwrap().bid);
+    assert_eq!(ring.take_unstarved(), Some(owner(16, 0)), "the starved owner is told");
+    // Its receive now gets the byte that waited.
+    ring.recv(pairs[16].1.as_raw_fd(), owner(16, 0)).unwrap();
+    let c = wait(&mut ring);
+    assert!(matches!(c.done, Done::Received(Ok(Some(h))) if ring.data(&h) == b"x"), "{c:?}");
+}
