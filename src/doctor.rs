@@ -82,6 +82,8 @@ pub struct Facts {
     pub tcp_migrate_req: Option<u64>,
     /// Open-file limit (soft, hard) of this process.
     pub nofile: Option<(u64, u64)>,
+    /// Why this process cannot set up an io_uring (`relay: uring`); `None`: it can.
+    pub io_uring_refused: Option<String>,
 }
 
 impl Facts {
@@ -125,6 +127,8 @@ impl Facts {
             file_max: num("sys/fs/file-max"),
             tcp_migrate_req: num("sys/net/ipv4/tcp_migrate_req"),
             nofile,
+            // Not a file: only trying tells (a seccomp filter leaves no trace in /proc).
+            io_uring_refused: crate::relay::ring::probe().err(),
         }
     }
 }
@@ -328,7 +332,29 @@ pub fn audit(config: &Config, f: &Facts) -> Vec<Finding> {
             format!("sysctl -w fs.file-max={}", max_conn * 4),
         ),
     });
+    out.push(io_uring_finding(config, f));
     out
+}
+
+/// Whether `relay: uring` can have its ring here: a warning (it falls back
+/// to `auto`) only when the config asks for it.
+fn io_uring_finding(config: &Config, f: &Facts) -> Finding {
+    const CHECK: &str = "io_uring";
+    match (&f.io_uring_refused, config.relay == crate::config::RelayMode::Uring) {
+        (None, true) => ok(CHECK, "available: relay: uring uses it".to_owned()),
+        (None, false) => {
+            ok(CHECK, format!("available (relay: uring could use it; this config relays with {})", config.relay))
+        }
+        (Some(why), false) => ok(CHECK, format!("not available ({why}); this config does not ask for it")),
+        (Some(why), true) => bad(
+            Level::Warn,
+            CHECK,
+            format!("not available ({why}): relay: uring falls back to auto"),
+            "sysctl -w kernel.io_uring_disabled=0, and in a container allow io_uring_setup, io_uring_enter and \
+             io_uring_register in its seccomp profile"
+                .to_owned(),
+        ),
+    }
 }
 
 /// Local ports per upstream address against what the routes may need at
@@ -443,6 +469,7 @@ mod tests {
             file_max: Some(1 << 20),
             tcp_migrate_req: Some(1),
             nofile: Some((20000, 20064)),
+            io_uring_refused: None,
         }
     }
 
@@ -470,6 +497,20 @@ mod tests {
         let fs = audit(&c, &good());
         assert!(fs.iter().all(|f| f.level == Level::Ok), "{}", render(&fs));
         assert_eq!(exit_code(&fs), 0);
+    }
+
+    #[test]
+    fn relay_uring_without_io_uring_is_a_warning_with_its_fix() {
+        let c = parse_str(&format!("relay: uring\n{CONFIG}"), "t").unwrap();
+        assert_eq!(find(&audit(&c, &good()), "io_uring").level, Level::Ok);
+        let mut f = good();
+        f.io_uring_refused = Some("io_uring_setup was refused (EPERM)".into());
+        let fs = audit(&c, &f);
+        let got = find(&fs, "io_uring");
+        assert_eq!(got.level, Level::Warn, "{}", render(&fs));
+        assert!(got.detail.contains("falls back to auto") && got.detail.contains("EPERM"), "{}", got.detail);
+        assert!(got.fix.as_deref().is_some_and(|x| x.contains("kernel.io_uring_disabled=0")));
+        assert_eq!(exit_code(&fs), 0, "a warning, not a failure: it still relays");
     }
 
     #[test]
@@ -539,6 +580,7 @@ mod tests {
             let mut f = good();
             breakit(&mut f);
             let fs = audit(&c, &f);
+            assert_eq!(find(&fs, "io_uring").level, Level::Ok, "not asked for, so not a problem");
             let got = find(&fs, check);
             assert_eq!(got.level, level, "{check}: {}", render(&fs));
             assert!(got.fix.as_deref().is_some_and(|x| x.contains(fix)), "{check}: fix {:?}", got.fix);

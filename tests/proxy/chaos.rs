@@ -197,6 +197,16 @@ impl Drop for Helper {
 
 #[test]
 fn a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout() {
+    a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout_in("auto");
+}
+
+/// The same under `relay: uring`.
+#[test]
+fn a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout_under_relay_uring() {
+    a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout_in("uring");
+}
+
+fn a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout_in(mode: &str) {
     let Some(ns) = Netns::create() else { return };
     // 1% of the packets into the upstream's namespace are dropped; sluice → upstream is capped at 100 Mbit/s.
     ns.exec(&["nft", "add", "table", "inet", "chaos"]);
@@ -209,7 +219,7 @@ fn a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout() {
     let up = SocketAddr::from((ns.peer, 9000));
     let _sink = helper("helper_sink", up, Some(&ns.name));
     let yaml = format!(
-        "workers: 1\nroutes:\n  - name: lossy\n    listen: 127.0.0.1:0\n    upstreams: [\"{up}\"]\n\
+        "workers: 1\nrelay: {mode}\nroutes:\n  - name: lossy\n    listen: 127.0.0.1:0\n    upstreams: [\"{up}\"]\n\
          \x20   idle_timeout: 5s\n    socket: {{ user_timeout: 10s, keepalive: {{ idle: 2s, interval: 1s, count: 3 }} }}\n"
     );
     let s = Sluice::with_config(&yaml, &["--log", "info"]);
@@ -261,9 +271,19 @@ fn a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout() {
 
 #[test]
 fn an_upstream_killed_mid_transfer_resets_its_clients_and_later_ones_succeed() {
+    an_upstream_killed_mid_transfer_resets_its_clients_and_later_ones_succeed_in("auto");
+}
+
+/// The same under `relay: uring`.
+#[test]
+fn an_upstream_killed_mid_transfer_resets_its_clients_and_later_ones_succeed_under_relay_uring() {
+    an_upstream_killed_mid_transfer_resets_its_clients_and_later_ones_succeed_in("uring");
+}
+
+fn an_upstream_killed_mid_transfer_resets_its_clients_and_later_ones_succeed_in(mode: &str) {
     let up = backends::refused(); // a free port for the helper
     let mut source = helper("helper_source", up, None);
-    let s = Sluice::with_config(&crate::harness::one_route("auto", &[up], ""), &[]);
+    let s = Sluice::with_config(&crate::harness::one_route(mode, &[up], ""), &[]);
     let mut c = backends::connect(s.addr());
     // Bytes the source never reads: when it dies the kernel resets the connection (as for any
     // killed server with unread input) rather than closing it cleanly.
@@ -297,6 +317,16 @@ fn an_upstream_killed_mid_transfer_resets_its_clients_and_later_ones_succeed() {
 
 #[test]
 fn an_upstream_that_never_reads_throttles_the_client_and_the_idle_timeout_ends_it() {
+    an_upstream_that_never_reads_throttles_the_client_and_the_idle_timeout_ends_it_in("splice");
+}
+
+/// The same under `relay: uring`.
+#[test]
+fn an_upstream_that_never_reads_throttles_the_client_and_the_idle_timeout_ends_it_under_relay_uring() {
+    an_upstream_that_never_reads_throttles_the_client_and_the_idle_timeout_ends_it_in("uring");
+}
+
+fn an_upstream_that_never_reads_throttles_the_client_and_the_idle_timeout_ends_it_in(mode: &str) {
     // Accepts and holds connections, never reading.
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let up = l.local_addr().expect("addr");
@@ -307,7 +337,7 @@ fn an_upstream_that_never_reads_throttles_the_client_and_the_idle_timeout_ends_i
             h.lock().expect("lock").push(c);
         }
     });
-    let yaml = crate::harness::one_route("splice", &[up], "    idle_timeout: 2s\n");
+    let yaml = crate::harness::one_route(mode, &[up], "    idle_timeout: 2s\n");
     let s = Sluice::with_config(&yaml, &[]);
     let rss0 = s.rss_kib();
     let c = backends::connect(s.addr());
@@ -414,9 +444,19 @@ fn echo_ok(addr: SocketAddr) -> bool {
 
 #[test]
 fn five_thousand_silent_connections_stay_bounded_and_are_reaped() {
+    five_thousand_silent_connections_stay_bounded_and_are_reaped_in("auto");
+}
+
+/// The same under `relay: uring`.
+#[test]
+fn five_thousand_silent_connections_stay_bounded_and_are_reaped_under_relay_uring() {
+    five_thousand_silent_connections_stay_bounded_and_are_reaped_in("uring");
+}
+
+fn five_thousand_silent_connections_stay_bounded_and_are_reaped_in(mode: &str) {
     raise_fd_limit();
     let up = mio_echo();
-    let yaml = crate::harness::one_route("auto", &[up], "    idle_timeout: 3s\n");
+    let yaml = crate::harness::one_route(mode, &[up], "    idle_timeout: 3s\n");
     let s = Sluice::with_config(&yaml, &["--log", "info"]);
     let (rss0, fds0) = (s.rss_kib(), s.fds().0);
     let silent: Vec<TcpStream> =
@@ -577,6 +617,16 @@ fn a_sixty_second_soak_ends_where_it_started() {
 
 #[test]
 fn a_reset_reaches_a_client_behind_a_slow_link_after_every_byte_before_it() {
+    a_reset_reaches_a_client_behind_a_slow_link_after_every_byte_before_it_in("auto");
+}
+
+/// The same under `relay: uring`.
+#[test]
+fn a_reset_reaches_a_client_behind_a_slow_link_after_every_byte_before_it_under_relay_uring() {
+    a_reset_reaches_a_client_behind_a_slow_link_after_every_byte_before_it_in("uring");
+}
+
+fn a_reset_reaches_a_client_behind_a_slow_link_after_every_byte_before_it_in(mode: &str) {
     let Some(ns) = Netns::create() else { return };
     // sluice and the upstream live in the namespace (the upstream on the
     // namespace's own address: local delivery, fast); this test is the client,
@@ -588,7 +638,10 @@ fn a_reset_reaches_a_client_behind_a_slow_link_after_every_byte_before_it() {
     ]);
     let up = SocketAddr::from((ns.peer, 9000));
     let _upstream = helper("helper_write_then_reset", up, Some(&ns.name));
-    let yaml = format!("workers: 1\nroutes:\n  - name: slow\n    listen: {}:0\n    upstreams: [\"{up}\"]\n", ns.peer);
+    let yaml = format!(
+        "workers: 1\nrelay: {mode}\nroutes:\n  - name: slow\n    listen: {}:0\n    upstreams: [\"{up}\"]\n",
+        ns.peer
+    );
     let (dir, path) = temp_config(&yaml);
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &ns.name, crate::harness::BIN, "-c"]).arg(&path);

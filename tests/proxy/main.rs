@@ -49,3 +49,4 @@ mod sni;
 mod systemd;
 mod tuning;
 mod upgrade;
+mod uring;

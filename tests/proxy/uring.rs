@@ -1,0 +1,69 @@
+//! `relay: uring` where io_uring is refused: sluice says so once and relays
+//! with `auto`, and `sluice doctor` says why and how to fix it. The refusal
+//! is real: `tests/no_uring.py` runs sluice under a seccomp filter that
+//! fails io_uring_setup with EPERM, as Docker's default profile does. (The
+//! byte-exactness, endings and chaos cases run in uring mode with the other
+//! modes: `both_modes!` and the `_under_relay_uring` tests.)
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::backends::{self, connect};
+use crate::harness::{BIN, Sluice, one_route, temp_config};
+
+const NO_URING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/no_uring.py");
+
+fn under_no_uring(args: &[&str]) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(NO_URING).arg(BIN).args(args);
+    cmd
+}
+
+#[test]
+fn relay_uring_falls_back_to_auto_where_io_uring_is_refused_and_says_so_once() {
+    let (dir, path) = temp_config(&one_route("uring", &[backends::echo()], ""));
+    let s = Sluice::spawn(under_no_uring(&["-c", path.to_str().expect("utf-8 path")]), 1, Some(dir));
+    assert!(
+        s.wait_log("relay: uring is not available here", Duration::from_secs(5)),
+        "no word of the fallback: {}",
+        s.log()
+    );
+    assert!(s.log().contains("Operation not permitted"), "the reason is named: {}", s.log());
+    assert!(s.wait_log("relay auto,", Duration::from_secs(5)), "it runs with auto: {}", s.log());
+    let mut c = connect(s.addr());
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    c.write_all(&data).expect("write");
+    c.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).expect("echo");
+    assert!(got == data, "the fallback relays byte-exact");
+    // A reload asking for uring again relays on and says nothing new.
+    s.signal(Signal::SIGHUP);
+    assert!(s.wait_log("reloaded ", Duration::from_secs(5)), "{}", s.log());
+    let mut c = connect(s.addr());
+    c.write_all(b"again").expect("write");
+    let mut buf = [0u8; 5];
+    c.read_exact(&mut buf).expect("echo after the reload");
+    assert_eq!(s.log_count("relay: uring is not available here"), 1, "said once: {}", s.log());
+}
+
+#[test]
+fn doctor_says_whether_relay_uring_can_have_its_ring() {
+    let (_dir, path) = temp_config(&one_route("uring", &[backends::echo()], ""));
+    let path = path.to_str().expect("utf-8 path");
+    let doctor = |mut cmd: Command| {
+        let out = cmd.stdin(Stdio::null()).output().expect("run doctor");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut here = Command::new(BIN);
+    here.args(["doctor", "-c", path]);
+    let out = doctor(here);
+    assert!(out.contains("OK io_uring: available: relay: uring uses it"), "{out}");
+    let out = doctor(under_no_uring(&["doctor", "-c", path]));
+    let line = out.lines().find(|l| l.contains("io_uring:")).unwrap_or_else(|| panic!("no io_uring line:\n{out}"));
+    assert!(line.starts_with("WARN") && line.contains("falls back to auto"), "{line}");
+    assert!(out.contains("fix: sysctl -w kernel.io_uring_disabled=0"), "{out}");
+}
