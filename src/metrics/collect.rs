@@ -164,6 +164,9 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
     p.grown += g(&c.pipes_grown);
     p.copy_fallbacks += g(&c.copy_fallbacks);
     snap.busy_ms += g(&c.busy_ms);
+    snap.uring.buffers += g(&c.uring_buffers);
+    snap.uring.lent += g(&c.uring_lent);
+    snap.uring.starved += g(&c.uring_starved);
     let a: &mut AcceptSnapshot = &mut snap.accept;
     a.fd_exhausted += g(&c.accept_fd_exhausted);
     a.paused_global += g(&c.accept_paused_global);

@@ -172,6 +172,12 @@ pub struct WorkerCounters {
     pub pipes_pooled: AtomicU64,
     /// Times a pump that was to splice copied instead.
     pub copy_fallbacks: AtomicU64,
+    /// io_uring receive buffers made (`relay: uring`).
+    pub uring_buffers: AtomicU64,
+    /// Of those, holding bytes now.
+    pub uring_lent: AtomicU64,
+    /// Receives that found no buffer.
+    pub uring_starved: AtomicU64,
     /// Milliseconds this worker spent working, not waiting for events (see `relay::load`).
     pub busy_ms: AtomicU64,
     /// Upstream connections this host could not open, indexed like

@@ -201,6 +201,23 @@ pub fn render(snap: &Snapshot) -> String {
         &[(vec![], p.copy_fallbacks as f64)],
     );
 
+    let u = &snap.uring;
+    out.gauge(
+        "sluice_uring_buffers",
+        "io_uring receive buffers made (relay: uring; pipe_size bytes each, kept for the process's life).",
+        &[(vec![], u.buffers as f64)],
+    );
+    out.gauge(
+        "sluice_uring_buffers_lent",
+        "io_uring receive buffers holding bytes not yet sent, now.",
+        &[(vec![], u.lent as f64)],
+    );
+    out.counter(
+        "sluice_uring_starved_total",
+        "io_uring receives that found no free buffer (they wait for one past the per-worker cap).",
+        &[(vec![], u.starved as f64)],
+    );
+
     let a = &snap.accept;
     out.counter(
         "sluice_accept_fd_exhausted_total",

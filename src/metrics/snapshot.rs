@@ -41,6 +41,9 @@ pub struct Snapshot {
     pub routes: Vec<RouteSnapshot>,
     /// Splice pipes, all workers.
     pub pipes: PipeSnapshot,
+    /// io_uring receive buffers (`relay: uring`), all workers.
+    #[serde(default)]
+    pub uring: UringSnapshot,
     /// Accept-side events, all workers.
     pub accept: AcceptSnapshot,
     /// Configuration reloads by outcome.
@@ -231,6 +234,17 @@ pub const PROMETHEUS_BOUNDS_US: [u64; 16] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 2_500_000, 10_000_000,
     60_000_000,
 ];
+
+/// The receive buffers of `relay: uring`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UringSnapshot {
+    /// Made so far (they are kept: the kernel's buffer ring points at them).
+    pub buffers: u64,
+    /// Holding received bytes not yet sent, right now.
+    pub lent: u64,
+    /// Receives that found no free buffer (a worker grows its set up to its cap first).
+    pub starved: u64,
+}
 
 /// Splice pipes, all workers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

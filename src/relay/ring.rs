@@ -18,24 +18,18 @@
 
 #![allow(unsafe_code)]
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use slab::Slab;
 
+mod buffers;
+use buffers::{BUF_RING_SLOTS, Buffers, GROUP};
+
 /// Entries in the submission queue (completions get twice as many).
 const SQ_ENTRIES: u32 = 256;
-/// Slots in the provided-buffer ring: the most buffers a worker can have.
-const BUF_RING_SLOTS: u16 = 4096;
-/// Buffers are added this many at a time.
-const GROW_BY: usize = 16;
-/// The one buffer group.
-const GROUP: u16 = 0;
 /// `user_data` of cancel requests, whose completions say nothing we need.
 const CANCEL: u64 = u64::MAX;
 
@@ -486,111 +480,6 @@ impl Drop for Ring {
             // the kernel writing into freed buffers (the worker is exiting).
             self.bufs.leak = true;
         }
-    }
-}
-
-/// The provided buffers: a page-aligned ring of `BUF_RING_SLOTS` entries
-/// shared with the kernel, and the buffers it points at.
-struct Buffers {
-    ring: NonNull<types::BufRingEntry>,
-    /// The buffers, by id; each `size` bytes, allocated once and freed with the ring.
-    mem: Vec<NonNull<u8>>,
-    size: usize,
-    max: usize,
-    made: usize,
-    /// Our tail (the kernel consumes from its head up to it).
-    tail: u16,
-    /// Buffers given back and not yet taken by a receive, as far as we know.
-    given: usize,
-    leak: bool,
-}
-
-impl Buffers {
-    fn layout() -> Layout {
-        let bytes = BUF_RING_SLOTS as usize * std::mem::size_of::<types::BufRingEntry>();
-        Layout::from_size_align(bytes, 4096).expect("a valid layout")
-    }
-
-    fn new(uring: &IoUring, size: usize, max: usize) -> io::Result<Buffers> {
-        // SAFETY: a non-zero size; the result is checked for null.
-        let ring = NonNull::new(unsafe { alloc_zeroed(Self::layout()) }.cast::<types::BufRingEntry>())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        let bufs = Buffers { ring, mem: Vec::new(), size, max, made: 0, tail: 0, given: 0, leak: false };
-        // SAFETY: the ring memory is page-aligned, BUF_RING_SLOTS entries
-        // long, zeroed (tail 0), and lives until `Buffers` drops, which
-        // happens after the IoUring that uses it (field order in `Ring`:
-        // `uring` is dropped first, and the kernel drops the registration
-        // with the ring).
-        unsafe { uring.submitter().register_buf_ring_with_flags(ring.as_ptr() as u64, BUF_RING_SLOTS, GROUP, 0) }?;
-        Ok(bufs)
-    }
-
-    fn ptr(&self, bid: u16) -> NonNull<u8> {
-        self.mem[bid as usize]
-    }
-
-    fn can_grow(&self) -> bool {
-        self.made < self.max
-    }
-
-    /// Buffers in the ring, roughly: given back minus taken (a receive's
-    /// completion takes one). Used only to decide when starved owners retry.
-    fn available(&self) -> usize {
-        self.given
-    }
-
-    /// Adds up to `GROW_BY` new buffers to the ring.
-    fn grow(&mut self) {
-        for _ in 0..GROW_BY {
-            if !self.can_grow() {
-                break;
-            }
-            let buf: Box<[u8]> = vec![0u8; self.size].into_boxed_slice();
-            let ptr = NonNull::new(Box::into_raw(buf).cast::<u8>()).expect("a box is never null");
-            self.mem.push(ptr);
-            self.made += 1;
-            self.put((self.made - 1) as u16);
-        }
-    }
-
-    /// Puts buffer `bid` at the tail of the ring and publishes the tail.
-    fn put(&mut self, bid: u16) {
-        if bid as usize >= self.mem.len() {
-            return;
-        }
-        let slot = (self.tail & (BUF_RING_SLOTS - 1)) as usize;
-        // SAFETY: `slot` < BUF_RING_SLOTS, inside the ring allocation; the
-        // kernel reads entries only between its head and the published tail,
-        // and this slot is past the tail until the store below publishes it.
-        let entry = unsafe { &mut *self.ring.as_ptr().add(slot) };
-        entry.set_addr(self.mem[bid as usize].as_ptr() as u64);
-        entry.set_len(self.size as u32);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-        // SAFETY: the tail field overlays entry 0's `resv`, which the kernel
-        // never reads as an entry field; it is read with acquire ordering by
-        // the kernel, so the release store publishes the entry written above.
-        unsafe {
-            let tail = types::BufRingEntry::tail(self.ring.as_ptr()) as *const AtomicU16;
-            (*tail).store(self.tail, Ordering::Release);
-        }
-        self.given += 1;
-    }
-}
-
-impl Drop for Buffers {
-    fn drop(&mut self) {
-        if self.leak {
-            return;
-        }
-        for p in self.mem.drain(..) {
-            // SAFETY: each pointer came from `Box::into_raw` of a `size`-byte
-            // boxed slice in `grow`, and the kernel no longer uses it: the
-            // ring that could has been dropped and every operation cancelled.
-            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p.as_ptr(), self.size)) });
-        }
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.ring.as_ptr().cast(), Self::layout()) };
     }
 }
 

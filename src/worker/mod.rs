@@ -432,6 +432,12 @@ impl Worker {
         WorkerCounters::set(&counters.pipes_pooled, c.pooled);
         WorkerCounters::set(&counters.copy_fallbacks, self.res.copy_fallbacks);
         WorkerCounters::set(&counters.busy_ms, self.res.load.busy.as_millis() as u64);
+        if let Some(r) = self.res.ring.as_ref() {
+            let u = r.counts();
+            WorkerCounters::set(&counters.uring_buffers, u.buffers as u64);
+            WorkerCounters::set(&counters.uring_lent, u.lent as u64);
+            WorkerCounters::set(&counters.uring_starved, u.starved);
+        }
     }
 
     /// A warning at most once per `WARN_EVERY`, so a storm can't flood the log.

@@ -155,7 +155,12 @@ fn slow_reader(mode: &str) {
     assert!(grew < 32 << 10, "{mode}: proxy RSS grew by {grew} KiB (baseline {baseline} KiB) for a slow reader");
 }
 
+/// One mode at a time: each holds 4,000 sockets in this process (clients and
+/// echo backend), and four at once came near the open-file limit.
+static MANY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn many_sessions(mode: &str) {
+    let _one_at_a_time = MANY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     raise_fd_limit();
     let up = backends::echo();
     let s = Sluice::with_config(&one_route(mode, &[up], ""), &[]);
