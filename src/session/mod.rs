@@ -11,13 +11,15 @@
 //! end this way for this reason); the worker owns the poll registry, the
 //! timers, the pools and the metrics. `relay.rs` is the relaying stage,
 //! `ending.rs` the rules for how a session ends, `linger.rs` the wait before
-//! a reset, `header.rs` PROXY header I/O, `tried.rs` the upstreams tried.
+//! a reset, `header.rs` PROXY header I/O, `tried.rs` the upstreams tried,
+//! `uring.rs` what a session does with its io_uring completions.
 
 mod ending;
 pub mod header;
 mod linger;
 mod relay;
 mod tried;
+mod uring;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -36,7 +38,6 @@ use crate::config::RelayMode;
 use crate::frontend::Frontend;
 use crate::metrics::CloseReason;
 use crate::relay::Resources;
-use crate::relay::ring::Completion;
 use crate::route::Route;
 use crate::sockets::{self, ConnectState};
 use crate::timer::Deadline;
@@ -474,41 +475,6 @@ impl Session {
                 r.release(res);
             }
         }
-    }
-
-    /// A completion of one of this session's io_uring operations. Returns
-    /// whether the relay should run now; `Err` gives it back if no pump
-    /// of this session waits for it.
-    pub fn complete(&mut self, c: Completion) -> Result<bool, Completion> {
-        match &mut self.stage {
-            Stage::Relaying(r) if r.is_uring() => r.pump_mut(c.owner.dir).complete(c),
-            _ => match self.kept.as_mut() {
-                Some(p) if c.owner.dir == 0 => {
-                    p.complete(c);
-                    return Ok(false);
-                }
-                _ => return Err(c),
-            },
-        }
-        Ok(true)
-    }
-
-    /// A buffer came free for this session's starved receive in direction `dir`.
-    pub fn unstarve(&mut self, dir: u8) -> bool {
-        match &mut self.stage {
-            Stage::Relaying(r) => r.pump_mut(dir).unstarve(),
-            _ => match self.kept.as_mut() {
-                Some(p) => p.unstarve(),
-                None => return false,
-            },
-        }
-        true
-    }
-
-    /// Gives up what a session between upstreams kept (`relay: uring`);
-    /// true if bytes its receive took will never be delivered.
-    pub fn release_kept(&mut self, res: &mut Resources) -> bool {
-        self.kept.take().is_some_and(|mut p| p.release(res))
     }
 
     /// When the timer should fire, and which rule that is.

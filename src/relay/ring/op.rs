@@ -1,0 +1,74 @@
+//! What the ring's users see of an operation: whose it is (`Owner`), the
+//! bytes a receive brought (`Held`), what finished (`Done`, `Completion`),
+//! and the buffer counters for `/metrics`.
+
+/// Who an operation is for: a session (slab key and id, which together
+/// survive slot reuse) and a direction (0 client→upstream, 1 back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The session's slot in the worker's slab.
+    pub key: usize,
+    /// The session's id.
+    pub id: u64,
+    /// 0: client → upstream, 1: upstream → client.
+    pub dir: u8,
+}
+
+/// An operation in flight, as its owner knows it.
+pub type OpId = usize;
+
+/// Bytes received into buffer `bid`; `start..end` not sent yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The buffer.
+    pub bid: u16,
+    /// First byte not yet sent.
+    pub start: u32,
+    /// One past the last byte received.
+    pub end: u32,
+}
+
+impl Held {
+    /// Bytes still to send.
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    /// Nothing left to send.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// What finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// A receive: bytes in a buffer, `None` for EOF, or an errno.
+    Received(Result<Option<Held>, i32>),
+    /// A send: bytes sent (from the front of the held buffer), or an error.
+    Sent(Result<u32, i32>),
+}
+
+/// A completion for a live owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Whose.
+    pub owner: Owner,
+    /// Which operation.
+    pub op: OpId,
+    /// What it did.
+    pub done: Done,
+    /// A multishot receive goes on: more completions of `op` will come.
+    pub more: bool,
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RingCounts {
+    /// Buffers made (each `buf_size` bytes).
+    pub buffers: usize,
+    /// Buffers lent to sessions now (not in the ring).
+    pub lent: usize,
+    /// Receives that found no buffer.
+    pub starved: u64,
+}

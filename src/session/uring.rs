@@ -1,0 +1,44 @@
+//! A session's io_uring completions (`relay: uring`): to the pump they
+//! belong to, also while the session is between upstreams and only its
+//! kept client→upstream pump waits (see `Session::unconnect`).
+
+use super::{Session, Stage};
+use crate::relay::Resources;
+use crate::relay::ring::Completion;
+
+impl Session {
+    /// A completion of one of this session's io_uring operations. Returns
+    /// whether the relay should run now; `Err` gives it back if no pump
+    /// of this session waits for it.
+    pub fn complete(&mut self, c: Completion) -> Result<bool, Completion> {
+        match &mut self.stage {
+            Stage::Relaying(r) if r.is_uring() => r.pump_mut(c.owner.dir).complete(c),
+            _ => match self.kept.as_mut() {
+                Some(p) if c.owner.dir == 0 => {
+                    p.complete(c);
+                    return Ok(false);
+                }
+                _ => return Err(c),
+            },
+        }
+        Ok(true)
+    }
+
+    /// A buffer came free for this session's starved receive in direction `dir`.
+    pub fn unstarve(&mut self, dir: u8) -> bool {
+        match &mut self.stage {
+            Stage::Relaying(r) => r.pump_mut(dir).unstarve(),
+            _ => match self.kept.as_mut() {
+                Some(p) => p.unstarve(),
+                None => return false,
+            },
+        }
+        true
+    }
+
+    /// Gives up what a session between upstreams kept (`relay: uring`);
+    /// true if bytes its receive took will never be delivered.
+    pub fn release_kept(&mut self, res: &mut Resources) -> bool {
+        self.kept.take().is_some_and(|mut p| p.release(res))
+    }
+}
