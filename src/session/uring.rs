@@ -7,6 +7,11 @@ use crate::relay::Resources;
 use crate::relay::ring::Completion;
 
 impl Session {
+    /// Its relay runs on the worker's io_uring (`relay: uring`).
+    pub fn on_ring(&self) -> bool {
+        self.relay_mode == crate::config::RelayMode::Uring
+    }
+
     /// A completion of one of this session's io_uring operations. Returns
     /// whether the relay should run now; `Err` gives it back if no pump
     /// of this session waits for it.

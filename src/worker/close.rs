@@ -107,7 +107,7 @@ impl Worker {
         };
         let mut lost = relay.as_mut().map_or([false; 2], |r| r.release(&mut self.res));
         lost[0] |= s.release_kept(&mut self.res);
-        if self.res.ring.is_some() {
+        if s.on_ring() {
             // Cancel its io_uring operations before its sockets close. A
             // receive that had taken bytes now never delivered means its
             // source must be reset, not closed as if everything arrived.
