@@ -132,13 +132,22 @@ impl Ring {
         self.eventfd.as_raw_fd()
     }
 
-    /// Arms a multishot receive on `fd`: one completion per arrival of
-    /// bytes, each in a buffer the kernel picks then, until it is stopped
-    /// (`stop`), reads EOF or an error, or finds no buffer. Its poll stays
-    /// armed between arrivals (measured cheaper than a receive per message).
-    pub fn recv(&mut self, fd: RawFd, owner: Owner) -> io::Result<OpId> {
+    /// Arms a receive on `fd` into a buffer the kernel picks when bytes
+    /// arrive. `multishot`: one completion per arrival, each with its own
+    /// buffer, until it is stopped (`stop`), reads EOF or an error, or finds
+    /// no buffer; its poll stays armed between arrivals (measured cheaper
+    /// than a receive per message). Otherwise one completion, one buffer.
+    pub fn recv(&mut self, fd: RawFd, owner: Owner, multishot: bool) -> io::Result<OpId> {
         let op = self.ops.insert(Op { owner, kind: Kind::Recv, abandoned: false });
-        let sqe = opcode::RecvMulti::new(types::Fd(fd), GROUP).build().user_data(op as u64);
+        let sqe = if multishot {
+            opcode::RecvMulti::new(types::Fd(fd), GROUP).build()
+        } else {
+            opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.bufs.size as u32)
+                .buf_group(GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        }
+        .user_data(op as u64);
         self.push(sqe).inspect_err(|_| {
             self.ops.remove(op);
         })?;

@@ -67,3 +67,23 @@ fn doctor_says_whether_relay_uring_can_have_its_ring() {
     assert!(line.starts_with("WARN") && line.contains("falls back to auto"), "{line}");
     assert!(out.contains("fix: sysctl -w kernel.io_uring_disabled=0"), "{out}");
 }
+
+/// A bulk upload must not take the worker's whole buffer set: after its
+/// first stop a direction receives one buffer at a time. (On multishot
+/// receives throughout, one 4 GiB stream grew it to 992 buffers, 62 MiB.)
+#[test]
+fn a_bulk_flow_under_relay_uring_keeps_the_buffer_set_small() {
+    let (s, admin) = crate::observability::with_admin(&one_route("uring", &[backends::sink()], ""));
+    for seed in 0..2 {
+        assert!(backends::verified_upload(s.addr(), seed, 256 << 20).expect("upload"), "upload {seed} corrupted");
+    }
+    let (code, m) = crate::harness::admin_get(admin, "/metrics");
+    assert_eq!(code, 200);
+    let buffers: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_uring_buffers "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sluice_uring_buffers in\n{m}"));
+    assert!(buffers <= 64, "two 256 MiB uploads grew the buffer set to {buffers}");
+    eprintln!("uring bulk: {buffers} buffers after 2 × 256 MiB");
+}

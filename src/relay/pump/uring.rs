@@ -35,6 +35,11 @@ pub(super) struct UringStage {
     starved: bool,
     /// The multishot receive was asked to stop (enough held).
     stopping: bool,
+    /// The destination has fallen behind once: receive one buffer at a
+    /// time from now on. (A multishot receive takes a buffer per arrival, up
+    /// to 32 per wake-up while bytes are queued, before a stop takes
+    /// effect: a bulk flow on multishot grew the buffer set to its cap.)
+    single: bool,
 }
 
 impl UringStage {
@@ -47,6 +52,7 @@ impl UringStage {
             done: Vec::new(),
             starved: false,
             stopping: false,
+            single: false,
         }
     }
 
@@ -144,13 +150,13 @@ impl Pump {
         {
             u.send = Some(ring.send(dst.as_raw_fd(), h, u.owner).map_err(DstFailed)?);
         }
-        if let Some(op) = u.recv.filter(|_| !u.stopping && u.held.len() >= MAX_HELD) {
+        if let Some(op) = u.recv.filter(|_| !u.single && !u.stopping && u.held.len() >= MAX_HELD) {
             // Enough held: stop receiving until the destination takes it.
             ring.stop(op);
-            u.stopping = true;
+            (u.stopping, u.single) = (true, true);
         }
         if u.recv.is_none() && !u.starved && u.held.len() < MAX_HELD && self.src == SrcEnd::Open {
-            match ring.recv(src.as_raw_fd(), u.owner) {
+            match ring.recv(src.as_raw_fd(), u.owner, !u.single) {
                 Ok(op) => u.recv = Some(op),
                 Err(e) => {
                     self.src = SrcEnd::Failed(e.kind());

@@ -44,7 +44,7 @@ fn received_bytes_are_sent_on_exactly_and_eof_ends_the_receive() {
         got
     });
     let me = owner(1, 0);
-    ring.recv(src.as_raw_fd(), me).unwrap();
+    ring.recv(src.as_raw_fd(), me, true).unwrap();
     let (mut queue, mut sending, mut eof) = (std::collections::VecDeque::<Held>::new(), false, false);
     while !(eof && queue.is_empty()) {
         let c = wait(&mut ring);
@@ -56,7 +56,7 @@ fn received_bytes_are_sent_on_exactly_and_eof_ends_the_receive() {
                 // Out of buffers: the ring grew (up to its cap) and says so.
                 assert_eq!(e, nix::libc::ENOBUFS);
                 assert_eq!(ring.take_unstarved(), Some(me));
-                ring.recv(src.as_raw_fd(), me).unwrap();
+                ring.recv(src.as_raw_fd(), me, true).unwrap();
             }
             Done::Sent(r) => {
                 sending = false;
@@ -84,7 +84,7 @@ fn a_cancelled_receive_that_had_taken_bytes_is_reported_lost() {
     let mut ring = Ring::new(4096, 16).unwrap();
     let (mut peer, s) = pair();
     let me = owner(3, 0);
-    let op = ring.recv(s.as_raw_fd(), me).unwrap();
+    let op = ring.recv(s.as_raw_fd(), me, true).unwrap();
     ring.submit().unwrap();
     peer.write_all(b"last words").unwrap();
     // Let the receive complete in the kernel without reaping it.
@@ -107,7 +107,7 @@ fn a_capped_ring_starves_a_receive_until_a_buffer_comes_back() {
     let mut pairs: Vec<(TcpStream, TcpStream)> = (0..17).map(|_| pair()).collect();
     let mut held = Vec::new();
     for (i, (peer, s)) in pairs.iter_mut().enumerate() {
-        ring.recv(s.as_raw_fd(), owner(i, 0)).unwrap();
+        ring.recv(s.as_raw_fd(), owner(i, 0), true).unwrap();
         peer.write_all(b"x").unwrap();
         let c = wait(&mut ring);
         match c.done {
@@ -125,7 +125,7 @@ fn a_capped_ring_starves_a_receive_until_a_buffer_comes_back() {
     ring.recycle(held.pop().unwrap().bid);
     assert_eq!(ring.take_unstarved(), Some(owner(16, 0)), "the starved owner is told");
     // Its receive now gets the byte that waited.
-    ring.recv(pairs[16].1.as_raw_fd(), owner(16, 0)).unwrap();
+    ring.recv(pairs[16].1.as_raw_fd(), owner(16, 0), false).unwrap();
     let c = wait(&mut ring);
     assert!(matches!(c.done, Done::Received(Ok(Some(h))) if ring.data(&h) == b"x"), "{c:?}");
 }
