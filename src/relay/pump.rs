@@ -206,25 +206,8 @@ impl Pump {
     /// Moves bytes from `src` to `dst` until neither side can make progress,
     /// the round cap is hit, or `dst` fails.
     pub fn run(&mut self, src: &TcpStream, dst: &TcpStream, res: &mut Resources) -> Result<Activity, DstFailed> {
-        let mut act = Activity::default();
         let taken_before = self.delivered() + self.pending() as u64;
-        if matches!(self.stage, Stage::Uring(_)) {
-            act = self.run_uring(src, dst, res)?;
-        }
-        let mut rounds = 0;
-        while !matches!(self.stage, Stage::Uring(_)) {
-            let mut progress = self.drain(dst)?;
-            progress |= self.fill(src, res);
-            if !progress {
-                break;
-            }
-            act.progressed = true;
-            rounds += 1;
-            if rounds == MAX_ROUNDS {
-                act.more = self.can_work();
-                break;
-            }
-        }
+        let mut act = if self.is_uring() { self.run_uring(src, dst, res)? } else { self.rounds(src, dst, res)? };
         if self.all_delivered() && !self.dst_shut && !self.hold_fin && self.src == SrcEnd::Eof {
             // Half-close: every byte before the FIN has been delivered.
             if !self.fin_by_close {
@@ -235,6 +218,21 @@ impl Pump {
         }
         act.took_in = self.delivered() + self.pending() as u64 > taken_before;
         self.release_if_empty(res);
+        Ok(act)
+    }
+
+    /// Drain+fill rounds by readiness (every stage but `Uring`), up to the cap.
+    fn rounds(&mut self, src: &TcpStream, dst: &TcpStream, res: &mut Resources) -> Result<Activity, DstFailed> {
+        let mut act = Activity::default();
+        for _ in 0..MAX_ROUNDS {
+            let mut progress = self.drain(dst)?;
+            progress |= self.fill(src, res);
+            if !progress {
+                return Ok(act);
+            }
+            act.progressed = true;
+        }
+        act.more = self.can_work();
         Ok(act)
     }
 

@@ -60,8 +60,6 @@ pub struct Ring {
     backlog: VecDeque<Completion>,
     /// Owners whose receive found no buffer, to be run again when one comes back.
     starved: Vec<Owner>,
-    /// SQEs pushed since the last submit.
-    unsubmitted: bool,
     starved_count: u64,
 }
 
@@ -120,7 +118,6 @@ impl Ring {
             ops: Slab::new(),
             backlog: VecDeque::new(),
             starved: Vec::new(),
-            unsubmitted: false,
             starved_count: 0,
         };
         ring.bufs.grow();
@@ -259,13 +256,12 @@ impl Ring {
                 Err(e) => return Err(e),
             }
         }
-        self.unsubmitted = !self.uring.submission().is_empty();
         Ok(())
     }
 
     /// Entries are queued that the kernel has not seen yet.
-    pub fn has_unsubmitted(&self) -> bool {
-        self.unsubmitted
+    pub fn has_unsubmitted(&mut self) -> bool {
+        !self.uring.submission().is_empty()
     }
 
     /// The next completion for a live owner, if any.
@@ -403,7 +399,6 @@ impl Ring {
             unsafe { self.uring.submission().push(&sqe) }
                 .map_err(|_| io::Error::new(io::ErrorKind::WouldBlock, "submission queue full"))?;
         }
-        self.unsubmitted = true;
         Ok(())
     }
 }

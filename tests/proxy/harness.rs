@@ -282,13 +282,15 @@ pub fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// Runs `sluice ARGS` to completion (bounded) and returns (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sluice");
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    run_command(cmd)
+}
+
+/// Runs a prepared command (sluice under a wrapper) like `run`.
+pub fn run_command(mut cmd: Command) -> (i32, String, String) {
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn sluice");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if child.try_wait().expect("try_wait").is_some() {
@@ -297,7 +299,7 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
-            panic!("sluice {args:?} did not exit within 20 s; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+            panic!("{cmd:?} did not exit within 20 s; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -6,13 +6,13 @@
 //! modes: `both_modes!` and the `_under_relay_uring` tests.)
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
 use crate::backends::{self, connect};
-use crate::harness::{BIN, Sluice, one_route, temp_config};
+use crate::harness::{BIN, Sluice, one_route, run, run_command, temp_config};
 
 const NO_URING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/no_uring.py");
 
@@ -54,15 +54,9 @@ fn relay_uring_falls_back_to_auto_where_io_uring_is_refused_and_says_so_once() {
 fn doctor_says_whether_relay_uring_can_have_its_ring() {
     let (_dir, path) = temp_config(&one_route("uring", &[backends::echo()], ""));
     let path = path.to_str().expect("utf-8 path");
-    let doctor = |mut cmd: Command| {
-        let out = cmd.stdin(Stdio::null()).output().expect("run doctor");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let mut here = Command::new(BIN);
-    here.args(["doctor", "-c", path]);
-    let out = doctor(here);
+    let (_, out, _) = run(&["doctor", "-c", path]);
     assert!(out.contains("OK io_uring: available: relay: uring uses it"), "{out}");
-    let out = doctor(under_no_uring(&["doctor", "-c", path]));
+    let (_, out, _) = run_command(under_no_uring(&["doctor", "-c", path]));
     let line = out.lines().find(|l| l.contains("io_uring:")).unwrap_or_else(|| panic!("no io_uring line:\n{out}"));
     assert!(line.starts_with("WARN") && line.contains("falls back to auto"), "{line}");
     assert!(out.contains("fix: sysctl -w kernel.io_uring_disabled=0"), "{out}");

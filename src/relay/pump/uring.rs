@@ -33,12 +33,12 @@ pub(super) struct UringStage {
     done: Vec<Completion>,
     /// The last receive found no buffer: wait until the worker says one is free.
     starved: bool,
-    /// The multishot receive was asked to stop (enough held).
-    stopping: bool,
-    /// The destination has fallen behind once: receive one buffer at a
-    /// time from now on. (A multishot receive takes a buffer per arrival, up
-    /// to 32 per wake-up while bytes are queued, before a stop takes
-    /// effect: a bulk flow on multishot grew the buffer set to its cap.)
+    /// The destination has fallen behind once: the multishot receive was
+    /// stopped, and receives take one buffer at a time from now on. (A
+    /// multishot receive takes a buffer per arrival, up to 32 per wake-up
+    /// while bytes are queued, before a stop takes effect: a bulk flow on
+    /// multishot grew the buffer set to its cap.) Single receives are never
+    /// stopped, so an ECANCELED receive of such a pump is that stop's.
     single: bool,
 }
 
@@ -51,7 +51,6 @@ impl UringStage {
             send: None,
             done: Vec::new(),
             starved: false,
-            stopping: false,
             single: false,
         }
     }
@@ -103,9 +102,8 @@ impl Pump {
         for c in done.drain(..) {
             match c.done {
                 Done::Received(r) => {
-                    let stopped = u.stopping;
                     if !c.more {
-                        (u.recv, u.stopping) = (None, false);
+                        u.recv = None;
                     }
                     act.progressed = true;
                     match r {
@@ -117,7 +115,7 @@ impl Pump {
                         Err(nix::libc::ENOBUFS) => u.starved = true,
                         Err(nix::libc::EINTR | nix::libc::EAGAIN) => {}
                         // Stopped because enough is held: received again once it is sent.
-                        Err(nix::libc::ECANCELED) if stopped => {}
+                        Err(nix::libc::ECANCELED) if u.single => {}
                         Err(e) => self.src = SrcEnd::Failed(io::Error::from_raw_os_error(e).kind()),
                     }
                 }
@@ -150,10 +148,10 @@ impl Pump {
         {
             u.send = Some(ring.send(dst.as_raw_fd(), h, u.owner).map_err(DstFailed)?);
         }
-        if let Some(op) = u.recv.filter(|_| !u.single && !u.stopping && u.held.len() >= MAX_HELD) {
+        if let Some(op) = u.recv.filter(|_| !u.single && u.held.len() >= MAX_HELD) {
             // Enough held: stop receiving until the destination takes it.
             ring.stop(op);
-            (u.stopping, u.single) = (true, true);
+            u.single = true;
         }
         if u.recv.is_none() && !u.starved && u.held.len() < MAX_HELD && self.src == SrcEnd::Open {
             match ring.recv(src.as_raw_fd(), u.owner, !u.single) {

@@ -89,9 +89,8 @@ fn a_cancelled_receive_that_had_taken_bytes_is_reported_lost() {
     peer.write_all(b"last words").unwrap();
     // Let the receive complete in the kernel without reaping it.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while crate::socket_queue::unread(&mio::net::TcpStream::from_std(s.try_clone().unwrap())).unwrap_or(0) > 0
-        || ring.uring.completion().is_empty()
-    {
+    let watched = mio::net::TcpStream::from_std(s.try_clone().unwrap());
+    while crate::socket_queue::unread(&watched).unwrap_or(0) > 0 || ring.uring.completion().is_empty() {
         assert!(Instant::now() < deadline, "the receive never completed");
         std::thread::sleep(Duration::from_millis(1));
     }
