@@ -10,6 +10,7 @@
 //! - `doctor`: `sluice doctor`, the kernel and limits audit.
 //! - `handoff`: hitless upgrade: listening sockets handed to a successor over a Unix socket;
 //!   systemd socket activation.
+//! - `handshakes`: the socket filter that stops a listener answering new handshakes before it closes.
 //! - `frontend`: what one listen address serves: its routes, and their name table.
 //! - `server`: the control thread: start workers, signals, reload, drain.
 //! - `ratelimit`: connection-rate limits per route and per client prefix, shared by the workers.
@@ -45,6 +46,7 @@ pub mod config;
 pub mod doctor;
 pub mod frontend;
 pub mod handoff;
+pub mod handshakes;
 pub mod limits;
 pub mod local_error;
 pub mod local_ports;

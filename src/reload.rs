@@ -208,7 +208,8 @@ pub fn plan(
 }
 
 /// Adopts sockets a predecessor (or systemd) bound for `route`: one per
-/// worker, with this configuration's listener options applied again; the
+/// worker, cleared of any socket filter an earlier process's drain left on
+/// it, with this configuration's listener options applied again; the
 /// missing ones bound into the same `SO_REUSEPORT` group, or duplicates of
 /// the given ones where the group cannot be joined
 /// (`sockets::fill_workers`); the surplus returned to be emptied and closed.
@@ -226,6 +227,10 @@ fn adopt(
             return Err(ServerError::Io { what: "adopting a listening socket", source });
         }
         let s = TcpListener::from_std(s);
+        // A filter an earlier process left on it (a drain) would drop every SYN.
+        if let Err(e) = crate::handshakes::accept_new_handshakes(&s) {
+            log::warn!("route {}: cannot take a socket filter off an adopted socket: {e}", route.name);
+        }
         if i < workers {
             route.socket.before_listen(&s);
             // listen() again on a listening socket just sets its backlog.

@@ -104,6 +104,13 @@ pub fn fill_workers(
     Ok(Filled::Shared { count, joined, why })
 }
 
+/// What tells one socket from another whatever fd refers to it (its inode
+/// in the kernel's socket filesystem: every duplicate, in this process or
+/// another, has the same). `None` if it cannot be read.
+pub fn identity(socket: &impl std::os::fd::AsFd) -> Option<u64> {
+    nix::sys::stat::fstat(socket.as_fd()).ok().map(|st| st.st_ino)
+}
+
 /// Starts a non-blocking connect to `addr` with the route's options, from
 /// its `source:` address if it has one. The result arrives later as a
 /// writable event; read it with [`connect_result`]. A source that cannot be

@@ -82,6 +82,12 @@ fn describe_route(s: &mut String, r: &Route) {
     let _ = writeln!(s, "    connect_timeout: {}", fmt_duration(r.connect_timeout));
     let _ = writeln!(s, "    idle_timeout: {}", fmt_duration(r.idle_timeout));
     let _ = writeln!(s, "    half_close_timeout: {}", fmt_duration(r.half_close_timeout));
+    let _ = match r.drain_close_idle_after {
+        Some(d) => writeln!(s, "    drain_close_idle_after: {}", fmt_duration(d)),
+        None => {
+            writeln!(s, "    # drain_close_idle_after: off (draining sessions run until they end or drain_timeout)")
+        }
+    };
     let _ = writeln!(s, "    backlog: {}", r.backlog);
     for (k, v) in [("max_connections", r.max_connections), ("max_connections_per_client", r.max_connections_per_client)]
     {

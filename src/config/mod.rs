@@ -142,6 +142,12 @@ pub struct Route {
     /// not be cut, and the idle timeout still bounds CLOSE-WAIT (HAProxy's
     /// `timeout client-fin` is likewise off unless set).
     pub half_close_timeout: Duration,
+    /// While draining, a quiet session (nothing in flight) with no byte for
+    /// this long is closed with a FIN. `None` (the default): a draining
+    /// session runs until both sides finish or the drain's deadline resets
+    /// it, as HAProxy's soft stop and Envoy's drain do; a layer-4 proxy
+    /// cannot see a message boundary, so a pause is not an end.
+    pub drain_close_idle_after: Option<Duration>,
     /// Listen queue length asked of the kernel.
     pub backlog: u32,
     /// Sessions allowed at once on this route.

@@ -37,6 +37,9 @@ pub type Weight = CountIn<1, 256>;
 
 /// `half_close_timeout`: 10 ms to 30 days.
 pub type HalfCloseTimeout = DurationIn<10, { 30 * 86_400_000 }>;
+/// `drain_close_idle_after`: 10 ms to 1 hour (longer than any `drain_timeout`
+/// would never fire).
+pub type DrainCloseIdleAfter = DurationIn<10, 3_600_000>;
 /// `backlog`: the listen queue asked of the kernel (capped at `net.core.somaxconn`).
 pub type Backlog = CountIn<1, 65_535>;
 /// `max_pooled_pipes`: spare pipes each worker keeps.
@@ -92,6 +95,9 @@ pub struct RawDefaults {
     /// A session one side of which has finished is closed after this long
     /// without a byte (unset: the idle timeout).
     pub half_close_timeout: Option<HalfCloseTimeout>,
+    /// While draining, a quiet session with no byte for this long is closed
+    /// with a FIN (unset: draining sessions run until they end or the drain's deadline).
+    pub drain_close_idle_after: Option<DrainCloseIdleAfter>,
     /// Listen queue length.
     pub backlog: Option<Backlog>,
     /// Sessions allowed at once on the route.
@@ -149,6 +155,8 @@ pub struct RawRoute {
     pub idle_timeout: Option<IdleTimeout>,
     /// Overrides `defaults.half_close_timeout`.
     pub half_close_timeout: Option<HalfCloseTimeout>,
+    /// Overrides `defaults.drain_close_idle_after`.
+    pub drain_close_idle_after: Option<DrainCloseIdleAfter>,
     /// Overrides `defaults.backlog`.
     pub backlog: Option<Backlog>,
     /// Overrides `defaults.max_connections`.

@@ -164,6 +164,7 @@ pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Conf
         connect_timeout: None,
         idle_timeout: None,
         half_close_timeout: None,
+        drain_close_idle_after: None,
         backlog: None,
         max_connections: None,
         max_connections_per_client: None,
@@ -250,6 +251,7 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
         connect_timeout: r.connect_timeout.or(defaults.connect_timeout).map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get()),
         idle_timeout,
         half_close_timeout: r.half_close_timeout.or(defaults.half_close_timeout).map_or(idle_timeout, |d| d.get()),
+        drain_close_idle_after: r.drain_close_idle_after.or(defaults.drain_close_idle_after).map(|d| d.get()),
         backlog: r.backlog.or(defaults.backlog).map_or(DEFAULT_BACKLOG, |n| n.get() as u32),
         max_connections: r.max_connections.or(defaults.max_connections).map(|n| n.get() as usize),
         max_connections_per_client: r

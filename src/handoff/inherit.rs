@@ -2,7 +2,9 @@
 //! predecessor (a takeover) or, for socket activation, from systemd. The
 //! route plan takes them by listen key before it binds anything; whatever
 //! it does not take is closed when this is dropped (a predecessor still
-//! holds its own copies and drains them).
+//! holds its own copies and drains them). Which of them a supervisor holds
+//! too (systemd's, and a predecessor's that came from systemd) is kept by
+//! socket identity, so that no drain ever leaves a filter on them.
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -37,10 +39,17 @@ impl Inherited {
         }
     }
 
-    /// Adds a socket for listen key `key` (socket activation).
+    /// Adds a socket for listen key `key` (socket activation: systemd keeps
+    /// its own copy, so it is supervised).
     pub fn add(&mut self, key: ListenKey, addr: SocketAddr, socket: std::net::TcpListener) {
         let slot = self.listeners.iter().filter(|(o, _)| o.key == key).count();
-        self.listeners.push((Offered { key, addr, slot }, socket));
+        self.listeners.push((Offered { key, addr, slot, supervised: true }, socket));
+    }
+
+    /// The identities (`sockets::identity`) of the listening sockets a
+    /// supervisor holds too, taken or not yet.
+    pub fn supervised(&self) -> Vec<u64> {
+        self.listeners.iter().filter(|(o, _)| o.supervised).filter_map(|(_, s)| crate::sockets::identity(s)).collect()
     }
 
     /// Sets the admin port's socket (socket activation).
@@ -104,9 +113,11 @@ mod tests {
         let (a0, s0) = listener();
         let (a1, s1) = listener();
         let (b, sb) = listener();
-        inh.listeners.push((Offered { key: key.clone(), addr: a1, slot: 1 }, s1));
-        inh.listeners.push((Offered { key: other.clone(), addr: b, slot: 0 }, sb));
-        inh.listeners.push((Offered { key: key.clone(), addr: a0, slot: 0 }, s0));
+        inh.listeners.push((Offered { key: key.clone(), addr: a1, slot: 1, supervised: false }, s1));
+        inh.listeners.push((Offered { key: other.clone(), addr: b, slot: 0, supervised: false }, sb));
+        inh.listeners.push((Offered { key: key.clone(), addr: a0, slot: 0, supervised: true }, s0));
+        let supervised = inh.supervised();
+        assert_eq!(supervised.len(), 1, "one socket is a supervisor's too");
         let got: Vec<SocketAddr> = inh.take(&key).into_iter().map(|(a, _)| a).collect();
         assert_eq!(got, vec![a0, a1]);
         assert_eq!(inh.len(), 1);

@@ -34,6 +34,11 @@ pub struct Offered {
     pub addr: SocketAddr,
     /// The worker that held it (0-based).
     pub slot: usize,
+    /// A supervisor (systemd, for socket activation) holds this socket too
+    /// and outlives us: it must never be left filtered (see `handshakes`).
+    /// Absent in a predecessor's offer that predates the field: false.
+    #[serde(default)]
+    pub supervised: bool,
 }
 
 /// What the two processes say.

@@ -28,7 +28,7 @@ pub enum CloseReason {
     HalfCloseTimeout,
     /// `half_close_timeout` with bytes still in flight: both sides reset.
     HalfCloseTimeoutAborted,
-    /// Quiet for `DRAIN_IDLE` while draining: closed with a FIN.
+    /// Quiet for the route's `drain_close_idle_after` while draining: closed with a FIN.
     DrainIdle,
     /// No upstream of the route accepted the connection (refused or timed out).
     ConnectFailed,

@@ -183,10 +183,14 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
         inherited = from_systemd;
     }
     let generation = inherited.generation + 1;
+    let supervised = inherited.supervised();
     let registry = Arc::new(Registry::default());
     let mut hello = HelloStates::new();
     let mut plan = reload::plan(&Vec::new(), &config, workers, &registry, &mut hello, &mut inherited)?;
-    let shared = Arc::new(Shared::new(config.max_connections, pipe::PipeBudget::new(nofile, settings.pipe_size)));
+    let shared = Arc::new(
+        Shared::new(config.max_connections, pipe::PipeBudget::new(nofile, settings.pipe_size))
+            .with_supervised(supervised),
+    );
     shared.generation.store(generation, Ordering::Relaxed);
 
     // The control thread sleeps until a signal arrives, a worker exits, DNS reports, or the watch interval passes.
@@ -224,7 +228,10 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
             );
         }
         for (i, (key, socket)) in surplus.into_iter().enumerate() {
-            let msg = if migrate { Control::Retire { key, socket } } else { Control::Adopt { key, socket } };
+            // A socket systemd holds too lives on after our close, its queue
+            // served by no one: it is served for good.
+            let retire = migrate && !shared.is_supervised(&socket);
+            let msg = if retire { Control::Retire { key, socket } } else { Control::Adopt { key, socket } };
             handles[i % handles.len()].send(msg);
         }
     }

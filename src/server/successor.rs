@@ -101,7 +101,9 @@ impl ControlThread {
             let (tx, rx) = mpsc::channel();
             h.send(Control::Export(tx));
             let got = rx.recv_timeout(STEP_TIMEOUT).map_err(|e| format!("worker {slot} did not answer: {e}"))?;
-            out.extend(got.into_iter().map(|(key, addr, fd)| (Offered { key, addr, slot }, fd)));
+            out.extend(
+                got.into_iter().map(|(key, addr, fd, supervised)| (Offered { key, addr, slot, supervised }, fd)),
+            );
         }
         Ok(out)
     }

@@ -10,16 +10,8 @@
 //! A side's reset is passed on only after the bytes it sent before it have
 //! reached the survivor (`ResetWhenDelivered`, see `linger.rs`).
 
-use std::time::Duration;
-
 use super::Side;
 use crate::metrics::CloseReason;
-
-/// While draining, a session that is quiet (nothing in flight either way)
-/// and has moved no byte for this long is closed with a FIN rather than
-/// kept until the drain's deadline. A session with bytes in flight is not:
-/// its reader may only be slow, and the drain exists to let it finish.
-pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// Which timing rule a session's timer stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +26,8 @@ pub enum Due {
     Idle,
     /// `half_close_timeout`: one direction finished, no byte since.
     HalfClose,
-    /// `DRAIN_IDLE` while the worker drains.
+    /// The route's `drain_close_idle_after` while the worker drains (only
+    /// where set: by default a draining session runs until it ends).
     DrainIdle,
     /// Time to look at a lingering survivor's send queue again.
     Linger,

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-pub use ending::{DRAIN_IDLE, Due, End, Ending};
+pub use ending::{Due, End, Ending};
 pub use header::HeaderRead;
 pub use linger::{Linger, LingerCheck};
 pub use relay::{Relay, Step};
@@ -484,7 +484,10 @@ impl Session {
             Stage::Header { since, .. } => (*since + route.pool().proxy_protocol_timeout, Due::Header),
             Stage::Hello(h) => (h.since + h.frontend.hello_timeout(), Due::Hello),
             Stage::Connecting(a) => (a.since + route.connect_timeout, Due::Connect),
-            Stage::Relaying(r) => r.due(route.idle_timeout, route.half_close_timeout, draining),
+            Stage::Relaying(r) => {
+                let drain_idle = route.config.drain_close_idle_after.filter(|_| draining);
+                r.due(route.idle_timeout, route.half_close_timeout, drain_idle)
+            }
             Stage::Lingering(l) => (l.next_check(), Due::Linger),
             // No timer in these stages: far enough never to fire.
             Stage::Unconnected | Stage::Closed => (self.started + Duration::from_secs(365 * 86_400), Due::Idle),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-use super::ending::{DRAIN_IDLE, Due, End};
+use super::ending::{Due, End};
 use super::header::Outgoing;
 use super::{ByteCounts, Readiness, Side};
 use crate::config::RelayMode;
@@ -293,15 +293,16 @@ impl Relay {
 
     /// When the timer should fire and which rule it is: `idle_timeout` after
     /// the last byte; `half_close_timeout` instead once a direction has
-    /// finished (if it is shorter or equal); `DRAIN_IDLE` while draining, for
-    /// a session with nothing pending.
-    pub fn due(&self, idle: Duration, half_close: Duration, draining: bool) -> (Instant, Due) {
+    /// finished (if it is shorter or equal); `drain_idle` (the route's
+    /// `drain_close_idle_after`, while draining) for a session with nothing
+    /// pending, if it is sooner.
+    pub fn due(&self, idle: Duration, half_close: Duration, drain_idle: Option<Duration>) -> (Instant, Due) {
         let mut due = (idle, Due::Idle);
         if (self.c2u.finished() || self.u2c.finished()) && half_close <= idle {
             due = (half_close, Due::HalfClose);
         }
-        if draining && DRAIN_IDLE < due.0 && self.nothing_pending() {
-            due = (DRAIN_IDLE, Due::DrainIdle);
+        if let Some(after) = drain_idle.filter(|a| *a < due.0 && self.nothing_pending()) {
+            due = (after, Due::DrainIdle);
         }
         (self.last_active + due.0, due.1)
     }

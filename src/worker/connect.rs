@@ -44,7 +44,7 @@ impl Worker {
                          when_all_down: reject); closing it",
                         route.name
                     ));
-                    self.close(key, End { reason: CloseReason::NoUpstream, ending: Ending::Fin }, now);
+                    self.close(key, End { reason: CloseReason::NoUpstream, ending: Ending::RESET_CLIENT }, now);
                     return;
                 }
                 break;
@@ -103,7 +103,7 @@ impl Worker {
             "route {}: no upstream reachable for client {client} after {tried} attempt(s), last {last}; closing it",
             route.name
         ));
-        self.close(key, End { reason: CloseReason::ConnectFailed, ending: Ending::Fin }, now);
+        self.close(key, End { reason: CloseReason::ConnectFailed, ending: Ending::RESET_CLIENT }, now);
     }
 
     /// The upstream for the session's next attempt, and whether it is the

@@ -37,8 +37,9 @@ pub enum Control {
         /// what is queued (the successor serves it; the socket lives on there).
         handed_over: Vec<ListenKey>,
     },
-    /// Send a duplicate of every listening socket (for a successor).
-    Export(Sender<Vec<(ListenKey, SocketAddr, OwnedFd)>>),
+    /// Send a duplicate of every listening socket (for a successor), with
+    /// whether a supervisor holds it too.
+    Export(Sender<Vec<(ListenKey, SocketAddr, OwnedFd, bool)>>),
     /// Serve this surplus socket of listener `key` (a predecessor had more
     /// workers) beside the worker's own, for good.
     Adopt {
@@ -47,9 +48,11 @@ pub enum Control {
         /// The socket.
         socket: TcpListener,
     },
-    /// Accept everything queued on this surplus socket of listener `key`
-    /// (a predecessor had more workers), then close it (the kernel migrates
-    /// what arrives after: `net.ipv4.tcp_migrate_req` is on).
+    /// Close this surplus socket of listener `key` (a predecessor had more
+    /// workers) as the drain closes listeners: no new handshakes, those under
+    /// way completed and everything queued served as that listener's, then
+    /// the close (the kernel migrates what arrives after:
+    /// `net.ipv4.tcp_migrate_req` is on).
     Retire {
         /// Which listener's routes its clients get.
         key: ListenKey,
@@ -108,6 +111,9 @@ pub struct Shared {
     pub limiter: std::sync::OnceLock<crate::ratelimit::Limiter>,
     /// Overload shedding.
     pub overload: crate::overload::OverloadState,
+    /// Identities (`sockets::identity`) of listening sockets a supervisor
+    /// (systemd) holds too: never filtered, as the filter would outlive us.
+    supervised: Vec<u64>,
 }
 
 impl Shared {
@@ -124,7 +130,19 @@ impl Shared {
             generation: AtomicU64::new(1),
             limiter: std::sync::OnceLock::new(),
             overload: crate::overload::OverloadState::default(),
+            supervised: Vec::new(),
         }
+    }
+
+    /// The same, knowing which listening sockets a supervisor holds too.
+    pub fn with_supervised(mut self, supervised: Vec<u64>) -> Shared {
+        self.supervised = supervised;
+        self
+    }
+
+    /// A supervisor (systemd) holds `socket` too (see `handshakes`).
+    pub fn is_supervised(&self, socket: &impl std::os::fd::AsFd) -> bool {
+        !self.supervised.is_empty() && crate::sockets::identity(socket).is_some_and(|i| self.supervised.contains(&i))
     }
 }
 

@@ -1,8 +1,10 @@
 //! A worker's listening sockets: taking route updates (start and reload),
 //! accepting in fair batches, the connection limits (global and per route:
 //! stop accepting; per client: refuse), running out of file descriptors,
-//! and the drain's last accepts (new handshakes dropped, those under way
-//! given time to complete, everyone queued served, then the listeners close).
+//! and closing listeners without resetting anyone — for the drain, a route
+//! a reload removed, a surplus socket after an upgrade: new handshakes
+//! dropped (never on a socket systemd holds too), those under way given
+//! time to complete, everyone queued served, then the listener closes.
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,8 +30,9 @@ use crate::upstream::Balancer;
 const ACCEPT_BATCH: usize = 64;
 /// How long a listener rests after accept hit the fd limit.
 const FD_RETRY: Duration = Duration::from_millis(100);
-/// How long a draining worker goes on accepting after it stopped answering
-/// new handshakes, so that handshakes already under way (their SYN-ACK sent)
+/// How long a closing listener (the drain, a route a reload removed, a
+/// surplus socket) goes on accepting after it stopped answering new
+/// handshakes, so that handshakes already under way (their SYN-ACK sent)
 /// complete into the queue and are served, instead of being reset when the
 /// listener closes. Covers a round trip of up to this much.
 pub(super) const HANDSHAKE_WAIT: Duration = Duration::from_millis(100);
@@ -49,6 +52,9 @@ pub(super) struct Listener {
     paused: bool,
     /// The last accept round stopped at `ACCEPT_BATCH` with clients maybe still queued.
     pub(super) backlog: bool,
+    /// Closing (its route was removed, or it is a surplus socket): it no
+    /// longer answers new handshakes and closes once `HANDSHAKE_WAIT` is over.
+    retiring: bool,
 }
 
 impl Worker {
@@ -68,7 +74,8 @@ impl Worker {
         let mut keep = Vec::with_capacity(routes.len());
         for u in routes {
             // (A worker may hold more than one socket of an address: see `adopt_extra`.)
-            let existing: Vec<usize> = self.listeners.iter().filter(|(_, l)| l.key == u.key).map(|(i, _)| i).collect();
+            let existing: Vec<usize> =
+                self.listeners.iter().filter(|(_, l)| l.key == u.key && !l.retiring).map(|(i, _)| i).collect();
             if let Some(socket) = u.listener {
                 keep.extend(self.add_listener(u.key, socket, u.frontend));
                 continue;
@@ -81,10 +88,11 @@ impl Worker {
                 keep.push(li);
             }
         }
-        let gone: Vec<usize> = self.listeners.iter().map(|(i, _)| i).filter(|i| !keep.contains(i)).collect();
+        let gone: Vec<usize> =
+            self.listeners.iter().filter(|(i, l)| !l.retiring && !keep.contains(i)).map(|(i, _)| i).collect();
         for li in gone {
             // Its queued clients are served on the removed route.
-            self.close_listener(li, now);
+            self.retire_listener(li, now);
         }
         self.accept_backlogs(now);
     }
@@ -110,6 +118,7 @@ impl Worker {
             balancers,
             paused: false,
             backlog: true, // accept whatever is queued already
+            retiring: false,
         });
         Some(li)
     }
@@ -168,7 +177,11 @@ impl Worker {
             self.listeners.remove(li);
         }
         for (_, l) in &self.listeners {
-            if let Err(e) = super::handshakes::refuse_new_handshakes(&l.socket) {
+            // Closing our copy of a socket systemd holds too resets no one, and a filter would outlive us.
+            if self.shared.is_supervised(&l.socket) {
+                continue;
+            }
+            if let Err(e) = crate::handshakes::refuse_new_handshakes(&l.socket) {
                 log::warn!(
                     "worker {}: cannot stop new handshakes on {} ({e}); closing its listeners at once",
                     self.id,
@@ -199,7 +212,7 @@ impl Worker {
     /// Closes listener `li` after accepting and serving every client in its
     /// queue (their connect succeeded: the close would reset them); how many.
     fn close_listener(&mut self, li: usize, now: Instant) -> usize {
-        let (served, failed) = self.serve_queue(li, None, now);
+        let (served, failed) = self.serve_queue(li, now);
         // Dropping the socket closes it (and takes it out of the poll).
         let l = self.listeners.remove(li);
         let listen = l.frontend.first().listen;
@@ -210,17 +223,12 @@ impl Worker {
         served
     }
 
-    /// Accepts everything queued — on `surplus` if given, else on listener
-    /// `li`'s own socket — and serves it as listener `li`'s clients. Returns
-    /// how many, and the error that stopped it before the queue was empty.
-    fn serve_queue(&mut self, li: usize, surplus: Option<&TcpListener>, now: Instant) -> (usize, Option<io::Error>) {
+    /// Accepts everything queued on listener `li` and serves it. Returns how
+    /// many, and the error that stopped it before the queue was empty.
+    fn serve_queue(&mut self, li: usize, now: Instant) -> (usize, Option<io::Error>) {
         let mut served = 0;
         loop {
-            let accepted = match surplus {
-                Some(socket) => socket.accept(),
-                None => self.listeners[li].socket.accept(),
-            };
-            match accepted {
+            match self.listeners[li].socket.accept() {
                 Ok((stream, addr)) => {
                     served += 1;
                     self.start_session(li, stream, addr, now);
@@ -232,31 +240,66 @@ impl Worker {
         }
     }
 
-    /// A duplicate of every listening socket, with its key and bound address
-    /// (for a successor; ours stay open and keep accepting).
-    pub(super) fn export_listeners(&self) -> Vec<(ListenKey, SocketAddr, OwnedFd)> {
+    /// A duplicate of every listening socket, with its key, bound address
+    /// and whether a supervisor holds it too (for a successor; ours stay
+    /// open and keep accepting). Sockets already closing are not offered.
+    pub(super) fn export_listeners(&self) -> Vec<(ListenKey, SocketAddr, OwnedFd, bool)> {
         self.listeners
             .iter()
+            .filter(|(_, l)| !l.retiring)
             .filter_map(|(_, l)| {
                 let addr = l.socket.local_addr().ok()?;
                 let fd = l.socket.as_fd().try_clone_to_owned().ok()?;
-                Some((l.key.clone(), addr, fd))
+                Some((l.key.clone(), addr, fd, self.shared.is_supervised(&l.socket)))
             })
             .collect()
     }
 
-    /// Empties a surplus socket of listener `key` (everything queued is
-    /// accepted and served as that listener's), then closes it.
-    pub(super) fn retire(&mut self, key: &ListenKey, socket: TcpListener, now: Instant) {
-        let Some(li) = self.listeners.iter().find(|(_, l)| l.key == *key).map(|(i, _)| i) else {
+    /// Closes a surplus socket of listener `key` the way the drain closes
+    /// listeners (`retire_listener`): its clients are served as that
+    /// listener's meanwhile.
+    pub(super) fn retire(&mut self, key: ListenKey, socket: TcpListener, now: Instant) {
+        let Some(frontend) =
+            self.listeners.iter().find(|(_, l)| l.key == key && !l.retiring).map(|(_, l)| Arc::clone(&l.frontend))
+        else {
             log::warn!("worker {}: a surplus socket of {key:?} has no listener here; closing it", self.id);
             return;
         };
-        let (served, failed) = self.serve_queue(li, Some(&socket), now);
-        if let Some(e) = failed {
-            log::warn!("worker {}: emptying a surplus socket of {key:?}: {e}", self.id);
+        if let Some(li) = self.add_listener(key, socket, frontend) {
+            self.retire_listener(li, now);
         }
-        log::debug!("worker {}: closed a surplus socket of {key:?} after serving {served} queued clients", self.id);
+    }
+
+    /// Starts closing listener `li` without resetting anyone whose connect
+    /// succeeds: it stops answering new handshakes (`handshakes`; not a
+    /// socket a supervisor holds too, which lives on after our close) and
+    /// goes on accepting for `HANDSHAKE_WAIT`, then `close_listener` serves
+    /// its queue and closes it (the `CloseListener` timer). If the filter
+    /// cannot be attached it closes now.
+    fn retire_listener(&mut self, li: usize, now: Instant) {
+        let l = &mut self.listeners[li];
+        l.retiring = true;
+        let listen = l.frontend.first().listen;
+        if self.shared.is_supervised(&l.socket) {
+            log::warn!(
+                "worker {}: {listen} is no longer served here, but systemd holds its socket: clients connecting \
+                 there wait for whoever serves it next (remove it from the .socket unit)",
+                self.id
+            );
+        } else if let Err(e) = crate::handshakes::refuse_new_handshakes(&l.socket) {
+            log::warn!("worker {}: cannot stop new handshakes on {listen} ({e}); closing it at once", self.id);
+            self.close_listener(li, now);
+            return;
+        }
+        log::debug!("worker {}: {listen} answers no new handshakes; it closes in {HANDSHAKE_WAIT:?}", self.id);
+        self.timers.schedule(now + HANDSHAKE_WAIT, TimerKey::CloseListener(li));
+    }
+
+    /// `retire_listener`'s wait is over: serve the queue and close.
+    pub(super) fn close_retired(&mut self, li: usize, now: Instant) {
+        if self.listeners.get(li).is_some_and(|l| l.retiring) {
+            self.close_listener(li, now);
+        }
     }
 
     /// Accepts on listeners whose last round stopped at the batch limit.

@@ -21,7 +21,6 @@ mod admit;
 mod close;
 mod connect;
 mod control;
-mod handshakes;
 mod hello;
 mod listeners;
 pub mod token;
@@ -56,6 +55,8 @@ enum TimerKey {
     Drain,
     /// The drain's handshake wait is over: serve the queues, close the listeners.
     CloseListeners,
+    /// A retiring listener's handshake wait is over: serve its queue, close it.
+    CloseListener(usize),
     /// Report the bytes of running sessions (and their periodic access lines).
     Report,
 }
@@ -197,7 +198,7 @@ impl Worker {
                 Ok(Control::Export(tx)) => {
                     let _ = tx.send(self.export_listeners());
                 }
-                Ok(Control::Retire { key, socket }) => self.retire(&key, socket, now),
+                Ok(Control::Retire { key, socket }) => self.retire(key, socket, now),
                 Ok(Control::Adopt { key, socket }) => self.adopt_extra(key, socket, now),
                 Ok(Control::Stop) | Err(TryRecvError::Disconnected) => {
                     self.stop = true;
@@ -211,8 +212,8 @@ impl Worker {
     /// Stops accepting — new handshakes go unanswered, those under way get
     /// `HANDSHAKE_WAIT` to complete, then whoever is queued is served and the
     /// listeners close (those a successor took close at once: it serves their
-    /// queues) — closes sessions that are idle, and gives the rest until
-    /// `deadline`.
+    /// queues) — and gives running sessions until `deadline` (closing quiet
+    /// ones early on routes that set `drain_close_idle_after`).
     fn drain(&mut self, deadline: Instant, handed_over: &[crate::reload::ListenKey], now: Instant) {
         if self.draining {
             return;
@@ -223,7 +224,7 @@ impl Worker {
         self.draining = true;
         self.timers.schedule(deadline, TimerKey::Drain);
         log::debug!("worker {} draining {} sessions", self.id, self.sessions.len());
-        // Idle sessions get a short deadline now (see `Relay::due`).
+        // On routes with `drain_close_idle_after`, quiet sessions get a sooner deadline now (see `Relay::due`).
         let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.rearm_if_sooner(key);
@@ -352,6 +353,7 @@ impl Worker {
                 TimerKey::Accept(li) => self.resume(li, now),
                 TimerKey::Report => self.report(now),
                 TimerKey::CloseListeners => self.stop_accepting(now),
+                TimerKey::CloseListener(li) => self.close_retired(li, now),
                 TimerKey::Drain => {
                     if !self.sessions.is_empty() {
                         log::info!("worker {}: drain timeout: cutting {} sessions", self.id, self.sessions.len());
@@ -404,7 +406,10 @@ impl Worker {
                 self.end(key, end, now);
             }
             // Bytes still in flight while draining: not idle, only slow. Look again later.
-            None => self.arm(key, now + crate::session::DRAIN_IDLE),
+            None => {
+                let again = s.route.config.drain_close_idle_after.unwrap_or(Duration::from_secs(1));
+                self.arm(key, now + again)
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! Reloading: SIGHUP under continuous verified traffic (routes added,
 //! upstreams changed, invalid files, routes removed) loses no byte and no
-//! connection; a removed route serves the clients waiting in its queue
-//! before it closes; `watch: true` follows a Kubernetes-style symlink swap
+//! connection; a removed route serves the clients waiting in its queue,
+//! and those whose handshake is under way, before it closes; `watch: true` follows a Kubernetes-style symlink swap
 //! and reloads exactly once.
 
 use std::io::{self, Read, Write};
@@ -208,6 +208,41 @@ fn a_removed_route_serves_its_queued_clients_before_closing() {
     queued.read_exact(&mut b).expect("the queued client was cut by the reload");
     assert_eq!(&b, b"queued");
     assert_eq!(backends::exchange(&mut first, b"still").expect("the running session goes on"), b"still");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !refused(addr) {
+        assert!(Instant::now() < deadline, "the removed route still accepts");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A route removed by a reload closes its listener the way the drain does:
+/// it first stops answering new handshakes and goes on accepting for a
+/// moment, so a client whose handshake is under way when the reload lands
+/// is served, not reset. The route's `defer_accept` holds the handshake
+/// open here: the client's connect has succeeded, but the kernel completes
+/// it on the server's side only when the first bytes arrive, which the
+/// client sends just after the reload.
+#[test]
+fn a_removed_route_serves_a_client_whose_handshake_is_under_way() {
+    let up = backends::echo();
+    let head = "workers: 1\nroutes:\n";
+    let gone = format!("{}    socket: {{ defer_accept: 5s }}\n", route("gone", up));
+    let s = Sluice::with_config(&format!("{head}{}{gone}", route("main", up)), &[]);
+    let path = s.config_path().expect("config file");
+    let addr = s.route_addr("gone").expect("the route logs its address");
+    // Connected as far as the client can tell; the server holds a request, not yet a connection.
+    let mut under_way = connect(addr);
+    std::fs::write(&path, format!("{head}{}", route("main", up))).expect("write config");
+    s.signal(Signal::SIGHUP);
+    assert!(s.wait_log_count("reloaded ", 1, Duration::from_secs(10)), "no reload");
+    // Bounded; not found, the bytes below go anyway (and meet a closed listener).
+    s.wait_log("answers no new handshakes", Duration::from_secs(2));
+    let got = backends::exchange(&mut under_way, b"under way");
+    assert!(
+        matches!(&got, Ok(b) if b == b"under way"),
+        "a client whose handshake was under way was not served: {got:?}\n{}",
+        s.log()
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !refused(addr) {
         assert!(Instant::now() < deadline, "the removed route still accepts");

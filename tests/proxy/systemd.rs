@@ -146,6 +146,103 @@ fn workers_join_an_activated_socket_with_reuseport() {
     serve_activated(true, "route web: 1 socket(s) handed over, 1 more bound into their SO_REUSEPORT group");
 }
 
+/// A restart under socket activation: systemd keeps the listening socket
+/// while one sluice drains and exits and the next starts. The drain must
+/// leave nothing on that socket (a SYN-dropping filter belongs to the
+/// socket, not the fd): a client that connects in the gap completes its
+/// handshake in the socket's queue and is served by the next process, which
+/// serves new clients too, whatever filter an earlier process left on the
+/// socket. With and without `SO_REUSEPORT` (two workers
+/// share a duplicate of the socket, or one joins its group with a socket of
+/// its own, which does get the filter before it closes).
+#[test]
+fn a_restart_under_socket_activation_serves_and_a_client_of_the_gap_is_served() {
+    let up = backends::echo();
+    for reuse_port in [false, true] {
+        let (web, web_fd) = listening(reuse_port);
+        let (admin, admin_fd) = listening(false);
+        let yaml = format!(
+            "workers: 2\ndrain_grace: 0s\nadmin:\n  listen: {admin}\nroutes:\n  - name: web\n    listen: {web}\n    \
+             upstreams: [{up}]\n"
+        );
+        let (dir, path) = temp_config(&yaml);
+        let cfg = path.to_str().expect("utf-8").to_owned();
+        // systemd's copies stay here, in the test, across both processes.
+        let start = || {
+            let (w, a) = (web_fd.try_clone().expect("dup"), admin_fd.try_clone().expect("dup"));
+            activated(w, a, "web:admin", &["-c", &cfg])
+        };
+        let echo_once = |msg: &[u8]| {
+            let mut c = connect(web);
+            c.write_all(msg).expect("write");
+            let mut got = vec![0; msg.len()];
+            c.read_exact(&mut got).expect("echo");
+            assert_eq!(got, msg);
+        };
+        let mut first = Sluice::spawn_keeping_stdio(start(), 1, None);
+        echo_once(b"first");
+        first.signal(Signal::SIGTERM);
+        let status = first.wait_exit(Duration::from_secs(20)).expect("the first sluice exits after SIGTERM");
+        assert!(status.success(), "{status}");
+        // The gap: no process serves, systemd's socket still listens.
+        let mut gap = std::net::TcpStream::connect_timeout(&web, Duration::from_millis(2500)).unwrap_or_else(|e| {
+            panic!(
+                "reuse_port {reuse_port}: a client connecting between the two processes got no handshake ({e}): \
+                 the drain left a filter on systemd's socket\n{}",
+                first.log()
+            )
+        });
+        gap.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        gap.write_all(b"in the gap").expect("write");
+        // And whatever an earlier process (an older sluice) left on the
+        // socket, the next one takes off: here a filter that drops everything.
+        socket2::SockRef::from(&web_fd).attach_filter(&[socket2::SockFilter::new(0x06, 0, 0, 0)]).expect("filter");
+        let second = Sluice::spawn_keeping_stdio(start(), 1, Some(dir));
+        let mut got = [0; 10];
+        gap.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("the client of the gap is not served: {e}\n{}", second.log()));
+        assert_eq!(&got, b"in the gap");
+        echo_once(b"second");
+    }
+}
+
+/// A sluice that took systemd's socket over from a socket-activated one
+/// (`--takeover`) knows it is systemd's too: its own drain leaves it
+/// unfiltered, so a client connecting after it exited still gets its
+/// handshake, for whoever systemd starts next.
+#[test]
+fn a_successor_of_an_activated_sluice_leaves_systemds_socket_unfiltered() {
+    let up = backends::echo();
+    let (web, web_fd) = listening(false);
+    let (admin, admin_fd) = listening(false);
+    let control = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "workers: 1\ndrain_grace: 0s\ncontrol_socket: {}\nadmin:\n  listen: {admin}\nroutes:\n  - name: web\n    \
+         listen: {web}\n    upstreams: [{up}]\n",
+        control.path().join("c.sock").display()
+    );
+    let (dir, path) = temp_config(&yaml);
+    let cfg = path.to_str().expect("utf-8");
+    let (w, a) = (web_fd.try_clone().expect("dup"), admin_fd.try_clone().expect("dup"));
+    let mut first = Sluice::spawn_keeping_stdio(activated(w, a, "web:admin", &["-c", cfg]), 1, None);
+    assert!(first.wait_log("control socket", Duration::from_secs(10)), "no control socket: {}", first.log());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["-c", cfg, "--takeover"]);
+    let mut second = Sluice::spawn(cmd, 1, Some(dir));
+    let status = first.wait_exit(Duration::from_secs(20)).expect("the first sluice exits after the takeover");
+    assert!(status.success(), "{status}");
+    let mut c = connect(web);
+    c.write_all(b"ping").expect("write");
+    let mut got = [0; 4];
+    c.read_exact(&mut got).expect("the successor serves");
+    second.signal(Signal::SIGTERM);
+    let status = second.wait_exit(Duration::from_secs(20)).expect("the successor exits after SIGTERM");
+    assert!(status.success(), "{status}");
+    if let Err(e) = std::net::TcpStream::connect_timeout(&web, Duration::from_millis(2500)) {
+        panic!("no handshake on systemd's socket after the successor's drain ({e}):\n{}", second.log());
+    }
+}
+
 #[test]
 fn a_stray_or_unusable_fd_is_an_error_naming_it() {
     let up = backends::echo();

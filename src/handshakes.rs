@@ -1,8 +1,19 @@
-//! A listener that stops answering new handshakes while it still accepts
-//! the ones under way: the first step of a drain (`listeners.rs`), so that
-//! closing the listener afterwards resets nobody whose connect succeeded.
+//! The socket filter that makes a listener stop answering new handshakes
+//! while it still accepts the ones under way: the first step of closing a
+//! listener (the drain, a route a reload removed, a surplus socket after an
+//! upgrade; `worker/listeners.rs`), so that the close resets nobody whose
+//! connect succeeded.
+//!
+//! A filter belongs to the socket, not to the fd: a socket that another
+//! process holds too (systemd's, for socket activation) keeps it after this
+//! process exits and would drop every SYN for whoever serves it next. So
+//! such sockets are never filtered (closing this process's copy resets no
+//! one: the socket lives on, its queue waits for the next process), and
+//! every inherited listener is cleared of a filter when it is adopted
+//! ([`accept_new_handshakes`]), whatever an earlier process left on it.
 
 use std::io;
+use std::os::fd::AsFd;
 
 use mio::net::TcpListener;
 use socket2::{SockFilter, SockRef};
@@ -25,8 +36,17 @@ const DROP_NEW_HANDSHAKES: [SockFilter; 5] = [
 /// their SYNs go unanswered, so clients retry a second later and find the
 /// port closed (or a successor listening) rather than being reset after
 /// their connect succeeded.
-pub(super) fn refuse_new_handshakes(socket: &TcpListener) -> io::Result<()> {
+pub fn refuse_new_handshakes(socket: &TcpListener) -> io::Result<()> {
     SockRef::from(socket).attach_filter(&DROP_NEW_HANDSHAKES)
+}
+
+/// Takes any socket filter off `socket` (`SO_DETACH_FILTER`), so it answers
+/// new handshakes again. Having none to take off is not an error.
+pub fn accept_new_handshakes(socket: &impl AsFd) -> io::Result<()> {
+    match SockRef::from(socket).detach_filter() {
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => Ok(()),
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -65,5 +85,18 @@ mod tests {
         let mut pong = [0; 4];
         queued.read_exact(&mut pong).unwrap();
         assert_eq!(&pong, b"pong");
+    }
+
+    #[test]
+    fn a_filter_left_on_a_socket_is_taken_off_and_none_is_no_error() {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        accept_new_handshakes(&std_listener).expect("no filter to take off is fine");
+        let listener = TcpListener::from_std(std_listener);
+        refuse_new_handshakes(&listener).unwrap();
+        accept_new_handshakes(&listener).unwrap();
+        let c = TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+        assert!(c.is_ok(), "a new handshake is answered again: {c:?}");
+        assert!(listener.accept().is_ok());
     }
 }
