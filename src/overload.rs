@@ -104,11 +104,25 @@ impl OverloadState {
     }
 }
 
-/// This process's resident memory in bytes (`/proc/self/statm`), if readable.
+/// This process's resident memory in bytes (`/proc/self/statm`, in pages of
+/// this machine's size: 4 KiB on x86-64, 16 or 64 KiB on some arm64 kernels), if readable.
 pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    Some(pages * page_size())
+}
+
+/// The page size (`sysconf(_SC_PAGESIZE)`), read once.
+fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|n| u64::try_from(n).ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(4096)
+    })
 }
 
 /// File descriptors open in this process now (`/proc/self/fd`; a readdir: at start only).
@@ -152,5 +166,21 @@ mod tests {
         assert!(!o.is_shedding());
         assert!(resident_bytes().is_some_and(|b| b > 0));
         assert!(open_fds() > 2);
+    }
+
+    #[test]
+    fn resident_memory_agrees_with_the_kernels_own_figure_in_kib() {
+        // VmRSS is in kB whatever the page size; statm is in pages.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        let bytes = resident_bytes().unwrap();
+        // Both move while the test runs: within 10 %, not a factor of 4 or 16.
+        let (a, b) = (bytes as f64, (kib * 1024) as f64);
+        assert!((a - b).abs() <= 0.1 * b, "statm says {bytes} bytes, VmRSS {kib} KiB");
     }
 }

@@ -16,8 +16,15 @@
 //! (the limit is exceeded by at most one burst per eviction, never a false
 //! refusal); (2) two clients whose keys share a set and a tag (a chance of
 //! about 7 in 2^20 per new client and set) share one budget, which may
-//! refuse one of them early. Rates above 10,000/s per client are rounded to
-//! one connection per tick.
+//! refuse one of them early.
+//!
+//! A connection is charged its rate's interval in whole ticks: an interval
+//! that is not a whole number of ticks (a 6,000/s rule's is 1.67) is charged
+//! the whole number below or above it at random, in proportion to its
+//! fraction (two thirds of the time 2 ticks, one third 1), so the average
+//! rate is the configured one whatever it is, above 10,000/s too; only the
+//! spacing of single connections is quantised to a tick. A connection the
+//! caller's other check refuses (`allow`'s `also`) is not charged at all.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -40,6 +47,18 @@ struct Set {
     cells: [AtomicU64; WAYS],
 }
 
+/// What `ClientRates::allow` decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Admitted: the client's budget and the other check's were charged.
+    Yes,
+    /// Over the client's own rate: nothing was charged.
+    OverOwn,
+    /// Within the client's rate, but the other check refused: the client's
+    /// budget was not charged.
+    OverOther,
+}
+
 /// The shared per-client table.
 #[derive(Debug)]
 pub struct ClientRates {
@@ -56,14 +75,18 @@ impl Default for ClientRates {
 pub const TABLE_BYTES: usize = SETS * std::mem::size_of::<Set>();
 
 impl ClientRates {
-    /// Admits a connection of the client whose (route, prefix) hashes to `key`, at `now_ns`.
-    pub fn allow(&self, key: u64, rate: Rate, now_ns: u64) -> bool {
+    /// Admits a connection of the client whose (route, prefix) hashes to
+    /// `key`, at `now_ns`, if its rate allows it and `also` (the route's own
+    /// rate, say) admits it too; `also` runs only when the client's rate
+    /// allows, under the set's lock, and the client is charged only if it
+    /// says yes.
+    pub fn allow(&self, key: u64, rate: Rate, now_ns: u64, also: impl FnOnce() -> bool) -> Admit {
         let set = &self.sets[(key & (SETS as u64 - 1)) as usize];
         // Never 0, which marks an empty cell.
         let tag = ((key >> SET_BITS) & ((1 << TAG_BITS) - 1)).max(1);
         let now = (now_ns / TICK_NS) & TIME_MASK;
-        let interval = (rate.interval_ns() / TICK_NS).max(1);
-        let tolerance = interval * (rate.burst.max(1) - 1);
+        let interval = charge(rate.per_second);
+        let tolerance = (TICKS_PER_SECOND * (rate.burst.max(1) - 1)) / rate.per_second.max(1);
         while set.lock.compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
             std::hint::spin_loop();
         }
@@ -76,13 +99,29 @@ impl ClientRates {
             None => ((0..WAYS).min_by_key(|&i| tat_of(cell(i))).unwrap_or(0), 0),
         };
         let start = tat.max(now);
-        let allowed = start - now <= tolerance;
-        if allowed {
+        let verdict = if start - now > tolerance {
+            Admit::OverOwn
+        } else if !also() {
+            Admit::OverOther
+        } else {
             set.cells[slot].store(tag << TIME_BITS | ((start + interval) & TIME_MASK), Ordering::Relaxed);
-        }
+            Admit::Yes
+        };
         set.lock.store(0, Ordering::Release);
-        allowed
+        verdict
     }
+}
+
+/// Ticks in a second.
+const TICKS_PER_SECOND: u64 = 1_000_000_000 / TICK_NS;
+
+/// Whole ticks to charge one connection at `per_second`: the interval
+/// (`TICKS_PER_SECOND / per_second`) rounded down, or up with a probability
+/// equal to its fraction, so that the charges average the interval exactly.
+fn charge(per_second: u64) -> u64 {
+    let per_second = per_second.max(1);
+    let (whole, fraction) = (TICKS_PER_SECOND / per_second, TICKS_PER_SECOND % per_second);
+    whole + u64::from(fraction > 0 && fastrand::u64(..per_second) < fraction)
 }
 
 #[cfg(test)]
@@ -107,11 +146,11 @@ mod tests {
         let t = ClientRates::default();
         let rate = Rate { per_second: 20, burst: 10 };
         for c in 0..100 {
-            let admitted = (0..30).filter(|_| t.allow(key(c), rate, SEC)).count();
+            let admitted = (0..30).filter(|_| t.allow(key(c), rate, SEC, || true) == Admit::Yes).count();
             assert_eq!(admitted, 10, "client {c}");
         }
-        assert!(t.allow(key(5), rate, SEC + SEC / 20), "one more after an interval");
-        assert!(!t.allow(key(5), rate, SEC + SEC / 20));
+        assert_eq!(t.allow(key(5), rate, SEC + SEC / 20, || true), Admit::Yes, "one more after an interval");
+        assert_eq!(t.allow(key(5), rate, SEC + SEC / 20, || true), Admit::OverOwn);
     }
 
     #[test]
@@ -120,18 +159,19 @@ mod tests {
         let rate = Rate { per_second: 1, burst: 5 };
         let hog = key(u64::MAX);
         let now = 10 * SEC;
-        assert_eq!((0..10).filter(|_| t.allow(hog, rate, now)).count(), 5);
+        let yes = |k: u64, at: u64| t.allow(k, rate, at, || true) == Admit::Yes;
+        assert_eq!((0..10).filter(|_| yes(hog, now)).count(), 5);
         // A million other sources, once each, over 100 ms: all admitted (a
         // first connection is always within the burst) ...
         for c in 0..1_000_000u64 {
-            assert!(t.allow(key(c), rate, now + c * 100), "source {c} refused on its first connection");
+            assert!(yes(key(c), now + c * 100), "source {c} refused on its first connection");
         }
         // ... in a table that never grew ...
         assert_eq!(t.sets.len() * std::mem::size_of::<Set>(), TABLE_BYTES);
         // ... and the hog, still inside its interval, is either still refused or (if
         // evicted by more than 7 limited sources in its set) back to a fresh burst:
         // never more than one burst over the limit.
-        let again = (0..10).filter(|_| t.allow(hog, rate, now + SEC / 10)).count();
+        let again = (0..10).filter(|_| yes(hog, now + SEC / 10)).count();
         assert!(again == 0 || again == 5, "{again}");
     }
 
@@ -142,10 +182,47 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let t = std::sync::Arc::clone(&t);
-                std::thread::spawn(move || (0..100).filter(|_| t.allow(key(42), rate, SEC)).count())
+                std::thread::spawn(move || {
+                    (0..100).filter(|_| t.allow(key(42), rate, SEC, || true) == Admit::Yes).count()
+                })
             })
             .collect();
         let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
         assert_eq!(total, 100);
+    }
+
+    /// Admissions of one client sending as fast as it can for `seconds`, at `per_second`.
+    fn admitted_over(per_second: u64, seconds: u64) -> u64 {
+        let t = ClientRates::default();
+        let rate = Rate { per_second, burst: 1 };
+        // Attempts every 10 µs, ten per tick: more than any rate tested here admits.
+        (0..seconds * 100_000).filter(|i| t.allow(key(1), rate, SEC + i * 10_000, || true) == Admit::Yes).count() as u64
+    }
+
+    #[test]
+    fn a_rate_that_is_no_whole_number_of_ticks_averages_exactly() {
+        // Charged in whole ticks, 6,000/s (1.67 ticks) was 10,000/s and 20,000/s (0.5) was 10,000/s too.
+        for per_second in [5_000, 6_000, 7_000, 3_333, 20_000] {
+            let got = admitted_over(per_second, 5);
+            let want = per_second * 5;
+            assert!(got.abs_diff(want) * 100 <= want, "{per_second}/s admitted {got} in 5 s, want {want} ± 1 %");
+        }
+    }
+
+    #[test]
+    fn a_refusal_by_the_other_check_charges_the_client_nothing() {
+        let t = ClientRates::default();
+        let rate = Rate { per_second: 1, burst: 2 };
+        assert_eq!(t.allow(key(9), rate, SEC, || false), Admit::OverOther);
+        assert_eq!(t.allow(key(9), rate, SEC, || false), Admit::OverOther);
+        let ran = std::cell::Cell::new(false);
+        assert_eq!(t.allow(key(9), rate, SEC, || true), Admit::Yes);
+        assert_eq!(t.allow(key(9), rate, SEC, || true), Admit::Yes, "the whole burst is still there");
+        let over = t.allow(key(9), rate, SEC, || {
+            ran.set(true);
+            true
+        });
+        assert_eq!(over, Admit::OverOwn);
+        assert!(!ran.get(), "the other check is not asked (nor charged) for a client over its own rate");
     }
 }

@@ -12,7 +12,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::time::Instant;
 
-pub use clients::ClientRates;
+pub use clients::{Admit, ClientRates};
 pub use gcra::{Gcra, Rate};
 
 /// A per-client rate and how clients are grouped.
@@ -68,15 +68,24 @@ impl Limiter {
         u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Admits a connection of `client` on route `route_id` under `limit` at `now`.
-    pub fn allow_client(&self, route_id: usize, client: IpAddr, limit: ClientRate, now: Instant) -> bool {
+    /// Admits a connection of `client` on route `route_id` under `limit` at
+    /// `now`, if `also` admits it too (see `ClientRates::allow`: the client
+    /// is charged only then).
+    pub fn allow_client(
+        &self,
+        route_id: usize,
+        client: IpAddr,
+        limit: ClientRate,
+        now: Instant,
+        also: impl FnOnce() -> bool,
+    ) -> Admit {
         let mut h = self.keys.build_hasher();
         h.write_usize(route_id);
         match group(client, limit.prefix_v4, limit.prefix_v6) {
             IpAddr::V4(v4) => h.write(&v4.octets()),
             IpAddr::V6(v6) => h.write(&v6.octets()),
         }
-        self.clients.allow(h.finish(), limit.rate, self.now_ns(now))
+        self.clients.allow(h.finish(), limit.rate, self.now_ns(now), also)
     }
 }
 
@@ -100,12 +109,17 @@ mod tests {
         let l = Limiter::default();
         let limit = ClientRate { rate: Rate { per_second: 1, burst: 3 }, prefix_v4: 24, prefix_v6: 64 };
         let now = Instant::now();
-        let from = |ip: &str| l.allow_client(0, ip.parse().unwrap(), limit, now);
+        let from = |ip: &str| l.allow_client(0, ip.parse().unwrap(), limit, now, || true) == Admit::Yes;
         assert!(from("10.0.0.1") && from("10.0.0.2") && from("10.0.0.3"));
         assert!(!from("10.0.0.4"), "the fourth of 10.0.0.0/24 in the same instant");
         assert!(from("10.0.1.1"), "another /24");
-        assert!(l.allow_client(1, "10.0.0.5".parse().unwrap(), limit, now), "another route counts on its own");
-        let v6 = |ip: &str| l.allow_client(0, ip.parse().unwrap(), limit, now);
+        assert!(!from("10.0.0.5"), "still the same /24");
+        assert_eq!(
+            l.allow_client(1, "10.0.0.5".parse().unwrap(), limit, now, || true),
+            Admit::Yes,
+            "another route counts on its own"
+        );
+        let v6 = from;
         assert!(v6("2001:db8::1") && v6("2001:db8::2") && v6("2001:db8::ffff"));
         assert!(!v6("2001:db8::3:4"), "the same /64");
         assert!(v6("2001:db8:0:1::1"), "another /64");

@@ -16,6 +16,7 @@ use mio::net::TcpStream;
 
 use super::{Shared, Worker, token};
 use crate::metrics::{CloseReason, WorkerCounters};
+use crate::ratelimit::Admit;
 use crate::route::Route;
 use crate::session::{Accepted, End, Ending, HeaderRead, Session, Side, Stage};
 use crate::sockets;
@@ -183,10 +184,12 @@ pub(super) enum Refused {
     Overload,
 }
 
-/// Checks, in this order, the route's access list, its connection rates
-/// and its per-client limit for `client` (counting it in the limit and the
-/// rates if admitted). The client's own rate comes before the route's, so a
-/// client over its rate is refused without spending the route's.
+/// Checks, in this order, the route's access list, its per-client limit
+/// and its connection rates for `client`, counting it in the limit and
+/// charging the rates only if it is admitted: a client refused for one
+/// reason spends nothing of the others (its own rate budget is not spent
+/// when the route's rate or the per-client count refuses it, and the
+/// route's is not spent when its own rate does).
 pub(super) fn admission(shared: &Shared, route: &Route, client: SocketAddr, now: Instant) -> Option<Refused> {
     let acl = &route.pool().acl;
     if !acl.is_open() {
@@ -194,21 +197,33 @@ pub(super) fn admission(shared: &Shared, route: &Route, client: SocketAddr, now:
             return Some(Refused::Acl(why));
         }
     }
-    if let Some(limit) = route.max_connection_rate_per_client {
-        let limiter = shared.limiter.get_or_init(crate::ratelimit::Limiter::default);
-        if !limiter.allow_client(route.metric_id, client.ip(), limit, now) {
-            return Some(Refused::Rate("max_connection_rate_per_client"));
-        }
+    let counted = match route.max_connections_per_client {
+        Some(limit) if !route.state.admit_client(client.ip(), limit) => return Some(Refused::ClientLimit(limit)),
+        Some(_) => true,
+        None => false,
+    };
+    let refused = rates(shared, route, client, now);
+    if refused.is_some() && counted {
+        route.state.release_client(client.ip());
     }
-    if let Some(rate) = route.max_connection_rate {
-        let limiter = shared.limiter.get_or_init(crate::ratelimit::Limiter::default);
-        if !route.state.rate.allow(rate, limiter.now_ns(now)) {
-            return Some(Refused::Rate("max_connection_rate"));
-        }
+    refused
+}
+
+/// The route's connection rates: the client's own (if set) and the route's,
+/// each charged only if both admit.
+fn rates(shared: &Shared, route: &Route, client: SocketAddr, now: Instant) -> Option<Refused> {
+    if route.max_connection_rate.is_none() && route.max_connection_rate_per_client.is_none() {
+        return None;
     }
-    match route.max_connections_per_client {
-        Some(limit) if !route.state.admit_client(client.ip(), limit) => Some(Refused::ClientLimit(limit)),
-        _ => None,
+    let limiter = shared.limiter.get_or_init(crate::ratelimit::Limiter::default);
+    let route_rate = || route.max_connection_rate.is_none_or(|rate| route.state.rate.allow(rate, limiter.now_ns(now)));
+    let Some(limit) = route.max_connection_rate_per_client else {
+        return (!route_rate()).then_some(Refused::Rate("max_connection_rate"));
+    };
+    match limiter.allow_client(route.metric_id, client.ip(), limit, now, route_rate) {
+        Admit::Yes => None,
+        Admit::OverOwn => Some(Refused::Rate("max_connection_rate_per_client")),
+        Admit::OverOther => Some(Refused::Rate("max_connection_rate")),
     }
 }
 
@@ -229,5 +244,89 @@ fn rate_warning(shared: &Shared, route: &Route, key: &str) {
             "route {}: {refused} client(s) refused over {key} (or the other rate) in the last {RATE_WARN_EVERY_SECS} s",
             route.name
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn route(extra: &str) -> Route {
+        let yaml = format!("routes:\n  - name: t\n    listen: 127.0.0.1:0\n    upstreams: [127.0.0.1:9]\n{extra}");
+        let config = crate::config::parse_str(&yaml, "test").unwrap();
+        let registry = crate::metrics::Registry::default();
+        Route::prepare(&config.routes[0], None, None, None, &registry).unwrap()
+    }
+
+    fn shared() -> Shared {
+        Shared::new(1000, crate::pipe::PipeBudget::new(1 << 16, 64 << 10))
+    }
+
+    const A: &str = "10.0.0.1:1000";
+
+    fn reason(r: Option<Refused>) -> String {
+        match r {
+            None => "admitted".to_owned(),
+            Some(Refused::Rate(key)) => key.to_owned(),
+            Some(Refused::ClientLimit(_)) => "max_connections_per_client".to_owned(),
+            Some(other) => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_by_the_routes_rate_spends_none_of_the_clients() {
+        let r = route(
+            "    max_connection_rate: { per_second: 1, burst: 1 }\n    \
+             max_connection_rate_per_client: { per_second: 1, burst: 2 }\n",
+        );
+        // Later than the rate limiter's clock starts (it starts at first use).
+        let (sh, t0) = (shared(), Instant::now() + Duration::from_secs(1));
+        let a = A.parse().unwrap();
+        assert_eq!(reason(admission(&sh, &r, a, t0)), "admitted");
+        for i in 0..5 {
+            // The route's budget is spent; the client still has one of its two.
+            assert_eq!(reason(admission(&sh, &r, a, t0)), "max_connection_rate", "attempt {i}");
+        }
+        // A second on, the route's budget is back, and so is the client's.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(reason(admission(&sh, &r, a, t1)), "admitted");
+    }
+
+    #[test]
+    fn a_refusal_by_the_per_client_count_spends_no_rate() {
+        let r = route(
+            "    max_connections_per_client: 1\n    max_connection_rate: { per_second: 1, burst: 2 }\n    \
+             max_connection_rate_per_client: { per_second: 1, burst: 2 }\n",
+        );
+        // Later than the rate limiter's clock starts (it starts at first use).
+        let (sh, t0) = (shared(), Instant::now() + Duration::from_secs(1));
+        let a: SocketAddr = A.parse().unwrap();
+        assert_eq!(reason(admission(&sh, &r, a, t0)), "admitted");
+        for i in 0..5 {
+            assert_eq!(reason(admission(&sh, &r, a, t0)), "max_connections_per_client", "attempt {i}");
+        }
+        // The first session ends: the second of each burst is still there.
+        r.state.release_client(a.ip());
+        assert_eq!(reason(admission(&sh, &r, a, t0)), "admitted");
+    }
+
+    #[test]
+    fn a_client_over_its_own_rate_spends_none_of_the_routes_nor_its_count() {
+        let r = route(
+            "    max_connections_per_client: 5\n    max_connection_rate: { per_second: 1, burst: 2 }\n    \
+             max_connection_rate_per_client: { per_second: 1, burst: 1 }\n",
+        );
+        // Later than the rate limiter's clock starts (it starts at first use).
+        let (sh, t0) = (shared(), Instant::now() + Duration::from_secs(1));
+        let (a, b): (SocketAddr, SocketAddr) = (A.parse().unwrap(), "10.0.0.2:1000".parse().unwrap());
+        assert_eq!(reason(admission(&sh, &r, a, t0)), "admitted");
+        for _ in 0..5 {
+            assert_eq!(reason(admission(&sh, &r, a, t0)), "max_connection_rate_per_client");
+        }
+        assert_eq!(reason(admission(&sh, &r, b, t0)), "admitted", "the route's second is still there");
+        // a's one session ends: nothing else of a's is counted.
+        r.state.release_client(a.ip());
+        assert!(r.state.admit_client(a.ip(), 1), "the refusals left counts behind");
     }
 }
