@@ -5,7 +5,9 @@
 //! Old and new process speak it on the control socket: the new one asks
 //! (`Takeover`), the old one offers its listening sockets (`Offer`, then
 //! `Sockets` packets carrying the fds), the new one says when it serves
-//! (`Ready`), the old one confirms it stopped accepting (`Draining`).
+//! (`Ready`), the old one confirms it stopped accepting (`Draining`). A
+//! packet with more fds than the protocol allows is an error that leaves
+//! none of them open.
 
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
@@ -120,21 +122,30 @@ impl Peer {
         Ok(())
     }
 
-    /// Receives one message and the fds that came with it.
+    /// Receives one message and the fds that came with it. A message with
+    /// more fds than a packet may carry is an error, and the fds of it that
+    /// the kernel installed here are closed.
     pub fn recv(&self) -> io::Result<(Message, Vec<OwnedFd>)> {
         let mut body = vec![0u8; MAX_MESSAGE];
         let mut cmsg = nix::cmsg_space!([RawFd; FDS_PER_PACKET]);
-        let (n, raw) = {
+        let (n, flags, raw) = {
             let mut iov = [IoSliceMut::new(&mut body)];
             let msg = recvmsg::<()>(self.socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
             let mut raw = Vec::new();
-            for c in msg.cmsgs()? {
+            // nix will not read a truncated control buffer (MSG_CTRUNC): that case is below.
+            for c in msg.cmsgs().into_iter().flatten() {
                 if let ControlMessageOwned::ScmRights(fds) = c {
                     raw.extend(fds);
                 }
             }
-            (msg.bytes, raw)
+            (msg.bytes, msg.flags, raw)
         };
+        if flags.contains(MsgFlags::MSG_CTRUNC) {
+            // The kernel installed the fds that fit and dropped the rest: close ours.
+            drop(own(rights_in(&cmsg)));
+            let why = format!("a message carried more fds than the {FDS_PER_PACKET} a packet may");
+            return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+        }
         let fds = own(raw);
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -142,6 +153,41 @@ impl Peer {
         let msg = serde_json::from_slice(&body[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok((msg, fds))
     }
+}
+
+/// The fds in the `SCM_RIGHTS` messages of a control buffer `recvmsg`
+/// filled (and flagged truncated, so nix will not read it): the kernel
+/// writes whole headers and as many fds as fit, from the buffer's start;
+/// the rest of the buffer is still zero.
+#[allow(unsafe_code)]
+fn rights_in(control: &[u8]) -> Vec<RawFd> {
+    use nix::libc;
+    let mut fds = Vec::new();
+    let end = control.as_ptr() as usize + control.len();
+    // SAFETY: the msghdr describes `control` only; CMSG_FIRSTHDR and
+    // CMSG_NXTHDR return a header only when it lies within it, and a
+    // header's data is read only up to its `cmsg_len`, checked against the
+    // buffer's end first. Reads are unaligned: `control` is a byte buffer.
+    unsafe {
+        let mut mhdr: libc::msghdr = std::mem::zeroed();
+        mhdr.msg_control = control.as_ptr() as *mut libc::c_void;
+        mhdr.msg_controllen = control.len() as _;
+        let mut c = libc::CMSG_FIRSTHDR(&mhdr);
+        while !c.is_null() {
+            let h: libc::cmsghdr = std::ptr::read_unaligned(c);
+            let (len, data) = (h.cmsg_len as usize, libc::CMSG_DATA(c));
+            let head = data as usize - c as usize;
+            if len < head || c as usize + len > end {
+                break;
+            }
+            if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+                let count = (len - head) / std::mem::size_of::<RawFd>();
+                fds.extend((0..count).map(|i| std::ptr::read_unaligned((data as *const RawFd).add(i))));
+            }
+            c = libc::CMSG_NXTHDR(&mhdr, c);
+        }
+    }
+    fds
 }
 
 /// Takes ownership of fds the kernel just installed in this process.
@@ -203,5 +249,36 @@ mod tests {
         // The other side going away is an end, not a hang.
         drop(server);
         assert_eq!(client.recv().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// How many of this process's fds are open on `file`.
+    fn open_on(file: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == file))
+            .count()
+    }
+
+    #[test]
+    fn a_message_with_too_many_fds_is_refused_and_leaves_none_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("marker");
+        let marker = std::fs::File::create(&file).unwrap();
+        let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET.cloexec(), None).unwrap();
+        let (tx, rx) = (Peer { socket: a }, Peer { socket: b });
+        // 253 (the kernel's most per message) where a packet may carry FDS_PER_PACKET.
+        for _ in 0..5 {
+            tx.send(&Message::Sockets { count: 253 }, &vec![marker.as_fd(); 253]).unwrap();
+            let e = rx.recv().unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            assert_eq!(open_on(&file), 1, "fds of a truncated message were left open");
+        }
+        // Within the limit they arrive, and close with their owner.
+        tx.send(&Message::Sockets { count: FDS_PER_PACKET }, &vec![marker.as_fd(); FDS_PER_PACKET]).unwrap();
+        let (_, fds) = rx.recv().unwrap();
+        assert_eq!((fds.len(), open_on(&file)), (FDS_PER_PACKET, FDS_PER_PACKET + 1));
+        drop(fds);
+        assert_eq!(open_on(&file), 1);
     }
 }
