@@ -5,15 +5,16 @@
 //! Old and new process speak it on the control socket: the new one asks
 //! (`Takeover`), the old one offers its listening sockets (`Offer`, then
 //! `Sockets` packets carrying the fds), the new one says when it serves
-//! (`Ready`), the old one confirms it stopped accepting (`Draining`). A
-//! packet with more fds than the protocol allows is an error that leaves
-//! none of them open.
+//! (`Ready`), the old one confirms it stopped accepting (`Draining`). The
+//! listening control socket is made here, owner-only; a packet with more
+//! fds than the protocol allows is an error that leaves none of them open.
 
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
@@ -201,17 +202,31 @@ fn own(raw: Vec<RawFd>) -> Vec<OwnedFd> {
         .collect()
 }
 
-/// A listening control socket at `path`: bound at `path.tmp`, then renamed
-/// over `path` (so the path always names a live listener, ours or the
-/// predecessor's, never nothing).
-pub fn listen(path: &Path) -> io::Result<Socket> {
+/// A control socket for `path`, listening at a temporary name beside it
+/// (`path` with the extension `tmp.<pid>`), which is returned too: the
+/// caller renames it over `path` once it may answer there (so the path
+/// always names a live listener, ours or the predecessor's, never nothing).
+///
+/// Only its owner may connect: mode 0600 whatever the umask. The mode is
+/// set between bind() and listen(), when a connect is refused anyway, so
+/// nobody gets in through the umask's mode meanwhile. (Binding under a
+/// tightened umask would be as tight, but the umask is the whole process's
+/// and other threads may create files at that moment.)
+pub fn listen(path: &Path) -> io::Result<(Socket, PathBuf)> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let addr = SockAddr::unix(&tmp).map_err(|e| {
+        let why = format!("its temporary name {} is longer than a Unix socket path may be (107 bytes)", tmp.display());
+        io::Error::new(e.kind(), why)
+    })?;
     let _ = std::fs::remove_file(&tmp);
     let socket = Socket::new(Domain::UNIX, Type::SEQPACKET.nonblocking().cloexec(), None)?;
-    socket.bind(&SockAddr::unix(&tmp)?)?;
-    socket.listen(4)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(socket)
+    socket.bind(&addr)?;
+    let made = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).and_then(|()| socket.listen(4));
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok((socket, tmp))
 }
 
 #[cfg(test)]
@@ -223,7 +238,8 @@ mod tests {
     fn messages_and_fds_cross_a_seqpacket_pair() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
-        let l = listen(&path).unwrap();
+        let (l, tmp) = listen(&path).unwrap();
+        std::fs::rename(tmp, &path).unwrap();
         let client = Peer::connect(&path, Duration::from_secs(5)).unwrap();
         let server = loop {
             match l.accept() {
@@ -280,5 +296,16 @@ mod tests {
         assert_eq!((fds.len(), open_on(&file)), (FDS_PER_PACKET, FDS_PER_PACKET + 1));
         drop(fds);
         assert_eq!(open_on(&file), 1);
+    }
+
+    #[test]
+    fn the_control_socket_is_its_owners_and_too_long_a_name_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let (_l, tmp) = listen(&path).unwrap();
+        assert_eq!(std::fs::metadata(&tmp).unwrap().permissions().mode() & 0o777, 0o600);
+        let long = dir.path().join(format!("{}.sock", "x".repeat(100)));
+        let e = listen(&long).unwrap_err();
+        assert!(e.to_string().contains("temporary name"), "{e}");
     }
 }
