@@ -76,6 +76,7 @@ impl AdminContext {
                 ok: sh.reloads.ok.load(Ordering::Relaxed),
                 failed: sh.reloads.failed.load(Ordering::Relaxed),
             },
+            control_refused: sh.control_refused.load(Ordering::Relaxed),
             kernel: crate::netstat::kernel_tcp_stats(&self.proc_root),
             ..Snapshot::default()
         };

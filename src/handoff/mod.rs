@@ -4,7 +4,9 @@
 //! clients queued, and running sessions finish on the process that started
 //! them.
 //!
-//! The exchange (`wire.rs` has the messages), driven by the new process:
+//! The exchange (`wire.rs` has the messages), driven by the new process,
+//! which has made its own control socket at a temporary name first (so a
+//! path that cannot be made fails before the old one hears of it):
 //!
 //! 1. new → old `Takeover`: the new process has loaded and validated its
 //!    config (a bad one never gets this far, and the old one is untouched);
@@ -24,7 +26,8 @@
 //!    `drain_timeout` and exits 0.
 //!
 //! If the new process dies before step 4, the old one never stopped
-//! serving. `inherit.rs` keeps what was received until the plan uses it;
+//! serving; after it, the new one only renames its control socket into
+//! place, and serves on if even that fails. `inherit.rs` keeps what was received until the plan uses it;
 //! systemd socket activation (`activation.rs`) hands sockets over the same
 //! way.
 

@@ -262,6 +262,11 @@ pub fn render(snap: &Snapshot) -> String {
             (vec![("result", "failed".to_owned())], snap.reloads.failed as f64),
         ],
     );
+    out.counter(
+        "sluice_control_refused_total",
+        "Connections to the control socket refused because the peer's uid was neither sluice's nor root's.",
+        &[(vec![], snap.control_refused as f64)],
+    );
     let kernel: Vec<_> = snap.kernel.iter().map(|(k, v)| (vec![("stat", k.clone())], *v as f64)).collect();
     out.counter(
         "sluice_kernel_tcp_total",

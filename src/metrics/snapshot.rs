@@ -48,6 +48,9 @@ pub struct Snapshot {
     pub accept: AcceptSnapshot,
     /// Configuration reloads by outcome.
     pub reloads: ReloadSnapshot,
+    /// Control-socket peers refused: their uid was neither sluice's nor root's.
+    #[serde(default)]
+    pub control_refused: u64,
     /// Upstream connections this host could not open, by cause (`fds`,
     /// `memory`, `ports`, `source`), all workers; never counted against an upstream.
     #[serde(default)]

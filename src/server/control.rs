@@ -1,6 +1,9 @@
 //! The control thread's loop: signals, worker exits, config file changes,
-//! DNS reports, metric reclamation and a successor on the control socket;
-//! the stop sequence (grace, then the workers' drain) and reloads.
+//! DNS reports, metric reclamation, a successor on the control socket and
+//! the end of its takeover (run on a thread of its own: `successor.rs`);
+//! the stop sequence (grace, then the workers' drain) and reloads. A stop
+//! or a reload asked while a takeover is under way waits for its end where
+//! it must (see `successor.rs`); the signal itself is answered at once.
 
 use std::io;
 use std::sync::Arc;
@@ -8,14 +11,16 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Poll};
+use mio::{Events, Poll, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT};
 use signal_hook_mio::v1_0::Signals;
 
-use super::successor::ControlSocket;
+use super::control_socket::ControlSocket;
+use super::successor::Exchange;
 use super::{CONTROL, Exit, SIGNALS, ServerError, WATCH_EVERY, WorkerHandle, settings};
 use crate::admin::AdminHandle;
 use crate::config::{self, Config};
+use crate::handoff::READY_TIMEOUT;
 use crate::metrics::Registry;
 use crate::reload::{self, FileWatch, HelloStates, Running};
 use crate::upstream::checker::Checker;
@@ -46,6 +51,15 @@ pub(super) struct ControlThread {
     pub(super) admin: Option<AdminHandle>,
     /// Where a successor may knock (`control_socket`).
     pub(super) control_socket: Option<ControlSocket>,
+    /// The takeover under way, on its own thread.
+    pub(super) exchange: Option<Exchange>,
+    /// The listeners stop accepting once the takeover under way ends (its
+    /// successor may be serving on copies of them).
+    pub(super) stop_deferred: bool,
+    /// A reload was asked while a takeover was under way.
+    pub(super) reload_deferred: bool,
+    /// The control poll's waker (for the takeover's thread).
+    pub(super) waker: Arc<Waker>,
 }
 
 /// What the control thread starts with.
@@ -62,6 +76,7 @@ pub(super) struct ControlParts {
     pub resolved: Receiver<Resolved>,
     pub admin: Option<AdminHandle>,
     pub control_socket: Option<ControlSocket>,
+    pub waker: Arc<Waker>,
 }
 
 impl ControlThread {
@@ -84,39 +99,15 @@ impl ControlThread {
             reclaim_at: None,
             admin: p.admin,
             control_socket: p.control_socket,
+            exchange: None,
+            stop_deferred: false,
+            reload_deferred: false,
+            waker: p.waker,
         }
     }
 
     pub(super) fn handles(&self) -> &[WorkerHandle] {
         &self.handles
-    }
-
-    pub(super) fn shared(&self) -> &Shared {
-        &self.shared
-    }
-
-    pub(super) fn config(&self) -> &Config {
-        &self.config
-    }
-
-    pub(super) fn admin(&self) -> Option<&AdminHandle> {
-        self.admin.as_ref()
-    }
-
-    pub(super) fn take_admin(&mut self) -> Option<AdminHandle> {
-        self.admin.take()
-    }
-
-    pub(super) fn control_socket(&self) -> Option<&ControlSocket> {
-        self.control_socket.as_ref()
-    }
-
-    pub(super) fn take_control_socket(&mut self) -> Option<ControlSocket> {
-        self.control_socket.take()
-    }
-
-    pub(super) fn is_draining(&self) -> bool {
-        self.draining
     }
 
     /// Waits for signals, file changes and the workers; returns when every worker has exited.
@@ -154,6 +145,7 @@ impl ControlThread {
             if events.iter().any(|e| e.token() == CONTROL) {
                 self.on_successor();
             }
+            self.on_exchange();
             if self.grace_until.is_some_and(|t| Instant::now() >= t) {
                 self.stop_accepting();
             }
@@ -185,6 +177,9 @@ impl ControlThread {
             }
             _ if self.draining => {
                 log::info!("second stop signal: closing every session now");
+                if let Some(x) = &self.exchange {
+                    x.abort();
+                }
                 self.handles.iter().for_each(|h| h.send(Control::Stop));
             }
             SIGINT => {
@@ -224,6 +219,19 @@ impl ControlThread {
         if self.grace_until.take().is_none() {
             return;
         }
+        if self.exchange.as_ref().is_some_and(|x| !x.cancel()) {
+            log::info!(
+                "a successor holds copies of the listening sockets: they stop accepting once its takeover ends \
+                 (handed over if it gets ready; at most {READY_TIMEOUT:?}; a second signal stops at once)"
+            );
+            self.stop_deferred = true;
+            return;
+        }
+        self.stop_now();
+    }
+
+    /// The listeners stop accepting (serving what is queued) and running sessions get `drain_timeout`.
+    pub(super) fn stop_now(&mut self) {
         log::info!("no new connections from now on; running sessions get up to {:?}", self.config.drain_timeout);
         let deadline = Instant::now() + self.config.drain_timeout;
         self.start_draining(deadline, Vec::new());
@@ -234,6 +242,7 @@ impl ControlThread {
     pub(super) fn start_draining(&mut self, deadline: Instant, handed_over: Vec<crate::reload::ListenKey>) {
         self.draining = true;
         self.grace_until = None;
+        self.stop_deferred = false;
         self.shared.draining.store(true, Ordering::Relaxed);
         for h in &self.handles {
             h.send(Control::Drain { deadline, handed_over: handed_over.clone() });
@@ -259,7 +268,13 @@ impl ControlThread {
 
     /// Loads the config file again and, if it is good, hands the workers
     /// their new routes. A bad file changes nothing.
-    fn reload(&mut self) {
+    pub(super) fn reload(&mut self) {
+        if self.exchange.is_some() {
+            // Workers asked for their sockets must not be changing them meanwhile.
+            log::info!("a takeover is under way: the reload waits for its end");
+            self.reload_deferred = true;
+            return;
+        }
         let Some(path) = self.config.source.clone() else {
             log::warn!("reload asked, but sluice runs from the command line, not a file: nothing to reload");
             return;

@@ -12,21 +12,23 @@
 //! Everything that may block (name resolution, binding, reading files and
 //! /proc) happens here, never on a worker. This file starts everything
 //! (taking a predecessor's listeners first with `--takeover`, or systemd's
-//! with socket activation);
+//! with socket activation), every step that can fail before any listener
+//! listens and before a predecessor is told to stop accepting;
 //! `control.rs` is the loop, stop sequence and reloads, `pools.rs` what
-//! upstream pools and DNS need, `successor.rs` the control socket and the
-//! old process's side of a takeover.
+//! upstream pools and DNS need, `control_socket.rs` the control socket,
+//! `successor.rs` the old process's side of a takeover.
 
 mod control;
+mod control_socket;
 mod pools;
 mod successor;
+mod workers;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Sender};
-use std::thread::JoinHandle;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use mio::{Interest, Poll, Token, Waker};
@@ -36,16 +38,17 @@ use signal_hook_mio::v1_0::Signals;
 use crate::admin::AdminContext;
 use crate::config::{Config, Workers, units::fmt_size};
 use crate::limits;
+use crate::metrics::Registry;
 use crate::metrics::WorkerCounters;
-use crate::metrics::{Registry, WorkerMetrics};
 use crate::pipe;
-use crate::reload::{self, FileWatch, HelloStates, ListenerUpdate};
+use crate::reload::{self, FileWatch, HelloStates};
 use crate::upstream::ResolveError;
 use crate::upstream::checker::Checker;
 use crate::upstream::discovery::{Resolved, Resolver};
-use crate::worker::{self, Control, Shared, Worker, WorkerSettings, WorkerSetup};
+use crate::worker::{Shared, WorkerSettings};
 use control::{ControlParts, ControlThread};
-use successor::ControlSocket;
+use control_socket::ControlSocket;
+use workers::{Exit, WorkerHandle, hand_out_surplus, start_worker};
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -113,29 +116,6 @@ pub fn worker_count(w: Workers) -> usize {
     }
 }
 
-/// A worker as the control thread holds it.
-struct WorkerHandle {
-    thread: Option<JoinHandle<()>>,
-    tx: Sender<Control>,
-    waker: Arc<Waker>,
-    metrics: Arc<WorkerMetrics>,
-}
-
-impl WorkerHandle {
-    fn send(&self, msg: Control) {
-        // A worker that already exited has dropped its receiver: nothing to tell it.
-        if self.tx.send(msg).is_ok() {
-            let _ = self.waker.wake();
-        }
-    }
-}
-
-/// A worker's last word to the control thread.
-struct Exit {
-    id: usize,
-    outcome: Result<(), String>,
-}
-
 /// How `run` starts.
 #[derive(Debug, Default)]
 pub struct RunOptions {
@@ -148,6 +128,13 @@ pub struct RunOptions {
 
 /// Starts the workers for `config` and serves until a signal ends it (or a
 /// successor takes over and the drain ends).
+///
+/// The order matters: once a socket listens in a `SO_REUSEPORT` group the
+/// kernel queues clients on it, and a process that then gives up resets
+/// them; once a predecessor is told `Ready` it stops accepting. So every
+/// step that can fail (the control socket, the takeover, the admin port,
+/// polls and threads) comes before `reload::plan` binds, and nothing after
+/// `Ready` stops the service.
 pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
     // Signal handlers first: a SIGTERM that arrives while we bind must drain, not kill.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(io_err("installing signal handlers"))?;
@@ -163,7 +150,13 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
     };
     let workers = worker_count(config.workers);
     let settings = settings(&config);
-    // A takeover: the running process's sockets first (a bad config never got here).
+    // Another sluice answering on the control socket is refused here, and ours
+    // listens at its temporary name (published once we serve).
+    let control_socket = match &config.control_socket {
+        Some(path) => Some(ControlSocket::bind(path, opts.takeover)?),
+        None => None,
+    };
+    // A takeover: the running process's sockets (a bad config never got here; it still serves).
     let (predecessor, mut inherited) = match (opts.takeover, &config.control_socket) {
         (true, Some(path)) => {
             let (peer, inherited) = crate::handoff::take_over(path)?;
@@ -182,11 +175,21 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
     if let Some(from_systemd) = opts.activation.into_inherited(&config, workers, predecessor.is_some())? {
         inherited = from_systemd;
     }
+    // The admin port: a running sluice holding it shows here, before we listen anywhere.
+    let admin_listener = match &config.admin {
+        Some(a) => Some(match inherited.take_admin(a.listen) {
+            Some(l) => l,
+            None => std::net::TcpListener::bind(a.listen).map_err(|source| {
+                let in_use = source.kind() == io::ErrorKind::AddrInUse;
+                let hint = if in_use { " (is another sluice running with this admin address?)" } else { "" };
+                ServerError::Bind { route: "admin".to_owned(), addr: a.listen, hint, source }
+            })?,
+        }),
+        None => None,
+    };
     let generation = inherited.generation + 1;
     let supervised = inherited.supervised();
     let registry = Arc::new(Registry::default());
-    let mut hello = HelloStates::new();
-    let mut plan = reload::plan(&Vec::new(), &config, workers, &registry, &mut hello, &mut inherited)?;
     let shared = Arc::new(
         Shared::new(config.max_connections, pipe::PipeBudget::new(nofile, settings.pipe_size))
             .with_supervised(supervised),
@@ -202,39 +205,38 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
     let resolver =
         Resolver::start(resolved_tx, Arc::clone(&exit_waker)).map_err(io_err("starting the resolver thread"))?;
     let checker = Checker::start().map_err(io_err("starting the health-check thread"))?;
-
+    // The worker threads wait for their routes; if the plan fails they just end.
     let mut handles = Vec::with_capacity(workers);
-    for (id, routes) in std::mem::take(&mut plan.per_worker).into_iter().enumerate() {
-        handles.push(start_worker(id, workers, routes, &shared, settings, &config, &exit_tx, &exit_waker)?);
+    let mut routes_to = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let (handle, routes) = start_worker(id, workers, &shared, settings, &config, &exit_tx, &exit_waker)?;
+        handles.push(handle);
+        routes_to.push(routes);
     }
-    // Surplus sockets of a predecessor with more workers: emptied and closed
-    // where the kernel hands what arrives meanwhile to the other sockets of the
-    // group (`tcp_migrate_req`); else served for good, since closing one
-    // resets the clients whose handshake is in flight to it.
-    let surplus = std::mem::take(&mut plan.retire);
-    if !surplus.is_empty() {
-        let migrate = crate::sysctl::read::<u32>("net/ipv4/tcp_migrate_req") == Some(1);
-        if migrate {
-            log::info!(
-                "closing {} surplus listening socket(s) once emptied (net.ipv4.tcp_migrate_req = 1)",
-                surplus.len()
-            );
-        } else {
-            log::info!(
-                "keeping {} surplus listening socket(s) of the predecessor's extra workers open, served by this \
-                 process's workers: closing them would reset clients whose handshake is in flight \
-                 (sysctl -w net.ipv4.tcp_migrate_req=1 lets the kernel move those, and sluice closes surplus sockets)",
-                surplus.len()
-            );
+    let admin_ctx = AdminContext {
+        workers: handles.iter().map(|h| Arc::clone(&h.metrics)).collect(),
+        registry: Arc::clone(&registry),
+        shared: Arc::clone(&shared),
+        proc_root: "/proc".into(),
+    };
+    let snapshots = admin_ctx.clone_for_summary();
+    let admin = match admin_listener {
+        Some(listener) => {
+            let handle = crate::admin::start(listener, admin_ctx).map_err(io_err("starting the admin port"))?;
+            log::info!("admin port listening on {}: /metrics /stats /healthz /readyz", handle.addr);
+            Some(handle)
         }
-        for (i, (key, socket)) in surplus.into_iter().enumerate() {
-            // A socket systemd holds too lives on after our close, its queue
-            // served by no one: it is served for good.
-            let retire = migrate && !shared.is_supervised(&socket);
-            let msg = if retire { Control::Retire { key, socket } } else { Control::Adopt { key, socket } };
-            handles[i % handles.len()].send(msg);
-        }
+        None => None,
+    };
+
+    // Binding and listening: from here clients queue on our sockets.
+    let mut hello = HelloStates::new();
+    let mut plan = reload::plan(&Vec::new(), &config, workers, &registry, &mut hello, &mut inherited)?;
+    for (tx, routes) in routes_to.into_iter().zip(std::mem::take(&mut plan.per_worker)) {
+        // A worker that is gone already reports its exit to the control loop.
+        let _ = tx.send(routes);
     }
+    hand_out_surplus(std::mem::take(&mut plan.retire), &handles, &shared);
     log::info!(
         "sluice {} running: generation {generation}, {workers} worker(s), relay {}, pipe size {}, max {} connections{}",
         env!("CARGO_PKG_VERSION"),
@@ -243,26 +245,6 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
         config.max_connections,
         if config.watch { ", watching the config file" } else { "" }
     );
-    let admin_ctx = AdminContext {
-        workers: handles.iter().map(|h| Arc::clone(&h.metrics)).collect(),
-        registry: Arc::clone(&registry),
-        shared: Arc::clone(&shared),
-        proc_root: "/proc".into(),
-    };
-    let snapshots = admin_ctx.clone_for_summary();
-    let admin = match &config.admin {
-        Some(a) => {
-            let bind_err = |source| ServerError::Bind { route: "admin".to_owned(), addr: a.listen, hint: "", source };
-            let listener = match inherited.take_admin(a.listen) {
-                Some(l) => l,
-                None => std::net::TcpListener::bind(a.listen).map_err(bind_err)?,
-            };
-            let handle = crate::admin::start(listener, admin_ctx).map_err(io_err("starting the admin port"))?;
-            log::info!("admin port listening on {}: /metrics /stats /healthz /readyz", handle.addr);
-            Some(handle)
-        }
-        None => None,
-    };
     // What the plan did not take (an address the new config dropped) the predecessor drains itself.
     drop(inherited);
     shared.overload.configure(config.overload.as_ref(), nofile, crate::overload::open_fds());
@@ -273,10 +255,8 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
             Err(e) => log::warn!("the predecessor did not confirm it stopped accepting ({e}); serving anyway"),
         }
     }
-    let control_socket = match &config.control_socket {
-        Some(path) => Some(ControlSocket::open(path, opts.takeover, poll.registry())?),
-        None => None,
-    };
+    // After Ready nothing may stop the service: a control socket that cannot be put in place is logged.
+    let control_socket = control_socket.and_then(|c| c.publish(poll.registry()));
     let watch = config.source.as_deref().filter(|_| config.watch).map(|p| FileWatch::new(p, config.source_digest));
     let mut control = ControlThread::new(ControlParts {
         config,
@@ -291,6 +271,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
         resolved,
         admin,
         control_socket,
+        waker: exit_waker,
     });
     control.publish_pools();
     let result = control.run(poll, &mut signals, &exits);
@@ -298,51 +279,6 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
         control.handles().iter().map(|h| WorkerCounters::get(&h.metrics.counters.accepted).to_string()).collect();
     log::info!("stopped: {}; accepted per worker: [{}]", snapshots.snapshot().summary(), per_worker.join(", "));
     result
-}
-
-/// Starts worker thread `id` of `workers` on `routes`.
-#[allow(clippy::too_many_arguments)]
-fn start_worker(
-    id: usize,
-    workers: usize,
-    routes: Vec<ListenerUpdate>,
-    shared: &Arc<Shared>,
-    settings: WorkerSettings,
-    config: &Config,
-    exit_tx: &Sender<Exit>,
-    exit_waker: &Arc<Waker>,
-) -> Result<WorkerHandle, ServerError> {
-    let worker_poll = Poll::new().map_err(io_err("creating a poll"))?;
-    let waker = Arc::new(Waker::new(worker_poll.registry(), worker::WAKER).map_err(io_err("creating a waker"))?);
-    let (tx, rx) = mpsc::channel();
-    let metrics = Arc::new(WorkerMetrics::default());
-    let setup = WorkerSetup {
-        id,
-        workers,
-        poll: worker_poll,
-        routes,
-        control: rx,
-        shared: Arc::clone(shared),
-        metrics: Arc::clone(&metrics),
-        settings,
-        cpu: config.cpu_affinity.then_some(id),
-    };
-    let (exit_tx, exit_waker) = (exit_tx.clone(), Arc::clone(exit_waker));
-    let thread = std::thread::Builder::new()
-        .name(format!("sluice-w{id}"))
-        .spawn(move || {
-            // Report how the worker ended, even if it panicked (debug builds unwind).
-            let run = std::panic::AssertUnwindSafe(|| Worker::new(setup).and_then(Worker::run));
-            let outcome = match std::panic::catch_unwind(run) {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("panicked".to_owned()),
-            };
-            let _ = exit_tx.send(Exit { id, outcome });
-            let _ = exit_waker.wake();
-        })
-        .map_err(io_err("starting a worker thread"))?;
-    Ok(WorkerHandle { thread: Some(thread), tx, waker, metrics })
 }
 
 /// What workers need to know of the global settings (re-sent on reload).

@@ -1,111 +1,178 @@
-//! The control socket (`control_socket`) and the old process's side of a
-//! takeover: a successor connects, gets a duplicate of every listening
-//! socket (asked of the workers, which keep theirs and keep accepting) and
-//! of the admin port's, and once it says it serves, this process stops
-//! accepting on what it took, drains the rest, and lets its sessions finish.
-//! Until then nothing here changes: a successor that fails or dies leaves
-//! this process serving as before.
+//! The old process's side of a takeover: a successor that got in through
+//! the control socket (`control_socket.rs`) gets a duplicate of every
+//! listening socket (asked of the workers, which keep theirs and keep
+//! accepting) and of the admin port's, and once it says it serves, this
+//! process stops accepting on what it took, drains the rest, and lets its
+//! sessions finish. Until then nothing here changes: a successor that
+//! fails or dies leaves this process serving as before.
+//!
+//! The exchange waits on the successor (up to 10 s a step, 60 s for it to
+//! be ready), so it runs on a thread of its own, one at a time: the control
+//! thread keeps answering signals, worker exits and reloads meanwhile, and
+//! hears how it ended through a channel and its waker. A second successor
+//! meanwhile is refused. A stop (signal, worker failure) during the
+//! exchange breaks it off if no socket has been offered yet; if one has,
+//! the successor may be serving on them, so the listeners stop accepting
+//! when the exchange ends: handed over if it got ready, else as on any
+//! stop. A reload asked meanwhile is done once it ended, if this process
+//! still serves.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::time::Instant;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::time::{Duration, Instant};
 
-use mio::unix::SourceFd;
-use mio::{Interest, Registry};
+use mio::Waker;
+use socket2::Socket;
 
-use super::CONTROL;
 use super::control::ControlThread;
-use crate::handoff::wire::{self, Message, Offered, Peer};
-use crate::handoff::{self, HandoffError, READY_TIMEOUT, STEP_TIMEOUT};
+use crate::handoff::wire::{Message, Offered, Peer};
+use crate::handoff::{self, READY_TIMEOUT, STEP_TIMEOUT};
 use crate::reload::ListenKey;
 use crate::worker::Control;
 
-/// The Unix socket a successor connects to.
-#[derive(Debug)]
-pub(super) struct ControlSocket {
-    socket: socket2::Socket,
-    path: PathBuf,
+/// The successor asked, or is about to: no socket has left this process.
+const ASKED: u8 = 0;
+/// Sockets are being offered: the successor may hold copies and serve on them.
+const OFFERED: u8 = 1;
+/// The control thread broke the exchange off before any offer.
+const CANCELLED: u8 = 2;
+
+/// A takeover under way, as the control thread holds it.
+pub(super) struct Exchange {
+    /// `ASKED`, `OFFERED` or `CANCELLED`; whoever moves it from `ASKED` first decides.
+    stage: Arc<AtomicU8>,
+    /// A second handle on the connection: shutting it down wakes the
+    /// exchange's blocked receive.
+    conn: Socket,
+    outcome: Receiver<Outcome>,
 }
 
-impl ControlSocket {
-    /// Listens on `path`. A live listener already there is another running
-    /// sluice: unless this process is its successor (`replacing`), starting
-    /// would take its control socket away, so it is refused.
-    pub(super) fn open(path: &Path, replacing: bool, registry: &Registry) -> Result<ControlSocket, HandoffError> {
-        if !replacing && Peer::connect(path, STEP_TIMEOUT).is_ok() {
-            return Err(HandoffError::InUse(path.display().to_string()));
+impl Exchange {
+    /// Breaks the exchange off unless sockets have been offered; whether it did.
+    pub(super) fn cancel(&self) -> bool {
+        let cancelled = self.stage.compare_exchange(ASKED, CANCELLED, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+        if cancelled {
+            let _ = self.conn.shutdown(Shutdown::Both);
         }
-        let io = |source| HandoffError::Listen { path: path.display().to_string(), source };
-        let socket = wire::listen(path).map_err(io)?;
-        registry.register(&mut SourceFd(&socket.as_raw_fd()), CONTROL, Interest::READABLE).map_err(io)?;
-        log::info!("control socket {}: a successor can take over with `sluice --takeover`", path.display());
-        Ok(ControlSocket { socket, path: path.to_owned() })
+        cancelled
     }
 
-    fn accept(&self) -> Option<Peer> {
-        let (s, _) = self.socket.accept().ok()?;
-        Peer::from_socket(s, STEP_TIMEOUT).ok()
+    /// Breaks it off whatever its stage (the process stops at once).
+    pub(super) fn abort(&self) {
+        self.stage.store(CANCELLED, Ordering::SeqCst);
+        let _ = self.conn.shutdown(Shutdown::Both);
     }
+}
+
+/// How an exchange ended.
+enum Outcome {
+    /// The successor serves: stop accepting on `taken`, then tell it on `peer`.
+    Ready { pid: u32, taken: Vec<ListenKey>, peer: Peer },
+    /// It did not get there (it was told why).
+    Failed(String),
+    /// The peer left without asking (a sluice checking that this one runs).
+    Left,
+}
+
+/// What the exchange's thread takes from the control thread.
+struct Offer {
+    /// Each worker's channel and waker, in slot order (to ask for duplicates).
+    workers: Vec<(Sender<Control>, Arc<Waker>)>,
+    admin: Option<(SocketAddr, OwnedFd)>,
+    generation: u64,
 }
 
 impl ControlThread {
-    /// Successors knocked on the control socket: serve each in turn.
+    /// Successors knocked on the control socket: the first allowed one
+    /// starts an exchange; others are refused while one runs or this
+    /// process stops.
     pub(super) fn on_successor(&mut self) {
-        loop {
-            let Some(peer) = self.control_socket().and_then(ControlSocket::accept) else {
-                return;
+        while let Some(socket) = self.control_socket.as_ref().and_then(|c| c.accept(&self.shared)) {
+            let busy = if self.exchange.is_some() {
+                Some("a takeover is under way; try again once it ended")
+            } else if self.draining {
+                Some("this process is draining already; take over from its successor")
+            } else {
+                None
             };
-            if let Err(e) = self.hand_over(&peer) {
-                log::warn!("takeover not done: {e}; still serving");
-                let _ = peer.send(&Message::Refused { reason: e.clone() }, &[]);
+            let started = match busy {
+                Some(why) => Err(why.to_owned()),
+                None => self.start_exchange(&socket).map_err(|e| format!("cannot start the takeover: {e}")),
+            };
+            match started {
+                Ok(x) => self.exchange = Some(x),
+                Err(why) => {
+                    log::warn!("takeover refused: {why}");
+                    super::control_socket::refuse(socket, why);
+                }
             }
         }
     }
 
-    /// One successor: offer the sockets, wait until it serves, then stop accepting.
-    fn hand_over(&mut self, peer: &Peer) -> Result<(), String> {
-        let pid = match peer.recv().map_err(|e| format!("reading the request: {e}"))?.0 {
-            Message::Takeover { pid } => pid,
-            other => return Err(format!("expected a takeover request, got {other:?}")),
-        };
-        if self.is_draining() {
-            return Err("this process is draining already; take over from its successor".to_owned());
-        }
-        let listeners = self.export_listeners()?;
-        let admin = match self.admin() {
-            Some(a) => Some((a.addr, a.dup().map_err(|e| format!("duplicating the admin socket: {e}"))?)),
+    /// Starts the exchange with `socket` on its own thread.
+    fn start_exchange(&self, socket: &Socket) -> io::Result<Exchange> {
+        let peer = Peer::from_socket(socket.try_clone()?, STEP_TIMEOUT)?;
+        let conn = socket.try_clone()?;
+        let admin = match &self.admin {
+            Some(a) => Some((a.addr, a.dup()?)),
             None => None,
         };
-        log::info!("pid {pid} takes over: offering {} listening socket(s)", listeners.len());
-        let generation = self.shared().generation.load(Ordering::Relaxed);
-        handoff::offer(peer, generation, &listeners, admin).map_err(|e| format!("offering the sockets: {e}"))?;
-        drop(listeners);
-        let _ = peer.set_timeout(READY_TIMEOUT);
-        match peer.recv() {
-            Ok((Message::Ready { taken }, _)) => {
-                self.handed_over(pid, &taken);
-                let _ = peer.send(&Message::Draining, &[]);
-                Ok(())
-            }
-            Ok((other, _)) => Err(format!("pid {pid} said {other:?} instead of being ready")),
-            Err(e) => Err(format!("pid {pid} went away before it was ready ({e})")),
-        }
+        let offer = Offer {
+            workers: self.handles.iter().map(|h| (h.tx.clone(), Arc::clone(&h.waker))).collect(),
+            admin,
+            generation: self.shared.generation.load(Ordering::Relaxed),
+        };
+        let stage = Arc::new(AtomicU8::new(ASKED));
+        let (tx, outcome) = mpsc::channel();
+        let (own_stage, waker) = (Arc::clone(&stage), Arc::clone(&self.waker));
+        std::thread::Builder::new().name("sluice-takeover".to_owned()).spawn(move || {
+            let ended = match exchange(&peer, offer, &own_stage) {
+                Ok((pid, taken)) => Outcome::Ready { pid, taken, peer },
+                Err(Outcome::Failed(why)) => {
+                    let _ = peer.send(&Message::Refused { reason: why.clone() }, &[]);
+                    Outcome::Failed(why)
+                }
+                Err(_) if own_stage.load(Ordering::SeqCst) == CANCELLED => {
+                    Outcome::Failed("broken off: this process stops".to_owned())
+                }
+                Err(other) => other,
+            };
+            let _ = tx.send(ended);
+            let _ = waker.wake();
+        })?;
+        Ok(Exchange { stage, conn, outcome })
     }
 
-    /// A duplicate of every worker's listening sockets, with their identity.
-    fn export_listeners(&self) -> Result<Vec<(Offered, OwnedFd)>, String> {
-        let mut out = Vec::new();
-        for (slot, h) in self.handles().iter().enumerate() {
-            let (tx, rx) = mpsc::channel();
-            h.send(Control::Export(tx));
-            let got = rx.recv_timeout(STEP_TIMEOUT).map_err(|e| format!("worker {slot} did not answer: {e}"))?;
-            out.extend(
-                got.into_iter().map(|(key, addr, fd, supervised)| (Offered { key, addr, slot, supervised }, fd)),
-            );
+    /// The exchange under way ended (or not yet: nothing to do).
+    pub(super) fn on_exchange(&mut self) {
+        let Some(x) = &self.exchange else { return };
+        let outcome = match x.outcome.try_recv() {
+            Ok(o) => o,
+            Err(TryRecvError::Empty) => return,
+            Err(TryRecvError::Disconnected) => Outcome::Failed("its thread ended".to_owned()),
+        };
+        self.exchange = None;
+        match outcome {
+            Outcome::Ready { pid, taken, peer } => {
+                self.handed_over(pid, &taken);
+                let _ = peer.set_timeout(Duration::from_secs(1));
+                let _ = peer.send(&Message::Draining, &[]);
+            }
+            Outcome::Left => log::debug!("a peer left the control socket without asking for anything"),
+            Outcome::Failed(why) if self.draining => log::warn!("takeover not done: {why}"),
+            Outcome::Failed(why) => log::warn!("takeover not done: {why}; still serving"),
         }
-        Ok(out)
+        if std::mem::take(&mut self.stop_deferred) {
+            self.stop_now();
+        }
+        if std::mem::take(&mut self.reload_deferred) && !self.draining {
+            log::info!("the takeover ended: reloading {} as asked meanwhile", self.config.origin());
+            self.reload();
+        }
     }
 
     /// The successor serves `taken`: stop accepting there (its queues are
@@ -114,16 +181,56 @@ impl ControlThread {
         log::info!(
             "pid {pid} serves now: {} listener(s) handed over; no new connections here, running sessions get up to {:?}",
             taken.len(),
-            self.config().drain_timeout
+            self.config.drain_timeout
         );
-        if let Some(a) = self.take_admin() {
+        if let Some(a) = self.admin.take() {
             a.stop();
         }
         // The path names the successor's socket now (or soon): ours just closes.
-        if let Some(c) = self.take_control_socket() {
-            log::debug!("control socket {} handed over", c.path.display());
+        if let Some(c) = self.control_socket.take() {
+            log::debug!("control socket {} handed over", c.path().display());
         }
-        let deadline = Instant::now() + self.config().drain_timeout;
+        let deadline = Instant::now() + self.config.drain_timeout;
         self.start_draining(deadline, taken.to_vec());
     }
+}
+
+/// One successor, on the exchange's thread: offer the sockets, wait until
+/// it serves. `Err` carries the outcome to report instead.
+fn exchange(peer: &Peer, offer: Offer, stage: &AtomicU8) -> Result<(u32, Vec<ListenKey>), Outcome> {
+    let failed = |why: String| Outcome::Failed(why);
+    let pid = match peer.recv() {
+        Ok((Message::Takeover { pid }, _)) => pid,
+        Ok((other, _)) => return Err(failed(format!("expected a takeover request, got {other:?}"))),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(Outcome::Left),
+        Err(e) => return Err(failed(format!("reading the request: {e}"))),
+    };
+    if stage.compare_exchange(ASKED, OFFERED, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        return Err(failed("this process is stopping; start the new one without --takeover".to_owned()));
+    }
+    let listeners = export_listeners(&offer.workers).map_err(failed)?;
+    log::info!("pid {pid} takes over: offering {} listening socket(s)", listeners.len());
+    handoff::offer(peer, offer.generation, &listeners, offer.admin)
+        .map_err(|e| failed(format!("offering the sockets: {e}")))?;
+    drop(listeners);
+    let _ = peer.set_timeout(READY_TIMEOUT);
+    match peer.recv() {
+        Ok((Message::Ready { taken }, _)) => Ok((pid, taken)),
+        Ok((other, _)) => Err(failed(format!("pid {pid} said {other:?} instead of being ready"))),
+        Err(e) => Err(failed(format!("pid {pid} went away before it was ready ({e})"))),
+    }
+}
+
+/// A duplicate of every worker's listening sockets, with their identity.
+fn export_listeners(workers: &[(Sender<Control>, Arc<Waker>)]) -> Result<Vec<(Offered, OwnedFd)>, String> {
+    let mut out = Vec::new();
+    for (slot, (tx, waker)) in workers.iter().enumerate() {
+        let (reply, rx) = mpsc::channel();
+        if tx.send(Control::Export(reply)).is_ok() {
+            let _ = waker.wake();
+        }
+        let got = rx.recv_timeout(STEP_TIMEOUT).map_err(|e| format!("worker {slot} did not answer: {e}"))?;
+        out.extend(got.into_iter().map(|(key, addr, fd, supervised)| (Offered { key, addr, slot, supervised }, fd)));
+    }
+    Ok(out)
 }

@@ -1,7 +1,8 @@
 //! What the control thread and a worker share and say to each other: the
 //! messages a worker takes from its channel (`Control`), the global settings
 //! it applies to new sessions, what it is started with, and the state all
-//! workers share (`Shared`: session count, limits, readiness, reloads).
+//! workers share (`Shared`: session count, limits, readiness, reloads,
+//! refused control-socket peers).
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -111,6 +112,8 @@ pub struct Shared {
     pub limiter: std::sync::OnceLock<crate::ratelimit::Limiter>,
     /// Overload shedding.
     pub overload: crate::overload::OverloadState,
+    /// Control-socket peers refused: their uid was neither ours nor root's.
+    pub control_refused: AtomicU64,
     /// Identities (`sockets::identity`) of listening sockets a supervisor
     /// (systemd) holds too: never filtered, as the filter would outlive us.
     supervised: Vec<u64>,
@@ -130,6 +133,7 @@ impl Shared {
             generation: AtomicU64::new(1),
             limiter: std::sync::OnceLock::new(),
             overload: crate::overload::OverloadState::default(),
+            control_refused: AtomicU64::new(0),
             supervised: Vec::new(),
         }
     }

@@ -34,6 +34,7 @@ macro_rules! both_modes {
 mod chaos;
 mod cli;
 mod config_errors;
+mod control_socket;
 mod endings;
 mod lifecycle;
 mod limits;
@@ -45,6 +46,7 @@ mod ratelimit;
 mod relay;
 mod reload;
 mod resilience;
+mod second_instance;
 mod sni;
 mod systemd;
 mod tuning;

@@ -13,7 +13,7 @@ use crate::harness::{BIN, Sluice};
 use crate::observability::{admin_addr, stats};
 
 /// `setpriv` arguments that drop to nobody:nogroup with no capabilities, or `None` (skip).
-fn as_nobody() -> Option<Vec<&'static str>> {
+pub(crate) fn as_nobody() -> Option<Vec<&'static str>> {
     if !crate::harness::is_root() {
         eprintln!("SKIP: switching to nobody needs root");
         return None;

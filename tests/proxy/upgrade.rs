@@ -61,14 +61,14 @@ fn echo_loop(addr: SocketAddr, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>) -> Vec
 }
 
 /// Client threads running `echo_loop` against one address until finished.
-struct EchoClients {
+pub(crate) struct EchoClients {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
     threads: Vec<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl EchoClients {
-    fn start(addr: SocketAddr, n: usize) -> EchoClients {
+    pub(crate) fn start(addr: SocketAddr, n: usize) -> EchoClients {
         let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
         let threads = (0..n)
             .map(|_| {
@@ -85,7 +85,7 @@ impl EchoClients {
     }
 
     /// Waits (at most `within`) until `n` more round trips succeeded.
-    fn wait_served(&self, n: u64, within: Duration) {
+    pub(crate) fn wait_served(&self, n: u64, within: Duration) {
         let (before, deadline) = (self.served(), Instant::now() + within);
         while self.served() < before + n {
             assert!(Instant::now() < deadline, "the clients stopped being served ({} since)", self.served() - before);
@@ -94,7 +94,7 @@ impl EchoClients {
     }
 
     /// Stops the clients; every failure they saw.
-    fn finish(self) -> Vec<String> {
+    pub(crate) fn finish(self) -> Vec<String> {
         self.stop.store(true, Ordering::SeqCst);
         self.threads.into_iter().flat_map(|c| c.join().expect("client")).collect()
     }
