@@ -9,8 +9,10 @@
 //! sockets, so adding or removing one, or a name, keeps them too. A changed
 //! route gets a new `Arc<Route>` (new sessions use it; running ones keep
 //! theirs) that shares the old one's live counts. New addresses are bound
-//! here, on the control thread, before any worker hears of them, so a bind
-//! error leaves everything as it was.
+//! here, on the control thread, before any worker hears of them: every
+//! route is resolved and every new address bound before any of them
+//! listens, so a resolve or bind error leaves everything as it was, with no
+//! client queued on a socket that is then closed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -140,6 +142,9 @@ pub fn plan(
     let mut new_sockets: HashMap<ListenKey, std::vec::IntoIter<TcpListener>> = HashMap::new();
     let mut bound: HashMap<ListenKey, SocketAddr> = HashMap::new();
     let mut changed_keys: Vec<ListenKey> = Vec::new();
+    // Bound, not listening yet (see `sockets::reuseport_bound`), and the routes to announce once all listen.
+    let mut unheard: Vec<(ListenKey, Vec<socket2::Socket>, u32, Arc<crate::sockopt::Applied>)> = Vec::new();
+    let mut announce: Vec<usize> = Vec::new();
     let (mut taken, mut retire) = (Vec::new(), Vec::new());
     let (mut added, mut changed, mut kept) = (0, 0, 0);
     for (r, key) in config.routes.iter().zip(keys.iter().cloned()) {
@@ -166,26 +171,51 @@ pub fn plan(
                 changed_keys.push(key.clone());
             }
             if previous.is_none() {
-                log_listening(&route, route.listen);
+                announce.push(running.len());
             }
         } else if let Some(&addr) = bound.get(&key) {
             route.listen = addr;
-            log_listening(&route, addr);
+            announce.push(running.len());
         } else {
             let given = inherited.take(&key);
-            let (addr, sockets) = if given.is_empty() {
-                bind(&route, workers)?
+            let addr = if given.is_empty() {
+                let (addr, sockets) = bind(&route, workers)?;
+                unheard.push((key.clone(), sockets, route.backlog, Arc::clone(&route.socket)));
+                addr
             } else {
                 taken.push(key.clone());
                 let (addr, sockets, surplus) = adopt(&route, given, workers)?;
                 retire.extend(surplus.into_iter().map(|s| (key.clone(), s)));
-                (addr, sockets)
+                new_sockets.insert(key.clone(), sockets.into_iter());
+                addr
             };
             route.listen = addr;
             bound.insert(key.clone(), addr);
-            new_sockets.insert(key.clone(), sockets.into_iter());
+            announce.push(running.len());
         }
         running.push((key, Arc::new(route)));
+    }
+    // Everything resolved and bound: now the new sockets listen.
+    for (key, sockets, backlog, opts) in unheard {
+        let listening = sockets
+            .into_iter()
+            .map(|s| {
+                let addr = s.local_addr().ok().and_then(|a| a.as_socket());
+                sockets::listen_bound(s, backlog, &opts).map_err(|source| (addr, source))
+            })
+            .collect::<Result<Vec<_>, _>>();
+        match listening {
+            Ok(l) => new_sockets.insert(key, l.into_iter()),
+            Err((addr, source)) => {
+                let addr = addr.unwrap_or_else(|| fixed_listen(&key));
+                let route = running.iter().find(|(k, _)| *k == key).map_or_else(String::new, |(_, r)| r.name.clone());
+                return Err(ServerError::Bind { route, addr, hint: bind_hint(&source, addr), source });
+            }
+        };
+    }
+    for i in announce {
+        let route = &running[i].1;
+        log_listening(route, route.listen);
     }
     let mut per_worker: Vec<Vec<ListenerUpdate>> = (0..workers).map(|_| Vec::new()).collect();
     for (key, frontend) in frontends(&running, hello) {
@@ -261,7 +291,6 @@ fn adopt(
         ),
         Err(source) => return Err(ServerError::Io { what: "sharing an adopted listening socket", source }),
     }
-    log_listening(route, addr);
     Ok((addr, sockets, surplus))
 }
 
@@ -271,20 +300,33 @@ fn on_key<'a>(old: &'a Running, key: &ListenKey) -> impl Iterator<Item = &'a Arc
     old.iter().filter(move |(k, _)| *k == key).map(|(_, route)| route)
 }
 
-/// Binds one `SO_REUSEPORT` socket per worker for a new route. Port 0: the
-/// first socket gets a port, the others join it. Returns the bound address.
-fn bind(route: &Route, workers: usize) -> Result<(SocketAddr, Vec<TcpListener>), ServerError> {
+/// Binds one `SO_REUSEPORT` socket per worker for a new route, not
+/// listening yet. Port 0: the first socket gets a port, the others join it.
+/// Returns the bound address.
+fn bind(route: &Route, workers: usize) -> Result<(SocketAddr, Vec<socket2::Socket>), ServerError> {
     let mut addr = route.listen;
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let l = sockets::reuseport_listener(addr, route.backlog, &route.socket).map_err(|source| {
-            ServerError::Bind { route: route.name.clone(), addr, hint: bind_hint(&source, addr), source }
+        let s = sockets::reuseport_bound(addr, &route.socket).map_err(|source| ServerError::Bind {
+            route: route.name.clone(),
+            addr,
+            hint: bind_hint(&source, addr),
+            source,
         })?;
-        addr = l.local_addr().map_err(|source| ServerError::Io { what: "reading a listener's address", source })?;
-        sockets.push(l);
+        addr = s.local_addr().ok().and_then(|a| a.as_socket()).ok_or_else(|| ServerError::Io {
+            what: "reading a listener's address",
+            source: std::io::Error::other("not an IP socket"),
+        })?;
+        sockets.push(s);
     }
-    log_listening(route, addr);
     Ok((addr, sockets))
+}
+
+/// The configured address of listen key `key` (for a message).
+fn fixed_listen(key: &ListenKey) -> SocketAddr {
+    match key {
+        ListenKey::Fixed(a) | ListenKey::Ephemeral(_, a) => *a,
+    }
 }
 
 /// The line that says a route serves an address (tests read the address from it).

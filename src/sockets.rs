@@ -19,6 +19,16 @@ use crate::sockopt::Applied;
 /// sockets inherit them and the window scale fits; fast open and deferred
 /// accept after).
 pub fn reuseport_listener(addr: SocketAddr, backlog: u32, opts: &Applied) -> io::Result<TcpListener> {
+    listen_bound(reuseport_bound(addr, opts)?, backlog, opts)
+}
+
+/// The first half of [`reuseport_listener`]: a non-blocking `SO_REUSEPORT`
+/// socket bound to `addr`, with the options that go before `listen`, not
+/// listening yet. No client can queue on it (the kernel joins a socket to
+/// its address's `SO_REUSEPORT` group when it listens), so binding every
+/// new address first and listening only once all are bound lets a failure
+/// leave nobody queued.
+pub fn reuseport_bound(addr: SocketAddr, opts: &Applied) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         // `[::]` means IPv6 only; a route for IPv4 too lists `0.0.0.0` as well.
@@ -27,6 +37,12 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: u32, opts: &Applied) -> io:
     socket.set_reuse_port(true)?;
     opts.before_listen(&socket);
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// The second half: `socket` (from [`reuseport_bound`]) listens, with the
+/// options that go after `listen`.
+pub fn listen_bound(socket: Socket, backlog: u32, opts: &Applied) -> io::Result<TcpListener> {
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     opts.after_listen(&socket);
     Ok(TcpListener::from_std(socket.into()))
@@ -199,6 +215,27 @@ mod tests {
         let addr = a.local_addr().unwrap();
         let b = reuseport_listener(addr, 16, &Applied::default()).unwrap();
         assert_eq!(b.local_addr().unwrap(), addr);
+    }
+
+    #[test]
+    fn a_socket_bound_into_a_live_group_takes_no_client_until_it_listens() {
+        let live = reuseport_listener("127.0.0.1:0".parse().unwrap(), 128, &Applied::default()).unwrap();
+        let addr = live.local_addr().unwrap();
+        let bound = reuseport_bound(addr, &Applied::default()).unwrap();
+        let clients: Vec<_> = (0..32).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        let mut on_live = 0;
+        while live.accept().is_ok() {
+            on_live += 1;
+        }
+        assert_eq!(on_live, clients.len(), "every client queued on the listening socket");
+        // Dropping the bound socket now would have reset nobody; once it listens it takes its share.
+        let joined = listen_bound(bound, 128, &Applied::default()).unwrap();
+        let more: Vec<_> = (0..64).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        let mut on_joined = 0;
+        while joined.accept().is_ok() {
+            on_joined += 1;
+        }
+        assert!(on_joined > 0 && on_joined < more.len(), "{on_joined} of {}", more.len());
     }
 
     #[test]

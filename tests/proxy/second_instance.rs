@@ -99,6 +99,8 @@ fn a_takeover_that_cannot_open_its_control_socket_leaves_the_old_one_serving() {
     assert!(failures.is_empty(), "clients failed: {failures:?}");
     let mut c = backends::connect(old.addr());
     assert_eq!(backends::exchange(&mut c, b"old").expect("echo"), b"old");
+    // (A draining session runs until both sides finish: this client is done.)
+    drop(c);
     // And a takeover on the old process's own path still works after that.
     let mut cmd = Command::new(BIN);
     cmd.arg("-c").arg(&old_path).arg("--takeover");

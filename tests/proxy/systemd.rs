@@ -235,6 +235,7 @@ fn a_successor_of_an_activated_sluice_leaves_systemds_socket_unfiltered() {
     c.write_all(b"ping").expect("write");
     let mut got = [0; 4];
     c.read_exact(&mut got).expect("the successor serves");
+    drop(c);
     second.signal(Signal::SIGTERM);
     let status = second.wait_exit(Duration::from_secs(20)).expect("the successor exits after SIGTERM");
     assert!(status.success(), "{status}");
