@@ -107,6 +107,15 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// `connect` for a client that sluice may reset at once (a refused
+/// upstream): the reset can arrive before `connect_timeout` has read the
+/// socket's error, and then it is what the connect returns.
+pub fn connect_maybe_reset(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    timeouts(&s);
+    Ok(s)
+}
+
 /// A listener serving every connection with `handler` on its own thread.
 /// The threads die with the test process; the listener thread stops when
 /// the test drops the returned address's owner (never: tests are short).
