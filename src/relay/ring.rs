@@ -48,6 +48,8 @@ struct Op {
     kind: Kind,
     /// The owner gave up on it: its completion only frees what it holds.
     abandoned: bool,
+    /// Tells this operation from earlier ones in the same slot (see `OpId`).
+    generation: u32,
 }
 
 /// One worker's io_uring.
@@ -56,6 +58,8 @@ pub struct Ring {
     eventfd: OwnedFd,
     bufs: Buffers,
     ops: Slab<Op>,
+    /// The generation of the next operation (see `OpId`).
+    generation: u32,
     /// Completions reaped while settling an abandoned session, for the worker's next pass.
     backlog: VecDeque<Completion>,
     /// Owners whose receive found no buffer, to be run again when one comes back.
@@ -116,6 +120,7 @@ impl Ring {
             eventfd,
             bufs,
             ops: Slab::new(),
+            generation: 0,
             backlog: VecDeque::new(),
             starved: Vec::new(),
             starved_count: 0,
@@ -135,7 +140,7 @@ impl Ring {
     /// no buffer; its poll stays armed between arrivals (measured cheaper
     /// than a receive per message). Otherwise one completion, one buffer.
     pub fn recv(&mut self, fd: RawFd, owner: Owner, multishot: bool) -> io::Result<OpId> {
-        let op = self.ops.insert(Op { owner, kind: Kind::Recv, abandoned: false });
+        let op = self.insert(owner, Kind::Recv);
         let sqe = if multishot {
             opcode::RecvMulti::new(types::Fd(fd), GROUP).build()
         } else {
@@ -144,16 +149,16 @@ impl Ring {
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
         }
-        .user_data(op as u64);
+        .user_data(op.user_data());
         self.push(sqe).inspect_err(|_| {
-            self.ops.remove(op);
+            self.ops.remove(op.slot());
         })?;
         Ok(op)
     }
 
     /// Sends the unsent bytes of `held` on `fd` (no SIGPIPE).
     pub fn send(&mut self, fd: RawFd, held: &Held, owner: Owner) -> io::Result<OpId> {
-        let op = self.ops.insert(Op { owner, kind: Kind::Send { bid: held.bid }, abandoned: false });
+        let op = self.insert(owner, Kind::Send { bid: held.bid });
         let ptr = self.bufs.ptr(held.bid);
         // SAFETY (buffer lifetime): `held.start..held.end` lies inside buffer
         // `held.bid` (a receive's completion said so), which stays allocated
@@ -164,11 +169,23 @@ impl Ring {
         let sqe = opcode::Send::new(types::Fd(fd), data, held.len() as u32)
             .flags(nix::libc::MSG_NOSIGNAL)
             .build()
-            .user_data(op as u64);
+            .user_data(op.user_data());
         self.push(sqe).inspect_err(|_| {
-            self.ops.remove(op);
+            self.ops.remove(op.slot());
         })?;
         Ok(op)
+    }
+
+    /// A new entry in the table of operations.
+    fn insert(&mut self, owner: Owner, kind: Kind) -> OpId {
+        let generation = self.generation;
+        self.generation = generation.wrapping_add(1);
+        OpId::new(self.ops.insert(Op { owner, kind, abandoned: false, generation }), generation)
+    }
+
+    /// The operation `op` names, if it is still in flight.
+    fn op_mut(&mut self, op: OpId) -> Option<&mut Op> {
+        self.ops.get_mut(op.slot()).filter(|o| o.generation == op.generation())
     }
 
     /// The bytes of a held buffer (tests look at what arrived).
@@ -188,8 +205,8 @@ impl Ring {
     /// Asks a multishot receive to stop; its owner still gets what it
     /// receives until the last completion (the one without `more`).
     pub fn stop(&mut self, op: OpId) {
-        if self.ops.contains(op) {
-            let _ = self.push(opcode::AsyncCancel::new(op as u64).build().user_data(CANCEL));
+        if self.op_mut(op).is_some() {
+            let _ = self.push(opcode::AsyncCancel::new(op.user_data()).build().user_data(CANCEL));
         }
     }
 
@@ -197,11 +214,11 @@ impl Ring {
     /// free what it holds. False if it already completed (its completion
     /// waits in the backlog: see `forget`).
     pub fn abandon(&mut self, op: OpId) -> bool {
-        let Some(o) = self.ops.get_mut(op) else {
+        let Some(o) = self.op_mut(op) else {
             return false;
         };
         o.abandoned = true;
-        let sqe = opcode::AsyncCancel::new(op as u64).build().user_data(CANCEL);
+        let sqe = opcode::AsyncCancel::new(op.user_data()).build().user_data(CANCEL);
         // A full queue is submitted first; if even that fails the op
         // completes on its own when its socket closes.
         let _ = self.push(sqe);
@@ -329,16 +346,20 @@ impl Ring {
         if ud == CANCEL {
             return None;
         }
-        let op = ud as usize;
+        let op = OpId::from_user_data(ud);
         let more = cqueue::more(cqe.flags());
-        let o = if more {
-            let o = self.ops.get(op)?;
-            Op { owner: o.owner, kind: Kind::Recv, abandoned: o.abandoned }
-        } else {
-            self.ops.try_remove(op)?
-        };
-        let res = cqe.result();
         let picked = cqueue::buffer_select(cqe.flags());
+        let Some(&mut Op { owner, abandoned, generation, .. }) = self.op_mut(op) else {
+            // No operation of ours (cannot happen: an operation leaves the
+            // table with its last completion); a buffer it brought goes back.
+            if let Some(bid) = picked {
+                self.bufs.given = self.bufs.given.saturating_sub(1);
+                self.bufs.put(bid);
+            }
+            return None;
+        };
+        let o = if more { Op { owner, kind: Kind::Recv, abandoned, generation } } else { self.ops.remove(op.slot()) };
+        let res = cqe.result();
         if picked.is_some() {
             self.bufs.given = self.bufs.given.saturating_sub(1);
         }

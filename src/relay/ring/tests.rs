@@ -128,3 +128,33 @@ fn a_capped_ring_starves_a_receive_until_a_buffer_comes_back() {
     let c = wait(&mut ring);
     assert!(matches!(c.done, Done::Received(Ok(Some(h))) if ring.data(&h) == b"x"), "{c:?}");
 }
+
+/// An operation id kept after its operation finished (a completion still
+/// on its way to its owner, say) must not reach the operation that took
+/// its slot in the table since: another session's receive.
+#[test]
+fn a_stale_operation_id_reaches_no_other_operation() {
+    let mut ring = Ring::new(4096, 16).unwrap();
+    let (mut peer_a, a) = pair();
+    let (mut peer_b, b) = pair();
+    let old = ring.recv(a.as_raw_fd(), owner(1, 0), false).unwrap();
+    peer_a.write_all(b"one").unwrap();
+    let c = wait(&mut ring);
+    assert!(c.op == old && !c.more, "{c:?}");
+    let Done::Received(Ok(Some(h))) = c.done else { panic!("{c:?}") };
+    ring.recycle(h.bid);
+    // Another session's multishot receive, in the slot the first one left.
+    let other = owner(2, 0);
+    ring.recv(b.as_raw_fd(), other, true).unwrap();
+    ring.submit().unwrap();
+    // The first session gives up its receive, not knowing it completed.
+    ring.stop(old);
+    assert!(!ring.abandon(old), "an operation that completed is no longer in flight");
+    peer_b.write_all(b"two").unwrap();
+    let c = wait(&mut ring);
+    assert_eq!(c.owner, other);
+    assert!(
+        matches!(c.done, Done::Received(Ok(Some(h))) if ring.data(&h) == b"two") && c.more,
+        "the other session's receive goes on: {c:?}"
+    );
+}
