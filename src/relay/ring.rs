@@ -1,7 +1,8 @@
 //! `relay: uring`: one io_uring instance per worker, the buffers its
-//! receives land in (`ring/buffers.rs`), and the table of operations in
-//! flight (what its users see of one: `ring/op.rs`). This is the one
-//! module with the `unsafe` the ring needs; everything else sees safe calls.
+//! receives land in (`ring/buffers.rs`), the table of operations in
+//! flight (what its users see of one: `ring/op.rs`), and getting their
+//! entries to the kernel (`ring/submission.rs`). This is the one module
+//! with the `unsafe` the ring needs; everything else sees safe calls.
 //!
 //! Receives use a provided-buffer ring: the kernel picks a buffer only when
 //! bytes arrive, so an idle session holds none (10,000 quiet clients cost no
@@ -28,6 +29,7 @@ use slab::Slab;
 
 mod buffers;
 mod op;
+mod submission;
 use buffers::{BUF_RING_SLOTS, Buffers, GROUP};
 pub use op::{Completion, Done, Held, OpId, Owner, RingCounts};
 
@@ -62,6 +64,8 @@ pub struct Ring {
     generation: u32,
     /// Completions reaped while settling an abandoned session, for the worker's next pass.
     backlog: VecDeque<Completion>,
+    /// Entries that found the submission queue full, oldest first (see `submission.rs`).
+    held_back: VecDeque<squeue::Entry>,
     /// Owners whose receive found no buffer, to be run again when one comes back.
     starved: Vec<Owner>,
     starved_count: u64,
@@ -122,6 +126,7 @@ impl Ring {
             ops: Slab::new(),
             generation: 0,
             backlog: VecDeque::new(),
+            held_back: VecDeque::new(),
             starved: Vec::new(),
             starved_count: 0,
         };
@@ -139,7 +144,7 @@ impl Ring {
     /// buffer, until it is stopped (`stop`), reads EOF or an error, or finds
     /// no buffer; its poll stays armed between arrivals (measured cheaper
     /// than a receive per message). Otherwise one completion, one buffer.
-    pub fn recv(&mut self, fd: RawFd, owner: Owner, multishot: bool) -> io::Result<OpId> {
+    pub fn recv(&mut self, fd: RawFd, owner: Owner, multishot: bool) -> OpId {
         let op = self.insert(owner, Kind::Recv);
         let sqe = if multishot {
             opcode::RecvMulti::new(types::Fd(fd), GROUP).build()
@@ -150,14 +155,12 @@ impl Ring {
                 .flags(squeue::Flags::BUFFER_SELECT)
         }
         .user_data(op.user_data());
-        self.push(sqe).inspect_err(|_| {
-            self.ops.remove(op.slot());
-        })?;
-        Ok(op)
+        self.push(sqe);
+        op
     }
 
     /// Sends the unsent bytes of `held` on `fd` (no SIGPIPE).
-    pub fn send(&mut self, fd: RawFd, held: &Held, owner: Owner) -> io::Result<OpId> {
+    pub fn send(&mut self, fd: RawFd, held: &Held, owner: Owner) -> OpId {
         let op = self.insert(owner, Kind::Send { bid: held.bid });
         let ptr = self.bufs.ptr(held.bid);
         // SAFETY (buffer lifetime): `held.start..held.end` lies inside buffer
@@ -170,10 +173,8 @@ impl Ring {
             .flags(nix::libc::MSG_NOSIGNAL)
             .build()
             .user_data(op.user_data());
-        self.push(sqe).inspect_err(|_| {
-            self.ops.remove(op.slot());
-        })?;
-        Ok(op)
+        self.push(sqe);
+        op
     }
 
     /// A new entry in the table of operations.
@@ -206,22 +207,28 @@ impl Ring {
     /// receives until the last completion (the one without `more`).
     pub fn stop(&mut self, op: OpId) {
         if self.op_mut(op).is_some() {
-            let _ = self.push(opcode::AsyncCancel::new(op.user_data()).build().user_data(CANCEL));
+            // Behind the receive's own entry if that is still held back.
+            self.push(opcode::AsyncCancel::new(op.user_data()).build().user_data(CANCEL));
         }
     }
 
     /// The owner no longer wants `op`: cancel it; its completion will only
-    /// free what it holds. False if it already completed (its completion
-    /// waits in the backlog: see `forget`).
+    /// free what it holds. False if no completion of it will come: it
+    /// already completed (its completion waits in the backlog: see
+    /// `forget`), or its entry never reached the kernel (dropped now; a
+    /// send's buffer is the owner's to recycle).
     pub fn abandon(&mut self, op: OpId) -> bool {
-        let Some(o) = self.op_mut(op) else {
+        if self.op_mut(op).is_none() {
             return false;
-        };
-        o.abandoned = true;
-        let sqe = opcode::AsyncCancel::new(op.user_data()).build().user_data(CANCEL);
-        // A full queue is submitted first; if even that fails the op
-        // completes on its own when its socket closes.
-        let _ = self.push(sqe);
+        }
+        if self.unqueue(op) {
+            self.ops.remove(op.slot());
+            return false;
+        }
+        if let Some(o) = self.op_mut(op) {
+            o.abandoned = true;
+        }
+        self.push(opcode::AsyncCancel::new(op.user_data()).build().user_data(CANCEL));
         true
     }
 
@@ -258,27 +265,6 @@ impl Ring {
         });
         let more = self.forget(key, id);
         [lost[0] | more[0], lost[1] | more[1]]
-    }
-
-    /// Hands the submission queue to the kernel (one `io_uring_enter`).
-    pub fn submit(&mut self) -> io::Result<()> {
-        if !self.has_unsubmitted() {
-            return Ok(());
-        }
-        loop {
-            match self.uring.submit() {
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // EBUSY (completions overflowed): the worker reaps and submits again.
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Entries are queued that the kernel has not seen yet.
-    pub fn has_unsubmitted(&mut self) -> bool {
-        !self.uring.submission().is_empty()
     }
 
     /// The next completion for a live owner, if any.
@@ -404,28 +390,14 @@ impl Ring {
         }
         Some(Completion { owner: o.owner, op, done, more })
     }
-
-    fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
-        // SAFETY (buffer lifetime): every SQE built here points either at no
-        // memory of ours (receives select a provided buffer; cancels carry
-        // only a user_data) or into a provided buffer that stays allocated
-        // for the ring's life and is not recycled while the send is in
-        // flight (see `send`). The file descriptor is the caller's open
-        // socket; the worker submits before closing a socket with queued
-        // SQEs (`settle`), and the kernel holds its own file reference from
-        // then on.
-        if unsafe { self.uring.submission().push(&sqe) }.is_err() {
-            self.uring.submit()?;
-            // SAFETY: as above.
-            unsafe { self.uring.submission().push(&sqe) }
-                .map_err(|_| io::Error::new(io::ErrorKind::WouldBlock, "submission queue full"))?;
-        }
-        Ok(())
-    }
 }
 
 impl Drop for Ring {
     fn drop(&mut self) {
+        // Entries held back never reached the kernel: nothing to wait for.
+        for sqe in std::mem::take(&mut self.held_back) {
+            self.ops.try_remove(OpId::from_user_data(sqe.get_user_data()).slot());
+        }
         // Cancel everything still in flight and wait for it, so no
         // operation outlives the buffers it points into.
         let all = types::CancelBuilder::any();

@@ -68,7 +68,7 @@ impl Worker {
             let Some(ring) = self.res.ring.as_mut() else {
                 return;
             };
-            if ring.has_unsubmitted() {
+            if ring.needs_enter() {
                 busy = true;
                 if let Err(e) = ring.submit() {
                     log::debug!("worker {}: io_uring submit: {e}", self.id);
@@ -83,7 +83,7 @@ impl Worker {
     /// About to poll: true if the ring has nothing for the worker, so it
     /// may sleep (the eventfd wakes it when that changes).
     pub(super) fn ring_may_sleep(&mut self) -> bool {
-        self.res.ring.as_mut().is_none_or(|r| !r.has_unsubmitted() && r.sleep())
+        self.res.ring.as_mut().is_none_or(|r| !r.needs_enter() && r.sleep())
     }
 
     /// Back from the poll: completions are reaped without the eventfd.

@@ -146,7 +146,7 @@ impl Pump {
         if u.send.is_none()
             && let Some(h) = u.held.first()
         {
-            u.send = Some(ring.send(dst.as_raw_fd(), h, u.owner).map_err(DstFailed)?);
+            u.send = Some(ring.send(dst.as_raw_fd(), h, u.owner));
         }
         if let Some(op) = u.recv.filter(|_| !u.single && u.held.len() >= MAX_HELD) {
             // Enough held: stop receiving until the destination takes it.
@@ -154,13 +154,7 @@ impl Pump {
             u.single = true;
         }
         if u.recv.is_none() && !u.starved && u.held.len() < MAX_HELD && self.src == SrcEnd::Open {
-            match ring.recv(src.as_raw_fd(), u.owner, !u.single) {
-                Ok(op) => u.recv = Some(op),
-                Err(e) => {
-                    self.src = SrcEnd::Failed(e.kind());
-                    act.progressed = true;
-                }
-            }
+            u.recv = Some(ring.recv(src.as_raw_fd(), u.owner, !u.single));
         }
         Ok(act)
     }
