@@ -1,8 +1,9 @@
 //! `relay: uring`: one io_uring instance per worker, the buffers its
 //! receives land in (`ring/buffers.rs`), the table of operations in
-//! flight (what its users see of one: `ring/op.rs`), and getting their
-//! entries to the kernel (`ring/submission.rs`). This is the one module
-//! with the `unsafe` the ring needs; everything else sees safe calls.
+//! flight (what its users see of one: `ring/op.rs`), getting their entries
+//! to the kernel (`ring/submission.rs`) and their completions back
+//! (`ring/completion.rs`). This is the one module with the `unsafe` the
+//! ring needs; everything else sees safe calls.
 //!
 //! Receives use a provided-buffer ring: the kernel picks a buffer only when
 //! bytes arrive, so an idle session holds none (10,000 quiet clients cost no
@@ -24,14 +25,15 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{IoUring, opcode, squeue, types};
 use slab::Slab;
 
 mod buffers;
+mod completion;
 mod op;
 mod submission;
 use buffers::{BUF_RING_SLOTS, Buffers, GROUP};
-pub use op::{Completion, Done, Held, OpId, Owner, RingCounts};
+pub use op::{Completion, Done, Held, OpId, Owner, Receive, RingCounts};
 
 /// Entries in the submission queue (the completion queue gets eight times as many).
 const SQ_ENTRIES: u32 = 256;
@@ -62,7 +64,8 @@ pub struct Ring {
     ops: Slab<Op>,
     /// The generation of the next operation (see `OpId`).
     generation: u32,
-    /// Completions reaped while settling an abandoned session, for the worker's next pass.
+    /// Completions reaped before their turn (settling a closing session,
+    /// making room on `EBUSY`), for the worker's next pass.
     backlog: VecDeque<Completion>,
     /// Entries that found the submission queue full, oldest first (see `submission.rs`).
     held_back: VecDeque<squeue::Entry>,
@@ -140,13 +143,12 @@ impl Ring {
     }
 
     /// Arms a receive on `fd` into a buffer the kernel picks when bytes
-    /// arrive. `multishot`: one completion per arrival, each with its own
-    /// buffer, until it is stopped (`stop`), reads EOF or an error, or finds
-    /// no buffer; its poll stays armed between arrivals (measured cheaper
-    /// than a receive per message). Otherwise one completion, one buffer.
-    pub fn recv(&mut self, fd: RawFd, owner: Owner, multishot: bool) -> OpId {
+    /// arrive. A multishot one completes once per arrival, each with its
+    /// own buffer, until it is stopped (`stop`), reads EOF or an error, or
+    /// finds no buffer; the others complete once.
+    pub fn recv(&mut self, fd: RawFd, owner: Owner, how: Receive) -> OpId {
         let op = self.insert(owner, Kind::Recv);
-        let sqe = if multishot {
+        let sqe = if how == Receive::Multishot {
             opcode::RecvMulti::new(types::Fd(fd), GROUP).build()
         } else {
             opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.bufs.size as u32)
@@ -232,54 +234,6 @@ impl Ring {
         true
     }
 
-    /// Completions already taken off the queue for `key`'s session (a
-    /// session being closed): frees their buffers. Returns the directions
-    /// in which bytes received will now never be delivered.
-    pub fn forget(&mut self, key: usize, id: u64) -> [bool; 2] {
-        let mut lost = [false; 2];
-        let bufs = &mut self.bufs;
-        self.backlog.retain(|c| {
-            if c.owner.key != key || c.owner.id != id {
-                return true;
-            }
-            if let Done::Received(Ok(Some(h))) = c.done {
-                lost[c.owner.dir as usize & 1] = true;
-                bufs.put(h.bid);
-            }
-            false
-        });
-        lost
-    }
-
-    /// Submits what was abandoned and reaps what that cancelled, so the
-    /// sockets of a closing session are released by the kernel before they
-    /// close. Returns the directions of session `key`/`id` whose cancelled
-    /// receive had already taken bytes.
-    pub fn settle(&mut self, key: usize, id: u64) -> [bool; 2] {
-        let _ = self.submit();
-        let mut lost = [false; 2];
-        self.reap(&mut |o: Owner, got: bool| {
-            if o.key == key && o.id == id {
-                lost[o.dir as usize & 1] |= got;
-            }
-        });
-        let more = self.forget(key, id);
-        [lost[0] | more[0], lost[1] | more[1]]
-    }
-
-    /// The next completion for a live owner, if any.
-    pub fn next_completion(&mut self) -> Option<Completion> {
-        if let Some(c) = self.backlog.pop_front() {
-            return Some(c);
-        }
-        loop {
-            let cqe = self.uring.completion().next()?;
-            if let Some(c) = self.complete(&cqe, &mut |_, _| {}) {
-                return Some(c);
-            }
-        }
-    }
-
     /// Owners whose receive found no buffer, now that one is free.
     pub fn take_unstarved(&mut self) -> Option<Owner> {
         if self.bufs.available() == 0 && !self.bufs.can_grow() {
@@ -309,86 +263,6 @@ impl Ring {
             lent: self.bufs.made - self.bufs.available(),
             starved: self.starved_count,
         }
-    }
-
-    /// Reaps every completion now in the queue: abandoned ones free their
-    /// buffers (telling `seen` whether a cancelled receive had taken
-    /// bytes), live ones go to the backlog.
-    fn reap(&mut self, seen: &mut dyn FnMut(Owner, bool)) {
-        loop {
-            let Some(cqe) = self.uring.completion().next() else {
-                return;
-            };
-            if let Some(c) = self.complete(&cqe, seen) {
-                self.backlog.push_back(c);
-            }
-        }
-    }
-
-    /// Turns a CQE into a completion for a live owner, or frees what an
-    /// abandoned operation held.
-    fn complete(&mut self, cqe: &cqueue::Entry, seen: &mut dyn FnMut(Owner, bool)) -> Option<Completion> {
-        let ud = cqe.user_data();
-        if ud == CANCEL {
-            return None;
-        }
-        let op = OpId::from_user_data(ud);
-        let more = cqueue::more(cqe.flags());
-        let picked = cqueue::buffer_select(cqe.flags());
-        let Some(&mut Op { owner, abandoned, generation, .. }) = self.op_mut(op) else {
-            // No operation of ours (cannot happen: an operation leaves the
-            // table with its last completion); a buffer it brought goes back.
-            if let Some(bid) = picked {
-                self.bufs.given = self.bufs.given.saturating_sub(1);
-                self.bufs.put(bid);
-            }
-            return None;
-        };
-        let o = if more { Op { owner, kind: Kind::Recv, abandoned, generation } } else { self.ops.remove(op.slot()) };
-        let res = cqe.result();
-        if picked.is_some() {
-            self.bufs.given = self.bufs.given.saturating_sub(1);
-        }
-        let done = match (o.kind, res, picked) {
-            (Kind::Recv, n @ 1.., Some(bid)) => Done::Received(Ok(Some(Held { bid, start: 0, end: n as u32 }))),
-            (Kind::Recv, n, picked) => {
-                if let Some(bid) = picked {
-                    // A buffer with no bytes in it goes straight back.
-                    self.bufs.put(bid);
-                }
-                if n == -nix::libc::ENOBUFS {
-                    self.starved_count += 1;
-                    if !o.abandoned {
-                        if self.bufs.can_grow() {
-                            self.bufs.grow();
-                        }
-                        self.starved.push(o.owner);
-                    }
-                }
-                Done::Received(match n {
-                    0 => Ok(None),
-                    n if n < 0 => Err(-n),
-                    _ => Err(nix::libc::EIO), // bytes without a buffer: cannot happen
-                })
-            }
-            (Kind::Send { bid }, res, _) => {
-                if o.abandoned {
-                    self.bufs.put(bid);
-                }
-                Done::Sent(if res >= 0 { Ok(res as u32) } else { Err(-res) })
-            }
-        };
-        if o.abandoned {
-            let got = if let Done::Received(Ok(Some(h))) = done {
-                self.bufs.put(h.bid);
-                true
-            } else {
-                false
-            };
-            seen(o.owner, got);
-            return None;
-        }
-        Some(Completion { owner: o.owner, op, done, more })
     }
 }
 

@@ -220,6 +220,14 @@ impl Relay {
                 }
             }
         }
+        // The pump writing to the failed side is never run again: under
+        // `relay: uring` its receive would take a buffer per arrival for
+        // bytes that can't be delivered. Its source is reset at the end.
+        match self.failed {
+            Some(Side::Upstream) if self.c2u.is_uring() => _ = self.c2u.release(res),
+            Some(Side::Client) if self.u2c.is_uring() => _ = self.u2c.release(res),
+            _ => {}
+        }
         match self.failed {
             // Pass the failure on once the failed side's last bytes are delivered.
             Some(failed) if self.from(failed).all_delivered() => Step::End(End::failed(failed)),
@@ -320,9 +328,11 @@ impl Relay {
 
     /// Gives up the upstream side for another try, keeping the
     /// client→upstream pump (under `relay: uring` its receive on the client
-    /// is in flight and must not lose what it takes).
+    /// was in flight and must not lose what it took: it is stopped, and
+    /// what it took waits for the next upstream).
     pub fn into_client_pump(mut self, res: &mut Resources) -> Pump {
         self.u2c.release(res);
+        self.c2u.pause(res);
         self.c2u
     }
 }

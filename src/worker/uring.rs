@@ -95,9 +95,9 @@ impl Worker {
 
     fn on_completion(&mut self, c: Completion, now: Instant) {
         let key = c.owner.key;
-        let taken = match self.sessions.get_mut(key).filter(|s| s.id == c.owner.id) {
-            Some(s) => s.complete(c),
-            None => Err(c),
+        let taken = match (self.sessions.get_mut(key).filter(|s| s.id == c.owner.id), self.res.ring.as_mut()) {
+            (Some(s), Some(ring)) => s.complete(c, ring),
+            _ => Err(c),
         };
         match taken {
             Ok(true) => self.relay(key, now),

@@ -50,3 +50,4 @@ mod systemd;
 mod tuning;
 mod upgrade;
 mod uring;
+mod uring_release;

@@ -1,7 +1,8 @@
 //! What the ring's users see of an operation: whose it is (`Owner`), which
 //! one it is (`OpId`: a slot of the ring's table and that slot's
-//! generation), the bytes a receive brought (`Held`), what finished
-//! (`Done`, `Completion`), and the buffer counters for `/metrics`.
+//! generation), how a receive takes buffers (`Receive`), the bytes it
+//! brought (`Held`), what finished (`Done`, `Completion`), and the buffer
+//! counters for `/metrics`.
 
 /// Who an operation is for: a session (slab key and id, which together
 /// survive slot reuse) and a direction (0 client→upstream, 1 back).
@@ -49,6 +50,16 @@ impl OpId {
     pub(super) fn generation(self) -> u32 {
         (self.0 >> 32) as u32
     }
+}
+
+/// How a receive takes buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receive {
+    /// One buffer per arrival until stopped; its poll stays armed between
+    /// arrivals (measured cheaper than a receive per message).
+    Multishot,
+    /// One buffer, one completion.
+    Single,
 }
 
 /// Bytes received into buffer `bid`; `start..end` not sent yet.

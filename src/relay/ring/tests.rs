@@ -45,7 +45,7 @@ fn received_bytes_are_sent_on_exactly_and_eof_ends_the_receive() {
         got
     });
     let me = owner(1, 0);
-    ring.recv(src.as_raw_fd(), me, true);
+    ring.recv(src.as_raw_fd(), me, Receive::Multishot);
     let (mut queue, mut sending, mut eof) = (std::collections::VecDeque::<Held>::new(), false, false);
     while !(eof && queue.is_empty()) {
         let c = wait(&mut ring);
@@ -57,7 +57,7 @@ fn received_bytes_are_sent_on_exactly_and_eof_ends_the_receive() {
                 // Out of buffers: the ring grew (up to its cap) and says so.
                 assert_eq!(e, nix::libc::ENOBUFS);
                 assert_eq!(ring.take_unstarved(), Some(me));
-                ring.recv(src.as_raw_fd(), me, true);
+                ring.recv(src.as_raw_fd(), me, Receive::Multishot);
             }
             Done::Sent(r) => {
                 sending = false;
@@ -85,7 +85,7 @@ fn a_cancelled_receive_that_had_taken_bytes_is_reported_lost() {
     let mut ring = Ring::new(4096, 16).unwrap();
     let (mut peer, s) = pair();
     let me = owner(3, 0);
-    let op = ring.recv(s.as_raw_fd(), me, true);
+    let op = ring.recv(s.as_raw_fd(), me, Receive::Multishot);
     ring.submit().unwrap();
     peer.write_all(b"last words").unwrap();
     // Let the receive complete in the kernel without reaping it.
@@ -107,7 +107,7 @@ fn a_capped_ring_starves_a_receive_until_a_buffer_comes_back() {
     let mut pairs: Vec<(TcpStream, TcpStream)> = (0..17).map(|_| pair()).collect();
     let mut held = Vec::new();
     for (i, (peer, s)) in pairs.iter_mut().enumerate() {
-        ring.recv(s.as_raw_fd(), owner(i, 0), true);
+        ring.recv(s.as_raw_fd(), owner(i, 0), Receive::Multishot);
         peer.write_all(b"x").unwrap();
         let c = wait(&mut ring);
         match c.done {
@@ -125,7 +125,7 @@ fn a_capped_ring_starves_a_receive_until_a_buffer_comes_back() {
     ring.recycle(held.pop().unwrap().bid);
     assert_eq!(ring.take_unstarved(), Some(owner(16, 0)), "the starved owner is told");
     // Its receive now gets the byte that waited.
-    ring.recv(pairs[16].1.as_raw_fd(), owner(16, 0), false);
+    ring.recv(pairs[16].1.as_raw_fd(), owner(16, 0), Receive::Single);
     let c = wait(&mut ring);
     assert!(matches!(c.done, Done::Received(Ok(Some(h))) if ring.data(&h) == b"x"), "{c:?}");
 }
@@ -138,7 +138,7 @@ fn a_stale_operation_id_reaches_no_other_operation() {
     let mut ring = Ring::new(4096, 16).unwrap();
     let (mut peer_a, a) = pair();
     let (mut peer_b, b) = pair();
-    let old = ring.recv(a.as_raw_fd(), owner(1, 0), false);
+    let old = ring.recv(a.as_raw_fd(), owner(1, 0), Receive::Single);
     peer_a.write_all(b"one").unwrap();
     let c = wait(&mut ring);
     assert!(c.op == old && !c.more, "{c:?}");
@@ -146,7 +146,7 @@ fn a_stale_operation_id_reaches_no_other_operation() {
     ring.recycle(h.bid);
     // Another session's multishot receive, in the slot the first one left.
     let other = owner(2, 0);
-    ring.recv(b.as_raw_fd(), other, true);
+    ring.recv(b.as_raw_fd(), other, Receive::Multishot);
     ring.submit().unwrap();
     // The first session gives up its receive, not knowing it completed.
     ring.stop(old);
@@ -168,7 +168,7 @@ fn completions_that_overflowed_the_queue_still_arrive() {
     let mut ring = Ring::new(4096, 16).unwrap();
     let (mut peer, s) = pair();
     let me = owner(4, 0);
-    ring.recv(s.as_raw_fd(), me, false);
+    ring.recv(s.as_raw_fd(), me, Receive::Single);
     ring.submit().unwrap();
     // Fill the completion queue, and more, with completions nobody reaps.
     let mut left = ring.uring.completion().capacity() + 64;
@@ -230,7 +230,7 @@ fn a_full_submission_queue_is_backpressure_not_a_failure() {
             let lent = lent;
             refuse_enter(nix::libc::EBUSY as u32);
             for (i, fd) in fds.into_iter().enumerate() {
-                lent.0.recv(fd, owner(i, 0), false);
+                lent.0.recv(fd, owner(i, 0), Receive::Single);
             }
             let _ = lent.0.submit();
         })
