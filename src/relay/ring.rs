@@ -10,7 +10,8 @@
 //! buffer memory). A buffer leaves the ring with a receive's completion, is
 //! sent from, and goes back (`recycle`) once all of it is sent. The worker
 //! grows the buffer set on demand up to a cap; past it a receive that finds
-//! none waits (`starved`) until one comes back.
+//! none waits (`starved`) until one comes back. The last buffers are kept
+//! for pumps that hold none (`may_take_another`, `roomy`).
 //!
 //! Completions wake the worker's mio loop through an eventfd (`eventfd()`),
 //! enabled only while the worker sleeps (`sleep`), so completions it reaps
@@ -40,10 +41,19 @@ const SQ_ENTRIES: u32 = 256;
 /// `user_data` of cancel requests, whose completions say nothing we need.
 const CANCEL: u64 = u64::MAX;
 
+/// A multishot receive may take this many buffers in one go (the
+/// kernel's `MULTISHOT_MAX_RETRY`) before a stop lands.
+const MULTISHOT_BURST: usize = 32;
+
 #[derive(Debug)]
 enum Kind {
-    Recv,
-    Send { bid: u16 },
+    /// `another`: a `Receive::Another`, counted in `Buffers::claimed`.
+    Recv {
+        another: bool,
+    },
+    Send {
+        bid: u16,
+    },
 }
 
 #[derive(Debug)]
@@ -147,7 +157,9 @@ impl Ring {
     /// own buffer, until it is stopped (`stop`), reads EOF or an error, or
     /// finds no buffer; the others complete once.
     pub fn recv(&mut self, fd: RawFd, owner: Owner, how: Receive) -> OpId {
-        let op = self.insert(owner, Kind::Recv);
+        let another = how == Receive::Another;
+        let op = self.insert(owner, Kind::Recv { another });
+        self.bufs.claimed += usize::from(another);
         let sqe = if how == Receive::Multishot {
             opcode::RecvMulti::new(types::Fd(fd), GROUP).build()
         } else {
@@ -159,6 +171,18 @@ impl Ring {
         .user_data(op.user_data());
         self.push(sqe);
         op
+    }
+
+    /// A pump that already holds a buffer may receive another: more than
+    /// the reserve is left unclaimed (see `Buffers::reserve`).
+    pub fn may_take_another(&self) -> bool {
+        self.bufs.unclaimed() > self.bufs.reserve()
+    }
+
+    /// Buffers are plentiful: a multishot receive, which may take a burst
+    /// of them before a stop lands, cannot reach the reserve.
+    pub fn roomy(&self) -> bool {
+        self.bufs.unclaimed() > self.bufs.reserve() + MULTISHOT_BURST
     }
 
     /// Sends the unsent bytes of `held` on `fd` (no SIGPIPE).
@@ -184,6 +208,13 @@ impl Ring {
         let generation = self.generation;
         self.generation = generation.wrapping_add(1);
         OpId::new(self.ops.insert(Op { owner, kind, abandoned: false, generation }), generation)
+    }
+
+    /// An operation of `kind` left the table: a buffer it spoke for is free again.
+    fn unclaim(&mut self, kind: &Kind) {
+        if let Kind::Recv { another: true } = kind {
+            self.bufs.claimed -= 1;
+        }
     }
 
     /// The operation `op` names, if it is still in flight.
@@ -224,7 +255,8 @@ impl Ring {
             return false;
         }
         if self.unqueue(op) {
-            self.ops.remove(op.slot());
+            let o = self.ops.remove(op.slot());
+            self.unclaim(&o.kind);
             return false;
         }
         if let Some(o) = self.op_mut(op) {

@@ -9,8 +9,10 @@
 //! (`complete`), which applies the cap at once (a pump that is not run,
 //! its PROXY header still going out or its session between upstreams,
 //! still gets them); the next run applies them and submits what follows:
-//! the send of what came in, the next receive. A pump that will not run
-//! again gives everything up (`release_uring`); a multishot
+//! the send of what came in, the next receive. When the worker's buffers
+//! run low, a pump that holds one receives no other (the reserve is for
+//! pumps that hold none, see `Ring::may_take_another`). A pump that will
+//! not run again gives everything up (`release_uring`); a multishot
 //! receive ends only with its final completion. The end-of-stream rules
 //! are the pump's usual ones (`Pump::run`).
 
@@ -42,8 +44,8 @@ pub(super) struct UringStage {
     queued: usize,
     /// The last receive found no buffer: wait until the worker says one is free.
     starved: bool,
-    /// The multishot receive was stopped (the destination fell behind or
-    /// the pump was paused), and receives
+    /// The multishot receive was stopped (the destination fell behind,
+    /// the worker's buffers ran low, or the pump was paused), and receives
     /// take one buffer at a time from now on. (A multishot receive takes a
     /// buffer per arrival, up to 32 per wake-up while bytes are queued,
     /// before a stop takes effect: a bulk flow on multishot grew the buffer
@@ -77,11 +79,13 @@ impl UringStage {
         self.held.len() + self.queued
     }
 
-    /// Stops a multishot receive once enough is held. Applied when a
+    /// Stops a multishot receive once enough is held (or, with the
+    /// worker's buffers running low, once any is). Applied when a
     /// completion is queued, not when the pump runs, as a pump that is not
     /// run still receives.
     fn cap(&mut self, ring: &mut Ring) {
-        if self.holds() >= MAX_HELD {
+        let holds = self.holds();
+        if holds >= MAX_HELD || (holds > 0 && !ring.roomy()) {
             self.stop_multishot(ring);
         }
     }
@@ -208,10 +212,20 @@ impl Pump {
             u.send = Some(ring.send(dst.as_raw_fd(), h, u.owner));
         }
         u.cap(ring);
-        if u.recv.is_none() && !u.starved && self.src == SrcEnd::Open && u.held.len() < MAX_HELD {
-            let how = if u.single { Receive::Single } else { Receive::Multishot };
-            u.recv = Some(ring.recv(src.as_raw_fd(), u.owner, how));
-            u.multishot = how == Receive::Multishot;
+        let holds = u.held.len();
+        if u.recv.is_none() && !u.starved && self.src == SrcEnd::Open && holds < MAX_HELD {
+            let how = if holds > 0 {
+                // Its send completing runs it again: receive then, if not now.
+                ring.may_take_another().then_some(Receive::Another)
+            } else if !u.single && ring.roomy() {
+                Some(Receive::Multishot)
+            } else {
+                Some(Receive::Single)
+            };
+            if let Some(how) = how {
+                u.recv = Some(ring.recv(src.as_raw_fd(), u.owner, how));
+                u.multishot = how == Receive::Multishot;
+            }
         }
         Ok(act)
     }

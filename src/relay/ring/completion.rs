@@ -93,14 +93,20 @@ impl Ring {
             }
             return None;
         };
-        let o = if more { Op { owner, kind: Kind::Recv, abandoned, generation } } else { self.ops.remove(op.slot()) };
+        let o = if more {
+            Op { owner, kind: Kind::Recv { another: false }, abandoned, generation }
+        } else {
+            let o = self.ops.remove(op.slot());
+            self.unclaim(&o.kind);
+            o
+        };
         let res = cqe.result();
         if picked.is_some() {
             self.bufs.given = self.bufs.given.saturating_sub(1);
         }
         let done = match (o.kind, res, picked) {
-            (Kind::Recv, n @ 1.., Some(bid)) => Done::Received(Ok(Some(Held { bid, start: 0, end: n as u32 }))),
-            (Kind::Recv, n, picked) => {
+            (Kind::Recv { .. }, n @ 1.., Some(bid)) => Done::Received(Ok(Some(Held { bid, start: 0, end: n as u32 }))),
+            (Kind::Recv { .. }, n, picked) => {
                 if let Some(bid) = picked {
                     // A buffer with no bytes in it goes straight back.
                     self.bufs.put(bid);

@@ -60,6 +60,10 @@ pub enum Receive {
     Multishot,
     /// One buffer, one completion.
     Single,
+    /// One buffer, for a pump that already holds one: counted as spoken
+    /// for until it completes, so such receives never take the reserve
+    /// (see `Ring::may_take_another`).
+    Another,
 }
 
 /// Bytes received into buffer `bid`; `start..end` not sent yet.
