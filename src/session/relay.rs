@@ -84,7 +84,7 @@ impl Relay {
 
     /// The two pumps of a relay in `mode` (`relay: uring`: their operations
     /// carry `owner`, the session's slot and id; a client→upstream pump
-    /// kept from a lost upstream goes on with its receive in flight).
+    /// kept from a lost upstream goes on with what its receive took).
     pub fn pumps(mode: RelayMode, pipe_limit: Option<u32>, owner: (usize, u64), kept: Option<Pump>) -> [Pump; 2] {
         if mode == RelayMode::Uring {
             let (key, id) = owner;

@@ -5,8 +5,10 @@
 //!
 //! Each pass over the ring dispatches every completion, wakes sessions
 //! whose receive waited for a buffer, and submits (one `io_uring_enter` for
-//! all the worker's sessions); sends usually complete during that submit,
-//! so a few passes run before the worker polls again.
+//! all the worker's sessions; also with nothing to submit when completions
+//! overflowed and wait in the kernel, which the worker must not sleep on);
+//! sends usually complete during that submit, so a few passes run before
+//! the worker polls again.
 
 use std::time::Instant;
 
