@@ -1,14 +1,17 @@
 //! `relay: uring`: one io_uring instance per worker, the buffers its
-//! receives land in (`ring/buffers.rs`), and the table of operations in
-//! flight (what its users see of one: `ring/op.rs`). This is the one
-//! module with the `unsafe` the ring needs; everything else sees safe calls.
+//! receives land in (`ring/buffers.rs`), the table of operations in
+//! flight (what its users see of one: `ring/op.rs`), getting their entries
+//! to the kernel (`ring/submission.rs`) and their completions back
+//! (`ring/completion.rs`). This is the one module with the `unsafe` the
+//! ring needs; everything else sees safe calls.
 //!
 //! Receives use a provided-buffer ring: the kernel picks a buffer only when
 //! bytes arrive, so an idle session holds none (10,000 quiet clients cost no
 //! buffer memory). A buffer leaves the ring with a receive's completion, is
 //! sent from, and goes back (`recycle`) once all of it is sent. The worker
 //! grows the buffer set on demand up to a cap; past it a receive that finds
-//! none waits (`starved`) until one comes back.
+//! none waits (`starved`) until one comes back. The last buffers are kept
+//! for pumps that hold none (`may_take_another`, `roomy`).
 //!
 //! Completions wake the worker's mio loop through an eventfd (`eventfd()`),
 //! enabled only while the worker sleeps (`sleep`), so completions it reaps
@@ -23,23 +26,34 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{IoUring, opcode, squeue, types};
 use slab::Slab;
 
 mod buffers;
+mod completion;
 mod op;
+mod submission;
 use buffers::{BUF_RING_SLOTS, Buffers, GROUP};
-pub use op::{Completion, Done, Held, OpId, Owner, RingCounts};
+pub use op::{Completion, Done, Held, OpId, Owner, Receive, RingCounts};
 
 /// Entries in the submission queue (the completion queue gets eight times as many).
 const SQ_ENTRIES: u32 = 256;
 /// `user_data` of cancel requests, whose completions say nothing we need.
 const CANCEL: u64 = u64::MAX;
 
+/// A multishot receive may take this many buffers in one go (the
+/// kernel's `MULTISHOT_MAX_RETRY`) before a stop lands.
+const MULTISHOT_BURST: usize = 32;
+
 #[derive(Debug)]
 enum Kind {
-    Recv,
-    Send { bid: u16 },
+    /// `another`: a `Receive::Another`, counted in `Buffers::claimed`.
+    Recv {
+        another: bool,
+    },
+    Send {
+        bid: u16,
+    },
 }
 
 #[derive(Debug)]
@@ -48,6 +62,8 @@ struct Op {
     kind: Kind,
     /// The owner gave up on it: its completion only frees what it holds.
     abandoned: bool,
+    /// Tells this operation from earlier ones in the same slot (see `OpId`).
+    generation: u32,
 }
 
 /// One worker's io_uring.
@@ -56,8 +72,13 @@ pub struct Ring {
     eventfd: OwnedFd,
     bufs: Buffers,
     ops: Slab<Op>,
-    /// Completions reaped while settling an abandoned session, for the worker's next pass.
+    /// The generation of the next operation (see `OpId`).
+    generation: u32,
+    /// Completions reaped before their turn (settling a closing session,
+    /// making room on `EBUSY`), for the worker's next pass.
     backlog: VecDeque<Completion>,
+    /// Entries that found the submission queue full, oldest first (see `submission.rs`).
+    held_back: VecDeque<squeue::Entry>,
     /// Owners whose receive found no buffer, to be run again when one comes back.
     starved: Vec<Owner>,
     starved_count: u64,
@@ -116,7 +137,9 @@ impl Ring {
             eventfd,
             bufs,
             ops: Slab::new(),
+            generation: 0,
             backlog: VecDeque::new(),
+            held_back: VecDeque::new(),
             starved: Vec::new(),
             starved_count: 0,
         };
@@ -130,13 +153,14 @@ impl Ring {
     }
 
     /// Arms a receive on `fd` into a buffer the kernel picks when bytes
-    /// arrive. `multishot`: one completion per arrival, each with its own
-    /// buffer, until it is stopped (`stop`), reads EOF or an error, or finds
-    /// no buffer; its poll stays armed between arrivals (measured cheaper
-    /// than a receive per message). Otherwise one completion, one buffer.
-    pub fn recv(&mut self, fd: RawFd, owner: Owner, multishot: bool) -> io::Result<OpId> {
-        let op = self.ops.insert(Op { owner, kind: Kind::Recv, abandoned: false });
-        let sqe = if multishot {
+    /// arrive. A multishot one completes once per arrival, each with its
+    /// own buffer, until it is stopped (`stop`), reads EOF or an error, or
+    /// finds no buffer; the others complete once.
+    pub fn recv(&mut self, fd: RawFd, owner: Owner, how: Receive) -> OpId {
+        let another = how == Receive::Another;
+        let op = self.insert(owner, Kind::Recv { another });
+        self.bufs.claimed += usize::from(another);
+        let sqe = if how == Receive::Multishot {
             opcode::RecvMulti::new(types::Fd(fd), GROUP).build()
         } else {
             opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.bufs.size as u32)
@@ -144,16 +168,26 @@ impl Ring {
                 .build()
                 .flags(squeue::Flags::BUFFER_SELECT)
         }
-        .user_data(op as u64);
-        self.push(sqe).inspect_err(|_| {
-            self.ops.remove(op);
-        })?;
-        Ok(op)
+        .user_data(op.user_data());
+        self.push(sqe);
+        op
+    }
+
+    /// A pump that already holds a buffer may receive another: more than
+    /// the reserve is left unclaimed (see `Buffers::reserve`).
+    pub fn may_take_another(&self) -> bool {
+        self.bufs.unclaimed() > self.bufs.reserve()
+    }
+
+    /// Buffers are plentiful: a multishot receive, which may take a burst
+    /// of them before a stop lands, cannot reach the reserve.
+    pub fn roomy(&self) -> bool {
+        self.bufs.unclaimed() > self.bufs.reserve() + MULTISHOT_BURST
     }
 
     /// Sends the unsent bytes of `held` on `fd` (no SIGPIPE).
-    pub fn send(&mut self, fd: RawFd, held: &Held, owner: Owner) -> io::Result<OpId> {
-        let op = self.ops.insert(Op { owner, kind: Kind::Send { bid: held.bid }, abandoned: false });
+    pub fn send(&mut self, fd: RawFd, held: &Held, owner: Owner) -> OpId {
+        let op = self.insert(owner, Kind::Send { bid: held.bid });
         let ptr = self.bufs.ptr(held.bid);
         // SAFETY (buffer lifetime): `held.start..held.end` lies inside buffer
         // `held.bid` (a receive's completion said so), which stays allocated
@@ -164,11 +198,28 @@ impl Ring {
         let sqe = opcode::Send::new(types::Fd(fd), data, held.len() as u32)
             .flags(nix::libc::MSG_NOSIGNAL)
             .build()
-            .user_data(op as u64);
-        self.push(sqe).inspect_err(|_| {
-            self.ops.remove(op);
-        })?;
-        Ok(op)
+            .user_data(op.user_data());
+        self.push(sqe);
+        op
+    }
+
+    /// A new entry in the table of operations.
+    fn insert(&mut self, owner: Owner, kind: Kind) -> OpId {
+        let generation = self.generation;
+        self.generation = generation.wrapping_add(1);
+        OpId::new(self.ops.insert(Op { owner, kind, abandoned: false, generation }), generation)
+    }
+
+    /// An operation of `kind` left the table: a buffer it spoke for is free again.
+    fn unclaim(&mut self, kind: &Kind) {
+        if let Kind::Recv { another: true } = kind {
+            self.bufs.claimed -= 1;
+        }
+    }
+
+    /// The operation `op` names, if it is still in flight.
+    fn op_mut(&mut self, op: OpId) -> Option<&mut Op> {
+        self.ops.get_mut(op.slot()).filter(|o| o.generation == op.generation())
     }
 
     /// The bytes of a held buffer (tests look at what arrived).
@@ -188,93 +239,31 @@ impl Ring {
     /// Asks a multishot receive to stop; its owner still gets what it
     /// receives until the last completion (the one without `more`).
     pub fn stop(&mut self, op: OpId) {
-        if self.ops.contains(op) {
-            let _ = self.push(opcode::AsyncCancel::new(op as u64).build().user_data(CANCEL));
+        if self.op_mut(op).is_some() {
+            // Behind the receive's own entry if that is still held back.
+            self.push(opcode::AsyncCancel::new(op.user_data()).build().user_data(CANCEL));
         }
     }
 
     /// The owner no longer wants `op`: cancel it; its completion will only
-    /// free what it holds. False if it already completed (its completion
-    /// waits in the backlog: see `forget`).
+    /// free what it holds. False if no completion of it will come: it
+    /// already completed (its completion waits in the backlog: see
+    /// `forget`), or its entry never reached the kernel (dropped now; a
+    /// send's buffer is the owner's to recycle).
     pub fn abandon(&mut self, op: OpId) -> bool {
-        let Some(o) = self.ops.get_mut(op) else {
+        if self.op_mut(op).is_none() {
             return false;
-        };
-        o.abandoned = true;
-        let sqe = opcode::AsyncCancel::new(op as u64).build().user_data(CANCEL);
-        // A full queue is submitted first; if even that fails the op
-        // completes on its own when its socket closes.
-        let _ = self.push(sqe);
+        }
+        if self.unqueue(op) {
+            let o = self.ops.remove(op.slot());
+            self.unclaim(&o.kind);
+            return false;
+        }
+        if let Some(o) = self.op_mut(op) {
+            o.abandoned = true;
+        }
+        self.push(opcode::AsyncCancel::new(op.user_data()).build().user_data(CANCEL));
         true
-    }
-
-    /// Completions already taken off the queue for `key`'s session (a
-    /// session being closed): frees their buffers. Returns the directions
-    /// in which bytes received will now never be delivered.
-    pub fn forget(&mut self, key: usize, id: u64) -> [bool; 2] {
-        let mut lost = [false; 2];
-        let bufs = &mut self.bufs;
-        self.backlog.retain(|c| {
-            if c.owner.key != key || c.owner.id != id {
-                return true;
-            }
-            if let Done::Received(Ok(Some(h))) = c.done {
-                lost[c.owner.dir as usize & 1] = true;
-                bufs.put(h.bid);
-            }
-            false
-        });
-        lost
-    }
-
-    /// Submits what was abandoned and reaps what that cancelled, so the
-    /// sockets of a closing session are released by the kernel before they
-    /// close. Returns the directions of session `key`/`id` whose cancelled
-    /// receive had already taken bytes.
-    pub fn settle(&mut self, key: usize, id: u64) -> [bool; 2] {
-        let _ = self.submit();
-        let mut lost = [false; 2];
-        self.reap(&mut |o: Owner, got: bool| {
-            if o.key == key && o.id == id {
-                lost[o.dir as usize & 1] |= got;
-            }
-        });
-        let more = self.forget(key, id);
-        [lost[0] | more[0], lost[1] | more[1]]
-    }
-
-    /// Hands the submission queue to the kernel (one `io_uring_enter`).
-    pub fn submit(&mut self) -> io::Result<()> {
-        if !self.has_unsubmitted() {
-            return Ok(());
-        }
-        loop {
-            match self.uring.submit() {
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // EBUSY (completions overflowed): the worker reaps and submits again.
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Entries are queued that the kernel has not seen yet.
-    pub fn has_unsubmitted(&mut self) -> bool {
-        !self.uring.submission().is_empty()
-    }
-
-    /// The next completion for a live owner, if any.
-    pub fn next_completion(&mut self) -> Option<Completion> {
-        if let Some(c) = self.backlog.pop_front() {
-            return Some(c);
-        }
-        loop {
-            let cqe = self.uring.completion().next()?;
-            if let Some(c) = self.complete(&cqe, &mut |_, _| {}) {
-                return Some(c);
-            }
-        }
     }
 
     /// Owners whose receive found no buffer, now that one is free.
@@ -307,104 +296,14 @@ impl Ring {
             starved: self.starved_count,
         }
     }
-
-    /// Reaps every completion now in the queue: abandoned ones free their
-    /// buffers (telling `seen` whether a cancelled receive had taken
-    /// bytes), live ones go to the backlog.
-    fn reap(&mut self, seen: &mut dyn FnMut(Owner, bool)) {
-        loop {
-            let Some(cqe) = self.uring.completion().next() else {
-                return;
-            };
-            if let Some(c) = self.complete(&cqe, seen) {
-                self.backlog.push_back(c);
-            }
-        }
-    }
-
-    /// Turns a CQE into a completion for a live owner, or frees what an
-    /// abandoned operation held.
-    fn complete(&mut self, cqe: &cqueue::Entry, seen: &mut dyn FnMut(Owner, bool)) -> Option<Completion> {
-        let ud = cqe.user_data();
-        if ud == CANCEL {
-            return None;
-        }
-        let op = ud as usize;
-        let more = cqueue::more(cqe.flags());
-        let o = if more {
-            let o = self.ops.get(op)?;
-            Op { owner: o.owner, kind: Kind::Recv, abandoned: o.abandoned }
-        } else {
-            self.ops.try_remove(op)?
-        };
-        let res = cqe.result();
-        let picked = cqueue::buffer_select(cqe.flags());
-        if picked.is_some() {
-            self.bufs.given = self.bufs.given.saturating_sub(1);
-        }
-        let done = match (o.kind, res, picked) {
-            (Kind::Recv, n @ 1.., Some(bid)) => Done::Received(Ok(Some(Held { bid, start: 0, end: n as u32 }))),
-            (Kind::Recv, n, picked) => {
-                if let Some(bid) = picked {
-                    // A buffer with no bytes in it goes straight back.
-                    self.bufs.put(bid);
-                }
-                if n == -nix::libc::ENOBUFS {
-                    self.starved_count += 1;
-                    if !o.abandoned {
-                        if self.bufs.can_grow() {
-                            self.bufs.grow();
-                        }
-                        self.starved.push(o.owner);
-                    }
-                }
-                Done::Received(match n {
-                    0 => Ok(None),
-                    n if n < 0 => Err(-n),
-                    _ => Err(nix::libc::EIO), // bytes without a buffer: cannot happen
-                })
-            }
-            (Kind::Send { bid }, res, _) => {
-                if o.abandoned {
-                    self.bufs.put(bid);
-                }
-                Done::Sent(if res >= 0 { Ok(res as u32) } else { Err(-res) })
-            }
-        };
-        if o.abandoned {
-            let got = if let Done::Received(Ok(Some(h))) = done {
-                self.bufs.put(h.bid);
-                true
-            } else {
-                false
-            };
-            seen(o.owner, got);
-            return None;
-        }
-        Some(Completion { owner: o.owner, op, done, more })
-    }
-
-    fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
-        // SAFETY (buffer lifetime): every SQE built here points either at no
-        // memory of ours (receives select a provided buffer; cancels carry
-        // only a user_data) or into a provided buffer that stays allocated
-        // for the ring's life and is not recycled while the send is in
-        // flight (see `send`). The file descriptor is the caller's open
-        // socket; the worker submits before closing a socket with queued
-        // SQEs (`settle`), and the kernel holds its own file reference from
-        // then on.
-        if unsafe { self.uring.submission().push(&sqe) }.is_err() {
-            self.uring.submit()?;
-            // SAFETY: as above.
-            unsafe { self.uring.submission().push(&sqe) }
-                .map_err(|_| io::Error::new(io::ErrorKind::WouldBlock, "submission queue full"))?;
-        }
-        Ok(())
-    }
 }
 
 impl Drop for Ring {
     fn drop(&mut self) {
+        // Entries held back never reached the kernel: nothing to wait for.
+        for sqe in std::mem::take(&mut self.held_back) {
+            self.ops.try_remove(OpId::from_user_data(sqe.get_user_data()).slot());
+        }
         // Cancel everything still in flight and wait for it, so no
         // operation outlives the buffers it points into.
         let all = types::CancelBuilder::any();

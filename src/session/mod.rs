@@ -255,7 +255,8 @@ pub struct Session {
     pub ready: bool,
     /// `relay: uring`, between upstreams: the client→upstream pump of the
     /// relay whose upstream was lost before any byte moved. Its receive on
-    /// the client stays in flight; the next relay goes on with it.
+    /// the client is stopped (its completions still come here); the next
+    /// relay goes on with it and what it took.
     kept: Option<crate::relay::Pump>,
 }
 

@@ -84,7 +84,7 @@ impl Relay {
 
     /// The two pumps of a relay in `mode` (`relay: uring`: their operations
     /// carry `owner`, the session's slot and id; a client→upstream pump
-    /// kept from a lost upstream goes on with its receive in flight).
+    /// kept from a lost upstream goes on with what its receive took).
     pub fn pumps(mode: RelayMode, pipe_limit: Option<u32>, owner: (usize, u64), kept: Option<Pump>) -> [Pump; 2] {
         if mode == RelayMode::Uring {
             let (key, id) = owner;
@@ -220,6 +220,14 @@ impl Relay {
                 }
             }
         }
+        // The pump writing to the failed side is never run again: under
+        // `relay: uring` its receive would take a buffer per arrival for
+        // bytes that can't be delivered. Its source is reset at the end.
+        match self.failed {
+            Some(Side::Upstream) if self.c2u.is_uring() => _ = self.c2u.release(res),
+            Some(Side::Client) if self.u2c.is_uring() => _ = self.u2c.release(res),
+            _ => {}
+        }
         match self.failed {
             // Pass the failure on once the failed side's last bytes are delivered.
             Some(failed) if self.from(failed).all_delivered() => Step::End(End::failed(failed)),
@@ -321,9 +329,11 @@ impl Relay {
 
     /// Gives up the upstream side for another try, keeping the
     /// client→upstream pump (under `relay: uring` its receive on the client
-    /// is in flight and must not lose what it takes).
+    /// was in flight and must not lose what it took: it is stopped, and
+    /// what it took waits for the next upstream).
     pub fn into_client_pump(mut self, res: &mut Resources) -> Pump {
         self.u2c.release(res);
+        self.c2u.pause(res);
         self.c2u
     }
 }

@@ -4,7 +4,7 @@
 
 use super::{Session, Stage};
 use crate::relay::Resources;
-use crate::relay::ring::Completion;
+use crate::relay::ring::{Completion, Ring};
 
 impl Session {
     /// Its relay runs on the worker's io_uring (`relay: uring`).
@@ -12,15 +12,15 @@ impl Session {
         self.relay_mode == crate::config::RelayMode::Uring
     }
 
-    /// A completion of one of this session's io_uring operations. Returns
-    /// whether the relay should run now; `Err` gives it back if no pump
-    /// of this session waits for it.
-    pub fn complete(&mut self, c: Completion) -> Result<bool, Completion> {
+    /// A completion of one of this session's io_uring operations, on
+    /// `ring`. Returns whether the relay should run now; `Err` gives it
+    /// back if no pump of this session waits for it.
+    pub fn complete(&mut self, c: Completion, ring: &mut Ring) -> Result<bool, Completion> {
         match &mut self.stage {
-            Stage::Relaying(r) if r.is_uring() => r.pump_mut(c.owner.dir).complete(c),
+            Stage::Relaying(r) if r.is_uring() => r.pump_mut(c.owner.dir).complete(c, ring),
             _ => match self.kept.as_mut() {
                 Some(p) if c.owner.dir == 0 => {
-                    p.complete(c);
+                    p.complete(c, ring);
                     return Ok(false);
                 }
                 _ => return Err(c),

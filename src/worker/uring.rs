@@ -5,8 +5,10 @@
 //!
 //! Each pass over the ring dispatches every completion, wakes sessions
 //! whose receive waited for a buffer, and submits (one `io_uring_enter` for
-//! all the worker's sessions); sends usually complete during that submit,
-//! so a few passes run before the worker polls again.
+//! all the worker's sessions; also with nothing to submit when completions
+//! overflowed and wait in the kernel, which the worker must not sleep on);
+//! sends usually complete during that submit, so a few passes run before
+//! the worker polls again.
 
 use std::time::Instant;
 
@@ -68,7 +70,7 @@ impl Worker {
             let Some(ring) = self.res.ring.as_mut() else {
                 return;
             };
-            if ring.has_unsubmitted() {
+            if ring.needs_enter() {
                 busy = true;
                 if let Err(e) = ring.submit() {
                     log::debug!("worker {}: io_uring submit: {e}", self.id);
@@ -83,7 +85,7 @@ impl Worker {
     /// About to poll: true if the ring has nothing for the worker, so it
     /// may sleep (the eventfd wakes it when that changes).
     pub(super) fn ring_may_sleep(&mut self) -> bool {
-        self.res.ring.as_mut().is_none_or(|r| !r.has_unsubmitted() && r.sleep())
+        self.res.ring.as_mut().is_none_or(|r| !r.needs_enter() && r.sleep())
     }
 
     /// Back from the poll: completions are reaped without the eventfd.
@@ -95,9 +97,9 @@ impl Worker {
 
     fn on_completion(&mut self, c: Completion, now: Instant) {
         let key = c.owner.key;
-        let taken = match self.sessions.get_mut(key).filter(|s| s.id == c.owner.id) {
-            Some(s) => s.complete(c),
-            None => Err(c),
+        let taken = match (self.sessions.get_mut(key).filter(|s| s.id == c.owner.id), self.res.ring.as_mut()) {
+            (Some(s), Some(ring)) => s.complete(c, ring),
+            _ => Err(c),
         };
         match taken {
             Ok(true) => self.relay(key, now),

@@ -52,3 +52,4 @@ mod systemd;
 mod tuning;
 mod upgrade;
 mod uring;
+mod uring_release;

@@ -2,12 +2,19 @@
 //! (`relay::ring`) instead of readiness and syscalls.
 //!
 //! At most one receive and one send are in flight per direction, and at
-//! most two received buffers are held (one being sent, one waiting): a
-//! destination that does not read stops the receives, so a slow reader
-//! throttles its source without memory growth. Completions reach the pump
-//! through the worker (`complete`) and are applied on its next run, which
-//! then submits what follows: the send of what came in, the next receive.
-//! The end-of-stream rules are the pump's usual ones (`Pump::run`).
+//! most two received buffers are held (one being sent, one waiting),
+//! counting those whose completions wait to be applied: a destination that
+//! does not read stops the receives, so a slow reader throttles its source
+//! without memory growth. Completions reach the pump through the worker
+//! (`complete`), which applies the cap at once (a pump that is not run,
+//! its PROXY header still going out or its session between upstreams,
+//! still gets them); the next run applies them and submits what follows:
+//! the send of what came in, the next receive. When the worker's buffers
+//! run low, a pump that holds one receives no other (the reserve is for
+//! pumps that hold none, see `Ring::may_take_another`). A pump that will
+//! not run again gives everything up (`release_uring`); a multishot
+//! receive ends only with its final completion. The end-of-stream rules
+//! are the pump's usual ones (`Pump::run`).
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -16,7 +23,7 @@ use mio::net::TcpStream;
 
 use super::{Activity, DstFailed, Pump, SrcEnd, Stage};
 use crate::relay::Resources;
-use crate::relay::ring::{Completion, Done, Held, OpId, Owner, Ring};
+use crate::relay::ring::{Completion, Done, Held, OpId, Owner, Receive, Ring};
 
 /// Received buffers a direction may hold: one being sent, one next.
 const MAX_HELD: usize = 2;
@@ -28,18 +35,27 @@ pub(super) struct UringStage {
     /// Received and not yet all sent, oldest first.
     held: Vec<Held>,
     recv: Option<OpId>,
+    /// `recv` is a multishot receive.
+    multishot: bool,
     send: Option<OpId>,
     /// Completions handed over by the worker, applied on the next run.
     done: Vec<Completion>,
+    /// Received buffers among `done` (they count towards `MAX_HELD`).
+    queued: usize,
     /// The last receive found no buffer: wait until the worker says one is free.
     starved: bool,
-    /// The destination has fallen behind once: the multishot receive was
-    /// stopped, and receives take one buffer at a time from now on. (A
-    /// multishot receive takes a buffer per arrival, up to 32 per wake-up
-    /// while bytes are queued, before a stop takes effect: a bulk flow on
-    /// multishot grew the buffer set to its cap.) Single receives are never
-    /// stopped, so an ECANCELED receive of such a pump is that stop's.
+    /// The multishot receive was stopped (the destination fell behind,
+    /// the worker's buffers ran low, or the pump was paused), and receives
+    /// take one buffer at a time from now on. (A multishot receive takes a
+    /// buffer per arrival, up to 32 per wake-up while bytes are queued,
+    /// before a stop takes effect: a bulk flow on multishot grew the buffer
+    /// set to its cap.) Single receives are never stopped, so an ECANCELED
+    /// receive of such a pump is that stop's.
     single: bool,
+    /// Bytes it had taken were given up undelivered (`release_uring`).
+    /// Kept, as a pump that will not run again is released at once and
+    /// again when its session closes.
+    lost: bool,
 }
 
 impl UringStage {
@@ -48,10 +64,38 @@ impl UringStage {
             owner,
             held: Vec::with_capacity(MAX_HELD),
             recv: None,
+            multishot: false,
             send: None,
             done: Vec::new(),
+            queued: 0,
             starved: false,
             single: false,
+            lost: false,
+        }
+    }
+
+    /// Buffers it holds, counting those whose completions wait in `done`.
+    fn holds(&self) -> usize {
+        self.held.len() + self.queued
+    }
+
+    /// Stops a multishot receive once enough is held (or, with the
+    /// worker's buffers running low, once any is). Applied when a
+    /// completion is queued, not when the pump runs, as a pump that is not
+    /// run still receives.
+    fn cap(&mut self, ring: &mut Ring) {
+        let holds = self.holds();
+        if holds >= MAX_HELD || (holds > 0 && !ring.roomy()) {
+            self.stop_multishot(ring);
+        }
+    }
+
+    /// Stops a multishot receive: one buffer per receive from now on.
+    fn stop_multishot(&mut self, ring: &mut Ring) {
+        if let Some(op) = self.recv.filter(|_| self.multishot) {
+            ring.stop(op);
+            self.multishot = false;
+            self.single = true;
         }
     }
 
@@ -69,10 +113,34 @@ impl Pump {
         p
     }
 
-    /// A completion of one of this pump's operations (applied on the next run).
-    pub fn complete(&mut self, c: Completion) {
-        if let Stage::Uring(u) = &mut self.stage {
-            u.done.push(c);
+    /// A completion of one of this pump's operations: applied on the next
+    /// run, but its bookkeeping now (a final completion ends its operation,
+    /// a buffer counts towards the cap, no buffer means starved).
+    pub fn complete(&mut self, c: Completion, ring: &mut Ring) {
+        let Stage::Uring(u) = &mut self.stage else {
+            return;
+        };
+        if !c.more && u.recv == Some(c.op) {
+            u.recv = None;
+        }
+        if u.send == Some(c.op) {
+            u.send = None;
+        }
+        match c.done {
+            Done::Received(Ok(Some(_))) => u.queued += 1,
+            // Now, not when applied: an `unstarve` in between must not be undone.
+            Done::Received(Err(nix::libc::ENOBUFS)) => u.starved = true,
+            _ => {}
+        }
+        u.done.push(c);
+        u.cap(ring);
+    }
+
+    /// This pump will not run until its session has another upstream:
+    /// stop a multishot receive (what it took waits for that run).
+    pub fn pause(&mut self, res: &mut Resources) {
+        if let (Stage::Uring(u), Some(ring)) = (&mut self.stage, res.ring.as_mut()) {
+            u.stop_multishot(ring);
         }
     }
 
@@ -99,12 +167,10 @@ impl Pump {
         };
         let mut failed = None;
         let mut done = std::mem::take(&mut u.done);
+        u.queued = 0;
         for c in done.drain(..) {
             match c.done {
                 Done::Received(r) => {
-                    if !c.more {
-                        u.recv = None;
-                    }
                     act.progressed = true;
                     match r {
                         Ok(Some(h)) => {
@@ -112,31 +178,28 @@ impl Pump {
                             act.took_in = true;
                         }
                         Ok(None) => self.src = self.eof_is_failure.map_or(SrcEnd::Eof, SrcEnd::Failed),
-                        Err(nix::libc::ENOBUFS) => u.starved = true,
-                        Err(nix::libc::EINTR | nix::libc::EAGAIN) => {}
-                        // Stopped because enough is held: received again once it is sent.
+                        // Starved when queued (see `complete`).
+                        Err(nix::libc::ENOBUFS | nix::libc::EINTR | nix::libc::EAGAIN) => {}
+                        // Our stop (see `single`): received again in single receives.
                         Err(nix::libc::ECANCELED) if u.single => {}
                         Err(e) => self.src = SrcEnd::Failed(io::Error::from_raw_os_error(e).kind()),
                     }
                 }
-                Done::Sent(r) => {
-                    u.send = None;
-                    match r {
-                        Ok(0) => failed = Some(io::Error::from(io::ErrorKind::WriteZero)),
-                        Ok(n) => {
-                            act.progressed = true;
-                            self.uring += u64::from(n);
-                            let h = &mut u.held[0];
-                            h.start += n.min(h.end - h.start);
-                            if h.is_empty() {
-                                ring.recycle(h.bid);
-                                u.held.remove(0);
-                            }
+                Done::Sent(r) => match r {
+                    Ok(0) => failed = Some(io::Error::from(io::ErrorKind::WriteZero)),
+                    Ok(n) => {
+                        act.progressed = true;
+                        self.uring += u64::from(n);
+                        let h = &mut u.held[0];
+                        h.start += n.min(h.end - h.start);
+                        if h.is_empty() {
+                            ring.recycle(h.bid);
+                            u.held.remove(0);
                         }
-                        Err(nix::libc::EINTR | nix::libc::EAGAIN) => {}
-                        Err(e) => failed = Some(io::Error::from_raw_os_error(e)),
                     }
-                }
+                    Err(nix::libc::EINTR | nix::libc::EAGAIN) => {}
+                    Err(e) => failed = Some(io::Error::from_raw_os_error(e)),
+                },
             }
         }
         u.done = done;
@@ -146,46 +209,45 @@ impl Pump {
         if u.send.is_none()
             && let Some(h) = u.held.first()
         {
-            u.send = Some(ring.send(dst.as_raw_fd(), h, u.owner).map_err(DstFailed)?);
+            u.send = Some(ring.send(dst.as_raw_fd(), h, u.owner));
         }
-        if let Some(op) = u.recv.filter(|_| !u.single && u.held.len() >= MAX_HELD) {
-            // Enough held: stop receiving until the destination takes it.
-            ring.stop(op);
-            u.single = true;
-        }
-        if u.recv.is_none() && !u.starved && u.held.len() < MAX_HELD && self.src == SrcEnd::Open {
-            match ring.recv(src.as_raw_fd(), u.owner, !u.single) {
-                Ok(op) => u.recv = Some(op),
-                Err(e) => {
-                    self.src = SrcEnd::Failed(e.kind());
-                    act.progressed = true;
-                }
+        u.cap(ring);
+        let holds = u.held.len();
+        if u.recv.is_none() && !u.starved && self.src == SrcEnd::Open && holds < MAX_HELD {
+            let how = if holds > 0 {
+                // Its send completing runs it again: receive then, if not now.
+                ring.may_take_another().then_some(Receive::Another)
+            } else if !u.single && ring.roomy() {
+                Some(Receive::Multishot)
+            } else {
+                Some(Receive::Single)
+            };
+            if let Some(how) = how {
+                u.recv = Some(ring.recv(src.as_raw_fd(), u.owner, how));
+                u.multishot = how == Receive::Multishot;
             }
         }
         Ok(act)
     }
 
-    /// Gives up this pump's operations and buffers (the session is over or
-    /// starts again with another upstream). Returns true if bytes it had
-    /// received will now never be delivered.
+    /// Gives up this pump's operations and buffers (it will not run again:
+    /// the session is over, its other side failed, or it starts again with
+    /// another upstream). Returns true if bytes it had received will now
+    /// never be delivered (also when that was found at an earlier release).
     pub(super) fn release_uring(&mut self, ring: &mut Ring) -> bool {
         let Stage::Uring(u) = &mut self.stage else {
             return false;
         };
-        let mut lost = u.pending() > 0;
+        u.lost |= u.pending() > 0;
+        u.queued = 0;
         for c in std::mem::take(&mut u.done) {
-            match c.done {
-                Done::Received(Ok(Some(h))) => {
-                    lost = true;
-                    ring.recycle(h.bid);
-                }
-                Done::Sent(_) => u.send = None,
-                Done::Received(_) => {}
-            }
-            if Some(c.op) == u.recv {
-                u.recv = None;
+            if let Done::Received(Ok(Some(h))) = c.done {
+                u.lost = true;
+                ring.recycle(h.bid);
             }
         }
+        // A receive still in flight (a multishot one whose completions came
+        // with `more`) is cancelled; what it takes from now on is freed.
         if let Some(op) = u.recv.take() {
             ring.abandon(op);
         }
@@ -196,6 +258,9 @@ impl Pump {
                 ring.recycle(h.bid);
             }
         }
-        lost
+        u.lost
     }
 }
+
+#[cfg(test)]
+mod tests;

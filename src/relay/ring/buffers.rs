@@ -1,6 +1,7 @@
 //! The provided buffers of a worker's ring: the page-aligned buffer ring
 //! shared with the kernel, the buffers it points at (made on demand up to a
-//! cap, freed only with the ring), and giving a buffer back (`put`).
+//! cap, freed only with the ring), giving a buffer back (`put`), and how
+//! many are left for whom (`unclaimed`, `reserve`).
 
 #![allow(unsafe_code)]
 
@@ -31,6 +32,9 @@ pub(super) struct Buffers {
     tail: u16,
     /// Buffers given back and not yet taken by a receive, as far as we know.
     pub(super) given: usize,
+    /// Receives in flight for pumps that already hold a buffer (`Receive::Another`):
+    /// each will take one, so those buffers are spoken for.
+    pub(super) claimed: usize,
     pub(super) leak: bool,
 }
 
@@ -44,7 +48,7 @@ impl Buffers {
         // SAFETY: a non-zero size; the result is checked for null.
         let ring = NonNull::new(unsafe { alloc_zeroed(Self::layout()) }.cast::<types::BufRingEntry>())
             .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        let bufs = Buffers { ring, mem: Vec::new(), size, max, made: 0, tail: 0, given: 0, leak: false };
+        let bufs = Buffers { ring, mem: Vec::new(), size, max, made: 0, tail: 0, given: 0, claimed: 0, leak: false };
         // SAFETY: the ring memory is page-aligned, BUF_RING_SLOTS entries
         // long, zeroed (tail 0), and lives until `Buffers` drops, which
         // happens after the IoUring that uses it (field order in `Ring`:
@@ -66,6 +70,22 @@ impl Buffers {
     /// completion takes one). Used only to decide when starved owners retry.
     pub(super) fn available(&self) -> usize {
         self.given
+    }
+
+    /// Buffers that may still be lent (in the ring or yet to be made) and
+    /// are not spoken for by a receive in flight.
+    pub(super) fn unclaimed(&self) -> usize {
+        (self.given + self.max - self.made).saturating_sub(self.claimed)
+    }
+
+    /// The last buffers, which only a pump that holds none may take: a
+    /// quarter of the cap, at least one. Pumps hold buffers while their
+    /// destination is blocked, and a destination may be blocked until a
+    /// receive elsewhere gets a buffer (an echo whose replies we cannot
+    /// receive stops reading): if pumps that already hold one could take
+    /// the last, such flows could hold them all and wait on each other.
+    pub(super) fn reserve(&self) -> usize {
+        (self.max / 4).max(1)
     }
 
     /// Adds up to `GROW_BY` new buffers to the ring.

@@ -1,6 +1,8 @@
-//! What the ring's users see of an operation: whose it is (`Owner`), the
-//! bytes a receive brought (`Held`), what finished (`Done`, `Completion`),
-//! and the buffer counters for `/metrics`.
+//! What the ring's users see of an operation: whose it is (`Owner`), which
+//! one it is (`OpId`: a slot of the ring's table and that slot's
+//! generation), how a receive takes buffers (`Receive`), the bytes it
+//! brought (`Held`), what finished (`Done`, `Completion`), and the buffer
+//! counters for `/metrics`.
 
 /// Who an operation is for: a session (slab key and id, which together
 /// survive slot reuse) and a direction (0 client→upstream, 1 back).
@@ -14,8 +16,55 @@ pub struct Owner {
     pub dir: u8,
 }
 
-/// An operation in flight, as its owner knows it.
-pub type OpId = usize;
+/// An operation in flight, as its owner knows it: its slot in the ring's
+/// table and the generation the slot had when it was taken, both in the
+/// `user_data` of its entries. An id kept past its operation's end (a
+/// completion still on its way to its owner) matches no later operation in
+/// the same slot: stopping or abandoning it does nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpId(u64);
+
+impl OpId {
+    /// The id of the operation in `slot`, taken at `generation`.
+    pub(super) fn new(slot: usize, generation: u32) -> OpId {
+        debug_assert!(slot < u32::MAX as usize, "slot {slot} does not fit");
+        OpId(u64::from(generation) << 32 | slot as u64)
+    }
+
+    /// The id a completion's `user_data` carries.
+    pub(super) fn from_user_data(user_data: u64) -> OpId {
+        OpId(user_data)
+    }
+
+    /// What the operation's entries carry as `user_data`.
+    pub(super) fn user_data(self) -> u64 {
+        self.0
+    }
+
+    /// Its slot in the table.
+    pub(super) fn slot(self) -> usize {
+        (self.0 & u64::from(u32::MAX)) as usize
+    }
+
+    /// The slot's generation when it was taken.
+    pub(super) fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// How a receive takes buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receive {
+    /// One buffer per arrival until stopped; its poll stays armed between
+    /// arrivals (measured cheaper than a receive per message).
+    Multishot,
+    /// One buffer, one completion.
+    Single,
+    /// One buffer, for a pump that already holds one: counted as spoken
+    /// for until it completes, so such receives never take the reserve
+    /// (see `Ring::may_take_another`).
+    Another,
+}
 
 /// Bytes received into buffer `bid`; `start..end` not sent yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
