@@ -12,13 +12,15 @@
 //! worker share and say to each other, `admit.rs` takes an accepted client
 //! up to its route (PROXY header, access list, limits), `hello.rs` routes
 //! by TLS ClientHello, `listeners.rs` accepts (limits, fd exhaustion,
-//! route reloads, the drain's last accepts), `connect.rs` opens upstream
+//! route reloads), `closing.rs` closes listeners without resetting anyone
+//! (the drain, removed routes, surplus sockets), `connect.rs` opens upstream
 //! connections, `close.rs` ends sessions (resets, the wait before a reset,
 //! accounting, access lines) and reports the bytes of running ones;
 //! `uring.rs` drives the io_uring of `relay: uring`.
 
 mod admit;
 mod close;
+mod closing;
 mod connect;
 mod control;
 mod hello;
@@ -219,7 +221,7 @@ impl Worker {
             return;
         }
         if self.stop_new_handshakes(handed_over, now) {
-            self.timers.schedule(now + listeners::HANDSHAKE_WAIT, TimerKey::CloseListeners);
+            self.timers.schedule(now + closing::HANDSHAKE_WAIT, TimerKey::CloseListeners);
         }
         self.draining = true;
         self.timers.schedule(deadline, TimerKey::Drain);
