@@ -265,8 +265,15 @@ mod tests {
 
     const A: &str = "10.0.0.1:1000";
 
-    fn reason(r: Option<Refused>) -> String {
-        match r {
+    /// Route `t` with the keys in `extra`, the shared state, and a time
+    /// later than the rate limiter's clock starts (it starts at first use).
+    fn limits(extra: &str) -> (Route, Shared, Instant) {
+        (route(extra), shared(), Instant::now() + Duration::from_secs(1))
+    }
+
+    /// What `admission` says of `client` at `at`: "admitted", or the limit that refused it.
+    fn ask(sh: &Shared, r: &Route, client: &str, at: Instant) -> String {
+        match admission(sh, r, client.parse().unwrap(), at) {
             None => "admitted".to_owned(),
             Some(Refused::Rate(key)) => key.to_owned(),
             Some(Refused::ClientLimit(_)) => "max_connections_per_client".to_owned(),
@@ -276,57 +283,48 @@ mod tests {
 
     #[test]
     fn a_refusal_by_the_routes_rate_spends_none_of_the_clients() {
-        let r = route(
+        let (r, sh, t0) = limits(
             "    max_connection_rate: { per_second: 1, burst: 1 }\n    \
              max_connection_rate_per_client: { per_second: 1, burst: 2 }\n",
         );
-        // Later than the rate limiter's clock starts (it starts at first use).
-        let (sh, t0) = (shared(), Instant::now() + Duration::from_secs(1));
-        let a = A.parse().unwrap();
-        assert_eq!(reason(admission(&sh, &r, a, t0)), "admitted");
+        assert_eq!(ask(&sh, &r, A, t0), "admitted");
         for i in 0..5 {
             // The route's budget is spent; the client still has one of its two.
-            assert_eq!(reason(admission(&sh, &r, a, t0)), "max_connection_rate", "attempt {i}");
+            assert_eq!(ask(&sh, &r, A, t0), "max_connection_rate", "attempt {i}");
         }
         // A second on, the route's budget is back, and so is the client's.
-        let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(reason(admission(&sh, &r, a, t1)), "admitted");
+        assert_eq!(ask(&sh, &r, A, t0 + Duration::from_secs(1)), "admitted");
     }
 
     #[test]
     fn a_refusal_by_the_per_client_count_spends_no_rate() {
-        let r = route(
+        let (r, sh, t0) = limits(
             "    max_connections_per_client: 1\n    max_connection_rate: { per_second: 1, burst: 2 }\n    \
              max_connection_rate_per_client: { per_second: 1, burst: 2 }\n",
         );
-        // Later than the rate limiter's clock starts (it starts at first use).
-        let (sh, t0) = (shared(), Instant::now() + Duration::from_secs(1));
-        let a: SocketAddr = A.parse().unwrap();
-        assert_eq!(reason(admission(&sh, &r, a, t0)), "admitted");
+        assert_eq!(ask(&sh, &r, A, t0), "admitted");
         for i in 0..5 {
-            assert_eq!(reason(admission(&sh, &r, a, t0)), "max_connections_per_client", "attempt {i}");
+            assert_eq!(ask(&sh, &r, A, t0), "max_connections_per_client", "attempt {i}");
         }
         // The first session ends: the second of each burst is still there.
-        r.state.release_client(a.ip());
-        assert_eq!(reason(admission(&sh, &r, a, t0)), "admitted");
+        r.state.release_client(A.parse::<SocketAddr>().unwrap().ip());
+        assert_eq!(ask(&sh, &r, A, t0), "admitted");
     }
 
     #[test]
     fn a_client_over_its_own_rate_spends_none_of_the_routes_nor_its_count() {
-        let r = route(
+        let (r, sh, t0) = limits(
             "    max_connections_per_client: 5\n    max_connection_rate: { per_second: 1, burst: 2 }\n    \
              max_connection_rate_per_client: { per_second: 1, burst: 1 }\n",
         );
-        // Later than the rate limiter's clock starts (it starts at first use).
-        let (sh, t0) = (shared(), Instant::now() + Duration::from_secs(1));
-        let (a, b): (SocketAddr, SocketAddr) = (A.parse().unwrap(), "10.0.0.2:1000".parse().unwrap());
-        assert_eq!(reason(admission(&sh, &r, a, t0)), "admitted");
+        assert_eq!(ask(&sh, &r, A, t0), "admitted");
         for _ in 0..5 {
-            assert_eq!(reason(admission(&sh, &r, a, t0)), "max_connection_rate_per_client");
+            assert_eq!(ask(&sh, &r, A, t0), "max_connection_rate_per_client");
         }
-        assert_eq!(reason(admission(&sh, &r, b, t0)), "admitted", "the route's second is still there");
-        // a's one session ends: nothing else of a's is counted.
-        r.state.release_client(a.ip());
-        assert!(r.state.admit_client(a.ip(), 1), "the refusals left counts behind");
+        assert_eq!(ask(&sh, &r, "10.0.0.2:1000", t0), "admitted", "the route's second is still there");
+        // A's one session ends: nothing else of A's is counted.
+        let a = A.parse::<SocketAddr>().unwrap().ip();
+        r.state.release_client(a);
+        assert!(r.state.admit_client(a, 1), "the refusals left counts behind");
     }
 }
