@@ -142,8 +142,9 @@ pub fn plan(
     let mut new_sockets: HashMap<ListenKey, std::vec::IntoIter<TcpListener>> = HashMap::new();
     let mut bound: HashMap<ListenKey, SocketAddr> = HashMap::new();
     let mut changed_keys: Vec<ListenKey> = Vec::new();
-    // Bound, not listening yet (see `sockets::reuseport_bound`), and the routes to announce once all listen.
-    let mut unheard: Vec<(ListenKey, Vec<socket2::Socket>, u32, Arc<crate::sockopt::Applied>)> = Vec::new();
+    // By index in `running`: sockets bound, not listening yet (see
+    // `sockets::reuseport_bound`), and the routes to announce once all listen.
+    let mut unheard: Vec<(usize, Vec<socket2::Socket>)> = Vec::new();
     let mut announce: Vec<usize> = Vec::new();
     let (mut taken, mut retire) = (Vec::new(), Vec::new());
     let (mut added, mut changed, mut kept) = (0, 0, 0);
@@ -180,7 +181,7 @@ pub fn plan(
             let given = inherited.take(&key);
             let addr = if given.is_empty() {
                 let (addr, sockets) = bind(&route, workers)?;
-                unheard.push((key.clone(), sockets, route.backlog, Arc::clone(&route.socket)));
+                unheard.push((running.len(), sockets));
                 addr
             } else {
                 taken.push(key.clone());
@@ -196,22 +197,17 @@ pub fn plan(
         running.push((key, Arc::new(route)));
     }
     // Everything resolved and bound: now the new sockets listen.
-    for (key, sockets, backlog, opts) in unheard {
+    for (i, sockets) in unheard {
+        let (key, route) = &running[i];
         let listening = sockets
             .into_iter()
-            .map(|s| {
-                let addr = s.local_addr().ok().and_then(|a| a.as_socket());
-                sockets::listen_bound(s, backlog, &opts).map_err(|source| (addr, source))
-            })
-            .collect::<Result<Vec<_>, _>>();
-        match listening {
-            Ok(l) => new_sockets.insert(key, l.into_iter()),
-            Err((addr, source)) => {
-                let addr = addr.unwrap_or_else(|| fixed_listen(&key));
-                let route = running.iter().find(|(k, _)| *k == key).map_or_else(String::new, |(_, r)| r.name.clone());
-                return Err(ServerError::Bind { route, addr, hint: bind_hint(&source, addr), source });
-            }
-        };
+            .map(|s| sockets::listen_bound(s, route.backlog, &route.socket))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| {
+                let addr = route.listen;
+                ServerError::Bind { route: route.name.clone(), addr, hint: bind_hint(&source, addr), source }
+            })?;
+        new_sockets.insert(key.clone(), listening.into_iter());
     }
     for i in announce {
         let route = &running[i].1;
@@ -320,13 +316,6 @@ fn bind(route: &Route, workers: usize) -> Result<(SocketAddr, Vec<socket2::Socke
         sockets.push(s);
     }
     Ok((addr, sockets))
-}
-
-/// The configured address of listen key `key` (for a message).
-fn fixed_listen(key: &ListenKey) -> SocketAddr {
-    match key {
-        ListenKey::Fixed(a) | ListenKey::Ephemeral(_, a) => *a,
-    }
 }
 
 /// The line that says a route serves an address (tests read the address from it).

@@ -22,13 +22,13 @@ use std::net::{Shutdown, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use mio::Waker;
 use socket2::Socket;
 
 use super::control::ControlThread;
+use super::workers::WorkerLink;
 use crate::handoff::wire::{Message, Offered, Peer};
 use crate::handoff::{self, READY_TIMEOUT, STEP_TIMEOUT};
 use crate::reload::ListenKey;
@@ -80,8 +80,8 @@ enum Outcome {
 
 /// What the exchange's thread takes from the control thread.
 struct Offer {
-    /// Each worker's channel and waker, in slot order (to ask for duplicates).
-    workers: Vec<(Sender<Control>, Arc<Waker>)>,
+    /// How to reach each worker, in slot order (to ask for duplicates).
+    workers: Vec<WorkerLink>,
     admin: Option<(SocketAddr, OwnedFd)>,
     generation: u64,
 }
@@ -122,7 +122,7 @@ impl ControlThread {
             None => None,
         };
         let offer = Offer {
-            workers: self.handles.iter().map(|h| (h.tx.clone(), Arc::clone(&h.waker))).collect(),
+            workers: self.handles.iter().map(|h| h.link.clone()).collect(),
             admin,
             generation: self.shared.generation.load(Ordering::Relaxed),
         };
@@ -198,37 +198,34 @@ impl ControlThread {
 /// One successor, on the exchange's thread: offer the sockets, wait until
 /// it serves. `Err` carries the outcome to report instead.
 fn exchange(peer: &Peer, offer: Offer, stage: &AtomicU8) -> Result<(u32, Vec<ListenKey>), Outcome> {
-    let failed = |why: String| Outcome::Failed(why);
     let pid = match peer.recv() {
         Ok((Message::Takeover { pid }, _)) => pid,
-        Ok((other, _)) => return Err(failed(format!("expected a takeover request, got {other:?}"))),
+        Ok((other, _)) => return Err(Outcome::Failed(format!("expected a takeover request, got {other:?}"))),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(Outcome::Left),
-        Err(e) => return Err(failed(format!("reading the request: {e}"))),
+        Err(e) => return Err(Outcome::Failed(format!("reading the request: {e}"))),
     };
     if stage.compare_exchange(ASKED, OFFERED, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-        return Err(failed("this process is stopping; start the new one without --takeover".to_owned()));
+        return Err(Outcome::Failed("this process is stopping; start the new one without --takeover".to_owned()));
     }
-    let listeners = export_listeners(&offer.workers).map_err(failed)?;
+    let listeners = export_listeners(&offer.workers).map_err(Outcome::Failed)?;
     log::info!("pid {pid} takes over: offering {} listening socket(s)", listeners.len());
     handoff::offer(peer, offer.generation, &listeners, offer.admin)
-        .map_err(|e| failed(format!("offering the sockets: {e}")))?;
+        .map_err(|e| Outcome::Failed(format!("offering the sockets: {e}")))?;
     drop(listeners);
     let _ = peer.set_timeout(READY_TIMEOUT);
     match peer.recv() {
         Ok((Message::Ready { taken }, _)) => Ok((pid, taken)),
-        Ok((other, _)) => Err(failed(format!("pid {pid} said {other:?} instead of being ready"))),
-        Err(e) => Err(failed(format!("pid {pid} went away before it was ready ({e})"))),
+        Ok((other, _)) => Err(Outcome::Failed(format!("pid {pid} said {other:?} instead of being ready"))),
+        Err(e) => Err(Outcome::Failed(format!("pid {pid} went away before it was ready ({e})"))),
     }
 }
 
 /// A duplicate of every worker's listening sockets, with their identity.
-fn export_listeners(workers: &[(Sender<Control>, Arc<Waker>)]) -> Result<Vec<(Offered, OwnedFd)>, String> {
+fn export_listeners(workers: &[WorkerLink]) -> Result<Vec<(Offered, OwnedFd)>, String> {
     let mut out = Vec::new();
-    for (slot, (tx, waker)) in workers.iter().enumerate() {
+    for (slot, link) in workers.iter().enumerate() {
         let (reply, rx) = mpsc::channel();
-        if tx.send(Control::Export(reply)).is_ok() {
-            let _ = waker.wake();
-        }
+        link.send(Control::Export(reply));
         let got = rx.recv_timeout(STEP_TIMEOUT).map_err(|e| format!("worker {slot} did not answer: {e}"))?;
         out.extend(got.into_iter().map(|(key, addr, fd, supervised)| (Offered { key, addr, slot, supervised }, fd)));
     }

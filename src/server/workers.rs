@@ -19,14 +19,28 @@ use crate::worker::{self, Control, Shared, Worker, WorkerSettings, WorkerSetup};
 /// A worker as the control thread holds it.
 pub(super) struct WorkerHandle {
     pub(super) thread: Option<JoinHandle<()>>,
-    pub(super) tx: Sender<Control>,
-    pub(super) waker: Arc<Waker>,
+    pub(super) link: WorkerLink,
     pub(super) metrics: Arc<WorkerMetrics>,
 }
 
 impl WorkerHandle {
     pub(super) fn send(&self, msg: Control) {
-        // A worker that already exited has dropped its receiver: nothing to tell it.
+        self.link.send(msg);
+    }
+}
+
+/// How to tell a worker something: its channel and its poll's waker (a
+/// takeover's thread holds copies).
+#[derive(Clone)]
+pub(super) struct WorkerLink {
+    tx: Sender<Control>,
+    waker: Arc<Waker>,
+}
+
+impl WorkerLink {
+    /// Sends `msg` and wakes the worker. A worker that already exited has
+    /// dropped its receiver: nothing to tell it.
+    pub(super) fn send(&self, msg: Control) {
         if self.tx.send(msg).is_ok() {
             let _ = self.waker.wake();
         }
@@ -115,5 +129,5 @@ pub(super) fn start_worker(
             let _ = exit_waker.wake();
         })
         .map_err(io_err("starting a worker thread"))?;
-    Ok((WorkerHandle { thread: Some(thread), tx, waker, metrics }, routes_tx))
+    Ok((WorkerHandle { thread: Some(thread), link: WorkerLink { tx, waker }, metrics }, routes_tx))
 }

@@ -23,6 +23,21 @@ fn lent(admin: SocketAddr) -> u64 {
         .unwrap_or_else(|| panic!("no sluice_uring_buffers_lent in\n{m}"))
 }
 
+/// `lent` once it has held still for two readings 50 ms apart (at most 5 s):
+/// what the worker holds after the traffic in flight has landed.
+fn settled_lent(admin: SocketAddr) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = lent(admin);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = lent(admin);
+        if now == last || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// An upstream that resets every connection as soon as it accepts it.
 fn reset_at_once() -> SocketAddr {
     serve(|s| {
@@ -176,10 +191,10 @@ fn a_client_still_sending_to_a_reset_upstream_takes_no_more_buffers_and_is_reset
     };
     let written = rx.recv_timeout(Duration::from_secs(30)).expect("the upstream never filled and reset");
     paused.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(300));
-    let held_before = lent(admin);
+    let held_before = settled_lent(admin);
     // The first write now finds the upstream gone; the rest arrive for a dead direction.
     paused.store(false, Ordering::Relaxed);
+    // The stimulus, not a synchronisation: a second of writes for a dead direction.
     std::thread::sleep(Duration::from_secs(1));
     let held_after = lent(admin);
     stop.store(true, Ordering::Relaxed);

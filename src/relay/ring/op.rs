@@ -17,8 +17,8 @@ pub struct Owner {
 }
 
 /// An operation in flight, as its owner knows it: its slot in the ring's
-/// table and the generation the slot had when it was taken, both in the
-/// `user_data` of its entries. An id kept past its operation's end (a
+/// table and a generation (the ring's count of operations when it was
+/// made), both in the `user_data` of its entries. An id kept past its operation's end (a
 /// completion still on its way to its owner) matches no later operation in
 /// the same slot: stopping or abandoning it does nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
