@@ -335,7 +335,8 @@ impl Applied {
         if let Some(d) = o.user_timeout {
             self.set(Opt::UserTimeout, || set_user_timeout(s, d.get()));
         }
-        if let Some(n) = o.notsent_lowat() {
+        // The default is set by the relay's stages (`relay/pump/lowat.rs`).
+        if let Some(n) = o.configured_notsent_lowat() {
             self.set(Opt::NotSentLowat, || set_notsent_lowat(s, n));
         }
     }

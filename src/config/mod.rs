@@ -257,8 +257,23 @@ impl SocketOptions {
         self.nodelay.unwrap_or(true)
     }
 
-    /// The TCP_NOTSENT_LOWAT to set, if any: [`DEFAULT_NOTSENT_LOWAT`] unless
-    /// configured; `0` turns it off (the kernel queues up to the send buffer).
+    /// The TCP_NOTSENT_LOWAT set on connections by their setup: only one
+    /// configured (`0` turns it off: the kernel queues up to the send
+    /// buffer). Unset, the default is the stages' business
+    /// ([`SocketOptions::stage_notsent_lowat`]).
+    pub fn configured_notsent_lowat(&self) -> Option<u32> {
+        self.notsent_lowat.and_then(|_| self.notsent_lowat())
+    }
+
+    /// The default TCP_NOTSENT_LOWAT when none is configured: the relay
+    /// sets it on a destination while splicing and takes it off while
+    /// copying, where it measured dearer (docs/performance.md).
+    pub fn stage_notsent_lowat(&self) -> Option<u32> {
+        self.notsent_lowat.is_none().then_some(DEFAULT_NOTSENT_LOWAT)
+    }
+
+    /// The TCP_NOTSENT_LOWAT in force while splicing, if any:
+    /// [`DEFAULT_NOTSENT_LOWAT`] unless configured; `0` turns it off.
     pub fn notsent_lowat(&self) -> Option<u32> {
         match self.notsent_lowat.map(|n| n.get()) {
             None => Some(DEFAULT_NOTSENT_LOWAT),

@@ -285,13 +285,10 @@ pub enum RelayMode {
     Splice,
     /// read(2) into a buffer, write(2) out of it.
     Copy,
-    /// Decided per direction at run time: copy small messages (two syscalls
-    /// each); splice big request/response messages (reads averaging 8 KiB or
-    /// more) while the worker is lightly loaded, copy them while it is busy;
-    /// splice for good once a direction has moved 4 MiB in big reads while
-    /// the other sent nothing (a download, an upload: a bulk flow). Only
-    /// when nothing is in flight, so bytes are never in a buffer and a pipe
-    /// at once.
+    /// Decided per direction and run by measured cost: each worker times
+    /// what copying and splicing cost it per byte, by message size, uses the
+    /// cheaper and now and then tries the other. A stage changes only when
+    /// nothing is in flight, so bytes are never in a buffer and a pipe at once.
     Auto,
     /// Receives and sends submitted to a per-worker io_uring (Linux 6.0+),
     /// its completions waking the worker's event loop: fewer syscalls per

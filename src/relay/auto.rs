@@ -1,75 +1,89 @@
-//! `relay: auto`'s rules for which stage a direction uses, decided per flow
-//! from what it does at run time:
-//! - a one-way bulk flow (a download, an upload, a replication stream)
-//!   splices for good ([`OneWay`]);
-//! - request/response traffic copies small messages, and splices big ones
-//!   (reads averaging at least [`AUTO_MIN_AVG_READ`]) only while its worker
-//!   is lightly loaded ([`Auto::splice_now`]; the worker's
-//!   [`crate::relay::Resources::load`]).
+//! `relay: auto`'s view of one direction: how big its messages are, which
+//! is the size class whose measured costs (`cost.rs`) pick its stage.
 //!
-//! The pump keeps an [`Auto`] while it may still change stage and asks it
-//! whenever its stage is empty, so no byte is ever left behind in a buffer.
+//! A message is what a direction reads while the other sends nothing; its
+//! size is known once the other direction moves. The class of a flow is
+//! that of its last message, or of the one under way once it is bigger: a
+//! one-way stream climbs class by class to the last, and a flow of 64 KiB
+//! requests stays in the 64 KiB class whatever its replies are.
+//!
+//! Each run of the pump asks the worker's [`Costs`] for a stage; a pump
+//! whose stage holds bytes takes the new stage only once they are
+//! delivered (it stops filling until then), so no byte is ever left behind
+//! in a buffer or a pipe, and no flow can stay in a stage just because its
+//! buffer is never empty. Each stretch of a run in one stage is timed and
+//! charged to that stage with the bytes it delivered.
 
-/// `relay: auto` moves a direction to splicing for good once it has read this
-/// many bytes while the other direction sent nothing, in reads averaging at
-/// least [`AUTO_MIN_AVG_READ`]. A long one-way stream costs the proxy less
-/// CPU spliced, however loaded the worker. See docs/performance.md.
-pub const AUTO_SPLICE_AFTER: u64 = 4 << 20;
+use super::cost::{Costs, Timing, Way, class_of};
 
-/// Below this average read size a flow is many small messages, for which
-/// splicing costs more syscalls per message than copying.
-pub const AUTO_MIN_AVG_READ: u64 = 8 << 10;
-
-/// What a copying direction has read since the other direction last moved a byte.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OneWay {
-    bytes: u64,
-    reads: u64,
-}
-
-impl OneWay {
-    /// Counts a read of `n` bytes.
-    pub fn read(&mut self, n: usize) {
-        self.bytes += n as u64;
-        self.reads += 1;
-    }
-
-    /// A one-way bulk flow: enough bytes without a reply, in big reads.
-    pub fn is_bulk(&self) -> bool {
-        self.bytes >= AUTO_SPLICE_AFTER && self.bytes / self.reads.max(1) >= AUTO_MIN_AVG_READ
-    }
-}
-
-/// A direction under `relay: auto`: its one-way count and the size of its
-/// recent reads (a moving average, each read weighing a quarter), which a
-/// reply does not reset: a flow of 64 KiB requests stays a flow of big reads.
+/// A direction under `relay: auto`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Auto {
-    /// Since the other direction last moved.
-    pub one_way: OneWay,
-    avg_read: u64,
+    /// Read since the other direction last moved.
+    one_way: u64,
+    /// The size of the last whole message (0: none yet).
+    last_message: u64,
+    /// The stage this run chose, to be taken once the current one is empty.
+    next: Option<Way>,
+    /// This run only measures the stage it chose (see [`Auto::exploring`]).
+    exploring: bool,
+    /// The stretch being timed, and the pump's bytes delivered when it began.
+    timing: Option<(Timing, u64)>,
 }
 
 impl Auto {
     /// Counts a read of `n` bytes.
     pub fn read(&mut self, n: usize) {
-        self.one_way.read(n);
-        self.avg_read = self.avg_read - self.avg_read / 4 + n as u64 / 4;
+        self.one_way += n as u64;
     }
 
-    /// The other direction moved bytes: the flow is not one-way (yet).
+    /// The other direction moved bytes: the message this one was reading
+    /// (if any) is whole.
     pub fn other_way_moved(&mut self) {
-        self.one_way = OneWay::default();
+        if self.one_way > 0 {
+            self.last_message = self.one_way;
+            self.one_way = 0;
+        }
     }
 
-    /// Whether the next message should be spliced: big reads, and a lightly
-    /// loaded worker. Measured on loopback (docs/performance.md, "relay:
-    /// auto and load"): at a fixed light load, splicing 64 KiB messages costs
-    /// the proxy about 0.6x the CPU of copying; closed loop, copying moves
-    /// more messages per second: splicing leaves the worker idle between
-    /// messages and the peers pay a cross-core wake-up for each one.
-    pub fn splice_now(&self, light_load: bool) -> bool {
-        light_load && self.avg_read >= AUTO_MIN_AVG_READ
+    /// The flow's size class (see the module's header).
+    pub fn class(&self) -> usize {
+        class_of(self.one_way.max(self.last_message))
+    }
+
+    /// A run starts in stage `current` with `delivered` bytes delivered so
+    /// far: asks for this run's stage and starts timing.
+    pub fn start_run(&mut self, costs: &mut Costs, current: Way, delivered: u64) {
+        let (way, exploring) = costs.choose(self.class());
+        self.next = (way != current).then_some(way);
+        self.exploring = exploring;
+        self.timing = Some((costs.start(self.class(), current), delivered));
+    }
+
+    /// This run tries a stage to measure it, not because it measured
+    /// cheaper: the pump gives it one round only, so a sample costs little.
+    pub fn exploring(&self) -> bool {
+        self.exploring
+    }
+
+    /// The stage to change to once the current one is empty, if any.
+    pub fn wanted(&self) -> Option<Way> {
+        self.next
+    }
+
+    /// The pump changed to stage `way`: the stretch before is charged to
+    /// the old stage, and a new one starts.
+    pub fn switched(&mut self, costs: &mut Costs, way: Way, delivered: u64) {
+        self.end_run(costs, delivered);
+        self.next = None;
+        self.timing = Some((costs.start(self.class(), way), delivered));
+    }
+
+    /// The run is over: its last stretch is charged.
+    pub fn end_run(&mut self, costs: &mut Costs, delivered: u64) {
+        if let Some((t, from)) = self.timing.take() {
+            costs.finish(t, delivered.saturating_sub(from));
+        }
     }
 }
 
@@ -78,48 +92,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bulk_takes_enough_bytes_in_big_enough_reads() {
-        let mut w = OneWay::default();
-        while w.bytes < AUTO_SPLICE_AFTER - (64 << 10) {
-            w.read(64 << 10);
-        }
-        assert!(!w.is_bulk(), "short of the threshold");
-        w.read(64 << 10);
-        assert!(w.is_bulk());
-        // Many small messages one way are not bulk, however many bytes.
-        let mut small = OneWay::default();
-        for _ in 0..(64 * AUTO_SPLICE_AFTER / 1024) {
-            small.read(1024);
-        }
-        assert!(!small.is_bulk());
-    }
-
-    #[test]
-    fn big_messages_splice_only_under_light_load() {
+    fn the_class_is_the_last_message_or_the_one_under_way_once_bigger() {
         let mut a = Auto::default();
-        assert!(!a.splice_now(true), "nothing read yet");
-        for _ in 0..4 {
-            a.read(64 << 10);
-        }
-        assert!(a.splice_now(true));
-        assert!(!a.splice_now(false), "a heavily loaded worker copies");
-        // A reply resets the one-way count, not the read sizes.
+        assert_eq!(a.class(), 0, "nothing read yet: the smallest class");
+        a.read(64 << 10);
+        assert_eq!(a.class(), class_of(64 << 10));
         a.other_way_moved();
-        assert_eq!(a.one_way, OneWay::default());
-        assert!(a.splice_now(true));
-        // A run of small reads brings the average down.
-        for _ in 0..16 {
-            a.read(1024);
-        }
-        assert!(!a.splice_now(true), "average {} after small reads", a.avg_read);
+        assert_eq!(a.class(), class_of(64 << 10), "a reply keeps the message size");
+        a.read(1024);
+        assert_eq!(a.class(), class_of(64 << 10), "a smaller message under way");
+        a.other_way_moved();
+        assert_eq!(a.class(), 0, "the smaller message is now the last");
+        a.other_way_moved();
+        assert_eq!(a.class(), 0, "a reply without a request changes nothing");
     }
 
     #[test]
-    fn small_messages_never_splice() {
+    fn a_one_way_stream_climbs_to_the_last_class() {
         let mut a = Auto::default();
-        for _ in 0..10_000 {
-            a.read(1024);
+        let mut classes = Vec::new();
+        for _ in 0..1024 {
+            a.read(64 << 10);
+            classes.push(a.class());
         }
-        assert!(!a.splice_now(true));
+        assert!(classes.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*classes.last().unwrap(), super::super::cost::CLASSES - 1);
     }
 }

@@ -1,12 +1,14 @@
-//! Moving bytes: the pump state machine (`pump.rs`) over its two kinds of
-//! stage, splice pipes (`splice.rs`, pipes from `crate::pipe`) and copy
-//! buffers (`copy.rs`), when a pipe grows (`grow.rs`), and `relay: auto`'s
-//! switch between them (`auto.rs`, by the worker's load: `load.rs`), and
-//! `relay: uring`'s per-worker io_uring (`ring.rs`).
-//! Sessions own pumps; workers own the `Resources` and feed their load meter.
+//! Moving bytes: the pump state machine (`pump.rs`) over its three kinds of
+//! stage, splice pipes (`splice.rs`, pipes from `crate::pipe`), copy
+//! buffers (`copy.rs`) and `relay: uring`'s per-worker io_uring (`ring.rs`,
+//! `pump/uring.rs`); when a pipe grows (`grow.rs`); `relay: auto`'s choice
+//! between splice and copy by what each measured per byte (`cost.rs`, by the
+//! flow's message size: `auto.rs`); how busy a worker is (`load.rs`).
+//! Sessions own pumps; workers own the `Resources` and feed their busy meter.
 
 pub mod auto;
 pub mod copy;
+pub mod cost;
 pub mod grow;
 pub mod load;
 pub mod pump;
@@ -18,8 +20,9 @@ pub use pump::{Activity, DstFailed, Pump, SrcEnd};
 use crate::pipe::{PipeBudget, PipePool};
 use copy::BufferPool;
 
-/// What a worker lends its pumps: spare pipes and buffers, how loaded it is,
-/// and how often a pump that wanted to splice had to copy.
+/// What a worker lends its pumps: spare pipes and buffers, what copying and
+/// splicing cost it, how busy it is, and how often a pump that wanted to
+/// splice had to copy.
 #[derive(Debug)]
 pub struct Resources {
     /// Splice pipes.
@@ -27,10 +30,11 @@ pub struct Resources {
     /// Copy buffers.
     pub buffers: BufferPool,
     /// Times a pump switched from splice to copy (no pipe, or splice
-    /// refused); under `relay: auto` at most once per big message.
+    /// refused); under `relay: auto` at most once per run that chose splice.
     pub copy_fallbacks: u64,
-    /// How loaded the worker is (it feeds the meter): `relay: auto` splices
-    /// big request/response messages only under light load.
+    /// What each stage has cost per byte: `relay: auto` uses the cheaper.
+    pub costs: cost::Costs,
+    /// How busy the worker is (it feeds the meter), for the metrics.
     pub load: load::LoadMeter,
     /// The worker's io_uring, under `relay: uring`.
     pub ring: Option<ring::Ring>,
@@ -43,6 +47,7 @@ impl Resources {
             pipes: PipePool::new(pipe_size, max_pooled, budget),
             buffers: BufferPool::new(pipe_size, max_pooled),
             copy_fallbacks: 0,
+            costs: cost::Costs::default(),
             load: load::LoadMeter::new(std::time::Instant::now()),
             ring: None,
         }

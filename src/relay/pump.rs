@@ -1,10 +1,12 @@
-//! One direction of a session: the pump state machine of DESIGN.md.
+//! One direction of a session: the pump state machine.
 //!
 //! A pump owns its sticky readiness flags (set by events, cleared only by
 //! `WouldBlock`), the bytes in flight (a pipe for splice, a buffer for copy,
 //! never both; how its reads fill the pipe, for `grow.rs` to decide when it
 //! doubles; under `relay: uring` its operations on the worker's ring,
-//! `pump/uring.rs`), and the end-of-stream bookkeeping. Its step drains before it
+//! `pump/uring.rs`), under `relay: auto` the stage each run chose by
+//! measured cost (`auto.rs`, `cost.rs`), the destination's default
+//! `notsent_lowat` by stage (`pump/lowat.rs`), and the end-of-stream bookkeeping. Its step drains before it
 //! fills, fills only while there is room (backpressure), and passes a
 //! half-close on only once everything before it has been delivered. What a
 //! failure means for the session is the session's business.
@@ -17,6 +19,7 @@ use mio::net::TcpStream;
 use super::Resources;
 use super::auto::Auto;
 use super::copy::CopyStage;
+use super::cost::Way;
 use super::grow::{Growth, full_hint};
 use super::splice;
 use crate::pipe::Pipe;
@@ -44,6 +47,17 @@ enum Stage {
     Uring(uring::UringStage),
 }
 
+impl Stage {
+    /// The stage as `relay: auto` knows it (it never chooses `Uring`).
+    fn way(&self) -> Option<Way> {
+        match self {
+            Stage::Splice { .. } => Some(Way::Splice),
+            Stage::Copy(_) => Some(Way::Copy),
+            Stage::Uring(_) => None,
+        }
+    }
+}
+
 /// What one call to [`Pump::run`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Activity {
@@ -62,10 +76,14 @@ pub struct DstFailed(pub io::Error);
 /// One direction of a session.
 #[derive(Debug)]
 pub struct Pump {
-    /// `relay: auto` while the stage may still change: the flow so far (see [`Auto`]).
+    /// `relay: auto` while the stage may still change: the flow's message
+    /// size (see [`Auto`]), whose measured costs pick the stage of each run.
     auto: Option<Auto>,
     /// The most a splice pipe of this pump may grow to (see [`Growth`]).
     pipe_limit: Option<u32>,
+    /// The route's default `notsent_lowat`, which only some stages set on
+    /// the destination (`lowat.rs`).
+    stage_lowat: Option<lowat::StageLowat>,
     /// The source had readiness we haven't consumed (sticky).
     pub src_readable: bool,
     /// The destination had write space we haven't used up (sticky).
@@ -111,6 +129,7 @@ impl Pump {
         Pump {
             auto: None,
             pipe_limit: None,
+            stage_lowat: None,
             src_readable: false,
             dst_writable: false,
             src_hup: false,
@@ -137,6 +156,7 @@ impl Pump {
     pub fn for_new_source(&self) -> Pump {
         let mut p = Pump::new(matches!(self.stage, Stage::Splice { .. }));
         p.pipe_limit = self.pipe_limit;
+        p.stage_lowat = self.stage_lowat;
         p.auto = self.auto.map(|_| Auto::default());
         p.dst_writable = self.dst_writable;
         p
@@ -207,7 +227,16 @@ impl Pump {
     /// the round cap is hit, or `dst` fails.
     pub fn run(&mut self, src: &TcpStream, dst: &TcpStream, res: &mut Resources) -> Result<Activity, DstFailed> {
         let taken_before = self.delivered() + self.pending() as u64;
+        let delivered = self.delivered();
+        if let (Some(a), Some(way)) = (self.auto.as_mut(), self.stage.way()) {
+            a.start_run(&mut res.costs, way, delivered);
+        }
+        self.sync_lowat(dst);
         let mut act = if self.is_uring() { self.run_uring(src, dst, res)? } else { self.rounds(src, dst, res)? };
+        let delivered = self.delivered();
+        if let Some(a) = self.auto.as_mut() {
+            a.end_run(&mut res.costs, delivered);
+        }
         if self.all_delivered() && !self.dst_shut && !self.hold_fin && self.src == SrcEnd::Eof {
             // Half-close: every byte before the FIN has been delivered.
             if !self.fin_by_close {
@@ -224,9 +253,11 @@ impl Pump {
     /// Drain+fill rounds by readiness (every stage but `Uring`), up to the cap.
     fn rounds(&mut self, src: &TcpStream, dst: &TcpStream, res: &mut Resources) -> Result<Activity, DstFailed> {
         let mut act = Activity::default();
-        for _ in 0..MAX_ROUNDS {
+        let rounds = if self.auto.is_some_and(|a| a.exploring()) { 1 } else { MAX_ROUNDS };
+        for _ in 0..rounds {
             let mut progress = self.drain(dst)?;
             progress |= self.fill(src, res);
+            self.sync_lowat(dst);
             if !progress {
                 return Ok(act);
             }
@@ -279,15 +310,16 @@ impl Pump {
         if self.src != SrcEnd::Open || !self.src_readable {
             return false;
         }
-        if let Some(a) = self.auto
-            && self.pending() == 0
-        {
-            let bulk = a.one_way.is_bulk();
-            if bulk {
-                // A one-way bulk flow: splice from now on.
-                self.auto = None;
+        if let Some(way) = self.auto.and_then(|a| a.wanted()) {
+            if self.pending() > 0 {
+                // `relay: auto` chose the other stage: drain this one first.
+                return false;
             }
-            self.set_stage(bulk || a.splice_now(res.load.light()), res);
+            let delivered = self.delivered();
+            self.set_stage(way == Way::Splice, res);
+            if let Some(a) = self.auto.as_mut() {
+                a.switched(&mut res.costs, way, delivered);
+            }
         }
         let mut short_read = false;
         let r = match &mut self.stage {
@@ -424,6 +456,7 @@ impl Pump {
     }
 }
 
+mod lowat;
 #[cfg(test)]
 mod tests;
 mod uring;

@@ -110,7 +110,7 @@ mod tests {
         let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let relay = Relay::new(
             mio::net::TcpStream::from_std(s),
-            Relay::pumps(RelayMode::Splice, None, (0, 1), None),
+            Relay::pumps(RelayMode::Splice, &Default::default(), (0, 1), None),
             Readiness::default(),
             Readiness::default(),
             None,

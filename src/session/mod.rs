@@ -451,8 +451,7 @@ impl Session {
             header::Outgoing::new(v, self.client_addr, local)
         });
         let connect_time = now.saturating_duration_since(a.since);
-        let pipe_limit = self.route.socket.options().notsent_lowat();
-        let pumps = Relay::pumps(self.relay_mode, pipe_limit, (key, self.id), self.kept.take());
+        let pumps = Relay::pumps(self.relay_mode, self.route.socket.options(), (key, self.id), self.kept.take());
         let mut relay = Relay::new(a.upstream, pumps, std::mem::take(&mut self.client_ready), a.ready, header, now);
         relay.connect_time = connect_time;
         if reset_already {

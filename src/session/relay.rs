@@ -11,7 +11,7 @@ use mio::net::TcpStream;
 use super::ending::{Due, End};
 use super::header::Outgoing;
 use super::{ByteCounts, Readiness, Side};
-use crate::config::RelayMode;
+use crate::config::{RelayMode, SocketOptions};
 use crate::relay::ring::Owner;
 use crate::relay::{DstFailed, Pump, Resources, SrcEnd};
 use crate::socket_queue;
@@ -85,13 +85,17 @@ impl Relay {
     /// The two pumps of a relay in `mode` (`relay: uring`: their operations
     /// carry `owner`, the session's slot and id; a client→upstream pump
     /// kept from a lost upstream goes on with what its receive took).
-    pub fn pumps(mode: RelayMode, pipe_limit: Option<u32>, owner: (usize, u64), kept: Option<Pump>) -> [Pump; 2] {
+    /// `socket` is the route's: how far pipes grow, and the default
+    /// `notsent_lowat` the pumps' stages set.
+    pub fn pumps(mode: RelayMode, socket: &SocketOptions, owner: (usize, u64), kept: Option<Pump>) -> [Pump; 2] {
+        let lowat = socket.stage_notsent_lowat();
         if mode == RelayMode::Uring {
             let (key, id) = owner;
-            let c2u = kept.unwrap_or_else(|| Pump::uring(Owner { key, id, dir: 0 }));
-            return [c2u, Pump::uring(Owner { key, id, dir: 1 })];
+            let c2u = kept.unwrap_or_else(|| Pump::uring(Owner { key, id, dir: 0 }).with_stage_lowat(lowat));
+            return [c2u, Pump::uring(Owner { key, id, dir: 1 }).with_stage_lowat(lowat)];
         }
-        [Pump::for_mode(mode, pipe_limit), Pump::for_mode(mode, pipe_limit)]
+        let pump = || Pump::for_mode(mode, socket.notsent_lowat()).with_stage_lowat(lowat);
+        [pump(), pump()]
     }
 
     /// The relay runs on the worker's io_uring: readiness events mean nothing to it.

@@ -131,13 +131,13 @@ fn exact_counts(mode: &str) {
     }
 }
 
-/// `relay: auto` copies small request/response messages (200 exchanges of
-/// 1 KiB) and, on a lightly loaded worker, splices big ones (six 1 MiB
-/// exchanges); every byte is counted once either way. (That a busy worker
-/// copies big messages is the pump's unit tests' to show: load can't be
-/// scripted through a process.)
+/// `relay: auto` picks each run's stage by what it measured on this
+/// machine, so which stage moves 1 KiB or 1 MiB exchanges is the machine's
+/// (the pump's unit tests script the costs and check the choice). What
+/// holds everywhere: a size class new to the worker tries both stages
+/// (copy first), every echo is exact, and every byte is counted once.
 #[test]
-fn auto_copies_small_exchanges_and_splices_big_ones_at_light_load() {
+fn auto_tries_both_stages_on_new_sizes_and_counts_every_byte_once() {
     let (s, admin) = with_admin(&one_route("auto", &[backends::echo()], ""));
     // One session of `count` echo exchanges of `size` bytes.
     let exchanges = |count: u64, size: usize| {
@@ -149,17 +149,20 @@ fn auto_copies_small_exchanges_and_splices_big_ones_at_light_load() {
     };
     exchanges(200, 1 << 10);
     let v = wait_closed_clean(admin, 1);
+    let mut both = (0, 0);
     for dir in ["client_to_upstream", "upstream_to_client"] {
-        assert_eq!(v["routes"][0][dir]["spliced"], 0, "{dir}: {v}");
-        assert_eq!(v["routes"][0][dir]["copied"], 200 << 10, "{dir}: {v}");
+        let spliced = v["routes"][0][dir]["spliced"].as_u64().expect("spliced");
+        let copied = v["routes"][0][dir]["copied"].as_u64().expect("copied");
+        assert_eq!(spliced + copied, 200 << 10, "{dir}: every byte counted once: {v}");
+        both = (both.0 + spliced, both.1 + copied);
     }
+    assert!(both.0 >= 1 << 10 && both.1 >= 1 << 10, "both stages tried on 1 KiB messages: {v}");
     exchanges(6, 1 << 20);
     let v = wait_closed_clean(admin, 2);
     for dir in ["client_to_upstream", "upstream_to_client"] {
         let spliced = v["routes"][0][dir]["spliced"].as_u64().expect("spliced");
         let copied = v["routes"][0][dir]["copied"].as_u64().expect("copied");
         assert_eq!(spliced + copied, (200 << 10) + (6 << 20), "{dir}: every byte counted once: {v}");
-        assert!(spliced >= 1 << 20, "{dir}: big messages on an idle worker were not spliced: {v}");
     }
 }
 

@@ -1,11 +1,12 @@
 //! The pump's tests: real loopback sockets, readiness from real
 //! edge-triggered events or scripted by hand.
 
-use super::super::auto::{AUTO_SPLICE_AFTER, Auto};
-use super::super::load::LoadMeter;
+use super::super::cost::{EXPLORE_EVERY, Way};
 use super::*;
 use mio::{Events, Interest, Poll, Token};
+use std::cell::Cell;
 use std::net::{TcpListener, TcpStream as StdStream};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// A connected loopback pair: (the test's blocking end, the pump's non-blocking end).
@@ -32,20 +33,6 @@ fn payload(len: usize, seed: u64) -> Vec<u8> {
 /// Drives one pump from real edge-triggered events until the source's
 /// EOF has been passed on, while threads write `data` in uneven chunks
 /// and read it back (slowly if asked). A lost edge shows up as a timeout.
-/// A load meter whose last window found the worker lightly loaded or not
-/// (scripted through the meter's own clock readings).
-fn meter(light: bool) -> LoadMeter {
-    let t = Instant::now();
-    let mut m = LoadMeter::new(t);
-    if !light {
-        // A whole second without waiting for events.
-        let busy_until = t + Duration::from_secs(1);
-        m.waited(busy_until, busy_until);
-    }
-    assert_eq!(m.light(), light);
-    m
-}
-
 fn test_resources() -> Resources {
     Resources::new(64 << 10, 4, std::sync::Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)))
 }
@@ -151,7 +138,8 @@ fn without_a_pipe_the_splice_pump_copies_and_counts_it() {
         ),
         buffers: super::super::copy::BufferPool::new(64 << 10, 4),
         copy_fallbacks: 0,
-        load: meter(true),
+        costs: Default::default(),
+        load: super::super::load::LoadMeter::new(Instant::now()),
         ring: None,
     };
     let data = payload(1 << 20, 17);
@@ -215,59 +203,58 @@ fn slow_reader_gets_every_byte_in_both_modes() {
     }
 }
 
-#[test]
-fn auto_under_heavy_load_splices_a_one_way_bulk_flow_past_the_threshold() {
-    let data = payload(12 << 20, 11);
-    let mut res = test_resources();
-    res.load = meter(false);
-    let ((got, pump), _) = relay_with(res, Pump::for_mode(crate::config::RelayMode::Auto, None), data.clone(), false);
-    assert!(got == data, "contents differ");
-    assert!(pump.spliced > 0, "a 12 MiB one-way flow was never spliced");
-    assert!(pump.copied >= AUTO_SPLICE_AFTER, "switched after {} bytes", pump.copied);
-    assert!(pump.copied < AUTO_SPLICE_AFTER + (1 << 20), "switched late: after {} bytes", pump.copied);
-    assert!(pump.auto.is_none(), "a bulk flow splices for good");
+/// Scripted costs: nanoseconds per byte of each stage, as a function of
+/// the message the test is at (shared through `at`).
+fn scripted(res: &mut Resources, at: Rc<Cell<u64>>, ns_per_byte: impl Fn(u64, Way) -> u64 + 'static) {
+    res.costs.script = Some(Box::new(move |way, bytes| bytes * ns_per_byte(at.get(), way)));
 }
 
 #[test]
-fn auto_under_light_load_splices_big_reads_at_once() {
-    let data = payload(12 << 20, 12);
-    let ((got, pump), _) =
+fn auto_relays_a_stream_exactly_while_it_tries_both_stages() {
+    // The real clock: whichever stage measures cheaper, both are tried
+    // (copy first), and every byte arrives in order.
+    let data = payload(12 << 20, 11);
+    let ((got, pump), res) =
         relay_with(test_resources(), Pump::for_mode(crate::config::RelayMode::Auto, None), data.clone(), false);
     assert!(got == data, "contents differ");
-    assert!(pump.copied < AUTO_SPLICE_AFTER, "copied {} bytes before splicing", pump.copied);
-    assert!(pump.spliced > 8 << 20, "spliced only {} bytes", pump.spliced);
+    assert!(pump.spliced > 0 && pump.copied > 0, "spliced {}, copied {}", pump.spliced, pump.copied);
+    assert!(res.costs.explored >= 2);
 }
 
 #[test]
-fn auto_starts_counting_over_when_the_other_way_replies() {
-    let mut p = Pump::for_mode(crate::config::RelayMode::Auto, None);
-    let mut big = Auto::default();
-    for _ in 0..(AUTO_SPLICE_AFTER / (64 << 10)) {
-        big.read(64 << 10);
+fn auto_streams_by_the_stage_that_costs_less() {
+    for cheap in [Way::Splice, Way::Copy] {
+        let mut res = test_resources();
+        scripted(&mut res, Rc::new(Cell::new(0)), move |_, way| if way == cheap { 1 } else { 3 });
+        let data = payload(12 << 20, 12);
+        // The first stream meets every size class new: each tries both
+        // stages once. The second finds them measured.
+        let (_, res) = relay_with(res, Pump::for_mode(crate::config::RelayMode::Auto, None), data.clone(), false);
+        let ((got, pump), _) =
+            relay_with(res, Pump::for_mode(crate::config::RelayMode::Auto, None), data.clone(), false);
+        assert!(got == data, "contents differ");
+        let (mine, other) =
+            if cheap == Way::Splice { (pump.spliced, pump.copied) } else { (pump.copied, pump.spliced) };
+        assert!(other < mine / 8, "{cheap:?} costs less, yet it moved {mine} bytes and the other stage {other}");
     }
-    assert!(big.one_way.is_bulk());
-    p.auto = Some(big);
-    // A reply (1 MiB request/response, say) starts the count over.
-    p.other_way_moved();
-    assert!(!p.auto.unwrap().one_way.is_bulk());
-    // Splice and copy pumps have no count to reset.
-    let mut s = Pump::new(true);
-    s.other_way_moved();
-    assert_eq!(s.auto, None);
 }
 
 /// Relays `count` messages of `size` bytes one at a time through an auto
 /// pump, each read on the far side before the next is written, with the
-/// worker's load as given (scripted readiness: both flags set by hand).
-/// Returns the pump (its spliced and copied counts) and the resources.
-fn auto_messages(size: usize, count: u64, light: impl Fn(u64) -> bool) -> (Pump, Resources) {
+/// stages' costs scripted by message (scripted readiness: both flags set by
+/// hand). Returns the bytes spliced of each message, and the resources.
+fn auto_messages(size: usize, count: u64, ns_per_byte: impl Fn(u64, Way) -> u64 + 'static) -> (Vec<u64>, Resources) {
     let (mut src_peer, src) = pair();
     let (mut dst_peer, dst) = pair();
     let mut res = test_resources();
+    let at = Rc::new(Cell::new(0));
+    scripted(&mut res, at.clone(), ns_per_byte);
     let mut pump = Pump::for_mode(crate::config::RelayMode::Auto, None);
     dst_peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut spliced = Vec::new();
     for i in 0..count {
-        res.load = meter(light(i));
+        at.set(i);
+        let before = pump.spliced;
         let msg = payload(size, i);
         src_peer.write_all(&msg).unwrap();
         let mut got = vec![0; size];
@@ -287,35 +274,39 @@ fn auto_messages(size: usize, count: u64, light: impl Fn(u64) -> bool) -> (Pump,
             }
         }
         assert!(got == msg, "message {i} differs");
+        assert_eq!(pump.delivered(), (i + 1) * size as u64, "message {i}: delivered exactly");
+        spliced.push(pump.spliced - before);
         // The reply, as the session would report it.
         pump.other_way_moved();
     }
-    (pump, res)
+    (spliced, res)
 }
 
 #[test]
-fn auto_splices_big_messages_under_light_load() {
-    let (pump, _) = auto_messages(64 << 10, 40, |_| true);
-    // The first read decides; from the second message on all are spliced.
-    assert!(pump.copied <= 64 << 10, "copied {} bytes", pump.copied);
-    assert!(pump.spliced >= 39 * (64 << 10), "spliced {} bytes", pump.spliced);
+fn auto_follows_when_the_costs_of_the_two_stages_swap_mid_run() {
+    // 64 KiB messages: splicing costs a third of copying for the first 100
+    // messages, then three times as much, then a third again.
+    let splice_cheap = |i: u64| !(100..200).contains(&i);
+    let (spliced, res) =
+        auto_messages(64 << 10, 300, move |i, way| if (way == Way::Splice) == splice_cheap(i) { 1 } else { 3 });
+    let msg = 64 << 10;
+    let count = |r: std::ops::Range<usize>| spliced[r].iter().filter(|&&b| b == msg).count();
+    let copied = |r: std::ops::Range<usize>| spliced[r].iter().filter(|&&b| b == 0).count();
+    // Each phase settles within its first 20 messages; from then on the
+    // other stage is only tried, about once in EXPLORE_EVERY runs (a
+    // message takes a few runs, so a few more messages are touched).
+    let most = 80 - 4 * 80 / EXPLORE_EVERY as usize;
+    assert!(count(20..100) >= most, "phase 1 (splice cheaper): {} of 80 spliced whole", count(20..100));
+    assert!(copied(120..200) >= most, "phase 2 (copy cheaper): {} of 80 copied whole", copied(120..200));
+    assert!(count(220..300) >= most, "phase 3 (splice cheaper again): {} of 80 spliced whole", count(220..300));
+    assert!(res.costs.explored >= 6, "the dearer stage is tried now and then");
 }
 
 #[test]
-fn auto_copies_big_messages_under_heavy_load_and_switches_back() {
-    let (pump, res) = auto_messages(64 << 10, 40, |_| false);
-    assert_eq!((pump.spliced, pump.copied), (0, 40 * (64 << 10)), "heavy load: every message copied");
-    assert_eq!(res.pipes.counts().grown, 0);
-    // The load comes and goes: each message goes the way the worker's state says.
-    let (pump, _) = auto_messages(64 << 10, 40, |i| (i / 10) % 2 == 1);
-    assert!(pump.spliced >= 18 * (64 << 10) && pump.spliced <= 20 * (64 << 10), "spliced {}", pump.spliced);
-    assert!(pump.copied >= 20 * (64 << 10), "copied {}", pump.copied);
-}
-
-#[test]
-fn auto_always_copies_small_messages() {
-    let (pump, _) = auto_messages(1024, 200, |_| true);
-    assert_eq!((pump.spliced, pump.copied), (0, 200 * 1024));
+fn auto_splices_small_messages_only_to_measure_them_when_copying_costs_less() {
+    let (spliced, _) = auto_messages(1024, 320, |_, way| if way == Way::Copy { 1 } else { 2 });
+    let tried = spliced.iter().filter(|&&b| b > 0).count();
+    assert!((1..=320 / EXPLORE_EVERY as usize + 2).contains(&tried), "spliced {tried} of 320 small messages");
 }
 
 #[test]
@@ -384,4 +375,45 @@ fn a_stuck_reader_stops_the_pump_without_spinning() {
         assert!(pump.pending() > 0, "bytes wait in the pipe or buffer");
         pump.release(&mut res);
     }
+}
+
+#[test]
+fn the_default_lowat_is_on_the_destination_only_while_splicing() {
+    use socket2::SockRef;
+    for splice in [true, false] {
+        let (mut src_peer, src) = pair();
+        let (_dst_peer, dst) = pair();
+        let mut res = test_resources();
+        let mut pump = Pump::new(splice).with_stage_lowat(Some(256 << 10));
+        src_peer.write_all(b"x").unwrap();
+        (pump.src_readable, pump.dst_writable) = (true, true);
+        pump.run(&src, &dst, &mut res).unwrap();
+        let lowat = SockRef::from(&dst).tcp_notsent_lowat().unwrap();
+        assert_eq!(lowat, if splice { 256 << 10 } else { 0 }, "splice {splice}");
+        pump.release(&mut res);
+    }
+    // An auto pump that changes stage changes the destination's bound with it.
+    let (mut src_peer, src) = pair();
+    let (mut dst_peer, dst) = pair();
+    let mut res = test_resources();
+    let at = Rc::new(Cell::new(0));
+    scripted(&mut res, at.clone(), |_, way| if way == Way::Splice { 1 } else { 3 });
+    let mut pump = Pump::for_mode(crate::config::RelayMode::Auto, None).with_stage_lowat(Some(256 << 10));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut got = [0; 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 1..=8 {
+        src_peer.write_all(&[7; 1024]).unwrap();
+        while pump.delivered() < i * 1024 {
+            assert!(Instant::now() < deadline, "message {i} never relayed");
+            (pump.src_readable, pump.dst_writable) = (true, true);
+            pump.run(&src, &dst, &mut res).unwrap();
+        }
+        dst_peer.read_exact(&mut got).unwrap();
+        let lowat = SockRef::from(&dst).tcp_notsent_lowat().unwrap();
+        seen.insert((matches!(pump.stage, Stage::Splice { .. }), lowat));
+        pump.other_way_moved();
+    }
+    assert!(seen.contains(&(true, 256 << 10)) && seen.contains(&(false, 0)), "stage and bound seen: {seen:?}");
+    assert!(seen.len() == 2, "a stage with the other's bound: {seen:?}");
 }
