@@ -14,7 +14,7 @@
 //! buffer is never empty. Each stretch of a run in one stage is timed and
 //! charged to that stage with the bytes it delivered.
 
-use super::cost::{Costs, Timing, Way, class_of};
+use super::cost::{Costs, Way, class_of};
 
 /// A direction under `relay: auto`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,8 +27,6 @@ pub struct Auto {
     next: Option<Way>,
     /// This run only measures the stage it chose (see [`Auto::exploring`]).
     exploring: bool,
-    /// The stretch being timed, and the pump's bytes delivered when it began.
-    timing: Option<(Timing, u64)>,
 }
 
 impl Auto {
@@ -57,7 +55,7 @@ impl Auto {
         let (way, exploring) = costs.choose(self.class());
         self.next = (way != current).then_some(way);
         self.exploring = exploring;
-        self.timing = Some((costs.start(self.class(), current), delivered));
+        costs.start(self.class(), current, delivered);
     }
 
     /// This run tries a stage to measure it, not because it measured
@@ -74,16 +72,14 @@ impl Auto {
     /// The pump changed to stage `way`: the stretch before is charged to
     /// the old stage, and a new one starts.
     pub fn switched(&mut self, costs: &mut Costs, way: Way, delivered: u64) {
-        self.end_run(costs, delivered);
+        costs.finish(delivered);
         self.next = None;
-        self.timing = Some((costs.start(self.class(), way), delivered));
+        costs.start(self.class(), way, delivered);
     }
 
     /// The run is over: its last stretch is charged.
-    pub fn end_run(&mut self, costs: &mut Costs, delivered: u64) {
-        if let Some((t, from)) = self.timing.take() {
-            costs.finish(t, delivered.saturating_sub(from));
-        }
+    pub fn end_run(&self, costs: &mut Costs, delivered: u64) {
+        costs.finish(delivered);
     }
 }
 

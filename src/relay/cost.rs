@@ -106,12 +106,16 @@ struct Class {
     since_explore: u32,
 }
 
-/// Started by [`Costs::start`], ended by [`Costs::finish`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timing {
+/// The stretch of a run being timed: started by [`Costs::start`], ended by
+/// [`Costs::finish`]. One per worker (one pump runs at a time), so a pump
+/// carries none of it between runs.
+#[derive(Clone, Copy, Debug)]
+struct Running {
     started: Instant,
     class: usize,
     way: Way,
+    /// The pump's bytes delivered when the stretch began.
+    from: u64,
 }
 
 /// One worker's costs of copying and splicing, by size class.
@@ -119,6 +123,7 @@ pub struct Costs {
     classes: [Class; CLASSES],
     /// Runs that tried the stage that had measured dearer (or not at all).
     pub explored: u64,
+    running: Option<Running>,
     /// Tests replace the clock: nanoseconds a run of this stage moving
     /// this many bytes "took".
     #[cfg(test)]
@@ -136,6 +141,7 @@ impl Default for Costs {
         Costs {
             classes: [Class::default(); CLASSES],
             explored: 0,
+            running: None,
             #[cfg(test)]
             script: None,
         }
@@ -168,21 +174,25 @@ impl Costs {
         (best, false)
     }
 
-    /// A run of class `class` using `way` starts now.
-    pub fn start(&self, class: usize, way: Way) -> Timing {
-        Timing { started: Instant::now(), class, way }
+    /// A stretch of class `class` using `way` starts now, its pump having
+    /// delivered `delivered` bytes so far.
+    pub fn start(&mut self, class: usize, way: Way, delivered: u64) {
+        self.running = Some(Running { started: Instant::now(), class, way, from: delivered });
     }
 
-    /// The run ended having delivered `bytes`: its time goes to its stage.
-    pub fn finish(&mut self, t: Timing, bytes: u64) {
+    /// The stretch ended with its pump at `delivered` bytes: its time goes
+    /// to its stage, with the bytes it delivered.
+    pub fn finish(&mut self, delivered: u64) {
+        let Some(r) = self.running.take() else { return };
+        let bytes = delivered.saturating_sub(r.from);
         #[cfg(test)]
         if let Some(script) = self.script.as_mut() {
-            let ns = script(t.way, bytes);
-            self.classes[t.class].tally[t.way.index()].add(ns, bytes);
+            let ns = script(r.way, bytes);
+            self.classes[r.class].tally[r.way.index()].add(ns, bytes);
             return;
         }
-        let ns = t.started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-        self.classes[t.class].tally[t.way.index()].add(ns, bytes);
+        let ns = r.started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.classes[r.class].tally[r.way.index()].add(ns, bytes);
     }
 
     /// The current estimates, nanoseconds per KiB for (copy, splice), of
@@ -217,8 +227,8 @@ mod tests {
         let mut spliced = 0;
         for _ in 0..runs {
             let (way, _) = costs.choose(class);
-            let t = costs.start(class, way);
-            costs.finish(t, 64 << 10);
+            costs.start(class, way, 0);
+            costs.finish(64 << 10);
             spliced += (way == Way::Splice) as u32;
         }
         spliced
