@@ -8,13 +8,11 @@
 //! - `cli`: the command line and how its flags become a `Config`.
 //! - `config`: `proxy.yaml`: schema, units, validation, errors with file:line:column.
 //! - `doctor`: `sluice doctor`, the kernel and limits audit.
-//! - `handoff`: hitless upgrade: listening sockets handed to a successor over a Unix socket;
-//!   systemd socket activation.
+//! - `handoff`: hitless upgrade: listening sockets handed to a successor over a Unix socket.
 //! - `handshakes`: the socket filter that stops a listener answering new handshakes before it closes.
 //! - `frontend`: what one listen address serves: its routes, and their name table.
-//! - `server`: the control thread: start workers, signals, reload, drain.
+//! - `server`: the control thread: start workers, signals, reload (the route plan, the file watch), drain.
 //! - `ratelimit`: connection-rate limits per route and per client prefix, shared by the workers.
-//! - `reload`: config → per-worker route updates (start and reload); the file watch.
 //! - `worker`: one thread, one mio loop: listeners, sessions, timers, pools.
 //! - `session`: one client↔upstream pair through its stages, and how it ends.
 //! - `relay`: the pump state machine over splice pipes or copy buffers.
@@ -28,6 +26,7 @@
 //! - `socket_queue`: what a socket still holds: unread and unacknowledged bytes.
 //! - `sockopt`: one function per TCP option; where each one applies.
 //! - `limits`: the fd limit and the reserve fd.
+//! - `listen`: listening sockets: their keys, binding and adopting them, systemd socket activation.
 //! - `local_error`: telling this host's failures (fds, memory, ports, `source:`) from an upstream's.
 //! - `local_ports`: local ports per upstream address, and what the routes may need (`doctor`).
 //! - `logging`: env_logger through a non-blocking queue to stderr.
@@ -48,6 +47,7 @@ pub mod frontend;
 pub mod handoff;
 pub mod handshakes;
 pub mod limits;
+pub mod listen;
 pub mod local_error;
 pub mod local_ports;
 pub mod logging;
@@ -58,7 +58,6 @@ pub mod pipe;
 pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod relay;
-pub mod reload;
 pub mod route;
 pub mod server;
 pub mod session;

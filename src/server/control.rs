@@ -16,13 +16,16 @@ use signal_hook::consts::{SIGHUP, SIGINT};
 use signal_hook_mio::v1_0::Signals;
 
 use super::control_socket::ControlSocket;
+use super::plan::{self, HelloStates, Running};
 use super::successor::Exchange;
+use super::watch::FileWatch;
 use super::{CONTROL, Exit, SIGNALS, ServerError, WATCH_EVERY, WorkerHandle, settings};
 use crate::admin::AdminHandle;
 use crate::config::{self, Config};
 use crate::handoff::READY_TIMEOUT;
+use crate::listen::{Inherited, ListenKey};
 use crate::metrics::Registry;
-use crate::reload::{self, FileWatch, HelloStates, Running};
+
 use crate::upstream::checker::Checker;
 use crate::upstream::discovery::{Resolved, Resolver};
 use crate::worker::{Control, Shared};
@@ -239,7 +242,7 @@ impl ControlThread {
 
     /// The workers stop accepting (closing the listeners in `handed_over`
     /// without serving their queues: a successor does) and drain until `deadline`.
-    pub(super) fn start_draining(&mut self, deadline: Instant, handed_over: Vec<crate::reload::ListenKey>) {
+    pub(super) fn start_draining(&mut self, deadline: Instant, handed_over: Vec<ListenKey>) {
         self.draining = true;
         self.grace_until = None;
         self.stop_deferred = false;
@@ -305,8 +308,8 @@ impl ControlThread {
             new.cpu_affinity = self.config.cpu_affinity;
         }
         // A reload binds what it needs itself; inherited sockets come only at start.
-        let mut none = crate::handoff::Inherited::default();
-        let plan = reload::plan(&self.running, &new, self.handles.len(), &self.registry, &mut self.hello, &mut none)
+        let mut none = Inherited::default();
+        let plan = plan::plan(&self.running, &new, self.handles.len(), &self.registry, &mut self.hello, &mut none)
             .map_err(|e| e.to_string())?;
         let settings = settings(&new);
         self.shared.max_connections.store(new.max_connections, Ordering::Relaxed);

@@ -20,12 +20,13 @@
 
 mod control;
 mod control_socket;
+mod plan;
 mod pools;
 mod successor;
+mod watch;
 mod workers;
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -37,44 +38,33 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::admin::AdminContext;
 use crate::config::{Config, Workers, units::fmt_size};
+use crate::handoff::HandoffError;
 use crate::limits;
+use crate::listen::activation::{Activation, ActivationError};
+use crate::listen::{Inherited, ListenError};
 use crate::metrics::Registry;
 use crate::metrics::WorkerCounters;
 use crate::pipe;
-use crate::reload::{self, FileWatch, HelloStates};
-use crate::upstream::ResolveError;
 use crate::upstream::checker::Checker;
 use crate::upstream::discovery::{Resolved, Resolver};
 use crate::worker::{Shared, WorkerSettings};
 use control::{ControlParts, ControlThread};
 use control_socket::ControlSocket;
+use plan::HelloStates;
+pub use plan::PlanError;
+use watch::FileWatch;
 use workers::{Exit, WorkerHandle, hand_out_surplus, start_worker};
 
-/// Why the server could not start or stopped badly.
+/// Why the server could not start or stopped badly: each layer's own
+/// error, or the control thread's.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// An upstream host name did not resolve.
-    #[error("route {route}: {source}")]
-    Resolve {
-        /// The route.
-        route: String,
-        /// The failure.
-        #[source]
-        source: ResolveError,
-    },
-    /// A listen address could not be bound.
-    #[error("route {route}: cannot listen on {addr}: {source}{hint}")]
-    Bind {
-        /// The route.
-        route: String,
-        /// The address.
-        addr: SocketAddr,
-        /// What the kernel said.
-        #[source]
-        source: io::Error,
-        /// Advice for the common causes.
-        hint: &'static str,
-    },
+    /// The routes could not be planned (resolved, bound).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The admin port could not be bound.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     /// Threads, polls, signals.
     #[error("{what}: {source}")]
     Io {
@@ -89,10 +79,10 @@ pub enum ServerError {
     Worker(usize, String),
     /// Taking the listeners over from a running sluice failed (it still serves).
     #[error("{0}")]
-    Handoff(#[from] crate::handoff::HandoffError),
+    Handoff(#[from] HandoffError),
     /// The sockets systemd passed do not fit the configuration.
     #[error("{0}")]
-    Activation(#[from] crate::handoff::activation::ActivationError),
+    Activation(#[from] ActivationError),
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
@@ -121,9 +111,9 @@ pub fn worker_count(w: Workers) -> usize {
 pub struct RunOptions {
     /// Take the listeners over from the process on the config's `control_socket`.
     pub takeover: bool,
-    /// Listening sockets from systemd (`handoff::activation::from_env`, read
+    /// Listening sockets from systemd (`listen::activation::from_env`, read
     /// in `main` before any thread starts). A takeover wins over them.
-    pub activation: crate::handoff::activation::Activation,
+    pub activation: Activation,
 }
 
 /// Starts the workers for `config` and serves until a signal ends it (or a
@@ -133,7 +123,7 @@ pub struct RunOptions {
 /// kernel queues clients on it, and a process that then gives up resets
 /// them; once a predecessor is told `Ready` it stops accepting. So every
 /// step that can fail (the control socket, the takeover, the admin port,
-/// polls and threads) comes before `reload::plan` binds, and nothing after
+/// polls and threads) comes before `plan::plan` binds, and nothing after
 /// `Ready` stops the service.
 pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
     // Signal handlers first: a SIGTERM that arrives while we bind must drain, not kill.
@@ -169,7 +159,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
             );
             (Some(peer), inherited)
         }
-        _ => (None, crate::handoff::Inherited::default()),
+        _ => (None, Inherited::default()),
     };
     // Socket activation: systemd's sockets, unless a takeover brought the running process's.
     if let Some(from_systemd) = opts.activation.into_inherited(&config, workers, predecessor.is_some())? {
@@ -182,7 +172,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
             None => std::net::TcpListener::bind(a.listen).map_err(|source| {
                 let in_use = source.kind() == io::ErrorKind::AddrInUse;
                 let hint = if in_use { " (is another sluice running with this admin address?)" } else { "" };
-                ServerError::Bind { route: "admin".to_owned(), addr: a.listen, hint, source }
+                ServerError::Listen(ListenError::Bind { route: "admin".to_owned(), addr: a.listen, hint, source })
             })?,
         }),
         None => None,
@@ -231,7 +221,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
 
     // Binding and listening: from here clients queue on our sockets.
     let mut hello = HelloStates::new();
-    let mut plan = reload::plan(&Vec::new(), &config, workers, &registry, &mut hello, &mut inherited)?;
+    let mut plan = plan::plan(&Vec::new(), &config, workers, &registry, &mut hello, &mut inherited)?;
     for (tx, routes) in routes_to.into_iter().zip(std::mem::take(&mut plan.per_worker)) {
         // A worker that is gone already reports its exit to the control loop.
         let _ = tx.send(routes);

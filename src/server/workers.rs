@@ -12,8 +12,9 @@ use mio::{Poll, Waker};
 
 use super::{ServerError, io_err};
 use crate::config::Config;
+use crate::listen::ListenKey;
 use crate::metrics::WorkerMetrics;
-use crate::reload::{ListenKey, ListenerUpdate};
+use crate::worker::ListenerUpdate;
 use crate::worker::{self, Control, Shared, Worker, WorkerSettings, WorkerSetup};
 
 /// A worker as the control thread holds it.

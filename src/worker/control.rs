@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use mio::Poll;
 use mio::net::TcpListener;
 
+use crate::frontend::Frontend;
+use crate::listen::ListenKey;
 use crate::metrics::WorkerMetrics;
 use crate::pipe::PipeBudget;
-use crate::reload::{ListenKey, ListenerUpdate};
 
 /// A message from the control thread.
 #[derive(Debug)]
@@ -62,6 +63,19 @@ pub enum Control {
     },
     /// Close everything now and exit.
     Stop,
+}
+
+/// One listen address as a worker should serve it after an update.
+#[derive(Debug)]
+pub struct ListenerUpdate {
+    /// Which listener.
+    pub key: ListenKey,
+    /// The routes new clients get.
+    pub frontend: Arc<Frontend>,
+    /// This worker's socket for an address that is new; `None` keeps the one it has.
+    pub listener: Option<TcpListener>,
+    /// A route of the address changed: re-apply the listener's options.
+    pub changed: bool,
 }
 
 /// The global settings a worker applies to new sessions.

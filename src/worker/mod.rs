@@ -42,7 +42,7 @@ use crate::relay::Resources;
 use crate::session::{Due, End, Readiness, Session, Side, Stage, Verdict};
 use crate::timer::Timers;
 use crate::upstream;
-pub use control::{Control, Reloads, Shared, WorkerSettings, WorkerSetup};
+pub use control::{Control, ListenerUpdate, Reloads, Shared, WorkerSettings, WorkerSetup};
 use listeners::Listener;
 use token::Target;
 pub use token::WAKER;
@@ -216,7 +216,7 @@ impl Worker {
     /// listeners close (those a successor took close at once: it serves their
     /// queues) — and gives running sessions until `deadline` (closing quiet
     /// ones early on routes that set `drain_close_idle_after`).
-    fn drain(&mut self, deadline: Instant, handed_over: &[crate::reload::ListenKey], now: Instant) {
+    fn drain(&mut self, deadline: Instant, handed_over: &[crate::listen::ListenKey], now: Instant) {
         if self.draining {
             return;
         }
