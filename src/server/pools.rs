@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::control::ControlThread;
+use super::ControlThread;
 use super::plan;
-use super::settings;
-use crate::metrics::UpstreamKey;
+use super::start::settings;
+use crate::upstream::UpstreamKey;
 use crate::upstream::checker::Target;
 use crate::upstream::discovery::{self, Resolved, Watch};
 use crate::worker::Control;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
-use super::control::ControlThread;
+use super::ControlThread;
 use super::workers::WorkerLink;
 use crate::handoff::wire::{Message, Peer};
 use crate::handoff::{self, READY_TIMEOUT, STEP_TIMEOUT};
