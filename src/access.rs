@@ -87,14 +87,14 @@ pub fn line(format: LogFormat, s: &Session, e: &Entry) -> String {
     let upstream = e.connected.then(|| s.upstream_addr().to_string());
     let str_or_null = |v: Option<String>| v.map_or(Value::Null, Value::Str);
     // `peer` is who connected to us; `client` is who the PROXY header said it spoke for (the same without one).
-    let tls = s.tls.as_deref();
+    let tls = s.tls();
     let fields: [(&str, Value); 18] = [
         ("event", Value::Str(if e.reason.is_some() { "end" } else { "periodic" }.to_owned())),
-        ("session", Value::Int(s.id)),
+        ("session", Value::Int(s.id())),
         // A client whose ClientHello chose no route has none.
-        ("route", Value::Str(if s.routed { s.route.name.clone() } else { "-".to_owned() })),
-        ("client", Value::Str(s.client_addr.to_string())),
-        ("peer", Value::Str(s.peer_addr.to_string())),
+        ("route", Value::Str(if s.routed() { s.route().name.clone() } else { "-".to_owned() })),
+        ("client", Value::Str(s.client_addr().to_string())),
+        ("peer", Value::Str(s.peer_addr().to_string())),
         ("upstream", str_or_null(upstream)),
         ("bytes_up", Value::Int(e.client_to_upstream.iter().sum())),
         ("bytes_down", Value::Int(e.upstream_to_client.iter().sum())),

@@ -21,7 +21,7 @@ use slab::Slab;
 use crate::metrics::collect::{Sources, collect};
 use crate::metrics::snapshot::{PipeSnapshot, ReloadSnapshot, Snapshot};
 use crate::metrics::{Registry, WorkerMetrics, prometheus};
-use crate::worker::Shared;
+use crate::process::ProcessState;
 
 const LISTENER: Token = Token(0);
 /// Wakes the thread to stop (its tokens for connections start above it).
@@ -37,7 +37,7 @@ pub struct AdminContext {
     /// Route and upstream names.
     pub registry: Arc<Registry>,
     /// Readiness, reloads, pipes.
-    pub shared: Arc<Shared>,
+    pub shared: Arc<ProcessState>,
     /// Where /proc is (a test seam for the kernel counters).
     pub proc_root: std::path::PathBuf,
 }

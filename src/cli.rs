@@ -1,5 +1,5 @@
-//! The command line (clap derive), exactly the contract in DESIGN.md, and
-//! how its flags turn into a `Config`.
+//! The command line (clap derive): the subcommands and flags `sluice --help`
+//! shows, and how its flags turn into a `Config`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,41 +1,60 @@
 //! sluice: a zero-copy TCP (layer 4) reverse proxy for Linux.
 //!
 //! # Layout
-//! - `access`: the access log, one line per finished session.
-//! - `acl`: per-route allow/deny lists of CIDR blocks.
-//! - `admin`: the admin HTTP port: /metrics, /stats, /healthz, /readyz.
-//! - `affinity`: pinning workers to CPUs.
-//! - `cli`: the command line and how its flags become a `Config`.
-//! - `config`: `proxy.yaml`: schema, units, validation, errors with file:line:column.
+//! The modules in layers, top to bottom: a module imports modules of its
+//! own layer or below, never above, and no two import each other
+//! (`docs/architecture.md` draws it; `tests/repo` checks both).
+//!
+//! ## Commands: what `main` runs
+//! - `server`: the control thread: starts the workers, signals, reloads (the route plan, the file watch), the drain, a successor's takeover.
 //! - `doctor`: `sluice doctor`, the kernel and limits audit.
-//! - `handoff`: hitless upgrade: listening sockets handed to a successor over a Unix socket;
-//!   systemd socket activation.
-//! - `handshakes`: the socket filter that stops a listener answering new handshakes before it closes.
-//! - `frontend`: what one listen address serves: its routes, and their name table.
-//! - `server`: the control thread: start workers, signals, reload, drain.
-//! - `ratelimit`: connection-rate limits per route and per client prefix, shared by the workers.
-//! - `reload`: config → per-worker route updates (start and reload); the file watch.
-//! - `worker`: one thread, one mio loop: listeners, sessions, timers, pools.
-//! - `session`: one client↔upstream pair through its stages, and how it ends.
-//! - `relay`: the pump state machine over splice pipes or copy buffers.
-//! - `proxy_protocol`: PROXY protocol v1/v2 headers: building and strict parsing.
-//! - `overload`: refusing new clients above fd or memory thresholds (`overload:`).
-//! - `pipe`: splice pipes and the per-worker pipe pool.
-//! - `timer`: deadlines with `now` passed in.
-//! - `route`: a route as workers run it (bound, resolved).
-//! - `upstream`: resolved upstream sets and balancing.
-//! - `sockets`: listeners, upstream connects, abortive close.
-//! - `socket_queue`: what a socket still holds: unread and unacknowledged bytes.
-//! - `sockopt`: one function per TCP option; where each one applies.
-//! - `limits`: the fd limit and the reserve fd.
-//! - `local_error`: telling this host's failures (fds, memory, ports, `source:`) from an upstream's.
-//! - `local_ports`: local ports per upstream address, and what the routes may need (`doctor`).
-//! - `logging`: env_logger through a non-blocking queue to stderr.
-//! - `metrics`: per-worker counters and histograms, snapshots, Prometheus text.
-//! - `netstat`: machine-wide TCP counters from /proc/net.
 //! - `stats_view`: the `sluice stats` terminal view.
-//! - `sysctl`: reading kernel settings from /proc/sys.
+//! - `cli`: the command line and how its flags become a `Config`.
+//! - `logging`: env_logger through a non-blocking queue to stderr.
+//!
+//! ## Control: the control plane beside the control thread
+//! - `admin`: the admin HTTP port: /metrics, /stats, /healthz, /readyz.
+//! - `handoff`: the takeover protocol: a running sluice hands its listening sockets to a successor over a Unix socket.
+//!
+//! ## Workers: the data plane's threads
+//! - `worker`: one thread, one mio loop: listeners, sessions, timers, pools.
+//! - `access`: the access log, one line per finished session.
+//!
+//! ## Sessions: one client at a time
+//! - `session`: one client↔upstream pair through its stages, and how it ends.
+//! - `frontend`: what one listen address serves: its routes, and their name table.
+//! - `route`: a route as workers run it (bound, resolved).
+//!
+//! ## State: what threads share
+//! - `process`: what the whole process shares across threads: readiness, reloads, generation, limits.
+//! - `metrics`: per-worker counters and histograms, snapshots, Prometheus text.
+//! - `upstream`: resolved upstream sets, balancing, health, health checks and DNS re-resolution.
+//! - `listen`: listening sockets: their keys, binding and adopting them, systemd socket activation.
+//! - `overload`: refusing new clients above fd or memory thresholds (`overload:`).
+//!
+//! ## Bytes: moving bytes and the sockets they move through
+//! - `relay`: the pump state machine over splice pipes, copy buffers or io_uring.
+//! - `pipe`: splice pipes and the per-worker pipe pool.
+//! - `sockets`: listeners, upstream connects, abortive close.
+//! - `sockopt`: one function per TCP option; where each one applies.
+//! - `socket_queue`: what a socket still holds: unread and unacknowledged bytes.
+//! - `handshakes`: the socket filter that stops a listener answering new handshakes before it closes.
+//! - `local_ports`: local ports per upstream address, and what the routes may need (`doctor`).
+//! - `local_error`: telling this host's failures (fds, memory, ports, `source:`) from an upstream's.
+//!
+//! ## Rules: configuration and pure logic, no I/O
+//! - `config`: `proxy.yaml`: schema, units, validation, errors with file:line:column.
+//! - `proxy_protocol`: PROXY protocol v1/v2 headers: building and strict parsing.
 //! - `tls`: reading a TLS ClientHello (sans-I/O) and choosing a route by its server name.
+//! - `acl`: per-route allow/deny lists of CIDR blocks.
+//! - `ratelimit`: connection-rate limits per route and per client prefix, shared by the workers.
+//! - `timer`: deadlines with `now` passed in.
+//!
+//! ## Kernel: the kernel's numbers and settings
+//! - `netstat`: machine-wide TCP counters from /proc/net.
+//! - `sysctl`: reading kernel settings from /proc/sys.
+//! - `affinity`: pinning workers to CPUs.
+//! - `limits`: the fd limit and the reserve fd.
 
 pub mod access;
 pub mod acl;
@@ -48,6 +67,7 @@ pub mod frontend;
 pub mod handoff;
 pub mod handshakes;
 pub mod limits;
+pub mod listen;
 pub mod local_error;
 pub mod local_ports;
 pub mod logging;
@@ -55,10 +75,10 @@ pub mod metrics;
 pub mod netstat;
 pub mod overload;
 pub mod pipe;
+pub mod process;
 pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod relay;
-pub mod reload;
 pub mod route;
 pub mod server;
 pub mod session;

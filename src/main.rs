@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use sluice::cli::{Cli, Command, DEFAULT_CONFIG};
 use sluice::config::{self, Config};
-use sluice::handoff::activation;
+use sluice::listen::activation;
 use sluice::metrics::snapshot::Snapshot;
 use sluice::{admin, doctor, logging, server, stats_view};
 

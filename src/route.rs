@@ -122,7 +122,7 @@ impl Route {
         };
         let resolved = UpstreamSet::resolve(&r.upstreams)?;
         let metric_id = registry.route_id(&r.name);
-        let upstreams = UpstreamSet::build(&r.upstreams, &resolved, metric_id, registry);
+        let upstreams = UpstreamSet::build(&r.upstreams, &resolved, |addr| registry.upstream(metric_id, addr));
         Ok(Route {
             name: r.name.clone(),
             listen: r.listen,
@@ -149,7 +149,9 @@ impl Route {
         Route {
             name: self.name.clone(),
             listen: self.listen,
-            upstreams: UpstreamSet::build(&self.config.upstreams, &resolved, self.metric_id, registry),
+            upstreams: UpstreamSet::build(&self.config.upstreams, &resolved, |addr| {
+                registry.upstream(self.metric_id, addr)
+            }),
             connect_timeout: self.connect_timeout,
             idle_timeout: self.idle_timeout,
             half_close_timeout: self.half_close_timeout,

@@ -1,6 +1,6 @@
 //! Every key the loader accepts, read from the `Deserialize` impls of the
 //! raw config rather than listed by hand, so the documentation tests
-//! (`tests/docs_drift.rs`) notice a key added to `schema.rs` and left out of
+//! (`tests/repo/docs_drift.rs`) notice a key added to `schema.rs` and left out of
 //! `docs/configuration.md`.
 //!
 //! A small tracing `Deserializer` replays `RawConfig::deserialize` once per

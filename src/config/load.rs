@@ -12,8 +12,9 @@ use std::path::Path;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::field::{FieldPath, Seg};
 use super::schema::RawConfig;
-use super::validate::{self, FieldPath, Seg};
+use super::validate;
 use super::{Config, ConfigError, Location};
 
 /// Reads, parses and validates a config file.

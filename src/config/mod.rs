@@ -1,12 +1,20 @@
 //! Configuration: the validated, defaults-merged `Config` the server runs
 //! from, and the error type every config problem is reported with.
 //!
-//! `schema.rs` is what the file looks like, `units.rs` checks single values,
-//! `validate.rs` turns the raw file into a `Config`, `load.rs` owns every
-//! call to serde_yaml and puts line and column on each error. `keys.rs`
-//! lists every key the file accepts, traced from the schema, for the docs tests.
+//! # Files
+//! - `schema.rs`: what the file looks like, as written;
+//! - `units.rs`: single values that check themselves (durations, sizes, addresses);
+//! - `pool.rs`: a route's upstream-pool settings (balancing, health checks, PROXY protocol, access lists);
+//! - `limits.rs`: rate limits and overload shedding as written;
+//! - `validate.rs`: the raw file turned into a `Config`, defaults filled, cross-field rules;
+//! - `shared.rs`: routes that share a listen address, and what they must agree on;
+//! - `field.rs`: field paths (`routes[1].listen`) and the error that carries one;
+//! - `load.rs`: every call to serde_yaml, and line and column on each error;
+//! - `keys.rs`: every key the file accepts, traced from the schema, for the docs tests;
+//! - `describe.rs`: a `Config` rendered back as YAML for `sluice check`.
 
 mod describe;
+mod field;
 mod keys;
 pub mod limits;
 mod load;

@@ -9,7 +9,7 @@
 //! one of them sets `server_names`; otherwise each gets its own, as before.
 
 use super::Route;
-use super::validate::{FieldError, FieldPath, Seg};
+use super::field::{FieldError, FieldPath, Seg};
 use crate::tls::names::{NameTable, RouteNames};
 
 /// Indices of the routes on each listen address, in config order (every

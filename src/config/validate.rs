@@ -5,9 +5,9 @@
 //! its line and column.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use super::field::{FieldError, FieldPath, Seg};
 use super::pool::PoolErrorAt;
 use super::schema::{RawConfig, RawRoute};
 use super::units::{HostPort, Workers};
@@ -16,59 +16,6 @@ use super::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_POOLED_PIPES, DEFAULT_PIPE_SIZE,
     DEFAULT_RELAY, Route, UpstreamSpec,
 };
-
-/// One step of a field path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Seg {
-    /// A mapping key.
-    Key(&'static str),
-    /// A sequence index.
-    Index(usize),
-}
-
-/// A field path such as `routes[1].listen`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FieldPath(pub Vec<Seg>);
-
-impl FieldPath {
-    fn route(i: usize) -> Self {
-        FieldPath(vec![Seg::Key("routes"), Seg::Index(i)])
-    }
-
-    fn key(mut self, k: &'static str) -> Self {
-        self.0.push(Seg::Key(k));
-        self
-    }
-
-    fn index(mut self, i: usize) -> Self {
-        self.0.push(Seg::Index(i));
-        self
-    }
-}
-
-impl fmt::Display for FieldPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (n, seg) in self.0.iter().enumerate() {
-            match seg {
-                Seg::Key(k) if n == 0 => f.write_str(k)?,
-                Seg::Key(k) => write!(f, ".{k}")?,
-                Seg::Index(i) => write!(f, "[{i}]")?,
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A rule that a valid value of one field broke in the context of the others.
-#[derive(Debug)]
-pub struct FieldError {
-    /// Which field.
-    pub path: FieldPath,
-    /// The path as text (`routes[1].listen`).
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
 
 fn fail<T>(path: FieldPath, message: String) -> Result<T, FieldError> {
     Err(FieldError { field: path.to_string(), path, message })

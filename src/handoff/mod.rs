@@ -27,12 +27,14 @@
 //!
 //! If the new process dies before step 4, the old one never stopped
 //! serving; after it, the new one only renames its control socket into
-//! place, and serves on if even that fails. `inherit.rs` keeps what was received until the plan uses it;
-//! systemd socket activation (`activation.rs`) hands sockets over the same
-//! way.
+//! place, and serves on if even that fails. What was received waits in a
+//! `listen::Inherited` until the route plan takes it, as systemd's sockets
+//! do (`listen/activation.rs`).
+//!
+//! # Files
+//! - `mod.rs`: the exchange's steps, each side's, and why one fails;
+//! - `wire.rs`: the messages and how fds travel with them (`SCM_RIGHTS`).
 
-pub mod activation;
-pub mod inherit;
 pub mod wire;
 
 use std::io;
@@ -41,8 +43,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-pub use inherit::Inherited;
-use wire::{FDS_PER_PACKET, Message, Offered, Peer};
+use crate::listen::{Inherited, ListenKey, Offered};
+use wire::{FDS_PER_PACKET, Message, Peer};
 
 /// How long one step of the exchange may take before it is abandoned.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,7 +148,7 @@ pub fn offer(
 
 /// The new process's side of step 4: it serves now; the old process stops
 /// accepting on `taken` and confirms.
-pub fn ready(peer: &Peer, taken: Vec<crate::reload::ListenKey>) -> Result<(), HandoffError> {
+pub fn ready(peer: &Peer, taken: Vec<ListenKey>) -> Result<(), HandoffError> {
     peer.send(&Message::Ready { taken }, &[]).map_err(broken("saying ready"))?;
     match peer.recv().map_err(broken("waiting for the predecessor to stop accepting"))?.0 {
         Message::Draining => Ok(()),

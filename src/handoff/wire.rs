@@ -21,28 +21,12 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::reload::ListenKey;
+use crate::listen::{ListenKey, Offered};
 
 /// The most fds one packet carries (the kernel's `SCM_MAX_FD` is 253).
 pub const FDS_PER_PACKET: usize = 200;
 /// The largest message body.
 const MAX_MESSAGE: usize = 1 << 20;
-
-/// One listening socket on offer: which listener of which address, in which worker slot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Offered {
-    /// The listener's identity (its address; for port 0, its first route's name too).
-    pub key: ListenKey,
-    /// The address it is bound to (the real port, for port 0).
-    pub addr: SocketAddr,
-    /// The worker that held it (0-based).
-    pub slot: usize,
-    /// A supervisor (systemd, for socket activation) holds this socket too
-    /// and outlives us: it must never be left filtered (see `handshakes`).
-    /// Absent in a predecessor's offer that predates the field: false.
-    #[serde(default)]
-    pub supervised: bool,
-}
 
 /// What the two processes say.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

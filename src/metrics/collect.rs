@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(snap.local_errors.get("ports"), Some(&0), "every cause is there, zeros too");
     }
 
-    fn closed_on(route: usize, upstream: crate::metrics::UpstreamKey) -> SessionRecord {
+    fn closed_on(route: usize, upstream: crate::upstream::UpstreamKey) -> SessionRecord {
         SessionRecord {
             route,
             upstream: Some(upstream),

@@ -13,5 +13,5 @@ pub mod snapshot;
 pub mod stats;
 
 pub use counters::{CloseReason, WorkerCounters};
-pub use registry::{Registry, UpstreamKey};
+pub use registry::Registry;
 pub use stats::{SessionRecord, WorkerMetrics};

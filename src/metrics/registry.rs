@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::upstream::UpstreamHealth;
+use crate::upstream::{UpstreamHealth, UpstreamKey};
 
 /// How long the series of an upstream that left its route's set (and has no
 /// sessions) are kept. Long enough for several scrapes at any usual interval
@@ -29,17 +29,6 @@ pub const RETENTION: Duration = Duration::from_secs(5 * 60);
 
 /// How often an upstream that left but still has sessions is looked at again.
 pub const RECHECK: Duration = Duration::from_secs(10);
-
-/// Where an upstream's numbers go: its slot, and which occupant of the slot.
-/// The generation goes up each time the slot is reclaimed; at most one
-/// reclaim per `RETENTION`, a `u32` does not wrap in practice.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct UpstreamKey {
-    /// Index into the workers' upstream stats.
-    pub id: usize,
-    /// Occupant of that slot.
-    pub generation: u32,
-}
 
 /// A route's metric identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use super::registry::UpstreamKey;
 use super::{CloseReason, WorkerCounters};
+use crate::upstream::UpstreamKey;
 
 /// Largest time a histogram holds: 1 day in µs (longer values are clamped).
 pub const MAX_TIME_US: u64 = 86_400_000_000;

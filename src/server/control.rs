@@ -6,110 +6,25 @@
 //! it must (see `successor.rs`); the signal itself is answered at once.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Poll, Waker};
+use mio::{Events, Poll};
 use signal_hook::consts::{SIGHUP, SIGINT};
 use signal_hook_mio::v1_0::Signals;
 
-use super::control_socket::ControlSocket;
-use super::successor::Exchange;
-use super::{CONTROL, Exit, SIGNALS, ServerError, WATCH_EVERY, WorkerHandle, settings};
-use crate::admin::AdminHandle;
-use crate::config::{self, Config};
+use super::plan;
+use super::start::settings;
+use super::watch::FileWatch;
+use super::workers::Exit;
+use super::{ControlThread, SIGNALS, SUCCESSOR, ServerError, WATCH_EVERY};
+use crate::config;
 use crate::handoff::READY_TIMEOUT;
-use crate::metrics::Registry;
-use crate::reload::{self, FileWatch, HelloStates, Running};
-use crate::upstream::checker::Checker;
-use crate::upstream::discovery::{Resolved, Resolver};
-use crate::worker::{Control, Shared};
-
-/// What the control thread keeps.
-pub(super) struct ControlThread {
-    pub(super) config: Config,
-    pub(super) running: Running,
-    /// Per address routed by name, its clients still sending a ClientHello.
-    pub(super) hello: HelloStates,
-    pub(super) handles: Vec<WorkerHandle>,
-    pub(super) shared: Arc<Shared>,
-    pub(super) registry: Arc<Registry>,
-    pub(super) watch: Option<FileWatch>,
-    /// A stop signal arrived: no reloads from then on.
-    pub(super) draining: bool,
-    /// The listeners stop accepting at this time (the end of `drain_grace`).
-    pub(super) grace_until: Option<Instant>,
-    pub(super) failure: Option<ServerError>,
-    pub(super) checker: Checker,
-    pub(super) resolver: Resolver,
-    pub(super) resolved: Receiver<Resolved>,
-    /// When an upstream's metric series may next be reclaimed.
-    pub(super) reclaim_at: Option<Instant>,
-    /// The admin port (stopped when a successor takes it over).
-    pub(super) admin: Option<AdminHandle>,
-    /// Where a successor may knock (`control_socket`).
-    pub(super) control_socket: Option<ControlSocket>,
-    /// The takeover under way, on its own thread.
-    pub(super) exchange: Option<Exchange>,
-    /// The listeners stop accepting once the takeover under way ends (its
-    /// successor may be serving on copies of them).
-    pub(super) stop_deferred: bool,
-    /// A reload was asked while a takeover was under way.
-    pub(super) reload_deferred: bool,
-    /// The control poll's waker (for the takeover's thread).
-    pub(super) waker: Arc<Waker>,
-}
-
-/// What the control thread starts with.
-pub(super) struct ControlParts {
-    pub config: Config,
-    pub running: Running,
-    pub hello: HelloStates,
-    pub handles: Vec<WorkerHandle>,
-    pub shared: Arc<Shared>,
-    pub registry: Arc<Registry>,
-    pub watch: Option<FileWatch>,
-    pub checker: Checker,
-    pub resolver: Resolver,
-    pub resolved: Receiver<Resolved>,
-    pub admin: Option<AdminHandle>,
-    pub control_socket: Option<ControlSocket>,
-    pub waker: Arc<Waker>,
-}
+use crate::listen::{Inherited, ListenKey};
+use crate::worker::Control;
 
 impl ControlThread {
-    /// The control thread of a process that has just started.
-    pub(super) fn new(p: ControlParts) -> ControlThread {
-        ControlThread {
-            config: p.config,
-            running: p.running,
-            hello: p.hello,
-            handles: p.handles,
-            shared: p.shared,
-            registry: p.registry,
-            watch: p.watch,
-            draining: false,
-            grace_until: None,
-            failure: None,
-            checker: p.checker,
-            resolver: p.resolver,
-            resolved: p.resolved,
-            reclaim_at: None,
-            admin: p.admin,
-            control_socket: p.control_socket,
-            exchange: None,
-            stop_deferred: false,
-            reload_deferred: false,
-            waker: p.waker,
-        }
-    }
-
-    pub(super) fn handles(&self) -> &[WorkerHandle] {
-        &self.handles
-    }
-
     /// Waits for signals, file changes and the workers; returns when every worker has exited.
     pub(super) fn run(
         &mut self,
@@ -142,7 +57,7 @@ impl ControlThread {
                     self.on_signal(signal);
                 }
             }
-            if events.iter().any(|e| e.token() == CONTROL) {
+            if events.iter().any(|e| e.token() == SUCCESSOR) {
                 self.on_successor();
             }
             self.on_exchange();
@@ -239,7 +154,7 @@ impl ControlThread {
 
     /// The workers stop accepting (closing the listeners in `handed_over`
     /// without serving their queues: a successor does) and drain until `deadline`.
-    pub(super) fn start_draining(&mut self, deadline: Instant, handed_over: Vec<crate::reload::ListenKey>) {
+    pub(super) fn start_draining(&mut self, deadline: Instant, handed_over: Vec<ListenKey>) {
         self.draining = true;
         self.grace_until = None;
         self.stop_deferred = false;
@@ -305,8 +220,8 @@ impl ControlThread {
             new.cpu_affinity = self.config.cpu_affinity;
         }
         // A reload binds what it needs itself; inherited sockets come only at start.
-        let mut none = crate::handoff::Inherited::default();
-        let plan = reload::plan(&self.running, &new, self.handles.len(), &self.registry, &mut self.hello, &mut none)
+        let mut none = Inherited::default();
+        let plan = plan::plan(&self.running, &new, self.handles.len(), &self.registry, &mut self.hello, &mut none)
             .map_err(|e| e.to_string())?;
         let settings = settings(&new);
         self.shared.max_connections.store(new.max_connections, Ordering::Relaxed);

@@ -17,10 +17,10 @@ use mio::{Interest, Registry};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Uid, geteuid};
 
-use super::CONTROL;
+use super::SUCCESSOR;
 use crate::handoff::wire::{self, Message, Peer};
 use crate::handoff::{HandoffError, STEP_TIMEOUT};
-use crate::worker::Shared;
+use crate::process::ProcessState;
 
 /// The Unix socket a successor connects to.
 #[derive(Debug)]
@@ -52,7 +52,7 @@ impl ControlSocket {
     pub(super) fn publish(mut self, registry: &Registry) -> Option<ControlSocket> {
         let tmp = self.temporary.take()?;
         let published = std::fs::rename(&tmp, &self.path)
-            .and_then(|()| registry.register(&mut SourceFd(&self.socket.as_raw_fd()), CONTROL, Interest::READABLE));
+            .and_then(|()| registry.register(&mut SourceFd(&self.socket.as_raw_fd()), SUCCESSOR, Interest::READABLE));
         match published {
             Ok(()) => {
                 log::info!(
@@ -79,7 +79,7 @@ impl ControlSocket {
 
     /// The next connection allowed in, if one is waiting; peers of other
     /// users are refused (told so, logged, counted) on the way.
-    pub(super) fn accept(&self, shared: &Shared) -> Option<socket2::Socket> {
+    pub(super) fn accept(&self, shared: &ProcessState) -> Option<socket2::Socket> {
         loop {
             let (s, _) = self.socket.accept().ok()?;
             let Err(why) = allowed(&s) else { return Some(s) };

@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::control::ControlThread;
-use super::settings;
-use crate::metrics::UpstreamKey;
-use crate::reload::{self, ListenerUpdate};
+use super::ControlThread;
+use super::plan;
+use super::start::settings;
+use crate::upstream::UpstreamKey;
 use crate::upstream::checker::Target;
 use crate::upstream::discovery::{self, Resolved, Watch};
 use crate::worker::Control;
+use crate::worker::ListenerUpdate;
 
 impl ControlThread {
     /// Tells the health checker and the resolver what the running routes
@@ -92,7 +93,7 @@ impl ControlThread {
         );
         self.running[pos].1 = route;
         let settings = settings(&self.config);
-        let frontends = reload::frontends(&self.running, &mut self.hello);
+        let frontends = plan::frontends(&self.running, &mut self.hello);
         for h in &self.handles {
             let routes = frontends
                 .iter()

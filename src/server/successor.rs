@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
-use super::control::ControlThread;
+use super::ControlThread;
 use super::workers::WorkerLink;
-use crate::handoff::wire::{Message, Offered, Peer};
+use crate::handoff::wire::{Message, Peer};
 use crate::handoff::{self, READY_TIMEOUT, STEP_TIMEOUT};
-use crate::reload::ListenKey;
+use crate::listen::{ListenKey, Offered};
 use crate::worker::Control;
 
 /// The successor asked, or is about to: no socket has left this process.

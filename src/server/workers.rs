@@ -12,9 +12,11 @@ use mio::{Poll, Waker};
 
 use super::{ServerError, io_err};
 use crate::config::Config;
+use crate::listen::ListenKey;
 use crate::metrics::WorkerMetrics;
-use crate::reload::{ListenKey, ListenerUpdate};
-use crate::worker::{self, Control, Shared, Worker, WorkerSettings, WorkerSetup};
+use crate::process::ProcessState;
+use crate::worker::ListenerUpdate;
+use crate::worker::{self, Control, Worker, WorkerSettings, WorkerSetup};
 
 /// A worker as the control thread holds it.
 pub(super) struct WorkerHandle {
@@ -62,7 +64,7 @@ pub(super) struct Exit {
 pub(super) fn hand_out_surplus(
     surplus: Vec<(ListenKey, mio::net::TcpListener)>,
     handles: &[WorkerHandle],
-    shared: &Shared,
+    shared: &ProcessState,
 ) {
     if surplus.is_empty() {
         return;
@@ -90,7 +92,7 @@ pub(super) fn hand_out_surplus(
 pub(super) fn start_worker(
     id: usize,
     workers: usize,
-    shared: &Arc<Shared>,
+    shared: &Arc<ProcessState>,
     settings: WorkerSettings,
     config: &Config,
     exit_tx: &Sender<Exit>,

@@ -9,15 +9,27 @@
 //! The session decides; the worker acts. Methods here take readiness and
 //! time and return what should happen (keep going, try the next upstream,
 //! end this way for this reason); the worker owns the poll registry, the
-//! timers, the pools and the metrics. `relay.rs` is the relaying stage,
-//! `ending.rs` the rules for how a session ends, `linger.rs` the wait before
-//! a reset, `header.rs` PROXY header I/O, `tried.rs` the upstreams tried,
-//! `uring.rs` what a session does with its io_uring completions.
+//! timers, the pools and the metrics. Its fields are private: the worker
+//! reads them through methods and only the session changes its stage.
+//!
+//! # Files
+//! - `mod.rs`: the `Session`, what it holds and counts (its upstream claim, its admissions), and
+//!   the words every file here uses (`Side`, `Readiness`);
+//! - `stage.rs`: the stages and what each holds, and the verdicts the worker gets;
+//! - `lifecycle.rs`: every stage change;
+//! - `relay.rs`: the relaying stage;
+//! - `ending.rs`: the rules for how a session ends;
+//! - `linger.rs`: the wait before a reset;
+//! - `header.rs`: PROXY header I/O;
+//! - `tried.rs`: the upstreams tried;
+//! - `uring.rs`: what a session does with its io_uring completions.
 
 mod ending;
 pub mod header;
+mod lifecycle;
 mod linger;
 mod relay;
+mod stage;
 mod tried;
 mod uring;
 
@@ -32,14 +44,12 @@ pub use ending::{Due, End, Ending};
 pub use header::HeaderRead;
 pub use linger::{Linger, LingerCheck};
 pub use relay::{Relay, Step};
+pub use stage::{Attempt, HelloWait, Stage, TlsInfo, Verdict};
 pub use tried::{MAX_ATTEMPTS, Tried};
 
 use crate::config::RelayMode;
 use crate::frontend::Frontend;
-use crate::metrics::CloseReason;
-use crate::relay::Resources;
 use crate::route::Route;
-use crate::sockets::{self, ConnectState};
 use crate::timer::Deadline;
 
 /// Which socket of a session.
@@ -91,168 +101,75 @@ impl Readiness {
     }
 }
 
-/// A connect attempt in progress.
-#[derive(Debug)]
-pub struct Attempt {
-    /// The connecting socket.
-    pub upstream: TcpStream,
-    /// Attempts made before this one.
-    pub number: u32,
-    /// When it started (for its timeout).
-    pub since: Instant,
-    /// What its events said so far (handed to the relay once connected).
-    ready: Readiness,
-}
-
-/// Waiting for a client's TLS ClientHello, on an address whose routes
-/// choose by it.
-#[derive(Debug)]
-pub struct HelloWait {
-    /// When the wait started (for `client_hello_timeout`).
-    pub since: Instant,
-    /// Bytes the parser needs before it can take its next step.
-    pub need: usize,
-    /// The routes to choose from.
-    pub frontend: Arc<Frontend>,
-}
-
-impl HelloWait {
-    /// Starts waiting at `now`.
-    pub fn new(frontend: Arc<Frontend>, now: Instant) -> HelloWait {
-        HelloWait { since: now, need: 1, frontend }
-    }
-}
-
-/// What a client's ClientHello said, for the access log.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// The server name (SNI), normalised.
-    pub sni: Option<String>,
-    /// The ALPN protocols offered, comma-separated, escaped.
-    pub alpn: Option<String>,
-    /// An `encrypted_client_hello` extension was present (the name is the outer one).
-    pub ech: bool,
-}
-
-/// Where a session is in its life.
-#[derive(Debug)]
-pub enum Stage {
-    /// Waiting for the client's PROXY protocol header (`accept_proxy_protocol`).
-    Header {
-        /// When the client was accepted (for the header timeout).
-        since: Instant,
-        /// The routes a ClientHello will choose from once the header is read
-        /// (an address routed by name).
-        then: Option<Arc<Frontend>>,
-    },
-    /// Waiting for the client's TLS ClientHello, which picks the route.
-    Hello(HelloWait),
-    /// No upstream socket: before the first attempt and between attempts
-    /// (a transient state inside the worker's `connect`).
-    Unconnected,
-    /// Waiting for an upstream connect to finish.
-    Connecting(Attempt),
-    /// Both sockets connected; the pumps run.
-    Relaying(Relay),
-    /// One side failed and the survivor is receiving its last bytes; it is
-    /// reset once they are acknowledged (or the wait gives up).
-    Lingering(Linger),
-    /// Closed; the worker frees the slot at the end of its event batch.
-    Closed,
-}
-
-impl Stage {
-    /// A short name for logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Stage::Header { .. } => "header",
-            Stage::Hello(_) => "hello",
-            Stage::Unconnected => "unconnected",
-            Stage::Connecting(_) => "connecting",
-            Stage::Relaying(_) => "relaying",
-            Stage::Lingering(_) => "lingering",
-            Stage::Closed => "closed",
-        }
-    }
-}
-
-/// What the worker should do after the session handled something.
-#[derive(Debug)]
-pub enum Verdict {
-    /// Nothing more now; `more` asks to be run again before the next poll.
-    Continue {
-        /// A pump hit its round cap with work left.
-        more: bool,
-    },
-    /// The connect attempt failed, or the upstream was lost before a byte
-    /// moved either way: try the next upstream (or give up).
-    ConnectFailed(std::io::Error),
-    /// The upstream is connected: start relaying.
-    Connected {
-        /// And its peer reset it right after (relay what it sent, then pass the reset on).
-        reset_already: bool,
-    },
-    /// End the session.
-    End(End),
-}
-
 /// Bytes delivered, `[client→upstream, upstream→client][spliced, copied, uring]`.
 pub type ByteCounts = [[u64; 3]; 2];
 
-/// One session.
+/// The upstream a session holds while it tries one and relays to it:
+/// which of the route's upstreams, the generation of its socket's token,
+/// and what the session counts in that upstream's health. Each count is
+/// given back once: `Session::release_count` and `release_probe` take it.
+#[derive(Debug, Default)]
+struct Claim {
+    /// Index in `route.upstreams` of the current (or last tried) upstream.
+    index: usize,
+    /// Generation of the current upstream socket (see `worker::token`).
+    generation: u32,
+    /// Counted in the upstream's active sessions.
+    counted: bool,
+    /// The one half-open try of an ejected upstream.
+    probing: bool,
+}
+
+/// One session. Its fields are its own: the worker reads them through
+/// methods and changes them only by asking (`claim`, `linger`, `close`,
+/// `choose_route`…), so every stage change is written here.
 #[derive(Debug)]
 pub struct Session {
     /// Unique within the process, for logs.
-    pub id: u64,
+    id: u64,
     /// The route it came in on (on an address routed by name, until its
     /// ClientHello chose one: the address's first route, and `routed` false).
-    pub route: Arc<Route>,
+    route: Arc<Route>,
     /// `route` is really this session's: it counts in the route's sessions
     /// and metrics (false while a ClientHello is still to choose it).
-    pub routed: bool,
+    routed: bool,
     /// Counted among the clients still sending a ClientHello (to release).
-    pub hello_admitted: bool,
+    hello_admitted: bool,
     /// What its ClientHello said (addresses routed by name).
-    pub tls: Option<Box<TlsInfo>>,
+    tls: Option<Box<TlsInfo>>,
     /// The client's socket.
-    pub client: TcpStream,
+    client: TcpStream,
     /// Who the client is: the PROXY header's source when the route accepts
     /// one, else the peer. ACLs, hashing, per-client limits and logs use it.
-    pub client_addr: SocketAddr,
+    client_addr: SocketAddr,
     /// Who connected to us.
-    pub peer_addr: SocketAddr,
+    peer_addr: SocketAddr,
     /// The address the client connected to, from its PROXY header (else the socket's own).
-    pub local_addr: Option<SocketAddr>,
+    local_addr: Option<SocketAddr>,
     /// The worker's listener it came from (whose balancer retries use).
-    pub listener: usize,
+    listener: usize,
     /// How its pumps move bytes.
     relay_mode: RelayMode,
     /// Where it is in its life, with that stage's data.
-    pub stage: Stage,
+    stage: Stage,
     /// What the client's events said while no relay held its pumps.
     client_ready: Readiness,
-    /// Index in `route.upstreams` of the current (or last tried) upstream.
-    pub upstream_index: usize,
-    /// Generation of the current upstream socket (see `worker::token`).
-    pub upstream_generation: u32,
+    /// The current (or last tried) upstream, and what is counted in it.
+    claim: Claim,
     /// Upstreams tried so far (one per attempt).
-    pub tried: Tried,
-    /// This session is counted in the current upstream's active sessions.
-    pub counted: bool,
-    /// This session is the one half-open try of an ejected upstream.
-    pub probing: bool,
+    tried: Tried,
     /// Counted in the route's per-client sessions (to release at close).
-    pub client_admitted: bool,
+    client_admitted: bool,
     /// The armed timer (to cancel it) and when it fires.
-    pub timer: Option<(Deadline, Instant)>,
+    timer: Option<(Deadline, Instant)>,
     /// When the client was accepted.
-    pub started: Instant,
+    started: Instant,
     /// Bytes already added to the route's metrics while it ran.
-    pub reported: ByteCounts,
+    reported: ByteCounts,
     /// When the last periodic access line was written (or the session started).
-    pub last_access_line: Instant,
-    /// Queued on the worker's ready list.
-    pub ready: bool,
+    last_access_line: Instant,
+    /// Queued on the worker's list of sessions to run again before the next poll.
+    queued: bool,
     /// `relay: uring`, between upstreams: the client→upstream pump of the
     /// relay whose upstream was lost before any byte moved. Its receive on
     /// the client is stopped (its completions still come here); the next
@@ -306,19 +223,181 @@ impl Session {
             relay_mode,
             stage,
             client_ready: Readiness::default(),
-            upstream_index: 0,
-            upstream_generation: 0,
+            claim: Claim::default(),
             tried: Tried::default(),
-            counted: false,
-            probing: false,
             client_admitted: false,
             timer: None,
             started: now,
             reported: [[0; 3]; 2],
             last_access_line: now,
-            ready: false,
+            queued: false,
             kept: None,
         }
+    }
+
+    /// Unique within the process, for logs.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The route it came in on (see `routed`).
+    pub fn route(&self) -> &Arc<Route> {
+        &self.route
+    }
+
+    /// Its route is really its own: it counts in that route's sessions and
+    /// metrics (false while a ClientHello is still to choose it).
+    pub fn routed(&self) -> bool {
+        self.routed
+    }
+
+    /// What its ClientHello said (addresses routed by name).
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_deref()
+    }
+
+    /// The client's socket.
+    pub fn client(&self) -> &TcpStream {
+        &self.client
+    }
+
+    /// The client's socket, to register with a poll.
+    pub fn client_mut(&mut self) -> &mut TcpStream {
+        &mut self.client
+    }
+
+    /// Who the client is: the PROXY header's source when the route accepts
+    /// one, else the peer.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// Who connected to us.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// The address the client connected to, from its PROXY header.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The worker's listener it came from.
+    pub fn listener(&self) -> usize {
+        self.listener
+    }
+
+    /// Where it is in its life.
+    pub fn stage(&self) -> &Stage {
+        &self.stage
+    }
+
+    /// Index in its route's upstreams of the current (or last tried) upstream.
+    pub fn upstream_index(&self) -> usize {
+        self.claim.index
+    }
+
+    /// Generation of the current upstream socket's token.
+    pub fn upstream_generation(&self) -> u32 {
+        self.claim.generation
+    }
+
+    /// Upstreams tried so far.
+    pub fn tried(&self) -> &Tried {
+        &self.tried
+    }
+
+    /// When the armed timer fires.
+    pub fn timer_at(&self) -> Option<Instant> {
+        self.timer.map(|(_, at)| at)
+    }
+
+    /// When the client was accepted.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Bytes already added to the route's metrics while it ran.
+    pub fn reported(&self) -> ByteCounts {
+        self.reported
+    }
+
+    /// When the last periodic access line was written (or the session started).
+    pub fn last_access_line(&self) -> Instant {
+        self.last_access_line
+    }
+
+    /// Counted in the route's per-client sessions.
+    pub fn client_admitted(&self) -> bool {
+        self.client_admitted
+    }
+
+    /// What the accept counted it in: the route's per-client sessions, the
+    /// address's clients still sending a ClientHello.
+    pub fn admitted(&mut self, client: bool, hello: bool) {
+        self.client_admitted = client;
+        self.hello_admitted = hello;
+    }
+
+    /// Counted (or not) in the route's per-client sessions, once its route is known.
+    pub fn admit_client(&mut self, counted: bool) {
+        self.client_admitted = counted;
+    }
+
+    /// Counted (or not) among the clients still sending a ClientHello, once its PROXY header was read.
+    pub fn admit_hello(&mut self, counted: bool) {
+        self.hello_admitted = counted;
+    }
+
+    /// Takes upstream `index` for the next attempt: tried, counted in its
+    /// active sessions, and the half-open try of an ejected one if `probing`.
+    pub fn claim(&mut self, index: usize, probing: bool) {
+        self.tried.push(index);
+        self.claim.index = index;
+        self.claim.probing = probing;
+        self.claim.counted = true;
+    }
+
+    /// Gives back the count in the upstream's active sessions: true the
+    /// first time after a `claim`, false after.
+    pub fn release_count(&mut self) -> bool {
+        std::mem::take(&mut self.claim.counted)
+    }
+
+    /// Gives back the half-open try: true the first time after a probing `claim`.
+    pub fn release_probe(&mut self) -> bool {
+        std::mem::take(&mut self.claim.probing)
+    }
+
+    /// Arms its timer: `deadline` fires at `at` (the one it had is `take_timer`'s to cancel first).
+    pub fn set_timer(&mut self, deadline: Deadline, at: Instant) {
+        debug_assert!(self.timer.is_none(), "a session's timer is cancelled before another is armed");
+        self.timer = Some((deadline, at));
+    }
+
+    /// Disarms its timer, returning the one it had.
+    pub fn take_timer(&mut self) -> Option<Deadline> {
+        self.timer.take().map(|(d, _)| d)
+    }
+
+    /// Records the bytes added to the route's metrics so far.
+    pub fn set_reported(&mut self, bytes: ByteCounts) {
+        self.reported = bytes;
+    }
+
+    /// Records that a periodic access line was written at `now`.
+    pub fn access_line_written(&mut self, now: Instant) {
+        self.last_access_line = now;
+    }
+
+    /// Queues it to run again before the next poll: true if it was not queued yet.
+    pub fn queue(&mut self) -> bool {
+        !std::mem::replace(&mut self.queued, true)
+    }
+
+    /// Takes it off the queue (whatever its stage).
+    pub fn unqueue(&mut self) {
+        self.queued = false;
     }
 
     /// The address of the current upstream.
@@ -328,7 +407,7 @@ impl Session {
 
     /// The current upstream.
     pub fn upstream(&self) -> &crate::upstream::Upstream {
-        &self.route.upstreams.upstreams[self.upstream_index]
+        &self.route.upstreams.upstreams[self.claim.index]
     }
 
     /// The relay, while relaying or lingering.
@@ -353,171 +432,6 @@ impl Session {
         self.relay().map_or([[0; 3]; 2], Relay::bytes)
     }
 
-    /// Reads the client's PROXY header if it has all arrived. On success the
-    /// session's client and local addresses are the header's, and it waits
-    /// for a ClientHello next (an address routed by name) or is unconnected.
-    pub fn read_proxy_header(&mut self, now: Instant) -> HeaderRead {
-        let read = header::read(&self.client);
-        if let HeaderRead::Done(addrs) = &read {
-            if let Some((src, dst)) = addrs {
-                self.client_addr = *src;
-                self.local_addr = Some(*dst);
-            }
-            // Payload may follow in the same segment: the next stage must look.
-            self.client_ready.readable = true;
-            let then = match &mut self.stage {
-                Stage::Header { then, .. } => then.take(),
-                _ => None,
-            };
-            self.stage = match then {
-                Some(f) => Stage::Hello(HelloWait::new(f, now)),
-                None => Stage::Unconnected,
-            };
-        }
-        read
-    }
-
-    /// The client half-closed or failed, as far as its events said (before relaying).
-    pub fn client_hup(&self) -> bool {
-        self.client_ready.hup
-    }
-
-    /// The client has bytes to read that no new event will announce (a
-    /// ClientHello that was only peeked at).
-    pub fn mark_client_readable(&mut self) {
-        self.client_ready.readable = true;
-    }
-
-    /// Records readiness from an event for the socket of `side` whose token
-    /// carried `generation`. An event of an upstream socket this session no
-    /// longer has (a failed attempt's, still in the batch) is ignored.
-    /// Returns false if the event was stale.
-    pub fn on_event(&mut self, side: Side, generation: u32, ready: Readiness) -> bool {
-        if side == Side::Upstream && generation != self.upstream_generation {
-            return false;
-        }
-        match (&mut self.stage, side) {
-            (Stage::Relaying(r), _) => r.on_event(side, ready),
-            (Stage::Connecting(a), Side::Upstream) => a.ready.absorb(ready),
-            (Stage::Lingering(_) | Stage::Closed, _) => {}
-            (_, Side::Client) => self.client_ready.absorb(ready),
-            (_, Side::Upstream) => return false, // no upstream socket in this stage
-        }
-        true
-    }
-
-    /// Starts attempt number `number` on a freshly connecting upstream socket
-    /// (registered by the worker with `generation`).
-    pub fn attempt(&mut self, number: u32, index: usize, upstream: TcpStream, generation: u32, now: Instant) {
-        self.upstream_index = index;
-        self.upstream_generation = generation;
-        self.stage = Stage::Connecting(Attempt { upstream, number, since: now, ready: Readiness::default() });
-    }
-
-    /// Drops the current attempt's socket (it failed): the session is
-    /// unconnected until the next attempt.
-    pub fn drop_attempt(&mut self) {
-        if matches!(self.stage, Stage::Connecting(_)) {
-            self.stage = Stage::Unconnected;
-        }
-    }
-
-    /// Reads the result of the connect in progress after an upstream event.
-    pub fn check_connect(&mut self, ready: Readiness) -> Verdict {
-        let Stage::Connecting(a) = &self.stage else {
-            return Verdict::Continue { more: false };
-        };
-        match sockets::connect_result(&a.upstream, ready.writable && !ready.hup) {
-            ConnectState::Connected => Verdict::Connected { reset_already: false },
-            ConnectState::ConnectedThenReset => Verdict::Connected { reset_already: true },
-            ConnectState::Pending => Verdict::Continue { more: false },
-            ConnectState::Failed(e) => Verdict::ConnectFailed(e),
-        }
-    }
-
-    /// The upstream connected (`reset_already`: and was reset by its peer
-    /// right after): relaying starts now, with a PROXY header first if the
-    /// route sends one. `key` is the session's slot (`relay: uring` tags
-    /// its operations with it).
-    pub fn connected(&mut self, reset_already: bool, key: usize, now: Instant) {
-        if !matches!(self.stage, Stage::Connecting(_)) {
-            return;
-        }
-        let Stage::Connecting(a) = std::mem::replace(&mut self.stage, Stage::Closed) else {
-            return;
-        };
-        let header = self.route.pool().proxy_protocol.map(|v| {
-            let local = self.local_addr.or_else(|| self.client.local_addr().ok()).unwrap_or(self.peer_addr);
-            header::Outgoing::new(v, self.client_addr, local)
-        });
-        let connect_time = now.saturating_duration_since(a.since);
-        let pumps = Relay::pumps(self.relay_mode, self.route.socket.options(), (key, self.id), self.kept.take());
-        let mut relay = Relay::new(a.upstream, pumps, std::mem::take(&mut self.client_ready), a.ready, header, now);
-        relay.connect_time = connect_time;
-        if reset_already {
-            relay.upstream_reset_before_read();
-        }
-        self.stage = Stage::Relaying(relay);
-    }
-
-    /// Goes back to unconnected after the upstream was lost before any byte
-    /// moved (see `Relay::retryable_loss`): the next attempt starts from
-    /// scratch, with what is known of the client's readiness.
-    pub fn unconnect(&mut self, res: &mut Resources) {
-        if !matches!(self.stage, Stage::Relaying(_)) {
-            return;
-        }
-        if let Stage::Relaying(mut r) = std::mem::replace(&mut self.stage, Stage::Unconnected) {
-            self.client_ready = r.client_readiness();
-            if r.is_uring() {
-                self.kept = Some(r.into_client_pump(res));
-            } else {
-                r.release(res);
-            }
-        }
-    }
-
-    /// When the timer should fire, and which rule that is.
-    pub fn due(&self, draining: bool) -> (Instant, Due) {
-        let route = &self.route;
-        match &self.stage {
-            Stage::Header { since, .. } => (*since + route.pool().proxy_protocol_timeout, Due::Header),
-            Stage::Hello(h) => (h.since + h.frontend.hello_timeout(), Due::Hello),
-            Stage::Connecting(a) => (a.since + route.connect_timeout, Due::Connect),
-            Stage::Relaying(r) => {
-                let drain_idle = route.config.drain_close_idle_after.filter(|_| draining);
-                r.due(route.idle_timeout, route.half_close_timeout, drain_idle)
-            }
-            Stage::Lingering(l) => (l.next_check(), Due::Linger),
-            // No timer in these stages: far enough never to fire.
-            Stage::Unconnected | Stage::Closed => (self.started + Duration::from_secs(365 * 86_400), Due::Idle),
-        }
-    }
-
-    /// Runs both pumps and decides what follows (relaying only).
-    pub fn relay_step(&mut self, res: &mut Resources, now: Instant) -> Verdict {
-        let Stage::Relaying(r) = &mut self.stage else {
-            return Verdict::Continue { more: false };
-        };
-        match r.run(&self.client, res, now) {
-            Step::Continue { more } => Verdict::Continue { more },
-            Step::Lost(e) => Verdict::ConnectFailed(e),
-            Step::End(end) => Verdict::End(end),
-        }
-    }
-
-    /// How a timer of rule `due` that fired at `now` ends the session, or
-    /// `None` if it should not end it (yet).
-    pub fn on_timeout(&self, due: Due) -> Option<End> {
-        match (&self.stage, due) {
-            (Stage::Header { .. }, _) => {
-                Some(End { reason: CloseReason::BadProxyHeader, ending: Ending::RESET_CLIENT })
-            }
-            (Stage::Relaying(r), due) => r.on_timeout(due, &self.client),
-            _ => None,
-        }
-    }
-
     /// Time since the client was accepted.
     pub fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.started)
@@ -527,6 +441,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::Resources;
     use std::net::TcpListener;
 
     fn session() -> (Session, TcpListener) {

@@ -13,4 +13,4 @@ pub mod set;
 
 pub use balance::{Balancer, Loads, Ring, SmoothRoundRobin, client_hash};
 pub use health::{Availability, UpstreamHealth};
-pub use set::{ResolveError, Upstream, UpstreamSet};
+pub use set::{ResolveError, Upstream, UpstreamKey, UpstreamSet};

@@ -16,7 +16,18 @@ use super::balance::{Loads, Ring};
 use super::health::UpstreamHealth;
 use super::resolve;
 use crate::config::{HostPort, UpstreamSpec};
-use crate::metrics::{Registry, UpstreamKey};
+
+/// Where an upstream's numbers go: its slot in the metric registry
+/// (`metrics::Registry`), and which occupant of the slot.
+/// The generation goes up each time the slot is reclaimed; at most one
+/// reclaim per `RETENTION`, a `u32` does not wrap in practice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UpstreamKey {
+    /// Index into the workers' upstream stats.
+    pub id: usize,
+    /// Occupant of that slot.
+    pub generation: u32,
+}
 
 /// One address to connect to.
 #[derive(Clone, Debug)]
@@ -73,11 +84,12 @@ impl UpstreamSet {
 
     /// The set for `specs` whose addresses are `addrs` (parallel to `specs`).
     /// An address that two names share is listed once, with the first.
+    /// `identity` gives each address its metric series and shared health
+    /// (the route's `metrics::Registry::upstream`).
     pub fn build(
         specs: &[UpstreamSpec],
         addrs: &[Vec<SocketAddr>],
-        route_id: usize,
-        registry: &Registry,
+        mut identity: impl FnMut(SocketAddr) -> (UpstreamKey, Arc<UpstreamHealth>),
     ) -> UpstreamSet {
         let mut upstreams: Vec<Upstream> = Vec::new();
         for (spec, list) in specs.iter().zip(addrs) {
@@ -85,7 +97,7 @@ impl UpstreamSet {
                 if upstreams.iter().any(|u| u.addr == addr) {
                     continue;
                 }
-                let (metric_id, health) = registry.upstream(route_id, addr);
+                let (metric_id, health) = identity(addr);
                 upstreams.push(Upstream {
                     addr,
                     name: spec.address.clone(),
@@ -146,6 +158,7 @@ impl fmt::Display for Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Registry;
 
     fn spec(s: &str, weight: u32) -> UpstreamSpec {
         UpstreamSpec { address: s.parse().unwrap(), weight, backup: false }
@@ -155,19 +168,20 @@ mod tests {
     fn literals_resolve_without_lookup() {
         let specs = [spec("127.0.0.1:80", 2), spec("[::1]:81", 1)];
         let reg = Registry::default();
-        let set = UpstreamSet::build(&specs, &UpstreamSet::resolve(&specs).unwrap(), 0, &reg);
+        let set = UpstreamSet::build(&specs, &UpstreamSet::resolve(&specs).unwrap(), |a| reg.upstream(0, a));
         assert_eq!(set.len(), 2);
         assert_eq!(set.upstreams[0].addr, "127.0.0.1:80".parse().unwrap());
         assert_eq!(set.upstreams[0].weight, 2);
         assert_eq!(set.upstreams[1].to_string(), "[::1]:81");
-        let again = UpstreamSet::build(&specs, &UpstreamSet::resolve(&specs).unwrap(), 0, &reg);
+        let again = UpstreamSet::build(&specs, &UpstreamSet::resolve(&specs).unwrap(), |a| reg.upstream(0, a));
         assert!(Arc::ptr_eq(&set.upstreams[0].health, &again.upstreams[0].health), "health is kept per address");
     }
 
     #[test]
     fn the_others_ejected_count_cannot_underflow_when_another_worker_ejects_this_one() {
         let specs = [spec("127.0.0.1:80", 1), spec("127.0.0.1:81", 1)];
-        let set = UpstreamSet::build(&specs, &UpstreamSet::resolve(&specs).unwrap(), 0, &Registry::default());
+        let reg = Registry::default();
+        let set = UpstreamSet::build(&specs, &UpstreamSet::resolve(&specs).unwrap(), |a| reg.upstream(0, a));
         let cfg = crate::config::Outlier {
             consecutive_failures: 1,
             base_ejection: std::time::Duration::from_secs(10),

@@ -14,8 +14,9 @@ use std::time::Instant;
 use mio::Interest;
 use mio::net::TcpStream;
 
-use super::{Shared, Worker, token};
+use super::{Worker, token};
 use crate::metrics::{CloseReason, WorkerCounters};
+use crate::process::ProcessState;
 use crate::ratelimit::Admit;
 use crate::route::Route;
 use crate::session::{Accepted, End, Ending, HeaderRead, Session, Side, Stage};
@@ -68,10 +69,13 @@ impl Worker {
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
         let s = entry.insert(session);
-        s.client_admitted = !accept_header && !inspect && s.route.max_connections_per_client.is_some();
-        s.hello_admitted = !accept_header && inspect && frontend.hello_limit().is_some();
+        let per_client = s.route().max_connections_per_client.is_some();
+        s.admitted(
+            !accept_header && !inspect && per_client,
+            !accept_header && inspect && frontend.hello_limit().is_some(),
+        );
         let registered = match token::session(key, Side::Client, 0) {
-            Some(tok) => self.poll.registry().register(&mut s.client, tok, Interest::READABLE | Interest::WRITABLE),
+            Some(tok) => self.poll.registry().register(s.client_mut(), tok, Interest::READABLE | Interest::WRITABLE),
             None => Err(io::Error::other("too many sessions in this worker")),
         };
         if let Err(e) = registered {
@@ -83,8 +87,8 @@ impl Worker {
             self.close(key, End { reason: CloseReason::LocalError, ending: Ending::RESET_CLIENT }, now);
             return;
         }
-        log::trace!("session {}: client {peer} on {}", self.sessions[key].id, self.sessions[key].route.listen);
-        match self.sessions[key].stage {
+        log::trace!("session {}: client {peer} on {}", self.sessions[key].id(), self.sessions[key].route().listen);
+        match self.sessions[key].stage() {
             // The header's (or hello's) timeout runs from now; it is read when the client is readable.
             Stage::Header { .. } | Stage::Hello(_) => {
                 let (deadline, _) = self.sessions[key].due(self.draining);
@@ -103,32 +107,32 @@ impl Worker {
             HeaderRead::Wait => {}
             HeaderRead::Invalid(why) => {
                 WorkerCounters::inc(&self.metrics.counters.bad_proxy_header);
-                log::debug!("listener {}: client {}: bad PROXY header: {why}", s.route.listen, s.peer_addr);
+                log::debug!("listener {}: client {}: bad PROXY header: {why}", s.route().listen, s.peer_addr());
                 self.close(key, End { reason: CloseReason::BadProxyHeader, ending: Ending::RESET_CLIENT }, now);
             }
             HeaderRead::Done(_) => {
-                let client = s.client_addr;
-                log::trace!("session {}: PROXY header from {} says client {client}", s.id, s.peer_addr);
-                if let Stage::Hello(h) = &s.stage {
+                let client = s.client_addr();
+                log::trace!("session {}: PROXY header from {} says client {client}", s.id(), s.peer_addr());
+                if let Stage::Hello(h) = s.stage() {
                     let frontend = Arc::clone(&h.frontend);
                     if !frontend.admit_hello(client.ip()) {
                         let close = self.refuse_unrouted(&frontend, client);
                         return self.close(key, End { reason: close, ending: Ending::RESET_CLIENT }, now);
                     }
                     let s = &mut self.sessions[key];
-                    s.hello_admitted = frontend.hello_limit().is_some();
+                    s.admit_hello(frontend.hello_limit().is_some());
                     let (deadline, _) = s.due(self.draining);
                     self.arm(key, deadline);
                     // The hello may have come with the header: no new event would say so.
                     return self.on_hello(key, now);
                 }
-                let route = Arc::clone(&s.route);
+                let route = Arc::clone(s.route());
                 if let Some(reason) = admission(&self.shared, &route, client, now) {
                     let close = self.refuse(&route, client, reason);
                     self.close(key, End { reason: close, ending: Ending::RESET_CLIENT }, now);
                     return;
                 }
-                self.sessions[key].client_admitted = route.max_connections_per_client.is_some();
+                self.sessions[key].admit_client(route.max_connections_per_client.is_some());
                 self.connect(key, String::new(), now);
             }
         }
@@ -190,7 +194,7 @@ pub(super) enum Refused {
 /// reason spends nothing of the others (its own rate budget is not spent
 /// when the route's rate or the per-client count refuses it, and the
 /// route's is not spent when its own rate does).
-pub(super) fn admission(shared: &Shared, route: &Route, client: SocketAddr, now: Instant) -> Option<Refused> {
+pub(super) fn admission(shared: &ProcessState, route: &Route, client: SocketAddr, now: Instant) -> Option<Refused> {
     let acl = &route.pool().acl;
     if !acl.is_open() {
         if let Some(why) = acl.check(client.ip()) {
@@ -211,7 +215,7 @@ pub(super) fn admission(shared: &Shared, route: &Route, client: SocketAddr, now:
 
 /// The route's connection rates: the client's own (if set) and the route's,
 /// each charged only if both admit.
-fn rates(shared: &Shared, route: &Route, client: SocketAddr, now: Instant) -> Option<Refused> {
+fn rates(shared: &ProcessState, route: &Route, client: SocketAddr, now: Instant) -> Option<Refused> {
     if route.max_connection_rate.is_none() && route.max_connection_rate_per_client.is_none() {
         return None;
     }
@@ -231,7 +235,7 @@ fn rates(shared: &Shared, route: &Route, client: SocketAddr, now: Instant) -> Op
 const RATE_WARN_EVERY_SECS: u64 = 10;
 
 /// One warning per route per `RATE_WARN_EVERY_SECS` with the count of clients refused meanwhile.
-fn rate_warning(shared: &Shared, route: &Route, key: &str) {
+fn rate_warning(shared: &ProcessState, route: &Route, key: &str) {
     let st = &route.state;
     let refused = st.rate_refused.fetch_add(1, Ordering::Relaxed) + 1;
     let now = shared.started.elapsed().as_secs() + RATE_WARN_EVERY_SECS;
@@ -259,20 +263,20 @@ mod tests {
         Route::prepare(&config.routes[0], None, None, None, &registry).unwrap()
     }
 
-    fn shared() -> Shared {
-        Shared::new(1000, crate::pipe::PipeBudget::new(1 << 16, 64 << 10))
+    fn shared() -> ProcessState {
+        ProcessState::new(1000, crate::pipe::PipeBudget::new(1 << 16, 64 << 10))
     }
 
     const A: &str = "10.0.0.1:1000";
 
     /// Route `t` with the keys in `extra`, the shared state, and a time
     /// later than the rate limiter's clock starts (it starts at first use).
-    fn limits(extra: &str) -> (Route, Shared, Instant) {
+    fn limits(extra: &str) -> (Route, ProcessState, Instant) {
         (route(extra), shared(), Instant::now() + Duration::from_secs(1))
     }
 
     /// What `admission` says of `client` at `at`: "admitted", or the limit that refused it.
-    fn ask(sh: &Shared, r: &Route, client: &str, at: Instant) -> String {
+    fn ask(sh: &ProcessState, r: &Route, client: &str, at: Instant) -> String {
         match admission(sh, r, client.parse().unwrap(), at) {
             None => "admitted".to_owned(),
             Some(Refused::Rate(key)) => key.to_owned(),

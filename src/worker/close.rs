@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use super::{TimerKey, Worker};
 use crate::access::{self, Entry};
 use crate::metrics::{CloseReason, SessionRecord};
-use crate::session::{End, Ending, Linger, LingerCheck, Relay, Side, Stage};
-use crate::{socket_queue, sockets, upstream};
+use crate::session::{End, Ending, LingerCheck, Relay, Side, Stage};
+use crate::{sockets, upstream};
 
 /// How often running sessions' bytes reach the metrics.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -32,40 +32,27 @@ impl Worker {
             return self.close(key, end, now);
         };
         let s = &mut self.sessions[key];
-        if !matches!(s.stage, Stage::Relaying(_)) {
+        if !s.linger(survivor, end.reason, &mut self.res, now) {
             // Only a relaying session has bytes on their way to a survivor.
             return self.close(key, End { ending: Ending::reset(survivor), ..end }, now);
         }
-        let Stage::Relaying(mut relay) = std::mem::replace(&mut s.stage, Stage::Closed) else {
-            return;
-        };
-        // The failed side's bytes are all in the survivor's socket; what the
-        // survivor sent the other way can no longer be delivered.
-        relay.release(&mut self.res);
-        log::debug!("session {}: {}; resetting the {survivor} once it has the last bytes", s.id, end.reason);
-        s.stage = Stage::Lingering(Linger::new(relay, survivor, end.reason, now));
+        log::debug!("session {}: {}; resetting the {survivor} once it has the last bytes", s.id(), end.reason);
         self.check_linger(key, now);
     }
 
     /// Looks at a lingering survivor's send queue: reset it now, or look again later.
     pub(super) fn check_linger(&mut self, key: usize, now: Instant) {
         let s = &mut self.sessions[key];
-        let Stage::Lingering(l) = &mut s.stage else {
+        let Some((check, survivor, reason)) = s.check_linger(now) else {
             return;
         };
-        let socket = match l.survivor {
-            Side::Client => &s.client,
-            Side::Upstream => &l.relay.upstream,
-        };
-        let check = l.check(socket_queue::unacknowledged(socket), now);
-        let (survivor, reason) = (l.survivor, l.reason);
         match check {
             LingerCheck::Wait(at) => self.arm(key, at),
             LingerCheck::Delivered => self.close(key, End { reason, ending: Ending::reset(survivor) }, now),
             LingerCheck::GaveUp { unacked } => {
                 log::debug!(
                     "session {}: the {survivor} still holds {unacked} unacknowledged bytes: resetting it",
-                    s.id
+                    s.id()
                 );
                 self.close(key, End { reason, ending: Ending::reset(survivor) }, now);
             }
@@ -77,11 +64,11 @@ impl Worker {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
-        let stage = std::mem::replace(&mut s.stage, Stage::Closed);
+        let stage = s.close();
         if matches!(stage, Stage::Closed) {
             return;
         }
-        if let Some((t, _)) = s.timer.take() {
+        if let Some(t) = s.take_timer() {
             self.timers.cancel(t, TimerKey::Session(key));
         }
         let (reset_client, reset_upstream) = match end.ending {
@@ -90,20 +77,14 @@ impl Worker {
             Ending::ResetWhenDelivered { survivor } => (survivor == Side::Client, survivor == Side::Upstream),
         };
         if reset_client {
-            sockets::reset_on_close(&s.client);
+            sockets::reset_on_close(s.client());
         }
         // What the stage held: the relay of a connected session, or the socket of an attempt.
         let (mut relay, attempt) = match stage {
             Stage::Relaying(r) => (Some(r), None),
             Stage::Lingering(l) => (Some(l.relay), None),
             Stage::Connecting(a) => (None, Some(a.upstream)),
-            Stage::Hello(h) => {
-                if std::mem::take(&mut s.hello_admitted) {
-                    h.frontend.release_hello(s.client_addr.ip());
-                }
-                (None, None)
-            }
-            Stage::Header { .. } | Stage::Unconnected | Stage::Closed => (None, None),
+            Stage::Hello(_) | Stage::Header { .. } | Stage::Unconnected | Stage::Closed => (None, None),
         };
         let mut lost = relay.as_mut().map_or([false; 2], |r| r.release(&mut self.res));
         lost[0] |= s.release_kept(&mut self.res);
@@ -111,42 +92,42 @@ impl Worker {
             // Cancel its io_uring operations before its sockets close. A
             // receive that had taken bytes now never delivered means its
             // source must be reset, not closed as if everything arrived.
-            let id = s.id;
+            let id = s.id();
             let settled = self.settle_ring(key, id);
             lost = [lost[0] | settled[0], lost[1] | settled[1]];
         }
         let s = &mut self.sessions[key];
         if lost[0] && !reset_client {
-            log::debug!("session {}: bytes the client sent were taken but not delivered: resetting it", s.id);
-            sockets::reset_on_close(&s.client);
+            log::debug!("session {}: bytes the client sent were taken but not delivered: resetting it", s.id());
+            sockets::reset_on_close(s.client());
         }
         let reset_upstream = reset_upstream || lost[1];
         if let Some(u) = relay.as_ref().map(|r| &r.upstream).or(attempt.as_ref()).filter(|_| reset_upstream) {
             sockets::reset_on_close(u);
         }
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
-        if s.routed {
-            s.route.state.active.fetch_sub(1, Ordering::Relaxed);
+        if s.routed() {
+            s.route().state.active.fetch_sub(1, Ordering::Relaxed);
         }
-        if s.client_admitted {
-            s.route.state.release_client(s.client_addr.ip());
+        if s.client_admitted() {
+            s.route().state.release_client(s.client_addr().ip());
         }
         self.upstream_verdict(key, end.reason, relay.as_ref());
         let s = &self.sessions[key];
         let [up, down] = relay.as_ref().map_or([[0; 3]; 2], Relay::bytes);
         let record = SessionRecord {
-            route: s.route.metric_id,
+            route: s.route().metric_id,
             upstream: relay.as_ref().map(|_| s.upstream().metric_id),
             reason: end.reason,
             client_to_upstream: up,
             upstream_to_client: down,
-            reported: s.reported,
+            reported: s.reported(),
             connect_time: relay.as_ref().map(|r| r.connect_time),
             first_byte_time: relay.as_ref().and_then(|r| r.first_byte_time),
             duration: s.age(now),
             tcp_info: relay.as_ref().and_then(|r| crate::sockopt::tcp_info(&r.upstream).ok()),
         };
-        if s.routed {
+        if s.routed() {
             // A client whose ClientHello chose no route is counted by the worker (`refuse_hello`), in no route.
             self.metrics.stats().session_closed(&record);
         }
@@ -164,14 +145,14 @@ impl Worker {
     /// (outlier detection), anything else that got connected as a success.
     fn upstream_verdict(&mut self, key: usize, reason: CloseReason, relay: Option<&Relay>) {
         let s = &mut self.sessions[key];
-        if !std::mem::take(&mut s.counted) {
+        if !s.release_count() {
             return; // no attempt in flight (never connected, or its failure was booked)
         }
-        let route = Arc::clone(&s.route);
-        let index = s.upstream_index;
+        let route = Arc::clone(s.route());
+        let index = s.upstream_index();
         let health = &route.upstreams.upstreams[index].health;
         health.session_ended();
-        let probing = std::mem::take(&mut s.probing);
+        let probing = s.release_probe();
         let Some(relay) = relay else {
             if probing {
                 health.probe_abandoned(); // the client left before the try had a verdict
@@ -207,23 +188,23 @@ impl Worker {
                 }
                 running = true;
                 let bytes = s.bytes();
-                if bytes != s.reported {
+                if bytes != s.reported() {
                     let mut delta = [[0; 3]; 2];
                     for ((d, b), r) in
-                        delta.iter_mut().flatten().zip(bytes.iter().flatten()).zip(s.reported.iter().flatten())
+                        delta.iter_mut().flatten().zip(bytes.iter().flatten()).zip(s.reported().iter().flatten())
                     {
                         *d = b.saturating_sub(*r);
                     }
-                    stats.bytes_moved(s.route.metric_id, delta);
-                    s.reported = bytes;
+                    stats.bytes_moved(s.route().metric_id, delta);
+                    s.set_reported(bytes);
                 }
             }
         }
         if let (Some(format), Some(every)) = (self.settings.access_log, self.settings.access_flush) {
             for (_, s) in self.sessions.iter_mut() {
-                if s.relay().is_some() && now.saturating_duration_since(s.last_access_line) >= every {
+                if s.relay().is_some() && now.saturating_duration_since(s.last_access_line()) >= every {
                     access::log(format, s, &Entry::running(s, now));
-                    s.last_access_line = now;
+                    s.access_line_written(now);
                 }
             }
         }

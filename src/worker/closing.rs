@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpListener;
 
 use super::{TimerKey, Worker};
-use crate::reload::ListenKey;
+use crate::listen::ListenKey;
 
 /// How long a closing listener (the drain, a route a reload removed, a
 /// surplus socket) goes on accepting after it stopped answering new

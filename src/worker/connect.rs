@@ -30,15 +30,15 @@ impl Worker {
     /// fail at once. `last` says why the previous attempt failed, for the
     /// warning if no attempt is left.
     pub(super) fn connect(&mut self, key: usize, mut last: String, now: Instant) {
-        let route = Arc::clone(&self.sessions[key].route);
+        let route = Arc::clone(self.sessions[key].route());
         loop {
-            let tried = self.sessions[key].tried.len();
+            let tried = self.sessions[key].tried().len();
             if tried > route.pool().retries as usize {
                 break;
             }
             let Some((index, probe)) = self.pick(key) else {
                 if tried == 0 {
-                    let client = self.sessions[key].client_addr;
+                    let client = self.sessions[key].client_addr();
                     self.warn(format!(
                         "route {}: no upstream available for client {client} (every one is down or ejected; \
                          when_all_down: reject); closing it",
@@ -60,13 +60,10 @@ impl Worker {
                 }
             }
             let s = &mut self.sessions[key];
-            s.tried.push(index);
-            s.upstream_index = index;
-            s.probing = probe;
-            s.counted = true;
+            s.claim(index, probe);
             upstream.health.session_started();
             // A new generation: events of an earlier attempt's socket still in this batch are told apart.
-            let generation = token::next_generation(s.upstream_generation);
+            let generation = token::next_generation(s.upstream_generation());
             let tok = token::session(key, Side::Upstream, generation).expect("a session's key has a token");
             let started = sockets::start_connect(addr, &route.socket).and_then(|mut stream| {
                 let interest = Interest::READABLE | Interest::WRITABLE;
@@ -82,7 +79,7 @@ impl Worker {
                     return;
                 }
                 Err(e) => {
-                    log::debug!("session {}: connect to {addr} failed at once: {e}", self.sessions[key].id);
+                    log::debug!("session {}: connect to {addr} failed at once: {e}", self.sessions[key].id());
                     if let Some(cause) = local_error::classify(&e) {
                         // This host's failure, not the upstream's, and no retry: fds and
                         // memory are the process's and the machine's, so any other upstream
@@ -98,7 +95,7 @@ impl Worker {
                 }
             }
         }
-        let (client, tried) = (self.sessions[key].client_addr, self.sessions[key].tried.len());
+        let (client, tried) = (self.sessions[key].client_addr(), self.sessions[key].tried().len());
         self.warn(format!(
             "route {}: no upstream reachable for client {client} after {tried} attempt(s), last {last}; closing it",
             route.name
@@ -111,14 +108,14 @@ impl Worker {
     /// `when_all_down: try_anyway`, any untried one when none is available.
     fn pick(&mut self, key: usize) -> Option<(usize, bool)> {
         let s = &self.sessions[key];
-        let route = &s.route;
+        let route = s.route();
         let set = &route.upstreams;
         let pool = route.pool();
-        let hash = if pool.balance == Balance::HashClientIp { client_hash(s.client_addr.ip()) } else { 0 };
+        let hash = if pool.balance == Balance::HashClientIp { client_hash(s.client_addr().ip()) } else { 0 };
         // The listener's balancer keeps the rotation; a session whose route
         // was replaced by a reload since it was accepted uses a fresh one.
         let mut spare;
-        let own = self.listeners.get_mut(s.listener).and_then(|l| {
+        let own = self.listeners.get_mut(s.listener()).and_then(|l| {
             let i = l.frontend.routes.iter().position(|r| Arc::ptr_eq(r, route))?;
             l.balancers.get_mut(i)
         });
@@ -136,7 +133,7 @@ impl Worker {
                 let candidate = |i: usize| {
                     let u = &set.upstreams[i];
                     u.backup == backup
-                        && !s.tried.contains(i)
+                        && !s.tried().contains(i)
                         && !skip.contains(&i)
                         && u.health.availability(now) != Availability::Down
                 };
@@ -153,7 +150,7 @@ impl Worker {
         }
         if pool.when_all_down == WhenAllDown::TryAnyway {
             for backup in [false, true] {
-                let any = |i: usize| set.upstreams[i].backup == backup && !s.tried.contains(i);
+                let any = |i: usize| set.upstreams[i].backup == backup && !s.tried().contains(i);
                 if let Some(i) = balancer.pick(set, &set.ring, hash, any) {
                     return Some((i, false));
                 }
@@ -169,15 +166,15 @@ impl Worker {
     /// is reset, the cause counted, and the operator told the fix.
     fn local_error(&mut self, key: usize, e: &io::Error, cause: LocalCause, addr: SocketAddr, now: Instant) {
         let s = &mut self.sessions[key];
-        let route = Arc::clone(&s.route);
-        let upstream = &route.upstreams.upstreams[s.upstream_index];
-        if std::mem::take(&mut s.counted) {
+        let route = Arc::clone(s.route());
+        let upstream = &route.upstreams.upstreams[s.upstream_index()];
+        if s.release_count() {
             upstream.health.session_ended();
         }
-        if std::mem::take(&mut s.probing) {
+        if s.release_probe() {
             upstream.health.probe_abandoned();
         }
-        let retry = s.tried.len() > 1;
+        let retry = s.tried().len() > 1;
         {
             // The attempt never reached the upstream.
             let mut st = self.metrics.stats();
@@ -188,7 +185,7 @@ impl Worker {
             }
         }
         WorkerCounters::inc(&self.metrics.counters.local_errors[cause as usize]);
-        let client = s.client_addr;
+        let client = s.client_addr();
         let advice = local_error::advice(e, cause, addr, route.socket.source());
         self.warn(format!(
             "route {}: cannot open a connection to upstream {upstream} for client {client}: {e}: {advice}; \
@@ -202,13 +199,13 @@ impl Worker {
     /// Its socket is gone already (`Session::drop_attempt`) or never was.
     fn attempt_failed(&mut self, key: usize) {
         let s = &mut self.sessions[key];
-        let route = Arc::clone(&s.route);
-        let index = s.upstream_index;
+        let route = Arc::clone(s.route());
+        let index = s.upstream_index();
         let upstream = &route.upstreams.upstreams[index];
-        if std::mem::take(&mut s.counted) {
+        if s.release_count() {
             upstream.health.session_ended();
         }
-        let probing = std::mem::take(&mut s.probing);
+        let probing = s.release_probe();
         {
             let mut st = self.metrics.stats();
             st.route(route.metric_id).connect_failures += 1;
@@ -251,11 +248,11 @@ impl Worker {
     /// was lost before a byte moved): its socket is dropped; try another upstream.
     pub(super) fn connect_failed(&mut self, key: usize, e: &io::Error, now: Instant) {
         let s = &self.sessions[key];
-        if !matches!(s.stage, Stage::Unconnected) {
+        if !matches!(s.stage(), Stage::Unconnected) {
             return;
         }
         let upstream = s.upstream();
-        log::debug!("session {}: upstream {upstream} failed: {e}", s.id);
+        log::debug!("session {}: upstream {upstream} failed: {e}", s.id());
         let last = format!("{upstream}: {e}");
         self.attempt_failed(key);
         self.connect(key, last, now);

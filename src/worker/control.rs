@@ -1,22 +1,21 @@
-//! What the control thread and a worker share and say to each other: the
-//! messages a worker takes from its channel (`Control`), the global settings
-//! it applies to new sessions, what it is started with, and the state all
-//! workers share (`Shared`: session count, limits, readiness, reloads,
-//! refused control-socket peers).
+//! What the control thread says to a worker: the messages a worker takes
+//! from its channel (`Control`, with the listener updates of start and
+//! reload), the global settings it applies to new sessions, and what it is
+//! started with. The state every thread shares is `process::ProcessState`.
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use mio::Poll;
 use mio::net::TcpListener;
 
+use crate::frontend::Frontend;
+use crate::listen::ListenKey;
 use crate::metrics::WorkerMetrics;
-use crate::pipe::PipeBudget;
-use crate::reload::{ListenKey, ListenerUpdate};
+use crate::process::ProcessState;
 
 /// A message from the control thread.
 #[derive(Debug)]
@@ -64,6 +63,19 @@ pub enum Control {
     Stop,
 }
 
+/// One listen address as a worker should serve it after an update.
+#[derive(Debug)]
+pub struct ListenerUpdate {
+    /// Which listener.
+    pub key: ListenKey,
+    /// The routes new clients get.
+    pub frontend: Arc<Frontend>,
+    /// This worker's socket for an address that is new; `None` keeps the one it has.
+    pub listener: Option<TcpListener>,
+    /// A route of the address changed: re-apply the listener's options.
+    pub changed: bool,
+}
+
 /// The global settings a worker applies to new sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkerSettings {
@@ -79,77 +91,6 @@ pub struct WorkerSettings {
     pub access_flush: Option<Duration>,
 }
 
-/// Reloads by outcome.
-#[derive(Debug, Default)]
-pub struct Reloads {
-    /// Applied.
-    pub ok: AtomicU64,
-    /// Refused (bad file, bind failure); the old config kept serving.
-    pub failed: AtomicU64,
-}
-
-/// State shared by all workers and the control thread.
-#[derive(Debug)]
-pub struct Shared {
-    /// Sessions open right now, all workers.
-    pub active: AtomicUsize,
-    /// `max_connections` (a reload may change it).
-    pub max_connections: AtomicUsize,
-    /// How many splice pipes the process may hold.
-    pub pipes: Arc<PipeBudget>,
-    /// Reloads by outcome.
-    pub reloads: Reloads,
-    /// The workers run (`/readyz`).
-    pub ready: AtomicBool,
-    /// A stop signal arrived (`/readyz` says 503 from then on, through the
-    /// grace and the drain).
-    pub draining: AtomicBool,
-    /// When the process started.
-    pub started: Instant,
-    /// 1 for a process started afresh, one more than its predecessor's after a takeover.
-    pub generation: AtomicU64,
-    /// Per-client connection rates (made on first use: 4 MiB).
-    pub limiter: std::sync::OnceLock<crate::ratelimit::Limiter>,
-    /// Overload shedding.
-    pub overload: crate::overload::OverloadState,
-    /// Control-socket peers refused: their uid was neither ours nor root's.
-    pub control_refused: AtomicU64,
-    /// Identities (`sockets::identity`) of listening sockets a supervisor
-    /// (systemd) holds too: never filtered, as the filter would outlive us.
-    supervised: Vec<u64>,
-}
-
-impl Shared {
-    /// Fresh shared state.
-    pub fn new(max_connections: usize, pipes: PipeBudget) -> Shared {
-        Shared {
-            active: AtomicUsize::new(0),
-            max_connections: AtomicUsize::new(max_connections),
-            pipes: Arc::new(pipes),
-            reloads: Reloads::default(),
-            ready: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            started: Instant::now(),
-            generation: AtomicU64::new(1),
-            limiter: std::sync::OnceLock::new(),
-            overload: crate::overload::OverloadState::default(),
-            control_refused: AtomicU64::new(0),
-            supervised: Vec::new(),
-        }
-    }
-
-    /// The same, knowing which listening sockets a supervisor holds too.
-    pub fn with_supervised(mut self, supervised: Vec<u64>) -> Shared {
-        self.supervised = supervised;
-        self
-    }
-
-    /// A supervisor (systemd) holds `socket` too (see `handshakes`).
-    pub fn is_supervised(&self, socket: &impl std::os::fd::AsFd) -> bool {
-        !self.supervised.is_empty() && crate::sockets::identity(socket).is_some_and(|i| self.supervised.contains(&i))
-    }
-}
-
 /// What a worker is started with.
 pub struct WorkerSetup {
     /// 0-based index, for logs.
@@ -163,7 +104,7 @@ pub struct WorkerSetup {
     /// Messages from the control thread.
     pub control: Receiver<Control>,
     /// Cross-worker state.
-    pub shared: Arc<Shared>,
+    pub shared: Arc<ProcessState>,
     /// This worker's metrics (the control thread and the admin port hold clones).
     pub metrics: Arc<WorkerMetrics>,
     /// Global settings.

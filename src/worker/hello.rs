@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use super::Worker;
 use crate::metrics::{CloseReason, WorkerCounters};
-use crate::session::{End, Ending, HelloWait, Stage, TlsInfo};
+use crate::session::{End, Ending, Stage, TlsInfo};
 use crate::socket_queue;
 use crate::tls::hello::{self, MAX_WIRE, Parse};
 
@@ -29,18 +29,18 @@ impl Worker {
     /// The client of session `key` is (or may be) done with its ClientHello: read it and route.
     pub(super) fn on_hello(&mut self, key: usize, now: Instant) {
         let s = &self.sessions[key];
-        let Stage::Hello(h) = &s.stage else {
+        let Stage::Hello(h) = s.stage() else {
             return;
         };
         let closed = s.client_hup();
         // The first look needs no count: a readable event means a byte at least.
-        if h.need > 1 && !closed && socket_queue::unread(&s.client).unwrap_or(0) < h.need {
+        if h.need > 1 && !closed && socket_queue::unread(s.client()).unwrap_or(0) < h.need {
             return; // not enough for the parser's next step yet
         }
         if self.hello_buf.len() < MAX_WIRE {
             self.hello_buf.resize(MAX_WIRE, 0);
         }
-        let peeked = s.client.peek(&mut self.hello_buf);
+        let peeked = s.client().peek(&mut self.hello_buf);
         let n = match peeked {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
@@ -48,21 +48,20 @@ impl Worker {
         };
         let parsed = hello::parse(&self.hello_buf[..n]);
         let s = &mut self.sessions[key];
-        let Stage::Hello(h) = &mut s.stage else {
+        let Stage::Hello(h) = s.stage() else {
             return;
         };
         match parsed {
             Parse::NeedMore { .. } if closed => {
                 self.refuse_hello(key, CloseReason::BadClientHello, "closed before finishing its ClientHello", now)
             }
-            Parse::NeedMore { need } => h.need = need,
+            Parse::NeedMore { need } => s.need_hello_bytes(need),
             Parse::Invalid(why) => self.refuse_hello(key, CloseReason::BadClientHello, &why.to_string(), now),
             Parse::Done(hello) => {
                 let frontend = Arc::clone(&h.frontend);
                 let names = frontend.names.as_ref().expect("a frontend that reads hellos has a name table");
                 let choice = names.choose(hello.server_name.as_deref(), &hello.alpn);
-                s.tls =
-                    Some(Box::new(TlsInfo { sni: hello.server_name.clone(), alpn: hello.alpn_text(), ech: hello.ech }));
+                s.set_tls(TlsInfo { sni: hello.server_name.clone(), alpn: hello.alpn_text(), ech: hello.ech });
                 match choice {
                     Some(i) => self.route_to(key, i, now),
                     None => {
@@ -83,36 +82,27 @@ impl Worker {
     /// its access list and limits), then connects.
     fn route_to(&mut self, key: usize, i: usize, now: Instant) {
         let s = &mut self.sessions[key];
-        let Stage::Hello(h) = std::mem::replace(&mut s.stage, Stage::Unconnected) else {
+        let Some(route) = s.choose_route(i) else {
             return;
         };
-        let HelloWait { frontend, .. } = h;
-        if std::mem::take(&mut s.hello_admitted) {
-            frontend.release_hello(s.client_addr.ip());
-        }
-        let route = Arc::clone(&frontend.routes[i]);
-        log::trace!("session {}: ClientHello chose route {}", s.id, route.name);
-        // The hello is still queued in the socket: the relay reads it first.
-        s.mark_client_readable();
+        log::trace!("session {}: ClientHello chose route {}", s.id(), route.name);
         // Full already: with several routes on an address the listener can't
         // pause for one of them, so its clients are refused here.
         let full = route.at_limit();
-        s.route = Arc::clone(&route);
-        s.routed = true;
         route.state.active.fetch_add(1, Ordering::Relaxed);
         self.metrics.stats().route(route.metric_id).accepted += 1;
-        route.socket.client(&s.client);
+        route.socket.client(s.client());
         if full {
             WorkerCounters::inc(&self.metrics.counters.refused_route_limit);
-            log::debug!("route {}: refused {}: at max_connections", route.name, s.client_addr);
+            log::debug!("route {}: refused {}: at max_connections", route.name, s.client_addr());
             return self.close(key, End { reason: CloseReason::Refused, ending: Ending::RESET_CLIENT }, now);
         }
-        let client = s.client_addr;
+        let client = s.client_addr();
         if let Some(reason) = super::admit::admission(&self.shared, &route, client, now) {
             let close = self.refuse(&route, client, reason);
             return self.close(key, End { reason: close, ending: Ending::RESET_CLIENT }, now);
         }
-        self.sessions[key].client_admitted = route.max_connections_per_client.is_some();
+        self.sessions[key].admit_client(route.max_connections_per_client.is_some());
         self.connect(key, String::new(), now);
     }
 
@@ -126,7 +116,7 @@ impl Worker {
         };
         WorkerCounters::inc(counter);
         let s = &self.sessions[key];
-        log::debug!("listener {}: client {}: {why}", s.route.listen, s.peer_addr);
+        log::debug!("listener {}: client {}: {why}", s.route().listen, s.peer_addr());
         self.close(key, End { reason, ending: Ending::RESET_CLIENT }, now);
     }
 }

@@ -14,10 +14,11 @@ use mio::Interest;
 use mio::net::TcpListener;
 use socket2::SockRef;
 
+use super::control::ListenerUpdate;
 use super::{TimerKey, Worker, WorkerSettings, is_fd_exhaustion, token};
 use crate::frontend::Frontend;
+use crate::listen::ListenKey;
 use crate::metrics::WorkerCounters;
-use crate::reload::{ListenKey, ListenerUpdate};
 use crate::route::Route;
 use crate::upstream::Balancer;
 

@@ -1,5 +1,5 @@
 //! One worker: a thread with its own mio `Poll`, its own `SO_REUSEPORT`
-//! listener per route, its sessions, timers, pipes and counters.
+//! listener per listen address, its sessions, timers, pipes and counters.
 //!
 //! Shared-nothing: no lock is taken per event. The control thread talks to
 //! a worker only through its channel and `Waker` (route updates, drain,
@@ -8,8 +8,8 @@
 //! queued event never reaches a new occupant of the same slot.
 //!
 //! This file runs the loop, dispatches events and timers to sessions and
-//! applies their verdicts. `control.rs` is what the control thread and a
-//! worker share and say to each other, `admit.rs` takes an accepted client
+//! applies their verdicts. `control.rs` is what the control thread says to
+//! a worker (its messages and settings), `admit.rs` takes an accepted client
 //! up to its route (PROXY header, access list, limits), `hello.rs` routes
 //! by TLS ClientHello, `listeners.rs` accepts (limits, fd exhaustion,
 //! route reloads), `closing.rs` closes listeners without resetting anyone
@@ -38,11 +38,12 @@ use slab::Slab;
 
 use crate::limits::FdReserve;
 use crate::metrics::WorkerMetrics;
+use crate::process::ProcessState;
 use crate::relay::Resources;
 use crate::session::{Due, End, Readiness, Session, Side, Stage, Verdict};
 use crate::timer::Timers;
 use crate::upstream;
-pub use control::{Control, Reloads, Shared, WorkerSettings, WorkerSetup};
+pub use control::{Control, ListenerUpdate, WorkerSettings, WorkerSetup};
 use listeners::Listener;
 use token::Target;
 pub use token::WAKER;
@@ -76,7 +77,7 @@ pub struct Worker {
     timers: Timers<TimerKey>,
     res: Resources,
     control: Receiver<Control>,
-    shared: Arc<Shared>,
+    shared: Arc<ProcessState>,
     metrics: Arc<WorkerMetrics>,
     reserve: FdReserve,
     settings: WorkerSettings,
@@ -216,7 +217,7 @@ impl Worker {
     /// listeners close (those a successor took close at once: it serves their
     /// queues) — and gives running sessions until `deadline` (closing quiet
     /// ones early on routes that set `drain_close_idle_after`).
-    fn drain(&mut self, deadline: Instant, handed_over: &[crate::reload::ListenKey], now: Instant) {
+    fn drain(&mut self, deadline: Instant, handed_over: &[crate::listen::ListenKey], now: Instant) {
         if self.draining {
             return;
         }
@@ -242,7 +243,7 @@ impl Worker {
         if !s.on_event(side, generation, ready) {
             return; // an event of an upstream socket this session no longer has
         }
-        match (&s.stage, side) {
+        match (s.stage(), side) {
             (Stage::Header { .. }, Side::Client) if ready.readable || ready.hup => self.on_header(key, now),
             (Stage::Hello(_), Side::Client) if ready.readable || ready.hup => self.on_hello(key, now),
             (Stage::Connecting(_), Side::Upstream) => {
@@ -265,9 +266,8 @@ impl Worker {
         match verdict {
             Verdict::Continue { more } => {
                 let s = &mut self.sessions[key];
-                if more && !s.ready {
-                    s.ready = true;
-                    self.ready.push((key, s.id));
+                if more && s.queue() {
+                    self.ready.push((key, s.id()));
                 }
                 // A side just finished: the half-close timeout may be sooner.
                 self.rearm_if_sooner(key);
@@ -275,11 +275,11 @@ impl Worker {
             Verdict::Connected { reset_already } => {
                 let s = &mut self.sessions[key];
                 s.connected(reset_already, key, now);
-                log::trace!("session {}: connected to {}", s.id, s.upstream_addr());
-                if std::mem::take(&mut s.probing) && s.upstream().health.succeeded(upstream::health::now_ms()) {
+                log::trace!("session {}: connected to {}", s.id(), s.upstream_addr());
+                if s.release_probe() && s.upstream().health.succeeded(upstream::health::now_ms()) {
                     log::warn!(
                         "route {}: upstream {} is back: its half-open try connected",
-                        s.route.name,
+                        s.route().name,
                         s.upstream()
                     );
                 }
@@ -291,7 +291,7 @@ impl Worker {
             }
             Verdict::ConnectFailed(e) => {
                 let s = &mut self.sessions[key];
-                if matches!(s.stage, Stage::Relaying(_)) {
+                if matches!(s.stage(), Stage::Relaying(_)) {
                     s.unconnect(&mut self.res);
                 } else {
                     s.drop_attempt();
@@ -312,23 +312,23 @@ impl Worker {
             let Some(s) = self.sessions.get_mut(key) else {
                 continue;
             };
-            if s.id != id {
+            if s.id() != id {
                 continue;
             }
             // Cleared whatever the stage: a session back to connecting must be queued again later.
-            s.ready = false;
-            if matches!(s.stage, Stage::Relaying(_)) {
+            s.unqueue();
+            if matches!(s.stage(), Stage::Relaying(_)) {
                 self.relay(key, now);
             }
         }
     }
 
     fn arm(&mut self, key: usize, at: Instant) {
-        let s = &mut self.sessions[key];
-        if let Some((old, _)) = s.timer.take() {
+        if let Some(old) = self.sessions[key].take_timer() {
             self.timers.cancel(old, TimerKey::Session(key));
         }
-        s.timer = Some((self.timers.schedule(at, TimerKey::Session(key)), at));
+        let deadline = self.timers.schedule(at, TimerKey::Session(key));
+        self.sessions[key].set_timer(deadline, at);
     }
 
     /// Re-arms a session's timer if its deadline moved earlier (half-close,
@@ -337,11 +337,11 @@ impl Worker {
         let Some(s) = self.sessions.get(key) else {
             return;
         };
-        if matches!(s.stage, Stage::Closed) {
+        if matches!(s.stage(), Stage::Closed) {
             return;
         }
         let (due, _) = s.due(self.draining);
-        if s.timer.is_none_or(|(_, at)| due < at) {
+        if s.timer_at().is_none_or(|at| due < at) {
             self.arm(key, due);
         }
     }
@@ -371,7 +371,7 @@ impl Worker {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
-        s.timer = None;
+        s.take_timer();
         let (deadline, due) = s.due(self.draining);
         if now < deadline {
             // Bytes moved since the timer was armed: sleep until the new deadline.
@@ -381,21 +381,23 @@ impl Worker {
         match due {
             Due::Linger => return self.check_linger(key, now),
             Due::Connect => {
-                let e =
-                    io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {:?}", s.route.connect_timeout));
+                let e = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", s.route().connect_timeout),
+                );
                 s.drop_attempt();
                 return self.connect_failed(key, &e, now);
             }
             Due::Hello => {
-                let why = format!("no complete ClientHello within {:?}", s.route.config.client_hello_timeout);
+                let why = format!("no complete ClientHello within {:?}", s.route().config.client_hello_timeout);
                 return self.refuse_hello(key, crate::metrics::CloseReason::ClientHelloTimeout, &why, now);
             }
             Due::Header => {
                 log::debug!(
                     "route {}: client {}: no complete PROXY header within {:?}",
-                    s.route.name,
-                    s.peer_addr,
-                    s.route.pool().proxy_protocol_timeout
+                    s.route().name,
+                    s.peer_addr(),
+                    s.route().pool().proxy_protocol_timeout
                 );
                 crate::metrics::WorkerCounters::inc(&self.metrics.counters.bad_proxy_header);
             }
@@ -404,12 +406,12 @@ impl Worker {
         match s.on_timeout(due) {
             Some(end) => {
                 let idle = s.relay().map(|r| now.saturating_duration_since(r.last_active()));
-                log::debug!("session {}: {} after {idle:?} without a byte", s.id, end.reason);
+                log::debug!("session {}: {} after {idle:?} without a byte", s.id(), end.reason);
                 self.end(key, end, now);
             }
             // Bytes still in flight while draining: not idle, only slow. Look again later.
             None => {
-                let again = s.route.config.drain_close_idle_after.unwrap_or(Duration::from_secs(1));
+                let again = s.route().config.drain_close_idle_after.unwrap_or(Duration::from_secs(1));
                 self.arm(key, now + again)
             }
         }

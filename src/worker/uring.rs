@@ -61,7 +61,7 @@ impl Worker {
                 self.on_completion(c, now);
             }
             while let Some(o) = self.res.ring.as_mut().and_then(Ring::take_unstarved) {
-                if let Some(s) = self.sessions.get_mut(o.key).filter(|s| s.id == o.id)
+                if let Some(s) = self.sessions.get_mut(o.key).filter(|s| s.id() == o.id)
                     && s.unstarve(o.dir)
                 {
                     self.relay(o.key, now);
@@ -97,7 +97,7 @@ impl Worker {
 
     fn on_completion(&mut self, c: Completion, now: Instant) {
         let key = c.owner.key;
-        let taken = match (self.sessions.get_mut(key).filter(|s| s.id == c.owner.id), self.res.ring.as_mut()) {
+        let taken = match (self.sessions.get_mut(key).filter(|s| s.id() == c.owner.id), self.res.ring.as_mut()) {
             (Some(s), Some(ring)) => s.complete(c, ring),
             _ => Err(c),
         };

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use sluice::handoff::wire::{Message, Peer};
-use sluice::reload::ListenKey;
+use sluice::listen::ListenKey;
 
 use crate::backends;
 use crate::harness::{BIN, Sluice, run_command};

@@ -1,7 +1,9 @@
 //! Integration tests: the real `sluice` binary against backends on
 //! 127.0.0.1:0. Relay tests run in every relay mode (`both_modes!`).
 
+#[path = "../support/backends.rs"]
 mod backends;
+#[path = "../support/harness.rs"]
 mod harness;
 
 /// Generates `splice`, `copy`, `auto` and `uring` test functions in a module named after

@@ -307,7 +307,7 @@ impl Drop for TlsServers {
     }
 }
 
-const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls_peer.py");
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/tls_peer.py");
 
 fn tls_servers(specs: &[(&str, &Path, &Path)]) -> (TlsServers, Vec<(String, SocketAddr)>) {
     let mut cmd = Command::new("python3");

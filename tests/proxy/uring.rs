@@ -1,6 +1,6 @@
 //! `relay: uring` where io_uring is refused: sluice says so once and relays
 //! with `auto`, and `sluice doctor` says why and how to fix it. The refusal
-//! is real: `tests/no_uring.py` runs sluice under a seccomp filter that
+//! is real: `tests/support/no_uring.py` runs sluice under a seccomp filter that
 //! fails io_uring_setup with EPERM, as Docker's default profile does. (The
 //! byte-exactness, endings and chaos cases run in uring mode with the other
 //! modes: `both_modes!` and the `_under_relay_uring` tests.)
@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use crate::backends::{self, connect};
 use crate::harness::{BIN, Sluice, one_route, run, run_command, temp_config};
 
-const NO_URING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/no_uring.py");
+const NO_URING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/no_uring.py");
 
 fn under_no_uring(args: &[&str]) -> Command {
     let mut cmd = Command::new("python3");

@@ -7,13 +7,6 @@
 //! Without promtool (Debian package prometheus) the test says "skipped",
 //! unless `SLUICE_REQUIRE_PROMTOOL=1` (CI) makes that a failure.
 
-#[allow(dead_code)]
-#[path = "proxy/backends.rs"]
-mod backends;
-#[allow(dead_code)]
-#[path = "proxy/harness.rs"]
-mod harness;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -24,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::Sluice;
+use crate::{backends, harness};
 
 const DASHBOARD: &str = "examples/grafana/sluice.json";
 const ALERTS: &str = "examples/prometheus/alerts.yaml";

@@ -1,5 +1,5 @@
-//! What the fuzz tests share: how many cases to run and how to damage a
-//! valid input a little.
+//! What the property tests share: how many random cases to run and how to
+//! damage a valid input a little.
 
 /// Cases per fuzz test: `SLUICE_FUZZ_CASES`, or a million.
 pub fn cases() -> usize {

@@ -7,7 +7,7 @@
 use proptest::prelude::*;
 use sluice::config::{ConfigError, parse_str};
 
-const VALID: &str = include_str!("../proxy.yaml");
+const VALID: &str = include_str!("../../proxy.yaml");
 
 fn check(text: &str) {
     match parse_str(text, "fuzz.yaml") {

@@ -1,5 +1,6 @@
 //! Listening sockets this process did not bind itself: received from a
-//! predecessor (a takeover) or, for socket activation, from systemd. The
+//! predecessor (a takeover: `Offered` says what each is) or, for socket
+//! activation, from systemd. The
 //! route plan takes them by listen key before it binds anything; whatever
 //! it does not take is closed when this is dropped (a predecessor still
 //! holds its own copies and drains them). Which of them a supervisor holds
@@ -9,8 +10,26 @@
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
-use super::wire::Offered;
-use crate::reload::ListenKey;
+use serde::{Deserialize, Serialize};
+
+use super::key::ListenKey;
+use crate::sockets;
+
+/// One listening socket on offer: which listener of which address, in which worker slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offered {
+    /// The listener's identity (its address; for port 0, its first route's name too).
+    pub key: ListenKey,
+    /// The address it is bound to (the real port, for port 0).
+    pub addr: SocketAddr,
+    /// The worker that held it (0-based).
+    pub slot: usize,
+    /// A supervisor (systemd, for socket activation) holds this socket too
+    /// and outlives us: it must never be left filtered (see `handshakes`).
+    /// Absent in a predecessor's offer that predates the field: false.
+    #[serde(default)]
+    pub supervised: bool,
+}
 
 /// Sockets waiting to be taken.
 #[derive(Debug, Default)]
@@ -49,7 +68,7 @@ impl Inherited {
     /// The identities (`sockets::identity`) of the listening sockets a
     /// supervisor holds too, taken or not yet.
     pub fn supervised(&self) -> Vec<u64> {
-        self.listeners.iter().filter(|(o, _)| o.supervised).filter_map(|(_, s)| crate::sockets::identity(s)).collect()
+        self.listeners.iter().filter(|(o, _)| o.supervised).filter_map(|(_, s)| sockets::identity(s)).collect()
     }
 
     /// Sets the admin port's socket (socket activation).

@@ -6,8 +6,6 @@
 //! inputs (noise, mutated hellos, truncations) — `SLUICE_FUZZ_CASES`
 //! changes the count.
 
-mod fuzz_support;
-
 use proptest::prelude::*;
 use sluice::tls::hello::build::{Spec, message, records};
 use sluice::tls::hello::{MAX_WIRE, Parse, parse};
@@ -70,7 +68,7 @@ proptest! {
 
 #[test]
 fn a_million_random_inputs_never_panic() {
-    let cases = fuzz_support::cases();
+    let cases = crate::mutation::cases();
     let mut rng = fastrand::Rng::with_seed(0x5eed_c11e_4e11_0001); // seeded: a failure reproduces exactly
     let seeds: Vec<Vec<u8>> = [
         Spec { sni: Some(b"a.example.com"), alpn: &[b"h2", b"http/1.1"], ..Spec::default() },
@@ -93,7 +91,7 @@ fn a_million_random_inputs_never_panic() {
             // A valid hello with a few bytes flipped, inserted or removed.
             1 | 2 => {
                 buf.extend_from_slice(seed);
-                fuzz_support::mutate(&mut rng, &mut buf);
+                crate::mutation::mutate(&mut rng, &mut buf);
             }
             // A valid start followed by noise.
             _ => {

@@ -5,8 +5,6 @@
 //! random fuzz of 1,000,000 inputs (pure noise, mutated valid headers and
 //! truncations) — `SLUICE_FUZZ_CASES` changes the count.
 
-mod fuzz_support;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use proptest::prelude::*;
@@ -70,7 +68,7 @@ proptest! {
 
 #[test]
 fn a_million_random_inputs_never_panic() {
-    let cases = fuzz_support::cases();
+    let cases = crate::mutation::cases();
     let mut rng = fastrand::Rng::with_seed(0x5eed_1234_abcd_0001); // seeded: a failure reproduces exactly
     let mut seeds = Vec::new();
     for v in [Version::V1, Version::V2] {
@@ -93,7 +91,7 @@ fn a_million_random_inputs_never_panic() {
             // A valid header with a few bytes flipped, inserted or removed.
             1 | 2 => {
                 buf.extend_from_slice(&seeds[rng.usize(..seeds.len())]);
-                fuzz_support::mutate(&mut rng, &mut buf);
+                crate::mutation::mutate(&mut rng, &mut buf);
             }
             // A valid start followed by noise (v2 lengths and v1 lines that run on).
             _ => {

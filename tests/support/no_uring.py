@@ -3,7 +3,7 @@
 profile refuses it: a seccomp filter makes io_uring_setup fail with EPERM and
 lets every other syscall through. The filter is kept across exec.
 
-    python3 tests/no_uring.py target/debug/sluice -c proxy.yaml
+    python3 tests/support/no_uring.py target/debug/sluice -c proxy.yaml
 
 The tests use it to check that `relay: uring` falls back to `auto` and that
 `sluice doctor` says why. Python 3 standard library only (ctypes).

@@ -15,14 +15,14 @@
 //!
 //! How worker threads share one socket per address (joining its
 //! `SO_REUSEPORT` group, or duplicates) is decided where sockets are adopted
-//! (`reload::adopt`, `sockets::fill_workers`).
+//! (`bind::adopt`, `sockets::fill_workers`).
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use super::Inherited;
+use super::inherit::Inherited;
+use super::key::ListenKey;
 use crate::config::Config;
-use crate::reload::ListenKey;
 
 /// The first fd systemd passes (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;

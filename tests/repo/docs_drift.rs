@@ -6,16 +6,14 @@
 //!   sluice exposes, and no `sluice_*` name it doesn't;
 //! - `proxy.yaml`, every sluice config under `examples/` and every block
 //!   fenced as ```` ```yaml ```` in README.md and docs/*.md pass `sluice check`
-//!   (fragments are fenced ```` ```yaml fragment ```` and skipped).
+//!   (fragments are fenced ```` ```yaml fragment ```` and skipped);
+//! - every folder's `mod.rs` names each of its files in its `//!` header;
+//! - `src/lib.rs`'s layout gives every top-level module one line, and
+//!   `docs/architecture.md` places every one in one layer of its diagram and
+//!   gives it the same line in its source map; no module imports one of a
+//!   layer above its own.
 //!
 //! Every failure lists all that is wrong, not the first thing.
-
-#[allow(dead_code)]
-#[path = "proxy/backends.rs"]
-mod backends;
-#[allow(dead_code)]
-#[path = "proxy/harness.rs"]
-mod harness;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -25,6 +23,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::Sluice;
+use crate::imports::Graph;
+use crate::{backends, harness};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -437,4 +437,173 @@ fn doc_parsing_finds_spans_tables_and_blocks() {
     assert_eq!(tokens, vec![("sluice_bytes_total".to_owned(), false), ("sluice_upstream_".to_owned(), true)]);
     assert!(is_sluice_config("workers: 1\nroutes:\n  - name: a\n"));
     assert!(!is_sluice_config("apiVersion: v1\nkind: ConfigMap\ndata:\n  proxy.yaml: |\nroutes:\n"));
+}
+
+/// The `//!` header of a source file, as one text.
+fn header(text: &str) -> String {
+    text.lines().take_while(|l| l.starts_with("//!")).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn every_mod_rs_names_each_of_its_files() {
+    let mut problems = Vec::new();
+    let mut folders = vec![Path::new(ROOT).join("src")];
+    while let Some(dir) = folders.pop() {
+        let mut children = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("readable src") {
+            let path = entry.expect("dir entry").path();
+            let name = path.file_name().expect("a name").to_string_lossy().into_owned();
+            if path.is_dir() {
+                folders.push(path.clone());
+                // A folder with a `mod.rs` is a child; one beside `x.rs` belongs to `x.rs`.
+                if path.join("mod.rs").exists() {
+                    children.push(format!("{name}/"));
+                }
+            } else if name.ends_with(".rs") && name != "mod.rs" && name != "tests.rs" {
+                children.push(name);
+            }
+        }
+        let mod_rs = dir.join("mod.rs");
+        if !mod_rs.exists() {
+            continue;
+        }
+        let head = header(&std::fs::read_to_string(&mod_rs).expect("readable mod.rs"));
+        let rel = mod_rs.strip_prefix(ROOT).expect("under the repository").display().to_string();
+        for child in children {
+            let bare = child.trim_end_matches('/').trim_end_matches(".rs");
+            if !head.contains(&child) && !head.contains(&format!("`{bare}`")) {
+                problems.push(format!("{rel} does not name {child} in its //! header"));
+            }
+        }
+    }
+    problems.sort();
+    assert!(problems.is_empty(), "file maps that miss files:\n{}", problems.join("\n"));
+}
+
+/// The top-level modules `src/lib.rs` declares.
+fn top_level_modules() -> Vec<String> {
+    read_doc("src/lib.rs")
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub mod ").or_else(|| l.strip_prefix("mod ")))
+        .map(|m| m.trim_end_matches(';').to_owned())
+        .collect()
+}
+
+/// `src/lib.rs`'s layout lines: `//! - `name`: job`.
+fn lib_jobs() -> Vec<(String, String)> {
+    read_doc("src/lib.rs")
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! - `"))
+        .filter_map(|l| l.split_once("`: "))
+        .map(|(m, job)| (m.to_owned(), job.to_owned()))
+        .collect()
+}
+
+/// The layers of docs/architecture.md's diagram, top first: each
+/// `subgraph` block's id and the module nodes in it.
+fn diagram_layers(doc: &str) -> Vec<(String, Vec<String>)> {
+    let mut layers: Vec<(String, Vec<String>)> = Vec::new();
+    let mut inside = false;
+    for line in doc.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("subgraph ") {
+            let id = rest.split(['[', ' ']).next().unwrap_or_default().to_owned();
+            layers.push((id, Vec::new()));
+            inside = true;
+        } else if line == "end" {
+            inside = false;
+        } else if inside && !line.is_empty() && !line.starts_with("direction") {
+            layers.last_mut().expect("inside a subgraph").1.push(line.to_owned());
+        }
+    }
+    layers
+}
+
+/// docs/architecture.md's source map rows: (layer, module, path, job).
+fn source_map(doc: &str) -> Vec<(String, String, String, String)> {
+    doc.lines()
+        .filter(|l| l.starts_with("| ") && l.contains("`src/"))
+        .map(cells)
+        .filter(|c| c.len() == 3)
+        .map(|c| {
+            let path = c[1].trim_matches('`').to_owned();
+            let module = path.trim_start_matches("src/").trim_end_matches('/').trim_end_matches(".rs").to_owned();
+            (c[0].clone(), module, path, c[2].clone())
+        })
+        .collect()
+}
+
+#[test]
+fn lib_rs_and_architecture_md_give_every_module_its_layer_and_its_job() {
+    let modules = top_level_modules();
+    assert!(modules.len() > 20, "only {} modules found in src/lib.rs", modules.len());
+    let doc = read_doc("docs/architecture.md");
+    let jobs = lib_jobs();
+    let layers = diagram_layers(&doc);
+    let map = source_map(&doc);
+    let mut problems = Vec::new();
+    for m in &modules {
+        let lib: Vec<&String> = jobs.iter().filter(|(n, _)| n == m).map(|(_, j)| j).collect();
+        if lib.len() != 1 {
+            problems.push(format!("src/lib.rs gives `{m}` {} layout lines, not one", lib.len()));
+        }
+        let placed: Vec<&String> = layers.iter().filter(|(_, ms)| ms.contains(m)).map(|(l, _)| l).collect();
+        if placed.len() != 1 {
+            problems.push(format!("architecture.md's diagram places `{m}` in {} layers, not one", placed.len()));
+        }
+        let rows: Vec<_> = map.iter().filter(|(_, n, _, _)| n == m).collect();
+        let [(layer, _, path, job)] = rows.as_slice() else {
+            problems.push(format!("architecture.md's source map has {} rows for `{m}`, not one", rows.len()));
+            continue;
+        };
+        if !Path::new(ROOT).join(path).exists() {
+            problems.push(format!("architecture.md's source map names {path}, which does not exist"));
+        }
+        if lib.first().is_some_and(|l| *l != job) {
+            problems.push(format!("`{m}`: architecture.md says \"{job}\", src/lib.rs says \"{}\"", lib[0]));
+        }
+        if placed.first().is_some_and(|l| *l != layer) {
+            problems.push(format!("`{m}`: the source map's layer is {layer}, the diagram's {}", placed[0]));
+        }
+    }
+    let known = |n: &String| modules.contains(n);
+    for (n, _) in jobs.iter().filter(|(n, _)| !known(n)) {
+        problems.push(format!("src/lib.rs's layout names `{n}`, which is no module"));
+    }
+    for (_, ms) in &layers {
+        for n in ms.iter().filter(|n| !known(n)) {
+            problems.push(format!("architecture.md's diagram names `{n}`, which is no module"));
+        }
+    }
+    for (_, n, _, _) in map.iter().filter(|(_, n, _, _)| !known(n)) {
+        problems.push(format!("architecture.md's source map names `{n}`, which is no module"));
+    }
+    assert!(problems.is_empty(), "the module maps drifted from the code:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn no_module_imports_one_of_a_layer_above_its_own() {
+    let layers = diagram_layers(&read_doc("docs/architecture.md"));
+    let layer_of = |m: &str| layers.iter().position(|(_, ms)| ms.iter().any(|n| n == m));
+    let g = Graph::read();
+    let mut problems = Vec::new();
+    for ((from, to), names) in &g.edges {
+        let (Some(f), Some(t)) = (from.first(), to.first()) else { continue };
+        if f == t {
+            continue;
+        }
+        if let (Some(lf), Some(lt)) = (layer_of(f), layer_of(t)) {
+            if lt < lf {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                problems.push(format!(
+                    "{} ({}) -> {} ({}): {}",
+                    g.file(from),
+                    layers[lf].0,
+                    g.file(to),
+                    layers[lt].0,
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "imports that run up a layer of docs/architecture.md:\n{}", problems.join("\n"));
 }

@@ -1,0 +1,60 @@
+//! Which listener a listening socket belongs to: the key a route keeps its
+//! sockets by across reloads, that names a socket in a takeover's offer and
+//! matches a socket systemd passed to its route.
+
+use std::net::SocketAddr;
+
+use crate::config::{self, Config};
+
+/// What must stay the same for a route to keep its listening sockets (and
+/// what names a listener in a handoff to a successor).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ListenKey {
+    /// A fixed address: whatever the route is called.
+    Fixed(SocketAddr),
+    /// Port 0 (the kernel picks): the name tells routes apart.
+    Ephemeral(String, SocketAddr),
+}
+
+impl ListenKey {
+    /// The key of a configured route that has its address to itself.
+    pub fn of(r: &config::Route) -> ListenKey {
+        if r.listen.port() == 0 { ListenKey::Ephemeral(r.name.clone(), r.listen) } else { ListenKey::Fixed(r.listen) }
+    }
+
+    /// The key of each route of `config`, in order: routes sharing an address
+    /// share their group's key (its first route's, for port 0).
+    pub fn of_all(config: &Config) -> Vec<ListenKey> {
+        let mut keys = vec![None; config.routes.len()];
+        for g in config::listen_groups(&config.routes) {
+            let key = ListenKey::of(&config.routes[g[0]]);
+            for i in g {
+                keys[i] = Some(key.clone());
+            }
+        }
+        keys.into_iter().zip(&config.routes).map(|(k, r)| k.unwrap_or_else(|| ListenKey::of(r))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_fixed_addresses_across_renames() {
+        let mut r = crate::config::parse_str(
+            "routes:\n  - name: a\n    listen: 127.0.0.1:8080\n    upstreams: [127.0.0.1:1]\n",
+            "t",
+        )
+        .unwrap()
+        .routes
+        .remove(0);
+        let k = ListenKey::of(&r);
+        r.name = "b".to_owned();
+        assert_eq!(ListenKey::of(&r), k);
+        r.listen = "127.0.0.1:0".parse().unwrap();
+        let k0 = ListenKey::of(&r);
+        r.name = "c".to_owned();
+        assert_ne!(ListenKey::of(&r), k0, "port-0 routes are told apart by name");
+    }
+}

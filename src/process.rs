@@ -1,0 +1,86 @@
+//! What the whole process shares across its threads: the session count and
+//! its limit, the pipe budget, readiness and the drain (`/readyz`), reloads
+//! by outcome, the generation, per-client rates, overload shedding, refused
+//! control-socket peers and the sockets a supervisor holds too. Workers
+//! count into it, the control thread sets it, the admin port reads it;
+//! it knows none of them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::time::Instant;
+
+use crate::overload::OverloadState;
+use crate::pipe::PipeBudget;
+use crate::ratelimit::Limiter;
+use crate::sockets;
+
+/// Reloads by outcome.
+#[derive(Debug, Default)]
+pub struct Reloads {
+    /// Applied.
+    pub ok: AtomicU64,
+    /// Refused (bad file, bind failure); the old config kept serving.
+    pub failed: AtomicU64,
+}
+
+/// State shared by the workers, the control thread and the admin port.
+#[derive(Debug)]
+pub struct ProcessState {
+    /// Sessions open right now, all workers.
+    pub active: AtomicUsize,
+    /// `max_connections` (a reload may change it).
+    pub max_connections: AtomicUsize,
+    /// How many splice pipes the process may hold.
+    pub pipes: Arc<PipeBudget>,
+    /// Reloads by outcome.
+    pub reloads: Reloads,
+    /// The workers run (`/readyz`).
+    pub ready: AtomicBool,
+    /// A stop signal arrived (`/readyz` says 503 from then on, through the
+    /// grace and the drain).
+    pub draining: AtomicBool,
+    /// When the process started.
+    pub started: Instant,
+    /// 1 for a process started afresh, one more than its predecessor's after a takeover.
+    pub generation: AtomicU64,
+    /// Per-client connection rates (made on first use: 4 MiB).
+    pub limiter: std::sync::OnceLock<Limiter>,
+    /// Overload shedding.
+    pub overload: OverloadState,
+    /// Control-socket peers refused: their uid was neither ours nor root's.
+    pub control_refused: AtomicU64,
+    /// Identities (`sockets::identity`) of listening sockets a supervisor
+    /// (systemd) holds too: never filtered, as the filter would outlive us.
+    supervised: Vec<u64>,
+}
+
+impl ProcessState {
+    /// Fresh shared state.
+    pub fn new(max_connections: usize, pipes: PipeBudget) -> ProcessState {
+        ProcessState {
+            active: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(max_connections),
+            pipes: Arc::new(pipes),
+            reloads: Reloads::default(),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            started: Instant::now(),
+            generation: AtomicU64::new(1),
+            limiter: std::sync::OnceLock::new(),
+            overload: OverloadState::default(),
+            control_refused: AtomicU64::new(0),
+            supervised: Vec::new(),
+        }
+    }
+
+    /// The same, knowing which listening sockets a supervisor holds too.
+    pub fn with_supervised(mut self, supervised: Vec<u64>) -> ProcessState {
+        self.supervised = supervised;
+        self
+    }
+
+    /// A supervisor (systemd) holds `socket` too (see `handshakes`).
+    pub fn is_supervised(&self, socket: &impl std::os::fd::AsFd) -> bool {
+        !self.supervised.is_empty() && sockets::identity(socket).is_some_and(|i| self.supervised.contains(&i))
+    }
+}
