@@ -76,11 +76,6 @@ impl Auto {
         self.next = None;
         costs.start(self.class(), way, delivered);
     }
-
-    /// The run is over: its last stretch is charged.
-    pub fn end_run(&self, costs: &mut Costs, delivered: u64) {
-        costs.finish(delivered);
-    }
 }
 
 #[cfg(test)]

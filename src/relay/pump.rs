@@ -234,8 +234,9 @@ impl Pump {
         self.sync_lowat(dst);
         let mut act = if self.is_uring() { self.run_uring(src, dst, res)? } else { self.rounds(src, dst, res)? };
         let delivered = self.delivered();
-        if let Some(a) = self.auto.as_mut() {
-            a.end_run(&mut res.costs, delivered);
+        if self.auto.is_some() {
+            // The run is over: its last stretch is charged.
+            res.costs.finish(delivered);
         }
         if self.all_delivered() && !self.dst_shut && !self.hold_fin && self.src == SrcEnd::Eof {
             // Half-close: every byte before the FIN has been delivered.
