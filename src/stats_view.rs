@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use crate::metrics::snapshot::{Latency, RouteSnapshot, Snapshot};
+use crate::metrics::snapshot::{AutoSnapshot, Latency, RouteSnapshot, Snapshot};
+use crate::relay::cost::CLASSES;
 
 /// Clear the screen and go home: prefix for `--watch` redraws.
 pub const REDRAW: &str = "\x1b[H\x1b[2J";
@@ -58,6 +59,7 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>, route: Op
         "pipes {} in use / {} pooled / cap {}  pool hits {hits}  copy fallbacks {}",
         now.pipes.in_use, now.pipes.pooled, now.pipes.cap, now.pipes.copy_fallbacks
     ));
+    out.extend(auto_costs(&now.auto));
     out.push(String::new());
     out.extend(table(now, previous));
     out.push(String::new());
@@ -126,6 +128,39 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>, route: Op
         s.push('\n');
     }
     s
+}
+
+/// `relay: auto`'s measured costs per size class, ns per KiB copied |
+/// spliced, the cheaper (the one used) marked; nothing before any were measured.
+fn auto_costs(a: &AutoSnapshot) -> Option<String> {
+    if a.classes.is_empty() {
+        return None;
+    }
+    let ns = |v: Option<u64>, best: bool| v.map_or("-".to_owned(), |v| format!("{v}{}", if best { "*" } else { "" }));
+    let classes: Vec<String> = a
+        .classes
+        .iter()
+        .map(|c| {
+            let splice_best = match (c.copy_ns_per_kib, c.splice_ns_per_kib) {
+                (Some(copy), Some(splice)) => splice < copy,
+                (copy, _) => copy.is_none(),
+            };
+            let size = human_bytes(c.from_bytes);
+            let last = if c.from_bytes >= 1024 << (CLASSES - 1) { "+" } else { "" };
+            format!("{size}{last} {}|{}", ns(c.copy_ns_per_kib, !splice_best), ns(c.splice_ns_per_kib, splice_best))
+        })
+        .collect();
+    Some(format!("relay auto, ns per KiB copy|splice (* used): {}", classes.join("  ")))
+}
+
+/// 1024 → "1K", 1048576 → "1M" (powers of two only need these).
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        b => b.to_string(),
+    }
 }
 
 fn clip(line: &str, width: usize) -> String {
@@ -472,6 +507,19 @@ mod tests {
         snap.local_errors = [("fds", 8), ("memory", 0), ("ports", 2)].map(|(k, n)| (k.to_owned(), n)).into();
         let v = render(&snap, None, None, 100);
         assert!(v.lines().any(|l| l == "local errors (this host's, never an upstream's): fds 8, ports 2"), "{v}");
+    }
+
+    #[test]
+    fn auto_costs_are_shown_per_class_with_the_stage_in_use_marked() {
+        use crate::metrics::snapshot::AutoClass;
+        let mut snap = snapshot(1);
+        assert!(!render(&snap, None, None, 200).contains("relay auto"), "nothing measured, nothing shown");
+        let class = |from_bytes, copy, splice| AutoClass { from_bytes, copy_ns_per_kib: copy, splice_ns_per_kib: splice };
+        snap.auto.classes =
+            vec![class(1024, Some(410), Some(455)), class(64 << 10, Some(120), Some(95)), class(32 << 20, None, Some(60))];
+        let v = render(&snap, None, None, 200);
+        let line = "relay auto, ns per KiB copy|splice (* used): 1K 410*|455  64K 120|95*  32M+ -|60*";
+        assert!(v.lines().any(|l| l == line), "{v}");
     }
 
     #[test]

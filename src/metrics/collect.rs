@@ -9,12 +9,13 @@ use std::sync::Arc;
 use hdrhistogram::Histogram;
 
 use super::snapshot::{
-    AcceptSnapshot, Bytes, Latency, PROMETHEUS_BOUNDS_US, PipeSnapshot, RouteSnapshot, SessionCounts, Snapshot,
+    AcceptSnapshot, AutoClass, AutoSnapshot, Bytes, Latency, PROMETHEUS_BOUNDS_US, PipeSnapshot, RouteSnapshot, SessionCounts, Snapshot,
     UpstreamSnapshot, UpstreamState,
 };
 use super::stats::{RouteStats, UpstreamStats, UpstreamTimes, WorkerMetrics};
 use super::{CloseReason, Registry, WorkerCounters};
 use crate::local_error::LocalCause;
+use crate::relay::cost::{CLASSES as AUTO_CLASSES, class_floor};
 use crate::upstream::UpstreamHealth;
 
 /// What a snapshot is built from.
@@ -64,6 +65,7 @@ pub fn collect(src: Sources<'_>) -> Snapshot {
         }
         add_counters(&mut snap, &w.counters);
     }
+    snap.auto = auto_costs(src.workers);
     snap.routes = route_info
         .iter()
         .zip(&routes)
@@ -183,6 +185,28 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
     for (cause, n) in LocalCause::ALL.iter().zip(&c.local_errors) {
         *snap.local_errors.entry(cause.as_str().to_owned()).or_default() += g(n);
     }
+}
+
+/// `relay: auto`'s estimates: per class and stage, the mean over the
+/// workers that measured it.
+fn auto_costs(workers: &[Arc<WorkerMetrics>]) -> AutoSnapshot {
+    let g = WorkerCounters::get;
+    let mean = |class: usize, stage: usize| {
+        let measured: Vec<u64> =
+            workers.iter().map(|w| g(&w.counters.auto_cost[class][stage])).filter(|&ns| ns > 0).collect();
+        (!measured.is_empty()).then(|| measured.iter().sum::<u64>() / measured.len() as u64)
+    };
+    let classes = (0..AUTO_CLASSES)
+        .filter_map(|class| {
+            let (copy, splice) = (mean(class, 0), mean(class, 1));
+            (copy.is_some() || splice.is_some()).then_some(AutoClass {
+                from_bytes: class_floor(class),
+                copy_ns_per_kib: copy,
+                splice_ns_per_kib: splice,
+            })
+        })
+        .collect();
+    AutoSnapshot { explored: workers.iter().map(|w| g(&w.counters.auto_explored)).sum(), classes }
 }
 
 fn state(h: &UpstreamHealth) -> UpstreamState {

@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::local_error::LocalCause;
+use crate::relay::cost::CLASSES as AUTO_CLASSES;
 
 /// Why a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -180,6 +181,11 @@ pub struct WorkerCounters {
     pub uring_starved: AtomicU64,
     /// Milliseconds this worker spent working, not waiting for events (see `relay::load`).
     pub busy_ms: AtomicU64,
+    /// `relay: auto`'s runs that tried the stage that had measured dearer.
+    pub auto_explored: AtomicU64,
+    /// `relay: auto`'s current estimates by size class, nanoseconds per KiB
+    /// delivered, `[copy, splice]`; 0: not measured (see `relay::cost`).
+    pub auto_cost: [[AtomicU64; 2]; AUTO_CLASSES],
     /// Upstream connections this host could not open, indexed like
     /// `LocalCause::ALL` (never counted against an upstream).
     pub local_errors: [AtomicU64; LocalCause::ALL.len()],

@@ -201,6 +201,27 @@ pub fn render(snap: &Snapshot) -> String {
         &[(vec![], p.copy_fallbacks as f64)],
     );
 
+    let a = &snap.auto;
+    out.counter(
+        "sluice_relay_auto_explored_total",
+        "relay: auto runs that tried the stage that had measured dearer, to keep its estimate fresh (one run in 32 of a size class).",
+        &[(vec![], a.explored as f64)],
+    );
+    let costs: Vec<(Labels<'_>, f64)> = a
+        .classes
+        .iter()
+        .flat_map(|c| {
+            [("copy", c.copy_ns_per_kib), ("splice", c.splice_ns_per_kib)].into_iter().filter_map(move |(stage, ns)| {
+                ns.map(|ns| (vec![("size_class", c.from_bytes.to_string()), ("stage", stage.to_owned())], ns as f64 * 1e-9 / 1024.0))
+            })
+        })
+        .collect();
+    out.gauge(
+        "sluice_relay_auto_cost_seconds_per_byte",
+        "What relay: auto measured each stage to cost per byte delivered, by message size class (its smallest message, bytes), mean over workers; the cheaper is used.",
+        &costs,
+    );
+
     let u = &snap.uring;
     out.gauge(
         "sluice_uring_buffers",

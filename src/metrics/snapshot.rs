@@ -44,6 +44,9 @@ pub struct Snapshot {
     /// io_uring receive buffers (`relay: uring`), all workers.
     #[serde(default)]
     pub uring: UringSnapshot,
+    /// What `relay: auto` measured, all workers.
+    #[serde(default)]
+    pub auto: AutoSnapshot,
     /// Accept-side events, all workers.
     pub accept: AcceptSnapshot,
     /// Configuration reloads by outcome.
@@ -237,6 +240,27 @@ pub const PROMETHEUS_BOUNDS_US: [u64; 16] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 2_500_000, 10_000_000,
     60_000_000,
 ];
+
+/// `relay: auto`'s measured costs (`relay::cost`), all workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoSnapshot {
+    /// Runs that tried the stage that had measured dearer (or not at all).
+    pub explored: u64,
+    /// The message size classes some worker has measured, smallest first.
+    pub classes: Vec<AutoClass>,
+}
+
+/// One message size class of `relay: auto`: what each stage costs per KiB
+/// delivered, the mean over the workers that measured it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoClass {
+    /// Its smallest message, bytes (up to twice that; the last class has no top).
+    pub from_bytes: u64,
+    /// Copying: nanoseconds per KiB, `None` where no worker measured it.
+    pub copy_ns_per_kib: Option<u64>,
+    /// Splicing: nanoseconds per KiB.
+    pub splice_ns_per_kib: Option<u64>,
+}
 
 /// The receive buffers of `relay: uring`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -64,6 +64,11 @@ pub fn class_of(bytes: u64) -> usize {
     log2.saturating_sub(10).min(CLASSES - 1)
 }
 
+/// The smallest message of class `class`, bytes.
+pub fn class_floor(class: usize) -> u64 {
+    1024 << class.min(CLASSES - 1)
+}
+
 /// Decayed sums of what one stage of one class cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Tally {
@@ -218,6 +223,9 @@ mod tests {
         assert_eq!(class_of(64 << 10), 6);
         assert_eq!(class_of(1 << 20), 10);
         assert_eq!(class_of(u64::MAX), CLASSES - 1);
+        for class in 0..CLASSES {
+            assert_eq!(class_of(class_floor(class)), class);
+        }
     }
 
     /// Runs `runs` decisions of class `class` with each stage costing the

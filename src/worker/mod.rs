@@ -441,6 +441,11 @@ impl Worker {
         WorkerCounters::set(&counters.pipes_pooled, c.pooled);
         WorkerCounters::set(&counters.copy_fallbacks, self.res.copy_fallbacks);
         WorkerCounters::set(&counters.busy_ms, self.res.load.busy.as_millis() as u64);
+        WorkerCounters::set(&counters.auto_explored, self.res.costs.explored);
+        for (class, copy, splice) in self.res.costs.estimates() {
+            WorkerCounters::set(&counters.auto_cost[class][0], copy.unwrap_or(0));
+            WorkerCounters::set(&counters.auto_cost[class][1], splice.unwrap_or(0));
+        }
         if let Some(r) = self.res.ring.as_ref() {
             let u = r.counts();
             WorkerCounters::set(&counters.uring_buffers, u.buffers as u64);

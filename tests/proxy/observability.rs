@@ -164,6 +164,18 @@ fn auto_tries_both_stages_on_new_sizes_and_counts_every_byte_once() {
         let copied = v["routes"][0][dir]["copied"].as_u64().expect("copied");
         assert_eq!(spliced + copied, (200 << 10) + (6 << 20), "{dir}: every byte counted once: {v}");
     }
+    // What it measured is reported: the 1 KiB class has both stages' costs.
+    let kib = v["auto"]["classes"].as_array().expect("auto.classes").iter().find(|c| c["from_bytes"] == 1024);
+    let kib = kib.unwrap_or_else(|| panic!("no 1 KiB class in /stats: {v}"));
+    for stage in ["copy_ns_per_kib", "splice_ns_per_kib"] {
+        assert!(kib[stage].as_u64().is_some_and(|ns| ns > 0), "{stage} of 1 KiB messages: {kib}");
+    }
+    assert!(v["auto"]["explored"].as_u64().is_some_and(|n| n >= 2), "explorations counted: {v}");
+    let (_, metrics) = get(admin, "/metrics");
+    for stage in ["copy", "splice"] {
+        let series = format!("sluice_relay_auto_cost_seconds_per_byte{{size_class=\"1024\",stage=\"{stage}\"}} ");
+        assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    }
 }
 
 #[test]
