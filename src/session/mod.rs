@@ -419,7 +419,7 @@ mod tests {
         s.attempt(0, claim, connecting_socket(&l), 1, now);
         s.connected(false, 0, now);
         assert!(matches!(s.stage, Stage::Relaying(..)));
-        assert!(s.relay().unwrap().c2u.src_readable, "the relay learned the client had bytes");
+        assert!(s.relay().unwrap().c2u.src.readable, "the relay learned the client had bytes");
         let mut res = Resources::new(64 << 10, 4, Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)));
         let _given_back = s.unconnect(&mut res);
         assert!(matches!(s.stage, Stage::Unconnected { .. }));
