@@ -15,7 +15,7 @@ pub mod pump;
 pub mod ring;
 pub mod splice;
 
-pub use pump::{Activity, DstFailed, Pump, SrcEnd};
+pub use pump::{Activity, Destination, DstFailed, Pump, Source, SrcEnd};
 
 use crate::pipe::{PipeBudget, PipePool};
 use copy::BufferPool;

@@ -1,12 +1,14 @@
 //! One direction of a session: the pump state machine.
 //!
-//! A pump owns its sticky readiness flags (set by events, cleared only by
-//! `WouldBlock`), the bytes in flight (a pipe for splice, a buffer for copy,
+//! A pump owns the state of its two ends, grouped by side as linkerd2-proxy's
+//! `duplex` does: the source's (sticky readiness, set by events and cleared
+//! only by `WouldBlock`; how it ended) and the destination's (sticky write
+//! space; how the end of the stream is passed on). It owns the bytes in flight (a pipe for splice, a buffer for copy,
 //! never both; how its reads fill the pipe, for `grow.rs` to decide when it
 //! doubles; under `relay: uring` its operations on the worker's ring,
 //! `pump/uring.rs`), under `relay: auto` the stage each run chose by
 //! measured cost (`auto.rs`, `cost.rs`), the destination's default
-//! `notsent_lowat` by stage (`pump/lowat.rs`), and the end-of-stream bookkeeping. Its step drains before it
+//! `notsent_lowat` by stage (`pump/lowat.rs`). Its step drains before it
 //! fills, fills only while there is room (backpressure), and passes a
 //! half-close on only once everything before it has been delivered. What a
 //! failure means for the session is the session's business.
@@ -37,6 +39,43 @@ pub enum SrcEnd {
     Eof,
     /// Read failed (reset, timeout): nothing more will come.
     Failed(io::ErrorKind),
+}
+
+/// The source side of a pump (its flags sticky: set by events, cleared
+/// only by `WouldBlock`).
+#[derive(Clone, Copy, Debug)]
+pub struct Source {
+    /// Had readiness we haven't consumed.
+    pub readable: bool,
+    /// An event said it half-closed or failed (EPOLLRDHUP/ERR/HUP). From
+    /// then on a short read is no proof the socket is empty: the FIN may
+    /// already be queued behind the bytes and will raise no further edge.
+    pub hup: bool,
+    /// How it ended.
+    end: SrcEnd,
+    /// It is known to have been reset (its error already consumed): its EOF
+    /// is really this failure.
+    eof_is_failure: Option<io::ErrorKind>,
+}
+
+impl Default for Source {
+    fn default() -> Source {
+        Source { readable: false, hup: false, end: SrcEnd::Open, eof_is_failure: None }
+    }
+}
+
+/// The destination side of a pump.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Destination {
+    /// Had write space we haven't used up (sticky).
+    pub writable: bool,
+    /// The source's EOF was passed on (a FIN sent, or left to `close`).
+    shut: bool,
+    /// Don't pass EOF on as a FIN: the session will reset the destination instead.
+    hold_fin: bool,
+    /// The other direction has finished, so this one finishing closes the
+    /// session and `close` sends the FIN: no `shutdown` call for it.
+    fin_by_close: bool,
 }
 
 /// Where the bytes in flight are.
@@ -84,24 +123,10 @@ pub struct Pump {
     /// The route's default `notsent_lowat`, which only some stages set on
     /// the destination (`lowat.rs`).
     stage_lowat: Option<lowat::StageLowat>,
-    /// The source had readiness we haven't consumed (sticky).
-    pub src_readable: bool,
-    /// The destination had write space we haven't used up (sticky).
-    pub dst_writable: bool,
-    /// An event said the source half-closed or failed (EPOLLRDHUP/ERR/HUP).
-    /// From then on a short read is no proof the socket is empty: the FIN may
-    /// already be queued behind the bytes and will raise no further edge.
-    pub src_hup: bool,
-    src: SrcEnd,
-    dst_shut: bool,
-    /// Don't pass EOF on as a FIN: the session will reset the destination instead.
-    hold_fin: bool,
-    /// The other direction has finished, so this one finishing closes the
-    /// session and `close` sends the FIN: no `shutdown` call for it.
-    fin_by_close: bool,
-    /// The source is known to have been reset (its error already consumed):
-    /// its EOF is really this failure.
-    eof_is_failure: Option<io::ErrorKind>,
+    /// The source: what its events said, how it ended.
+    pub src: Source,
+    /// The destination: what its events said, how the end is passed on.
+    pub dst: Destination,
     stage: Stage,
     /// Bytes delivered through a pipe.
     pub spliced: u64,
@@ -130,14 +155,8 @@ impl Pump {
             auto: None,
             pipe_limit: None,
             stage_lowat: None,
-            src_readable: false,
-            dst_writable: false,
-            src_hup: false,
-            src: SrcEnd::Open,
-            dst_shut: false,
-            hold_fin: false,
-            fin_by_close: false,
-            eof_is_failure: None,
+            src: Source::default(),
+            dst: Destination::default(),
             stage: if splice {
                 Stage::Splice { pipe: None, len: 0, growth: Growth::default() }
             } else {
@@ -158,7 +177,7 @@ impl Pump {
         p.pipe_limit = self.pipe_limit;
         p.stage_lowat = self.stage_lowat;
         p.auto = self.auto.map(|_| Auto::default());
-        p.dst_writable = self.dst_writable;
+        p.dst.writable = self.dst.writable;
         p
     }
 
@@ -178,17 +197,17 @@ impl Pump {
 
     /// How the source ended, if it did.
     pub fn src_end(&self) -> SrcEnd {
-        self.src
+        self.src.end
     }
 
     /// The source ended and everything it sent has been delivered.
     pub fn all_delivered(&self) -> bool {
-        self.src != SrcEnd::Open && self.pending() == 0
+        self.src.end != SrcEnd::Open && self.pending() == 0
     }
 
     /// Finished cleanly: EOF read, all bytes delivered, FIN passed on.
     pub fn finished(&self) -> bool {
-        self.all_delivered() && self.dst_shut
+        self.all_delivered() && self.dst.shut
     }
 
     /// Bytes delivered so far, all modes.
@@ -199,7 +218,7 @@ impl Pump {
     /// The source was reset before we read from it (the reset was reported
     /// while connecting): deliver what it sent, then end as `kind`, not EOF.
     pub fn fail_at_eof(&mut self, kind: io::ErrorKind) {
-        self.eof_is_failure = Some(kind);
+        self.src.eof_is_failure = Some(kind);
     }
 
     /// The other direction moved bytes: this one's flow is not one-way (yet).
@@ -212,7 +231,7 @@ impl Pump {
     /// Never pass a FIN on: the session will end with a reset once this pump
     /// has delivered what its (failed) source still had for it.
     pub fn hold_fin(&mut self) {
-        self.hold_fin = true;
+        self.dst.hold_fin = true;
     }
 
     /// The other direction has finished cleanly: once this one has delivered
@@ -220,7 +239,7 @@ impl Pump {
     /// nothing left unread) sends the FIN a `shutdown` would. Saves one
     /// syscall per connection.
     pub fn fin_by_close(&mut self) {
-        self.fin_by_close = true;
+        self.dst.fin_by_close = true;
     }
 
     /// Moves bytes from `src` to `dst` until neither side can make progress,
@@ -238,12 +257,12 @@ impl Pump {
             // The run is over: its last stretch is charged.
             res.costs.finish(delivered);
         }
-        if self.all_delivered() && !self.dst_shut && !self.hold_fin && self.src == SrcEnd::Eof {
+        if self.all_delivered() && !self.dst.shut && !self.dst.hold_fin && self.src.end == SrcEnd::Eof {
             // Half-close: every byte before the FIN has been delivered.
-            if !self.fin_by_close {
+            if !self.dst.fin_by_close {
                 dst.shutdown(Shutdown::Write).map_err(DstFailed)?;
             }
-            self.dst_shut = true;
+            self.dst.shut = true;
             act.progressed = true;
         }
         act.took_in = self.delivered() + self.pending() as u64 > taken_before;
@@ -270,12 +289,12 @@ impl Pump {
 
     /// True if a run would try a syscall: used after hitting the round cap.
     fn can_work(&self) -> bool {
-        (self.pending() > 0 && self.dst_writable) || (self.src == SrcEnd::Open && self.src_readable)
+        (self.pending() > 0 && self.dst.writable) || (self.src.end == SrcEnd::Open && self.src.readable)
     }
 
     /// Writes in-flight bytes to `dst`. Returns whether any moved.
     fn drain(&mut self, dst: &TcpStream) -> Result<bool, DstFailed> {
-        if self.pending() == 0 || !self.dst_writable {
+        if self.pending() == 0 || !self.dst.writable {
             return Ok(false);
         }
         let r = match &mut self.stage {
@@ -294,7 +313,7 @@ impl Pump {
             Ok(0) => Err(DstFailed(io::Error::from(io::ErrorKind::WriteZero))),
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.dst_writable = false;
+                self.dst.writable = false;
                 if let Stage::Splice { growth, .. } = &mut self.stage {
                     growth.dst_blocked();
                 }
@@ -308,7 +327,7 @@ impl Pump {
     /// Reads from `src` into the stage while there is room. Returns whether
     /// anything happened (bytes, EOF, or a source failure).
     fn fill(&mut self, src: &TcpStream, res: &mut Resources) -> bool {
-        if self.src != SrcEnd::Open || !self.src_readable {
+        if self.src.end != SrcEnd::Open || !self.src.readable {
             return false;
         }
         if let Some(way) = self.auto.and_then(|a| a.wanted()) {
@@ -376,19 +395,19 @@ impl Pump {
                     // after it, so the EAGAIN read that would follow is a
                     // wasted syscall per message. Not once a FIN or error was
                     // reported: it may sit behind these bytes, already signalled.
-                    short_read = n > 0 && n < room && !self.src_hup;
+                    short_read = n > 0 && n < room && !self.src.hup;
                 })
             }
         };
         if short_read {
-            self.src_readable = false;
+            self.src.readable = false;
         }
         if let (Some(a), Ok(n @ 1..)) = (self.auto.as_mut(), &r) {
             a.read(*n);
         }
         match r {
             Ok(0) => {
-                self.src = self.eof_is_failure.map_or(SrcEnd::Eof, SrcEnd::Failed);
+                self.src.end = self.src.eof_is_failure.map_or(SrcEnd::Eof, SrcEnd::Failed);
                 true
             }
             Ok(_) => true,
@@ -399,13 +418,13 @@ impl Pump {
                 // next drain empties the pipe and the read is tried again.
                 let ambiguous = matches!(self.stage, Stage::Splice { len, .. } if len > 0);
                 if !ambiguous {
-                    self.src_readable = false;
+                    self.src.readable = false;
                 }
                 false
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
             Err(e) => {
-                self.src = SrcEnd::Failed(e.kind());
+                self.src.end = SrcEnd::Failed(e.kind());
                 true
             }
         }

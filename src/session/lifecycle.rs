@@ -1,7 +1,10 @@
 //! Every stage change of a session, written in one place: the PROXY
 //! header read, the ClientHello's route, connect attempts, relaying, the
 //! wait before a reset, the close. Each takes readiness and time and says
-//! what should happen; the worker acts on it.
+//! what should happen; the worker acts on it. A change consumes the old
+//! stage and moves what the new one keeps of it (the client's readiness,
+//! the claim, a kept pump) into it; what no stage keeps comes back to the
+//! worker (a claim to give back, a closed session's `Remains`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,8 +12,8 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use super::{
-    Attempt, Due, End, Ending, HeaderRead, HelloWait, Linger, LingerCheck, Readiness, Relay, Session, Side, Stage,
-    Step, TlsInfo, Verdict, header,
+    Attempt, Claim, Due, End, Ending, HeaderRead, HelloWait, Linger, LingerCheck, Readiness, Relay, Remains, Session,
+    Side, Stage, Step, TlsInfo, Verdict, header,
 };
 use crate::metrics::CloseReason;
 use crate::relay::Resources;
@@ -38,14 +41,16 @@ impl Session {
         if !matches!(self.stage, Stage::Hello(_)) {
             return None;
         }
-        let Stage::Hello(h) = std::mem::replace(&mut self.stage, Stage::Unconnected) else {
+        let Stage::Hello(h) = std::mem::replace(&mut self.stage, Stage::Closed) else {
             return None;
         };
-        if std::mem::take(&mut self.hello_admitted) {
+        if h.admitted {
             h.frontend.release_hello(self.client_addr.ip());
         }
         let route = Arc::clone(&h.frontend.routes[i]);
-        self.mark_client_readable();
+        // The ClientHello was only peeked at: no new event will announce it.
+        let client_ready = Readiness { readable: true, ..h.client_ready };
+        self.stage = Stage::Unconnected { client_ready, kept: None };
         self.route = Arc::clone(&route);
         self.routed = true;
         Some(route)
@@ -55,23 +60,23 @@ impl Session {
     /// and the survivor lingers until it has the last bytes. False (and
     /// nothing changed) unless relaying.
     pub fn linger(&mut self, survivor: Side, reason: CloseReason, res: &mut Resources, now: Instant) -> bool {
-        if !matches!(self.stage, Stage::Relaying(_)) {
+        if !matches!(self.stage, Stage::Relaying(..)) {
             return false;
         }
-        let Stage::Relaying(mut relay) = std::mem::replace(&mut self.stage, Stage::Closed) else {
+        let Stage::Relaying(mut relay, claim) = std::mem::replace(&mut self.stage, Stage::Closed) else {
             return false;
         };
         // The failed side's bytes are all in the survivor's socket; what the
         // survivor sent the other way can no longer be delivered.
         relay.release(res);
-        self.stage = Stage::Lingering(Linger::new(relay, survivor, reason, now));
+        self.stage = Stage::Lingering(Linger::new(relay, survivor, reason, now), claim);
         true
     }
 
     /// Looks at a lingering survivor's send queue: what to do, who the
     /// survivor is and why it lingers. `None` unless lingering.
     pub fn check_linger(&mut self, now: Instant) -> Option<(LingerCheck, Side, CloseReason)> {
-        let Stage::Lingering(l) = &mut self.stage else {
+        let Stage::Lingering(l, _) = &mut self.stage else {
             return None;
         };
         let socket = match l.survivor {
@@ -82,17 +87,27 @@ impl Session {
         Some((check, l.survivor, l.reason))
     }
 
-    /// Closes it: the stage it was in comes back with what that stage held
-    /// (to release and close), the ClientHello count is given back, and the
-    /// session is `Closed` from now on.
-    pub fn close(&mut self) -> Stage {
-        let stage = std::mem::replace(&mut self.stage, Stage::Closed);
-        if let Stage::Hello(h) = &stage {
-            if std::mem::take(&mut self.hello_admitted) {
-                h.frontend.release_hello(self.client_addr.ip());
+    /// Closes it: what its stage held comes back (to give back and close),
+    /// the ClientHello count is given back, and the session is `Closed`
+    /// from now on. `None` if it was closed already.
+    pub fn close(&mut self) -> Option<Remains> {
+        let remains = match std::mem::replace(&mut self.stage, Stage::Closed) {
+            Stage::Closed => return None,
+            Stage::Hello(h) => {
+                if h.admitted {
+                    h.frontend.release_hello(self.client_addr.ip());
+                }
+                Remains::default()
             }
-        }
-        stage
+            Stage::Header { .. } => Remains::default(),
+            Stage::Unconnected { kept, .. } => Remains { kept, ..Remains::default() },
+            Stage::Connecting(a) => {
+                Remains { attempt: Some(a.upstream), claim: Some(a.claim), kept: a.kept, ..Remains::default() }
+            }
+            Stage::Relaying(r, claim) => Remains { relay: Some(r), claim: Some(claim), ..Remains::default() },
+            Stage::Lingering(l, claim) => Remains { relay: Some(l.relay), claim: Some(claim), ..Remains::default() },
+        };
+        Some(remains)
     }
 
     /// Reads the client's PROXY header if it has all arrived. On success the
@@ -105,15 +120,19 @@ impl Session {
                 self.client_addr = *src;
                 self.local_addr = Some(*dst);
             }
-            // Payload may follow in the same segment: the next stage must look.
-            self.client_ready.readable = true;
-            let then = match &mut self.stage {
-                Stage::Header { then, .. } => then.take(),
-                _ => None,
+            let (then, client_ready) = match std::mem::replace(&mut self.stage, Stage::Closed) {
+                Stage::Header { then, client_ready, .. } => (then, client_ready),
+                other => {
+                    debug_assert!(false, "a PROXY header is read only while waiting for one");
+                    self.stage = other;
+                    return read;
+                }
             };
+            // Payload may follow in the same segment: the next stage must look.
+            let client_ready = Readiness { readable: true, ..client_ready };
             self.stage = match then {
-                Some(f) => Stage::Hello(HelloWait::new(f, now)),
-                None => Stage::Unconnected,
+                Some(f) => Stage::Hello(HelloWait::new(f, now, client_ready)),
+                None => Stage::Unconnected { client_ready, kept: None },
             };
         }
         read
@@ -121,13 +140,7 @@ impl Session {
 
     /// The client half-closed or failed, as far as its events said (before relaying).
     pub fn client_hup(&self) -> bool {
-        self.client_ready.hup
-    }
-
-    /// The client has bytes to read that no new event will announce (a
-    /// ClientHello that was only peeked at).
-    pub fn mark_client_readable(&mut self) {
-        self.client_ready.readable = true;
+        self.stage.client_ready().is_some_and(|r| r.hup)
     }
 
     /// Records readiness from an event for the socket of `side` whose token
@@ -135,33 +148,52 @@ impl Session {
     /// longer has (a failed attempt's, still in the batch) is ignored.
     /// Returns false if the event was stale.
     pub fn on_event(&mut self, side: Side, generation: u32, ready: Readiness) -> bool {
-        if side == Side::Upstream && generation != self.claim.generation {
+        if side == Side::Upstream && generation != self.upstream_generation {
             return false;
         }
         match (&mut self.stage, side) {
-            (Stage::Relaying(r), _) => r.on_event(side, ready),
+            (Stage::Relaying(r, _), _) => r.on_event(side, ready),
             (Stage::Connecting(a), Side::Upstream) => a.ready.absorb(ready),
-            (Stage::Lingering(_) | Stage::Closed, _) => {}
-            (_, Side::Client) => self.client_ready.absorb(ready),
+            (Stage::Lingering(..) | Stage::Closed, _) => {}
+            (stage, Side::Client) => {
+                if let Some(client_ready) = stage.client_ready_mut() {
+                    client_ready.absorb(ready);
+                }
+            }
             (_, Side::Upstream) => return false, // no upstream socket in this stage
         }
         true
     }
 
-    /// Starts attempt number `number` on a freshly connecting upstream socket
-    /// (registered by the worker with `generation`).
-    pub fn attempt(&mut self, number: u32, index: usize, upstream: TcpStream, generation: u32, now: Instant) {
-        self.claim.index = index;
-        self.claim.generation = generation;
-        self.stage = Stage::Connecting(Attempt { upstream, number, since: now, ready: Readiness::default() });
+    /// Starts attempt number `number` on `claim`'s upstream with a freshly
+    /// connecting socket (registered by the worker with `generation`). Only
+    /// from unconnected, whose client readiness and kept pump it takes on.
+    pub fn attempt(&mut self, number: u32, claim: Claim, upstream: TcpStream, generation: u32, now: Instant) {
+        let (client_ready, kept) = match std::mem::replace(&mut self.stage, Stage::Closed) {
+            Stage::Unconnected { client_ready, kept } => (client_ready, kept),
+            other => {
+                debug_assert!(false, "an attempt starts from unconnected, not {}", other.name());
+                (Readiness::default(), None)
+            }
+        };
+        self.upstream_generation = generation;
+        let ready = Readiness::default();
+        self.stage = Stage::Connecting(Attempt { upstream, number, since: now, ready, claim, client_ready, kept });
     }
 
     /// Drops the current attempt's socket (it failed): the session is
-    /// unconnected until the next attempt.
-    pub fn drop_attempt(&mut self) {
-        if matches!(self.stage, Stage::Connecting(_)) {
-            self.stage = Stage::Unconnected;
+    /// unconnected until the next attempt, and the attempt's claim comes
+    /// back to be given back. `None` (and nothing changed) unless connecting.
+    #[must_use = "the attempt's claim is to be given back"]
+    pub fn drop_attempt(&mut self) -> Option<Claim> {
+        if !matches!(self.stage, Stage::Connecting(_)) {
+            return None;
         }
+        let Stage::Connecting(a) = std::mem::replace(&mut self.stage, Stage::Closed) else {
+            return None;
+        };
+        self.stage = Stage::Unconnected { client_ready: a.client_ready, kept: a.kept };
+        Some(a.claim)
     }
 
     /// Reads the result of the connect in progress after an upstream event.
@@ -180,43 +212,53 @@ impl Session {
     /// The upstream connected (`reset_already`: and was reset by its peer
     /// right after): relaying starts now, with a PROXY header first if the
     /// route sends one. `key` is the session's slot (`relay: uring` tags
-    /// its operations with it).
-    pub fn connected(&mut self, reset_already: bool, key: usize, now: Instant) {
+    /// its operations with it). True if the attempt was the half-open try
+    /// of an ejected upstream (its success is the caller's to report).
+    pub fn connected(&mut self, reset_already: bool, key: usize, now: Instant) -> bool {
         if !matches!(self.stage, Stage::Connecting(_)) {
-            return;
+            return false;
         }
         let Stage::Connecting(a) = std::mem::replace(&mut self.stage, Stage::Closed) else {
-            return;
+            return false;
         };
         let header = self.route.pool().proxy_protocol.map(|v| {
             let local = self.local_addr.or_else(|| self.client.local_addr().ok()).unwrap_or(self.peer_addr);
             header::Outgoing::new(v, self.client_addr, local)
         });
         let connect_time = now.saturating_duration_since(a.since);
-        let pumps = Relay::pumps(self.relay_mode, self.route.socket.options(), (key, self.id), self.kept.take());
-        let mut relay = Relay::new(a.upstream, pumps, std::mem::take(&mut self.client_ready), a.ready, header, now);
+        let pumps = Relay::pumps(self.relay_mode, self.route.socket.options(), (key, self.id), a.kept);
+        let mut relay = Relay::new(a.upstream, pumps, a.client_ready, a.ready, header, now);
         relay.connect_time = connect_time;
         if reset_already {
             relay.upstream_reset_before_read();
         }
-        self.stage = Stage::Relaying(relay);
+        let (claim, probed) = a.claim.connected();
+        self.stage = Stage::Relaying(relay, claim);
+        probed
     }
 
     /// Goes back to unconnected after the upstream was lost before any byte
     /// moved (see `Relay::retryable_loss`): the next attempt starts from
-    /// scratch, with what is known of the client's readiness.
-    pub fn unconnect(&mut self, res: &mut Resources) {
-        if !matches!(self.stage, Stage::Relaying(_)) {
-            return;
+    /// scratch, with what is known of the client's readiness; the relay's
+    /// claim comes back to be given back. `None` (and nothing changed)
+    /// unless relaying.
+    #[must_use = "the relay's claim is to be given back"]
+    pub fn unconnect(&mut self, res: &mut Resources) -> Option<Claim> {
+        if !matches!(self.stage, Stage::Relaying(..)) {
+            return None;
         }
-        if let Stage::Relaying(mut r) = std::mem::replace(&mut self.stage, Stage::Unconnected) {
-            self.client_ready = r.client_readiness();
-            if r.is_uring() {
-                self.kept = Some(r.into_client_pump(res));
-            } else {
-                r.release(res);
-            }
-        }
+        let Stage::Relaying(mut r, claim) = std::mem::replace(&mut self.stage, Stage::Closed) else {
+            return None;
+        };
+        let client_ready = r.client_readiness();
+        let kept = if r.is_uring() {
+            Some(r.into_client_pump(res))
+        } else {
+            r.release(res);
+            None
+        };
+        self.stage = Stage::Unconnected { client_ready, kept };
+        Some(claim)
     }
 
     /// When the timer should fire, and which rule that is.
@@ -226,19 +268,19 @@ impl Session {
             Stage::Header { since, .. } => (*since + route.pool().proxy_protocol_timeout, Due::Header),
             Stage::Hello(h) => (h.since + h.frontend.hello_timeout(), Due::Hello),
             Stage::Connecting(a) => (a.since + route.connect_timeout, Due::Connect),
-            Stage::Relaying(r) => {
+            Stage::Relaying(r, _) => {
                 let drain_idle = route.config.drain_close_idle_after.filter(|_| draining);
                 r.due(route.idle_timeout, route.half_close_timeout, drain_idle)
             }
-            Stage::Lingering(l) => (l.next_check(), Due::Linger),
+            Stage::Lingering(l, _) => (l.next_check(), Due::Linger),
             // No timer in these stages: far enough never to fire.
-            Stage::Unconnected | Stage::Closed => (self.started + Duration::from_secs(365 * 86_400), Due::Idle),
+            Stage::Unconnected { .. } | Stage::Closed => (self.started + Duration::from_secs(365 * 86_400), Due::Idle),
         }
     }
 
     /// Runs both pumps and decides what follows (relaying only).
     pub fn relay_step(&mut self, res: &mut Resources, now: Instant) -> Verdict {
-        let Stage::Relaying(r) = &mut self.stage else {
+        let Stage::Relaying(r, _) = &mut self.stage else {
             return Verdict::Continue { more: false };
         };
         match r.run(&self.client, res, now) {
@@ -255,7 +297,7 @@ impl Session {
             (Stage::Header { .. }, _) => {
                 Some(End { reason: CloseReason::BadProxyHeader, ending: Ending::RESET_CLIENT })
             }
-            (Stage::Relaying(r), due) => r.on_timeout(due, &self.client),
+            (Stage::Relaying(r, _), due) => r.on_timeout(due, &self.client),
             _ => None,
         }
     }

@@ -3,8 +3,11 @@
 //! ClientHello, choosing and connecting an upstream, relaying, and — when
 //! one side failed — waiting for the survivor to receive the last bytes
 //! before its reset. Each stage owns its data (`Connecting` the attempt's
-//! socket, `Relaying` the upstream socket and both pumps), so relaying
-//! without an upstream cannot be written down.
+//! socket, `Relaying` the upstream socket and both pumps, the stages
+//! before relaying what the client's events said), so relaying without an
+//! upstream cannot be written down; and the claim on an upstream is a value
+//! the stages that have an upstream hand on and the last one gives back, so
+//! it is given back exactly once.
 //!
 //! The session decides; the worker acts. Methods here take readiness and
 //! time and return what should happen (keep going, try the next upstream,
@@ -13,9 +16,11 @@
 //! reads them through methods and only the session changes its stage.
 //!
 //! # Files
-//! - `mod.rs`: the `Session`, what it holds and counts (its upstream claim, its admissions), and
-//!   the words every file here uses (`Side`, `Readiness`);
-//! - `stage.rs`: the stages and what each holds, and the verdicts the worker gets;
+//! - `mod.rs`: the `Session`, what it holds for its whole life and counts (its admissions, its
+//!   bytes reported), and what the worker reads of it;
+//! - `side.rs`: the words every file here uses (`Side`, `Readiness`);
+//! - `stage.rs`: the stages and what each holds, the verdicts the worker gets, what a close gives back;
+//! - `claim.rs`: the claim on an upstream, held by the stages that have one and given back once;
 //! - `lifecycle.rs`: every stage change;
 //! - `relay.rs`: the relaying stage;
 //! - `ending.rs`: the rules for how a session ends;
@@ -24,27 +29,30 @@
 //! - `tried.rs`: the upstreams tried;
 //! - `uring.rs`: what a session does with its io_uring completions.
 
+mod claim;
 mod ending;
 pub mod header;
 mod lifecycle;
 mod linger;
 mod relay;
+mod side;
 mod stage;
 mod tried;
 mod uring;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+pub use claim::Claim;
 pub use ending::{Due, End, Ending};
 pub use header::HeaderRead;
 pub use linger::{Linger, LingerCheck};
 pub use relay::{Relay, Step};
-pub use stage::{Attempt, HelloWait, Stage, TlsInfo, Verdict};
+pub use side::{Readiness, Side};
+pub use stage::{Attempt, HelloWait, Remains, Stage, TlsInfo, Verdict};
 pub use tried::{MAX_ATTEMPTS, Tried};
 
 use crate::config::RelayMode;
@@ -52,73 +60,8 @@ use crate::frontend::Frontend;
 use crate::route::Route;
 use crate::timer::Deadline;
 
-/// Which socket of a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Side {
-    /// The accepted connection.
-    Client,
-    /// The connection we opened.
-    Upstream,
-}
-
-impl Side {
-    /// The other socket.
-    pub fn other(self) -> Side {
-        match self {
-            Side::Client => Side::Upstream,
-            Side::Upstream => Side::Client,
-        }
-    }
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Client => "client",
-            Side::Upstream => "upstream",
-        })
-    }
-}
-
-/// What events said about one socket. Edge-triggered, so kept sticky: set
-/// by events, cleared only when a syscall says `WouldBlock`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Readiness {
-    /// Bytes to read.
-    pub readable: bool,
-    /// Room to write (or an error the next write will report).
-    pub writable: bool,
-    /// The peer half-closed or the socket failed (EPOLLRDHUP/HUP/ERR).
-    pub hup: bool,
-}
-
-impl Readiness {
-    /// Adds what a new event says.
-    pub fn absorb(&mut self, ev: Readiness) {
-        self.readable |= ev.readable || ev.hup;
-        self.writable |= ev.writable;
-        self.hup |= ev.hup;
-    }
-}
-
 /// Bytes delivered, `[client→upstream, upstream→client][spliced, copied, uring]`.
 pub type ByteCounts = [[u64; 3]; 2];
-
-/// The upstream a session holds while it tries one and relays to it:
-/// which of the route's upstreams, the generation of its socket's token,
-/// and what the session counts in that upstream's health. Each count is
-/// given back once: `Session::release_count` and `release_probe` take it.
-#[derive(Debug, Default)]
-struct Claim {
-    /// Index in `route.upstreams` of the current (or last tried) upstream.
-    index: usize,
-    /// Generation of the current upstream socket (see `worker::token`).
-    generation: u32,
-    /// Counted in the upstream's active sessions.
-    counted: bool,
-    /// The one half-open try of an ejected upstream.
-    probing: bool,
-}
 
 /// One session. Its fields are its own: the worker reads them through
 /// methods and changes them only by asking (`claim`, `linger`, `close`,
@@ -131,10 +74,9 @@ pub struct Session {
     /// ClientHello chose one: the address's first route, and `routed` false).
     route: Arc<Route>,
     /// `route` is really this session's: it counts in the route's sessions
-    /// and metrics (false while a ClientHello is still to choose it).
+    /// and metrics (false while a ClientHello is still to choose it). Not
+    /// stage data: the close and the access line after it read it.
     routed: bool,
-    /// Counted among the clients still sending a ClientHello (to release).
-    hello_admitted: bool,
     /// What its ClientHello said (addresses routed by name).
     tls: Option<Box<TlsInfo>>,
     /// The client's socket.
@@ -150,13 +92,15 @@ pub struct Session {
     listener: usize,
     /// How its pumps move bytes.
     relay_mode: RelayMode,
-    /// Where it is in its life, with that stage's data.
+    /// Where it is in its life, with that stage's data (the client's
+    /// readiness before relaying, the claim on an upstream, the pump kept
+    /// between upstreams, the ClientHello count).
     stage: Stage,
-    /// What the client's events said while no relay held its pumps.
-    client_ready: Readiness,
-    /// The current (or last tried) upstream, and what is counted in it.
-    claim: Claim,
-    /// Upstreams tried so far (one per attempt).
+    /// Generation of the newest upstream socket's token (see
+    /// `worker::token`): not the claim's, since the next attempt's follows
+    /// it after the claim was given back.
+    upstream_generation: u32,
+    /// Upstreams tried so far (one per attempt; the last is the current or last one).
     tried: Tried,
     /// Counted in the route's per-client sessions (to release at close).
     client_admitted: bool,
@@ -170,11 +114,6 @@ pub struct Session {
     last_access_line: Instant,
     /// Queued on the worker's list of sessions to run again before the next poll.
     queued: bool,
-    /// `relay: uring`, between upstreams: the client→upstream pump of the
-    /// relay whose upstream was lost before any byte moved. Its receive on
-    /// the client is stopped (its completions still come here); the next
-    /// relay goes on with it and what it took.
-    kept: Option<crate::relay::Pump>,
 }
 
 /// A client as accepted: its socket, its address, the worker's listener.
@@ -202,18 +141,18 @@ impl Session {
     ) -> Session {
         let Accepted { client, peer_addr, listener } = accepted;
         let routed = inspect.is_none();
+        let client_ready = Readiness::default();
         let stage = if route.pool().accept_proxy_protocol {
-            Stage::Header { since: now, then: inspect }
+            Stage::Header { since: now, then: inspect, client_ready }
         } else if let Some(f) = inspect {
-            Stage::Hello(HelloWait::new(f, now))
+            Stage::Hello(HelloWait::new(f, now, client_ready))
         } else {
-            Stage::Unconnected
+            Stage::Unconnected { client_ready, kept: None }
         };
         Session {
             id,
             route,
             routed,
-            hello_admitted: false,
             tls: None,
             client,
             client_addr: peer_addr,
@@ -222,8 +161,7 @@ impl Session {
             listener,
             relay_mode,
             stage,
-            client_ready: Readiness::default(),
-            claim: Claim::default(),
+            upstream_generation: 0,
             tried: Tried::default(),
             client_admitted: false,
             timer: None,
@@ -231,7 +169,6 @@ impl Session {
             reported: [[0; 3]; 2],
             last_access_line: now,
             queued: false,
-            kept: None,
         }
     }
 
@@ -292,14 +229,9 @@ impl Session {
         &self.stage
     }
 
-    /// Index in its route's upstreams of the current (or last tried) upstream.
-    pub fn upstream_index(&self) -> usize {
-        self.claim.index
-    }
-
-    /// Generation of the current upstream socket's token.
+    /// Generation of the newest upstream socket's token.
     pub fn upstream_generation(&self) -> u32 {
-        self.claim.generation
+        self.upstream_generation
     }
 
     /// Upstreams tried so far.
@@ -336,7 +268,7 @@ impl Session {
     /// address's clients still sending a ClientHello.
     pub fn admitted(&mut self, client: bool, hello: bool) {
         self.client_admitted = client;
-        self.hello_admitted = hello;
+        self.admit_hello(hello);
     }
 
     /// Counted (or not) in the route's per-client sessions, once its route is known.
@@ -344,29 +276,22 @@ impl Session {
         self.client_admitted = counted;
     }
 
-    /// Counted (or not) among the clients still sending a ClientHello, once its PROXY header was read.
+    /// Counted (or not) among the clients still sending a ClientHello (its
+    /// ClientHello wait holds the count; no other stage has one).
     pub fn admit_hello(&mut self, counted: bool) {
-        self.hello_admitted = counted;
+        match &mut self.stage {
+            Stage::Hello(h) => h.admitted = counted,
+            _ => debug_assert!(!counted, "only a session waiting for its ClientHello counts among those"),
+        }
     }
 
     /// Takes upstream `index` for the next attempt: tried, counted in its
-    /// active sessions, and the half-open try of an ejected one if `probing`.
-    pub fn claim(&mut self, index: usize, probing: bool) {
+    /// active sessions, and the half-open try of an ejected one if
+    /// `probing`. The claim goes to `attempt` (or, if the attempt cannot
+    /// start, is given back by the caller).
+    pub fn claim(&mut self, index: usize, probing: bool) -> Claim {
         self.tried.push(index);
-        self.claim.index = index;
-        self.claim.probing = probing;
-        self.claim.counted = true;
-    }
-
-    /// Gives back the count in the upstream's active sessions: true the
-    /// first time after a `claim`, false after.
-    pub fn release_count(&mut self) -> bool {
-        std::mem::take(&mut self.claim.counted)
-    }
-
-    /// Gives back the half-open try: true the first time after a probing `claim`.
-    pub fn release_probe(&mut self) -> bool {
-        std::mem::take(&mut self.claim.probing)
+        Claim::take(&self.route, index, probing)
     }
 
     /// Arms its timer: `deadline` fires at `at` (the one it had is `take_timer`'s to cancel first).
@@ -405,16 +330,16 @@ impl Session {
         self.upstream().addr
     }
 
-    /// The current upstream.
+    /// The current upstream (the last tried; also after the close).
     pub fn upstream(&self) -> &crate::upstream::Upstream {
-        &self.route.upstreams.upstreams[self.claim.index]
+        &self.route.upstreams.upstreams[self.tried.last().unwrap_or(0)]
     }
 
     /// The relay, while relaying or lingering.
     pub fn relay(&self) -> Option<&Relay> {
         match &self.stage {
-            Stage::Relaying(r) => Some(r),
-            Stage::Lingering(l) => Some(&l.relay),
+            Stage::Relaying(r, _) => Some(r),
+            Stage::Lingering(l, _) => Some(&l.relay),
             _ => None,
         }
     }
@@ -468,10 +393,12 @@ mod tests {
     fn an_event_of_a_replaced_upstream_socket_is_not_read_as_the_new_ones() {
         let (mut s, l) = session();
         let now = Instant::now();
-        s.attempt(0, 0, connecting_socket(&l), 1, now);
+        let claim = s.claim(0, false);
+        s.attempt(0, claim, connecting_socket(&l), 1, now);
         // The first attempt fails; the second gets generation 2 and the same slot.
-        s.drop_attempt();
-        s.attempt(1, 0, connecting_socket(&l), 2, now);
+        let _given_back = s.drop_attempt();
+        let claim = s.claim(0, false);
+        s.attempt(1, claim, connecting_socket(&l), 2, now);
         let writable = Readiness { writable: true, ..Readiness::default() };
         assert!(!s.on_event(Side::Upstream, 1, writable), "a stale event was taken");
         let Stage::Connecting(a) = &s.stage else { panic!("not connecting") };
@@ -488,13 +415,15 @@ mod tests {
         let (mut s, l) = session();
         let now = Instant::now();
         assert!(s.on_event(Side::Client, 0, Readiness { readable: true, ..Readiness::default() }));
-        s.attempt(0, 0, connecting_socket(&l), 1, now);
+        let claim = s.claim(0, false);
+        s.attempt(0, claim, connecting_socket(&l), 1, now);
         s.connected(false, 0, now);
-        assert!(matches!(s.stage, Stage::Relaying(_)));
-        assert!(s.relay().unwrap().c2u.src_readable, "the relay learned the client had bytes");
+        assert!(matches!(s.stage, Stage::Relaying(..)));
+        assert!(s.relay().unwrap().c2u.src.readable, "the relay learned the client had bytes");
         let mut res = Resources::new(64 << 10, 4, Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)));
-        s.unconnect(&mut res);
-        assert!(matches!(s.stage, Stage::Unconnected));
-        assert!(s.client_ready.readable, "and keeps knowing it for the next upstream");
+        let _given_back = s.unconnect(&mut res);
+        assert!(matches!(s.stage, Stage::Unconnected { .. }));
+        let Stage::Unconnected { client_ready, .. } = &s.stage else { panic!("not unconnected") };
+        assert!(client_ready.readable, "and keeps knowing it for the next upstream");
     }
 }

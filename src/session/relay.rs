@@ -67,8 +67,8 @@ impl Relay {
         header: Option<Outgoing>,
         now: Instant,
     ) -> Relay {
-        (c2u.src_readable, c2u.src_hup, u2c.dst_writable) = (client.readable, client.hup, client.writable);
-        (u2c.src_readable, u2c.src_hup, c2u.dst_writable) = (up.readable, up.hup, up.writable);
+        (c2u.src.readable, c2u.src.hup, u2c.dst.writable) = (client.readable, client.hup, client.writable);
+        (u2c.src.readable, u2c.src.hup, c2u.dst.writable) = (up.readable, up.hup, up.writable);
         Relay {
             upstream,
             c2u,
@@ -120,15 +120,15 @@ impl Relay {
             Side::Client => (&mut self.c2u, &mut self.u2c),
             Side::Upstream => (&mut self.u2c, &mut self.c2u),
         };
-        reader.src_readable |= ready.readable || ready.hup;
-        reader.src_hup |= ready.hup;
-        writer.dst_writable |= ready.writable;
+        reader.src.readable |= ready.readable || ready.hup;
+        reader.src.hup |= ready.hup;
+        writer.dst.writable |= ready.writable;
     }
 
     /// What is known of the client socket's readiness (for a session that
     /// goes back to connecting another upstream).
     pub fn client_readiness(&self) -> Readiness {
-        Readiness { readable: self.c2u.src_readable, hup: self.c2u.src_hup, writable: self.u2c.dst_writable }
+        Readiness { readable: self.c2u.src.readable, hup: self.c2u.src.hup, writable: self.u2c.dst.writable }
     }
 
     /// Bytes delivered each way, `[c2u, u2c][spliced, copied, uring]`.
@@ -160,7 +160,7 @@ impl Relay {
                 true
             }
             Some(Ok(false)) => {
-                self.c2u.dst_writable = false;
+                self.c2u.dst.writable = false;
                 false
             }
             Some(Err(e)) => {
@@ -279,7 +279,7 @@ impl Relay {
                 from_failed.hold_fin();
                 // Read what the failed side still has queued (data that came
                 // before its reset); the read also surfaces the error.
-                from_failed.src_readable = true;
+                from_failed.src.readable = true;
                 false
             }
         }

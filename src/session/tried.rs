@@ -30,6 +30,12 @@ impl Tried {
         self.n == 0
     }
 
+    /// The upstream of the last attempt (past `MAX_ATTEMPTS`, the last one recorded).
+    pub fn last(&self) -> Option<usize> {
+        let n = self.len().min(MAX_ATTEMPTS);
+        n.checked_sub(1).map(|i| self.list[i] as usize)
+    }
+
     /// Upstream `i` was tried.
     pub fn contains(&self, i: usize) -> bool {
         self.list[..self.len().min(MAX_ATTEMPTS)].contains(&(i as u32))
@@ -50,5 +56,14 @@ mod tests {
         assert_eq!(t.len(), MAX_ATTEMPTS + 2);
         assert!(t.contains(0) && t.contains(2 * (MAX_ATTEMPTS - 1)));
         assert!(!t.contains(1));
+    }
+
+    #[test]
+    fn the_last_attempt_is_the_current_upstream() {
+        let mut t = Tried::default();
+        assert_eq!(t.last(), None);
+        t.push(3);
+        t.push(1);
+        assert_eq!(t.last(), Some(1));
     }
 }

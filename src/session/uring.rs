@@ -3,7 +3,6 @@
 //! kept client→upstream pump waits (see `Session::unconnect`).
 
 use super::{Session, Stage};
-use crate::relay::Resources;
 use crate::relay::ring::{Completion, Ring};
 
 impl Session {
@@ -17,8 +16,8 @@ impl Session {
     /// back if no pump of this session waits for it.
     pub fn complete(&mut self, c: Completion, ring: &mut Ring) -> Result<bool, Completion> {
         match &mut self.stage {
-            Stage::Relaying(r) if r.is_uring() => r.pump_mut(c.owner.dir).complete(c, ring),
-            _ => match self.kept.as_mut() {
+            Stage::Relaying(r, _) if r.is_uring() => r.pump_mut(c.owner.dir).complete(c, ring),
+            stage => match stage.kept_mut() {
                 Some(p) if c.owner.dir == 0 => {
                     p.complete(c, ring);
                     return Ok(false);
@@ -32,18 +31,12 @@ impl Session {
     /// A buffer came free for this session's starved receive in direction `dir`.
     pub fn unstarve(&mut self, dir: u8) -> bool {
         match &mut self.stage {
-            Stage::Relaying(r) => r.pump_mut(dir).unstarve(),
-            _ => match self.kept.as_mut() {
+            Stage::Relaying(r, _) => r.pump_mut(dir).unstarve(),
+            stage => match stage.kept_mut() {
                 Some(p) => p.unstarve(),
                 None => return false,
             },
         }
         true
-    }
-
-    /// Gives up what a session between upstreams kept (`relay: uring`);
-    /// true if bytes its receive took will never be delivered.
-    pub fn release_kept(&mut self, res: &mut Resources) -> bool {
-        self.kept.take().is_some_and(|mut p| p.release(res))
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::{TimerKey, Worker};
 use crate::access::{self, Entry};
 use crate::metrics::{CloseReason, SessionRecord};
-use crate::session::{End, Ending, LingerCheck, Relay, Side, Stage};
+use crate::session::{Claim, End, Ending, LingerCheck, Relay, Remains, Side};
 use crate::{sockets, upstream};
 
 /// How often running sessions' bytes reach the metrics.
@@ -64,10 +64,9 @@ impl Worker {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
-        let stage = s.close();
-        if matches!(stage, Stage::Closed) {
+        let Some(remains) = s.close() else {
             return;
-        }
+        };
         if let Some(t) = s.take_timer() {
             self.timers.cancel(t, TimerKey::Session(key));
         }
@@ -79,15 +78,13 @@ impl Worker {
         if reset_client {
             sockets::reset_on_close(s.client());
         }
-        // What the stage held: the relay of a connected session, or the socket of an attempt.
-        let (mut relay, attempt) = match stage {
-            Stage::Relaying(r) => (Some(r), None),
-            Stage::Lingering(l) => (Some(l.relay), None),
-            Stage::Connecting(a) => (None, Some(a.upstream)),
-            Stage::Hello(_) | Stage::Header { .. } | Stage::Unconnected | Stage::Closed => (None, None),
-        };
+        // What the stage held: the relay of a connected session or the socket
+        // of an attempt, the claim on its upstream, a pump kept between upstreams.
+        let Remains { mut relay, attempt, claim, kept } = remains;
         let mut lost = relay.as_mut().map_or([false; 2], |r| r.release(&mut self.res));
-        lost[0] |= s.release_kept(&mut self.res);
+        // A session between upstreams (`relay: uring`) gives up its kept pump:
+        // bytes its receive took will never be delivered.
+        lost[0] |= kept.is_some_and(|mut p| p.release(&mut self.res));
         if s.on_ring() {
             // Cancel its io_uring operations before its sockets close. A
             // receive that had taken bytes now never delivered means its
@@ -112,7 +109,9 @@ impl Worker {
         if s.client_admitted() {
             s.route().state.release_client(s.client_addr().ip());
         }
-        self.upstream_verdict(key, end.reason, relay.as_ref());
+        if let Some(claim) = claim {
+            self.upstream_verdict(key, claim, end.reason, relay.as_ref());
+        }
         let s = &self.sessions[key];
         let [up, down] = relay.as_ref().map_or([[0; 3]; 2], Relay::bytes);
         let record = SessionRecord {
@@ -140,19 +139,14 @@ impl Worker {
         self.closed.push(key);
     }
 
-    /// What a closing session tells its upstream's health: its load drops;
-    /// a reset before the upstream's first byte counts as a connect failure
-    /// (outlier detection), anything else that got connected as a success.
-    fn upstream_verdict(&mut self, key: usize, reason: CloseReason, relay: Option<&Relay>) {
-        let s = &mut self.sessions[key];
-        if !s.release_count() {
-            return; // no attempt in flight (never connected, or its failure was booked)
-        }
-        let route = Arc::clone(s.route());
-        let index = s.upstream_index();
+    /// What a closing session that held an upstream tells its health (the
+    /// claim is given back here): its load drops; a reset before the
+    /// upstream's first byte counts as a connect failure (outlier
+    /// detection), anything else that got connected as a success.
+    fn upstream_verdict(&mut self, key: usize, claim: Claim, reason: CloseReason, relay: Option<&Relay>) {
+        let route = Arc::clone(self.sessions[key].route());
+        let (index, probing) = claim.release(&route);
         let health = &route.upstreams.upstreams[index].health;
-        health.session_ended();
-        let probing = s.release_probe();
         let Some(relay) = relay else {
             if probing {
                 health.probe_abandoned(); // the client left before the try had a verdict

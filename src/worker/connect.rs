@@ -20,7 +20,7 @@ use super::{Worker, token};
 use crate::config::{Balance, WhenAllDown};
 use crate::local_error::{self, LocalCause};
 use crate::metrics::{CloseReason, WorkerCounters};
-use crate::session::{End, Ending, Side, Stage};
+use crate::session::{Claim, End, Ending, Side, Stage};
 use crate::sockets;
 use crate::upstream::health::{FailureOutcome, now_ms};
 use crate::upstream::{Availability, Balancer, client_hash};
@@ -60,8 +60,7 @@ impl Worker {
                 }
             }
             let s = &mut self.sessions[key];
-            s.claim(index, probe);
-            upstream.health.session_started();
+            let claim = s.claim(index, probe);
             // A new generation: events of an earlier attempt's socket still in this batch are told apart.
             let generation = token::next_generation(s.upstream_generation());
             let tok = token::session(key, Side::Upstream, generation).expect("a session's key has a token");
@@ -73,7 +72,7 @@ impl Worker {
             match started {
                 Ok(stream) => {
                     let s = &mut self.sessions[key];
-                    s.attempt(tried as u32, index, stream, generation, now);
+                    s.attempt(tried as u32, claim, stream, generation, now);
                     let (deadline, _) = s.due(self.draining);
                     self.arm(key, deadline);
                     return;
@@ -87,11 +86,11 @@ impl Worker {
                         // upstream address at about the same time; an unusable `source:` is
                         // configuration. Resetting at once lets the client back off and retry
                         // while this host is short, rather than spending more on other attempts.
-                        self.local_error(key, &e, cause, addr, now);
+                        self.local_error(key, claim, &e, cause, addr, now);
                         return;
                     }
                     last = format!("{addr}: {e}");
-                    self.attempt_failed(key);
+                    self.attempt_failed(key, claim);
                 }
             }
         }
@@ -164,14 +163,20 @@ impl Worker {
     /// released, but nothing is held against the upstream (no connect
     /// failure, no outlier verdict, a half-open try given back); the client
     /// is reset, the cause counted, and the operator told the fix.
-    fn local_error(&mut self, key: usize, e: &io::Error, cause: LocalCause, addr: SocketAddr, now: Instant) {
+    fn local_error(
+        &mut self,
+        key: usize,
+        claim: Claim,
+        e: &io::Error,
+        cause: LocalCause,
+        addr: SocketAddr,
+        now: Instant,
+    ) {
         let s = &mut self.sessions[key];
         let route = Arc::clone(s.route());
-        let upstream = &route.upstreams.upstreams[s.upstream_index()];
-        if s.release_count() {
-            upstream.health.session_ended();
-        }
-        if s.release_probe() {
+        let (index, probing) = claim.release(&route);
+        let upstream = &route.upstreams.upstreams[index];
+        if probing {
             upstream.health.probe_abandoned();
         }
         let retry = s.tried().len() > 1;
@@ -195,17 +200,13 @@ impl Worker {
         self.close(key, End { reason: CloseReason::LocalError, ending: Ending::RESET_CLIENT }, now);
     }
 
-    /// Books a failed attempt: counters, the upstream's load, outlier detection.
-    /// Its socket is gone already (`Session::drop_attempt`) or never was.
-    fn attempt_failed(&mut self, key: usize) {
-        let s = &mut self.sessions[key];
-        let route = Arc::clone(s.route());
-        let index = s.upstream_index();
+    /// Books a failed attempt and gives its claim back: counters, the
+    /// upstream's load, outlier detection. Its socket is gone already
+    /// (`Session::drop_attempt`, `unconnect`) or never was.
+    fn attempt_failed(&mut self, key: usize, claim: Claim) {
+        let route = Arc::clone(self.sessions[key].route());
+        let (index, probing) = claim.release(&route);
         let upstream = &route.upstreams.upstreams[index];
-        if s.release_count() {
-            upstream.health.session_ended();
-        }
-        let probing = s.release_probe();
         {
             let mut st = self.metrics.stats();
             st.route(route.metric_id).connect_failures += 1;
@@ -245,16 +246,21 @@ impl Worker {
     }
 
     /// The connect in progress failed (refused, timed out, or the upstream
-    /// was lost before a byte moved): its socket is dropped; try another upstream.
-    pub(super) fn connect_failed(&mut self, key: usize, e: &io::Error, now: Instant) {
+    /// was lost before a byte moved): its socket is dropped and its claim
+    /// (from `Session::drop_attempt` or `unconnect`) is given back here; try another upstream.
+    pub(super) fn connect_failed(&mut self, key: usize, claim: Option<Claim>, e: &io::Error, now: Instant) {
+        let Some(claim) = claim else {
+            return; // no attempt was in progress
+        };
         let s = &self.sessions[key];
-        if !matches!(s.stage(), Stage::Unconnected) {
-            return;
-        }
+        debug_assert!(
+            matches!(s.stage(), Stage::Unconnected { .. }),
+            "a claim comes back with the session unconnected"
+        );
         let upstream = s.upstream();
         log::debug!("session {}: upstream {upstream} failed: {e}", s.id());
         let last = format!("{upstream}: {e}");
-        self.attempt_failed(key);
+        self.attempt_failed(key, claim);
         self.connect(key, last, now);
     }
 }

@@ -7,13 +7,14 @@
 //! close during an event batch are freed at the end of that batch, so a
 //! queued event never reaches a new occupant of the same slot.
 //!
-//! This file runs the loop, dispatches events and timers to sessions and
-//! applies their verdicts. `control.rs` is what the control thread says to
-//! a worker (its messages and settings), `admit.rs` takes an accepted client
-//! up to its route (PROXY header, access list, limits), `hello.rs` routes
-//! by TLS ClientHello, `listeners.rs` accepts (limits, fd exhaustion,
-//! route reloads), `closing.rs` closes listeners without resetting anyone
-//! (the drain, removed routes, surplus sockets), `connect.rs` opens upstream
+//! This file runs the loop and hands events and timers on. `sessions.rs`
+//! drives sessions (their events, timers and verdicts); `control.rs` is
+//! what the control thread says to a worker (its messages and settings),
+//! `admit.rs` takes an accepted client up to its route (PROXY header,
+//! access list, limits), `hello.rs` routes by TLS ClientHello,
+//! `listeners.rs` accepts (limits, fd exhaustion, route reloads),
+//! `closing.rs` closes listeners without resetting anyone (the drain,
+//! removed routes, surplus sockets), `connect.rs` opens upstream
 //! connections, `close.rs` ends sessions (resets, the wait before a reset,
 //! accounting, access lines) and reports the bytes of running ones;
 //! `uring.rs` drives the io_uring of `relay: uring`.
@@ -25,6 +26,7 @@ mod connect;
 mod control;
 mod hello;
 mod listeners;
+mod sessions;
 pub mod token;
 mod uring;
 
@@ -40,9 +42,8 @@ use crate::limits::FdReserve;
 use crate::metrics::WorkerMetrics;
 use crate::process::ProcessState;
 use crate::relay::Resources;
-use crate::session::{Due, End, Readiness, Session, Side, Stage, Verdict};
+use crate::session::{End, Readiness, Session};
 use crate::timer::Timers;
-use crate::upstream;
 pub use control::{Control, ListenerUpdate, WorkerSettings, WorkerSetup};
 use listeners::Listener;
 use token::Target;
@@ -234,118 +235,6 @@ impl Worker {
         }
     }
 
-    // --------------------------------------------------------------- sessions
-
-    fn on_session_event(&mut self, key: usize, side: Side, generation: u32, ready: Readiness, now: Instant) {
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        if !s.on_event(side, generation, ready) {
-            return; // an event of an upstream socket this session no longer has
-        }
-        match (s.stage(), side) {
-            (Stage::Header { .. }, Side::Client) if ready.readable || ready.hup => self.on_header(key, now),
-            (Stage::Hello(_), Side::Client) if ready.readable || ready.hup => self.on_hello(key, now),
-            (Stage::Connecting(_), Side::Upstream) => {
-                let verdict = s.check_connect(ready);
-                self.apply(key, verdict, now);
-            }
-            // A relay on the io_uring hears from its completions, not from readiness.
-            (Stage::Relaying(r), _) if !r.is_uring() => self.relay(key, now),
-            _ => {}
-        }
-    }
-
-    fn relay(&mut self, key: usize, now: Instant) {
-        let s = &mut self.sessions[key];
-        let verdict = s.relay_step(&mut self.res, now);
-        self.apply(key, verdict, now);
-    }
-
-    fn apply(&mut self, key: usize, verdict: Verdict, now: Instant) {
-        match verdict {
-            Verdict::Continue { more } => {
-                let s = &mut self.sessions[key];
-                if more && s.queue() {
-                    self.ready.push((key, s.id()));
-                }
-                // A side just finished: the half-close timeout may be sooner.
-                self.rearm_if_sooner(key);
-            }
-            Verdict::Connected { reset_already } => {
-                let s = &mut self.sessions[key];
-                s.connected(reset_already, key, now);
-                log::trace!("session {}: connected to {}", s.id(), s.upstream_addr());
-                if s.release_probe() && s.upstream().health.succeeded(upstream::health::now_ms()) {
-                    log::warn!(
-                        "route {}: upstream {} is back: its half-open try connected",
-                        s.route().name,
-                        s.upstream()
-                    );
-                }
-                let (deadline, _) = s.due(self.draining);
-                self.arm(key, deadline);
-                self.ensure_reporting(now);
-                // The client may have sent bytes while we were connecting.
-                self.relay(key, now);
-            }
-            Verdict::ConnectFailed(e) => {
-                let s = &mut self.sessions[key];
-                if matches!(s.stage(), Stage::Relaying(_)) {
-                    s.unconnect(&mut self.res);
-                } else {
-                    s.drop_attempt();
-                }
-                self.connect_failed(key, &e, now);
-            }
-            Verdict::End(end) => self.end(key, end, now),
-        }
-    }
-
-    fn run_ready(&mut self, now: Instant) {
-        self.accept_backlogs(now);
-        if self.ready.is_empty() {
-            return;
-        }
-        let ready = std::mem::take(&mut self.ready);
-        for &(key, id) in &ready {
-            let Some(s) = self.sessions.get_mut(key) else {
-                continue;
-            };
-            if s.id() != id {
-                continue;
-            }
-            // Cleared whatever the stage: a session back to connecting must be queued again later.
-            s.unqueue();
-            if matches!(s.stage(), Stage::Relaying(_)) {
-                self.relay(key, now);
-            }
-        }
-    }
-
-    fn arm(&mut self, key: usize, at: Instant) {
-        if let Some(old) = self.sessions[key].take_timer() {
-            self.timers.cancel(old, TimerKey::Session(key));
-        }
-        let deadline = self.timers.schedule(at, TimerKey::Session(key));
-        self.sessions[key].set_timer(deadline, at);
-    }
-
-    /// Re-arms a session's timer if its deadline moved earlier (half-close,
-    /// drain); later deadlines are picked up lazily when the timer fires.
-    fn rearm_if_sooner(&mut self, key: usize) {
-        let Some(s) = self.sessions.get(key) else {
-            return;
-        };
-        if matches!(s.stage(), Stage::Closed) {
-            return;
-        }
-        let (due, _) = s.due(self.draining);
-        if s.timer_at().is_none_or(|at| due < at) {
-            self.arm(key, due);
-        }
-    }
-
     fn fire_timers(&mut self, now: Instant) {
         let mut fired = std::mem::take(&mut self.fired);
         self.timers.expired(now, &mut fired);
@@ -365,56 +254,6 @@ impl Worker {
             }
         }
         self.fired = fired;
-    }
-
-    fn on_session_timer(&mut self, key: usize, now: Instant) {
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        s.take_timer();
-        let (deadline, due) = s.due(self.draining);
-        if now < deadline {
-            // Bytes moved since the timer was armed: sleep until the new deadline.
-            self.arm(key, deadline);
-            return;
-        }
-        match due {
-            Due::Linger => return self.check_linger(key, now),
-            Due::Connect => {
-                let e = io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no answer within {:?}", s.route().connect_timeout),
-                );
-                s.drop_attempt();
-                return self.connect_failed(key, &e, now);
-            }
-            Due::Hello => {
-                let why = format!("no complete ClientHello within {:?}", s.route().config.client_hello_timeout);
-                return self.refuse_hello(key, crate::metrics::CloseReason::ClientHelloTimeout, &why, now);
-            }
-            Due::Header => {
-                log::debug!(
-                    "route {}: client {}: no complete PROXY header within {:?}",
-                    s.route().name,
-                    s.peer_addr(),
-                    s.route().pool().proxy_protocol_timeout
-                );
-                crate::metrics::WorkerCounters::inc(&self.metrics.counters.bad_proxy_header);
-            }
-            Due::Idle | Due::HalfClose | Due::DrainIdle => {}
-        }
-        match s.on_timeout(due) {
-            Some(end) => {
-                let idle = s.relay().map(|r| now.saturating_duration_since(r.last_active()));
-                log::debug!("session {}: {} after {idle:?} without a byte", s.id(), end.reason);
-                self.end(key, end, now);
-            }
-            // Bytes still in flight while draining: not idle, only slow. Look again later.
-            None => {
-                let again = s.route().config.drain_close_idle_after.unwrap_or(Duration::from_secs(1));
-                self.arm(key, now + again)
-            }
-        }
     }
 
     fn free_closed(&mut self) {

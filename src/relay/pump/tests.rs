@@ -83,10 +83,10 @@ fn relay_with(mut res: Resources, mut pump: Pump, data: Vec<u8>, slow_reader: bo
         for ev in events.iter() {
             match ev.token() {
                 Token(0) => {
-                    pump.src_readable = true;
-                    pump.src_hup |= ev.is_read_closed() || ev.is_error();
+                    pump.src.readable = true;
+                    pump.src.hup |= ev.is_read_closed() || ev.is_error();
                 }
-                _ => pump.dst_writable = true,
+                _ => pump.dst.writable = true,
             }
         }
         loop {
@@ -115,8 +115,8 @@ fn a_source_reset_before_we_read_ends_in_failure_after_its_bytes() {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !pump.all_delivered() {
             assert!(Instant::now() < deadline, "splice={splice}: never drained");
-            pump.src_readable = true;
-            pump.dst_writable = true;
+            pump.src.readable = true;
+            pump.dst.writable = true;
             pump.run(&src, &dst, &mut res).unwrap();
         }
         assert_eq!(pump.src_end(), SrcEnd::Failed(io::ErrorKind::ConnectionReset));
@@ -163,7 +163,7 @@ fn fin_by_close_finishes_without_shutdown_and_close_sends_the_fin() {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !pump.finished() {
             assert!(Instant::now() < deadline, "splice {splice}: the pump never finished");
-            (pump.src_readable, pump.dst_writable) = (true, true);
+            (pump.src.readable, pump.dst.writable) = (true, true);
             pump.run(&src, &dst, &mut res).unwrap();
         }
         let mut got = [0; 10];
@@ -262,8 +262,8 @@ fn auto_messages(size: usize, count: u64, ns_per_byte: impl Fn(u64, Way) -> u64 
         let mut off = 0;
         while off < size {
             assert!(Instant::now() < deadline, "message {i} never relayed");
-            pump.src_readable = true;
-            pump.dst_writable = true;
+            pump.src.readable = true;
+            pump.dst.writable = true;
             pump.run(&src, &dst, &mut res).unwrap();
             // Read what arrived so a big message never fills the far side's window.
             dst_peer.set_nonblocking(true).unwrap();
@@ -337,8 +337,8 @@ fn request_response_never_grows_its_pipe() {
         let deadline = Instant::now() + Duration::from_secs(10);
         while pump.delivered() < (i + 1) * 1024 {
             assert!(Instant::now() < deadline, "message {i} never relayed");
-            pump.src_readable = true;
-            pump.dst_writable = true;
+            pump.src.readable = true;
+            pump.dst.writable = true;
             pump.run(&src, &dst, &mut res).unwrap();
         }
         dst_peer.read_exact(&mut got).unwrap();
@@ -360,8 +360,8 @@ fn a_stuck_reader_stops_the_pump_without_spinning() {
         // Keep offering bytes; the destination never reads.
         for _ in 0..2000 {
             let _ = src_peer.write(&chunk);
-            pump.src_readable = true;
-            pump.dst_writable = true;
+            pump.src.readable = true;
+            pump.dst.writable = true;
             let act = pump.run(&src, &dst, &mut res).unwrap();
             if !act.progressed {
                 idle_runs += 1;
@@ -371,7 +371,7 @@ fn a_stuck_reader_stops_the_pump_without_spinning() {
             }
         }
         assert!(idle_runs > 20, "splice={splice}: the pump kept making progress into a reader that never reads");
-        assert!(!pump.dst_writable, "the full destination cleared its flag");
+        assert!(!pump.dst.writable, "the full destination cleared its flag");
         assert!(pump.pending() > 0, "bytes wait in the pipe or buffer");
         pump.release(&mut res);
     }
@@ -386,7 +386,7 @@ fn the_default_lowat_is_on_the_destination_only_while_splicing() {
         let mut res = test_resources();
         let mut pump = Pump::new(splice).with_stage_lowat(Some(256 << 10));
         src_peer.write_all(b"x").unwrap();
-        (pump.src_readable, pump.dst_writable) = (true, true);
+        (pump.src.readable, pump.dst.writable) = (true, true);
         pump.run(&src, &dst, &mut res).unwrap();
         let lowat = SockRef::from(&dst).tcp_notsent_lowat().unwrap();
         assert_eq!(lowat, if splice { 256 << 10 } else { 0 }, "splice {splice}");
@@ -406,7 +406,7 @@ fn the_default_lowat_is_on_the_destination_only_while_splicing() {
         src_peer.write_all(&[7; 1024]).unwrap();
         while pump.delivered() < i * 1024 {
             assert!(Instant::now() < deadline, "message {i} never relayed");
-            (pump.src_readable, pump.dst_writable) = (true, true);
+            (pump.src.readable, pump.dst.writable) = (true, true);
             pump.run(&src, &dst, &mut res).unwrap();
         }
         dst_peer.read_exact(&mut got).unwrap();

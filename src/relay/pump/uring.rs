@@ -177,12 +177,12 @@ impl Pump {
                             u.held.push(h);
                             act.took_in = true;
                         }
-                        Ok(None) => self.src = self.eof_is_failure.map_or(SrcEnd::Eof, SrcEnd::Failed),
+                        Ok(None) => self.src.end = self.src.eof_is_failure.map_or(SrcEnd::Eof, SrcEnd::Failed),
                         // Starved when queued (see `complete`).
                         Err(nix::libc::ENOBUFS | nix::libc::EINTR | nix::libc::EAGAIN) => {}
                         // Our stop (see `single`): received again in single receives.
                         Err(nix::libc::ECANCELED) if u.single => {}
-                        Err(e) => self.src = SrcEnd::Failed(io::Error::from_raw_os_error(e).kind()),
+                        Err(e) => self.src.end = SrcEnd::Failed(io::Error::from_raw_os_error(e).kind()),
                     }
                 }
                 Done::Sent(r) => match r {
@@ -213,7 +213,7 @@ impl Pump {
         }
         u.cap(ring);
         let holds = u.held.len();
-        if u.recv.is_none() && !u.starved && self.src == SrcEnd::Open && holds < MAX_HELD {
+        if u.recv.is_none() && !u.starved && self.src.end == SrcEnd::Open && holds < MAX_HELD {
             let how = if holds > 0 {
                 // Its send completing runs it again: receive then, if not now.
                 ring.may_take_another().then_some(Receive::Another)
