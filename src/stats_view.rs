@@ -514,9 +514,13 @@ mod tests {
         use crate::metrics::snapshot::AutoClass;
         let mut snap = snapshot(1);
         assert!(!render(&snap, None, None, 200).contains("relay auto"), "nothing measured, nothing shown");
-        let class = |from_bytes, copy, splice| AutoClass { from_bytes, copy_ns_per_kib: copy, splice_ns_per_kib: splice };
-        snap.auto.classes =
-            vec![class(1024, Some(410), Some(455)), class(64 << 10, Some(120), Some(95)), class(32 << 20, None, Some(60))];
+        let class =
+            |from_bytes, copy, splice| AutoClass { from_bytes, copy_ns_per_kib: copy, splice_ns_per_kib: splice };
+        snap.auto.classes = vec![
+            class(1024, Some(410), Some(455)),
+            class(64 << 10, Some(120), Some(95)),
+            class(32 << 20, None, Some(60)),
+        ];
         let v = render(&snap, None, None, 200);
         let line = "relay auto, ns per KiB copy|splice (* used): 1K 410*|455  64K 120|95*  32M+ -|60*";
         assert!(v.lines().any(|l| l == line), "{v}");

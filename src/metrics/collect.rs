@@ -9,8 +9,8 @@ use std::sync::Arc;
 use hdrhistogram::Histogram;
 
 use super::snapshot::{
-    AcceptSnapshot, AutoClass, AutoSnapshot, Bytes, Latency, PROMETHEUS_BOUNDS_US, PipeSnapshot, RouteSnapshot, SessionCounts, Snapshot,
-    UpstreamSnapshot, UpstreamState,
+    AcceptSnapshot, AutoClass, AutoSnapshot, Bytes, Latency, PROMETHEUS_BOUNDS_US, PipeSnapshot, RouteSnapshot,
+    SessionCounts, Snapshot, UpstreamSnapshot, UpstreamState,
 };
 use super::stats::{RouteStats, UpstreamStats, UpstreamTimes, WorkerMetrics};
 use super::{CloseReason, Registry, WorkerCounters};

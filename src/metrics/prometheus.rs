@@ -212,7 +212,12 @@ pub fn render(snap: &Snapshot) -> String {
         .iter()
         .flat_map(|c| {
             [("copy", c.copy_ns_per_kib), ("splice", c.splice_ns_per_kib)].into_iter().filter_map(move |(stage, ns)| {
-                ns.map(|ns| (vec![("size_class", c.from_bytes.to_string()), ("stage", stage.to_owned())], ns as f64 * 1e-9 / 1024.0))
+                ns.map(|ns| {
+                    (
+                        vec![("size_class", c.from_bytes.to_string()), ("stage", stage.to_owned())],
+                        ns as f64 * 1e-9 / 1024.0,
+                    )
+                })
             })
         })
         .collect();

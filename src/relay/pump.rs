@@ -1,19 +1,19 @@
 //! One direction of a session: the pump state machine.
 //!
-//! A pump owns the state of its two ends, grouped by side as linkerd2-proxy's
-//! `duplex` does: the source's (sticky readiness, set by events and cleared
-//! only by `WouldBlock`; how it ended) and the destination's (sticky write
-//! space; how the end of the stream is passed on). It owns the bytes in flight (a pipe for splice, a buffer for copy,
-//! never both; how its reads fill the pipe, for `grow.rs` to decide when it
-//! doubles; under `relay: uring` its operations on the worker's ring,
-//! `pump/uring.rs`), under `relay: auto` the stage each run chose by
-//! measured cost (`auto.rs`, `cost.rs`), the destination's default
-//! `notsent_lowat` by stage (`pump/lowat.rs`). Its step drains before it
-//! fills, fills only while there is room (backpressure), and passes a
-//! half-close on only once everything before it has been delivered. What a
-//! failure means for the session is the session's business.
+//! A pump owns the state of its two ends (`pump/ends.rs`: the source's
+//! sticky readiness and how it ended, the destination's write space and how
+//! the end of the stream is passed on) and the bytes in flight (a pipe for
+//! splice, a buffer for copy, never both; how its reads fill the pipe, for
+//! `grow.rs` to decide when it doubles; under `relay: uring` its operations
+//! on the worker's ring, `pump/uring.rs`), under `relay: auto` the stage
+//! each run chose by measured cost (`auto.rs`, `cost.rs`), the
+//! destination's default `notsent_lowat` by stage (`pump/lowat.rs`). Its
+//! step drains (here) before it fills (`pump/fill.rs`), fills only while
+//! there is room (backpressure), and passes a half-close on only once
+//! everything before it has been delivered. What a failure means for the
+//! session is the session's business.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::Shutdown;
 
 use mio::net::TcpStream;
@@ -22,61 +22,14 @@ use super::Resources;
 use super::auto::Auto;
 use super::copy::CopyStage;
 use super::cost::Way;
-use super::grow::{Growth, full_hint};
+use super::grow::Growth;
 use super::splice;
 use crate::pipe::Pipe;
+pub use ends::{Destination, Source, SrcEnd};
 
 /// At most this many drain+fill rounds per call, so one fast session can't
 /// starve the others of its worker; the caller re-runs a pump that says `more`.
 const MAX_ROUNDS: usize = 16;
-
-/// How the source side of a pump ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SrcEnd {
-    /// Still open.
-    Open,
-    /// Read returned 0: the peer half-closed.
-    Eof,
-    /// Read failed (reset, timeout): nothing more will come.
-    Failed(io::ErrorKind),
-}
-
-/// The source side of a pump (its flags sticky: set by events, cleared
-/// only by `WouldBlock`).
-#[derive(Clone, Copy, Debug)]
-pub struct Source {
-    /// Had readiness we haven't consumed.
-    pub readable: bool,
-    /// An event said it half-closed or failed (EPOLLRDHUP/ERR/HUP). From
-    /// then on a short read is no proof the socket is empty: the FIN may
-    /// already be queued behind the bytes and will raise no further edge.
-    pub hup: bool,
-    /// How it ended.
-    end: SrcEnd,
-    /// It is known to have been reset (its error already consumed): its EOF
-    /// is really this failure.
-    eof_is_failure: Option<io::ErrorKind>,
-}
-
-impl Default for Source {
-    fn default() -> Source {
-        Source { readable: false, hup: false, end: SrcEnd::Open, eof_is_failure: None }
-    }
-}
-
-/// The destination side of a pump.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Destination {
-    /// Had write space we haven't used up (sticky).
-    pub writable: bool,
-    /// The source's EOF was passed on (a FIN sent, or left to `close`).
-    shut: bool,
-    /// Don't pass EOF on as a FIN: the session will reset the destination instead.
-    hold_fin: bool,
-    /// The other direction has finished, so this one finishing closes the
-    /// session and `close` sends the FIN: no `shutdown` call for it.
-    fin_by_close: bool,
-}
 
 /// Where the bytes in flight are.
 #[derive(Debug)]
@@ -324,112 +277,6 @@ impl Pump {
         }
     }
 
-    /// Reads from `src` into the stage while there is room. Returns whether
-    /// anything happened (bytes, EOF, or a source failure).
-    fn fill(&mut self, src: &TcpStream, res: &mut Resources) -> bool {
-        if self.src.end != SrcEnd::Open || !self.src.readable {
-            return false;
-        }
-        if let Some(way) = self.auto.and_then(|a| a.wanted()) {
-            if self.pending() > 0 {
-                // `relay: auto` chose the other stage: drain this one first.
-                return false;
-            }
-            let delivered = self.delivered();
-            self.set_stage(way == Way::Splice, res);
-            if let Some(a) = self.auto.as_mut() {
-                a.switched(&mut res.costs, way, delivered);
-            }
-        }
-        let mut short_read = false;
-        let r = match &mut self.stage {
-            Stage::Splice { pipe, len, growth } => {
-                if pipe.as_ref().is_some_and(|p| *len >= full_hint(p.capacity)) {
-                    return false;
-                }
-                if pipe.is_none() {
-                    match res.pipes.get(std::time::Instant::now) {
-                        Some(p) => *pipe = Some(p),
-                        None => {
-                            // No pipe to be had: this pump copies from now on.
-                            res.copy_fallbacks += 1;
-                            self.stage = Stage::Copy(CopyStage::default());
-                            return self.fill(src, res);
-                        }
-                    }
-                }
-                let p = pipe.as_ref().expect("a pipe was just taken");
-                let r = match splice::socket_to_pipe(src, p) {
-                    Err(e) if splice::is_unsupported(&e) && self.spliced == 0 && *len == 0 => {
-                        // This socket pair can't splice: copy instead (counted).
-                        if let Some(p) = pipe.take() {
-                            res.pipes.put(p);
-                        }
-                        res.copy_fallbacks += 1;
-                        self.stage = Stage::Copy(CopyStage::default());
-                        self.auto = None;
-                        return self.fill(src, res);
-                    }
-                    r => r.inspect(|&n| *len += n),
-                };
-                let limit = self.pipe_limit.map_or(res.pipes.grow_limit(), |l| res.pipes.grow_limit().min(l as usize));
-                if let (Ok(1..), Some(p)) = (&r, pipe.as_mut())
-                    && growth.after_read(*len, p.capacity, limit)
-                    && !res.pipes.grow(p)
-                {
-                    growth.refused();
-                }
-                r
-            }
-            Stage::Uring(_) => return false,
-            Stage::Copy(c) => {
-                if !c.has_room() {
-                    return false;
-                }
-                let space = c.space(&mut res.buffers);
-                let room = space.len();
-                (&*src).read(space).inspect(|&n| {
-                    c.filled(n);
-                    // A short read emptied the socket's queue. Edge-triggered
-                    // epoll reports any byte (or FIN, or reset) that arrives
-                    // after it, so the EAGAIN read that would follow is a
-                    // wasted syscall per message. Not once a FIN or error was
-                    // reported: it may sit behind these bytes, already signalled.
-                    short_read = n > 0 && n < room && !self.src.hup;
-                })
-            }
-        };
-        if short_read {
-            self.src.readable = false;
-        }
-        if let (Some(a), Ok(n @ 1..)) = (self.auto.as_mut(), &r) {
-            a.read(*n);
-        }
-        match r {
-            Ok(0) => {
-                self.src.end = self.src.eof_is_failure.map_or(SrcEnd::Eof, SrcEnd::Failed);
-                true
-            }
-            Ok(_) => true,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // From a socket into a pipe that already holds bytes, EAGAIN
-                // usually means "pipe full", not "socket empty": keep the flag,
-                // or the edge is lost and the tail of the stream stalls. The
-                // next drain empties the pipe and the read is tried again.
-                let ambiguous = matches!(self.stage, Stage::Splice { len, .. } if len > 0);
-                if !ambiguous {
-                    self.src.readable = false;
-                }
-                false
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
-            Err(e) => {
-                self.src.end = SrcEnd::Failed(e.kind());
-                true
-            }
-        }
-    }
-
     /// `relay: auto`, with nothing in flight: splice (`true`) or copy from
     /// now on, giving the empty pipe or buffer of the other stage back.
     fn set_stage(&mut self, splice: bool, res: &mut Resources) {
@@ -476,6 +323,8 @@ impl Pump {
     }
 }
 
+mod ends;
+mod fill;
 mod lowat;
 #[cfg(test)]
 mod tests;

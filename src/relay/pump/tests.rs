@@ -5,6 +5,7 @@ use super::super::cost::{EXPLORE_EVERY, Way};
 use super::*;
 use mio::{Events, Interest, Poll, Token};
 use std::cell::Cell;
+use std::io::Read;
 use std::net::{TcpListener, TcpStream as StdStream};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
