@@ -22,7 +22,7 @@ use super::copy::CopyStage;
 use super::cost::Way;
 use super::grow::{Growth, full_hint};
 use super::splice;
-use crate::pipe::Pipe;
+use crate::relay::pipe::Pipe;
 
 /// At most this many drain+fill rounds per call, so one fast session can't
 /// starve the others of its worker; the caller re-runs a pump that says `more`.

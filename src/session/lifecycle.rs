@@ -15,7 +15,7 @@ use super::{
 use crate::metrics::CloseReason;
 use crate::relay::Resources;
 use crate::route::Route;
-use crate::sockets::{self, ConnectState};
+use crate::sys::sockets::{self, ConnectState};
 
 impl Session {
     /// The ClientHello parser needs `need` bytes before its next step.
@@ -78,7 +78,7 @@ impl Session {
             Side::Client => &self.client,
             Side::Upstream => &l.relay.upstream,
         };
-        let check = l.check(crate::socket_queue::unacknowledged(socket), now);
+        let check = l.check(crate::sys::socket_queue::unacknowledged(socket), now);
         Some((check, l.survivor, l.reason))
     }
 

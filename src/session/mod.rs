@@ -492,7 +492,7 @@ mod tests {
         s.connected(false, 0, now);
         assert!(matches!(s.stage, Stage::Relaying(_)));
         assert!(s.relay().unwrap().c2u.src_readable, "the relay learned the client had bytes");
-        let mut res = Resources::new(64 << 10, 4, Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)));
+        let mut res = Resources::new(64 << 10, 4, Arc::new(crate::relay::pipe::PipeBudget::new(1 << 16, 64 << 10)));
         s.unconnect(&mut res);
         assert!(matches!(s.stage, Stage::Unconnected));
         assert!(s.client_ready.readable, "and keeps knowing it for the next upstream");

@@ -14,7 +14,7 @@ use super::{ByteCounts, Readiness, Side};
 use crate::config::{RelayMode, SocketOptions};
 use crate::relay::ring::Owner;
 use crate::relay::{DstFailed, Pump, Resources, SrcEnd};
-use crate::socket_queue;
+use crate::sys::socket_queue;
 
 /// Both sockets connected; the pumps run.
 #[derive(Debug)]

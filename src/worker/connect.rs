@@ -21,7 +21,7 @@ use crate::config::{Balance, WhenAllDown};
 use crate::local_error::{self, LocalCause};
 use crate::metrics::{CloseReason, WorkerCounters};
 use crate::session::{End, Ending, Side, Stage};
-use crate::sockets;
+use crate::sys::sockets;
 use crate::upstream::health::{FailureOutcome, now_ms};
 use crate::upstream::{Availability, Balancer, client_hash};
 
