@@ -31,6 +31,7 @@ const MAX_CONNECTIONS: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the admin port reports on.
+#[derive(Debug)]
 pub struct AdminContext {
     /// Every worker's metrics.
     pub workers: Vec<Arc<WorkerMetrics>>,

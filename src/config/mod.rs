@@ -14,16 +14,16 @@
 //! - `keys.rs`: every key the file accepts, traced from the schema, for the docs tests;
 //! - `describe.rs`: a `Config` rendered back as YAML for `sluice check`.
 
-pub mod admission;
+pub(crate) mod admission;
 mod describe;
 mod field;
 mod keys;
 mod load;
 mod net;
-pub mod pool;
+pub(crate) mod pool;
 mod schema;
 mod shared;
-pub mod units;
+pub(crate) mod units;
 mod validate;
 
 use std::fmt;

@@ -162,6 +162,7 @@ impl Percent {
     }
 
     /// `self` of `whole`.
+    #[cfg(test)]
     pub fn of(self, whole: u64) -> u64 {
         whole.saturating_mul(u64::from(self.0)) / 100
     }

@@ -16,12 +16,12 @@
 //! - `rlimit.rs`: the fd limit raised at start, the reserve fd, whether the pipe limits apply.
 //! - `affinity.rs`: pinning workers to CPUs.
 
-pub mod affinity;
-pub mod handshakes;
-pub mod local_ports;
-pub mod netstat;
-pub mod rlimit;
+pub(crate) mod affinity;
+pub(crate) mod handshakes;
+pub(crate) mod local_ports;
+pub(crate) mod netstat;
+pub(crate) mod rlimit;
 pub mod socket_queue;
-pub mod sockets;
-pub mod sockopt;
-pub mod sysctl;
+pub(crate) mod sockets;
+pub(crate) mod sockopt;
+pub(crate) mod sysctl;

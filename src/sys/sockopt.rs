@@ -116,6 +116,7 @@ pub fn set_congestion(s: &impl AsFd, name: &str) -> io::Result<()> {
 }
 
 /// The congestion control algorithm in use.
+#[cfg(test)]
 pub fn congestion(s: &impl AsFd) -> io::Result<String> {
     let raw = SockRef::from(s).tcp_congestion()?;
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
@@ -147,6 +148,7 @@ pub fn set_bind_address_no_port(s: &impl AsFd, on: bool) -> io::Result<()> {
 }
 
 /// Whether IP_BIND_ADDRESS_NO_PORT is set.
+#[cfg(test)]
 pub fn bind_address_no_port(s: &impl AsFd) -> io::Result<bool> {
     nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::IpBindAddressNoPort).map_err(io::Error::from)
 }
@@ -158,6 +160,7 @@ pub fn set_fastopen(s: &impl AsFd, queue: u32) -> io::Result<()> {
 }
 
 /// The listener's TCP_FASTOPEN queue length.
+#[cfg(test)]
 pub fn fastopen(s: &impl AsFd) -> io::Result<u32> {
     get_int(s, nix::libc::IPPROTO_TCP, nix::libc::TCP_FASTOPEN)
 }
@@ -171,6 +174,7 @@ pub fn set_defer_accept(s: &impl AsFd, d: Duration) -> io::Result<()> {
 
 /// The listener's TCP_DEFER_ACCEPT in seconds (the kernel rounds up to its
 /// SYN-ACK retransmission schedule).
+#[cfg(test)]
 pub fn defer_accept(s: &impl AsFd) -> io::Result<u32> {
     get_int(s, nix::libc::IPPROTO_TCP, nix::libc::TCP_DEFER_ACCEPT)
 }
@@ -216,6 +220,7 @@ fn set_int(s: &impl AsFd, level: i32, name: i32, value: u32) -> io::Result<()> {
 
 /// `getsockopt` of an int value.
 #[allow(unsafe_code)]
+#[cfg(test)]
 fn get_int(s: &impl AsFd, level: i32, name: i32) -> io::Result<u32> {
     let mut v: nix::libc::c_int = 0;
     let mut len = std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t;
