@@ -31,6 +31,7 @@ const MAX_CONNECTIONS: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the admin port reports on.
+#[derive(Debug)]
 pub struct AdminContext {
     /// Every worker's metrics.
     pub workers: Vec<Arc<WorkerMetrics>>,
@@ -59,7 +60,7 @@ impl AdminContext {
         let base = Snapshot {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: sh.started.elapsed().as_secs_f64(),
-            ready: sh.ready.load(Ordering::Relaxed)
+            ready: sh.running.load(Ordering::Relaxed)
                 && !sh.draining.load(Ordering::Relaxed)
                 && !sh.overload.is_shedding(),
             overloaded: sh.overload.is_shedding(),
@@ -77,7 +78,7 @@ impl AdminContext {
                 failed: sh.reloads.failed.load(Ordering::Relaxed),
             },
             control_refused: sh.control_refused.load(Ordering::Relaxed),
-            kernel: crate::netstat::kernel_tcp_stats(&self.proc_root),
+            kernel: crate::sys::netstat::kernel_tcp_stats(&self.proc_root),
             ..Snapshot::default()
         };
         collect(Sources { workers: &self.workers, registry: &self.registry, base })
@@ -328,7 +329,7 @@ fn handle(raw: &[u8], ctx: &AdminContext) -> Option<Vec<u8>> {
             let sh = &ctx.shared;
             if sh.draining.load(Ordering::Relaxed) {
                 response(503, "Service Unavailable", "text/plain", b"draining\n".to_vec(), head)
-            } else if !sh.ready.load(Ordering::Relaxed) {
+            } else if !sh.running.load(Ordering::Relaxed) {
                 response(503, "Service Unavailable", "text/plain", b"starting\n".to_vec(), head)
             } else if sh.overload.is_shedding() {
                 response(503, "Service Unavailable", "text/plain", b"overloaded\n".to_vec(), head)

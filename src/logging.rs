@@ -2,13 +2,13 @@
 //! `info`) and formatting (text, or one JSON object per line), writing into
 //! an in-memory buffer that a background thread drains to stderr.
 //!
-//! A worker must never block (DESIGN pitfall 12), and must not pay a thread
-//! wake-up per line either (with a channel, each access line cost a futex
-//! wake of the writer: ~7 % of connection rate). So formatted lines are
-//! appended to a bounded buffer under a short mutex, and the writer thread
-//! wakes every `DRAIN_EVERY` to write whatever gathered. Past `MAX_BUFFERED`
-//! bytes lines are dropped and counted instead of growing memory or
-//! stalling. `flush` at exit writes what is left.
+//! A worker must never block (every session it holds would stall with it),
+//! and must not pay a thread wake-up per line either (with a channel, each
+//! access line cost a futex wake of the writer: ~7 % of connection rate).
+//! So formatted lines are appended to a bounded buffer under a short mutex,
+//! and the writer thread wakes every `DRAIN_EVERY` to write whatever
+//! gathered. Past `MAX_BUFFERED` bytes lines are dropped and counted instead
+//! of growing memory or stalling. `flush` at exit writes what is left.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use crate::config::limits::Overload;
+use crate::config::admission::Overload;
 
 /// The thresholds and the current state, shared by the workers, the control thread and the admin port.
 #[derive(Debug, Default)]

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::Instant;
 
 use crate::overload::OverloadState;
-use crate::pipe::PipeBudget;
 use crate::ratelimit::Limiter;
-use crate::sockets;
+use crate::relay::pipe::PipeBudget;
+use crate::sys::sockets;
 
 /// Reloads by outcome.
 #[derive(Debug, Default)]
@@ -34,8 +34,8 @@ pub struct ProcessState {
     pub pipes: Arc<PipeBudget>,
     /// Reloads by outcome.
     pub reloads: Reloads,
-    /// The workers run (`/readyz`).
-    pub ready: AtomicBool,
+    /// Start finished: the workers run (`/readyz` says 503 until then).
+    pub running: AtomicBool,
     /// A stop signal arrived (`/readyz` says 503 from then on, through the
     /// grace and the drain).
     pub draining: AtomicBool,
@@ -62,7 +62,7 @@ impl ProcessState {
             max_connections: AtomicUsize::new(max_connections),
             pipes: Arc::new(pipes),
             reloads: Reloads::default(),
-            ready: AtomicBool::new(false),
+            running: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             started: Instant::now(),
             generation: AtomicU64::new(1),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::config;
 use crate::metrics::Registry;
-use crate::sockopt::Applied;
+use crate::sys::sockopt::Applied;
 use crate::upstream::{ResolveError, UpstreamSet};
 
 /// One route, ready to serve.

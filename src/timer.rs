@@ -69,11 +69,13 @@ impl<K: Ord + Copy> Timers<K> {
     }
 
     /// Timers armed.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.set.len()
     }
 
     /// No timer armed.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.set.is_empty()
     }

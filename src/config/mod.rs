@@ -3,9 +3,10 @@
 //!
 //! # Files
 //! - `schema.rs`: what the file looks like, as written;
-//! - `units.rs`: single values that check themselves (durations, sizes, addresses);
+//! - `units.rs`: single values that check themselves (durations, sizes, counts, percentages);
+//! - `net.rs`: addresses and the `socket:` values (keepalive, congestion names), checking themselves too;
 //! - `pool.rs`: a route's upstream-pool settings (balancing, health checks, PROXY protocol, access lists);
-//! - `limits.rs`: rate limits and overload shedding as written;
+//! - `admission.rs`: who may connect, as written: rate limits and overload shedding;
 //! - `validate.rs`: the raw file turned into a `Config`, defaults filled, cross-field rules;
 //! - `shared.rs`: routes that share a listen address, and what they must agree on;
 //! - `field.rs`: field paths (`routes[1].listen`) and the error that carries one;
@@ -13,15 +14,16 @@
 //! - `keys.rs`: every key the file accepts, traced from the schema, for the docs tests;
 //! - `describe.rs`: a `Config` rendered back as YAML for `sluice check`.
 
+pub(crate) mod admission;
 mod describe;
 mod field;
 mod keys;
-pub mod limits;
 mod load;
-pub mod pool;
+mod net;
+pub(crate) mod pool;
 mod schema;
 mod shared;
-pub mod units;
+pub(crate) mod units;
 mod validate;
 
 use std::fmt;
@@ -31,11 +33,12 @@ use std::time::Duration;
 
 pub use keys::accepted_keys;
 pub use load::{digest, load_file, parse_str};
+pub use net::{CongestionName, HostPort, Keepalive};
 pub use pool::{Balance, HealthCheck, Outlier, Pool, ProxyVersion, WhenAllDown};
 pub use schema::RawSocket as SocketOptions;
 pub use schema::{LogFormat, RelayMode};
 pub use shared::listen_groups;
-pub use units::{CongestionName, HostPort, Keepalive, Workers};
+pub use units::Workers;
 
 /// Default `connect_timeout` of a route.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -102,7 +105,7 @@ pub struct Config {
     /// Where a successor can take the listeners over (`--takeover`); `None`: no upgrades in place.
     pub control_socket: Option<PathBuf>,
     /// Overload shedding; `None`: off.
-    pub overload: Option<limits::Overload>,
+    pub overload: Option<admission::Overload>,
     /// The admin port, if any.
     pub admin: Option<Admin>,
     /// Log format and the access log.

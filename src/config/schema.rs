@@ -9,11 +9,12 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor, value::MapAccessDeserializer};
 
+use super::net::{HostPort, ListenAddr, SourceAddr};
 use super::pool::{
     Balance, ProxyHeaderTimeout, ProxyVersion, RawHealthCheck, RawOutlier, RawPool, ResolveInterval, Retries, Toggle,
     WhenAllDown,
 };
-use super::units::{CountIn, DurationIn, HostPort, ListenAddr, SizeIn, SourceAddr, Workers};
+use super::units::{CountIn, DurationIn, SizeIn, Workers};
 use crate::acl::Cidr;
 
 /// `connect_timeout`: 1 ms to 5 minutes.
@@ -70,7 +71,7 @@ pub struct RawConfig {
     /// A Unix socket where a successor (`--takeover`) can take the listeners over.
     pub control_socket: Option<std::path::PathBuf>,
     /// Refuse new clients above these levels of fd and memory use.
-    pub overload: Option<super::limits::RawOverload>,
+    pub overload: Option<super::admission::RawOverload>,
     /// The admin HTTP port; absent = off.
     pub admin: Option<RawAdmin>,
     /// Log output.
@@ -105,9 +106,9 @@ pub struct RawDefaults {
     /// Sessions allowed at once from one client IP on the route.
     pub max_connections_per_client: Option<MaxConnections>,
     /// New connections per second on the route.
-    pub max_connection_rate: Option<super::limits::RawRate>,
+    pub max_connection_rate: Option<super::admission::RawRate>,
     /// New connections per second from one client prefix on the route.
-    pub max_connection_rate_per_client: Option<super::limits::RawClientRate>,
+    pub max_connection_rate_per_client: Option<super::admission::RawClientRate>,
     /// The local address of upstream connections (the kernel's choice if unset).
     pub source: Option<SourceAddr>,
     /// Time a client of a route that reads ClientHellos has to send its own.
@@ -164,9 +165,9 @@ pub struct RawRoute {
     /// Overrides `defaults.max_connections_per_client`.
     pub max_connections_per_client: Option<MaxConnections>,
     /// Overrides `defaults.max_connection_rate`.
-    pub max_connection_rate: Option<super::limits::RawRate>,
+    pub max_connection_rate: Option<super::admission::RawRate>,
     /// Overrides `defaults.max_connection_rate_per_client`.
-    pub max_connection_rate_per_client: Option<super::limits::RawClientRate>,
+    pub max_connection_rate_per_client: Option<super::admission::RawClientRate>,
     /// Overrides `defaults.source`.
     pub source: Option<SourceAddr>,
     /// TLS server names (exact or `*.` wildcards) whose clients this route takes.
@@ -210,7 +211,7 @@ pub struct RawSocket {
     /// TCP_NODELAY on both sockets of a session.
     pub nodelay: Option<bool>,
     /// SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, or `false`.
-    pub keepalive: Option<super::units::Keepalive>,
+    pub keepalive: Option<super::net::Keepalive>,
     /// TCP_USER_TIMEOUT (0s = off).
     pub user_timeout: Option<UserTimeout>,
     /// SO_SNDBUF.
@@ -218,7 +219,7 @@ pub struct RawSocket {
     /// SO_RCVBUF (set on the listener before listen(), so the window scale fits).
     pub recv_buffer: Option<BufferSize>,
     /// TCP_CONGESTION, checked against the kernel's available list at start.
-    pub congestion: Option<super::units::CongestionName>,
+    pub congestion: Option<super::net::CongestionName>,
     /// TCP_FASTOPEN queue length on the listener; 0 = off.
     pub fastopen: Option<FastOpenQueue>,
     /// TCP_NOTSENT_LOWAT; unset = [`super::DEFAULT_NOTSENT_LOWAT`], 0 = off (the kernel's unlimited).

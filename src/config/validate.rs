@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use super::field::{FieldError, FieldPath, Seg};
+use super::net::HostPort;
 use super::pool::PoolErrorAt;
 use super::schema::{RawConfig, RawRoute};
-use super::units::{HostPort, Workers};
+use super::units::Workers;
 use super::{
     Config, DEFAULT_BACKLOG, DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_GRACE,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_POOLED_PIPES, DEFAULT_PIPE_SIZE,
@@ -103,7 +104,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, FieldError> {
 pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Config, FieldError> {
     let route = RawRoute {
         name: "default".to_owned(),
-        listen: super::units::ListenAddr(listen),
+        listen: super::net::ListenAddr(listen),
         upstreams: upstreams
             .into_iter()
             .map(|address| super::schema::RawUpstream { address, weight: None, backup: false })

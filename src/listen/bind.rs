@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use mio::net::TcpListener;
 use socket2::Socket;
 
-use crate::handshakes;
-use crate::sockets;
-use crate::sockopt::Applied;
+use crate::sys::handshakes;
+use crate::sys::sockets;
+use crate::sys::sockopt::Applied;
 
 /// Why a listen address could not be served.
 #[derive(Debug, thiserror::Error)]

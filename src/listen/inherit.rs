@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use serde::{Deserialize, Serialize};
 
 use super::key::ListenKey;
-use crate::sockets;
+use crate::sys::sockets;
 
 /// One listening socket on offer: which listener of which address, in which worker slot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,9 +12,9 @@
 //! - `activation.rs`: systemd socket activation (`sd_listen_fds(3)`), matched to the configuration.
 
 pub mod activation;
-pub mod bind;
-pub mod inherit;
-pub mod key;
+pub(crate) mod bind;
+pub(crate) mod inherit;
+pub(crate) mod key;
 
 pub use bind::{ListenError, Listener, adopt, bind, listen_bound};
 pub use inherit::{Inherited, Offered};

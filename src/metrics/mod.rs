@@ -5,12 +5,12 @@
 //! `prometheus.rs` renders; `registry.rs` names the series (and reclaims
 //! those of upstreams that left).
 
-pub mod collect;
-pub mod counters;
-pub mod prometheus;
-pub mod registry;
+pub(crate) mod collect;
+pub(crate) mod counters;
+pub(crate) mod prometheus;
+pub(crate) mod registry;
 pub mod snapshot;
-pub mod stats;
+pub(crate) mod stats;
 
 pub use counters::{CloseReason, WorkerCounters};
 pub use registry::Registry;

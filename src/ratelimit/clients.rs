@@ -72,6 +72,7 @@ impl Default for ClientRates {
 }
 
 /// Bytes the table takes, whatever the number of clients.
+#[cfg(test)]
 pub const TABLE_BYTES: usize = SETS * std::mem::size_of::<Set>();
 
 impl ClientRates {

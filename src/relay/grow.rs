@@ -35,7 +35,7 @@ pub const GROW_AFTER: u8 = 4;
 /// The bytes past which a pipe of `capacity` counts as full: stop filling
 /// it, drain it first.
 pub fn full_hint(capacity: usize) -> usize {
-    (capacity / crate::pipe::PAGE).max(1) * FULL_PER_PAGE
+    (capacity / super::pipe::PAGE).max(1) * FULL_PER_PAGE
 }
 
 /// A splice pump's record of how its reads fill its pipe.

@@ -1,5 +1,5 @@
 //! Moving bytes: the pump state machine (`pump.rs`) over its three kinds of
-//! stage, splice pipes (`splice.rs`, pipes from `crate::pipe`), copy
+//! stage, splice pipes (`splice.rs`, the pipes and their pool in `pipe.rs`), copy
 //! buffers (`copy.rs`) and `relay: uring`'s per-worker io_uring (`ring.rs`,
 //! `pump/uring.rs`); when a pipe grows (`grow.rs`); `relay: auto`'s choice
 //! between splice and copy by what each measured per byte (`cost.rs`, by the
@@ -11,14 +11,15 @@ pub mod copy;
 pub mod cost;
 pub mod grow;
 pub mod load;
+pub mod pipe;
 pub mod pump;
 pub mod ring;
 pub mod splice;
 
-pub use pump::{Activity, Destination, DstFailed, Pump, Source, SrcEnd};
+pub use pump::{DstFailed, Pump, SrcEnd};
 
-use crate::pipe::{PipeBudget, PipePool};
 use copy::BufferPool;
+use pipe::{PipeBudget, PipePool};
 
 /// What a worker lends its pumps: spare pipes and buffers, what copying and
 /// splicing cost it, how busy it is, and how often a pump that wanted to

@@ -24,7 +24,7 @@ use super::copy::CopyStage;
 use super::cost::Way;
 use super::grow::Growth;
 use super::splice;
-use crate::pipe::Pipe;
+use crate::relay::pipe::Pipe;
 pub use ends::{Destination, Source, SrcEnd};
 
 /// At most this many drain+fill rounds per call, so one fast session can't
@@ -119,19 +119,6 @@ impl Pump {
             copied: 0,
             uring: 0,
         }
-    }
-
-    /// A new pump in the same relay mode reading from a new source into the
-    /// same destination (a session that starts over with another upstream).
-    /// The destination's writability is kept: edge-triggered, it is known only
-    /// from past events, and no new edge would say it again.
-    pub fn for_new_source(&self) -> Pump {
-        let mut p = Pump::new(matches!(self.stage, Stage::Splice { .. }));
-        p.pipe_limit = self.pipe_limit;
-        p.stage_lowat = self.stage_lowat;
-        p.auto = self.auto.map(|_| Auto::default());
-        p.dst.writable = self.dst.writable;
-        p
     }
 
     /// Runs on the worker's io_uring (`relay: uring`).

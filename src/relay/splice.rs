@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use nix::errno::Errno;
 use nix::fcntl::{SpliceFFlags, splice};
 
-use crate::pipe::Pipe;
+use super::pipe::Pipe;
 
 const FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
 

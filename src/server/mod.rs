@@ -19,7 +19,7 @@
 //!   `--takeover`, or systemd's), every step that can fail before any
 //!   listener listens and before a predecessor is told to stop accepting;
 //!   the settings workers get;
-//! - `control.rs`: the loop, the stop sequence and reloads;
+//! - `event_loop.rs`: the loop, the stop sequence and reloads;
 //! - `plan.rs`: a configuration turned into per-worker listener updates;
 //! - `watch.rs`: noticing that the config file changed;
 //! - `pools.rs`: what upstream pools and DNS need;
@@ -27,8 +27,8 @@
 //! - `control_socket.rs`: the Unix socket a successor knocks on;
 //! - `successor.rs`: the old process's side of a takeover.
 
-mod control;
 mod control_socket;
+mod event_loop;
 mod plan;
 mod pools;
 mod start;

@@ -25,8 +25,8 @@ use crate::frontend::Frontend;
 use crate::listen::{self, Inherited, ListenError, ListenKey, Listener};
 use crate::metrics::Registry;
 use crate::route::{Route, RouteState};
-use crate::sockets;
-use crate::sockopt;
+use crate::sys::sockets;
+use crate::sys::sockopt;
 use crate::upstream::ResolveError;
 use crate::worker::ListenerUpdate;
 

@@ -1,6 +1,6 @@
 //! Starting: the control socket, a predecessor's or systemd's sockets, the
 //! admin port, the workers, the route plan, then the control thread's loop
-//! (`control.rs`); and the global settings the workers get, at start and on
+//! (`event_loop.rs`); and the global settings the workers get, at start and on
 //! every reload.
 
 use std::io;
@@ -19,11 +19,11 @@ use super::workers::{Exit, hand_out_surplus, start_worker};
 use super::{ControlThread, RunOptions, SIGNALS, ServerError, WAKE, io_err, worker_count};
 use crate::admin::AdminContext;
 use crate::config::{Config, units::fmt_size};
-use crate::limits;
 use crate::listen::{Inherited, ListenError};
 use crate::metrics::{Registry, WorkerCounters};
-use crate::pipe;
 use crate::process::ProcessState;
+use crate::relay::pipe;
+use crate::sys::rlimit;
 use crate::upstream::checker::Checker;
 use crate::upstream::discovery::{Resolved, Resolver};
 use crate::worker::WorkerSettings;
@@ -39,7 +39,7 @@ use crate::worker::WorkerSettings;
 pub(super) fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
     // Signal handlers first: a SIGTERM that arrives while we bind must drain, not kill.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(io_err("installing signal handlers"))?;
-    let nofile = match limits::raise_nofile() {
+    let nofile = match rlimit::raise_nofile() {
         Ok(n) => {
             log::info!("file descriptor limit: {n}");
             n
@@ -149,7 +149,7 @@ pub(super) fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
     // What the plan did not take (an address the new config dropped) the predecessor drains itself.
     drop(inherited);
     shared.overload.configure(config.overload.as_ref(), nofile, crate::overload::open_fds());
-    shared.ready.store(true, Ordering::Relaxed);
+    shared.running.store(true, Ordering::Relaxed);
     if let Some(peer) = predecessor {
         match crate::handoff::ready(&peer, std::mem::take(&mut plan.taken)) {
             Ok(()) => log::info!("the predecessor stopped accepting and drains its sessions"),

@@ -69,7 +69,7 @@ pub(super) fn hand_out_surplus(
     if surplus.is_empty() {
         return;
     }
-    let migrate = crate::sysctl::read::<u32>("net/ipv4/tcp_migrate_req") == Some(1);
+    let migrate = crate::sys::sysctl::read::<u32>("net/ipv4/tcp_migrate_req") == Some(1);
     if migrate {
         log::info!("closing {} surplus listening socket(s) once emptied (net.ipv4.tcp_migrate_req = 1)", surplus.len());
     } else {

@@ -31,11 +31,6 @@ impl Claim {
         Claim { index, probing }
     }
 
-    /// Index in the route's upstreams of the claimed one.
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
     /// The attempt connected: the claim goes on counting, no longer as a
     /// half-open try. The flag says whether it was one (the caller reports
     /// its success).

@@ -18,7 +18,7 @@ use super::{
 use crate::metrics::CloseReason;
 use crate::relay::Resources;
 use crate::route::Route;
-use crate::sockets::{self, ConnectState};
+use crate::sys::sockets::{self, ConnectState};
 
 impl Session {
     /// The ClientHello parser needs `need` bytes before its next step.
@@ -83,7 +83,7 @@ impl Session {
             Side::Client => &self.client,
             Side::Upstream => &l.relay.upstream,
         };
-        let check = l.check(crate::socket_queue::unacknowledged(socket), now);
+        let check = l.check(crate::sys::socket_queue::unacknowledged(socket), now);
         Some((check, l.survivor, l.reason))
     }
 
@@ -165,10 +165,10 @@ impl Session {
         true
     }
 
-    /// Starts attempt number `number` on `claim`'s upstream with a freshly
+    /// Starts an attempt on `claim`'s upstream with a freshly
     /// connecting socket (registered by the worker with `generation`). Only
     /// from unconnected, whose client readiness and kept pump it takes on.
-    pub fn attempt(&mut self, number: u32, claim: Claim, upstream: TcpStream, generation: u32, now: Instant) {
+    pub fn attempt(&mut self, claim: Claim, upstream: TcpStream, generation: u32, now: Instant) {
         let (client_ready, kept) = match std::mem::replace(&mut self.stage, Stage::Closed) {
             Stage::Unconnected { client_ready, kept } => (client_ready, kept),
             other => {
@@ -178,7 +178,7 @@ impl Session {
         };
         self.upstream_generation = generation;
         let ready = Readiness::default();
-        self.stage = Stage::Connecting(Attempt { upstream, number, since: now, ready, claim, client_ready, kept });
+        self.stage = Stage::Connecting(Attempt { upstream, since: now, ready, claim, client_ready, kept });
     }
 
     /// Drops the current attempt's socket (it failed): the session is

@@ -53,7 +53,7 @@ pub use linger::{Linger, LingerCheck};
 pub use relay::{Relay, Step};
 pub use side::{Readiness, Side};
 pub use stage::{Attempt, HelloWait, Remains, Stage, TlsInfo, Verdict};
-pub use tried::{MAX_ATTEMPTS, Tried};
+pub use tried::Tried;
 
 use crate::config::RelayMode;
 use crate::frontend::Frontend;
@@ -214,11 +214,6 @@ impl Session {
         self.peer_addr
     }
 
-    /// The address the client connected to, from its PROXY header.
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.local_addr
-    }
-
     /// The worker's listener it came from.
     pub fn listener(&self) -> usize {
         self.listener
@@ -242,11 +237,6 @@ impl Session {
     /// When the armed timer fires.
     pub fn timer_at(&self) -> Option<Instant> {
         self.timer.map(|(_, at)| at)
-    }
-
-    /// When the client was accepted.
-    pub fn started(&self) -> Instant {
-        self.started
     }
 
     /// Bytes already added to the route's metrics while it ran.
@@ -344,14 +334,6 @@ impl Session {
         }
     }
 
-    /// The upstream socket, in the stages that have one.
-    pub fn upstream_socket(&self) -> Option<&TcpStream> {
-        match &self.stage {
-            Stage::Connecting(a) => Some(&a.upstream),
-            _ => self.relay().map(|r| &r.upstream),
-        }
-    }
-
     /// Bytes delivered so far each way.
     pub fn bytes(&self) -> ByteCounts {
         self.relay().map_or([[0; 3]; 2], Relay::bytes)
@@ -394,11 +376,11 @@ mod tests {
         let (mut s, l) = session();
         let now = Instant::now();
         let claim = s.claim(0, false);
-        s.attempt(0, claim, connecting_socket(&l), 1, now);
+        s.attempt(claim, connecting_socket(&l), 1, now);
         // The first attempt fails; the second gets generation 2 and the same slot.
         let _given_back = s.drop_attempt();
         let claim = s.claim(0, false);
-        s.attempt(1, claim, connecting_socket(&l), 2, now);
+        s.attempt(claim, connecting_socket(&l), 2, now);
         let writable = Readiness { writable: true, ..Readiness::default() };
         assert!(!s.on_event(Side::Upstream, 1, writable), "a stale event was taken");
         let Stage::Connecting(a) = &s.stage else { panic!("not connecting") };
@@ -416,11 +398,11 @@ mod tests {
         let now = Instant::now();
         assert!(s.on_event(Side::Client, 0, Readiness { readable: true, ..Readiness::default() }));
         let claim = s.claim(0, false);
-        s.attempt(0, claim, connecting_socket(&l), 1, now);
+        s.attempt(claim, connecting_socket(&l), 1, now);
         s.connected(false, 0, now);
         assert!(matches!(s.stage, Stage::Relaying(..)));
         assert!(s.relay().unwrap().c2u.src.readable, "the relay learned the client had bytes");
-        let mut res = Resources::new(64 << 10, 4, Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)));
+        let mut res = Resources::new(64 << 10, 4, Arc::new(crate::relay::pipe::PipeBudget::new(1 << 16, 64 << 10)));
         let _given_back = s.unconnect(&mut res);
         assert!(matches!(s.stage, Stage::Unconnected { .. }));
         let Stage::Unconnected { client_ready, .. } = &s.stage else { panic!("not unconnected") };

@@ -14,7 +14,7 @@ use super::{ByteCounts, Readiness, Side};
 use crate::config::{RelayMode, SocketOptions};
 use crate::relay::ring::Owner;
 use crate::relay::{DstFailed, Pump, Resources, SrcEnd};
-use crate::socket_queue;
+use crate::sys::socket_queue;
 
 /// Both sockets connected; the pumps run.
 #[derive(Debug)]
@@ -140,11 +140,6 @@ impl Relay {
     /// Last time a byte moved.
     pub fn last_active(&self) -> Instant {
         self.last_active
-    }
-
-    /// The side that failed first, if one has.
-    pub fn failed(&self) -> Option<Side> {
-        self.failed
     }
 
     /// Runs both pumps and decides what follows.

@@ -21,8 +21,6 @@ use crate::relay::Pump;
 pub struct Attempt {
     /// The connecting socket.
     pub upstream: TcpStream,
-    /// Attempts made before this one.
-    pub number: u32,
     /// When it started (for its timeout).
     pub since: Instant,
     /// What its events said so far (handed to the relay once connected).

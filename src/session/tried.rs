@@ -26,6 +26,7 @@ impl Tried {
     }
 
     /// No attempt yet.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.n == 0
     }

@@ -92,6 +92,7 @@ pub struct NameTable {
 
 /// One route as the table sees it: its name, its server names (empty: the
 /// default) and ALPN protocols.
+#[derive(Debug)]
 pub struct RouteNames<'a> {
     /// The route's name (for messages).
     pub route: &'a str,

@@ -26,8 +26,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::health::UpstreamHealth;
 use crate::config::HealthCheck;
 use crate::local_error;
-use crate::sockets::{self, ConnectState};
-use crate::sockopt::Applied;
+use crate::sys::sockets::{self, ConnectState};
+use crate::sys::sockopt::Applied;
 
 const WAKER: Token = Token(usize::MAX);
 

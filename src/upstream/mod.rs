@@ -11,6 +11,6 @@ pub mod health;
 pub mod resolve;
 pub mod set;
 
-pub use balance::{Balancer, Loads, Ring, SmoothRoundRobin, client_hash};
+pub use balance::{Balancer, client_hash};
 pub use health::{Availability, UpstreamHealth};
 pub use set::{ResolveError, Upstream, UpstreamKey, UpstreamSet};

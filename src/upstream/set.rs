@@ -117,11 +117,6 @@ impl UpstreamSet {
         self.upstreams.len()
     }
 
-    /// No addresses.
-    pub fn is_empty(&self) -> bool {
-        self.upstreams.is_empty()
-    }
-
     /// How many upstreams other than `index` are ejected right now (for
     /// `max_ejected_percent`). One pass that skips `index`: subtracting its own
     /// state from a total read earlier could underflow when another worker

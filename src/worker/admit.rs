@@ -20,7 +20,7 @@ use crate::process::ProcessState;
 use crate::ratelimit::Admit;
 use crate::route::Route;
 use crate::session::{Accepted, End, Ending, HeaderRead, Session, Side, Stage};
-use crate::sockets;
+use crate::sys::sockets;
 
 impl Worker {
     /// A client was accepted on listener `li`: check it, make its session,
@@ -264,7 +264,7 @@ mod tests {
     }
 
     fn shared() -> ProcessState {
-        ProcessState::new(1000, crate::pipe::PipeBudget::new(1 << 16, 64 << 10))
+        ProcessState::new(1000, crate::relay::pipe::PipeBudget::new(1 << 16, 64 << 10))
     }
 
     const A: &str = "10.0.0.1:1000";

@@ -20,7 +20,8 @@ use super::{TimerKey, Worker};
 use crate::access::{self, Entry};
 use crate::metrics::{CloseReason, SessionRecord};
 use crate::session::{Claim, End, Ending, LingerCheck, Relay, Remains, Side};
-use crate::{sockets, upstream};
+use crate::sys::sockets;
+use crate::upstream;
 
 /// How often running sessions' bytes reach the metrics.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -124,7 +125,7 @@ impl Worker {
             connect_time: relay.as_ref().map(|r| r.connect_time),
             first_byte_time: relay.as_ref().and_then(|r| r.first_byte_time),
             duration: s.age(now),
-            tcp_info: relay.as_ref().and_then(|r| crate::sockopt::tcp_info(&r.upstream).ok()),
+            tcp_info: relay.as_ref().and_then(|r| crate::sys::sockopt::tcp_info(&r.upstream).ok()),
         };
         if s.routed() {
             // A client whose ClientHello chose no route is counted by the worker (`refuse_hello`), in no route.

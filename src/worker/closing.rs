@@ -39,7 +39,7 @@ impl Worker {
             if self.shared.is_supervised(&l.socket) {
                 continue;
             }
-            if let Err(e) = crate::handshakes::refuse_new_handshakes(&l.socket) {
+            if let Err(e) = crate::sys::handshakes::refuse_new_handshakes(&l.socket) {
                 log::warn!(
                     "worker {}: cannot stop new handshakes on {} ({e}); closing its listeners at once",
                     self.id,
@@ -129,7 +129,7 @@ impl Worker {
                  there wait for whoever serves it next (remove it from the .socket unit)",
                 self.id
             );
-        } else if let Err(e) = crate::handshakes::refuse_new_handshakes(&l.socket) {
+        } else if let Err(e) = crate::sys::handshakes::refuse_new_handshakes(&l.socket) {
             log::warn!("worker {}: cannot stop new handshakes on {listen} ({e}); closing it at once", self.id);
             self.close_listener(li, now);
             return;

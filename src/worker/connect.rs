@@ -21,7 +21,7 @@ use crate::config::{Balance, WhenAllDown};
 use crate::local_error::{self, LocalCause};
 use crate::metrics::{CloseReason, WorkerCounters};
 use crate::session::{Claim, End, Ending, Side, Stage};
-use crate::sockets;
+use crate::sys::sockets;
 use crate::upstream::health::{FailureOutcome, now_ms};
 use crate::upstream::{Availability, Balancer, client_hash};
 
@@ -72,7 +72,7 @@ impl Worker {
             match started {
                 Ok(stream) => {
                     let s = &mut self.sessions[key];
-                    s.attempt(tried as u32, claim, stream, generation, now);
+                    s.attempt(claim, stream, generation, now);
                     let (deadline, _) = s.due(self.draining);
                     self.arm(key, deadline);
                     return;

@@ -22,7 +22,7 @@ use std::time::Instant;
 use super::Worker;
 use crate::metrics::{CloseReason, WorkerCounters};
 use crate::session::{End, Ending, Stage, TlsInfo};
-use crate::socket_queue;
+use crate::sys::socket_queue;
 use crate::tls::hello::{self, MAX_WIRE, Parse};
 
 impl Worker {

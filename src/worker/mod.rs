@@ -38,11 +38,11 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll};
 use slab::Slab;
 
-use crate::limits::FdReserve;
 use crate::metrics::WorkerMetrics;
 use crate::process::ProcessState;
 use crate::relay::Resources;
 use crate::session::{End, Readiness, Session};
+use crate::sys::rlimit::FdReserve;
 use crate::timer::Timers;
 pub use control::{Control, ListenerUpdate, WorkerSettings, WorkerSetup};
 use listeners::Listener;
@@ -100,7 +100,7 @@ impl Worker {
     pub fn new(setup: WorkerSetup) -> io::Result<Worker> {
         let WorkerSetup { id, workers, poll, routes, control, shared, metrics, settings, cpu } = setup;
         if let Some(i) = cpu {
-            match crate::affinity::pin_worker(i) {
+            match crate::sys::affinity::pin_worker(i) {
                 Ok(c) => log::info!("worker {id} pinned to CPU {c}"),
                 Err(e) => {
                     log::warn!("worker {id}: cannot pin to a CPU ({e}); cpu_affinity has no effect")

@@ -104,7 +104,7 @@ fn helper_write_then_reset() {
             let mut s = conn;
             if write_stream(&mut s, 6, 2 << 20).is_ok() {
                 let deadline = Instant::now() + Duration::from_secs(30);
-                while sluice::socket_queue::unacknowledged(&s).is_ok_and(|n| n > 0) && Instant::now() < deadline {
+                while sluice::sys::socket_queue::unacknowledged(&s).is_ok_and(|n| n > 0) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));

@@ -7,7 +7,9 @@
 //! - `proxy.yaml`, every sluice config under `examples/` and every block
 //!   fenced as ```` ```yaml ```` in README.md and docs/*.md pass `sluice check`
 //!   (fragments are fenced ```` ```yaml fragment ```` and skipped);
-//! - every folder's `mod.rs` names each of its files in its `//!` header;
+//! - every folder's `mod.rs` names each of its files in its `//!` header, and
+//!   so does a file `x.rs` the files of its folder `x/`; a `//!` header names
+//!   no file that is not in the repository;
 //! - `src/lib.rs`'s layout gives every top-level module one line, and
 //!   `docs/architecture.md` places every one in one layer of its diagram and
 //!   gives it the same line in its source map; no module imports one of a
@@ -480,11 +482,79 @@ fn every_mod_rs_names_each_of_its_files() {
     assert!(problems.is_empty(), "file maps that miss files:\n{}", problems.join("\n"));
 }
 
-/// The top-level modules `src/lib.rs` declares.
+/// Every `.rs` file under `src/`, as (path relative to `src/`, text).
+fn sources() -> Vec<(String, String)> {
+    let src = Path::new(ROOT).join("src");
+    files_under(&src)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| {
+            let rel = p.strip_prefix(&src).expect("under src").display().to_string();
+            let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{rel}: {e}"));
+            (rel, text)
+        })
+        .collect()
+}
+
+#[test]
+fn every_file_with_a_folder_names_each_of_its_files() {
+    // `x.rs` beside a folder `x/` (its child modules, as `tls/hello.rs` and
+    // `tls/hello/build.rs`) names them as a `mod.rs` does; `tests.rs` aside.
+    let all = sources();
+    let mut problems = Vec::new();
+    for (rel, text) in &all {
+        let Some(stem) = rel.strip_suffix(".rs").filter(|s| !s.ends_with("/mod") && *s != "lib" && *s != "main") else {
+            continue;
+        };
+        let head = header(text);
+        let children = all.iter().filter_map(|(r, _)| r.strip_prefix(&format!("{stem}/")));
+        for child in children.filter(|c| !c.contains('/') && *c != "tests.rs") {
+            let bare = child.trim_end_matches(".rs");
+            if !head.contains(child) && !head.contains(&format!("`{bare}`")) {
+                problems.push(format!("src/{rel} does not name its child {stem}/{child} in its //! header"));
+            }
+        }
+    }
+    problems.sort();
+    assert!(problems.is_empty(), "file maps that miss files:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn headers_name_only_files_that_exist() {
+    // A `//!` header that names a file (`` `relay/pipe.rs` ``, `` `DESIGN.md` ``)
+    // names one that is there: under `src/` by its path's tail, else from the
+    // repository's root.
+    let all = sources();
+    let mut problems = Vec::new();
+    for (rel, text) in &all {
+        for span in spans_of_all(&header(text)) {
+            let known = [".rs", ".md", ".py", ".sh", ".yaml"].iter().any(|e| span.ends_with(e));
+            if !known || span.contains(' ') || span.contains('*') {
+                continue;
+            }
+            let in_src = all.iter().any(|(r, _)| r == &span || r.ends_with(&format!("/{span}")));
+            if !in_src && !Path::new(ROOT).join(&span).exists() {
+                problems.push(format!("src/{rel} names {span}, which is not in the repository"));
+            }
+        }
+        if header(text).contains("DESIGN") {
+            problems.push(format!("src/{rel} cites a DESIGN document, which is not in the repository"));
+        }
+    }
+    problems.sort();
+    assert!(problems.is_empty(), "headers that name what is not there:\n{}", problems.join("\n"));
+}
+
+/// The code spans of a multi-line text, line by line.
+fn spans_of_all(text: &str) -> Vec<String> {
+    text.lines().flat_map(spans_of).collect()
+}
+
+/// The top-level modules `src/lib.rs` declares (public or not).
 fn top_level_modules() -> Vec<String> {
     read_doc("src/lib.rs")
         .lines()
-        .filter_map(|l| l.strip_prefix("pub mod ").or_else(|| l.strip_prefix("mod ")))
+        .filter_map(|l| ["pub mod ", "pub(crate) mod ", "mod "].iter().find_map(|p| l.strip_prefix(p)))
         .map(|m| m.trim_end_matches(';').to_owned())
         .collect()
 }

@@ -8,7 +8,7 @@
 //! to half of it moves half of it), and copying without it costs what
 //! HAProxy without splice costs. So a route that leaves `notsent_lowat`
 //! unset gets it only in the stages where it pays; one that sets it gets it
-//! in every stage, from the socket's setup (`crate::sockopt`).
+//! in every stage, from the socket's setup (`crate::sys::sockopt`).
 
 use mio::net::TcpStream;
 
@@ -39,7 +39,7 @@ impl Pump {
         if l.set != wanted {
             l.set = wanted;
             // 0: the kernel's default (`net.ipv4.tcp_notsent_lowat`).
-            let _ = crate::sockopt::set_notsent_lowat(dst, if wanted { l.bytes } else { 0 });
+            let _ = crate::sys::sockopt::set_notsent_lowat(dst, if wanted { l.bytes } else { 0 });
         }
     }
 }

@@ -35,7 +35,7 @@ fn payload(len: usize, seed: u64) -> Vec<u8> {
 /// EOF has been passed on, while threads write `data` in uneven chunks
 /// and read it back (slowly if asked). A lost edge shows up as a timeout.
 fn test_resources() -> Resources {
-    Resources::new(64 << 10, 4, std::sync::Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)))
+    Resources::new(64 << 10, 4, std::sync::Arc::new(crate::relay::pipe::PipeBudget::new(1 << 16, 64 << 10)))
 }
 
 fn relay_through_pump(splice: bool, data: Vec<u8>, slow_reader: bool) -> (Vec<u8>, Pump) {
@@ -132,10 +132,10 @@ fn a_source_reset_before_we_read_ends_in_failure_after_its_bytes() {
 fn without_a_pipe_the_splice_pump_copies_and_counts_it() {
     let res = Resources {
         // no such pipe can be made
-        pipes: crate::pipe::PipePool::new(
+        pipes: crate::relay::pipe::PipePool::new(
             1 << 30,
             4,
-            std::sync::Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10)),
+            std::sync::Arc::new(crate::relay::pipe::PipeBudget::new(1 << 16, 64 << 10)),
         ),
         buffers: super::super::copy::BufferPool::new(64 << 10, 4),
         copy_fallbacks: 0,

@@ -91,7 +91,7 @@ fn a_cancelled_receive_that_had_taken_bytes_is_reported_lost() {
     // Let the receive complete in the kernel without reaping it.
     let deadline = Instant::now() + Duration::from_secs(5);
     let watched = mio::net::TcpStream::from_std(s.try_clone().unwrap());
-    while crate::socket_queue::unread(&watched).unwrap_or(0) > 0 || ring.uring.completion().is_empty() {
+    while crate::sys::socket_queue::unread(&watched).unwrap_or(0) > 0 || ring.uring.completion().is_empty() {
         assert!(Instant::now() < deadline, "the receive never completed");
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -22,7 +22,7 @@ fn pair() -> (StdStream, TcpStream) {
 
 /// Worker resources with a ring of at most `buffers` buffers of 64 KiB.
 fn resources(buffers: usize) -> Resources {
-    let budget = std::sync::Arc::new(crate::pipe::PipeBudget::new(1 << 16, 64 << 10));
+    let budget = std::sync::Arc::new(crate::relay::pipe::PipeBudget::new(1 << 16, 64 << 10));
     let mut res = Resources::new(64 << 10, 4, budget);
     res.ring = Some(Ring::new(64 << 10, buffers).unwrap());
     res
@@ -229,6 +229,6 @@ fn a_released_pump_cancels_a_multishot_receive_still_armed() {
         assert!(ring(&mut res).next_completion().is_none(), "a released pump's receive still completes");
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(crate::socket_queue::unread(&client).unwrap(), 5, "nothing reads the socket any more");
+    assert_eq!(crate::sys::socket_queue::unread(&client).unwrap(), 5, "nothing reads the socket any more");
     assert_eq!(ring(&mut res).counts().lent, 0, "every buffer went back");
 }

@@ -1,4 +1,4 @@
-//! Rate limits and overload shedding as written in the file:
+//! Who may connect, as written in the file: rate limits and overload shedding,
 //! `max_connection_rate` and `max_connection_rate_per_client` (route keys,
 //! also under `defaults:`), and `overload` (top level).
 

@@ -61,7 +61,7 @@ with whatever else runs on the machine (--no-netns to skip).
 
     cargo build --release
     LOADGEN_BIN=../shared/bench/loadgen/target/release/loadgen SLUICE_BIN=target/release/sluice \\
-        python3 docs/upgrade_load.py [--upgrades 100] [--restarts 15] [--only upgrade,restart,haproxy]
+        python3 bench/upgrade_load.py [--upgrades 100] [--restarts 15] [--only upgrade,restart,haproxy]
 
 Prints a line per replacement and per failure, then one table. Exit status 1
 if the upgrade scenario saw any refused, reset, timeout, integrity error or

@@ -10,7 +10,7 @@ medians; this tells you whether a cell is bound by the proxy's core or by the
 client's, which decides what a proxy change can win there.
 
     LOADGEN_BIN=... SLUICE_BIN=target/release/sluice \\
-        python3 docs/percore.py sluice rr 1k 50 3s [extra sluice flags...]
+        python3 bench/percore.py sluice rr 1k 50 3s [extra sluice flags...]
 
 SLUICE_ROUTE='socket: { nodelay: false }' runs sluice from a generated config
 with that extra route key instead of --listen/--upstream.

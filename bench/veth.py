@@ -13,7 +13,7 @@ Per cell it prints medians over the rounds: Gbit/s, the proxy's CPU %, CPU % per
 sluice the most pipe capacity it held (`sluice_pipes_bytes`, sampled every 50 ms) and how many pipes
 grew (— where the proxy does not export them). Proxy on CPU 1, client and sink on CPU 0, as `../shared/bench/compare` pins them.
 
-    sudo LOADGEN_BIN=... python3 docs/veth.py --rounds 3 --rate 2gbit \\
+    sudo LOADGEN_BIN=... python3 bench/veth.py --rounds 3 --rate 2gbit \\
         --variant grow target/release/sluice '' \\
         --variant lowat0 target/release/sluice 'socket: { notsent_lowat: 0 }' \\
         [--realm /path/to/realm]

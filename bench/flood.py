@@ -28,7 +28,7 @@ refused) with what the rule allows: sources x (burst + floor(rate x T)) and
 burst + floor(rate x T), T being the flood's measured length.
 
     LOADGEN_BIN=... SLUICE_BIN=target/release/sluice FLOOD_BIN=target/release/examples/flood \\
-        python3 docs/flood.py [ROUNDS] [DURATION_SECONDS]
+        python3 bench/flood.py [ROUNDS] [DURATION_SECONDS]
 
 PARTS=2 runs part 2 alone. Python 3 standard library only.
 """

@@ -7,7 +7,7 @@
 # VARIANT_ROUTE (e.g. 'socket: { notsent_lowat: 0 }'), one line each, and runs it:
 #
 #   VARIANT_ROUTE='socket: { notsent_lowat: 0 }' SLUICE_ARGS=--no-access-log \
-#   REALM_BIN=$PWD/docs/realm-slot.sh SLUICE_BIN=$PWD/target/release/sluice \
+#   REALM_BIN=$PWD/bench/realm-slot.sh SLUICE_BIN=$PWD/target/release/sluice \
 #       ../shared/bench/compare --proxies sluice,realm --scenarios paced,stream-up
 #
 # VARIANT_BIN picks another sluice binary for the slot (default: SLUICE_BIN).

@@ -1,7 +1,7 @@
 #!/bin/bash
 # splice_counts.sh: syscalls, wake-ups and proxy CPU per GiB of one fixed one-way transfer.
 #
-#   LOADGEN_BIN=... docs/splice_counts.sh sluice|realm STREAMS [ROUTE_YAML]
+#   LOADGEN_BIN=... bench/splice_counts.sh sluice|realm STREAMS [ROUTE_YAML]
 #
 # Starts the proxy on CPU 1 (SLUICE_BIN, default target/release/sluice; REALM_BIN for realm) in
 # front of a loadgen sink on CPU 0, moves 8 GiB up in STREAMS streams, and counts with `perf stat

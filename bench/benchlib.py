@@ -1,6 +1,6 @@
-"""benchlib: what the measurement scripts in docs/ share — free ports, readiness waits, a process's CPU time.
+"""benchlib: what the measurement scripts in bench/ share — free ports, readiness waits, a process's CPU time.
 
-Imported by the scripts beside it (`python3 docs/flood.py` puts docs/ on the import path).
+Imported by the scripts beside it (`python3 bench/flood.py` puts bench/ on the import path).
 Python 3 standard library only.
 """
 

@@ -18,7 +18,7 @@ that many seconds (to let upstream reclamation happen) and after the next round.
 --pace spreads the changes out (at least that many seconds per change), so a
 churn can outlast the metrics retention (5 minutes) as a real one would.
 
-    SLUICE_BIN=target/release/sluice python3 docs/dns_churn.py \\
+    SLUICE_BIN=target/release/sluice python3 bench/dns_churn.py \\
         [--changes 1000] [--workers 4] [--sessions 8] [--rounds 1] [--wait SECONDS] [--pace SECONDS]
 
 Loopback only; Python 3 standard library only.

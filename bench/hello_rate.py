@@ -13,7 +13,7 @@ pinned the way ../shared/bench/compare pins (client and echo on CPU 0, the
 proxy on CPU 1), interleaved, ROUNDS times; prints each run and the medians.
 
     LOADGEN_BIN=... SLUICE_BIN=target/release/sluice HELLO_RATE_BIN=target/release/examples/hello_rate \\
-        python3 docs/hello_rate.py [ROUNDS] [DURATION]
+        python3 bench/hello_rate.py [ROUNDS] [DURATION]
 
 Python 3 standard library only.
 """

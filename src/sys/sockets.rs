@@ -1,0 +1,209 @@
+//! Sockets as sluice makes them: `SO_REUSEPORT` listeners, non-blocking
+//! upstream connects and how their outcome is read, and the abortive close
+//! that passes a reset on. The options each socket gets come from
+//! `sockopt.rs`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use crate::local_error::SourceError;
+use crate::sys::sockopt::Applied;
+
+/// Binds a non-blocking `SO_REUSEPORT` listener, one per worker per listen
+/// address: the kernel spreads new connections over the workers' sockets.
+/// `opts` are the route's socket options (buffers before `listen`, so accepted
+/// sockets inherit them and the window scale fits; fast open and deferred
+/// accept after).
+pub fn reuseport_listener(addr: SocketAddr, backlog: u32, opts: &Applied) -> io::Result<TcpListener> {
+    listen_bound(reuseport_bound(addr, opts)?, backlog, opts)
+}
+
+/// The first half of [`reuseport_listener`]: a non-blocking `SO_REUSEPORT`
+/// socket bound to `addr`, with the options that go before `listen`, not
+/// listening yet. No client can queue on it (the kernel joins a socket to
+/// its address's `SO_REUSEPORT` group when it listens), so binding every
+/// new address first and listening only once all are bound lets a failure
+/// leave nobody queued.
+pub fn reuseport_bound(addr: SocketAddr, opts: &Applied) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // `[::]` means IPv6 only; a route for IPv4 too lists `0.0.0.0` as well.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_port(true)?;
+    opts.before_listen(&socket);
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// The second half: `socket` (from [`reuseport_bound`]) listens, with the
+/// options that go after `listen`.
+pub fn listen_bound(socket: Socket, backlog: u32, opts: &Applied) -> io::Result<TcpListener> {
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    opts.after_listen(&socket);
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// How the workers beyond the sockets handed over (by systemd or a
+/// predecessor) got theirs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Filled {
+    /// One socket per worker was handed over: nothing to add.
+    Nothing,
+    /// This many were bound into the handed-over socket's `SO_REUSEPORT`
+    /// group: the kernel spreads clients over every worker's own queue.
+    Joined(usize),
+    /// This many workers got a duplicate of a handed-over socket: they share
+    /// its one queue (each is woken for each client, and one accept wins).
+    /// `why` says why the group could not be joined (after `joined` could).
+    Shared {
+        /// Duplicates made.
+        count: usize,
+        /// Sockets that did join before the group refused one.
+        joined: usize,
+        /// Why not (all) joined.
+        why: String,
+    },
+}
+
+/// Gives `workers` workers a socket each for `addr`, where `sockets` (at
+/// least one, at most `workers`) were handed over: the missing ones join
+/// the first socket's `SO_REUSEPORT` group (`join` binds one) when it has
+/// one sluice could join, else are duplicates (`dup`) of the handed-over
+/// ones in turn. Joining needs `SO_REUSEPORT` on the socket, the same
+/// `IPV6_V6ONLY` as sluice's own (on, for IPv6), and the same effective
+/// user that made it (the kernel's rule: systemd's sockets are root's).
+pub fn fill_workers(
+    addr: SocketAddr,
+    sockets: &mut Vec<TcpListener>,
+    workers: usize,
+    mut join: impl FnMut() -> io::Result<TcpListener>,
+) -> io::Result<Filled> {
+    let given = sockets.len();
+    debug_assert!(given > 0, "fill_workers needs a socket to join or share");
+    if given >= workers {
+        return Ok(Filled::Nothing);
+    }
+    let first = SockRef::from(&sockets[0]);
+    let mut why = if !first.reuse_port()? {
+        Some("it has no SO_REUSEPORT (ReusePort=yes in a .socket unit sets it)".to_owned())
+    } else if addr.is_ipv6() && !first.only_v6()? {
+        Some("it takes IPv4 too (IPV6_V6ONLY off), and sluice's own [::] sockets are IPv6 only".to_owned())
+    } else {
+        None
+    };
+    let mut joined = 0;
+    while why.is_none() && sockets.len() < workers {
+        match join() {
+            Ok(l) => {
+                joined += 1;
+                sockets.push(l);
+            }
+            Err(e) => {
+                why = Some(format!(
+                    "joining its SO_REUSEPORT group failed ({e}; the group takes sockets of the user that made it only)"
+                ))
+            }
+        }
+    }
+    let Some(why) = why else { return Ok(Filled::Joined(joined)) };
+    let mut count = 0;
+    while sockets.len() < workers {
+        let copy = SockRef::from(&sockets[count % given]).try_clone()?;
+        sockets.push(TcpListener::from_std(copy.into()));
+        count += 1;
+    }
+    Ok(Filled::Shared { count, joined, why })
+}
+
+/// What tells one socket from another whatever fd refers to it (its inode
+/// in the kernel's socket filesystem: every duplicate, in this process or
+/// another, has the same). `None` if it cannot be read.
+pub fn identity(socket: &impl std::os::fd::AsFd) -> Option<u64> {
+    nix::sys::stat::fstat(socket.as_fd()).ok().map(|st| st.st_ino)
+}
+
+/// Starts a non-blocking connect to `addr` with the route's options, from
+/// its `source:` address if it has one. The result arrives later as a
+/// writable event; read it with [`connect_result`]. A source that cannot be
+/// used (other family, not on this host) fails with a
+/// [`SourceError`] inside the `io::Error`.
+pub fn start_connect(addr: SocketAddr, opts: &Applied) -> io::Result<TcpStream> {
+    let source = opts.source();
+    if let Some(ip) = source.filter(|ip| ip.is_ipv4() != addr.is_ipv4()) {
+        return Err(SourceError::Family { source: ip, upstream: addr }.into());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    opts.upstream(&socket);
+    if let Some(ip) = source {
+        // Port 0 with IP_BIND_ADDRESS_NO_PORT (set by `upstream`): connect picks
+        // the port, unique per destination, instead of bind, unique overall.
+        socket.bind(&SocketAddr::new(ip, 0).into()).map_err(|error| SourceError::Bind { source: ip, error })?;
+    }
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+/// What a connecting socket's first event means.
+#[derive(Debug)]
+pub enum ConnectState {
+    /// Connected: relay.
+    Connected,
+    /// Connected, and already reset by the peer: relay what it sent, then
+    /// pass the reset on (the error has been consumed; reads will end in EOF).
+    ConnectedThenReset,
+    /// Spurious wake-up: keep waiting.
+    Pending,
+    /// The connect failed.
+    Failed(io::Error),
+}
+
+/// Reads the outcome of a non-blocking connect. `clean_writable`: the event
+/// that woke us was writable with no error and no hang-up, which already says
+/// connected (a socket in SYN-SENT never polls writable; a failed one polls
+/// EPOLLERR), so no syscall is needed; that saves two per proxied connection.
+/// Otherwise writable does not mean connected: `SO_ERROR` first (set means
+/// failed), then `getpeername` (`ENOTCONN` means still in progress).
+pub fn connect_result(stream: &TcpStream, clean_writable: bool) -> ConnectState {
+    if clean_writable {
+        return ConnectState::Connected;
+    }
+    match stream.take_error() {
+        // A refused handshake is ECONNREFUSED; a reset means the handshake
+        // completed and the peer reset afterwards (say, a server that writes
+        // "too many connections" and aborts). Its bytes are still queued.
+        Ok(Some(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+            return ConnectState::ConnectedThenReset;
+        }
+        Ok(Some(e)) | Err(e) => return ConnectState::Failed(e),
+        Ok(None) => {}
+    }
+    match stream.peer_addr() {
+        Ok(_) => ConnectState::Connected,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => ConnectState::Pending,
+        Err(e) => ConnectState::Failed(e),
+    }
+}
+
+/// Makes the coming close send a reset instead of a FIN (`SO_LINGER` 0).
+/// Only for passing an abort on: on a normal close it would truncate data.
+pub fn reset_on_close(stream: &TcpStream) {
+    // Best effort: if it fails the peer sees a FIN, which still ends the stream.
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// The kernel's `net.core.somaxconn`, if readable.
+pub fn somaxconn() -> Option<i32> {
+    crate::sys::sysctl::read("net/core/somaxconn")
+}
+
+#[cfg(test)]
+mod tests;
