@@ -22,7 +22,7 @@ use super::{ControlThread, SIGNALS, SUCCESSOR, ServerError, WATCH_EVERY};
 use crate::config;
 use crate::handoff::READY_TIMEOUT;
 use crate::listen::{Inherited, ListenKey};
-use crate::worker::Control;
+use crate::worker::Order;
 
 impl ControlThread {
     /// Waits for signals, file changes and the workers; returns when every worker has exited.
@@ -95,7 +95,7 @@ impl ControlThread {
                 if let Some(x) = &self.exchange {
                     x.abort();
                 }
-                self.handles.iter().for_each(|h| h.send(Control::Stop));
+                self.handles.iter().for_each(|h| h.send(Order::Stop));
             }
             SIGINT => {
                 log::info!(
@@ -160,7 +160,7 @@ impl ControlThread {
         self.stop_deferred = false;
         self.shared.draining.store(true, Ordering::Relaxed);
         for h in &self.handles {
-            h.send(Control::Drain { deadline, handed_over: handed_over.clone() });
+            h.send(Order::Drain { deadline, handed_over: handed_over.clone() });
         }
     }
 
@@ -227,7 +227,7 @@ impl ControlThread {
         self.shared.max_connections.store(new.max_connections, Ordering::Relaxed);
         self.shared.pipes.resize(settings.pipe_size);
         for (h, routes) in self.handles.iter().zip(plan.per_worker) {
-            h.send(Control::Routes { routes, settings });
+            h.send(Order::Routes { routes, settings });
         }
         self.running = plan.running;
         self.publish_pools();

@@ -12,8 +12,8 @@ use super::start::settings;
 use crate::upstream::UpstreamKey;
 use crate::upstream::checker::Target;
 use crate::upstream::discovery::{self, Resolved, Watch};
-use crate::worker::Control;
 use crate::worker::ListenerUpdate;
+use crate::worker::Order;
 
 impl ControlThread {
     /// Tells the health checker and the resolver what the running routes
@@ -104,7 +104,7 @@ impl ControlThread {
                     changed: false,
                 })
                 .collect();
-            h.send(Control::Routes { routes, settings });
+            h.send(Order::Routes { routes, settings });
         }
         self.publish_pools();
     }

@@ -32,7 +32,7 @@ use super::workers::WorkerLink;
 use crate::handoff::wire::{Message, Peer};
 use crate::handoff::{self, READY_TIMEOUT, STEP_TIMEOUT};
 use crate::listen::{ListenKey, Offered};
-use crate::worker::Control;
+use crate::worker::Order;
 
 /// The successor asked, or is about to: no socket has left this process.
 const ASKED: u8 = 0;
@@ -225,7 +225,7 @@ fn export_listeners(workers: &[WorkerLink]) -> Result<Vec<(Offered, OwnedFd)>, S
     let mut out = Vec::new();
     for (slot, link) in workers.iter().enumerate() {
         let (reply, rx) = mpsc::channel();
-        link.send(Control::Export(reply));
+        link.send(Order::Export(reply));
         let got = rx.recv_timeout(STEP_TIMEOUT).map_err(|e| format!("worker {slot} did not answer: {e}"))?;
         out.extend(got.into_iter().map(|(key, addr, fd, supervised)| (Offered { key, addr, slot, supervised }, fd)));
     }

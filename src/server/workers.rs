@@ -16,7 +16,7 @@ use crate::listen::ListenKey;
 use crate::metrics::WorkerMetrics;
 use crate::process::ProcessState;
 use crate::worker::ListenerUpdate;
-use crate::worker::{self, Control, Worker, WorkerSettings, WorkerSetup};
+use crate::worker::{self, Order, Worker, WorkerSettings, WorkerSetup};
 
 /// A worker as the control thread holds it.
 pub(super) struct WorkerHandle {
@@ -26,7 +26,7 @@ pub(super) struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    pub(super) fn send(&self, msg: Control) {
+    pub(super) fn send(&self, msg: Order) {
         self.link.send(msg);
     }
 }
@@ -35,14 +35,14 @@ impl WorkerHandle {
 /// takeover's thread holds copies).
 #[derive(Clone)]
 pub(super) struct WorkerLink {
-    tx: Sender<Control>,
+    tx: Sender<Order>,
     waker: Arc<Waker>,
 }
 
 impl WorkerLink {
     /// Sends `msg` and wakes the worker. A worker that already exited has
     /// dropped its receiver: nothing to tell it.
-    pub(super) fn send(&self, msg: Control) {
+    pub(super) fn send(&self, msg: Order) {
         if self.tx.send(msg).is_ok() {
             let _ = self.waker.wake();
         }
@@ -82,7 +82,7 @@ pub(super) fn hand_out_surplus(
     }
     for (i, (key, socket)) in surplus.into_iter().enumerate() {
         let retire = migrate && !shared.is_supervised(&socket);
-        let msg = if retire { Control::Retire { key, socket } } else { Control::Adopt { key, socket } };
+        let msg = if retire { Order::Retire { key, socket } } else { Order::Adopt { key, socket } };
         handles[i % handles.len()].send(msg);
     }
 }
@@ -114,7 +114,7 @@ pub(super) fn start_worker(
                 workers,
                 poll: worker_poll,
                 routes,
-                control: rx,
+                orders: rx,
                 shared,
                 metrics: own_metrics,
                 settings,

@@ -14,7 +14,7 @@ use mio::Interest;
 use mio::net::TcpListener;
 use socket2::SockRef;
 
-use super::control::ListenerUpdate;
+use super::orders::ListenerUpdate;
 use super::{TimerKey, Worker, WorkerSettings, is_fd_exhaustion, token};
 use crate::frontend::Frontend;
 use crate::listen::ListenKey;

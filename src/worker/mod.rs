@@ -8,7 +8,7 @@
 //! queued event never reaches a new occupant of the same slot.
 //!
 //! This file runs the loop and hands events and timers on. `sessions.rs`
-//! drives sessions (their events, timers and verdicts); `control.rs` is
+//! drives sessions (their events, timers and verdicts); `orders.rs` is
 //! what the control thread says to a worker (its messages and settings),
 //! `admit.rs` takes an accepted client up to its route (PROXY header,
 //! access list, limits), `hello.rs` routes by TLS ClientHello,
@@ -23,9 +23,9 @@ mod admit;
 mod close;
 mod closing;
 mod connect;
-mod control;
 mod hello;
 mod listeners;
+mod orders;
 mod sessions;
 pub mod token;
 mod uring;
@@ -44,8 +44,8 @@ use crate::relay::Resources;
 use crate::session::{End, Readiness, Session};
 use crate::sys::rlimit::FdReserve;
 use crate::timer::Timers;
-pub use control::{Control, ListenerUpdate, WorkerSettings, WorkerSetup};
 use listeners::Listener;
+pub use orders::{ListenerUpdate, Order, WorkerSettings, WorkerSetup};
 use token::Target;
 pub use token::WAKER;
 
@@ -74,10 +74,10 @@ pub struct Worker {
     /// Closed during this batch; freed at its end.
     closed: Vec<usize>,
     /// Sessions with work left after hitting a pump's round cap: `(key, id)`.
-    ready: Vec<(usize, u64)>,
+    runnable: Vec<(usize, u64)>,
     timers: Timers<TimerKey>,
     res: Resources,
-    control: Receiver<Control>,
+    orders: Receiver<Order>,
     shared: Arc<ProcessState>,
     metrics: Arc<WorkerMetrics>,
     reserve: FdReserve,
@@ -98,7 +98,7 @@ pub struct Worker {
 impl Worker {
     /// Pins the thread if asked, registers the listeners, gets ready to run.
     pub fn new(setup: WorkerSetup) -> io::Result<Worker> {
-        let WorkerSetup { id, workers, poll, routes, control, shared, metrics, settings, cpu } = setup;
+        let WorkerSetup { id, workers, poll, routes, orders, shared, metrics, settings, cpu } = setup;
         if let Some(i) = cpu {
             match crate::sys::affinity::pin_worker(i) {
                 Ok(c) => log::info!("worker {id} pinned to CPU {c}"),
@@ -113,10 +113,10 @@ impl Worker {
             listeners: Slab::new(),
             sessions: Slab::with_capacity(1024),
             closed: Vec::new(),
-            ready: Vec::new(),
+            runnable: Vec::new(),
             timers: Timers::new(Instant::now()),
             res: Resources::new(settings.pipe_size, settings.max_pooled_pipes, Arc::clone(&shared.pipes)),
-            control,
+            orders,
             shared,
             metrics,
             reserve: FdReserve::new(),
@@ -141,12 +141,14 @@ impl Worker {
         loop {
             let now = Instant::now();
             self.turn_ring(now);
-            let timeout =
-                if self.ready.is_empty() && !self.listeners.iter().any(|(_, l)| l.backlog) && self.ring_may_sleep() {
-                    self.timers.next_timeout(now)
-                } else {
-                    Some(Duration::ZERO)
-                };
+            let timeout = if self.runnable.is_empty()
+                && !self.listeners.iter().any(|(_, l)| l.backlog)
+                && self.ring_may_sleep()
+            {
+                self.timers.next_timeout(now)
+            } else {
+                Some(Duration::ZERO)
+            };
             let polled = self.poll.poll(&mut events, timeout);
             self.ring_awake();
             if let Err(e) = polled {
@@ -163,7 +165,7 @@ impl Worker {
             self.turn_ring(now);
             for ev in events.iter() {
                 match token::target(ev.token()) {
-                    Target::Waker => self.on_control(now),
+                    Target::Waker => self.on_orders(now),
                     Target::Ring => {} // reaped above
                     Target::Listener(li) => self.accept(li, now),
                     Target::Session { key, side, generation } => {
@@ -194,17 +196,17 @@ impl Worker {
         Ok(())
     }
 
-    fn on_control(&mut self, now: Instant) {
+    fn on_orders(&mut self, now: Instant) {
         loop {
-            match self.control.try_recv() {
-                Ok(Control::Routes { routes, settings }) => self.set_routes(routes, settings, now),
-                Ok(Control::Drain { deadline, handed_over }) => self.drain(deadline, &handed_over, now),
-                Ok(Control::Export(tx)) => {
+            match self.orders.try_recv() {
+                Ok(Order::Routes { routes, settings }) => self.set_routes(routes, settings, now),
+                Ok(Order::Drain { deadline, handed_over }) => self.drain(deadline, &handed_over, now),
+                Ok(Order::Export(tx)) => {
                     let _ = tx.send(self.export_listeners());
                 }
-                Ok(Control::Retire { key, socket }) => self.retire(key, socket, now),
-                Ok(Control::Adopt { key, socket }) => self.adopt_extra(key, socket, now),
-                Ok(Control::Stop) | Err(TryRecvError::Disconnected) => {
+                Ok(Order::Retire { key, socket }) => self.retire(key, socket, now),
+                Ok(Order::Adopt { key, socket }) => self.adopt_extra(key, socket, now),
+                Ok(Order::Stop) | Err(TryRecvError::Disconnected) => {
                     self.stop = true;
                     return;
                 }

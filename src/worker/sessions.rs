@@ -45,7 +45,7 @@ impl Worker {
             Verdict::Continue { more } => {
                 let s = &mut self.sessions[key];
                 if more && s.queue() {
-                    self.ready.push((key, s.id()));
+                    self.runnable.push((key, s.id()));
                 }
                 // A side just finished: the half-close timeout may be sooner.
                 self.rearm_if_sooner(key);
@@ -82,10 +82,10 @@ impl Worker {
 
     pub(super) fn run_ready(&mut self, now: Instant) {
         self.accept_backlogs(now);
-        if self.ready.is_empty() {
+        if self.runnable.is_empty() {
             return;
         }
-        let ready = std::mem::take(&mut self.ready);
+        let ready = std::mem::take(&mut self.runnable);
         for &(key, id) in &ready {
             let Some(s) = self.sessions.get_mut(key) else {
                 continue;

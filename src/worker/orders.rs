@@ -1,5 +1,5 @@
 //! What the control thread says to a worker: the messages a worker takes
-//! from its channel (`Control`, with the listener updates of start and
+//! from its channel (`Order`, with the listener updates of start and
 //! reload), the global settings it applies to new sessions, and what it is
 //! started with. The state every thread shares is `process::ProcessState`.
 
@@ -19,7 +19,7 @@ use crate::process::ProcessState;
 
 /// A message from the control thread.
 #[derive(Debug)]
-pub enum Control {
+pub enum Order {
     /// The routes to serve from now on (start and reload); listeners not
     /// named are closed, their sessions run to completion.
     Routes {
@@ -102,7 +102,7 @@ pub struct WorkerSetup {
     /// The routes to serve, each with this worker's listening socket.
     pub routes: Vec<ListenerUpdate>,
     /// Messages from the control thread.
-    pub control: Receiver<Control>,
+    pub orders: Receiver<Order>,
     /// Cross-worker state.
     pub shared: Arc<ProcessState>,
     /// This worker's metrics (the control thread and the admin port hold clones).
