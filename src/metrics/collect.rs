@@ -192,9 +192,12 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
 fn auto_costs(workers: &[Arc<WorkerMetrics>]) -> AutoSnapshot {
     let g = WorkerCounters::get;
     let mean = |class: usize, stage: usize| {
-        let measured: Vec<u64> =
-            workers.iter().map(|w| g(&w.counters.auto_cost[class][stage])).filter(|&ns| ns > 0).collect();
-        (!measured.is_empty()).then(|| measured.iter().sum::<u64>() / measured.len() as u64)
+        let (sum, n) = workers
+            .iter()
+            .map(|w| g(&w.counters.auto_cost[class][stage]))
+            .filter(|&ns| ns > 0)
+            .fold((0u64, 0u64), |(sum, n), ns| (sum.saturating_add(ns), n + 1));
+        (n > 0).then(|| sum / n)
     };
     let classes = (0..AUTO_CLASSES)
         .filter_map(|class| {

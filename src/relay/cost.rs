@@ -128,6 +128,8 @@ pub struct Costs {
     classes: [Class; CLASSES],
     /// Runs that tried the stage that had measured dearer (or not at all).
     pub explored: u64,
+    /// A sample came in since the worker last published the estimates.
+    changed: bool,
     running: Option<Running>,
     /// Tests replace the clock: nanoseconds a run of this stage moving
     /// this many bytes "took".
@@ -146,6 +148,7 @@ impl Default for Costs {
         Costs {
             classes: [Class::default(); CLASSES],
             explored: 0,
+            changed: false,
             running: None,
             #[cfg(test)]
             script: None,
@@ -189,6 +192,7 @@ impl Costs {
     /// to its stage, with the bytes it delivered.
     pub fn finish(&mut self, delivered: u64) {
         let Some(r) = self.running.take() else { return };
+        self.changed = true;
         let bytes = delivered.saturating_sub(r.from);
         #[cfg(test)]
         if let Some(script) = self.script.as_mut() {
@@ -198,6 +202,16 @@ impl Costs {
         }
         let ns = r.started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         self.classes[r.class].tally[r.way.index()].add(ns, bytes);
+    }
+
+    /// Whether a sample came in since [`Costs::published`].
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// The worker has published the estimates as they are now.
+    pub fn published(&mut self) {
+        self.changed = false;
     }
 
     /// The current estimates, nanoseconds per KiB for (copy, splice), of

@@ -26,16 +26,18 @@ impl LoadMeter {
 
     /// The worker waited for events from `before` to `after` (and worked
     /// from the previous call's `after` to `before`); adds the window's busy
-    /// time once it is over.
-    pub fn waited(&mut self, before: Instant, after: Instant) {
+    /// time once it is over. `true`: a window just ended (the worker's
+    /// cue for what it publishes only now and then).
+    pub fn waited(&mut self, before: Instant, after: Instant) -> bool {
         self.waited += after.saturating_duration_since(before);
         let elapsed = after.saturating_duration_since(self.start);
         if elapsed < WINDOW {
-            return;
+            return false;
         }
         self.busy += elapsed.saturating_sub(self.waited);
         self.start = after;
         self.waited = Duration::ZERO;
+        true
     }
 }
 
@@ -61,9 +63,9 @@ mod tests {
     fn a_window_is_counted_only_when_it_is_over() {
         let t0 = Instant::now();
         let mut m = LoadMeter::new(t0);
-        m.waited(t0 + Duration::from_millis(90), t0 + Duration::from_millis(90));
+        assert!(!m.waited(t0 + Duration::from_millis(90), t0 + Duration::from_millis(90)), "the window goes on");
         assert_eq!(m.busy, Duration::ZERO);
-        m.waited(t0 + Duration::from_millis(101), t0 + Duration::from_millis(101));
+        assert!(m.waited(t0 + Duration::from_millis(101), t0 + Duration::from_millis(101)), "the window ended");
         assert_eq!(m.busy, Duration::from_millis(101));
     }
 }

@@ -160,7 +160,7 @@ impl Worker {
             }
             let before = now;
             let now = Instant::now();
-            self.res.load.waited(before, now);
+            let window_over = self.res.load.waited(before, now);
             // Completions first: a timer below must see what they brought.
             self.turn_ring(now);
             for ev in events.iter() {
@@ -182,6 +182,9 @@ impl Worker {
             self.fire_timers(now);
             self.free_closed();
             self.publish_pool_counts();
+            if self.res.costs.changed() && (window_over || self.sessions.is_empty()) {
+                self.publish_auto_costs();
+            }
             if self.stop || (self.draining && self.sessions.is_empty() && self.listeners.is_empty()) {
                 break;
             }
@@ -192,6 +195,7 @@ impl Worker {
         }
         self.free_closed();
         self.publish_pool_counts();
+        self.publish_auto_costs();
         log::debug!("worker {} stopped", self.id);
         Ok(())
     }
@@ -270,6 +274,21 @@ impl Worker {
         self.resume_all(Instant::now());
     }
 
+    /// `relay: auto`'s estimates, when they changed, once per busy-meter
+    /// window (100 ms) or when the last session is gone (an idle worker may
+    /// sleep for good): they take a division per class, too much for every
+    /// loop turn.
+    fn publish_auto_costs(&mut self) {
+        self.res.costs.published();
+        use crate::metrics::WorkerCounters;
+        let counters = &self.metrics.counters;
+        WorkerCounters::set(&counters.auto_explored, self.res.costs.explored);
+        for (class, copy, splice) in self.res.costs.estimates() {
+            WorkerCounters::set(&counters.auto_cost[class][0], copy.unwrap_or(0));
+            WorkerCounters::set(&counters.auto_cost[class][1], splice.unwrap_or(0));
+        }
+    }
+
     fn publish_pool_counts(&self) {
         use crate::metrics::WorkerCounters;
         let c = self.res.pipes.counts();
@@ -282,11 +301,6 @@ impl Worker {
         WorkerCounters::set(&counters.pipes_pooled, c.pooled);
         WorkerCounters::set(&counters.copy_fallbacks, self.res.copy_fallbacks);
         WorkerCounters::set(&counters.busy_ms, self.res.load.busy.as_millis() as u64);
-        WorkerCounters::set(&counters.auto_explored, self.res.costs.explored);
-        for (class, copy, splice) in self.res.costs.estimates() {
-            WorkerCounters::set(&counters.auto_cost[class][0], copy.unwrap_or(0));
-            WorkerCounters::set(&counters.auto_cost[class][1], splice.unwrap_or(0));
-        }
         if let Some(r) = self.res.ring.as_ref() {
             let u = r.counts();
             WorkerCounters::set(&counters.uring_buffers, u.buffers as u64);
