@@ -130,7 +130,9 @@ fn storm_under_a_128_fd_limit_neither_spins_nor_dies() {
     cmd.args(["--workers", "1"]);
     let mut s = Sluice::spawn(cmd, 1, None);
     // 300 clients at once: far more than 128 fds allow (2 per session).
-    let storm: Vec<TcpStream> = (0..300).map(|_| connect(s.addr())).collect();
+    // Those sluice sheds at the limit may be reset before `connect`
+    // returns: that reset is what is under test, not a failure.
+    let storm: Vec<TcpStream> = (0..300).filter_map(|_| backends::connect_maybe_reset(s.addr()).ok()).collect();
     for mut c in storm.iter() {
         let _ = c.write_all(b"x");
     }
