@@ -220,7 +220,7 @@ fn describe_socket(s: &mut String, o: &SocketOptions) {
         ("recv_buffer", o.recv_buffer.map(|b| fmt_size(b.get())), "kernel default"),
         ("congestion", o.congestion.as_ref().map(ToString::to_string), "kernel default"),
         ("fastopen", o.fastopen.map(|n| n.to_string()), "off"),
-        ("notsent_lowat", o.notsent_lowat.map(|b| fmt_size(b.get())), "256KiB while splicing (default; 0 = off)"),
+        ("notsent_lowat", o.notsent_lowat.map(|b| fmt_size(b.get())), "1MiB while splicing (default; 0 = off)"),
         ("defer_accept", o.defer_accept.map(|d| fmt_duration(d.get())), "off"),
         ("mark", o.mark.map(|m| format!("{:#x}", m.get())), "none"),
         ("reuse_address", Some(o.reuse_address().to_string()), ""),
