@@ -175,6 +175,10 @@ pub struct Route {
     /// checks); `None`: the kernel chooses by route. Never of another family
     /// than an upstream given as an IP literal.
     pub source: Option<IpAddr>,
+    /// Multipath TCP: its listening sockets and its upstream connections
+    /// (sessions and health checks) are `IPPROTO_MPTCP`; peers without
+    /// MPTCP fall back to plain TCP, as the kernel does.
+    pub mptcp: bool,
     /// TLS server names this route takes (empty: not routed by name; on a
     /// shared address, the default route).
     pub server_names: Vec<crate::tls::names::Pattern>,
