@@ -137,7 +137,9 @@ impl Route {
             max_connections_per_client: r.max_connections_per_client,
             max_connection_rate: r.max_connection_rate,
             max_connection_rate_per_client: r.max_connection_rate_per_client,
-            socket: Arc::new(Applied::new(&r.name, r.socket.clone(), congestion_available).with_source(r.source)),
+            socket: Arc::new(
+                Applied::new(&r.name, r.socket.clone(), congestion_available).with_source(r.source).with_mptcp(r.mptcp),
+            ),
             state: state.unwrap_or_default(),
             config: r.clone(),
         })

@@ -13,6 +13,13 @@
 //!
 //! A refused option never fails a connection: the route warns once, names
 //! the option and the kernel's reason, and stops asking for it.
+//!
+//! On `mptcp: true` routes the sockets are `IPPROTO_MPTCP` ones (Linux
+//! 6.18 measured): every option above is taken (the MPTCP socket passes it
+//! on to its subflows) except `TCP_USER_TIMEOUT`, refused with
+//! `ENOPROTOOPT` and so warned about once; `TCP_INFO` is answered too. A
+//! socket filter cannot be put on an MPTCP listener
+//! (`EOPNOTSUPP`, see `handshakes.rs`).
 
 use std::io;
 use std::net::IpAddr;
@@ -52,6 +59,8 @@ pub enum Opt {
     ReuseAddress,
     /// IP_BIND_ADDRESS_NO_PORT.
     BindAddressNoPort,
+    /// IPPROTO_MPTCP for upstream sockets (`mptcp: true`).
+    Mptcp,
 }
 
 impl Opt {
@@ -70,6 +79,7 @@ impl Opt {
             Opt::Mark => "SO_MARK",
             Opt::ReuseAddress => "SO_REUSEADDR",
             Opt::BindAddressNoPort => "IP_BIND_ADDRESS_NO_PORT",
+            Opt::Mptcp => "IPPROTO_MPTCP",
         }
     }
 
@@ -241,6 +251,8 @@ pub struct Applied {
     opts: SocketOptions,
     /// The route's `source:`: the local address of its upstream connections.
     source: Option<IpAddr>,
+    /// The route's `mptcp:`: its sockets are `IPPROTO_MPTCP`.
+    mptcp: bool,
     route: String,
     refused: AtomicU32,
 }
@@ -259,7 +271,7 @@ impl Applied {
                 opts.congestion = None;
             }
         }
-        Applied { opts, source: None, route: route.to_owned(), refused: AtomicU32::new(0) }
+        Applied { opts, source: None, mptcp: false, route: route.to_owned(), refused: AtomicU32::new(0) }
     }
 
     /// The same options with the route's `source:` address for upstream
@@ -267,6 +279,26 @@ impl Applied {
     pub fn with_source(mut self, source: Option<IpAddr>) -> Applied {
         self.source = source;
         self
+    }
+
+    /// The same options for a route whose sockets are `IPPROTO_MPTCP` (`mptcp: true`).
+    pub fn with_mptcp(mut self, mptcp: bool) -> Applied {
+        self.mptcp = mptcp;
+        self
+    }
+
+    /// The route's sockets are to be MPTCP ones: the listeners always (one
+    /// that cannot be made is a start-up error); upstream sockets until the
+    /// kernel refused one (`sockets::start_connect` then makes TCP ones, see
+    /// [`Applied::refuse`]).
+    pub fn mptcp(&self) -> bool {
+        self.mptcp
+    }
+
+    /// Upstream sockets are to be MPTCP ones: `mptcp: true`, and the kernel
+    /// has not refused one yet.
+    pub fn upstream_mptcp(&self) -> bool {
+        self.mptcp && self.refused() & Opt::Mptcp.bit() == 0
     }
 
     /// The local address upstream sockets are bound to, if the route sets one.
@@ -291,13 +323,26 @@ impl Applied {
             return;
         }
         if let Err(e) = f() {
-            if self.refused.fetch_or(opt.bit(), Ordering::Relaxed) & opt.bit() == 0 {
-                log::warn!(
-                    "route {}: the kernel refused {} ({e}); this route goes on without it",
-                    self.route,
-                    opt.name()
-                );
-            }
+            self.refuse(opt, &e);
+        }
+    }
+
+    /// Records that the kernel refused `opt` with `e`: the first time, warns
+    /// (naming MPTCP where that is why); from now on it is not asked for.
+    pub fn refuse(&self, opt: Opt, e: &io::Error) {
+        if self.refused.fetch_or(opt.bit(), Ordering::Relaxed) & opt.bit() == 0 {
+            let why = if opt == Opt::Mptcp {
+                " (sysctl -w net.mptcp.enabled=1 turns MPTCP on; `sluice doctor` checks)"
+            } else if self.mptcp && e.raw_os_error() == Some(nix::libc::ENOPROTOOPT) {
+                " (the route's sockets are MPTCP ones, and this kernel's MPTCP has no such option)"
+            } else {
+                ""
+            };
+            log::warn!(
+                "route {}: the kernel refused {} ({e}){why}; this route goes on without it",
+                self.route,
+                opt.name()
+            );
         }
     }
 
