@@ -2,7 +2,9 @@
 //! both get byte-exact transfers both ways, ending with a clean FIN, in
 //! every relay mode; `ss -M` shows that the client's connection is MPTCP
 //! at both ends and so is sluice's upstream connection to an MPTCP server,
-//! while toward a plain TCP server it falls back and still works. Skips,
+//! while toward a plain TCP server it falls back and still works; a reload
+//! that turns MPTCP on makes a new (MPTCP) listener, and the drain closes
+//! it without complaint (it takes no socket filter). Skips,
 //! saying why, where the kernel makes no MPTCP sockets. (Several paths,
 //! one taken down mid-transfer, need namespaces: `tests/netns/`.)
 
@@ -170,4 +172,29 @@ fn a_route_without_mptcp_stays_plain_tcp() {
     let me = c.local_addr().expect("client address");
     assert_eq!(mptcp_state(Some(me), Some(s.addr())), Some("fallback"), "a TCP listener answers without MPTCP");
     assert_eq!(mptcp_state(None, Some(up)), None, "sluice's upstream socket is a TCP one");
+}
+
+#[test]
+fn turning_mptcp_on_by_reload_rebinds_the_listener_as_mptcp() {
+    require_mptcp!();
+    let up = mptcp_echo();
+    let config = |extra: &str| format!("drain_grace: 0s\n{}", one_route("auto", &[up], extra));
+    let mut s = Sluice::with_config(&config(""), &[]);
+    let path = s.config_path().expect("a config file");
+    let before = s.addr();
+    std::fs::write(&path, config("    mptcp: true\n")).expect("write config");
+    s.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(s.wait_log_count("reloaded ", 1, Duration::from_secs(10)), "no reload:\n{}", s.log());
+    // Port 0: the new MPTCP listener got a port of its own (a fixed address keeps its number).
+    let after = s.route_addr("test").expect("the new listener logs its address");
+    assert_ne!(after, before, "a TCP socket cannot turn into an MPTCP one: a new listener");
+    let mut c = mptcp_connect(after);
+    assert_eq!(backends::exchange(&mut c, b"hello").expect("an exchange"), b"hello");
+    let me = c.local_addr().expect("client address");
+    assert_eq!(mptcp_state(Some(after), Some(me)), Some("mptcp"), "the reloaded listener is MPTCP");
+    drop(c);
+    // The drain closes the MPTCP listener without a socket filter (it takes none), and says nothing of it.
+    s.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(s.wait_exit(Duration::from_secs(40)).is_some_and(|st| st.success()), "{}", s.log());
+    assert!(!s.log().contains("cannot stop new handshakes"), "{}", s.log());
 }
