@@ -198,3 +198,30 @@ fn turning_mptcp_on_by_reload_rebinds_the_listener_as_mptcp() {
     assert!(s.wait_exit(Duration::from_secs(40)).is_some_and(|st| st.success()), "{}", s.log());
     assert!(!s.log().contains("cannot stop new handshakes"), "{}", s.log());
 }
+
+#[test]
+fn an_mptcp_route_where_mptcp_is_off_fails_to_start_and_says_how_to_turn_it_on() {
+    require_mptcp!();
+    if !crate::harness::is_root() {
+        eprintln!("skipped: a network namespace of its own (where net.mptcp.enabled can be 0) needs root");
+        return;
+    }
+    let (_dir, path) =
+        crate::harness::temp_config(&one_route("auto", &["127.0.0.1:9".parse().unwrap()], "    mptcp: true\n"));
+    // net.mptcp.enabled is per network namespace: off in a new one only.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "sh", "-c", "ip link set lo up && sysctl -qw net.mptcp.enabled=0 && exec \"$0\" -c \"$1\""])
+        .arg(crate::harness::BIN)
+        .arg(&path);
+    let (code, _, err) = crate::harness::run_command(cmd);
+    if err.contains("unshare failed") || err.contains("sysctl: ") {
+        eprintln!("skipped: no network namespace could be made here: {err}");
+        return;
+    }
+    assert_ne!(code, 0, "it must not start: {err}");
+    assert!(
+        err.contains("route test: cannot listen on 127.0.0.1:0: cannot make an MPTCP socket")
+            && err.contains("sysctl -w net.mptcp.enabled=1"),
+        "{err}"
+    );
+}
