@@ -147,7 +147,8 @@ impl Route {
             socket: Arc::new(
                 Applied::new(&r.name, r.socket.clone(), congestion_available)
                     .with_source(r.source_ip())
-                    .with_capture(r.transparent, source_client),
+                    .with_capture(r.transparent, source_client)
+                    .with_mptcp(r.mptcp),
             ),
             state: state.unwrap_or_default(),
             config: r.clone(),

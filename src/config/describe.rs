@@ -124,6 +124,10 @@ fn describe_route(s: &mut String, r: &Route) {
         Some(ip) => writeln!(s, "    source: \"{ip}\""),
         None => writeln!(s, "    # source: none (the kernel picks the local address)"),
     };
+    let _ = match r.mptcp {
+        true => writeln!(s, "    mptcp: true  # listeners and upstream connections are IPPROTO_MPTCP"),
+        false => writeln!(s, "    mptcp: false"),
+    };
     if !r.server_names.is_empty() {
         let names: Vec<String> = r.server_names.iter().map(|p| format!("\"{p}\"")).collect();
         let _ = writeln!(s, "    server_names: [{}]", names.join(", "));
@@ -285,12 +289,13 @@ mod tests {
                     \x20   health_check: { interval: 5s, send: \"PING\\r\\n\", expect: \"+PONG\" }\n\
                     \x20   proxy_protocol: v2\n    accept_proxy_protocol: true\n    allow: [\"10.0.0.0/8\", \"::1\"]\n\
                     \x20 - name: b\n    listen: 127.0.0.1:2\n    upstreams: [\"h:1\", {address: \"h:2\", backup: true}]\n\
-                    \x20   source: \"fd00::5\"\n    max_connection_rate: { per_second: 500, burst: 100 }\n\
+                    \x20   source: \"fd00::5\"\n    mptcp: true\n    max_connection_rate: { per_second: 500, burst: 100 }\n\
                     \x20   max_connection_rate_per_client: { per_second: 20, prefix_v6: 48 }\n\
                     overload: { max_fd_use: 85%, max_memory: 2GiB }\n";
         let c = parse_str(text, "t").unwrap();
         let again = parse_str(&c.describe(2), "t").unwrap_or_else(|e| panic!("{e}\n{}", c.describe(2)));
         assert_eq!(again, c);
         assert_eq!(c.routes[1].source_ip(), Some("fd00::5".parse().unwrap()));
+        assert!(c.routes[1].mptcp && !c.routes[0].mptcp);
     }
 }

@@ -187,6 +187,10 @@ pub struct Route {
     /// than an upstream given as an IP literal. `client`: each session's
     /// connection leaves from its client's IP (health checks: the kernel's choice).
     pub source: Option<Source>,
+    /// Multipath TCP: its listening sockets and its upstream connections
+    /// (sessions and health checks) are `IPPROTO_MPTCP`; peers without
+    /// MPTCP fall back to plain TCP, as the kernel does.
+    pub mptcp: bool,
     /// TLS server names this route takes (empty: not routed by name; on a
     /// shared address, the default route).
     pub server_names: Vec<crate::tls::names::Pattern>,

@@ -111,6 +111,8 @@ pub struct RawDefaults {
     pub max_connection_rate_per_client: Option<super::admission::RawClientRate>,
     /// The local address of upstream connections (the kernel's choice if unset).
     pub source: Option<SourceAddr>,
+    /// Multipath TCP (`IPPROTO_MPTCP`) listeners and upstream connections.
+    pub mptcp: Option<bool>,
     /// Time a client of a route that reads ClientHellos has to send its own.
     pub client_hello_timeout: Option<HelloTimeout>,
     /// Socket options.
@@ -179,6 +181,8 @@ pub struct RawRoute {
     pub max_connection_rate_per_client: Option<super::admission::RawClientRate>,
     /// Overrides `defaults.source`.
     pub source: Option<SourceAddr>,
+    /// Overrides `defaults.mptcp`.
+    pub mptcp: Option<bool>,
     /// TLS server names (exact or `*.` wildcards) whose clients this route takes.
     pub server_names: Option<Vec<String>>,
     /// ALPN protocols this route takes for its server names.

@@ -6,10 +6,10 @@
 //! default), no name is claimed twice for the same ALPN protocols nor a
 //! destination twice, and everything the listener does before a route is
 //! known is the same for all (backlog, PROXY header, ClientHello timeout,
-//! `transparent`, listener socket options). Everything else stays each
-//! route's. Two routes on the same `IP:0` share the port the kernel picks
-//! only when one of them sets `server_names` or `destinations`; otherwise
-//! each gets its own, as before.
+//! `transparent`, `mptcp`, listener socket options). Everything else stays
+//! each route's. Two routes on the same `IP:0` share the port the kernel
+//! picks only when one of them sets `server_names` or `destinations`;
+//! otherwise each gets its own, as before.
 
 use super::Route;
 use super::field::{FieldError, FieldPath, Seg};
@@ -160,9 +160,10 @@ fn disagreement(first: &Route, r: &Route) -> Option<(&'static str, String, Strin
     let dbg = |v: &dyn std::fmt::Debug| format!("{v:?}");
     let pa = &r.pool;
     let pb = &first.pool;
-    let checks: [(&'static str, String, String); 11] = [
+    let checks: [(&'static str, String, String); 12] = [
         ("backlog", r.backlog.to_string(), first.backlog.to_string()),
         ("transparent", r.transparent.to_string(), first.transparent.to_string()),
+        ("mptcp", r.mptcp.to_string(), first.mptcp.to_string()),
         ("accept_proxy_protocol", pa.accept_proxy_protocol.to_string(), pb.accept_proxy_protocol.to_string()),
         ("proxy_protocol_timeout", dbg(&pa.proxy_protocol_timeout), dbg(&pb.proxy_protocol_timeout)),
         ("client_hello_timeout", dbg(&r.client_hello_timeout), dbg(&first.client_hello_timeout)),

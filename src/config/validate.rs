@@ -124,6 +124,7 @@ pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Conf
         max_connection_rate: None,
         max_connection_rate_per_client: None,
         source: None,
+        mptcp: None,
         server_names: None,
         alpn: None,
         client_hello_timeout: None,
@@ -253,6 +254,7 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
             .or(defaults.max_connection_rate_per_client.as_ref())
             .map(|c| c.limit()),
         source,
+        mptcp: r.mptcp.or(defaults.mptcp).unwrap_or(false),
         server_names,
         alpn,
         client_hello_timeout: r

@@ -244,3 +244,37 @@ pub(super) fn io_uring(config: &Config, f: &Facts) -> Finding {
         ),
     }
 }
+
+/// Whether the kernel makes the MPTCP sockets of the routes with
+/// `mptcp: true`; asked only when a route has it.
+pub(super) fn mptcp(config: &Config, f: &Facts) -> Option<Finding> {
+    const CHECK: &str = "net.mptcp.enabled";
+    let routes: Vec<&str> = config.routes.iter().filter(|r| r.mptcp).map(|r| r.name.as_str()).collect();
+    if routes.is_empty() {
+        return None;
+    }
+    let routes = routes.join(", ");
+    Some(match f.mptcp_enabled {
+        Some(1) => ok(
+            CHECK,
+            format!(
+                "1: route(s) {routes} listen and connect with MPTCP; clients open more paths with their own `ip \
+                 mptcp endpoint add ADDR dev DEV subflow`, this host accepts as many as `ip mptcp limits` allows"
+            ),
+        ),
+        Some(v) => bad(
+            Level::Fail,
+            CHECK,
+            format!("{v}: MPTCP is off, so route(s) {routes} with mptcp: true cannot listen"),
+            "sysctl -w net.mptcp.enabled=1   (persist it in /etc/sysctl.d/)".to_owned(),
+        ),
+        None => bad(
+            Level::Fail,
+            CHECK,
+            format!("not found: this kernel has no MPTCP, so route(s) {routes} with mptcp: true cannot listen"),
+            "a kernel built with CONFIG_MPTCP=y (Linux 5.6 or later; every major distribution's is), or drop \
+             mptcp: true"
+                .to_owned(),
+        ),
+    })
+}

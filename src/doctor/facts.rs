@@ -46,6 +46,8 @@ pub struct Facts {
     pub nofile: Option<(u64, u64)>,
     /// Why this process cannot set up an io_uring (`relay: uring`); `None`: it can.
     pub io_uring_refused: Option<String>,
+    /// net.mptcp.enabled (`None`: unreadable, or a kernel without MPTCP)
+    pub mptcp_enabled: Option<u64>,
 }
 
 impl Facts {
@@ -91,6 +93,7 @@ impl Facts {
             nofile,
             // Not a file: only trying tells (a seccomp filter leaves no trace in /proc).
             io_uring_refused: crate::relay::ring::probe().err(),
+            mptcp_enabled: num("sys/net/mptcp/enabled"),
         }
     }
 }

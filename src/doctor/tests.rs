@@ -26,6 +26,7 @@ fn good() -> Facts {
         tcp_migrate_req: Some(1),
         nofile: Some((20000, 20064)),
         io_uring_refused: None,
+        mptcp_enabled: Some(1),
     }
 }
 
@@ -231,4 +232,21 @@ fn this_machine_and_the_shipped_config() {
     let c = crate::config::load_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.yaml")).unwrap();
     let out = render(&audit(&c, &f));
     assert!(out.contains("net.core.somaxconn"), "{out}");
+}
+
+#[test]
+fn mptcp_routes_need_net_mptcp_enabled() {
+    let plain = parse_str(CONFIG, "t").unwrap();
+    let off = Facts { mptcp_enabled: Some(0), ..good() };
+    assert!(audit(&plain, &off).iter().all(|x| x.check != "net.mptcp.enabled"), "asked only for mptcp routes");
+    let c = parse_str(&CONFIG.replace("    backlog: 4096\n", "    backlog: 4096\n    mptcp: true\n"), "t").unwrap();
+    assert_eq!(find(&audit(&c, &good()), "net.mptcp.enabled").level, Level::Ok);
+    let fs = audit(&c, &off);
+    let x = find(&fs, "net.mptcp.enabled");
+    assert_eq!(x.level, Level::Fail);
+    assert!(x.detail.contains("route(s) web with mptcp: true cannot listen"), "{}", x.detail);
+    assert_eq!(x.fix.as_deref(), Some("sysctl -w net.mptcp.enabled=1   (persist it in /etc/sysctl.d/)"));
+    assert_eq!(exit_code(&fs), 1);
+    let none = Facts { mptcp_enabled: None, ..good() };
+    assert!(find(&audit(&c, &none), "net.mptcp.enabled").detail.contains("this kernel has no MPTCP"));
 }

@@ -149,6 +149,8 @@ pub struct Received {
     pub addr: SocketAddr,
     /// An IPv6 socket that takes IPv4 clients too (`IPV6_V6ONLY` off).
     pub dual_stack: bool,
+    /// An MPTCP socket (`SocketProtocol=mptcp`): it serves an `mptcp: true` route.
+    pub mptcp: bool,
     socket: std::net::TcpListener,
 }
 
@@ -257,7 +259,9 @@ fn check(fd: OwnedFd, number: RawFd, name: String) -> Result<Received, Activatio
         Err(e) => return Err(unusable(&name, format!("cannot be inspected: {e}"))),
     };
     let addr = socket.local_addr().ok().and_then(|a| a.as_socket());
-    let tcp = socket.protocol().ok().flatten() == Some(socket2::Protocol::TCP);
+    let protocol = socket.protocol().ok().flatten();
+    let mptcp = protocol == Some(socket2::Protocol::MPTCP);
+    let tcp = protocol == Some(socket2::Protocol::TCP) || mptcp;
     let (Some(addr), true, true) = (addr, kind == socket2::Type::STREAM, tcp) else {
         return Err(unusable(
             &name,
@@ -272,7 +276,7 @@ fn check(fd: OwnedFd, number: RawFd, name: String) -> Result<Received, Activatio
     }
     socket.set_cloexec(true).map_err(|e| unusable(&name, format!("cannot be set close-on-exec: {e}")))?;
     let dual_stack = addr.is_ipv6() && !socket.only_v6().unwrap_or(true);
-    Ok(Received { fd: number, name, addr, dual_stack, socket: socket.into() })
+    Ok(Received { fd: number, name, addr, dual_stack, mptcp, socket: socket.into() })
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ pub fn bind(route: &Listener<'_>, workers: usize) -> Result<(SocketAddr, Vec<Soc
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
         let s = sockets::reuseport_bound(addr, route.options)
-            .map_err(|source| ListenError::bind(route.name, addr, source))?;
+            .map_err(|source| ListenError::bind(route.name, addr, mptcp_error(route, source)))?;
         addr = s.local_addr().ok().and_then(|a| a.as_socket()).ok_or_else(|| ListenError::Io {
             what: "reading a listener's address",
             source: std::io::Error::other("not an IP socket"),
@@ -149,6 +149,16 @@ pub fn adopt(
         Err(source) => return Err(ListenError::Io { what: "sharing an adopted listening socket", source }),
     }
     Ok((addr, sockets, surplus))
+}
+
+/// An error from making an MPTCP listener that says the kernel makes none,
+/// with the advice in it: a route that asks for MPTCP does not start
+/// without (its clients would silently get plain TCP).
+fn mptcp_error(route: &Listener<'_>, e: io::Error) -> io::Error {
+    match sockets::mptcp_hint(&e).filter(|_| route.options.mptcp()) {
+        Some(hint) => io::Error::new(e.kind(), format!("cannot make an MPTCP socket: {e}{hint}")),
+        None => e,
+    }
 }
 
 fn bind_hint(e: &std::io::Error, addr: SocketAddr) -> &'static str {

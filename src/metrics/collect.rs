@@ -165,6 +165,7 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
     p.refused += g(&c.pipes_refused);
     p.grown += g(&c.pipes_grown);
     p.copy_fallbacks += g(&c.copy_fallbacks);
+    p.splice_refused += g(&c.splice_refused);
     snap.busy_ms += g(&c.busy_ms);
     snap.uring.buffers += g(&c.uring_buffers);
     snap.uring.lent += g(&c.uring_lent);

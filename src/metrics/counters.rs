@@ -182,6 +182,8 @@ pub struct WorkerCounters {
     pub pipes_pooled: AtomicU64,
     /// Times a pump that was to splice copied instead.
     pub copy_fallbacks: AtomicU64,
+    /// Of those, because splice refused the pump's sockets.
+    pub splice_refused: AtomicU64,
     /// io_uring receive buffers made (`relay: uring`).
     pub uring_buffers: AtomicU64,
     /// Of those, holding bytes now.

@@ -197,8 +197,11 @@ pub fn render(snap: &Snapshot) -> String {
     );
     out.counter(
         "sluice_copy_fallbacks_total",
-        "Times a pump that was to splice copied instead (no pipe to be had, or splice refused the sockets); under relay: auto once per big message.",
-        &[(vec![], p.copy_fallbacks as f64)],
+        "Times a pump that was to splice copied instead, by reason: no_pipe (none to be had), splice_refused (the sockets refused splice; that pump copies for good); under relay: auto once per big message.",
+        &[
+            (vec![("reason", "no_pipe".to_owned())], p.copy_fallbacks.saturating_sub(p.splice_refused) as f64),
+            (vec![("reason", "splice_refused".to_owned())], p.splice_refused as f64),
+        ],
     );
 
     let a = &snap.auto;

@@ -293,6 +293,9 @@ pub struct PipeSnapshot {
     /// Times a pump that was to splice copied instead, for want of a pipe (or
     /// because splice refused the sockets); under `relay: auto` once per big message.
     pub copy_fallbacks: u64,
+    /// Of those, because splice refused the pump's sockets (the rest: no pipe).
+    #[serde(default)]
+    pub splice_refused: u64,
     /// The process-wide cap.
     pub cap: u64,
     /// Pipe capacity held (in use and pooled), as the kernel charges it to the user.

@@ -33,6 +33,10 @@ pub struct Resources {
     /// Times a pump switched from splice to copy (no pipe, or splice
     /// refused); under `relay: auto` at most once per run that chose splice.
     pub copy_fallbacks: u64,
+    /// Of those, pumps whose sockets splice refused (`EINVAL`/`ENOSYS`
+    /// before a byte moved: a socket type without splice support); they
+    /// copy for the rest of their session.
+    pub splice_refused: u64,
     /// What each stage has cost per byte: `relay: auto` uses the cheaper.
     pub costs: cost::Costs,
     /// How busy the worker is (it feeds the meter), for the metrics.
@@ -48,6 +52,7 @@ impl Resources {
             pipes: PipePool::new(pipe_size, max_pooled, budget),
             buffers: BufferPool::new(pipe_size, max_pooled),
             copy_fallbacks: 0,
+            splice_refused: 0,
             costs: cost::Costs::default(),
             load: load::LoadMeter::new(std::time::Instant::now()),
             ring: None,

@@ -36,17 +36,32 @@ const DROP_NEW_HANDSHAKES: [SockFilter; 5] = [
 /// their SYNs go unanswered, so clients retry a second later and find the
 /// port closed (or a successor listening) rather than being reset after
 /// their connect succeeded.
+///
+/// An MPTCP listener (`mptcp: true`) takes no socket filter: the kernel
+/// refuses one with `EOPNOTSUPP` (the SYNs reach the TCP listener beneath
+/// it, which a filter on the MPTCP socket would not see anyway). That is no
+/// error: such a listener answers handshakes until it closes, so a client
+/// whose SYN arrives in its last moment is reset, as with no filter.
 pub fn refuse_new_handshakes(socket: &TcpListener) -> io::Result<()> {
-    SockRef::from(socket).attach_filter(&DROP_NEW_HANDSHAKES)
+    match SockRef::from(socket).attach_filter(&DROP_NEW_HANDSHAKES) {
+        Err(e) if takes_no_filter(&e) => Ok(()),
+        other => other,
+    }
 }
 
 /// Takes any socket filter off `socket` (`SO_DETACH_FILTER`), so it answers
-/// new handshakes again. Having none to take off is not an error.
+/// new handshakes again. Having none to take off, or being a socket that
+/// takes none (MPTCP), is not an error.
 pub fn accept_new_handshakes(socket: &impl AsFd) -> io::Result<()> {
     match SockRef::from(socket).detach_filter() {
-        Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) || takes_no_filter(&e) => Ok(()),
         other => other,
     }
+}
+
+/// The error of a socket that takes no filter at all (an MPTCP one).
+fn takes_no_filter(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(nix::libc::EOPNOTSUPP)
 }
 
 #[cfg(test)]
@@ -85,6 +100,20 @@ mod tests {
         let mut pong = [0; 4];
         queued.read_exact(&mut pong).unwrap();
         assert_eq!(&pong, b"pong");
+    }
+
+    #[test]
+    fn an_mptcp_listener_takes_no_filter_and_that_is_no_error() {
+        let Ok(s) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::MPTCP))
+        else {
+            eprintln!("skipped: this kernel makes no MPTCP sockets");
+            return;
+        };
+        s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        s.listen(8).unwrap();
+        let listener = TcpListener::from_std(s.into());
+        refuse_new_handshakes(&listener).expect("an MPTCP listener is closed without a filter");
+        accept_new_handshakes(&listener).expect("nor is there one to take off");
     }
 
     #[test]

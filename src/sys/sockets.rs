@@ -1,7 +1,7 @@
 //! Sockets as sluice makes them: `SO_REUSEPORT` listeners, non-blocking
 //! upstream connects and how their outcome is read, and the abortive close
-//! that passes a reset on. The options each socket gets come from
-//! `sockopt.rs`.
+//! that passes a reset on; on `mptcp: true` routes, MPTCP sockets. The
+//! options each socket gets come from `sockopt.rs`.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -28,8 +28,11 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: u32, opts: &Applied) -> io:
 /// its address's `SO_REUSEPORT` group when it listens), so binding every
 /// new address first and listening only once all are bound lets a failure
 /// leave nobody queued.
+/// On an `mptcp: true` route it is an `IPPROTO_MPTCP` socket (see [`mptcp_hint`]
+/// for when the kernel refuses one).
 pub fn reuseport_bound(addr: SocketAddr, opts: &Applied) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    let protocol = if opts.mptcp() { Protocol::MPTCP } else { Protocol::TCP };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(protocol))?;
     if addr.is_ipv6() {
         // `[::]` means IPv6 only; a route for IPv4 too lists `0.0.0.0` as well.
         socket.set_only_v6(true)?;
@@ -191,7 +194,7 @@ fn upstream_socket(
     if let Some(ip) = source.filter(|ip| ip.is_ipv4() != addr.is_ipv4()) {
         return Err(SourceError::Family { source: ip, upstream: addr }.into());
     }
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    let socket = new_upstream_socket(addr, opts)?;
     opts.upstream_bound(&socket, port_at_connect);
     if let Some(ip) = client {
         // The client's address is not this host's: binding it needs IP_TRANSPARENT.
@@ -210,6 +213,35 @@ fn upstream_socket(
         socket.bind(&SocketAddr::new(any, 0).into())?;
     }
     Ok(socket)
+}
+
+/// A new upstream socket for `addr`: an MPTCP one on an `mptcp: true`
+/// route (it falls back to plain TCP by itself toward a server without
+/// MPTCP), a TCP one if the kernel refuses MPTCP sockets (turned off with
+/// `net.mptcp.enabled`, or not built in): the route warns once and its
+/// connections go on as TCP ones.
+fn new_upstream_socket(addr: SocketAddr, opts: &Applied) -> io::Result<Socket> {
+    let (domain, ty) = (Domain::for_address(addr), Type::STREAM.nonblocking().cloexec());
+    if opts.upstream_mptcp() {
+        match Socket::new(domain, ty, Some(Protocol::MPTCP)) {
+            Err(e) if mptcp_hint(&e).is_some() => opts.refuse(crate::sys::sockopt::Opt::Mptcp, &e),
+            made => return made,
+        }
+    }
+    Socket::new(domain, ty, Some(Protocol::TCP))
+}
+
+/// Advice when `e`, from making an `IPPROTO_MPTCP` socket, says this kernel
+/// makes none: `ENOPROTOOPT` is `net.mptcp.enabled = 0`, `EPROTONOSUPPORT`
+/// (or `EINVAL` from an old kernel) a kernel without MPTCP.
+pub fn mptcp_hint(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error()? {
+        nix::libc::ENOPROTOOPT => Some(" (MPTCP is turned off: sysctl -w net.mptcp.enabled=1, or drop mptcp: true)"),
+        nix::libc::EPROTONOSUPPORT | nix::libc::EINVAL => {
+            Some(" (this kernel has no MPTCP: Linux 5.6+ built with CONFIG_MPTCP, or drop mptcp: true)")
+        }
+        _ => None,
+    }
 }
 
 /// What a connecting socket's first event means.

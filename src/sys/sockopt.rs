@@ -13,6 +13,13 @@
 //!
 //! A refused option never fails a connection: the route warns once, names
 //! the option and the kernel's reason, and stops asking for it.
+//!
+//! On `mptcp: true` routes the sockets are `IPPROTO_MPTCP` ones (Linux
+//! 6.18 measured): every option above is taken (the MPTCP socket passes it
+//! on to its subflows) except `TCP_USER_TIMEOUT`, refused with
+//! `ENOPROTOOPT` and so warned about once; `TCP_INFO` is answered too. A
+//! socket filter cannot be put on an MPTCP listener
+//! (`EOPNOTSUPP`, see `handshakes.rs`).
 
 use std::io;
 use std::net::IpAddr;
@@ -52,6 +59,8 @@ pub enum Opt {
     ReuseAddress,
     /// IP_BIND_ADDRESS_NO_PORT.
     BindAddressNoPort,
+    /// IPPROTO_MPTCP for upstream sockets (`mptcp: true`).
+    Mptcp,
 }
 
 impl Opt {
@@ -70,6 +79,7 @@ impl Opt {
             Opt::Mark => "SO_MARK",
             Opt::ReuseAddress => "SO_REUSEADDR",
             Opt::BindAddressNoPort => "IP_BIND_ADDRESS_NO_PORT",
+            Opt::Mptcp => "IPPROTO_MPTCP",
         }
     }
 
@@ -246,6 +256,8 @@ pub struct Applied {
     source_client: bool,
     /// `transparent: true`: IP_TRANSPARENT on the listener (TPROXY capture).
     transparent: bool,
+    /// The route's `mptcp:`: its sockets are `IPPROTO_MPTCP`.
+    mptcp: bool,
     route: String,
     refused: AtomicU32,
 }
@@ -269,6 +281,7 @@ impl Applied {
             source: None,
             source_client: false,
             transparent: false,
+            mptcp: false,
             route: route.to_owned(),
             refused: AtomicU32::new(0),
         }
@@ -299,6 +312,26 @@ impl Applied {
         self.source_client
     }
 
+    /// The same options for a route whose sockets are `IPPROTO_MPTCP` (`mptcp: true`).
+    pub fn with_mptcp(mut self, mptcp: bool) -> Applied {
+        self.mptcp = mptcp;
+        self
+    }
+
+    /// The route's sockets are to be MPTCP ones: the listeners always (one
+    /// that cannot be made is a start-up error); upstream sockets until the
+    /// kernel refused one (`sockets::start_connect` then makes TCP ones, see
+    /// [`Applied::refuse`]).
+    pub fn mptcp(&self) -> bool {
+        self.mptcp
+    }
+
+    /// Upstream sockets are to be MPTCP ones: `mptcp: true`, and the kernel
+    /// has not refused one yet.
+    pub fn upstream_mptcp(&self) -> bool {
+        self.mptcp && self.refused() & Opt::Mptcp.bit() == 0
+    }
+
     /// The local address upstream sockets are bound to, if the route sets one.
     pub fn source(&self) -> Option<IpAddr> {
         self.source
@@ -321,13 +354,26 @@ impl Applied {
             return;
         }
         if let Err(e) = f() {
-            if self.refused.fetch_or(opt.bit(), Ordering::Relaxed) & opt.bit() == 0 {
-                log::warn!(
-                    "route {}: the kernel refused {} ({e}); this route goes on without it",
-                    self.route,
-                    opt.name()
-                );
-            }
+            self.refuse(opt, &e);
+        }
+    }
+
+    /// Records that the kernel refused `opt` with `e`: the first time, warns
+    /// (naming MPTCP where that is why); from now on it is not asked for.
+    pub fn refuse(&self, opt: Opt, e: &io::Error) {
+        if self.refused.fetch_or(opt.bit(), Ordering::Relaxed) & opt.bit() == 0 {
+            let why = if opt == Opt::Mptcp {
+                " (sysctl -w net.mptcp.enabled=1 turns MPTCP on; `sluice doctor` checks)"
+            } else if self.mptcp && e.raw_os_error() == Some(nix::libc::ENOPROTOOPT) {
+                " (the route's sockets are MPTCP ones, and this kernel's MPTCP has no such option)"
+            } else {
+                ""
+            };
+            log::warn!(
+                "route {}: the kernel refused {} ({e}){why}; this route goes on without it",
+                self.route,
+                opt.name()
+            );
         }
     }
 

@@ -302,6 +302,7 @@ impl Worker {
         WorkerCounters::set(&counters.pipes_in_use, c.in_use);
         WorkerCounters::set(&counters.pipes_pooled, c.pooled);
         WorkerCounters::set(&counters.copy_fallbacks, self.res.copy_fallbacks);
+        WorkerCounters::set(&counters.splice_refused, self.res.splice_refused);
         WorkerCounters::set(&counters.busy_ms, self.res.load.busy.as_millis() as u64);
         if let Some(r) = self.res.ring.as_ref() {
             let u = r.counts();

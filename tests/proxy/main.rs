@@ -41,6 +41,7 @@ mod control_socket;
 mod endings;
 mod lifecycle;
 mod limits;
+mod mptcp;
 mod nonroot;
 mod observability;
 mod pools;

@@ -124,6 +124,33 @@ fn source_is_a_route_key_and_a_default() {
 }
 
 #[test]
+fn mptcp_is_off_unless_set_in_the_route_or_its_defaults() {
+    let c = parse_str(GOOD, "t").unwrap();
+    assert!(!c.routes[0].mptcp && !c.routes[1].mptcp, "off by default");
+    let c = parse_str(&GOOD.replace("  connect_timeout: 2s\n", "  connect_timeout: 2s\n  mptcp: true\n"), "t")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.routes[0].mptcp && c.routes[1].mptcp, "from defaults");
+    let text = GOOD
+        .replace("  connect_timeout: 2s\n", "  connect_timeout: 2s\n  mptcp: true\n")
+        .replace("    idle_timeout: 1m\n", "    idle_timeout: 1m\n    mptcp: false\n");
+    let c = parse_str(&text, "t").unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.routes[0].mptcp && c.routes[1].mptcp, "a route overrides its defaults");
+    let e = err(&GOOD.replace("    idle_timeout: 1m\n", "    idle_timeout: 1m\n    mptcp: yes please\n"));
+    assert!(e.starts_with("proxy.yaml:12:12: routes[0].mptcp: "), "{e}");
+}
+
+#[test]
+fn routes_sharing_an_address_must_agree_on_mptcp() {
+    let text = "routes:\n  - name: a\n    listen: 127.0.0.1:443\n    upstreams: [127.0.0.1:1]\n    mptcp: true\n\
+                \x20   server_names: [a.example.com]\n  - name: b\n    listen: 127.0.0.1:443\n    upstreams: [127.0.0.1:2]\n";
+    let e = err(text);
+    assert!(
+        e.contains("routes[1].mptcp: routes on 127.0.0.1:443 share one listener, so they must agree on mptcp"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_source_of_the_other_family_than_a_literal_upstream_is_refused_where_it_is_set() {
     let e = err(&GOOD.replace("    idle_timeout: 1m\n", "    idle_timeout: 1m\n    source: \"fd00::5\"\n"));
     assert!(

@@ -21,18 +21,27 @@ pub enum Target {
     Admin,
 }
 
-/// Finds, for each received socket (fd, name, bound address), what it
-/// serves in `config`: the route listening on that address (a fixed port:
-/// port 0 is for the kernel to pick) or the admin port.
-pub fn assign(received: &[(RawFd, &str, SocketAddr)], config: &Config) -> Result<Vec<Target>, ActivationError> {
+/// Finds, for each received socket (fd, name, bound address, whether it is
+/// an MPTCP one), what it serves in `config`: the route listening on that
+/// address (a fixed port: port 0 is for the kernel to pick) with the same
+/// protocol (`mptcp:`), or the admin port (TCP).
+pub fn assign(received: &[(RawFd, &str, SocketAddr, bool)], config: &Config) -> Result<Vec<Target>, ActivationError> {
     let keys = ListenKey::of_all(config);
     let admin = config.admin.as_ref().map(|a| a.listen);
     let mut targets = Vec::with_capacity(received.len());
     let mut admin_fd: Option<(RawFd, &str)> = None;
-    for &(fd, name, addr) in received {
-        if let Some(key) = keys.iter().find(|k| k.is_fixed() && k.addr() == addr) {
+    for &(fd, name, addr, mptcp) in received {
+        let here = |mptcp: bool| keys.iter().find(|k| k.is_fixed() && k.addr() == addr && k.is_mptcp() == mptcp);
+        if let Some(key) = here(mptcp) {
             targets.push(Target::Route(key.clone()));
-        } else if admin == Some(addr) {
+        } else if here(!mptcp).is_some() {
+            let hint = if mptcp {
+                " (it is an MPTCP socket, and the route there has no mptcp: true)"
+            } else {
+                " (the route there has mptcp: true: SocketProtocol=mptcp in the .socket unit makes an MPTCP socket)"
+            };
+            return Err(ActivationError::Unmatched { fd, name: name.to_owned(), addr, hint: hint.to_owned() });
+        } else if admin == Some(addr) && !mptcp {
             if let Some((first, first_name)) = admin_fd {
                 return Err(ActivationError::TooMany {
                     problem: format!(
@@ -87,7 +96,8 @@ impl Activation {
             );
             return Ok(None);
         }
-        let view: Vec<(RawFd, &str, SocketAddr)> = received.iter().map(|r| (r.fd, r.name.as_str(), r.addr)).collect();
+        let view: Vec<(RawFd, &str, SocketAddr, bool)> =
+            received.iter().map(|r| (r.fd, r.name.as_str(), r.addr, r.mptcp)).collect();
         let targets = assign(&view, config)?;
         let keys = ListenKey::of_all(config);
         let routes_on = |key: &ListenKey| -> String {

@@ -67,7 +67,7 @@ fn sockets_go_to_the_route_or_admin_port_on_their_address() {
     let c = config(TWO_ROUTES);
     let web: SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let admin: SocketAddr = "127.0.0.1:9901".parse().unwrap();
-    let got = assign(&[(3, "admin", admin), (4, "web", web), (5, "web", web)], &c).unwrap();
+    let got = assign(&[(3, "admin", admin, false), (4, "web", web, false), (5, "web", web, false)], &c).unwrap();
     let route = Target::Route(ListenKey::Fixed(web));
     assert_eq!(got, vec![Target::Admin, route.clone(), route]);
 }
@@ -75,19 +75,22 @@ fn sockets_go_to_the_route_or_admin_port_on_their_address() {
 #[test]
 fn a_socket_nothing_listens_on_is_an_error_naming_fd_and_name() {
     let c = config(TWO_ROUTES);
-    let e = assign(&[(3, "web", "127.0.0.1:8080".parse().unwrap()), (4, "stray", "127.0.0.1:7".parse().unwrap())], &c)
-        .unwrap_err();
+    let e = assign(
+        &[(3, "web", "127.0.0.1:8080".parse().unwrap(), false), (4, "stray", "127.0.0.1:7".parse().unwrap(), false)],
+        &c,
+    )
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "socket activation: fd 4 (stray) is bound to 127.0.0.1:7, which no route or the admin port listens on"
     );
     // A port-0 route is the kernel's to pick: nothing systemd bound is it.
-    assert!(assign(&[(3, "x", "127.0.0.1:0".parse().unwrap())], &c).is_err());
+    assert!(assign(&[(3, "x", "127.0.0.1:0".parse().unwrap(), false)], &c).is_err());
 }
 
 #[test]
 fn the_same_port_on_another_address_gets_a_hint() {
-    let e = assign(&[(3, "web", "[::]:8080".parse().unwrap())], &config(TWO_ROUTES)).unwrap_err().to_string();
+    let e = assign(&[(3, "web", "[::]:8080".parse().unwrap(), false)], &config(TWO_ROUTES)).unwrap_err().to_string();
     assert!(e.contains("fd 3 (web) is bound to [::]:8080, which no route"), "{e}");
     assert!(e.contains("the config says 127.0.0.1:8080"), "{e}");
     assert!(e.contains("a bare port there means [::]:8080"), "{e}");
@@ -96,7 +99,7 @@ fn the_same_port_on_another_address_gets_a_hint() {
 #[test]
 fn two_sockets_for_the_admin_port_are_an_error() {
     let admin: SocketAddr = "127.0.0.1:9901".parse().unwrap();
-    let e = assign(&[(3, "a", admin), (4, "b", admin)], &config(TWO_ROUTES)).unwrap_err().to_string();
+    let e = assign(&[(3, "a", admin, false), (4, "b", admin, false)], &config(TWO_ROUTES)).unwrap_err().to_string();
     assert!(e.contains("fd 3 (a) and fd 4 (b) are both bound to the admin port's 127.0.0.1:9901"), "{e}");
 }
 
@@ -115,13 +118,28 @@ fn routes_sharing_an_address_share_its_socket() {
 ",
     );
     let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
-    assert_eq!(assign(&[(3, "tls", addr)], &c).unwrap(), vec![Target::Route(ListenKey::Fixed(addr))]);
+    assert_eq!(assign(&[(3, "tls", addr, false)], &c).unwrap(), vec![Target::Route(ListenKey::Fixed(addr))]);
+}
+
+#[test]
+fn a_socket_serves_only_a_route_of_its_protocol() {
+    let c =
+        config("routes:\n  - name: mp\n    listen: 127.0.0.1:8080\n    mptcp: true\n    upstreams: [127.0.0.1:1]\n");
+    let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    assert_eq!(
+        assign(&[(3, "mp", addr, true)], &c).unwrap(),
+        vec![Target::Route(ListenKey::fixed(addr, crate::listen::key::ListenKind { transparent: false, mptcp: true }))]
+    );
+    let e = assign(&[(3, "tcp", addr, false)], &c).unwrap_err().to_string();
+    assert!(e.contains("SocketProtocol=mptcp"), "{e}");
+    let e = assign(&[(3, "mp", addr, true)], &config(TWO_ROUTES)).unwrap_err().to_string();
+    assert!(e.contains("it is an MPTCP socket, and the route there has no mptcp: true"), "{e}");
 }
 
 fn received(fd: RawFd, name: &str) -> Received {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    Received { fd, name: name.to_owned(), addr, dual_stack: false, socket: l }
+    Received { fd, name: name.to_owned(), addr, dual_stack: false, mptcp: false, socket: l }
 }
 
 #[test]
@@ -158,6 +176,7 @@ fn more_sockets_for_an_address_than_workers_is_an_error() {
         name: "web".into(),
         addr,
         dual_stack: false,
+        mptcp: false,
         socket: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
     };
     let c = config(&format!("routes:\n  - name: web\n    listen: {addr}\n    upstreams: [127.0.0.1:1]\n"));

@@ -58,6 +58,7 @@ impl Pump {
                             res.pipes.put(p);
                         }
                         res.copy_fallbacks += 1;
+                        res.splice_refused += 1;
                         self.stage = Stage::Copy(CopyStage::default());
                         self.auto = None;
                         return self.fill(src, res);

@@ -139,6 +139,7 @@ fn without_a_pipe_the_splice_pump_copies_and_counts_it() {
         ),
         buffers: super::super::copy::BufferPool::new(64 << 10, 4),
         copy_fallbacks: 0,
+        splice_refused: 0,
         costs: Default::default(),
         load: super::super::load::LoadMeter::new(Instant::now()),
         ring: None,
@@ -148,6 +149,7 @@ fn without_a_pipe_the_splice_pump_copies_and_counts_it() {
     assert!(got == data, "fallback copy differs");
     assert_eq!((pump.spliced, pump.copied), (0, 1 << 20));
     assert_eq!(res.copy_fallbacks, 1);
+    assert_eq!(res.splice_refused, 0, "counted as no pipe, not as refused");
     assert_eq!(res.pipes.counts().refused, 1);
 }
 
