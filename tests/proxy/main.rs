@@ -5,6 +5,8 @@
 mod backends;
 #[path = "../support/harness.rs"]
 mod harness;
+#[path = "../support/netns.rs"]
+mod netns;
 
 /// Generates `splice`, `copy`, `auto` and `uring` test functions in a module named after
 /// the behaviour, each calling `$body(mode)`.
@@ -33,6 +35,7 @@ macro_rules! both_modes {
     };
 }
 
+mod capture;
 mod chaos;
 mod cli;
 mod config_errors;
@@ -40,6 +43,7 @@ mod control_socket;
 mod endings;
 mod lifecycle;
 mod limits;
+mod mptcp;
 mod nonroot;
 mod observability;
 mod pools;
@@ -51,6 +55,7 @@ mod resilience;
 mod second_instance;
 mod sni;
 mod systemd;
+mod tproxy;
 mod tuning;
 mod upgrade;
 mod uring;
