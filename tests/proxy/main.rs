@@ -53,6 +53,7 @@ mod relay;
 mod reload;
 mod resilience;
 mod second_instance;
+mod sidecar;
 mod sni;
 mod systemd;
 mod tproxy;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::backends::{self, Stream, write_stream};
-use crate::capture::{check_seen, duplex_client, duplex_service};
+use crate::sidecar::{check_seen, duplex_client, duplex_service};
 use crate::harness::Sluice;
 use crate::netns::{Link, Netns};
 

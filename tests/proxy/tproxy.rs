@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::capture::{ADMIN, check_seen, duplex_client, duplex_service};
+use crate::sidecar::{ADMIN, check_seen, duplex_client, duplex_service};
 use crate::netns::{Netns, commented_commands, shipped_rules};
 
 #[test]
