@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::backends::{self, Stream, write_stream};
-use crate::sidecar::{check_seen, duplex_client, duplex_service};
 use crate::harness::Sluice;
 use crate::netns::{Link, Netns};
+use crate::sidecar::{check_seen, duplex_client, duplex_service};
 
 /// sluice's MPTCP listener, on the first path.
 const LISTEN: &str = "10.1.1.1:8000";

@@ -191,6 +191,7 @@ fn outbound_capture_exempted_by_uid_reaches_the_real_service_byte_exact() {
     let c = p.pod.connect(service).expect("the application connects");
     duplex_client(c, 12, 16 << 20, 16 << 20).expect("the application's exchange");
     assert_eq!(check_seen(&seen, 12, 16 << 20).peer.ip().to_string(), "192.0.2.1");
+    assert!(s.wait_log("dst=192.0.2.10:80", Duration::from_secs(5)), "the access log names the destination");
     assert_eq!(p.pod.metric(admin(), "sluice_refused_total", &[("reason", "loop")]), 0.0);
     assert_eq!(s.log_count("reason="), 1, "one session, nothing captured twice: {}", s.log());
 }
@@ -251,6 +252,8 @@ fn two_services_by_port(default: bool) {
         // And the routes that match still serve.
         assert_eq!(dial("192.0.2.10:80").expect("web again"), "web");
     }
+    // Three sessions were served either way; their access lines follow their ends closely.
+    assert!(s.wait_log_count("event=end", 3, Duration::from_secs(5)), "{}", s.log());
     let log = s.log();
     assert!(log.lines().any(|l| l.contains("route=db") && l.contains("dst=192.0.2.10:5432")), "{log}");
     assert!(log.lines().any(|l| l.contains("route=web") && l.contains("dst=192.0.2.10:80")), "{log}");

@@ -10,8 +10,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::sidecar::{ADMIN, check_seen, duplex_client, duplex_service};
 use crate::netns::{Netns, commented_commands, shipped_rules};
+use crate::sidecar::{ADMIN, check_seen, duplex_client, duplex_service};
 
 #[test]
 fn tproxy_capture_with_source_client_shows_the_upstream_the_real_client() {
