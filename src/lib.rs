@@ -60,7 +60,6 @@ pub(crate) mod acl;
 pub mod admin;
 pub mod cli;
 pub mod config;
-#[cfg_attr(not(test), expect(dead_code, reason = "the capture routes (issue 29) use it: remove this when they land"))]
 pub(crate) mod destination;
 pub mod doctor;
 pub(crate) mod frontend;
