@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::backends::{self, Stream, read_digest, write_stream};
 use crate::harness::{BIN, Sluice};
-use crate::netns::{Netns, shipped_rules};
+use crate::netns::{Link, Netns, shipped_rules};
 
 /// The mark sluice's capture routes put on their upstream sockets (and the rules exempt).
 const MARK: &str = "1337";
@@ -112,6 +112,8 @@ fn was_reset(c: io::Result<TcpStream>) -> bool {
 pub(crate) struct Pod {
     pub pod: Netns,
     pub svc: Netns,
+    /// pod ↔ svc.
+    pub link: Link,
 }
 
 impl Pod {
@@ -121,7 +123,7 @@ impl Pod {
         let svc = Netns::new("svc")?;
         let link = pod.link(&svc, "192.0.2.1/24", "192.0.2.10/24");
         svc.addr("192.0.2.11/24", &link.b_if);
-        Some(Pod { pod, svc })
+        Some(Pod { pod, svc, link })
     }
 
     /// Loads the shipped outbound rules with the exemptions `mark` and `uid`.
@@ -165,6 +167,27 @@ fn outbound_capture_exempted_by_mark_reaches_the_real_service_byte_exact() {
     assert!(s.wait_log("dst=192.0.2.10:80", Duration::from_secs(5)), "the access log names the destination");
     assert_eq!(p.pod.metric(admin(), "sluice_refused_total", &[("reason", "loop")]), 0.0);
     assert_eq!(s.log_count("reason="), 1, "one session, nothing captured twice: {}", s.log());
+}
+
+#[test]
+fn outbound_capture_over_ipv6_reaches_the_real_service_byte_exact() {
+    let Some(p) = Pod::new() else { return };
+    p.pod.exec(&["ip", "addr", "add", "2001:db8::1/64", "dev", &p.link.a_if, "nodad"]);
+    p.svc.exec(&["ip", "addr", "add", "2001:db8::10/64", "dev", &p.link.b_if, "nodad"]);
+    p.outbound_rules(MARK, "4242");
+    let service: SocketAddr = "[2001:db8::10]:80".parse().expect("addr");
+    let seen = duplex_service(p.svc.listen(service), 8 << 20);
+    // The rules send IPv6 to [::1]:CAPTURE_PORT: a second listener, the same kind of route.
+    let v6 = format!(
+        "  - name: outbound6\n    listen: \"[::1]:15001\"\n    original_destination: true\n    socket: {{ mark: {MARK} }}\n"
+    );
+    let s = p.pod.sluice(&config(&[capture_route("outbound", ""), v6]), &[]);
+    let c = p.pod.connect(service).expect("the application connects");
+    duplex_client(c, 15, 8 << 20, 8 << 20).expect("the application's exchange over IPv6");
+    assert_eq!(check_seen(&seen, 15, 8 << 20).peer.ip().to_string(), "2001:db8::1");
+    assert!(s.wait_log("dst=[2001:db8::10]:80", Duration::from_secs(5)), "{}", s.log());
+    assert!(s.log().contains("route=outbound6"), "{}", s.log());
+    assert_eq!(p.pod.metric(admin(), "sluice_refused_total", &[("reason", "loop")]), 0.0);
 }
 
 #[test]
