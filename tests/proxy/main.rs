@@ -43,7 +43,7 @@ mod control_socket;
 mod endings;
 mod lifecycle;
 mod limits;
-mod mptcp;
+mod multipath;
 mod nonroot;
 mod observability;
 mod pools;

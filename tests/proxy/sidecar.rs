@@ -9,7 +9,7 @@
 //! The "pod" namespace (192.0.2.1/24) runs sluice and the application (this
 //! test process, through `Netns::enter`); the "svc" namespace holds the real
 //! services on 192.0.2.10 and 192.0.2.11. TPROXY is in `tproxy.rs`, MPTCP in
-//! `mptcp.rs`; both use the fixtures here.
+//! `multipath.rs`; both use the fixtures here.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -4,6 +4,7 @@
 //! (this test process) beside sluice. An MPTCP client and a plain TCP client
 //! both relay byte-exact (the kernel's counters prove which spoke MPTCP), and
 //! a 256 MiB upload survives one path taken down mid-transfer.
+//! (`mptcp.rs` has the loopback tests of `mptcp: true`.)
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
