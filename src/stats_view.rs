@@ -82,7 +82,7 @@ pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>, route: Op
         }
     }
     for (listen, names) in shared.iter().filter(|(_, n)| n.len() > 1) {
-        out.push(format!("shared {listen} (routed by TLS server name): {}", names.join(", ")));
+        out.push(format!("shared {listen} (routed by TLS server name or original destination): {}", names.join(", ")));
     }
     let a = &now.accept;
     if a.bad_client_hello + a.no_route + a.client_hello_timeout + a.refused_route_limit > 0 {

@@ -118,7 +118,7 @@ impl Registry {
     }
 
     /// [`Registry::upstream`] by its `upstream` label: an address, or
-    /// [`PASS_THROUGH`] for the one series of a route's pass-through
+    /// `PASS_THROUGH` for the one series of a route's pass-through
     /// connections (`original_destination`: no label per destination).
     pub fn upstream_labelled(&self, route: usize, address: String) -> (UpstreamKey, Arc<UpstreamHealth>) {
         let mut g = self.lock();

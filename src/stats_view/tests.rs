@@ -77,7 +77,7 @@ fn routes_sharing_an_address_and_clients_no_route_took_are_shown() {
     snap.accept.no_route = 3;
     snap.accept.bad_client_hello = 2;
     let v = render(&snap, None, None, 100);
-    assert!(v.contains("shared 127.0.0.1:5432 (routed by TLS server name): db, api"), "{v}");
+    assert!(v.contains("shared 127.0.0.1:5432 (routed by TLS server name or original destination): db, api"), "{v}");
     assert!(
         v.contains("refused before a route: bad_client_hello 2, no_route 3, client_hello_timeout 0, route_limit 0"),
         "{v}"

@@ -1,8 +1,9 @@
 //! Upstreams: the resolved set a route sends sessions to (`set.rs`), where
 //! host names come from (`resolve.rs`), how the next one is chosen
 //! (`balance.rs`), what every thread knows of each one's health
-//! (`health.rs`), the active health-check thread (`checker.rs`) and the
-//! DNS re-resolution thread (`discovery.rs`).
+//! (`health.rs`), the active health-check thread (`checker.rs`), the DNS
+//! re-resolution thread (`discovery.rs`) and the local addresses of
+//! pass-through connections that tell a capture loop (`loop_guard.rs`).
 
 pub mod balance;
 pub mod checker;

@@ -99,7 +99,7 @@ fn routes_by_destination_share_an_address_with_one_default() {
     assert!(e.contains("routes[0].destinations: an empty list"), "{e}");
     // A bad entry names itself.
     let e = err(&routes(&[("a", "127.0.0.1:15001", "destinations: [\"192.0.2.0/40\"]\noriginal_destination: true")]));
-    assert!(e.starts_with("proxy.yaml:4:19: routes[0].destinations[0]: invalid destination"), "{e}");
+    assert!(e.starts_with("proxy.yaml:4:20: routes[0].destinations[0]: invalid destination"), "{e}");
 }
 
 #[test]
