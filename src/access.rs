@@ -1,6 +1,6 @@
 //! The access log, at info on target `sluice::access`: one line per finished
 //! session — route, client (and the peer that sent its PROXY header),
-//! upstream, bytes each way (and how many were spliced), connect and
+//! upstream, the original destination on a capture address (`dst`), bytes each way (and how many were spliced), connect and
 //! first-byte times, duration, close reason and whether it was aborted, and
 //! on an address routed by name the ClientHello's server name, ALPN list and
 //! ECH flag (the name a route was chosen by, so it is always in the log) —
@@ -88,7 +88,7 @@ pub fn line(format: LogFormat, s: &Session, e: &Entry) -> String {
     let str_or_null = |v: Option<String>| v.map_or(Value::Null, Value::Str);
     // `peer` is who connected to us; `client` is who the PROXY header said it spoke for (the same without one).
     let tls = s.tls();
-    let fields: [(&str, Value); 18] = [
+    let fields: [(&str, Value); 19] = [
         ("event", Value::Str(if e.reason.is_some() { "end" } else { "periodic" }.to_owned())),
         ("session", Value::Int(s.id())),
         // A client whose ClientHello chose no route has none.
@@ -96,6 +96,8 @@ pub fn line(format: LogFormat, s: &Session, e: &Entry) -> String {
         ("client", Value::Str(s.client_addr().to_string())),
         ("peer", Value::Str(s.peer_addr().to_string())),
         ("upstream", str_or_null(upstream)),
+        // Where the client was really going (a capture address), `-` elsewhere.
+        ("dst", str_or_null(s.original_dst().map(|d| d.to_string()))),
         ("bytes_up", Value::Int(e.client_to_upstream.iter().sum())),
         ("bytes_down", Value::Int(e.upstream_to_client.iter().sum())),
         ("spliced_up", Value::Int(e.client_to_upstream[0])),

@@ -20,6 +20,16 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The prefix length (32 or 128 for one address).
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// True for an IPv4 block.
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
     /// True if `ip` lies in the block (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, canonical(ip)) {

@@ -9,11 +9,17 @@
 //! work (access lists, limits, balancing). The routes of one address agree
 //! on what the listener does before that (validated with the config), so
 //! listener settings are read from the first.
+//!
+//! A capture address (a transparent sidecar's: a route with
+//! `original_destination`, `transparent` or `destinations`) reads each
+//! connection's original destination at accept, and its routes choose by
+//! that (`destination::DestinationTable`), with no byte of the client's needed.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::destination::DestinationTable;
 use crate::route::{Route, RouteState};
 use crate::tls::names::{NameTable, RouteNames};
 
@@ -24,6 +30,11 @@ pub struct Frontend {
     pub routes: Vec<Arc<Route>>,
     /// How a ClientHello picks among them; `None`: every client is `routes[0]`'s.
     pub names: Option<NameTable>,
+    /// How an original destination picks among them (routes that list
+    /// `destinations:`); `None`: every client is `routes[0]`'s.
+    pub destinations: Option<DestinationTable>,
+    /// Each client's original destination is read at accept (see the module doc).
+    pub captures: bool,
     /// Clients still sending their ClientHello, per IP (shared across reloads
     /// of the address, like a route's counts).
     pub hello: Arc<RouteState>,
@@ -33,7 +44,16 @@ impl Frontend {
     /// The frontend of `routes` (one address, config order). Fails only if
     /// their names conflict, which config validation has already ruled out.
     pub fn new(routes: Vec<Arc<Route>>, hello: Arc<RouteState>) -> Result<Frontend, String> {
-        let inspect = routes.len() > 1 || routes.iter().any(|r| !r.config.server_names.is_empty());
+        let by_destination = routes.iter().any(|r| !r.config.destinations.is_empty());
+        let destinations = if by_destination {
+            let lists: Vec<&[crate::destination::Destination]> =
+                routes.iter().map(|r| r.config.destinations.as_slice()).collect();
+            Some(DestinationTable::build(&lists)?)
+        } else {
+            None
+        };
+        let captures = routes.iter().any(|r| r.config.captures());
+        let inspect = !by_destination && (routes.len() > 1 || routes.iter().any(|r| !r.config.server_names.is_empty()));
         let names = if inspect {
             let claims: Vec<RouteNames<'_>> = routes
                 .iter()
@@ -43,12 +63,27 @@ impl Frontend {
         } else {
             None
         };
-        Ok(Frontend { routes, names, hello })
+        Ok(Frontend { routes, names, destinations, captures, hello })
     }
 
     /// The route whose settings the listener follows (they all agree).
     pub fn first(&self) -> &Arc<Route> {
         &self.routes[0]
+    }
+
+    /// The listener is transparent (IP_TRANSPARENT, TPROXY capture): a
+    /// connection's local address is its original destination.
+    pub fn transparent(&self) -> bool {
+        self.first().config.transparent
+    }
+
+    /// The index of the route that serves a client whose original
+    /// destination is `dst`; `None`: no route takes it (`no_route`).
+    pub fn route_for(&self, dst: SocketAddr) -> Option<usize> {
+        match &self.destinations {
+            Some(table) => table.pick(dst),
+            None => Some(0),
+        }
     }
 
     /// Clients send a ClientHello that picks their route.
@@ -84,6 +119,6 @@ impl Frontend {
     /// address with one route and no ClientHello to read (a full route among
     /// several refuses its clients once they are routed instead).
     pub fn at_limit(&self) -> bool {
-        !self.inspects() && self.first().at_limit()
+        !self.inspects() && self.destinations.is_none() && self.first().at_limit()
     }
 }

@@ -1,7 +1,8 @@
 //! What the whole process shares across its threads: the session count and
 //! its limit, the pipe budget, readiness and the drain (`/readyz`), reloads
 //! by outcome, the generation, per-client rates, overload shedding, refused
-//! control-socket peers and the sockets a supervisor holds too. Workers
+//! control-socket peers, the sockets a supervisor holds too and the loop
+//! guard of pass-through connections. Workers
 //! count into it, the control thread sets it, the admin port reads it;
 //! it knows none of them.
 
@@ -49,6 +50,9 @@ pub struct ProcessState {
     pub overload: OverloadState,
     /// Control-socket peers refused: their uid was neither ours nor root's.
     pub control_refused: AtomicU64,
+    /// Local addresses of pass-through upstream connections open now (the
+    /// capture loop guard: `upstream::loop_guard`).
+    pub loop_guard: crate::upstream::loop_guard::LoopGuard,
     /// Identities (`sockets::identity`) of listening sockets a supervisor
     /// (systemd) holds too: never filtered, as the filter would outlive us.
     supervised: Vec<u64>,
@@ -69,6 +73,7 @@ impl ProcessState {
             limiter: std::sync::OnceLock::new(),
             overload: OverloadState::default(),
             control_refused: AtomicU64::new(0),
+            loop_guard: Default::default(),
             supervised: Vec::new(),
         }
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::config;
 use crate::metrics::Registry;
+use crate::metrics::registry::PASS_THROUGH;
 use crate::sys::sockopt::Applied;
 use crate::upstream::{ResolveError, UpstreamSet};
 
@@ -22,7 +23,8 @@ pub struct Route {
     pub name: String,
     /// The address actually bound (a configured port 0 is replaced by the real one).
     pub listen: SocketAddr,
-    /// Resolved upstreams, at least one.
+    /// Resolved upstreams, at least one (a pass-through route's one stands
+    /// for every original destination: `UpstreamSet::pass_through`).
     pub upstreams: UpstreamSet,
     /// Time allowed for one upstream connect attempt.
     pub connect_timeout: Duration,
@@ -122,7 +124,12 @@ impl Route {
         };
         let resolved = UpstreamSet::resolve(&r.upstreams)?;
         let metric_id = registry.route_id(&r.name);
-        let upstreams = UpstreamSet::build(&r.upstreams, &resolved, |addr| registry.upstream(metric_id, addr));
+        let upstreams = if r.original_destination {
+            UpstreamSet::pass_through(PASS_THROUGH, || registry.upstream_labelled(metric_id, PASS_THROUGH.to_owned()))
+        } else {
+            UpstreamSet::build(&r.upstreams, &resolved, |addr| registry.upstream(metric_id, addr))
+        };
+        let source_client = r.source == Some(config::Source::Client);
         Ok(Route {
             name: r.name.clone(),
             listen: r.listen,
@@ -137,7 +144,11 @@ impl Route {
             max_connections_per_client: r.max_connections_per_client,
             max_connection_rate: r.max_connection_rate,
             max_connection_rate_per_client: r.max_connection_rate_per_client,
-            socket: Arc::new(Applied::new(&r.name, r.socket.clone(), congestion_available).with_source(r.source)),
+            socket: Arc::new(
+                Applied::new(&r.name, r.socket.clone(), congestion_available)
+                    .with_source(r.source_ip())
+                    .with_capture(r.transparent, source_client),
+            ),
             state: state.unwrap_or_default(),
             config: r.clone(),
         })

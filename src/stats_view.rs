@@ -320,6 +320,7 @@ fn refusals(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> Option<S
             ("client_limit", a.refused_client_limit),
             ("acl", a.refused_acl),
             ("bad_proxy_header", a.bad_proxy_header),
+            ("loop", a.refused_loop),
         ]
     };
     let cur = counts(now);

@@ -74,10 +74,19 @@ impl Config {
 fn describe_route(s: &mut String, r: &Route) {
     let _ = writeln!(s, "  - name: {}", r.name);
     let _ = writeln!(s, "    listen: {}", r.listen);
-    let _ = writeln!(s, "    upstreams:");
-    for u in &r.upstreams {
-        let backup = if u.backup { ", backup: true" } else { "" };
-        let _ = writeln!(s, "      - {{ address: \"{}\", weight: {}{backup} }}", u.address, u.weight);
+    if r.original_destination {
+        let _ = writeln!(s, "    original_destination: true  # each connection goes where its client meant it to");
+    } else {
+        let _ = writeln!(s, "    upstreams:");
+        for u in &r.upstreams {
+            let backup = if u.backup { ", backup: true" } else { "" };
+            let _ = writeln!(s, "      - {{ address: \"{}\", weight: {}{backup} }}", u.address, u.weight);
+        }
+    }
+    let _ = writeln!(s, "    transparent: {}", r.transparent);
+    if !r.destinations.is_empty() {
+        let list: Vec<String> = r.destinations.iter().map(|d| format!("\"{d}\"")).collect();
+        let _ = writeln!(s, "    destinations: [{}]", list.join(", "));
     }
     let _ = writeln!(s, "    connect_timeout: {}", fmt_duration(r.connect_timeout));
     let _ = writeln!(s, "    idle_timeout: {}", fmt_duration(r.idle_timeout));
@@ -111,6 +120,7 @@ fn describe_route(s: &mut String, r: &Route) {
         None => writeln!(s, "    # max_connection_rate_per_client: no limit"),
     };
     let _ = match r.source {
+        Some(super::Source::Client) => writeln!(s, "    source: client  # the client's own IP (IP_TRANSPARENT)"),
         Some(ip) => writeln!(s, "    source: \"{ip}\""),
         None => writeln!(s, "    # source: none (the kernel picks the local address)"),
     };
@@ -124,12 +134,30 @@ fn describe_route(s: &mut String, r: &Route) {
     }
     let _ = writeln!(s, "    client_hello_timeout: {}", fmt_duration(r.client_hello_timeout));
     describe_socket(s, &r.socket);
-    describe_pool(s, &r.pool);
+    describe_pool(s, &r.pool, r.original_destination);
 }
 
 /// The name table of every address that routes by TLS server name, as comments.
 fn describe_shared(s: &mut String, routes: &[Route]) {
     for g in super::listen_groups(routes) {
+        if g.iter().any(|&i| !routes[i].destinations.is_empty()) {
+            let _ = writeln!(
+                s,
+                "# {} routes by original destination (an entry with a port wins, then the longest prefix):",
+                routes[g[0]].listen
+            );
+            for &i in &g {
+                for d in &routes[i].destinations {
+                    let _ = writeln!(s, "#   {d} -> {}", routes[i].name);
+                }
+            }
+            let default = g.iter().find(|&&i| routes[i].destinations.is_empty());
+            let _ = match default {
+                Some(&i) => writeln!(s, "#   anything else -> {}", routes[i].name),
+                None => writeln!(s, "#   anything else -> reset (no_route)"),
+            };
+            continue;
+        }
         if g.len() == 1 && routes[g[0]].server_names.is_empty() {
             continue;
         }
@@ -151,7 +179,29 @@ fn describe_shared(s: &mut String, routes: &[Route]) {
     }
 }
 
-fn describe_pool(s: &mut String, p: &Pool) {
+fn describe_pool(s: &mut String, p: &Pool, pass_through: bool) {
+    if pass_through {
+        let _ =
+            writeln!(s, "    # balance, retries, health_check, outlier_detection: none (one address per connection)");
+    } else {
+        describe_upstream_choice(s, p);
+    }
+    let _ = writeln!(s, "    when_all_down: {}", p.when_all_down);
+    let _ = writeln!(s, "    resolve_interval: {}", fmt_duration(p.resolve_interval));
+    let _ = match p.proxy_protocol {
+        Some(v) => writeln!(s, "    proxy_protocol: {v}"),
+        None => writeln!(s, "    # proxy_protocol: off"),
+    };
+    let _ = writeln!(s, "    accept_proxy_protocol: {}", p.accept_proxy_protocol);
+    let _ = writeln!(s, "    proxy_protocol_timeout: {}", fmt_duration(p.proxy_protocol_timeout));
+    for (k, list) in [("allow", &p.acl.allow), ("deny", &p.acl.deny)] {
+        let items: Vec<String> = list.iter().map(|c| format!("\"{c}\"")).collect();
+        let _ = writeln!(s, "    {k}: [{}]", items.join(", "));
+    }
+}
+
+/// How a route with upstreams picks and watches them.
+fn describe_upstream_choice(s: &mut String, p: &Pool) {
     let _ = writeln!(s, "    balance: {}", p.balance);
     let _ = writeln!(s, "    retries: {}", p.retries);
     let _ = match &p.health_check {
@@ -178,18 +228,6 @@ fn describe_pool(s: &mut String, p: &Pool) {
         ),
         None => writeln!(s, "    outlier_detection: false"),
     };
-    let _ = writeln!(s, "    when_all_down: {}", p.when_all_down);
-    let _ = writeln!(s, "    resolve_interval: {}", fmt_duration(p.resolve_interval));
-    let _ = match p.proxy_protocol {
-        Some(v) => writeln!(s, "    proxy_protocol: {v}"),
-        None => writeln!(s, "    # proxy_protocol: off"),
-    };
-    let _ = writeln!(s, "    accept_proxy_protocol: {}", p.accept_proxy_protocol);
-    let _ = writeln!(s, "    proxy_protocol_timeout: {}", fmt_duration(p.proxy_protocol_timeout));
-    for (k, list) in [("allow", &p.acl.allow), ("deny", &p.acl.deny)] {
-        let items: Vec<String> = list.iter().map(|c| format!("\"{c}\"")).collect();
-        let _ = writeln!(s, "    {k}: [{}]", items.join(", "));
-    }
 }
 
 /// Bytes as a double-quoted YAML string (escapes for anything not printable).
@@ -253,6 +291,6 @@ mod tests {
         let c = parse_str(text, "t").unwrap();
         let again = parse_str(&c.describe(2), "t").unwrap_or_else(|e| panic!("{e}\n{}", c.describe(2)));
         assert_eq!(again, c);
-        assert_eq!(c.routes[1].source, Some("fd00::5".parse().unwrap()));
+        assert_eq!(c.routes[1].source_ip(), Some("fd00::5".parse().unwrap()));
     }
 }

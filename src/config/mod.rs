@@ -33,6 +33,7 @@ use std::time::Duration;
 
 pub use keys::accepted_keys;
 pub use load::{digest, load_file, parse_str};
+pub use net::SourceAddr as Source;
 pub use net::{CongestionName, HostPort, Keepalive};
 pub use pool::{Balance, HealthCheck, Outlier, Pool, ProxyVersion, WhenAllDown};
 pub use schema::RawSocket as SocketOptions;
@@ -143,8 +144,18 @@ pub struct Route {
     pub name: String,
     /// Where clients connect (port 0: the kernel picks).
     pub listen: SocketAddr,
-    /// At least one; no address twice.
+    /// At least one; no address twice. Empty on a route with `original_destination`.
     pub upstreams: Vec<UpstreamSpec>,
+    /// Each connection goes to the address its client dialled, not to
+    /// upstreams (a transparent sidecar's pass-through; no balancing, no retries).
+    pub original_destination: bool,
+    /// IP_TRANSPARENT on the listener (TPROXY capture): its connections'
+    /// local addresses are their original destinations.
+    pub transparent: bool,
+    /// The original destinations this route takes on a capture address
+    /// shared by several routes (empty: the address's default route, or an
+    /// address with one route).
+    pub destinations: Vec<crate::destination::Destination>,
     /// Time allowed for one upstream connect attempt.
     pub connect_timeout: Duration,
     /// A session with no byte either way for this long is closed.
@@ -173,8 +184,9 @@ pub struct Route {
     pub max_connection_rate_per_client: Option<crate::ratelimit::ClientRate>,
     /// The local address of its upstream connections (sessions and health
     /// checks); `None`: the kernel chooses by route. Never of another family
-    /// than an upstream given as an IP literal.
-    pub source: Option<IpAddr>,
+    /// than an upstream given as an IP literal. `client`: each session's
+    /// connection leaves from its client's IP (health checks: the kernel's choice).
+    pub source: Option<Source>,
     /// TLS server names this route takes (empty: not routed by name; on a
     /// shared address, the default route).
     pub server_names: Vec<crate::tls::names::Pattern>,
@@ -316,6 +328,19 @@ impl SocketOptions {
             mark: self.mark.or(d.mark),
             reuse_address: self.reuse_address.or(d.reuse_address),
         }
+    }
+}
+
+impl Route {
+    /// The fixed `source:` address, if it has one (not `source: client`).
+    pub fn source_ip(&self) -> Option<IpAddr> {
+        self.source.and_then(Source::ip)
+    }
+
+    /// The route's listener reads each connection's original destination:
+    /// it passes connections through, is transparent, or routes by destination.
+    pub fn captures(&self) -> bool {
+        self.original_destination || self.transparent || !self.destinations.is_empty()
     }
 }
 

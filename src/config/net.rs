@@ -89,20 +89,49 @@ impl FromStr for ListenAddr {
     }
 }
 
-/// A `source:` address: an IP literal without a port, the local address of
-/// upstream connections. The port is left to `connect` (IP_BIND_ADDRESS_NO_PORT).
+/// A `source:`: the local address of upstream connections. An IP literal
+/// without a port (the port is left to `connect`: IP_BIND_ADDRESS_NO_PORT),
+/// or `client`: each connection leaves from its client's own IP
+/// (IP_TRANSPARENT; the upstream sees the real client, as HAProxy's
+/// `usesrc clientip` does).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SourceAddr(pub IpAddr);
+pub enum SourceAddr {
+    /// This address.
+    Ip(IpAddr),
+    /// The client's IP (`source: client`).
+    Client,
+}
+
+impl SourceAddr {
+    /// The fixed address, if it is one (not `client`).
+    pub fn ip(self) -> Option<IpAddr> {
+        match self {
+            SourceAddr::Ip(ip) => Some(ip),
+            SourceAddr::Client => None,
+        }
+    }
+}
+
+impl fmt::Display for SourceAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceAddr::Ip(ip) => write!(f, "{ip}"),
+            SourceAddr::Client => f.write_str("client"),
+        }
+    }
+}
 
 impl FromStr for SourceAddr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("invalid source address {s:?}: {why}");
-        let ip: IpAddr = s
-            .trim()
-            .parse()
-            .map_err(|_| bad("expected an IP address without a port or brackets, e.g. \"10.0.0.5\" or \"fd00::5\""))?;
+        if s.trim() == "client" {
+            return Ok(SourceAddr::Client);
+        }
+        let ip: IpAddr = s.trim().parse().map_err(|_| {
+            bad("expected an IP address without a port or brackets, e.g. \"10.0.0.5\" or \"fd00::5\", or `client`")
+        })?;
         if ip.is_unspecified() {
             return Err(bad(
                 "the unspecified address lets the kernel choose, which is what leaving `source:` out does",
@@ -111,7 +140,7 @@ impl FromStr for SourceAddr {
         if ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
             return Err(bad("a connection's local address must be a unicast address"));
         }
-        Ok(SourceAddr(ip))
+        Ok(SourceAddr::Ip(ip))
     }
 }
 
@@ -215,7 +244,7 @@ impl fmt::Display for CongestionName {
 
 deserialize_from_str!(HostPort, "an upstream address \"host:port\"");
 deserialize_from_str!(ListenAddr, "a listen address \"IP:port\"");
-deserialize_from_str!(SourceAddr, "a source address such as \"10.0.0.5\"");
+deserialize_from_str!(SourceAddr, "a source address such as \"10.0.0.5\", or `client`");
 deserialize_from_str!(CongestionName, "a congestion control name such as \"bbr\"");
 
 #[cfg(test)]
@@ -259,8 +288,11 @@ mod tests {
 
     #[test]
     fn source_addresses_are_unicast_ip_literals_without_a_port() {
-        assert_eq!("10.0.0.5".parse::<SourceAddr>().unwrap().0, IpAddr::from([10, 0, 0, 5]));
-        assert!("fd00::5".parse::<SourceAddr>().unwrap().0.is_ipv6());
+        assert_eq!("10.0.0.5".parse::<SourceAddr>().unwrap().ip(), Some(IpAddr::from([10, 0, 0, 5])));
+        assert!("fd00::5".parse::<SourceAddr>().unwrap().ip().unwrap().is_ipv6());
+        assert_eq!("client".parse::<SourceAddr>().unwrap(), SourceAddr::Client);
+        assert_eq!(SourceAddr::Client.to_string(), "client");
+        assert!("Client".parse::<SourceAddr>().is_err(), "keywords are lowercase");
         assert!("10.0.0.5:80".parse::<SourceAddr>().unwrap_err().contains("without a port"));
         assert!("[::1]".parse::<SourceAddr>().is_err());
         assert!("host.example".parse::<SourceAddr>().is_err());

@@ -148,8 +148,17 @@ pub struct RawRoute {
     pub name: String,
     /// Where clients connect.
     pub listen: ListenAddr,
-    /// Where sessions go.
-    pub upstreams: Vec<RawUpstream>,
+    /// Where sessions go (none on a route with `original_destination: true`).
+    pub upstreams: Option<Vec<RawUpstream>>,
+    /// Each connection goes to the address its client dialled (read from the
+    /// socket after an nftables `redirect`/`dnat` or `tproxy`), not to upstreams.
+    pub original_destination: Option<bool>,
+    /// IP_TRANSPARENT on the listener: it accepts connections a `tproxy`
+    /// rule steers to it, for addresses that are not this host's.
+    pub transparent: Option<bool>,
+    /// On a capture address shared by several routes: the original
+    /// destinations this route takes (the route without them is the default).
+    pub destinations: Option<Vec<crate::destination::Destination>>,
     /// Overrides `defaults.connect_timeout`.
     pub connect_timeout: Option<ConnectTimeout>,
     /// Overrides `defaults.idle_timeout`.

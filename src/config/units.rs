@@ -262,6 +262,10 @@ deserialize_from_str!(SizeIn<MIN, MAX>, "a size with a unit, e.g. \"64KiB\"", co
 deserialize_from_str!(Workers, "\"auto\" or a number of workers");
 deserialize_from_str!(Percent, "a percentage such as \"90%\"");
 deserialize_from_str!(crate::acl::Cidr, "an address block such as \"10.0.0.0/8\" or \"fd00::/8\"");
+deserialize_from_str!(
+    crate::destination::Destination,
+    "a destination such as \"192.0.2.0/24\", \"192.0.2.10:80\" or \":80\""
+);
 
 impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for CountIn<MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

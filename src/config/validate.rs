@@ -105,10 +105,15 @@ pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Conf
     let route = RawRoute {
         name: "default".to_owned(),
         listen: super::net::ListenAddr(listen),
-        upstreams: upstreams
-            .into_iter()
-            .map(|address| super::schema::RawUpstream { address, weight: None, backup: false })
-            .collect(),
+        upstreams: Some(
+            upstreams
+                .into_iter()
+                .map(|address| super::schema::RawUpstream { address, weight: None, backup: false })
+                .collect(),
+        ),
+        original_destination: None,
+        transparent: None,
+        destinations: None,
         connect_timeout: None,
         idle_timeout: None,
         half_close_timeout: None,
@@ -152,16 +157,28 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
             format!("invalid route name {:?}: use 1 to 64 letters, digits, '_', '.' or '-'", r.name),
         );
     }
-    if r.upstreams.is_empty() {
-        return fail(here.key("upstreams"), format!("route {:?} has no upstreams: list at least one", r.name));
+    let original_destination = r.original_destination.unwrap_or(false);
+    if original_destination {
+        check_pass_through(&here, &r)?;
     }
-    if r.upstreams.iter().all(|u| u.backup) {
+    let upstreams = r.upstreams.as_deref().unwrap_or_default();
+    if upstreams.is_empty() && !original_destination {
+        return fail(
+            here.key("upstreams"),
+            format!(
+                "route {:?} has no upstreams: list at least one (or set original_destination: true to send each \
+                 connection where its client meant it to go)",
+                r.name
+            ),
+        );
+    }
+    if !upstreams.is_empty() && upstreams.iter().all(|u| u.backup) {
         return fail(
             here.key("upstreams"),
             format!("route {:?} has only backup upstreams: at least one must be a primary (no `backup: true`)", r.name),
         );
     }
-    let pool = r.pool().resolve(&defaults.pool()).map_err(|e| {
+    let mut pool = r.pool().resolve(&defaults.pool()).map_err(|e| {
         let path = match e.at {
             PoolErrorAt::Route => here.clone(),
             PoolErrorAt::Defaults => FieldPath(vec![Seg::Key("defaults")]),
@@ -169,8 +186,15 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
         let path = path.key(e.key).key(e.field);
         FieldError { field: path.to_string(), path, message: e.message }
     })?;
+    if original_destination {
+        // One address per connection, the client's choice: nothing to balance,
+        // check, eject or retry (`defaults:` may set those for other routes).
+        pool.health_check = None;
+        pool.outlier = None;
+        pool.retries = 0;
+    }
     let mut seen: HashMap<&HostPort, usize> = HashMap::new();
-    for (j, u) in r.upstreams.iter().enumerate() {
+    for (j, u) in upstreams.iter().enumerate() {
         if let Some(first) = seen.insert(&u.address, j) {
             return fail(
                 here.key("upstreams").index(j),
@@ -182,13 +206,29 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
         }
     }
     let idle_timeout = r.idle_timeout.or(defaults.idle_timeout).map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get());
-    let source = r.source.or(defaults.source).map(|s| s.0);
-    check_source_family(&here, &r, source)?;
+    let source = r.source.or(defaults.source);
+    check_source_family(&here, &r, source.and_then(|s| s.ip()))?;
     let (server_names, alpn) = names(&here, &r)?;
+    let destinations = match &r.destinations {
+        Some(list) if list.is_empty() => {
+            return fail(
+                here.key("destinations"),
+                "an empty list: name at least one destination, or leave destinations out for the address's \
+                 default route"
+                    .to_owned(),
+            );
+        }
+        Some(list) => list.clone(),
+        None => Vec::new(),
+    };
     Ok(Route {
         listen: r.listen.0,
+        original_destination,
+        transparent: r.transparent.unwrap_or(false),
+        destinations,
         upstreams: r
             .upstreams
+            .unwrap_or_default()
             .into_iter()
             .map(|u| UpstreamSpec {
                 address: u.address,
@@ -229,6 +269,38 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
         pool,
         name: r.name,
     })
+}
+
+/// A route that sends each connection to its original destination has no
+/// upstreams, and none of the keys that choose among them or watch them.
+fn check_pass_through(here: &FieldPath, r: &RawRoute) -> Result<(), FieldError> {
+    if r.upstreams.is_some() {
+        return fail(
+            here.clone().key("upstreams"),
+            format!(
+                "route {:?} sends each connection to its original destination (original_destination: true): \
+                 it lists no upstreams; give the upstreams a route of their own",
+                r.name
+            ),
+        );
+    }
+    let set = [
+        ("balance", r.balance.is_some()),
+        ("retries", r.retries.is_some()),
+        ("health_check", r.health_check.is_some()),
+        ("outlier_detection", r.outlier_detection.is_some()),
+    ];
+    if let Some((key, _)) = set.into_iter().find(|(_, on)| *on) {
+        return fail(
+            here.clone().key(key),
+            format!(
+                "route {:?} sends each connection to its original destination (original_destination: true): \
+                 there is one address per connection, the client's, so {key} has nothing to do; leave it out",
+                r.name
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// A route's `server_names` (parsed) and `alpn` (which needs names: the
@@ -282,11 +354,11 @@ fn check_source_family(here: &FieldPath, r: &RawRoute, source: Option<IpAddr>) -
         return Ok(());
     };
     let family = |v4: bool| if v4 { "IPv4" } else { "IPv6" };
-    for (j, u) in r.upstreams.iter().enumerate() {
+    for (j, u) in r.upstreams.iter().flatten().enumerate() {
         let Some(addr) = u.address.as_socket_addr().filter(|a| a.is_ipv4() != ip.is_ipv4()) else {
             continue;
         };
-        return match r.source {
+        return match r.source.and_then(|s| s.ip()) {
             Some(_) => fail(
                 here.clone().key("source"),
                 format!(
@@ -334,8 +406,8 @@ fn check_listen(routes: &[Route]) -> Result<(), FieldError> {
             if a.port() == 0 || a.port() != b.port() || a.is_ipv4() != b.is_ipv4() {
                 continue;
             }
-            // An address routed by name is shared (config/shared.rs checks its group).
-            let by_name = routes.iter().any(|x| x.listen == a && !x.server_names.is_empty());
+            // An address routed by name or by destination is shared (config/shared.rs checks its group).
+            let by_name = routes.iter().any(|x| x.listen == a && super::shared::chooses(x));
             let why = if a.ip() == b.ip() && by_name {
                 continue;
             } else if a.ip() == b.ip() {
@@ -348,7 +420,7 @@ fn check_listen(routes: &[Route]) -> Result<(), FieldError> {
             return fail(
                 FieldPath::route(i).key("listen"),
                 format!(
-                    "listen address {a} {why} {b} of route {:?} (routes[{j}]): each route needs its own address (routes may share one only when they choose by TLS server name: server_names)",
+                    "listen address {a} {why} {b} of route {:?} (routes[{j}]): each route needs its own address (routes may share one only when they choose by TLS server name, server_names, or by original destination, destinations)",
                     other.name
                 ),
             );
@@ -356,3 +428,6 @@ fn check_listen(routes: &[Route]) -> Result<(), FieldError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -116,6 +116,10 @@ pub fn adopt(
         }
         if i < workers {
             route.options.before_listen(&s);
+            if route.options.transparent() {
+                // A listener of a transparent route's key; its predecessor (or systemd) may not have set it.
+                sockets::make_transparent(&s, addr).map_err(|source| ListenError::bind(route.name, addr, source))?;
+            }
             // listen() again on a listening socket just sets its backlog.
             let backlog = i32::try_from(route.backlog).unwrap_or(i32::MAX);
             if let Err(e) = socket2::SockRef::from(&s).listen(backlog) {

@@ -14,12 +14,38 @@ pub enum ListenKey {
     Fixed(SocketAddr),
     /// Port 0 (the kernel picks): the name tells routes apart.
     Ephemeral(String, SocketAddr),
+    /// A fixed address with IP_TRANSPARENT (`transparent: true`): not the
+    /// plain listener of the same address (a reload that turns the option on
+    /// or off binds anew, and a successor never takes one for the other).
+    Transparent(SocketAddr),
+    /// Port 0 with IP_TRANSPARENT.
+    TransparentEphemeral(String, SocketAddr),
 }
 
 impl ListenKey {
     /// The key of a configured route that has its address to itself.
     pub fn of(r: &config::Route) -> ListenKey {
-        if r.listen.port() == 0 { ListenKey::Ephemeral(r.name.clone(), r.listen) } else { ListenKey::Fixed(r.listen) }
+        match (r.transparent, r.listen.port() == 0) {
+            (false, false) => ListenKey::Fixed(r.listen),
+            (false, true) => ListenKey::Ephemeral(r.name.clone(), r.listen),
+            (true, false) => ListenKey::Transparent(r.listen),
+            (true, true) => ListenKey::TransparentEphemeral(r.name.clone(), r.listen),
+        }
+    }
+
+    /// The address it names (port 0 for a port the kernel picks).
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            ListenKey::Fixed(a)
+            | ListenKey::Ephemeral(_, a)
+            | ListenKey::Transparent(a)
+            | ListenKey::TransparentEphemeral(_, a) => *a,
+        }
+    }
+
+    /// A fixed address (one systemd can pass a socket for).
+    pub fn is_fixed(&self) -> bool {
+        matches!(self, ListenKey::Fixed(_) | ListenKey::Transparent(_))
     }
 
     /// The key of each route of `config`, in order: routes sharing an address
@@ -56,5 +82,20 @@ mod tests {
         let k0 = ListenKey::of(&r);
         r.name = "c".to_owned();
         assert_ne!(ListenKey::of(&r), k0, "port-0 routes are told apart by name");
+    }
+
+    #[test]
+    fn a_transparent_listener_is_not_the_plain_one_of_its_address() {
+        let yaml = |extra: &str| {
+            format!("routes:\n  - name: a\n    listen: 127.0.0.1:8080\n    upstreams: [127.0.0.1:1]\n{extra}")
+        };
+        let plain = crate::config::parse_str(&yaml(""), "t").unwrap().routes.remove(0);
+        let tproxy = crate::config::parse_str(&yaml("    transparent: true\n"), "t").unwrap().routes.remove(0);
+        assert_ne!(ListenKey::of(&plain), ListenKey::of(&tproxy));
+        assert_eq!(ListenKey::of(&tproxy).addr(), plain.listen);
+        assert!(ListenKey::of(&tproxy).is_fixed());
+        // The key crosses to a successor as JSON: an old predecessor's keys still read.
+        let wire = serde_json::to_string(&ListenKey::of(&plain)).unwrap();
+        assert_eq!(serde_json::from_str::<ListenKey>(&wire).unwrap(), ListenKey::of(&plain));
     }
 }

@@ -178,6 +178,7 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
     a.bad_proxy_header += g(&c.bad_proxy_header);
     a.bad_client_hello += g(&c.bad_client_hello);
     a.no_route += g(&c.no_route);
+    a.refused_loop += g(&c.refused_loop);
     a.client_hello_timeout += g(&c.client_hello_timeout);
     a.refused_route_limit += g(&c.refused_route_limit);
     a.rate_limited += g(&c.rate_limited);

@@ -58,11 +58,15 @@ pub enum CloseReason {
     RateLimited,
     /// Refused while shedding load (`overload:`; reset right after accept).
     Overloaded,
+    /// A capture loop: the client's original destination is sluice's own
+    /// listener, or the client is one of sluice's own pass-through
+    /// connections come back (reset right after accept).
+    Loop,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order (the counter index).
-    pub const ALL: [CloseReason; 20] = [
+    pub const ALL: [CloseReason; 21] = [
         CloseReason::Clean,
         CloseReason::ClientReset,
         CloseReason::UpstreamReset,
@@ -83,6 +87,7 @@ impl CloseReason {
         CloseReason::ClientHelloTimeout,
         CloseReason::RateLimited,
         CloseReason::Overloaded,
+        CloseReason::Loop,
     ];
 
     /// A stable lowercase name for logs and metric labels.
@@ -108,6 +113,7 @@ impl CloseReason {
             CloseReason::ClientHelloTimeout => "client_hello_timeout",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::Overloaded => "overload",
+            CloseReason::Loop => "loop",
         }
     }
 }
@@ -149,8 +155,11 @@ pub struct WorkerCounters {
     pub bad_proxy_header: AtomicU64,
     /// Clients reset for bytes that are not a well-formed ClientHello (addresses routed by name).
     pub bad_client_hello: AtomicU64,
-    /// Clients reset because no route takes their ClientHello's name and ALPN.
+    /// Clients reset because no route takes their ClientHello's name and
+    /// ALPN, or their original destination (a capture address).
     pub no_route: AtomicU64,
+    /// Clients of a capture address reset as a loop (see `CloseReason::Loop`).
+    pub refused_loop: AtomicU64,
     /// Clients reset for not sending a complete ClientHello in time.
     pub client_hello_timeout: AtomicU64,
     /// Clients routed by name to a route already at its `max_connections`.

@@ -267,6 +267,7 @@ pub fn render(snap: &Snapshot) -> String {
             (vec![("reason", "bad_proxy_header".to_owned())], a.bad_proxy_header as f64),
             (vec![("reason", "bad_client_hello".to_owned())], a.bad_client_hello as f64),
             (vec![("reason", "no_route".to_owned())], a.no_route as f64),
+            (vec![("reason", "loop".to_owned())], a.refused_loop as f64),
             (vec![("reason", "client_hello_timeout".to_owned())], a.client_hello_timeout as f64),
             (vec![("reason", "route_limit".to_owned())], a.refused_route_limit as f64),
             (vec![("reason", "rate_limited".to_owned())], a.rate_limited as f64),

@@ -27,6 +27,10 @@ use crate::upstream::{UpstreamHealth, UpstreamKey};
 /// ever seen.
 pub const RETENTION: Duration = Duration::from_secs(5 * 60);
 
+/// The `upstream` label of a route's pass-through connections
+/// (`original_destination: true`): one series for every destination.
+pub const PASS_THROUGH: &str = "original_destination";
+
 /// How often an upstream that left but still has sessions is looked at again.
 pub const RECHECK: Duration = Duration::from_secs(10);
 
@@ -110,7 +114,13 @@ impl Registry {
     /// existing, or new in the first free slot. A new one is not current
     /// until `set_current` says so.
     pub fn upstream(&self, route: usize, addr: SocketAddr) -> (UpstreamKey, Arc<UpstreamHealth>) {
-        let address = addr.to_string();
+        self.upstream_labelled(route, addr.to_string())
+    }
+
+    /// [`Registry::upstream`] by its `upstream` label: an address, or
+    /// [`PASS_THROUGH`] for the one series of a route's pass-through
+    /// connections (`original_destination`: no label per destination).
+    pub fn upstream_labelled(&self, route: usize, address: String) -> (UpstreamKey, Arc<UpstreamHealth>) {
         let mut g = self.lock();
         let mut held = g.upstreams.iter().filter_map(|s| s.occupant.as_ref());
         if let Some(o) = held.find(|o| o.info.route == route && o.info.address == address) {

@@ -327,9 +327,12 @@ pub struct AcceptSnapshot {
     /// Clients reset for bytes that are not a well-formed ClientHello (addresses routed by name).
     #[serde(default)]
     pub bad_client_hello: u64,
-    /// Clients reset because no route takes their ClientHello.
+    /// Clients reset because no route takes their ClientHello or their original destination.
     #[serde(default)]
     pub no_route: u64,
+    /// Clients of a capture address reset as a loop (sluice's own listener or connection).
+    #[serde(default)]
+    pub refused_loop: u64,
     /// Clients reset for not sending a complete ClientHello within `client_hello_timeout`.
     #[serde(default)]
     pub client_hello_timeout: u64,

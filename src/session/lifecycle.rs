@@ -222,7 +222,12 @@ impl Session {
             return false;
         };
         let header = self.route.pool().proxy_protocol.map(|v| {
-            let local = self.local_addr.or_else(|| self.client.local_addr().ok()).unwrap_or(self.peer_addr);
+            // A captured client's header names where it was really going.
+            let local = self
+                .original_dst
+                .or(self.local_addr)
+                .or_else(|| self.client.local_addr().ok())
+                .unwrap_or(self.peer_addr);
             header::Outgoing::new(v, self.client_addr, local)
         });
         let connect_time = now.saturating_duration_since(a.since);

@@ -88,6 +88,13 @@ pub struct Session {
     peer_addr: SocketAddr,
     /// The address the client connected to, from its PROXY header (else the socket's own).
     local_addr: Option<SocketAddr>,
+    /// Where the client was really going (a capture address: see
+    /// `worker::capture`): where a pass-through route connects, what the
+    /// access log's `dst` and our PROXY header's destination say.
+    original_dst: Option<SocketAddr>,
+    /// The local address of its pass-through upstream connection, while the
+    /// process's loop guard holds it (taken out at the close).
+    guarded: Option<SocketAddr>,
     /// The worker's listener it came from (whose balancer retries use).
     listener: usize,
     /// How its pumps move bytes.
@@ -125,6 +132,8 @@ pub struct Accepted {
     pub peer_addr: SocketAddr,
     /// The worker's listener it came from.
     pub listener: usize,
+    /// Where it was really going, read at accept on a capture address.
+    pub original_dst: Option<SocketAddr>,
 }
 
 impl Session {
@@ -139,7 +148,7 @@ impl Session {
         inspect: Option<Arc<Frontend>>,
         now: Instant,
     ) -> Session {
-        let Accepted { client, peer_addr, listener } = accepted;
+        let Accepted { client, peer_addr, listener, original_dst } = accepted;
         let routed = inspect.is_none();
         let client_ready = Readiness::default();
         let stage = if route.pool().accept_proxy_protocol {
@@ -158,6 +167,8 @@ impl Session {
             client_addr: peer_addr,
             peer_addr,
             local_addr: None,
+            original_dst,
+            guarded: None,
             listener,
             relay_mode,
             stage,
@@ -212,6 +223,27 @@ impl Session {
     /// Who connected to us.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+
+    /// Where the client was really going (a capture address), if known.
+    pub fn original_dst(&self) -> Option<SocketAddr> {
+        self.original_dst
+    }
+
+    /// Its route sends it to its original destination (`original_destination: true`).
+    pub fn passes_through(&self) -> bool {
+        self.route.config.original_destination
+    }
+
+    /// Its pass-through connection leaves from `local`, now in the loop
+    /// guard (the bound address first, then the full one once connect chose it).
+    pub fn guard(&mut self, local: SocketAddr) {
+        self.guarded = Some(local);
+    }
+
+    /// The local address to take out of the loop guard (once).
+    pub fn take_guarded(&mut self) -> Option<SocketAddr> {
+        self.guarded.take()
     }
 
     /// The worker's listener it came from.
@@ -315,9 +347,13 @@ impl Session {
         self.queued = false;
     }
 
-    /// The address of the current upstream.
+    /// The address of the current upstream (a pass-through route's: the
+    /// original destination).
     pub fn upstream_addr(&self) -> SocketAddr {
-        self.upstream().addr
+        match self.original_dst {
+            Some(dst) if self.passes_through() => dst,
+            _ => self.upstream().addr,
+        }
     }
 
     /// The current upstream (the last tried; also after the close).
@@ -363,7 +399,8 @@ mod tests {
         let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let peer = client.local_addr().unwrap();
         let now = Instant::now();
-        let accepted = Accepted { client: TcpStream::from_std(client), peer_addr: peer, listener: 0 };
+        let accepted =
+            Accepted { client: TcpStream::from_std(client), peer_addr: peer, listener: 0, original_dst: None };
         (Session::new(1, route, accepted, RelayMode::Auto, None, now), l)
     }
 

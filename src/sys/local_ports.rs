@@ -85,9 +85,9 @@ pub fn demand(config: &Config) -> Vec<Demand> {
         let total_weight: u64 = r.upstreams.iter().filter(|u| !u.backup).map(|u| u64::from(u.weight)).sum();
         for u in r.upstreams.iter().filter(|u| !u.backup) {
             let share = (cap * u64::from(u.weight)).div_ceil(total_weight.max(1));
-            let key = (r.source, u.address.to_string());
+            let key = (r.source_ip(), u.address.to_string());
             let d = by_key.entry(key).or_insert_with(|| Demand {
-                source: r.source,
+                source: r.source_ip(),
                 upstream: u.address.to_string(),
                 routes: Vec::new(),
                 sessions: 0,

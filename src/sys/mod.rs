@@ -8,6 +8,7 @@
 //!
 //! - `sockets.rs`: `SO_REUSEPORT` listeners, non-blocking upstream connects, abortive close.
 //! - `sockopt.rs`: one function per TCP option; where each one applies; `TCP_INFO`.
+//! - `capture.rs`: `IP_TRANSPARENT` and a connection's original destination (`SO_ORIGINAL_DST`).
 //! - `handshakes.rs`: the socket filter that stops a listener answering new handshakes before it closes.
 //! - `socket_queue.rs`: what a socket still holds: unread and unacknowledged bytes.
 //! - `local_ports.rs`: local ports per upstream address, and what the routes may need (`doctor`).
@@ -17,6 +18,7 @@
 //! - `affinity.rs`: pinning workers to CPUs.
 
 pub(crate) mod affinity;
+pub(crate) mod capture;
 pub(crate) mod handshakes;
 pub(crate) mod local_ports;
 pub(crate) mod netstat;

@@ -241,6 +241,11 @@ pub struct Applied {
     opts: SocketOptions,
     /// The route's `source:`: the local address of its upstream connections.
     source: Option<IpAddr>,
+    /// `source: client`: a session's upstream connection leaves from its
+    /// client's IP (IP_TRANSPARENT on the upstream socket).
+    source_client: bool,
+    /// `transparent: true`: IP_TRANSPARENT on the listener (TPROXY capture).
+    transparent: bool,
     route: String,
     refused: AtomicU32,
 }
@@ -259,7 +264,14 @@ impl Applied {
                 opts.congestion = None;
             }
         }
-        Applied { opts, source: None, route: route.to_owned(), refused: AtomicU32::new(0) }
+        Applied {
+            opts,
+            source: None,
+            source_client: false,
+            transparent: false,
+            route: route.to_owned(),
+            refused: AtomicU32::new(0),
+        }
     }
 
     /// The same options with the route's `source:` address for upstream
@@ -267,6 +279,24 @@ impl Applied {
     pub fn with_source(mut self, source: Option<IpAddr>) -> Applied {
         self.source = source;
         self
+    }
+
+    /// The same options for a capture route: `transparent` listener,
+    /// `source_client` upstream connections (`source: client`).
+    pub fn with_capture(mut self, transparent: bool, source_client: bool) -> Applied {
+        self.transparent = transparent;
+        self.source_client = source_client;
+        self
+    }
+
+    /// The listener is transparent (IP_TRANSPARENT before bind).
+    pub fn transparent(&self) -> bool {
+        self.transparent
+    }
+
+    /// Sessions' upstream connections leave from their client's IP (`source: client`).
+    pub fn source_client(&self) -> bool {
+        self.source_client
     }
 
     /// The local address upstream sockets are bound to, if the route sets one.
@@ -353,12 +383,19 @@ impl Applied {
 
     /// Options for an upstream socket, before it connects.
     pub fn upstream(&self, s: &impl AsFd) {
+        self.upstream_bound(s, true);
+    }
+
+    /// [`Applied::upstream`], with IP_BIND_ADDRESS_NO_PORT only if
+    /// `port_at_connect` (a pass-through connection binds its port before
+    /// connecting, so its local address is known before the SYN leaves).
+    pub fn upstream_bound(&self, s: &impl AsFd, port_at_connect: bool) {
         self.connection(s);
         self.buffers_and_congestion(s);
         if let Some(m) = self.opts.mark {
             self.set(Opt::Mark, || set_mark(s, m.get() as u32));
         }
-        if self.source.is_some() {
+        if port_at_connect && (self.source.is_some() || self.source_client) {
             // Refused (a kernel before 4.2): bind then picks the port, which still works,
             // only with fewer ports to go round (`sluice doctor` explains).
             self.set(Opt::BindAddressNoPort, || set_bind_address_no_port(s, true));

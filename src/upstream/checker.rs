@@ -189,7 +189,7 @@ fn retarget(old: Vec<Probe>, targets: Vec<Target>, rng: &mut fastrand::Rng) -> V
 impl Probe {
     fn start(&mut self, registry: &mio::Registry, token: Token, now: Instant) {
         let deadline = now + self.target.check.timeout;
-        match sockets::start_connect(self.target.addr, &self.target.socket) {
+        match sockets::start_connect(self.target.addr, &self.target.socket, None) {
             Ok(mut stream) => {
                 if let Err(e) = registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
                     log::debug!("health check of {}: cannot register: {e}", self.target.display);

@@ -8,6 +8,7 @@ pub mod balance;
 pub mod checker;
 pub mod discovery;
 pub mod health;
+pub mod loop_guard;
 pub mod resolve;
 pub mod set;
 

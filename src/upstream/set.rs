@@ -112,6 +112,25 @@ impl UpstreamSet {
         UpstreamSet { upstreams, ring }
     }
 
+    /// The set of a pass-through route (`original_destination: true`): one
+    /// member standing for every original destination, so the route's
+    /// sessions claim, count and record like any other's, in one series
+    /// (`identity` gives it; `label` names it). Its address is never
+    /// connected to: each session connects to its own original destination.
+    pub fn pass_through(label: &str, identity: impl FnOnce() -> (UpstreamKey, Arc<UpstreamHealth>)) -> UpstreamSet {
+        let (metric_id, health) = identity();
+        let upstream = Upstream {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            name: HostPort { host: label.to_owned(), port: 0 },
+            weight: 1,
+            backup: false,
+            metric_id,
+            health,
+        };
+        let ring = Ring::new([(upstream.name.host.clone(), 1)]);
+        UpstreamSet { upstreams: vec![upstream], ring }
+    }
+
     /// Number of addresses.
     pub fn len(&self) -> usize {
         self.upstreams.len()
@@ -142,7 +161,9 @@ impl Loads for UpstreamSet {
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.name.as_socket_addr() == Some(self.addr) {
+        if self.name.port == 0 {
+            f.write_str("the original destination") // a pass-through route's one member
+        } else if self.name.as_socket_addr() == Some(self.addr) {
             write!(f, "{}", self.addr)
         } else {
             write!(f, "{} ({})", self.addr, self.name)

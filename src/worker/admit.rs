@@ -3,7 +3,9 @@
 //! and the client admitted by its route (access list, per-client limit) or
 //! refused with a reset and counted. On an address routed by name the route
 //! is only known after the ClientHello (`hello.rs`); until then the client
-//! counts against the address's limit of unrouted clients.
+//! counts against the address's limit of unrouted clients. On a capture
+//! address the route is chosen by the client's original destination first
+//! (`capture.rs`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,7 +30,26 @@ impl Worker {
     pub(super) fn start_session(&mut self, li: usize, client: TcpStream, peer: SocketAddr, now: Instant) {
         WorkerCounters::inc(&self.metrics.counters.accepted);
         let frontend = Arc::clone(&self.listeners[li].frontend);
-        let route = Arc::clone(frontend.first());
+        let mut original_dst = None;
+        let route = if frontend.captures {
+            match self.capture(&frontend, &client, peer) {
+                Ok(c) => {
+                    original_dst = Some(c.dst);
+                    Arc::clone(&frontend.routes[c.route])
+                }
+                Err((close, counted_in)) => {
+                    sockets::reset_on_close(&client);
+                    if let Some(r) = counted_in.map(|i| &frontend.routes[i]) {
+                        let mut st = self.metrics.stats();
+                        st.route(r.metric_id).accepted += 1;
+                        st.route(r.metric_id).closed[close as usize] += 1;
+                    }
+                    return;
+                }
+            }
+        } else {
+            Arc::clone(frontend.first())
+        };
         let accept_header = route.pool().accept_proxy_protocol;
         let inspect = frontend.inspects();
         if !inspect {
@@ -41,6 +62,9 @@ impl Worker {
         if shedding || !accept_header {
             let refused = if shedding {
                 Some(self.refuse(&route, peer, Refused::Overload))
+            } else if frontend.destinations.is_some() && route.at_limit() {
+                // Several routes by destination: the listener can't pause for one of them.
+                Some(self.refuse(&route, peer, Refused::RouteLimit))
             } else if inspect {
                 (!frontend.admit_hello(peer.ip())).then(|| self.refuse_unrouted(&frontend, peer))
             } else {
@@ -64,7 +88,7 @@ impl Worker {
         let id = self.next_id;
         self.next_id += self.id_stride;
         let relay = self.relay_mode();
-        let accepted = Accepted { client, peer_addr: peer, listener: li };
+        let accepted = Accepted { client, peer_addr: peer, listener: li, original_dst };
         let session = Session::new(id, route, accepted, relay, inspect.then(|| Arc::clone(&frontend)), now);
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
@@ -148,6 +172,7 @@ impl Worker {
             Refused::ClientLimit(_) => (&c.refused_client_limit, CloseReason::Refused),
             Refused::Rate(_) => (&c.rate_limited, CloseReason::RateLimited),
             Refused::Overload => (&c.refused_overload, CloseReason::Overloaded),
+            Refused::RouteLimit => (&c.refused_route_limit, CloseReason::Refused),
         };
         WorkerCounters::inc(counter);
         match reason {
@@ -161,6 +186,7 @@ impl Worker {
                 rate_warning(&self.shared, route, key);
             }
             Refused::Overload => log::debug!("route {}: refused {client}: shedding load (overload)", route.name),
+            Refused::RouteLimit => log::debug!("route {}: refused {client}: at max_connections", route.name),
         }
         close
     }
@@ -186,6 +212,8 @@ pub(super) enum Refused {
     /// Over the named rate key.
     Rate(&'static str),
     Overload,
+    /// The route (one of several on a capture address) is at `max_connections`.
+    RouteLimit,
 }
 
 /// Checks, in this order, the route's access list, its per-client limit

@@ -104,6 +104,9 @@ impl Worker {
             sockets::reset_on_close(u);
         }
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(local) = s.take_guarded() {
+            self.shared.loop_guard.remove(local);
+        }
         if s.routed() {
             s.route().state.active.fetch_sub(1, Ordering::Relaxed);
         }

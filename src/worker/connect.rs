@@ -50,7 +50,17 @@ impl Worker {
                 break;
             };
             let upstream = &route.upstreams.upstreams[index];
-            let addr = upstream.addr;
+            // A pass-through route's one member stands for the session's own destination.
+            let addr = if route.config.original_destination {
+                let Some(dst) = self.sessions[key].original_dst() else {
+                    debug_assert!(false, "a pass-through route's listener reads original destinations");
+                    let end = End { reason: CloseReason::NoRoute, ending: Ending::RESET_CLIENT };
+                    return self.close(key, end, now);
+                };
+                dst
+            } else {
+                upstream.addr
+            };
             {
                 let mut st = self.metrics.stats();
                 st.route(route.metric_id).connect_attempts += 1;
@@ -64,7 +74,13 @@ impl Worker {
             // A new generation: events of an earlier attempt's socket still in this batch are told apart.
             let generation = token::next_generation(s.upstream_generation());
             let tok = token::session(key, Side::Upstream, generation).expect("a session's key has a token");
-            let started = sockets::start_connect(addr, &route.socket).and_then(|mut stream| {
+            let client_ip = s.client_addr().ip();
+            let started = if route.config.original_destination {
+                self.start_pass_through(key, addr, &route, client_ip)
+            } else {
+                sockets::start_connect(addr, &route.socket, Some(client_ip))
+            };
+            let started = started.and_then(|mut stream| {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 self.poll.registry().register(&mut stream, tok, interest)?;
                 Ok(stream)
@@ -100,6 +116,32 @@ impl Worker {
             route.name
         ));
         self.close(key, End { reason: CloseReason::ConnectFailed, ending: Ending::RESET_CLIENT }, now);
+    }
+
+    /// A pass-through route's connect: its local address goes into the
+    /// process's loop guard before the SYN leaves (the session takes it
+    /// out at its close), so a capture rule that brings this connection
+    /// back is recognised by whichever worker accepts it. Costs a bind and
+    /// a `getsockname` (and one more after connect without a `source:`).
+    fn start_pass_through(
+        &mut self,
+        key: usize,
+        addr: SocketAddr,
+        route: &crate::route::Route,
+        client_ip: std::net::IpAddr,
+    ) -> io::Result<mio::net::TcpStream> {
+        let (socket, bound) = sockets::bind_pass_through(addr, &route.socket, Some(client_ip))?;
+        self.shared.loop_guard.insert(bound);
+        self.sessions[key].guard(bound);
+        let stream = sockets::connect_bound(socket, addr)?;
+        if bound.ip().is_unspecified() {
+            // Connect chose the local IP: the entry gets the full address.
+            if let Ok(local) = stream.local_addr() {
+                self.shared.loop_guard.replace(bound, local);
+                self.sessions[key].guard(local);
+            }
+        }
+        Ok(stream)
     }
 
     /// The upstream for the session's next attempt, and whether it is the
@@ -257,7 +299,7 @@ impl Worker {
             matches!(s.stage(), Stage::Unconnected { .. }),
             "a claim comes back with the session unconnected"
         );
-        let upstream = s.upstream();
+        let upstream = s.upstream_addr();
         log::debug!("session {}: upstream {upstream} failed: {e}", s.id());
         let last = format!("{upstream}: {e}");
         self.attempt_failed(key, claim);

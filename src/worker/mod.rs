@@ -11,7 +11,8 @@
 //! drives sessions (their events, timers and verdicts); `orders.rs` is
 //! what the control thread says to a worker (its messages and settings),
 //! `admit.rs` takes an accepted client up to its route (PROXY header,
-//! access list, limits), `hello.rs` routes by TLS ClientHello,
+//! access list, limits), `capture.rs` reads a capture address's original
+//! destinations (and refuses loops), `hello.rs` routes by TLS ClientHello,
 //! `listeners.rs` accepts (limits, fd exhaustion, route reloads),
 //! `closing.rs` closes listeners without resetting anyone (the drain,
 //! removed routes, surplus sockets), `connect.rs` opens upstream
@@ -20,6 +21,7 @@
 //! `uring.rs` drives the io_uring of `relay: uring`.
 
 mod admit;
+mod capture;
 mod close;
 mod closing;
 mod connect;

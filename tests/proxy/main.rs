@@ -33,6 +33,7 @@ macro_rules! both_modes {
     };
 }
 
+mod capture;
 mod chaos;
 mod cli;
 mod config_errors;

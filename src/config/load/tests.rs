@@ -115,11 +115,11 @@ fn other_bad_values() {
 fn source_is_a_route_key_and_a_default() {
     let c = parse_str(&GOOD.replace("  connect_timeout: 2s\n", "  connect_timeout: 2s\n  source: 127.0.0.2\n"), "t")
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.routes[0].source, Some([127, 0, 0, 2].into()), "from defaults");
-    assert_eq!(c.routes[1].source, Some([127, 0, 0, 2].into()), "a name may resolve to any family");
+    assert_eq!(c.routes[0].source_ip(), Some([127, 0, 0, 2].into()), "from defaults");
+    assert_eq!(c.routes[1].source_ip(), Some([127, 0, 0, 2].into()), "a name may resolve to any family");
     let text = GOOD.replace("    idle_timeout: 1m\n", "    idle_timeout: 1m\n    source: 127.0.0.3\n");
     let c = parse_str(&text, "t").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.routes[0].source, Some([127, 0, 0, 3].into()));
+    assert_eq!(c.routes[0].source_ip(), Some([127, 0, 0, 3].into()));
     assert_eq!(c.routes[1].source, None);
 }
 

@@ -30,8 +30,8 @@ pub fn assign(received: &[(RawFd, &str, SocketAddr)], config: &Config) -> Result
     let mut targets = Vec::with_capacity(received.len());
     let mut admin_fd: Option<(RawFd, &str)> = None;
     for &(fd, name, addr) in received {
-        if keys.contains(&ListenKey::Fixed(addr)) {
-            targets.push(Target::Route(ListenKey::Fixed(addr)));
+        if let Some(key) = keys.iter().find(|k| k.is_fixed() && k.addr() == addr) {
+            targets.push(Target::Route(key.clone()));
         } else if admin == Some(addr) {
             if let Some((first, first_name)) = admin_fd {
                 return Err(ActivationError::TooMany {
@@ -95,7 +95,7 @@ impl Activation {
                 config.routes.iter().zip(&keys).filter(|(_, k)| *k == key).map(|(r, _)| r.name.as_str()).collect();
             names.join(", ")
         };
-        for key in keys.iter().filter(|k| matches!(k, ListenKey::Fixed(_))) {
+        for key in keys.iter().filter(|k| k.is_fixed()) {
             let n = targets.iter().filter(|t| **t == Target::Route(key.clone())).count();
             if n > workers {
                 return Err(ActivationError::TooMany {
@@ -156,7 +156,5 @@ impl Activation {
 }
 
 fn fixed_addr(key: &ListenKey) -> SocketAddr {
-    match key {
-        ListenKey::Fixed(a) | ListenKey::Ephemeral(_, a) => *a,
-    }
+    key.addr()
 }

@@ -35,7 +35,7 @@ fn connect_to_a_closed_port_fails() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let s = start_connect(SocketAddr::from(([127, 0, 0, 1], port)), &Applied::default()).unwrap();
+    let s = start_connect(SocketAddr::from(([127, 0, 0, 1], port)), &Applied::default(), None).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         match connect_result(&s, false) {
@@ -58,7 +58,7 @@ fn connect_to_a_closed_port_fails() {
 fn a_reset_right_after_the_handshake_is_not_a_connect_failure() {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut s = start_connect(l.local_addr().unwrap(), &Applied::default()).unwrap();
+    let mut s = start_connect(l.local_addr().unwrap(), &Applied::default(), None).unwrap();
     let (mut server, _) = l.accept().unwrap();
     server.write_all(b"too many connections").unwrap();
     SockRef::from(&server).set_linger(Some(Duration::ZERO)).unwrap();
@@ -85,7 +85,7 @@ fn a_reset_right_after_the_handshake_is_not_a_connect_failure() {
 #[test]
 fn the_first_connect_event_tells_success_from_failure() {
     let first_event = |addr: SocketAddr| {
-        let mut s = start_connect(addr, &Applied::default()).unwrap();
+        let mut s = start_connect(addr, &Applied::default(), None).unwrap();
         let mut poll = mio::Poll::new().unwrap();
         let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
         poll.registry().register(&mut s, mio::Token(0), interest).unwrap();
@@ -115,7 +115,7 @@ fn the_first_connect_event_tells_success_from_failure() {
 fn a_source_address_is_the_local_address_and_its_port_is_chosen_at_connect() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let opts = Applied::default().with_source(Some([127, 0, 0, 2].into()));
-    let s = start_connect(l.local_addr().unwrap(), &opts).unwrap();
+    let s = start_connect(l.local_addr().unwrap(), &opts, None).unwrap();
     let (_server, peer) = l.accept().unwrap();
     assert_eq!(peer.ip(), std::net::IpAddr::from([127, 0, 0, 2]));
     assert_ne!(peer.port(), 0);
@@ -127,10 +127,10 @@ fn an_unusable_source_is_a_local_error() {
     use crate::local_error::{LocalCause, classify};
     let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
     // TEST-NET-1: never an address of this host.
-    let e = start_connect(up, &Applied::default().with_source(Some([192, 0, 2, 1].into()))).unwrap_err();
+    let e = start_connect(up, &Applied::default().with_source(Some([192, 0, 2, 1].into())), None).unwrap_err();
     assert_eq!(classify(&e), Some(LocalCause::Source), "{e}");
     assert!(e.to_string().starts_with("cannot bind source address 192.0.2.1"), "{e}");
-    let e = start_connect(up, &Applied::default().with_source(Some("::1".parse().unwrap()))).unwrap_err();
+    let e = start_connect(up, &Applied::default().with_source(Some("::1".parse().unwrap())), None).unwrap_err();
     assert_eq!(classify(&e), Some(LocalCause::Source), "{e}");
     assert!(e.to_string().contains("is IPv6 and upstream 127.0.0.1:9 is IPv4"), "{e}");
 }
@@ -138,7 +138,7 @@ fn an_unusable_source_is_a_local_error() {
 #[test]
 fn connect_to_a_listener_succeeds_with_nodelay() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let s = start_connect(l.local_addr().unwrap(), &Applied::default()).unwrap();
+    let s = start_connect(l.local_addr().unwrap(), &Applied::default(), None).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !matches!(connect_result(&s, false), ConnectState::Connected) {
         assert!(std::time::Instant::now() < deadline, "connect never finished");
