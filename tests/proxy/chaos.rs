@@ -11,11 +11,12 @@
 //!
 //! Upstreams that must die with SIGKILL or live in another namespace are
 //! this test binary run again as a helper process (`helper_*` below, which
-//! do nothing unless `SLUICE_CHAOS_HELPER` names an address).
+//! do nothing unless `netns::HELPER_ENV` names an address; the pattern and
+//! the namespaces live in `tests/support/netns.rs`).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,54 +26,28 @@ use nix::unistd::Pid;
 
 use crate::backends::{self, Stream, timeouts, verified_upload, write_stream};
 use crate::harness::{Sluice, raise_fd_limit, temp_config};
+use crate::netns::{Helper, Netns, RootLink, can_run, sh};
 
-const HELPER_ENV: &str = "SLUICE_CHAOS_HELPER";
-
-/// This test binary again, running helper test `name` on `addr` (inside namespace `ns` if given).
-fn helper(name: &str, addr: SocketAddr, ns: Option<&str>) -> Helper {
-    let exe = std::env::current_exe().expect("test binary");
-    let mut cmd = match ns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(exe);
-            c
-        }
-        None => Command::new(exe),
-    };
-    let child = cmd
-        .args(["--exact", &format!("chaos::{name}"), "--nocapture", "--test-threads", "1"])
-        .env(HELPER_ENV, addr.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start a helper");
-    // Owned before the wait: a helper that never listens is killed when the assertion unwinds.
-    let helper = Helper(child);
-    wait_listening(addr);
-    helper
+/// This test binary again, running helper test `chaos::NAME` on `addr` (inside `ns` if given).
+fn helper(name: &str, addr: SocketAddr, ns: Option<&Netns>) -> Helper {
+    Helper::spawn(&format!("chaos::{name}"), addr, ns)
 }
 
-/// Waits until `addr` accepts (from the root namespace, a helper in the test's namespace is reachable over the veth).
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the helper never listened on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
+/// A namespace with a veth to the root namespace, where `tc` is there too (`None`, with a message, if not).
+fn chaos_netns() -> Option<(Netns, RootLink)> {
+    if !can_run("tc", &["-V"]) {
+        eprintln!("SKIP: `tc` is not installed (apt-get install iproute2)");
+        return None;
     }
-}
-
-fn helper_addr() -> Option<SocketAddr> {
-    std::env::var(HELPER_ENV).ok().and_then(|a| a.parse().ok())
+    let mut ns = Netns::new("chaos")?;
+    let link = ns.link_to_root();
+    Some((ns, link))
 }
 
 /// Helper: reads each connection to EOF, answers `count ‖ digest` (as `backends::sink`).
 #[test]
 fn helper_sink() {
-    let Some(addr) = helper_addr() else { return };
+    let Some(addr) = Helper::addr() else { return };
     let l = TcpListener::bind(addr).expect("bind");
     for mut conn in l.incoming().flatten() {
         std::thread::spawn(move || backends::answer_digest(&mut conn));
@@ -82,7 +57,7 @@ fn helper_sink() {
 /// Helper: sends 1 GiB of stream 5 to each connection, never reading what the client sends.
 #[test]
 fn helper_source() {
-    let Some(addr) = helper_addr() else { return };
+    let Some(addr) = Helper::addr() else { return };
     let l = TcpListener::bind(addr).expect("bind");
     for conn in l.incoming().flatten() {
         std::thread::spawn(move || {
@@ -97,7 +72,7 @@ fn helper_source() {
 /// send queue — then resets the connection.
 #[test]
 fn helper_write_then_reset() {
-    let Some(addr) = helper_addr() else { return };
+    let Some(addr) = Helper::addr() else { return };
     let l = TcpListener::bind(addr).expect("bind");
     for conn in l.incoming().flatten() {
         std::thread::spawn(move || {
@@ -113,88 +88,6 @@ fn helper_write_then_reset() {
     }
 }
 
-/// Runs `ip`/`nft`/`tc` with arguments, panicking with its stderr if it fails.
-fn sh(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn can_run(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-}
-
-/// A network namespace with a veth pair to the root namespace, removed on drop.
-struct Netns {
-    name: String,
-    host_if: String,
-    /// The veth end inside the namespace.
-    ns_if: String,
-    peer: std::net::Ipv4Addr,
-}
-
-impl Netns {
-    /// `None` (and a message) where namespaces, veth or nftables are not available.
-    fn create() -> Option<Netns> {
-        if !crate::harness::is_root() {
-            eprintln!("SKIP: network namespaces need root");
-            return None;
-        }
-        for (tool, args) in [("ip", &["-V"][..]), ("nft", &["--version"][..]), ("tc", &["-V"][..])] {
-            if !can_run(tool, args) {
-                eprintln!("SKIP: `{tool}` is not installed (apt-get install iproute2 nftables)");
-                return None;
-            }
-        }
-        let id = std::process::id() % 100_000;
-        let name = format!("sluice-chaos-{id}");
-        let (host_if, ns_if) = (format!("slc{id}a"), format!("slc{id}b"));
-        let subnet = (id % 250) as u8;
-        let host = std::net::Ipv4Addr::new(10, 213, subnet, 1);
-        let peer = std::net::Ipv4Addr::new(10, 213, subnet, 2);
-        if !can_run("ip", &["netns", "add", &name]) {
-            eprintln!("SKIP: cannot create a network namespace here");
-            return None;
-        }
-        let ns = Netns { name, host_if, ns_if: ns_if.clone(), peer };
-        sh("ip", &["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns_if]);
-        sh("ip", &["link", "set", &ns_if, "netns", &ns.name]);
-        sh("ip", &["addr", "add", &format!("{host}/30"), "dev", &ns.host_if]);
-        sh("ip", &["link", "set", &ns.host_if, "up"]);
-        let exec = |args: &[&str]| {
-            let mut a = vec!["netns", "exec", &ns.name];
-            a.extend_from_slice(args);
-            sh("ip", &a);
-        };
-        exec(&["ip", "addr", "add", &format!("{peer}/30"), "dev", &ns_if]);
-        exec(&["ip", "link", "set", &ns_if, "up"]);
-        exec(&["ip", "link", "set", "lo", "up"]);
-        Some(ns)
-    }
-
-    fn exec(&self, args: &[&str]) {
-        let mut a = vec!["netns", "exec", &self.name];
-        a.extend_from_slice(args);
-        sh("ip", &a);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
-/// Kills a helper on drop.
-struct Helper(Child);
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout() {
     a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout_in("auto");
@@ -207,17 +100,17 @@ fn a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout_under_relay_uring
 }
 
 fn a_lossy_rate_capped_path_loses_no_byte_and_fires_no_timeout_in(mode: &str) {
-    let Some(ns) = Netns::create() else { return };
+    let Some((ns, link)) = chaos_netns() else { return };
     // 1% of the packets into the upstream's namespace are dropped; sluice → upstream is capped at 100 Mbit/s.
     ns.exec(&["nft", "add", "table", "inet", "chaos"]);
     ns.exec(&["nft", "add chain inet chaos input { type filter hook input priority 0 ; }"]);
     ns.exec(&["nft", "add rule inet chaos input numgen random mod 100 0 drop"]);
     sh(
         "tc",
-        &["qdisc", "add", "dev", &ns.host_if, "root", "tbf", "rate", "100mbit", "burst", "64kb", "latency", "100ms"],
+        &["qdisc", "add", "dev", &link.host_if, "root", "tbf", "rate", "100mbit", "burst", "64kb", "latency", "100ms"],
     );
-    let up = SocketAddr::from((ns.peer, 9000));
-    let _sink = helper("helper_sink", up, Some(&ns.name));
+    let up = SocketAddr::from((link.peer, 9000));
+    let _sink = helper("helper_sink", up, Some(&ns));
     let yaml = format!(
         "workers: 1\nrelay: {mode}\nroutes:\n  - name: lossy\n    listen: 127.0.0.1:0\n    upstreams: [\"{up}\"]\n\
          \x20   idle_timeout: 5s\n    socket: {{ user_timeout: 10s, keepalive: {{ idle: 2s, interval: 1s, count: 3 }} }}\n"
@@ -627,24 +520,36 @@ fn a_reset_reaches_a_client_behind_a_slow_link_after_every_byte_before_it_under_
 }
 
 fn a_reset_reaches_a_client_behind_a_slow_link_after_every_byte_before_it_in(mode: &str) {
-    let Some(ns) = Netns::create() else { return };
+    let Some((ns, link)) = chaos_netns() else { return };
     // sluice and the upstream live in the namespace (the upstream on the
     // namespace's own address: local delivery, fast); this test is the client,
     // across the veth, whose namespace end sends at 20 Mbit/s. When the
     // upstream resets, the last of its 2 MiB are still in sluice's pipe and
     // send queue toward the client.
     ns.exec(&[
-        "tc", "qdisc", "add", "dev", &ns.ns_if, "root", "tbf", "rate", "20mbit", "burst", "32kb", "latency", "200ms",
+        "tc",
+        "qdisc",
+        "add",
+        "dev",
+        &link.ns_if,
+        "root",
+        "tbf",
+        "rate",
+        "20mbit",
+        "burst",
+        "32kb",
+        "latency",
+        "200ms",
     ]);
-    let up = SocketAddr::from((ns.peer, 9000));
-    let _upstream = helper("helper_write_then_reset", up, Some(&ns.name));
+    let up = SocketAddr::from((link.peer, 9000));
+    let _upstream = helper("helper_write_then_reset", up, Some(&ns));
     let yaml = format!(
         "workers: 1\nrelay: {mode}\nroutes:\n  - name: slow\n    listen: {}:0\n    upstreams: [\"{up}\"]\n",
-        ns.peer
+        link.peer
     );
     let (dir, path) = temp_config(&yaml);
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name, crate::harness::BIN, "-c"]).arg(&path);
+    let mut cmd = ns.command(crate::harness::BIN);
+    cmd.arg("-c").arg(&path);
     let s = Sluice::spawn(cmd, 1, Some(dir));
     let mut c = backends::connect(s.addr());
     let started = Instant::now();

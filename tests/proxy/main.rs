@@ -5,6 +5,8 @@
 mod backends;
 #[path = "../support/harness.rs"]
 mod harness;
+#[path = "../support/netns.rs"]
+mod netns;
 
 /// Generates `splice`, `copy`, `auto` and `uring` test functions in a module named after
 /// the behaviour, each calling `$body(mode)`.
@@ -41,6 +43,7 @@ mod control_socket;
 mod endings;
 mod lifecycle;
 mod limits;
+mod mptcp;
 mod nonroot;
 mod observability;
 mod pools;
@@ -50,8 +53,10 @@ mod relay;
 mod reload;
 mod resilience;
 mod second_instance;
+mod sidecar;
 mod sni;
 mod systemd;
+mod tproxy;
 mod tuning;
 mod upgrade;
 mod uring;

@@ -120,7 +120,11 @@ pub fn connect_maybe_reset(addr: SocketAddr) -> io::Result<TcpStream> {
 /// The threads die with the test process; the listener thread stops when
 /// the test drops the returned address's owner (never: tests are short).
 pub fn serve(handler: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    serve_listener(TcpListener::bind("127.0.0.1:0").expect("bind backend"), handler)
+}
+
+/// `serve` on a listener the caller made (inside a network namespace, say).
+pub fn serve_listener(l: TcpListener, handler: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> SocketAddr {
     let addr = l.local_addr().expect("backend addr");
     std::thread::spawn(move || {
         for conn in l.incoming() {
