@@ -1,9 +1,13 @@
 //! What `sluice doctor` reads from the machine: kernel settings under
-//! `/proc/sys`, this process's limits and capabilities, and whether it may
-//! set up an io_uring. Read once (`Facts::read`), under a `/proc` root that
-//! tests point at a directory of their own; judging the facts is `checks.rs`'s.
+//! `/proc/sys`, this process's limits and capabilities, whether it may set
+//! up an io_uring, and what a transparent sidecar needs (connection
+//! tracking, `nft`, and the policy routing `routing.rs` asks `ip` for). Read
+//! once (`Facts::read`), under a `/proc` root that tests point at a
+//! directory of their own; judging the facts is `checks.rs`'s and `capture.rs`'s.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use super::routing::{self, PolicyRouting};
 
 use crate::sys::local_ports;
 
@@ -48,6 +52,16 @@ pub struct Facts {
     pub io_uring_refused: Option<String>,
     /// net.mptcp.enabled (`None`: unreadable, or a kernel without MPTCP)
     pub mptcp_enabled: Option<u64>,
+    /// This process's effective capabilities (`CapEff` of /proc/self/status).
+    pub cap_eff: Option<u64>,
+    /// The kernel's version (major, minor), from kernel.osrelease.
+    pub kernel: Option<(u32, u32)>,
+    /// Connection tracking is loaded (what `SO_ORIGINAL_DST` reads after a `redirect`).
+    pub conntrack: bool,
+    /// Where `nft` is, if this process can run it.
+    pub nft: Option<PathBuf>,
+    /// Marks routed to a table where every address is local (TPROXY); `None`: `ip` could not tell.
+    pub policy_routing: Option<PolicyRouting>,
 }
 
 impl Facts {
@@ -58,11 +72,9 @@ impl Facts {
         let nums = |rel: &str| -> Option<Vec<u64>> { text(rel)?.split_whitespace().map(|n| n.parse().ok()).collect() };
         let triple = |rel: &str| nums(rel).and_then(|v| <[u64; 3]>::try_from(v).ok());
         let status = text("self/status").unwrap_or_default();
-        let cap_eff = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0);
+        let caps =
+            status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+        let cap_eff = caps.unwrap_or(0);
         let nofile = text("self/limits").and_then(|t| {
             let line = t.lines().find(|l| l.starts_with("Max open files"))?;
             let mut it = line["Max open files".len()..].split_whitespace();
@@ -94,6 +106,39 @@ impl Facts {
             // Not a file: only trying tells (a seccomp filter leaves no trace in /proc).
             io_uring_refused: crate::relay::ring::probe().err(),
             mptcp_enabled: num("sys/net/mptcp/enabled"),
+            cap_eff: caps,
+            kernel: text("sys/kernel/osrelease").and_then(|t| kernel_version(&t)),
+            conntrack: proc_root.join("sys/net/netfilter/nf_conntrack_max").exists()
+                || proc_root.join("net/nf_conntrack").exists(),
+            nft: find_in_path("nft"),
+            policy_routing: routing::read(),
         }
+    }
+}
+
+/// "6.18.44-fc-v1300" → (6, 18).
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// `name` in `$PATH`, or in the sbin directories a non-root `$PATH` lacks.
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_versions_are_read_from_the_release() {
+        use super::kernel_version;
+        assert_eq!(kernel_version("6.18.44-fc-v1300\n"), Some((6, 18)));
+        assert_eq!(kernel_version("5.4.0-150-generic"), Some((5, 4)));
+        assert_eq!(kernel_version("4.19-rc1"), Some((4, 19)));
+        assert_eq!(kernel_version("garbage"), None);
     }
 }

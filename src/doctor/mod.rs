@@ -5,7 +5,10 @@
 //! - `facts.rs`: `Facts`, everything read from the machine, under a `/proc`
 //!   root that tests point at a directory of their own;
 //! - `checks.rs`: one function per check of those facts against the config;
-//! - `ports.rs`: local ports per upstream address against what the routes may need.
+//! - `ports.rs`: local ports per upstream address against what the routes may need;
+//! - `capture.rs`: what a transparent sidecar's routes need (capabilities,
+//!   TPROXY's policy routing, connection tracking);
+//! - `routing.rs`: the policy routing as `ip -j rule`/`ip -j route` report it.
 //!
 //! This file holds what a check finds (`Finding`), the order `audit` runs the
 //! checks in, and how the findings print.
@@ -14,11 +17,14 @@ use std::fmt;
 
 use crate::config::Config;
 
+mod capture;
 mod checks;
 mod facts;
 mod ports;
+mod routing;
 
 pub use facts::Facts;
+pub use routing::{LocalMark, PolicyRouting};
 
 /// How serious a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,6 +87,7 @@ pub fn audit(config: &Config, f: &Facts) -> Vec<Finding> {
     out.push(checks::file_max(config, f));
     out.push(checks::io_uring(config, f));
     out.extend(checks::mptcp(config, f));
+    out.extend(capture::findings(config, f));
     out
 }
 

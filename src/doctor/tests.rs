@@ -27,6 +27,11 @@ fn good() -> Facts {
         nofile: Some((20000, 20064)),
         io_uring_refused: None,
         mptcp_enabled: Some(1),
+        cap_eff: Some(0x1ff_ffff_ffff),
+        kernel: Some((6, 18)),
+        conntrack: true,
+        nft: Some("/usr/sbin/nft".into()),
+        policy_routing: Some(PolicyRouting::default()),
     }
 }
 
@@ -206,7 +211,9 @@ fn facts_are_read_from_a_proc_tree() {
     put("sys/net/ipv4/ip_local_port_range", "32768\t60999\n");
     put("sys/net/ipv4/ip_local_reserved_ports", "8080,40000-40009\n");
     put("sys/net/ipv4/tcp_available_congestion_control", "reno cubic\n");
-    put("self/status", "Name:\tsluice\nCapEff:\t0000000000000000\n");
+    put("self/status", "Name:\tsluice\nCapEff:\t0000000000003000\n");
+    put("sys/kernel/osrelease", "5.15.0-91-generic\n");
+    put("sys/net/netfilter/nf_conntrack_max", "262144\n");
     put(
         "self/limits",
         "Limit  Soft Limit  Hard Limit  Units\nMax open files            1024                 4096                 files\n",
@@ -220,6 +227,9 @@ fn facts_are_read_from_a_proc_tree() {
     assert!(f.pipe_limits_apply);
     assert_eq!(f.nofile, Some((1024, 4096)));
     assert_eq!(f.file_max, None);
+    assert_eq!(f.cap_eff, Some(0x3000), "CAP_NET_ADMIN and CAP_NET_RAW");
+    assert_eq!(f.kernel, Some((5, 15)));
+    assert!(f.conntrack);
     let fs = audit(&parse_str(CONFIG, "t").unwrap(), &f);
     assert_eq!(find(&fs, "net.core.somaxconn").level, Level::Warn);
     assert_eq!(find(&fs, "fs.file-max").level, Level::Warn, "unreadable facts are reported, not skipped");
@@ -249,4 +259,98 @@ fn mptcp_routes_need_net_mptcp_enabled() {
     assert_eq!(exit_code(&fs), 1);
     let none = Facts { mptcp_enabled: None, ..good() };
     assert!(find(&audit(&c, &none), "net.mptcp.enabled").detail.contains("this kernel has no MPTCP"));
+}
+
+/// A transparent sidecar's routes: a `redirect` capture with a mark, and a
+/// TPROXY listener that keeps the client's address.
+const CAPTURE: &str = "routes:\n  - name: out\n    listen: 127.0.0.1:15001\n    original_destination: true\n\
+        \x20   socket: { mark: 0x539 }\n  - name: tp\n    listen: 0.0.0.0:15002\n    transparent: true\n\
+        \x20   original_destination: true\n    source: client\n";
+
+fn tproxy_routing() -> Option<PolicyRouting> {
+    let mark = LocalMark { mark: 1, mask: u32::MAX, table: "100".into() };
+    Some(PolicyRouting { v4: vec![mark], v6: Vec::new() })
+}
+
+#[test]
+fn a_config_that_captures_nothing_gets_no_capture_lines() {
+    let c = parse_str(CONFIG, "t").unwrap();
+    let bare = Facts { cap_eff: Some(0), conntrack: false, nft: None, policy_routing: None, ..good() };
+    let fs = audit(&c, &bare);
+    for check in ["CAP_NET_ADMIN", "SO_MARK", "policy routing", "nf_conntrack", "nft"] {
+        assert!(fs.iter().all(|x| !x.check.starts_with(check)), "{check}: {}", render(&fs));
+    }
+}
+
+#[test]
+fn a_transparent_sidecar_gets_its_checks_and_fixes() {
+    let c = parse_str(CAPTURE, "t").unwrap_or_else(|e| panic!("{e}"));
+    let ready = Facts { policy_routing: tproxy_routing(), ..good() };
+    let fs = audit(&c, &ready);
+    for check in ["CAP_NET_ADMIN", "SO_MARK", "policy routing (IPv4)", "nf_conntrack", "nft"] {
+        assert_eq!(find(&fs, check).level, Level::Ok, "{check}: {}", render(&fs));
+    }
+    assert!(fs.iter().all(|x| x.check != "policy routing (IPv6)"), "no IPv6 listener: {}", render(&fs));
+    assert!(find(&fs, "policy routing").detail.starts_with("fwmark 0x1 -> table 100"), "{}", render(&fs));
+    assert!(find(&fs, "CAP_NET_ADMIN").detail.contains("route tp (transparent: true)"));
+
+    // No policy routing: TPROXY cannot deliver, a failure with the commands.
+    let fs = audit(&c, &good());
+    let x = find(&fs, "policy routing (IPv4)");
+    assert_eq!(x.level, Level::Fail, "{}", render(&fs));
+    let fix = x.fix.as_deref().unwrap_or_default();
+    assert!(fix.starts_with("ip rule add fwmark 1 lookup 100; ip route add local 0.0.0.0/0 dev lo table 100"), "{fix}");
+    assert!(fix.contains("examples/nftables/tproxy.nft"), "{fix}");
+    assert_eq!(exit_code(&fs), 1);
+    // `ip` unreadable: a warning that still says what to set up.
+    let fs = audit(&c, &Facts { policy_routing: None, ..good() });
+    let x = find(&fs, "policy routing (IPv4)");
+    assert_eq!(x.level, Level::Warn);
+    assert!(x.fix.as_deref().is_some_and(|f| f.contains("ip route add local 0.0.0.0/0 dev lo table 100")));
+
+    // No capability: the transparent routes fail, the mark is a warning.
+    let fs = audit(&c, &Facts { cap_eff: Some(0), ..ready.clone() });
+    let x = find(&fs, "CAP_NET_ADMIN");
+    assert_eq!(x.level, Level::Fail, "{}", render(&fs));
+    assert!(x.detail.contains("route tp (transparent: true)"), "{}", x.detail);
+    assert!(x.fix.as_deref().is_some_and(|f| f.contains("setcap cap_net_admin+ep")), "{:?}", x.fix);
+    let m = find(&fs, "SO_MARK");
+    assert_eq!(m.level, Level::Warn);
+    assert!(m.detail.contains("route out (mark 0x539)") && m.detail.contains("loop"), "{}", m.detail);
+    assert!(m.fix.as_deref().is_some_and(|f| f.contains("meta skuid")), "{:?}", m.fix);
+    // CAP_NET_RAW alone: enough for IP_TRANSPARENT, and for SO_MARK from Linux 5.17.
+    let raw = Facts { cap_eff: Some(1 << 13), ..ready.clone() };
+    let fs = audit(&c, &raw);
+    assert_eq!(find(&fs, "CAP_NET_ADMIN").level, Level::Ok);
+    assert_eq!(find(&fs, "SO_MARK").level, Level::Ok);
+    let fs = audit(&c, &Facts { kernel: Some((5, 10)), ..raw });
+    assert_eq!(find(&fs, "SO_MARK").level, Level::Warn, "{}", render(&fs));
+
+    // No connection tracking and no nft: warnings naming the rule file.
+    let fs = audit(&c, &Facts { conntrack: false, nft: None, ..ready.clone() });
+    let x = find(&fs, "nf_conntrack");
+    assert_eq!(x.level, Level::Warn);
+    assert!(x.detail.contains("routes out see"), "tp is transparent and needs none: {}", x.detail);
+    assert!(x.fix.as_deref().is_some_and(|f| f.starts_with("nft -f examples/nftables/outbound.nft")));
+    assert_eq!(find(&fs, "nft").level, Level::Warn);
+    let fs = audit(&c, &Facts { nft: None, ..ready });
+    assert_eq!(find(&fs, "nft").level, Level::Ok, "rules loaded from elsewhere: {}", render(&fs));
+}
+
+#[test]
+fn an_ipv6_transparent_listener_needs_ipv6_routing_too() {
+    let c = parse_str(
+        "routes:\n  - name: tp6\n    listen: \"[::]:15001\"\n    transparent: true\n    original_destination: true\n",
+        "t",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let fs = audit(&c, &Facts { policy_routing: tproxy_routing(), ..good() });
+    assert_eq!(find(&fs, "policy routing (IPv4)").level, Level::Ok, "[::] is dual-stack");
+    let x = find(&fs, "policy routing (IPv6)");
+    assert_eq!(x.level, Level::Fail, "{}", render(&fs));
+    assert!(
+        x.fix
+            .as_deref()
+            .is_some_and(|f| f.starts_with("ip -6 rule add fwmark 1 lookup 100; ip -6 route add local ::/0"))
+    );
 }

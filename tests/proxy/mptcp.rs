@@ -6,7 +6,7 @@
 //! that turns MPTCP on makes a new (MPTCP) listener, and the drain closes
 //! it without complaint (it takes no socket filter). Skips,
 //! saying why, where the kernel makes no MPTCP sockets. (Several paths,
-//! one taken down mid-transfer, need namespaces: `tests/netns/`.)
+//! one taken down mid-transfer, need namespaces: `tests/proxy/multipath.rs`.)
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

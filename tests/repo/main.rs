@@ -2,6 +2,7 @@
 //! and the crate's module structure held to the code.
 //! - `docs_drift.rs`: docs/*.md, README.md and the `//!` file maps against the code;
 //! - `dashboards.rs`: the Grafana dashboard and Prometheus alerts against a live scrape;
+//! - `kubernetes.rs`: the Kubernetes examples' ConfigMaps against `sluice check` and the shipped rule files;
 //! - `module_cycles.rs`: no module imports one that imports it back.
 
 #[allow(dead_code)]
@@ -15,4 +16,5 @@ mod imports;
 
 mod dashboards;
 mod docs_drift;
+mod kubernetes;
 mod module_cycles;
