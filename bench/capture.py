@@ -37,6 +37,7 @@ LOADGEN = os.environ.get("LOADGEN_BIN", "/tmp/bench-loadgen-target/release/loadg
 NS = "sl-cap"
 MARK = 0x77
 CAPTURED_IP = "127.0.0.2"
+LOG = []  # sluice's log file, once it runs
 
 
 def sh(*argv, check=True, **kw):
@@ -55,8 +56,11 @@ def rules(capture_port):
 
 
 def loadgen(*args, timeout=600):
-    out = sh("taskset", "-c", "0", LOADGEN, *args, timeout=timeout).stdout
-    return out
+    run = sh("taskset", "-c", "0", LOADGEN, *args, timeout=timeout, check=False)
+    if run.returncode:
+        warned = [line for line in open(LOG[0]) if " WARN " in line or " ERROR " in line] if LOG else []
+        sys.exit(f"loadgen {' '.join(args)} failed:\n{run.stdout}{run.stderr}sluice:\n{''.join(warned[-5:])}")
+    return run.stdout
 
 
 def inside(args):
@@ -84,8 +88,10 @@ routes:
     original_destination: true
     socket: {{ mark: {MARK} }}
 """)
+        LOG.append(os.path.join(tmp, "sluice.log"))
+        log = open(LOG[0], "w")
         proxy = subprocess.Popen(["taskset", "-c", "1", args.sluice, "-c", cfg],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                 stdout=subprocess.DEVNULL, stderr=log)
         procs.append(proxy)
         wait_port(cap)
         targets = {

@@ -156,22 +156,7 @@ pub fn identity(socket: &impl std::os::fd::AsFd) -> Option<u64> {
 /// on this host, IP_TRANSPARENT refused) fails with a [`SourceError`]
 /// inside the `io::Error`.
 pub fn start_connect(addr: SocketAddr, opts: &Applied, client: Option<IpAddr>) -> io::Result<TcpStream> {
-    connect_bound(upstream_socket(addr, opts, client, true)?, addr)
-}
-
-/// The first half of a pass-through connect (`original_destination`): the
-/// upstream socket for `addr`, bound with its port chosen now, and its local
-/// address. Knowing it before the SYN leaves lets the loop guard recognise
-/// a capture rule that brings this very connection back to sluice, whichever
-/// worker accepts it (`connect_bound` is the second half).
-pub fn bind_pass_through(addr: SocketAddr, opts: &Applied, client: Option<IpAddr>) -> io::Result<(Socket, SocketAddr)> {
-    let socket = upstream_socket(addr, opts, client, false)?;
-    let local = socket.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))?;
-    Ok((socket, local))
-}
-
-/// Starts the non-blocking connect of a socket made by [`bind_pass_through`].
-pub fn connect_bound(socket: Socket, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = upstream_socket(addr, opts, client)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
@@ -181,36 +166,24 @@ pub fn connect_bound(socket: Socket, addr: SocketAddr) -> io::Result<TcpStream> 
 }
 
 /// An upstream socket for `addr` with the route's options, bound to its
-/// source if it has one; `port_at_connect` false: bound in any case, the
-/// port chosen now.
-fn upstream_socket(
-    addr: SocketAddr,
-    opts: &Applied,
-    client: Option<IpAddr>,
-    port_at_connect: bool,
-) -> io::Result<Socket> {
+/// source if it has one.
+fn upstream_socket(addr: SocketAddr, opts: &Applied, client: Option<IpAddr>) -> io::Result<Socket> {
     let client = client.filter(|_| opts.source_client());
     let source = client.or(opts.source());
     if let Some(ip) = source.filter(|ip| ip.is_ipv4() != addr.is_ipv4()) {
         return Err(SourceError::Family { source: ip, upstream: addr }.into());
     }
     let socket = new_upstream_socket(addr, opts)?;
-    opts.upstream_bound(&socket, port_at_connect);
+    opts.upstream(&socket);
     if let Some(ip) = client {
         // The client's address is not this host's: binding it needs IP_TRANSPARENT.
         crate::sys::capture::set_transparent(&socket, ip.is_ipv6())
             .map_err(|error| SourceError::Bind { source: ip, error })?;
     }
     if let Some(ip) = source {
-        // Port 0 with IP_BIND_ADDRESS_NO_PORT (set by `upstream` unless
-        // `port_at_connect` is false): connect picks the port, unique per
-        // destination, instead of bind, unique overall.
+        // Port 0 with IP_BIND_ADDRESS_NO_PORT (set by `upstream`): connect
+        // picks the port, unique per destination, instead of bind, unique overall.
         socket.bind(&SocketAddr::new(ip, 0).into()).map_err(|error| SourceError::Bind { source: ip, error })?;
-    } else if !port_at_connect {
-        // No source: the kernel's address, and a port of its choosing now
-        // (a failure here is one of its own: no free port).
-        let any = if addr.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::from([0u16; 8]) };
-        socket.bind(&SocketAddr::new(any, 0).into())?;
     }
     Ok(socket)
 }

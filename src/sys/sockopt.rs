@@ -429,19 +429,12 @@ impl Applied {
 
     /// Options for an upstream socket, before it connects.
     pub fn upstream(&self, s: &impl AsFd) {
-        self.upstream_bound(s, true);
-    }
-
-    /// [`Applied::upstream`], with IP_BIND_ADDRESS_NO_PORT only if
-    /// `port_at_connect` (a pass-through connection binds its port before
-    /// connecting, so its local address is known before the SYN leaves).
-    pub fn upstream_bound(&self, s: &impl AsFd, port_at_connect: bool) {
         self.connection(s);
         self.buffers_and_congestion(s);
         if let Some(m) = self.opts.mark {
             self.set(Opt::Mark, || set_mark(s, m.get() as u32));
         }
-        if port_at_connect && (self.source.is_some() || self.source_client) {
+        if self.source.is_some() || self.source_client {
             // Refused (a kernel before 4.2): bind then picks the port, which still works,
             // only with fewer ports to go round (`sluice doctor` explains).
             self.set(Opt::BindAddressNoPort, || set_bind_address_no_port(s, true));

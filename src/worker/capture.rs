@@ -12,17 +12,20 @@
 //!   its route passes through (no capture rule brought it: passing it on
 //!   would connect sluice to itself), or the client is one of sluice's own
 //!   pass-through upstream connections come back through a capture rule
-//!   (`upstream::loop_guard`);
+//!   (`upstream::loop_guard`; one accepted in the microseconds before its
+//!   entry is in is found when its own connect completes, and reset then);
 //! - `no_route`: no route of the address takes the destination and none
 //!   is its default.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use mio::net::TcpStream;
 
 use super::Worker;
 use crate::frontend::Frontend;
 use crate::metrics::{CloseReason, WorkerCounters};
+use crate::session::{End, Ending};
 use crate::sys::capture;
 
 /// Why a capture address's client was refused.
@@ -99,6 +102,24 @@ impl Worker {
             }
             (close, route)
         })
+    }
+}
+
+impl Worker {
+    /// Pass-through session `key` turned out, once connected, to be one of
+    /// sluice's own connections come back (the loop guard had no entry for
+    /// it yet when it was accepted): both sides are reset, which ends the
+    /// loop's every hop, and it counts as a `loop` refusal.
+    pub(super) fn loop_found_late(&mut self, key: usize, now: Instant) {
+        WorkerCounters::inc(&self.metrics.counters.refused_loop);
+        let s = &self.sessions[key];
+        log::debug!(
+            "session {}: loop: client {} is one of sluice's own upstream connections, captured again (found once \
+             connected; exempt sluice's traffic from the capture rule: socket.mark or meta skuid)",
+            s.id(),
+            s.peer_addr()
+        );
+        self.close(key, End { reason: CloseReason::Loop, ending: Ending::RESET_BOTH }, now);
     }
 }
 

@@ -119,10 +119,16 @@ impl Worker {
     }
 
     /// A pass-through route's connect: its local address goes into the
-    /// process's loop guard before the SYN leaves (the session takes it
-    /// out at its close), so a capture rule that brings this connection
-    /// back is recognised by whichever worker accepts it. Costs a bind and
-    /// a `getsockname` (and one more after connect without a `source:`).
+    /// process's loop guard as soon as connect has chosen it (the session
+    /// takes it out at its close), so a capture rule that brings this
+    /// connection back is recognised by whichever worker accepts it. The
+    /// port is chosen by connect, unique per destination, as for any
+    /// upstream: binding it first (to know it before the SYN leaves) ran a
+    /// busy sidecar out of ports, because bind needs a port unique overall
+    /// (`bench/capture.py`: resets at 2,300 conn/s). Costs one `getsockname`.
+    /// A worker that accepts the looped connection in the microseconds
+    /// before the entry is in misses it at accept; it sees it when its own
+    /// connect completes (`Worker::apply`), long after.
     fn start_pass_through(
         &mut self,
         key: usize,
@@ -130,16 +136,10 @@ impl Worker {
         route: &crate::route::Route,
         client_ip: std::net::IpAddr,
     ) -> io::Result<mio::net::TcpStream> {
-        let (socket, bound) = sockets::bind_pass_through(addr, &route.socket, Some(client_ip))?;
-        self.shared.loop_guard.insert(bound);
-        self.sessions[key].guard(bound);
-        let stream = sockets::connect_bound(socket, addr)?;
-        if bound.ip().is_unspecified() {
-            // Connect chose the local IP: the entry gets the full address.
-            if let Ok(local) = stream.local_addr() {
-                self.shared.loop_guard.replace(bound, local);
-                self.sessions[key].guard(local);
-            }
+        let stream = sockets::start_connect(addr, &route.socket, Some(client_ip))?;
+        if let Ok(local) = stream.local_addr() {
+            self.shared.loop_guard.insert(local);
+            self.sessions[key].guard(local);
         }
         Ok(stream)
     }

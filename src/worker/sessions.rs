@@ -51,6 +51,11 @@ impl Worker {
                 self.rearm_if_sooner(key);
             }
             Verdict::Connected { reset_already } => {
+                if self.sessions[key].passes_through() && self.shared.loop_guard.is_ours(self.sessions[key].peer_addr())
+                {
+                    // A loop the accept missed (see `start_pass_through`).
+                    return self.loop_found_late(key, now);
+                }
                 let s = &mut self.sessions[key];
                 let probed = s.connected(reset_already, key, now);
                 log::trace!("session {}: connected to {}", s.id(), s.upstream_addr());

@@ -232,24 +232,13 @@ fn a_dual_stack_socket_is_shared_not_joined() {
 }
 
 #[test]
-fn a_pass_through_socket_knows_its_port_before_it_connects() {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (socket, bound) = bind_pass_through(l.local_addr().unwrap(), &Applied::default(), None).unwrap();
-    assert!(bound.ip().is_unspecified() && bound.port() != 0, "{bound}");
-    let s = connect_bound(socket, l.local_addr().unwrap()).unwrap();
-    let (_, peer) = l.accept().unwrap();
-    assert_eq!(peer.port(), bound.port(), "the port bound before connect is the one the peer sees");
-    assert_eq!(s.local_addr().unwrap(), peer);
-}
-
-#[test]
 fn source_client_binds_the_clients_own_address_with_ip_transparent() {
     let opts = Applied::default().with_capture(false, true);
     let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let client: std::net::IpAddr = [192, 0, 2, 77].into();
-    match bind_pass_through(upstream, &opts, Some(client)) {
+    match upstream_socket(upstream, &opts, Some(client)) {
         // Root: IP_TRANSPARENT lets the socket take an address this host does not have.
-        Ok((_, bound)) => assert_eq!(bound.ip(), client),
+        Ok(socket) => assert_eq!(socket.local_addr().unwrap().as_socket().unwrap().ip(), client),
         Err(e) => {
             assert!(!nix::unistd::geteuid().is_root(), "root may bind a foreign address: {e}");
             assert!(crate::local_error::classify(&e).is_some(), "a local error: {e}");
