@@ -160,7 +160,7 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
     }
     let original_destination = r.original_destination.unwrap_or(false);
     if original_destination {
-        check_pass_through(&here, &r)?;
+        pass_through::check(&here, &r)?;
     }
     let upstreams = r.upstreams.as_deref().unwrap_or_default();
     if upstreams.is_empty() && !original_destination {
@@ -271,38 +271,6 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
         pool,
         name: r.name,
     })
-}
-
-/// A route that sends each connection to its original destination has no
-/// upstreams, and none of the keys that choose among them or watch them.
-fn check_pass_through(here: &FieldPath, r: &RawRoute) -> Result<(), FieldError> {
-    if r.upstreams.is_some() {
-        return fail(
-            here.clone().key("upstreams"),
-            format!(
-                "route {:?} sends each connection to its original destination (original_destination: true): \
-                 it lists no upstreams; give the upstreams a route of their own",
-                r.name
-            ),
-        );
-    }
-    let set = [
-        ("balance", r.balance.is_some()),
-        ("retries", r.retries.is_some()),
-        ("health_check", r.health_check.is_some()),
-        ("outlier_detection", r.outlier_detection.is_some()),
-    ];
-    if let Some((key, _)) = set.into_iter().find(|(_, on)| *on) {
-        return fail(
-            here.clone().key(key),
-            format!(
-                "route {:?} sends each connection to its original destination (original_destination: true): \
-                 there is one address per connection, the client's, so {key} has nothing to do; leave it out",
-                r.name
-            ),
-        );
-    }
-    Ok(())
 }
 
 /// A route's `server_names` (parsed) and `alpn` (which needs names: the
@@ -430,6 +398,8 @@ fn check_listen(routes: &[Route]) -> Result<(), FieldError> {
     }
     Ok(())
 }
+
+mod pass_through;
 
 #[cfg(test)]
 mod tests;
