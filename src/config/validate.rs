@@ -2,7 +2,8 @@
 //! place, from the named constants in `mod.rs`) and checks the rules that
 //! span several fields (route names, duplicate or overlapping listen
 //! addresses, empty lists). Errors carry the field path; `load.rs` finds
-//! its line and column.
+//! its line and column. `pass_through.rs` has the keys a pass-through route
+//! (`original_destination: true`) may not have.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
