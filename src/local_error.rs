@@ -142,9 +142,11 @@ fn errno_cause(e: &io::Error) -> Option<LocalCause> {
 /// The cause and its fix, for the warning (`e` classified as `cause`,
 /// connecting to `upstream` from the route's `source`).
 pub fn advice(e: &io::Error, cause: LocalCause, upstream: SocketAddr, source: Option<IpAddr>) -> String {
-    let errno = match e.get_ref().and_then(|inner| inner.downcast_ref::<SourceError>()) {
-        Some(SourceError::Bind { error, .. }) => error.raw_os_error(),
-        _ => e.raw_os_error(),
+    let (errno, source) = match e.get_ref().and_then(|inner| inner.downcast_ref::<SourceError>()) {
+        // The address tried (a `source: client` route's is the client's, not the route's).
+        Some(SourceError::Bind { error, source: tried }) => (error.raw_os_error(), Some(*tried)),
+        Some(SourceError::Family { source: tried, .. }) => (e.raw_os_error(), Some(*tried)),
+        _ => (e.raw_os_error(), source),
     };
     match (cause, source) {
         (LocalCause::Fds, _) if errno == Some(libc::ENFILE) => {
@@ -173,6 +175,10 @@ pub fn advice(e: &io::Error, cause: LocalCause, upstream: SocketAddr, source: Op
              name that resolves to {} addresses only",
             family(upstream.ip()),
             family(s)
+        ),
+        (LocalCause::Source, Some(s)) if errno == Some(libc::EPERM) => format!(
+            "binding {s}, an address this host does not have, needs IP_TRANSPARENT (`source: client`): run with \
+             CAP_NET_ADMIN, or change `source:`"
         ),
         (LocalCause::Source, Some(s)) if errno == Some(libc::EADDRNOTAVAIL) => {
             format!("{s} is not an address of this host: add it to an interface, or change `source:`")
@@ -232,6 +238,16 @@ mod tests {
         assert!(e.to_string().starts_with("cannot bind source address 192.0.2.7: "), "{e}");
         let a = advice(&e, LocalCause::Source, UP.parse().unwrap(), Some(source));
         assert!(a.contains("192.0.2.7 is not an address of this host"), "{a}");
+    }
+
+    #[test]
+    fn source_client_advice_names_the_clients_address_and_ip_transparent() {
+        // A `source: client` route has no source of its own: the address is the one bind tried.
+        let client: IpAddr = "192.0.2.77".parse().unwrap();
+        let e = io::Error::from(SourceError::Bind { source: client, error: os(libc::EPERM) });
+        let a = advice(&e, classify(&e).unwrap(), UP.parse().unwrap(), None);
+        assert!(a.contains("binding 192.0.2.77") && a.contains("IP_TRANSPARENT"), "{a}");
+        assert!(!a.contains('?'), "{a}");
     }
 
     #[test]

@@ -50,14 +50,12 @@ pub fn reuseport_bound(addr: SocketAddr, opts: &Applied) -> io::Result<Socket> {
 /// true`), with an error that says what it needs.
 pub fn make_transparent(socket: &impl std::os::fd::AsFd, addr: SocketAddr) -> io::Result<()> {
     crate::sys::capture::set_transparent(socket, addr.is_ipv6()).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "the kernel refused {} ({e}): transparent: true needs CAP_NET_ADMIN (run as root, or give the \
+        // Not `PermissionDenied`: the bind error's hint about ports below 1024 would not apply.
+        io::Error::other(format!(
+            "the kernel refused {} ({e}): transparent: true needs CAP_NET_ADMIN (run as root, or give the \
                  binary cap_net_admin)",
-                if addr.is_ipv6() { "IPV6_TRANSPARENT" } else { "IP_TRANSPARENT" }
-            ),
-        )
+            if addr.is_ipv6() { "IPV6_TRANSPARENT" } else { "IP_TRANSPARENT" }
+        ))
     })
 }
 
