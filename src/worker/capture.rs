@@ -64,7 +64,7 @@ impl Worker {
         let refusal = if self.shared.loop_guard.is_ours(peer) {
             Err(Refusal::OwnConnection)
         } else {
-            let dst = original_destination(frontend.transparent(), client, listen);
+            let dst = original_destination(frontend.transparent(), client, listen, peer);
             match frontend.route_for(dst) {
                 None => Err(Refusal::NoRoute(dst)),
                 // Passing it on would connect sluice to itself.
@@ -123,14 +123,17 @@ impl Worker {
     }
 }
 
-/// Where the client of `client` was going: the local address on a
-/// transparent listener, else what conntrack says a `redirect`/`dnat`
-/// rewrote, else (nothing translated it) the listener it dialled.
-fn original_destination(transparent: bool, client: &TcpStream, listen: SocketAddr) -> SocketAddr {
+/// Where the client of `client` (from `peer`) was going: the local address
+/// on a transparent listener, else what conntrack says a `redirect`/`dnat`
+/// rewrote, else (nothing translated it) the listener it dialled. The
+/// client's family picks the question: an IPv4 client of a dual-stack `[::]`
+/// listener (`::ffff:a.b.c.d`) has an IPv4 conntrack entry, which
+/// `SO_ORIGINAL_DST` answers on the IPv6 socket too.
+fn original_destination(transparent: bool, client: &TcpStream, listen: SocketAddr, peer: SocketAddr) -> SocketAddr {
     if transparent {
         return client.local_addr().unwrap_or(listen);
     }
-    match capture::original_destination(client, listen.is_ipv6()) {
+    match capture::original_destination(client, crate::acl::canonical(peer.ip()).is_ipv6()) {
         Ok(Some(dst)) => return dst,
         Ok(None) => {}
         // ENOPROTOOPT: conntrack is not loaded, so nothing was translated either.

@@ -191,6 +191,47 @@ fn outbound_capture_over_ipv6_reaches_the_real_service_byte_exact() {
 }
 
 #[test]
+fn outbound_capture_into_a_dual_stack_listener_reads_an_ipv4_clients_destination() {
+    let Some(p) = Pod::new() else { return };
+    p.outbound_rules(MARK, "4242");
+    let service: SocketAddr = "192.0.2.10:80".parse().expect("addr");
+    let seen = duplex_service(p.svc.listen(service), 1 << 20);
+    // sluice's own `[::]` sockets are IPv6 only; a dual-stack one comes from
+    // systemd (`BindIPv6Only=both`). IPv4 clients arrive on it as
+    // ::ffff:a.b.c.d, and their original destination is in conntrack's
+    // IPv4 table: asking the IPv6 one found nothing (a `loop` refusal).
+    let listener = p.pod.enter(|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).expect("socket");
+        s.set_only_v6(false).expect("dual-stack");
+        s.set_reuse_address(true).expect("SO_REUSEADDR");
+        s.bind(&"[::]:15001".parse::<SocketAddr>().expect("addr").into()).expect("bind [::]:15001");
+        s.listen(128).expect("listen");
+        std::os::fd::OwnedFd::from(s)
+    });
+    let route = format!(
+        "  - name: dual\n    listen: \"[::]:15001\"\n    original_destination: true\n    socket: {{ mark: {MARK} }}\n"
+    );
+    let (dir, path) = crate::harness::temp_config(&config(&[route]));
+    // As systemd starts a socket-activated service: the socket at fd 3, LISTEN_PID the process's own.
+    let mut cmd = p.pod.command("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"exec 3<&0 </dev/null; export LISTEN_PID=$$; exec "$0" "$@""#)
+        .arg(BIN)
+        .arg("-c")
+        .arg(&path)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "dual")
+        .stdin(std::process::Stdio::from(listener))
+        .stdout(std::process::Stdio::null());
+    let s = Sluice::spawn_keeping_stdio(cmd, 1, Some(dir));
+    let c = p.pod.connect(service).expect("the application connects");
+    duplex_client(c, 16, 4 << 20, 1 << 20).expect("the application's exchange through a dual-stack listener");
+    check_seen(&seen, 16, 4 << 20);
+    assert!(s.wait_log("dst=192.0.2.10:80", Duration::from_secs(5)), "{}", s.log());
+    assert_eq!(p.pod.metric(admin(), "sluice_refused_total", &[("reason", "loop")]), 0.0);
+}
+
+#[test]
 fn outbound_capture_exempted_by_uid_reaches_the_real_service_byte_exact() {
     let Some(drop_privs) = crate::nonroot::as_nobody() else { return };
     let Some(p) = Pod::new() else { return };
