@@ -1,5 +1,5 @@
 //! Build script: hands the git commit the binary is built from to the code
-//! as `SLUICE_COMMIT` (`sluice_build_info{commit}`, `sluice --version`).
+//! as `SLUICE_COMMIT` (the `commit` label of `sluice_build_info`).
 //! An explicit `SLUICE_COMMIT` in the environment wins (a build from a
 //! tarball or a container context without `.git`); without either the code
 //! says `unknown`. The script is found by its name: a build context that
