@@ -18,8 +18,9 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::metrics::build_info;
 use crate::metrics::collect::{Sources, collect};
-use crate::metrics::snapshot::{PipeSnapshot, ReloadSnapshot, Snapshot};
+use crate::metrics::snapshot::{LimitsSnapshot, PipeSnapshot, ReloadSnapshot, Snapshot};
 use crate::metrics::{Registry, WorkerMetrics, prometheus};
 use crate::process::ProcessState;
 
@@ -59,6 +60,9 @@ impl AdminContext {
         let sh = &self.shared;
         let base = Snapshot {
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            commit: build_info::commit().to_owned(),
+            relay_modes: build_info::relay_modes().to_owned(),
+            start_time_secs: sh.started_unix_ms as f64 / 1000.0,
             uptime_secs: sh.started.elapsed().as_secs_f64(),
             ready: sh.running.load(Ordering::Relaxed)
                 && !sh.draining.load(Ordering::Relaxed)
@@ -76,6 +80,14 @@ impl AdminContext {
             reloads: ReloadSnapshot {
                 ok: sh.reloads.ok.load(Ordering::Relaxed),
                 failed: sh.reloads.failed.load(Ordering::Relaxed),
+                last_ok: sh.reloads.last_ok.load(Ordering::Relaxed),
+                last_at_secs: sh.reloads.last_at_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+            },
+            limits: LimitsSnapshot {
+                max_connections: sh.max_connections.load(Ordering::Relaxed) as u64,
+                connections: sh.active.load(Ordering::Relaxed) as u64,
+                max_fds: crate::sys::rlimit::nofile().unwrap_or(0),
+                open_fds: crate::overload::open_fds(),
             },
             control_refused: sh.control_refused.load(Ordering::Relaxed),
             kernel: crate::sys::netstat::kernel_tcp_stats(&self.proc_root),

@@ -7,21 +7,52 @@
 //! it knows none of them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::overload::OverloadState;
 use crate::ratelimit::Limiter;
 use crate::relay::pipe::PipeBudget;
 use crate::sys::sockets;
 
-/// Reloads by outcome.
-#[derive(Debug, Default)]
+/// Reloads by outcome, and how the last one went.
+#[derive(Debug)]
 pub struct Reloads {
     /// Applied.
     pub ok: AtomicU64,
     /// Refused (bad file, bind failure); the old config kept serving.
     pub failed: AtomicU64,
+    /// The last load (start or reload) applied its file.
+    pub last_ok: AtomicBool,
+    /// When the last load (start or reload) ended, milliseconds since the Unix epoch.
+    pub last_at_ms: AtomicU64,
+}
+
+impl Default for Reloads {
+    /// The configuration loaded at start counts as the last successful load, as Prometheus counts its own.
+    fn default() -> Reloads {
+        Reloads {
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_ok: AtomicBool::new(true),
+            last_at_ms: AtomicU64::new(unix_ms()),
+        }
+    }
+}
+
+impl Reloads {
+    /// Counts a reload that was applied (`ok`) or refused, and stamps it.
+    pub fn record(&self, ok: bool) {
+        let counter = if ok { &self.ok } else { &self.failed };
+        counter.fetch_add(1, Relaxed);
+        self.last_ok.store(ok, Relaxed);
+        self.last_at_ms.store(unix_ms(), Relaxed);
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 on a clock set before it).
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// State shared by the workers, the control thread and the admin port.
@@ -42,6 +73,8 @@ pub struct ProcessState {
     pub draining: AtomicBool,
     /// When the process started.
     pub started: Instant,
+    /// The same, milliseconds since the Unix epoch (`sluice_start_time_seconds`).
+    pub started_unix_ms: u64,
     /// 1 for a process started afresh, one more than its predecessor's after a takeover.
     pub generation: AtomicU64,
     /// Per-client connection rates (made on first use: 4 MiB).
@@ -69,6 +102,7 @@ impl ProcessState {
             running: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             started: Instant::now(),
+            started_unix_ms: unix_ms(),
             generation: AtomicU64::new(1),
             limiter: std::sync::OnceLock::new(),
             overload: OverloadState::default(),

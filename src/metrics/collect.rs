@@ -4,6 +4,7 @@
 //! only for the generation the registry listed; an upstream reclaimed while
 //! the snapshot is taken is left out.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
@@ -13,7 +14,7 @@ use super::snapshot::{
     SessionCounts, Snapshot, UpstreamSnapshot, UpstreamState,
 };
 use super::stats::{RouteStats, UpstreamStats, UpstreamTimes, WorkerMetrics};
-use super::{CloseReason, Registry, WorkerCounters};
+use super::{CloseReason, Pause, Refusal, Registry, WorkerCounters};
 use crate::local_error::LocalCause;
 use crate::relay::cost::{CLASSES as AUTO_CLASSES, class_floor};
 use crate::upstream::UpstreamHealth;
@@ -66,6 +67,7 @@ pub fn collect(src: Sources<'_>) -> Snapshot {
         add_counters(&mut snap, &w.counters);
     }
     snap.auto = auto_costs(src.workers);
+    add_route_totals(&mut snap, &routes);
     snap.routes = route_info
         .iter()
         .zip(&routes)
@@ -93,6 +95,9 @@ pub fn collect(src: Sources<'_>) -> Snapshot {
                 connect_time: summarise(&r.connect_time),
                 first_byte_time: summarise(&r.first_byte_time),
                 duration: summarise(&r.duration),
+                refused: labelled(&Refusal::ALL, Refusal::as_str, &r.refused),
+                accept_paused: labelled(&Pause::ALL, Pause::as_str, &r.paused),
+                local_errors: labelled(&LocalCause::ALL, LocalCause::as_str, &r.local_errors),
                 upstreams: upstream_info
                     .iter()
                     .zip(&upstreams)
@@ -131,6 +136,15 @@ fn merge_route(into: &mut RouteStats, from: &RouteStats) {
     into.connect_attempts += from.connect_attempts;
     into.connect_failures += from.connect_failures;
     into.retries += from.retries;
+    for (into, from) in into.refused.iter_mut().zip(from.refused) {
+        *into += from;
+    }
+    for (into, from) in into.paused.iter_mut().zip(from.paused) {
+        *into += from;
+    }
+    for (into, from) in into.local_errors.iter_mut().zip(from.local_errors) {
+        *into += from;
+    }
     merge(&mut into.connect_time, &from.connect_time);
     merge(&mut into.first_byte_time, &from.first_byte_time);
     merge(&mut into.duration, &from.duration);
@@ -172,21 +186,34 @@ fn add_counters(snap: &mut Snapshot, c: &WorkerCounters) {
     snap.uring.starved += g(&c.uring_starved);
     let a: &mut AcceptSnapshot = &mut snap.accept;
     a.fd_exhausted += g(&c.accept_fd_exhausted);
-    a.paused_global += g(&c.accept_paused_global);
-    a.paused_route += g(&c.accept_paused_route);
-    a.refused_client_limit += g(&c.refused_client_limit);
-    a.refused_acl += g(&c.refused_acl);
-    a.bad_proxy_header += g(&c.bad_proxy_header);
-    a.bad_client_hello += g(&c.bad_client_hello);
-    a.no_route += g(&c.no_route);
-    a.refused_loop += g(&c.refused_loop);
-    a.client_hello_timeout += g(&c.client_hello_timeout);
-    a.refused_route_limit += g(&c.refused_route_limit);
-    a.rate_limited += g(&c.rate_limited);
-    a.overload += g(&c.refused_overload);
-    for (cause, n) in LocalCause::ALL.iter().zip(&c.local_errors) {
-        *snap.local_errors.entry(cause.as_str().to_owned()).or_default() += g(n);
+}
+
+/// The totals over every route (removed ones too) of what is counted per
+/// route: refusals and pauses (`accept`) and local errors.
+fn add_route_totals(snap: &mut Snapshot, routes: &[RouteStats]) {
+    let sum = |f: &dyn Fn(&RouteStats) -> u64| routes.iter().map(f).sum::<u64>();
+    let refused = |why: Refusal| sum(&|r| r.refused[why as usize]);
+    let a: &mut AcceptSnapshot = &mut snap.accept;
+    a.paused_global = sum(&|r| r.paused[Pause::Global as usize]);
+    a.paused_route = sum(&|r| r.paused[Pause::Route as usize]);
+    a.refused_client_limit = refused(Refusal::ClientLimit);
+    a.refused_acl = refused(Refusal::Acl);
+    a.bad_proxy_header = refused(Refusal::BadProxyHeader);
+    a.bad_client_hello = refused(Refusal::BadClientHello);
+    a.no_route = refused(Refusal::NoRoute);
+    a.refused_loop = refused(Refusal::Loop);
+    a.client_hello_timeout = refused(Refusal::ClientHelloTimeout);
+    a.refused_route_limit = refused(Refusal::RouteLimit);
+    a.rate_limited = refused(Refusal::RateLimited);
+    a.overload = refused(Refusal::Overload);
+    for cause in LocalCause::ALL {
+        snap.local_errors.insert(cause.as_str().to_owned(), sum(&|r| r.local_errors[cause as usize]));
     }
+}
+
+/// Every label of `names` with its count in `counts` (indexed alike), zeros too.
+fn labelled<T: Copy>(names: &[T], label: fn(T) -> &'static str, counts: &[u64]) -> BTreeMap<String, u64> {
+    names.iter().zip(counts).map(|(&n, &c)| (label(n).to_owned(), c)).collect()
 }
 
 /// `relay: auto`'s estimates: per class and stage, the mean over the
@@ -323,8 +350,10 @@ mod tests {
             });
         }
         WorkerCounters::inc(&workers[1].counters.pipes_created);
-        WorkerCounters::inc(&workers[0].counters.local_errors[LocalCause::Fds as usize]);
-        WorkerCounters::inc(&workers[1].counters.local_errors[LocalCause::Fds as usize]);
+        workers[0].count_local_error(r, LocalCause::Fds);
+        workers[1].count_local_error(r, LocalCause::Fds);
+        workers[1].count_refusal(r, Refusal::NoRoute);
+        workers[0].count_pause(r, Pause::Route);
         let snap = collect(Sources { workers: &workers, registry: &reg, base: Snapshot::default() });
         let web = &snap.routes[0];
         assert_eq!((web.sessions.accepted, web.sessions.active), (4, 2));
@@ -337,6 +366,11 @@ mod tests {
         assert_eq!(snap.pipes.created, 1);
         assert_eq!(snap.local_errors.get("fds"), Some(&2));
         assert_eq!(snap.local_errors.get("ports"), Some(&0), "every cause is there, zeros too");
+        assert_eq!(web.local_errors.get("fds"), Some(&2), "and per route");
+        assert_eq!(web.refused.get("no_route"), Some(&1));
+        assert_eq!(web.refused.get("acl"), Some(&0), "every reason, zeros too");
+        assert_eq!(web.accept_paused.get("route"), Some(&1));
+        assert_eq!((snap.accept.no_route, snap.accept.paused_route, snap.accept.paused_global), (1, 1, 0), "totals");
     }
 
     fn closed_on(route: usize, upstream: crate::upstream::UpstreamKey) -> SessionRecord {

@@ -1,14 +1,15 @@
-//! Why sessions end (`CloseReason`, the label of `sluice_sessions_closed_total`)
-//! and each worker's worker-wide counters: accept trouble, refusals, pipes.
+//! Why sessions end (`CloseReason`, the label of `sluice_sessions_closed_total`),
+//! why clients are refused (`Refusal`) and listeners pause (`Pause`), and
+//! each worker's worker-wide counters: accepts at the fd limit, pipes, buffers.
 //!
 //! A worker is the only writer of its own `WorkerCounters` (relaxed atomic
 //! adds, no contention); anyone may read them and sum over workers. Counts
-//! by route and upstream (sessions, bytes, latencies) live in `stats.rs`.
+//! by route and upstream (sessions, bytes, latencies, refusals, pauses,
+//! local errors) live in `stats.rs`.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::local_error::LocalCause;
 use crate::relay::cost::CLASSES as AUTO_CLASSES;
 
 /// Why a session ended.
@@ -135,6 +136,86 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// Why a client was refused right after accept (or after its PROXY header
+/// or ClientHello): the `reason` of `sluice_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_connections_per_client`.
+    ClientLimit,
+    /// An `allow`/`deny` list.
+    Acl,
+    /// A malformed, oversized or late PROXY header.
+    BadProxyHeader,
+    /// Bytes that are not a well-formed ClientHello (addresses routed by name).
+    BadClientHello,
+    /// No route takes the ClientHello's name and ALPN, or the original destination.
+    NoRoute,
+    /// A capture loop (see `CloseReason::Loop`).
+    Loop,
+    /// No complete ClientHello within `client_hello_timeout`.
+    ClientHelloTimeout,
+    /// Routed by name to a route already at its `max_connections`.
+    RouteLimit,
+    /// Over a connection rate (route or client prefix).
+    RateLimited,
+    /// Shedding load (`overload:`).
+    Overload,
+}
+
+impl Refusal {
+    /// Every reason, in a fixed order (the counter index).
+    pub const ALL: [Refusal; 10] = [
+        Refusal::ClientLimit,
+        Refusal::Acl,
+        Refusal::BadProxyHeader,
+        Refusal::BadClientHello,
+        Refusal::NoRoute,
+        Refusal::Loop,
+        Refusal::ClientHelloTimeout,
+        Refusal::RouteLimit,
+        Refusal::RateLimited,
+        Refusal::Overload,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::ClientLimit => "client_limit",
+            Refusal::Acl => "acl",
+            Refusal::BadProxyHeader => "bad_proxy_header",
+            Refusal::BadClientHello => "bad_client_hello",
+            Refusal::NoRoute => "no_route",
+            Refusal::Loop => "loop",
+            Refusal::ClientHelloTimeout => "client_hello_timeout",
+            Refusal::RouteLimit => "route_limit",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::Overload => "overload",
+        }
+    }
+}
+
+/// Why a listener stopped accepting for a while: the `reason` of `sluice_accept_paused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pause {
+    /// The global `max_connections`.
+    Global,
+    /// Its route's `max_connections`.
+    Route,
+}
+
+impl Pause {
+    /// Both, in a fixed order (the counter index).
+    pub const ALL: [Pause; 2] = [Pause::Global, Pause::Route];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pause::Global => "global",
+            Pause::Route => "route",
+        }
+    }
+}
+
 /// One worker's worker-wide counters: lock-free, written only by that
 /// worker, read by anyone. Route and upstream numbers live in `stats.rs`.
 #[derive(Debug, Default)]
@@ -143,31 +224,6 @@ pub struct WorkerCounters {
     pub accepted: AtomicU64,
     /// Times accept hit the fd limit (EMFILE/ENFILE); each sheds one client.
     pub accept_fd_exhausted: AtomicU64,
-    /// Times a listener paused because the global `max_connections` was reached.
-    pub accept_paused_global: AtomicU64,
-    /// Times a listener paused because its route's `max_connections` was reached.
-    pub accept_paused_route: AtomicU64,
-    /// Clients refused by `max_connections_per_client`.
-    pub refused_client_limit: AtomicU64,
-    /// Clients refused by a route's `allow`/`deny` list.
-    pub refused_acl: AtomicU64,
-    /// Clients closed for a malformed, oversized or late PROXY header.
-    pub bad_proxy_header: AtomicU64,
-    /// Clients reset for bytes that are not a well-formed ClientHello (addresses routed by name).
-    pub bad_client_hello: AtomicU64,
-    /// Clients reset because no route takes their ClientHello's name and
-    /// ALPN, or their original destination (a capture address).
-    pub no_route: AtomicU64,
-    /// Clients of a capture address reset as a loop (see `CloseReason::Loop`).
-    pub refused_loop: AtomicU64,
-    /// Clients reset for not sending a complete ClientHello in time.
-    pub client_hello_timeout: AtomicU64,
-    /// Clients routed by name to a route already at its `max_connections`.
-    pub refused_route_limit: AtomicU64,
-    /// Clients over a connection rate (route or client prefix).
-    pub rate_limited: AtomicU64,
-    /// Clients refused while shedding load.
-    pub refused_overload: AtomicU64,
     /// Splice pipes created.
     pub pipes_created: AtomicU64,
     /// Splice pipes handed to pumps (from the pool or new).
@@ -197,9 +253,6 @@ pub struct WorkerCounters {
     /// `relay: auto`'s current estimates by size class, nanoseconds per KiB
     /// delivered, `[copy, splice]`; 0: not measured (see `relay::cost`).
     pub auto_cost: [[AtomicU64; 2]; AUTO_CLASSES],
-    /// Upstream connections this host could not open, indexed like
-    /// `LocalCause::ALL` (never counted against an upstream).
-    pub local_errors: [AtomicU64; LocalCause::ALL.len()],
 }
 
 impl WorkerCounters {
@@ -230,5 +283,17 @@ mod tests {
         }
         let names: std::collections::HashSet<&str> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(names.len(), CloseReason::ALL.len(), "labels are unique");
+    }
+
+    #[test]
+    fn refusals_and_pauses_sit_at_their_own_index() {
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} is out of place");
+        }
+        for (i, p) in Pause::ALL.iter().enumerate() {
+            assert_eq!(*p as usize, i, "{p:?} is out of place");
+        }
+        let names: std::collections::HashSet<&str> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), Refusal::ALL.len(), "labels are unique");
     }
 }

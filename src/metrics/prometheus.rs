@@ -1,11 +1,13 @@
 //! The Prometheus text exposition format (0.0.4) of a `Snapshot`: counters,
 //! gauges, and histograms as cumulative `_bucket`/`_sum`/`_count` in
 //! seconds. Names are `sluice_*`; labels `route`, `upstream`, `direction`,
-//! `mode`, `reason`, `result`, `cause`.
+//! `mode`, `reason`, `result`, `cause`. The families about the process as a
+//! whole (build, start, reload state, limits) are `operations.rs`'s.
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 
-use super::snapshot::{Latency, Snapshot};
+use super::exposition::{Labels, Out, flag};
+use super::snapshot::Snapshot;
 
 /// `Content-Type` of the output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -37,6 +39,7 @@ pub fn render(snap: &Snapshot) -> String {
     );
     out.gauge("sluice_uptime_seconds", "Seconds since the process started.", &[(vec![], snap.uptime_secs)]);
     out.gauge("sluice_workers", "Worker threads.", &[(vec![], snap.workers as f64)]);
+    super::operations::render(&mut out, snap);
     out.counter(
         "sluice_worker_busy_seconds_total",
         "Seconds workers spent working rather than waiting for events (wall time), summed over workers.",
@@ -253,36 +256,29 @@ pub fn render(snap: &Snapshot) -> String {
         "Times accept hit the fd limit (one client shed each).",
         &[(vec![], a.fd_exhausted as f64)],
     );
+    // One series per route and label of `map`: the route's refusals, pauses, local errors.
+    let by_route = |key: &'static str, map: &dyn Fn(&super::snapshot::RouteSnapshot) -> &BTreeMap<String, u64>| {
+        snap.routes
+            .iter()
+            .flat_map(|r| map(r).iter().map(|(v, n)| (vec![("route", r.name.clone()), (key, v.clone())], *n as f64)))
+            .collect::<Vec<_>>()
+    };
     out.counter(
         "sluice_accept_paused_total",
-        "Times a listener stopped accepting at a connection limit.",
-        &[
-            (vec![("reason", "global".to_owned())], a.paused_global as f64),
-            (vec![("reason", "route".to_owned())], a.paused_route as f64),
-        ],
+        "Times a listener stopped accepting at a connection limit, by reason (global, route); on its first route.",
+        &by_route("reason", &|r| &r.accept_paused),
     );
     out.counter(
         "sluice_refused_total",
-        "Clients refused right after accept (or after their PROXY header or ClientHello), by reason.",
-        &[
-            (vec![("reason", "client_limit".to_owned())], a.refused_client_limit as f64),
-            (vec![("reason", "acl".to_owned())], a.refused_acl as f64),
-            (vec![("reason", "bad_proxy_header".to_owned())], a.bad_proxy_header as f64),
-            (vec![("reason", "bad_client_hello".to_owned())], a.bad_client_hello as f64),
-            (vec![("reason", "no_route".to_owned())], a.no_route as f64),
-            (vec![("reason", "loop".to_owned())], a.refused_loop as f64),
-            (vec![("reason", "client_hello_timeout".to_owned())], a.client_hello_timeout as f64),
-            (vec![("reason", "route_limit".to_owned())], a.refused_route_limit as f64),
-            (vec![("reason", "rate_limited".to_owned())], a.rate_limited as f64),
-            (vec![("reason", "overload".to_owned())], a.overload as f64),
-        ],
+        "Clients refused right after accept (or after their PROXY header or ClientHello), by route and reason; \
+         those refused before a route was chosen count on their listener's first route.",
+        &by_route("reason", &|r| &r.refused),
     );
-    let local: Vec<_> = snap.local_errors.iter().map(|(k, v)| (vec![("cause", k.clone())], *v as f64)).collect();
     out.counter(
         "sluice_local_errors_total",
-        "Upstream connections this host could not open (fds, memory, ports, source), by cause; the client was \
-         reset and no upstream blamed.",
-        &local,
+        "Upstream connections this host could not open (fds, memory, ports, source), by route and cause; the \
+         client was reset and no upstream blamed.",
+        &by_route("cause", &|r| &r.local_errors),
     );
     out.counter(
         "sluice_reloads_total",
@@ -306,75 +302,6 @@ pub fn render(snap: &Snapshot) -> String {
     out.0
 }
 
-fn flag(b: bool) -> f64 {
-    if b { 1.0 } else { 0.0 }
-}
-
-type Labels<'a> = Vec<(&'a str, String)>;
-
-struct Out(String);
-
-impl Out {
-    fn head(&mut self, name: &str, help: &str, kind: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, String)], extra: Option<(&str, &str)>, v: f64) {
-        self.0.push_str(name);
-        let all: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).chain(extra).collect();
-        if !all.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in all.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
-            }
-            self.0.push('}');
-        }
-        let _ = writeln!(self.0, " {}", number(v));
-    }
-
-    fn counter(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
-        self.series(name, help, "counter", samples);
-    }
-
-    fn gauge(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
-        self.series(name, help, "gauge", samples);
-    }
-
-    fn series(&mut self, name: &str, help: &str, kind: &str, samples: &[(Labels<'_>, f64)]) {
-        self.head(name, help, kind);
-        for (labels, v) in samples {
-            self.sample(name, labels, None, *v);
-        }
-    }
-
-    /// A histogram from µs summaries: bounds and sums converted to seconds.
-    fn histogram<'a>(&mut self, name: &str, help: &str, series: impl Iterator<Item = (Labels<'a>, &'a Latency)>) {
-        self.head(name, help, "histogram");
-        for (labels, l) in series {
-            for [le_us, n] in &l.buckets {
-                let le = number(*le_us as f64 / 1e6);
-                self.sample(&format!("{name}_bucket"), &labels, Some(("le", &le)), *n as f64);
-            }
-            self.sample(&format!("{name}_bucket"), &labels, Some(("le", "+Inf")), l.count as f64);
-            self.sample(&format!("{name}_sum"), &labels, None, l.sum as f64 / 1e6);
-            self.sample(&format!("{name}_count"), &labels, None, l.count as f64);
-        }
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// Integers without a fraction, others as Rust prints them (shortest round-trip).
-fn number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,7 +323,9 @@ mod tests {
             h
         });
         snap.routes.push(r);
-        snap.local_errors.insert("fds".into(), 3);
+        snap.routes[0].local_errors.insert("fds".into(), 3);
+        snap.routes[0].refused.insert("no_route".into(), 2);
+        snap.routes[0].accept_paused.insert("global".into(), 4);
         let text = render(&snap);
         for line in [
             "sluice_ready 1",
@@ -408,7 +337,9 @@ mod tests {
             "sluice_connect_duration_seconds_bucket{route=\"web\",le=\"+Inf\"} 1",
             "sluice_connect_duration_seconds_count{route=\"web\"} 1",
             "# TYPE sluice_session_duration_seconds histogram",
-            "sluice_local_errors_total{cause=\"fds\"} 3",
+            "sluice_local_errors_total{route=\"web\",cause=\"fds\"} 3",
+            "sluice_refused_total{route=\"web\",reason=\"no_route\"} 2",
+            "sluice_accept_paused_total{route=\"web\",reason=\"global\"} 4",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
@@ -416,6 +347,6 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(super::super::exposition::escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -15,6 +15,15 @@ use serde::{Deserialize, Serialize};
 pub struct Snapshot {
     /// sluice's version.
     pub version: String,
+    /// The git commit it was built from (`unknown` outside git).
+    #[serde(default)]
+    pub commit: String,
+    /// The relay modes this build can run here, comma-separated (`uring` only where io_uring may be set up).
+    #[serde(default)]
+    pub relay_modes: String,
+    /// When the process started, seconds since the Unix epoch.
+    #[serde(default)]
+    pub start_time_secs: f64,
     /// Seconds since the process started.
     pub uptime_secs: f64,
     /// Listeners are up and the process is not draining (`/readyz`).
@@ -51,6 +60,9 @@ pub struct Snapshot {
     pub accept: AcceptSnapshot,
     /// Configuration reloads by outcome.
     pub reloads: ReloadSnapshot,
+    /// Process-wide limits and their use now.
+    #[serde(default)]
+    pub limits: LimitsSnapshot,
     /// Control-socket peers refused: their uid was neither sluice's nor root's.
     #[serde(default)]
     pub control_refused: u64,
@@ -128,6 +140,17 @@ pub struct RouteSnapshot {
     pub duration: Latency,
     /// Per upstream address.
     pub upstreams: Vec<UpstreamSnapshot>,
+    /// Clients refused right after accept (or their PROXY header or
+    /// ClientHello), by reason; those refused before a route was chosen
+    /// count on their listener's first route. Every reason is listed.
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
+    /// Times the route's listener paused at a connection limit, by reason (`global`, `route`).
+    #[serde(default)]
+    pub accept_paused: BTreeMap<String, u64>,
+    /// Upstream connections this host could not open, by cause. Every cause is listed.
+    #[serde(default)]
+    pub local_errors: BTreeMap<String, u64>,
 }
 
 /// Sessions of a route.
@@ -351,10 +374,29 @@ pub struct AcceptSnapshot {
 }
 
 /// Reloads by outcome.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReloadSnapshot {
     /// Applied.
     pub ok: u64,
     /// Refused; the old configuration kept serving.
     pub failed: u64,
+    /// The last load (the one at start, or the last reload) was applied.
+    #[serde(default)]
+    pub last_ok: bool,
+    /// When it ended, seconds since the Unix epoch.
+    #[serde(default)]
+    pub last_at_secs: f64,
+}
+
+/// Process-wide limits and their use (the pipe budget is in `PipeSnapshot`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsSnapshot {
+    /// `max_connections`.
+    pub max_connections: u64,
+    /// Sessions counted against it now, all routes.
+    pub connections: u64,
+    /// The soft `RLIMIT_NOFILE` (after sluice raised it).
+    pub max_fds: u64,
+    /// File descriptors open now.
+    pub open_fds: u64,
 }

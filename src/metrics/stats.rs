@@ -4,7 +4,8 @@
 //!
 //! Each worker owns one `WorkerMetrics`. Its route/upstream stats sit
 //! behind a mutex that only that worker takes per *session* (accept,
-//! connect attempt, close: never per event or per byte) and once a second
+//! connect attempt, refusal, close: never per event or per byte), per
+//! listener pause at a limit, and once a second
 //! to add the bytes running sessions moved, and the admin thread takes
 //! briefly per scrape, so it is uncontended in practice.
 //! Worker-wide counters that change per event stay lock-free atomics in
@@ -21,7 +22,9 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::counters::{Pause, Refusal};
 use super::{CloseReason, WorkerCounters};
+use crate::local_error::LocalCause;
 use crate::upstream::UpstreamKey;
 
 /// Largest time a histogram holds: 1 day in µs (longer values are clamped).
@@ -67,6 +70,13 @@ pub struct RouteStats {
     pub first_byte_time: Histogram<u32>,
     /// Accept to close (µs).
     pub duration: Histogram<u32>,
+    /// Clients refused, indexed like `Refusal::ALL` (before a route was
+    /// chosen: on their listener's first route).
+    pub refused: [u64; Refusal::ALL.len()],
+    /// Times its listener paused, indexed like `Pause::ALL`.
+    pub paused: [u64; Pause::ALL.len()],
+    /// Upstream connections this host could not open, indexed like `LocalCause::ALL`.
+    pub local_errors: [u64; LocalCause::ALL.len()],
 }
 
 impl Default for RouteStats {
@@ -81,6 +91,9 @@ impl Default for RouteStats {
             connect_time: time_histogram(),
             first_byte_time: time_histogram(),
             duration: time_histogram(),
+            refused: [0; Refusal::ALL.len()],
+            paused: [0; Pause::ALL.len()],
+            local_errors: [0; LocalCause::ALL.len()],
         }
     }
 }
@@ -278,6 +291,21 @@ impl WorkerMetrics {
     /// The stats, locked (briefly: once per session event, or per scrape).
     pub fn stats(&self) -> MutexGuard<'_, WorkerStats> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a client refused on route `route` (its metric id).
+    pub fn count_refusal(&self, route: usize, why: Refusal) {
+        self.stats().route(route).refused[why as usize] += 1;
+    }
+
+    /// Counts a pause of a listener of route `route`.
+    pub fn count_pause(&self, route: usize, why: Pause) {
+        self.stats().route(route).paused[why as usize] += 1;
+    }
+
+    /// Counts an upstream connection of route `route` this host could not open.
+    pub fn count_local_error(&self, route: usize, cause: LocalCause) {
+        self.stats().route(route).local_errors[cause as usize] += 1;
     }
 }
 

@@ -196,11 +196,11 @@ impl ControlThread {
         };
         match self.try_reload(&path) {
             Ok(summary) => {
-                self.shared.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                self.shared.reloads.record(true);
                 log::info!("reloaded {}: {summary}", path.display());
             }
             Err(e) => {
-                self.shared.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                self.shared.reloads.record(false);
                 log::error!("reload failed, the running configuration stays: {e}");
             }
         }

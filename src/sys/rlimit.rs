@@ -17,6 +17,11 @@ pub fn raise_nofile() -> io::Result<u64> {
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
 }
 
+/// The soft `RLIMIT_NOFILE` now (`sluice_max_fds`).
+pub fn nofile() -> io::Result<u64> {
+    Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
+}
+
 /// CAP_SYS_ADMIN and CAP_SYS_RESOURCE: either exempts a process from the
 /// per-user pipe memory limits (`fs.pipe-user-pages-soft`/`-hard`).
 const CAP_SYS_ADMIN: u32 = 21;

@@ -17,7 +17,7 @@ use mio::Interest;
 use mio::net::TcpStream;
 
 use super::{Worker, token};
-use crate::metrics::{CloseReason, WorkerCounters};
+use crate::metrics::{CloseReason, Refusal, WorkerCounters};
 use crate::process::ProcessState;
 use crate::ratelimit::Admit;
 use crate::route::Route;
@@ -105,7 +105,7 @@ impl Worker {
         if let Err(e) = registered {
             // The poll is this host's (epoll watches, memory): a local error, no upstream involved.
             if let Some(cause) = crate::local_error::classify(&e) {
-                WorkerCounters::inc(&self.metrics.counters.local_errors[cause as usize]);
+                self.metrics.count_local_error(self.sessions[key].route().metric_id, cause);
             }
             self.warn(format!("cannot register client {peer}: {e}; resetting it"));
             self.close(key, End { reason: CloseReason::LocalError, ending: Ending::RESET_CLIENT }, now);
@@ -130,7 +130,7 @@ impl Worker {
         match s.read_proxy_header(now) {
             HeaderRead::Wait => {}
             HeaderRead::Invalid(why) => {
-                WorkerCounters::inc(&self.metrics.counters.bad_proxy_header);
+                self.metrics.count_refusal(s.route().metric_id, Refusal::BadProxyHeader);
                 log::debug!("listener {}: client {}: bad PROXY header: {why}", s.route().listen, s.peer_addr());
                 self.close(key, End { reason: CloseReason::BadProxyHeader, ending: Ending::RESET_CLIENT }, now);
             }
@@ -162,19 +162,18 @@ impl Worker {
         }
     }
 
-    /// Counts (worker-wide) and logs a refused client, and says which close
+    /// Counts (on its route) and logs a refused client, and says which close
     /// reason it is (the caller resets it: a reset tells the client at once
     /// and leaves no TIME_WAIT here).
     pub(super) fn refuse(&self, route: &Route, client: SocketAddr, reason: Refused) -> CloseReason {
-        let c = &self.metrics.counters;
-        let (counter, close) = match reason {
-            Refused::Acl(_) => (&c.refused_acl, CloseReason::Denied),
-            Refused::ClientLimit(_) => (&c.refused_client_limit, CloseReason::Refused),
-            Refused::Rate(_) => (&c.rate_limited, CloseReason::RateLimited),
-            Refused::Overload => (&c.refused_overload, CloseReason::Overloaded),
-            Refused::RouteLimit => (&c.refused_route_limit, CloseReason::Refused),
+        let (counted, close) = match reason {
+            Refused::Acl(_) => (Refusal::Acl, CloseReason::Denied),
+            Refused::ClientLimit(_) => (Refusal::ClientLimit, CloseReason::Refused),
+            Refused::Rate(_) => (Refusal::RateLimited, CloseReason::RateLimited),
+            Refused::Overload => (Refusal::Overload, CloseReason::Overloaded),
+            Refused::RouteLimit => (Refusal::RouteLimit, CloseReason::Refused),
         };
-        WorkerCounters::inc(counter);
+        self.metrics.count_refusal(route.metric_id, counted);
         match reason {
             Refused::Acl(why) => log::debug!("route {}: refused {client}: {why}", route.name),
             Refused::ClientLimit(limit) => log::debug!(
@@ -192,9 +191,10 @@ impl Worker {
     }
 
     /// A client refused before its ClientHello chose a route: it holds as
-    /// many unrouted connections as any route of the address would let it have.
+    /// many unrouted connections as any route of the address would let it
+    /// have. Counted on the address's first route.
     fn refuse_unrouted(&self, frontend: &crate::frontend::Frontend, client: SocketAddr) -> CloseReason {
-        WorkerCounters::inc(&self.metrics.counters.refused_client_limit);
+        self.metrics.count_refusal(frontend.first().metric_id, Refusal::ClientLimit);
         log::debug!(
             "listener {}: refused {client}: it already has {} connections sending their ClientHello",
             frontend.first().listen,

@@ -24,7 +24,7 @@ use mio::net::TcpStream;
 
 use super::Worker;
 use crate::frontend::Frontend;
-use crate::metrics::{CloseReason, WorkerCounters};
+use crate::metrics::{self, CloseReason};
 use crate::session::{End, Ending};
 use crate::sys::capture;
 
@@ -75,17 +75,17 @@ impl Worker {
             }
         };
         refusal.map_err(|why| {
-            let c = &self.metrics.counters;
-            let (counter, close) = match why {
-                Refusal::NoRoute(_) => (&c.no_route, CloseReason::NoRoute),
-                Refusal::Itself(_) | Refusal::OwnConnection => (&c.refused_loop, CloseReason::Loop),
+            let (counted, close) = match why {
+                Refusal::NoRoute(_) => (metrics::Refusal::NoRoute, CloseReason::NoRoute),
+                Refusal::Itself(_) | Refusal::OwnConnection => (metrics::Refusal::Loop, CloseReason::Loop),
             };
-            WorkerCounters::inc(counter);
             let route = match why {
                 Refusal::Itself(dst) => frontend.route_for(dst),
                 _ if frontend.destinations.is_none() => Some(0),
                 _ => None,
             };
+            // No route known: the address's first route counts the refusal.
+            self.metrics.count_refusal(frontend.routes[route.unwrap_or(0)].metric_id, counted);
             match why {
                 Refusal::Itself(dst) => log::debug!(
                     "listener {listen}: refused {peer}: loop: its original destination {dst} is this listener (no \
@@ -111,8 +111,8 @@ impl Worker {
     /// it yet when it was accepted): both sides are reset, which ends the
     /// loop's every hop, and it counts as a `loop` refusal.
     pub(super) fn loop_found_late(&mut self, key: usize, now: Instant) {
-        WorkerCounters::inc(&self.metrics.counters.refused_loop);
         let s = &self.sessions[key];
+        self.metrics.count_refusal(s.route().metric_id, metrics::Refusal::Loop);
         log::debug!(
             "session {}: loop: client {} is one of sluice's own upstream connections, captured again (found once \
              connected; exempt sluice's traffic from the capture rule: socket.mark or meta skuid)",

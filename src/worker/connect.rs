@@ -19,7 +19,7 @@ use mio::Interest;
 use super::{Worker, token};
 use crate::config::{Balance, WhenAllDown};
 use crate::local_error::{self, LocalCause};
-use crate::metrics::{CloseReason, WorkerCounters};
+use crate::metrics::CloseReason;
 use crate::session::{Claim, End, Ending, Side, Stage};
 use crate::sys::sockets;
 use crate::upstream::health::{FailureOutcome, now_ms};
@@ -231,7 +231,7 @@ impl Worker {
                 st.route(route.metric_id).retries -= 1;
             }
         }
-        WorkerCounters::inc(&self.metrics.counters.local_errors[cause as usize]);
+        self.metrics.count_local_error(route.metric_id, cause);
         let client = s.client_addr();
         let advice = local_error::advice(e, cause, addr, route.socket.source());
         self.warn(format!(

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::Worker;
-use crate::metrics::{CloseReason, WorkerCounters};
+use crate::metrics::{CloseReason, Refusal};
 use crate::session::{End, Ending, Stage, TlsInfo};
 use crate::sys::socket_queue;
 use crate::tls::hello::{self, MAX_WIRE, Parse};
@@ -93,7 +93,7 @@ impl Worker {
         self.metrics.stats().route(route.metric_id).accepted += 1;
         route.socket.client(s.client());
         if full {
-            WorkerCounters::inc(&self.metrics.counters.refused_route_limit);
+            self.metrics.count_refusal(route.metric_id, Refusal::RouteLimit);
             log::debug!("route {}: refused {}: at max_connections", route.name, s.client_addr());
             return self.close(key, End { reason: CloseReason::Refused, ending: Ending::RESET_CLIENT }, now);
         }
@@ -108,14 +108,14 @@ impl Worker {
 
     /// Resets a client whose ClientHello led nowhere, and counts it.
     pub(super) fn refuse_hello(&mut self, key: usize, reason: CloseReason, why: &str, now: Instant) {
-        let counters = &self.metrics.counters;
-        let counter = match reason {
-            CloseReason::NoRoute => &counters.no_route,
-            CloseReason::ClientHelloTimeout => &counters.client_hello_timeout,
-            _ => &counters.bad_client_hello,
+        let counted = match reason {
+            CloseReason::NoRoute => Refusal::NoRoute,
+            CloseReason::ClientHelloTimeout => Refusal::ClientHelloTimeout,
+            _ => Refusal::BadClientHello,
         };
-        WorkerCounters::inc(counter);
         let s = &self.sessions[key];
+        // No route chosen yet: the session is on the address's first route, which counts it.
+        self.metrics.count_refusal(s.route().metric_id, counted);
         log::debug!("listener {}: client {}: {why}", s.route().listen, s.peer_addr());
         self.close(key, End { reason, ending: Ending::RESET_CLIENT }, now);
     }

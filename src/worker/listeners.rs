@@ -18,7 +18,7 @@ use super::orders::ListenerUpdate;
 use super::{TimerKey, Worker, WorkerSettings, is_fd_exhaustion, token};
 use crate::frontend::Frontend;
 use crate::listen::ListenKey;
-use crate::metrics::WorkerCounters;
+use crate::metrics::{Pause, WorkerCounters};
 use crate::route::Route;
 use crate::upstream::Balancer;
 
@@ -198,12 +198,12 @@ impl Worker {
             // At a limit we stop accepting: clients wait in the kernel's
             // queue instead of being accepted and dropped.
             if self.shared.active.load(Ordering::Relaxed) >= self.shared.max_connections.load(Ordering::Relaxed) {
-                WorkerCounters::inc(&self.metrics.counters.accept_paused_global);
+                self.metrics.count_pause(self.listeners[li].frontend.first().metric_id, Pause::Global);
                 self.pause(li, LIMIT_RETRY, now);
                 return;
             }
             if self.listeners[li].frontend.at_limit() {
-                WorkerCounters::inc(&self.metrics.counters.accept_paused_route);
+                self.metrics.count_pause(self.listeners[li].frontend.first().metric_id, Pause::Route);
                 self.pause(li, LIMIT_RETRY, now);
                 return;
             }

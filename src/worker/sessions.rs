@@ -161,7 +161,7 @@ impl Worker {
                     s.peer_addr(),
                     s.route().pool().proxy_protocol_timeout
                 );
-                crate::metrics::WorkerCounters::inc(&self.metrics.counters.bad_proxy_header);
+                self.metrics.count_refusal(s.route().metric_id, crate::metrics::Refusal::BadProxyHeader);
             }
             Due::Idle | Due::HalfClose | Due::DrainIdle => {}
         }

@@ -204,7 +204,7 @@ fn out_of_fds_for_the_upstream_socket_resets_the_client_and_ejects_no_upstream()
     assert_eq!(st["local_errors"]["fds"], 8, "{}", st["local_errors"]);
     assert_eq!(st["routes"][0]["sessions"]["closed"]["local_error"], 8, "{}", st["routes"][0]["sessions"]);
     let (_, metrics) = get(admin, "/metrics");
-    assert!(metrics.lines().any(|l| l == "sluice_local_errors_total{cause=\"fds\"} 8"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "sluice_local_errors_total{route=\"test\",cause=\"fds\"} 8"), "{metrics}");
     // The log is written behind (every 50 ms): wait for the sessions' access lines.
     assert!(s.wait_log_count("reason=local_error", 8, Duration::from_secs(10)), "no access lines");
     let log = s.log();

@@ -470,3 +470,100 @@ fn a_long_upload_shows_in_metrics_and_the_access_log_while_it_runs() {
     let end = s.log().lines().find(|l| l.contains("event=end")).expect("end line").to_owned();
     assert!(end.contains(&format!("bytes_up={total} ")), "metrics say {total}, the access line: {end}");
 }
+
+/// `/metrics` once `pred` holds for it (bounded).
+fn metrics_when(admin: SocketAddr, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, m) = get(admin, "/metrics");
+        if code == 200 && pred(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "never {what}:\n{m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_failed_reload_flips_last_reload_successful_and_moves_its_timestamp() {
+    let yaml = one_route("splice", &[backends::echo()], "");
+    let (s, admin) = with_admin(&yaml);
+    let m = metrics_when(admin, "scraped", |_| true);
+    let started = sample(&m, "sluice_start_time_seconds");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    assert!(started <= now && now - started < 60.0, "start time {started}, now {now}");
+    assert_eq!(sample(&m, "sluice_config_last_reload_successful"), 1.0, "the load at start counts as applied");
+    let t0 = sample(&m, "sluice_config_last_reload_timestamp_seconds");
+    assert!((t0 - started).abs() < 5.0, "before any reload, the start's load: {t0} vs {started}");
+    let info = m.lines().find(|l| l.starts_with("sluice_build_info{")).expect("sluice_build_info");
+    assert!(info.contains("version=\"") && info.contains("commit=\"") && info.ends_with("} 1"), "{info}");
+    assert!(info.contains("relay_modes=\"splice,copy,auto"), "{info}");
+
+    let path = s.config_path().expect("config file");
+    let good = std::fs::read_to_string(&path).expect("read config");
+    std::fs::write(&path, good.replace("relay: splice", "relay: sideways")).expect("write bad config");
+    // Millisecond stamps: make sure this reload ends in a later one than the start's.
+    std::thread::sleep(Duration::from_millis(20));
+    s.signal(Signal::SIGHUP);
+    assert!(s.wait_log("reload failed", Duration::from_secs(10)), "the bad file was not refused");
+    let m = metrics_when(admin, "0 after the bad reload", |m| sample(m, "sluice_config_last_reload_successful") == 0.0);
+    let t1 = sample(&m, "sluice_config_last_reload_timestamp_seconds");
+    assert!(t1 > t0, "the timestamp moves with a failed reload too: {t0} → {t1}");
+    assert_eq!(sample(&m, "sluice_reloads_total{result=\"failed\"}"), 1.0);
+    assert_eq!(sample(&m, "sluice_start_time_seconds"), started, "a reload is not a restart");
+
+    std::fs::write(&path, &good).expect("write good config");
+    std::thread::sleep(Duration::from_millis(20));
+    s.signal(Signal::SIGHUP);
+    assert!(s.wait_log("reloaded ", Duration::from_secs(10)), "the good file was not applied");
+    let m =
+        metrics_when(admin, "1 after the good reload", |m| sample(m, "sluice_config_last_reload_successful") == 1.0);
+    assert!(sample(&m, "sluice_config_last_reload_timestamp_seconds") > t1);
+}
+
+#[test]
+fn a_refusal_carries_its_route_label() {
+    let up = backends::echo();
+    let yaml = format!(
+        "workers: 1\nroutes:\n  - name: open\n    listen: 127.0.0.1:0\n    upstreams: [\"{up}\"]\n  \
+         - name: closed\n    listen: 127.0.0.1:0\n    upstreams: [\"{up}\"]\n    allow: [\"192.0.2.0/24\"]\n"
+    );
+    let (s, admin) = with_admin(&yaml);
+    let closed = s.route_addr("closed").expect("route closed listens");
+    for _ in 0..3 {
+        let mut c = connect(closed);
+        let mut b = [0; 1];
+        // Refused: reset (or closed) without a byte.
+        assert!(!matches!(c.read(&mut b), Ok(1)), "a denied client got an answer");
+    }
+    let refused = "sluice_refused_total{route=\"closed\",reason=\"acl\"}";
+    let m = metrics_when(admin, "3 acl refusals on route closed", |m| sample(m, refused) == 3.0);
+    assert_eq!(sample(&m, "sluice_refused_total{route=\"open\",reason=\"acl\"}"), 0.0, "not on the other route");
+    assert_eq!(sample(&m, "sluice_refused_total{route=\"closed\",reason=\"overload\"}"), 0.0, "every reason listed");
+    assert_eq!(sample(&m, "sluice_local_errors_total{route=\"open\",cause=\"fds\"}"), 0.0);
+    assert_eq!(sample(&m, "sluice_accept_paused_total{route=\"closed\",reason=\"global\"}"), 0.0);
+    assert_eq!(stats(admin)["accept"]["refused_acl"], 3, "the total in /stats is the sum over routes");
+}
+
+#[test]
+fn draining_shows_in_metrics_with_the_sessions_left() {
+    let len = 256u64 << 20;
+    let up = backends::source(6, len);
+    let yaml = format!("drain_timeout: 30s\nmax_connections: 77\n{}", one_route("splice", &[up], ""));
+    let (mut s, admin) = with_admin(&yaml);
+    let m = metrics_when(admin, "scraped", |_| true);
+    assert_eq!(sample(&m, "sluice_draining"), 0.0);
+    assert_eq!(sample(&m, "sluice_max_connections"), 77.0);
+    assert_eq!(sample(&m, "sluice_connections_open"), 0.0);
+    assert!(sample(&m, "sluice_max_fds") >= 1024.0);
+    let fds = sample(&m, "sluice_open_fds");
+    assert!(fds > 3.0 && fds < sample(&m, "sluice_max_fds"), "{fds} fds open");
+    let mut c = connect(s.addr());
+    let mut first = vec![0; 1 << 20];
+    c.read_exact(&mut first).expect("transfer started");
+    s.signal(Signal::SIGTERM);
+    let m = metrics_when(admin, "draining", |m| sample(m, "sluice_draining") == 1.0);
+    assert_eq!(sample(&m, "sluice_connections_open"), 1.0, "the session the drain waits for");
+    drop(c);
+    s.wait_exit(Duration::from_secs(10)).expect("exit");
+}

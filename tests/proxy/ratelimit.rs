@@ -66,8 +66,12 @@ fn echoed(addr: SocketAddr, msg: &[u8]) -> Option<TcpStream> {
 
 fn refused_total(admin: SocketAddr, reason: &str) -> u64 {
     let (_, m) = get(admin, "/metrics");
-    let name = format!("sluice_refused_total{{reason=\"{reason}\"}} ");
-    m.lines().find_map(|l| l.strip_prefix(name.as_str())?.parse::<f64>().ok()).unwrap_or(0.0) as u64
+    // Summed over the routes.
+    let label = format!(",reason=\"{reason}\"}} ");
+    m.lines()
+        .filter(|l| l.starts_with("sluice_refused_total{route="))
+        .filter_map(|l| l.split_once(label.as_str())?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 #[test]

@@ -183,7 +183,8 @@ fn bad_input_is_reset_counted_and_never_reaches_an_upstream() {
     expect_reset("bad name", &mut c);
     let (_, m) = get(admin, "/metrics");
     let refused = |reason: &str| {
-        let name = format!("sluice_refused_total{{reason=\"{reason}\"}} ");
+        // Refused before a route was chosen: counted on the address's first route.
+        let name = format!("sluice_refused_total{{route=\"named\",reason=\"{reason}\"}} ");
         m.lines().find_map(|l| l.strip_prefix(name.as_str())?.parse::<f64>().ok()).unwrap_or(-1.0) as i64
     };
     assert_eq!(refused("bad_client_hello"), 4, "{m}");
@@ -216,7 +217,8 @@ fn without_a_default_an_unclaimed_name_is_reset_as_no_route() {
         );
     }
     let (_, m) = get(admin, "/metrics");
-    assert!(m.contains("sluice_refused_total{reason=\"no_route\"} 3"), "{m}");
+    assert!(m.contains("sluice_refused_total{route=\"a\",reason=\"no_route\"} 3"), "on the first route: {m}");
+    assert!(m.contains("sluice_refused_total{route=\"h2\",reason=\"no_route\"} 0"), "{m}");
     assert_eq!(a_hits.load(Ordering::SeqCst), 0);
     // ALPN picks within a name; the wildcard takes the rest of example.com.
     let h = records(&message(&Spec { sni: Some(b"app.example.com"), alpn: &[b"h2"], ..Spec::default() }), 1);
