@@ -97,6 +97,9 @@ impl ControlThread {
     /// Answers from the workers, `READY=1` once all answered the first
     /// ping, and at each tick the watchdog and the status line.
     pub(super) fn on_systemd(&mut self, now: Instant) {
+        if self.systemd.is_none() {
+            return;
+        }
         let status = self.status_line();
         let live: Vec<usize> = (0..self.handles.len()).filter(|&i| self.handles[i].thread.is_some()).collect();
         let Some(sd) = &mut self.systemd else { return };

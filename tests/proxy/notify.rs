@@ -220,3 +220,21 @@ fn a_takeover_hands_the_main_pid_to_the_successor() {
     assert_eq!(sd.next_state().lines().next(), Some("STOPPING=1"));
     assert!(new.wait_exit(WAIT).expect("the new process exits").success());
 }
+
+#[test]
+fn the_example_units_are_type_notify() {
+    let unit = |name: &str| {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd").join(name))
+            .expect("unit file")
+    };
+    let lines = |text: &str| text.lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect::<Vec<_>>();
+    let plain = lines(&unit("sluice.service"));
+    assert!(plain.iter().any(|l| l == "Type=notify"), "{plain:?}");
+    assert!(plain.iter().any(|l| l.starts_with("WatchdogSec=")), "{plain:?}");
+    // A successor started by ExecReload= says MAINPID= and READY=1 itself, and
+    // gets no WATCHDOG_USEC from systemd: no watchdog there.
+    let upgrade = lines(&unit("sluice-upgrade.service"));
+    assert!(upgrade.iter().any(|l| l == "Type=notify"), "{upgrade:?}");
+    assert!(upgrade.iter().any(|l| l == "NotifyAccess=all"), "{upgrade:?}");
+    assert!(!upgrade.iter().any(|l| l.starts_with("WatchdogSec=")), "{upgrade:?}");
+}
