@@ -180,8 +180,10 @@ fn a_watchdog_meant_for_another_process_is_left_alone() {
     // WATCHDOG_PID names pid 1: the watchdog is not ours.
     let mut s = spawn(&path, &sd, &[("WATCHDOG_USEC", "200000"), ("WATCHDOG_PID", "1")], &[]);
     assert_eq!(sd.next_state().lines().next(), Some("READY=1"));
+    // The log goes through a queue: wait for the line before reading it.
+    assert!(s.wait_log("systemd notify socket set", WAIT), "{}", s.log());
     let log = s.log();
-    assert!(log.contains("systemd notify socket set") && !log.contains("feeding the watchdog"), "{log}");
+    assert!(!log.contains("feeding the watchdog"), "{log}");
     // Ten would-be periods: nothing but status lines.
     let until = Instant::now() + Duration::from_secs(1);
     while let Some(msg) = sd.next(until.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))) {
