@@ -42,6 +42,9 @@ impl ControlThread {
             if let Some(t) = self.grace_until {
                 timeout = Some(t.saturating_duration_since(Instant::now()));
             }
+            if let Some(t) = self.systemd_timeout() {
+                timeout = Some(timeout.map_or(t, |x| x.min(t)));
+            }
             match poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -71,6 +74,7 @@ impl ControlThread {
             while let Ok(exit) = exits.try_recv() {
                 self.on_exit(exit);
             }
+            self.on_systemd(Instant::now());
             if !self.draining {
                 self.reclaim(Instant::now());
             }
@@ -123,6 +127,7 @@ impl ControlThread {
         self.draining = true;
         self.shared.draining.store(true, Ordering::Relaxed);
         self.grace_until = Some(Instant::now() + grace);
+        self.notify_stopping();
         if grace.is_zero() {
             self.stop_accepting();
         }
@@ -194,14 +199,17 @@ impl ControlThread {
             log::warn!("reload asked, but sluice runs from the command line, not a file: nothing to reload");
             return;
         };
+        self.notify_reloading();
         match self.try_reload(&path) {
             Ok(summary) => {
                 self.shared.reloads.record(true);
                 log::info!("reloaded {}: {summary}", path.display());
+                self.notify_reloaded(Ok(()));
             }
             Err(e) => {
                 self.shared.reloads.record(false);
                 log::error!("reload failed, the running configuration stays: {e}");
+                self.notify_reloaded(Err(&e));
             }
         }
     }

@@ -25,14 +25,19 @@
 //! - `pools.rs`: what upstream pools and DNS need;
 //! - `workers.rs`: starting a worker thread, and the handles that talk to it;
 //! - `control_socket.rs`: the Unix socket a successor knocks on;
+//! - `systemd.rs`: what systemd hears (`Type=notify`): ready, reloading,
+//!   stopping, the status line, the watchdog while the workers answer;
+//! - `notify.rs`: the notify socket and its messages;
 //! - `successor.rs`: the old process's side of a takeover.
 
 mod control_socket;
 mod event_loop;
+mod notify;
 mod plan;
 mod pools;
 mod start;
 mod successor;
+mod systemd;
 mod watch;
 mod workers;
 
@@ -160,4 +165,6 @@ struct ControlThread {
     reload_deferred: bool,
     /// The control poll's waker (for the takeover's thread).
     waker: Arc<Waker>,
+    /// systemd's notify socket (`NOTIFY_SOCKET`), while the service is ours.
+    systemd: Option<systemd::Systemd>,
 }

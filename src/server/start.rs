@@ -88,6 +88,7 @@ pub(super) fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
         }),
         None => None,
     };
+    let successor = predecessor.is_some();
     let generation = inherited.generation + 1;
     let supervised = inherited.supervised();
     let registry = Arc::new(Registry::default());
@@ -179,9 +180,12 @@ pub(super) fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
         exchange: None,
         stop_deferred: false,
         reload_deferred: false,
+        systemd: super::systemd::Systemd::from_env(workers, Arc::clone(&exit_waker), successor),
         waker: exit_waker,
     };
     control.publish_pools();
+    // READY=1 once every worker answers this (its routes came first).
+    control.ping_workers();
     let result = control.run(poll, &mut signals, &exits);
     let per_worker: Vec<String> =
         control.handles.iter().map(|h| WorkerCounters::get(&h.metrics.counters.accepted).to_string()).collect();

@@ -183,6 +183,8 @@ impl ControlThread {
             taken.len(),
             self.config.drain_timeout
         );
+        // Before the successor hears `Draining`: systemd has the new main pid before its `READY=1`.
+        self.notify_handed_over(pid);
         if let Some(a) = self.admin.take() {
             a.stop();
         }

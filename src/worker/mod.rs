@@ -47,7 +47,7 @@ use crate::session::{End, Readiness, Session};
 use crate::sys::rlimit::FdReserve;
 use crate::timer::Timers;
 use listeners::Listener;
-pub use orders::{ListenerUpdate, Order, WorkerSettings, WorkerSetup};
+pub use orders::{ListenerUpdate, Order, Ping, WorkerSettings, WorkerSetup};
 use token::Target;
 pub use token::WAKER;
 
@@ -212,6 +212,7 @@ impl Worker {
                 }
                 Ok(Order::Retire { key, socket }) => self.retire(key, socket, now),
                 Ok(Order::Adopt { key, socket }) => self.adopt_extra(key, socket, now),
+                Ok(Order::Ping(p)) => p.answer(self.id),
                 Ok(Order::Stop) | Err(TryRecvError::Disconnected) => {
                     self.stop = true;
                     return;

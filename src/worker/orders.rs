@@ -59,8 +59,32 @@ pub enum Order {
         /// The socket.
         socket: TcpListener,
     },
+    /// Answer at once: the control thread feeds systemd's watchdog only
+    /// while every worker does (and says `READY=1` once all have taken
+    /// their first routes, which came before this on the same channel).
+    Ping(Ping),
     /// Close everything now and exit.
     Stop,
+}
+
+/// A liveness question from the control thread, and how to answer it.
+#[derive(Debug)]
+pub struct Ping {
+    /// Which question this is.
+    pub seq: u64,
+    /// Where the answer goes: the worker's id and `seq`.
+    pub reply: Sender<(usize, u64)>,
+    /// Wakes the control thread's poll.
+    pub waker: Arc<mio::Waker>,
+}
+
+impl Ping {
+    /// Worker `id` answers.
+    pub fn answer(self, id: usize) {
+        if self.reply.send((id, self.seq)).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
 }
 
 /// One listen address as a worker should serve it after an update.

@@ -46,6 +46,7 @@ mod limits;
 mod mptcp;
 mod multipath;
 mod nonroot;
+mod notify;
 mod observability;
 mod pools;
 mod proxy_protocol;
