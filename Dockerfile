@@ -5,8 +5,14 @@
 # The config lives at /etc/sluice/proxy.yaml (mount a file or a directory over it;
 # with `watch: true` a changed ConfigMap is reloaded). See docs/operations.md "Container".
 
+# The two base images are build arguments so the image can be built where their
+# registries are out of reach (CI builds it against local stand-ins: .ci/container).
+# The defaults are what a release uses.
+ARG BUILDER_IMAGE=rust:1.95-slim-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
 # ---- build stage -----------------------------------------------------------
-FROM rust:1.95-slim-bookworm AS build
+FROM ${BUILDER_IMAGE} AS build
 WORKDIR /src
 
 # Dependencies first, in their own layer: it is rebuilt only when Cargo.toml or
@@ -28,7 +34,7 @@ RUN cargo build --release --locked \
 # Not distroless/static: that needs a musl build, whose allocator is measurably
 # slower for a proxy. Not debian-slim: a shell and apt are attack surface a
 # sidecar doesn't use.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 
 LABEL org.opencontainers.image.title="sluice" \
       org.opencontainers.image.description="Zero-copy TCP (layer 4) reverse proxy for Linux: mio event loops, splice pipe pairs" \

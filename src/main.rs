@@ -30,6 +30,9 @@ fn main() -> ExitCode {
         Some(Command::Check) => {
             let Some(config) = load(&cli) else { return ExitCode::from(2) };
             print!("{}", config.describe(server::worker_count(config.workers)));
+            if let Some(why) = uring_refused(&config) {
+                println!("# relay: uring is refused here ({why}): every route relays with auto");
+            }
             ExitCode::SUCCESS
         }
         None => {
@@ -62,6 +65,12 @@ fn main() -> ExitCode {
 /// The configuration the flags describe, or the error printed (exit 2).
 fn load(cli: &Cli) -> Option<Config> {
     cli.config().map_err(|e| eprintln!("sluice: {e}")).ok()
+}
+
+/// Why `relay: uring` falls back to `auto` on this machine (seccomp, `kernel.io_uring_disabled`), if
+/// the config asks for it and it does: `sluice check` says so, as startup's warning does.
+fn uring_refused(config: &Config) -> Option<String> {
+    if config.relay == config::RelayMode::Uring { doctor::io_uring_refused() } else { None }
 }
 
 /// `sluice probe [PATH]`: exit 0 if the admin port answers 200, else 1, with one line saying why.

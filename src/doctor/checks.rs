@@ -23,7 +23,12 @@ pub(super) fn listen_backlog(config: &Config, f: &Facts) -> Vec<Finding> {
                 Level::Warn,
                 check,
                 format!("{v} < the largest route backlog {backlog}: listen queues are capped at {v}"),
-                format!("sysctl -w {check}={backlog}"),
+                // Both are per network namespace: a container's own value is what counts, and
+                // its /proc/sys is read-only, so the fix goes to the container's runtime.
+                format!(
+                    "sysctl -w {check}={backlog}   (in a container: --sysctl {check}={backlog}; Kubernetes: the pod's \
+                     securityContext.sysctls)"
+                ),
             ),
         })
         .collect()

@@ -104,7 +104,7 @@ impl Facts {
             tcp_migrate_req: num("sys/net/ipv4/tcp_migrate_req"),
             nofile,
             // Not a file: only trying tells (a seccomp filter leaves no trace in /proc).
-            io_uring_refused: crate::relay::ring::probe().err(),
+            io_uring_refused: io_uring_refused(),
             mptcp_enabled: num("sys/net/mptcp/enabled"),
             cap_eff: caps,
             kernel: text("sys/kernel/osrelease").and_then(|t| kernel_version(&t)),
@@ -129,6 +129,12 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+/// Why this process cannot set up an io_uring (seccomp, `kernel.io_uring_disabled`, an old
+/// kernel); `None`: it can. `sluice check` asks it too, to say where `relay: uring` falls back.
+pub fn io_uring_refused() -> Option<String> {
+    crate::relay::ring::probe().err()
 }
 
 #[cfg(test)]

@@ -129,3 +129,22 @@ fn the_kubernetes_example_config_is_valid() {
         assert!(out.contains(want), "no {want:?} in\n{out}");
     }
 }
+
+#[test]
+fn check_says_where_relay_uring_falls_back_as_doctor_does() {
+    let (_dir, path) = crate::harness::temp_config(
+        "relay: uring\nroutes:\n  - name: r\n    listen: 127.0.0.1:0\n    upstreams: [\"127.0.0.1:1\"]\n",
+    );
+    let path = path.to_str().expect("utf-8");
+    let (code, check, err) = run(&["check", "-c", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(check.contains("relay: uring"), "{check}");
+    let (_, doctor, _) = run(&["doctor", "-c", path]);
+    let refused = doctor
+        .lines()
+        .find(|l| l.contains(" io_uring: "))
+        .unwrap_or_else(|| panic!("no io_uring line from doctor:\n{doctor}"))
+        .contains("falls back to auto");
+    let says = check.contains("# relay: uring is refused here (") && check.contains("every route relays with auto");
+    assert_eq!(says, refused, "check and doctor disagree about io_uring here:\n{check}\n{doctor}");
+}
