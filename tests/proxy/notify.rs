@@ -171,6 +171,55 @@ fn the_watchdog_is_fed_on_an_abstract_socket() {
     drop(dir);
 }
 
+/// The thread of `pid` named `name` (`/proc/PID/task/*/comm`).
+fn thread_named(pid: i32, name: &str) -> Option<nix::unistd::Pid> {
+    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+        let tid: i32 = t.file_name().to_str()?.parse().ok()?;
+        (comm.trim() == name).then(|| nix::unistd::Pid::from_raw(tid))
+    })
+}
+
+#[test]
+fn a_hung_worker_stops_the_watchdog_and_its_return_restarts_it() {
+    use nix::sys::ptrace;
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    let sd = FakeSystemd::abstract_named();
+    let (dir, path) = crate::harness::temp_config(&yaml(backends::echo(), ""));
+    let mut s = spawn(&path, &sd, &[("WATCHDOG_USEC", "400000")], &["--workers", "1"]);
+    assert_eq!(sd.next_state().lines().next(), Some("READY=1"));
+    let fed = |sd: &FakeSystemd, within: Duration| {
+        let until = Instant::now() + within;
+        let mut n = 0;
+        while let Some(msg) = sd.next(until.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))) {
+            n += usize::from(msg == "WATCHDOG=1");
+            if Instant::now() >= until {
+                break;
+            }
+        }
+        n
+    };
+    assert!(fed(&sd, Duration::from_secs(1)) >= 2, "fed while the worker answers");
+    // Stop the worker thread alone (the control thread runs on), as a worker stuck in a loop would be.
+    let worker = thread_named(s.pid(), "sluice-w0").expect("the worker thread");
+    if let Err(e) = ptrace::seize(worker, ptrace::Options::empty()) {
+        eprintln!("skipped: cannot ptrace a worker thread here: {e}");
+        return;
+    }
+    ptrace::interrupt(worker).expect("PTRACE_INTERRUPT");
+    waitpid(worker, Some(WaitPidFlag::__WALL)).expect("the worker stops");
+    // At most the tick already on its way, then nothing for 5 periods.
+    let _ = fed(&sd, Duration::from_millis(500));
+    let hung = fed(&sd, Duration::from_secs(1));
+    ptrace::detach(worker, None).expect("the worker goes on");
+    assert_eq!(hung, 0, "WATCHDOG=1 sent while a worker did not answer");
+    assert!(s.wait_log("did not answer a ping: not feeding systemd's watchdog", WAIT), "{}", s.log());
+    assert!(fed(&sd, Duration::from_secs(2)) >= 2, "fed again once the worker answers");
+    s.signal(Signal::SIGTERM);
+    assert!(s.wait_exit(WAIT).expect("exits").success());
+    drop(dir);
+}
+
 #[test]
 fn a_watchdog_meant_for_another_process_is_left_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
