@@ -125,7 +125,8 @@ fn page_size() -> u64 {
     })
 }
 
-/// File descriptors open in this process now (`/proc/self/fd`; a readdir: at start only).
+/// File descriptors open in this process now (`/proc/self/fd`: a readdir of
+/// one entry per fd, so at start and per metrics scrape, never per connection).
 pub fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
 }

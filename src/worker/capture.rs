@@ -31,8 +31,8 @@ use crate::sys::capture;
 /// Why a capture address's client was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Refusal {
-    /// It dialled the listener itself (`dst`), and its route passes through.
-    Itself(SocketAddr),
+    /// It dialled the listener itself (`dst`), and its route (`usize`) passes through.
+    Itself(SocketAddr, usize),
     /// It is one of sluice's own pass-through connections.
     OwnConnection,
     /// No route takes `dst`.
@@ -69,7 +69,7 @@ impl Worker {
                 None => Err(Refusal::NoRoute(dst)),
                 // Passing it on would connect sluice to itself.
                 Some(i) if frontend.routes[i].config.original_destination && is_listener(dst, listen) => {
-                    Err(Refusal::Itself(dst))
+                    Err(Refusal::Itself(dst, i))
                 }
                 Some(route) => Ok(Captured { route, dst }),
             }
@@ -77,17 +77,17 @@ impl Worker {
         refusal.map_err(|why| {
             let (counted, close) = match why {
                 Refusal::NoRoute(_) => (metrics::Refusal::NoRoute, CloseReason::NoRoute),
-                Refusal::Itself(_) | Refusal::OwnConnection => (metrics::Refusal::Loop, CloseReason::Loop),
+                Refusal::Itself(..) | Refusal::OwnConnection => (metrics::Refusal::Loop, CloseReason::Loop),
             };
             let route = match why {
-                Refusal::Itself(dst) => frontend.route_for(dst),
+                Refusal::Itself(_, i) => Some(i),
                 _ if frontend.destinations.is_none() => Some(0),
                 _ => None,
             };
             // No route known: the address's first route counts the refusal.
             self.metrics.count_refusal(frontend.routes[route.unwrap_or(0)].metric_id, counted);
             match why {
-                Refusal::Itself(dst) => log::debug!(
+                Refusal::Itself(dst, _) => log::debug!(
                     "listener {listen}: refused {peer}: loop: its original destination {dst} is this listener (no \
                      capture rule brought it), and passing it on would connect sluice to itself"
                 ),
