@@ -20,6 +20,16 @@ fn metric(m: &str, series: &str) -> i64 {
     m.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok()).map_or(-1, |v| v as i64)
 }
 
+/// `n` clients in a row, each reset without a byte.
+fn each_is_reset(s: &Sluice, n: usize) {
+    for i in 0..n {
+        match outcome(s.addr()) {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "client {i}: {e}"),
+            Ok(got) => panic!("client {i} was not reset: got {got:?}\n{}", s.log()),
+        }
+    }
+}
+
 /// Connects and reads to the end: the error the client saw, if any.
 fn outcome(addr: SocketAddr) -> io::Result<Vec<u8>> {
     let mut c = backends::connect_maybe_reset(addr)?;
@@ -47,12 +57,7 @@ fn a_direct_client_is_a_loop(extra: &str) {
     let yaml =
         format!("workers: 2\nroutes:\n  - name: out\n    listen: 127.0.0.1:0\n    original_destination: true\n{extra}");
     let (s, admin) = with_admin(&yaml);
-    for i in 0..3 {
-        match outcome(s.addr()) {
-            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "client {i}: {e}"),
-            Ok(got) => panic!("client {i} was not reset: got {got:?}\n{}", s.log()),
-        }
-    }
+    each_is_reset(&s, 3);
     let m = wait_metric(admin, "sluice_refused_total{route=\"out\",reason=\"loop\"}", 3);
     assert_eq!(metric(&m, "sluice_refused_total{route=\"out\",reason=\"loop\"}"), 3, "{m}");
     assert_eq!(metric(&m, "sluice_sessions_closed_total{route=\"out\",reason=\"loop\"}"), 3, "{m}");
@@ -144,12 +149,7 @@ fn the_most_specific_destination_takes_a_client_and_the_default_the_rest() {
 #[test]
 fn without_a_default_route_an_unclaimed_destination_is_reset_as_no_route() {
     let (s, admin, _) = by_destination(Some("10.0.0.0/8"), false);
-    for i in 0..2 {
-        match outcome(s.addr()) {
-            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "client {i}: {e}"),
-            Ok(got) => panic!("client {i} was not reset: got {got:?}\n{}", s.log()),
-        }
-    }
+    each_is_reset(&s, 2);
     // No route took them: counted on the address's first route.
     let m = wait_metric(admin, "sluice_refused_total{route=\"first\",reason=\"no_route\"}", 2);
     assert_eq!(metric(&m, "sluice_refused_total{route=\"first\",reason=\"no_route\"}"), 2, "{m}");

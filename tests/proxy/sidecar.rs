@@ -138,8 +138,13 @@ impl Pod {
 
 /// A capture route on the pod's capture listener: `original_destination: true`, marked upstreams, `extra` lines.
 fn capture_route(name: &str, extra: &str) -> String {
+    capture_route_on(name, CAPTURE, extra)
+}
+
+/// `capture_route` listening on `listen`.
+fn capture_route_on(name: &str, listen: &str, extra: &str) -> String {
     format!(
-        "  - name: {name}\n    listen: {CAPTURE}\n    original_destination: true\n    socket: {{ mark: {MARK} }}\n{extra}"
+        "  - name: {name}\n    listen: \"{listen}\"\n    original_destination: true\n    socket: {{ mark: {MARK} }}\n{extra}"
     )
 }
 
@@ -178,9 +183,7 @@ fn outbound_capture_over_ipv6_reaches_the_real_service_byte_exact() {
     let service: SocketAddr = "[2001:db8::10]:80".parse().expect("addr");
     let seen = duplex_service(p.svc.listen(service), 8 << 20);
     // The rules send IPv6 to [::1]:CAPTURE_PORT: a second listener, the same kind of route.
-    let v6 = format!(
-        "  - name: outbound6\n    listen: \"[::1]:15001\"\n    original_destination: true\n    socket: {{ mark: {MARK} }}\n"
-    );
+    let v6 = capture_route_on("outbound6", "[::1]:15001", "");
     let s = p.pod.sluice(&config(&[capture_route("outbound", ""), v6]), &[]);
     let c = p.pod.connect(service).expect("the application connects");
     duplex_client(c, 15, 8 << 20, 8 << 20).expect("the application's exchange over IPv6");
@@ -208,9 +211,7 @@ fn outbound_capture_into_a_dual_stack_listener_reads_an_ipv4_clients_destination
         s.listen(128).expect("listen");
         std::os::fd::OwnedFd::from(s)
     });
-    let route = format!(
-        "  - name: dual\n    listen: \"[::]:15001\"\n    original_destination: true\n    socket: {{ mark: {MARK} }}\n"
-    );
+    let route = capture_route_on("dual", "[::]:15001", "");
     let (dir, path) = crate::harness::temp_config(&config(&[route]));
     // As systemd starts a socket-activated service: the socket at fd 3, LISTEN_PID the process's own.
     let mut cmd = p.pod.command("/bin/sh");
