@@ -126,8 +126,10 @@ routes:
         for name, (e, _) in targets.items():
             trace = os.path.join(tmp, f"{name}.strace")
             st = subprocess.Popen(["strace", "-c", "-f", "-o", trace, "-p", str(proxy.pid)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.5)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            # strace says on stderr when it holds every thread: count from then on.
+            if "attached" not in st.stderr.readline():
+                sys.exit("strace could not attach to sluice")
             out = loadgen("connrate", "--target", e, "--size", "1k", "--rate", "500", "--duration", "4s",
                           "--warmup", "0s")
             st.send_signal(2)
