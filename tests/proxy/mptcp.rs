@@ -8,14 +8,13 @@
 //! saying why, where the kernel makes no MPTCP sockets. (Several paths,
 //! one taken down mid-transfer, need namespaces: `tests/proxy/multipath.rs`.)
 
-use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::backends::{self, CHUNK, Stream, read_digest, timeouts, write_stream};
+use crate::backends::{self, Stream, read_digest, timeouts, write_stream};
 use crate::harness::{Sluice, one_route};
 
 both_modes! {
@@ -64,28 +63,7 @@ fn mptcp_echo() -> SocketAddr {
     let l = mptcp_socket();
     l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind the MPTCP backend");
     l.listen(64).expect("listen");
-    let addr = l.local_addr().expect("address").as_socket().expect("an IP address");
-    let l: std::net::TcpListener = l.into();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            timeouts(&conn);
-            std::thread::spawn(move || {
-                let mut buf = vec![0; CHUNK];
-                loop {
-                    match conn.read(&mut buf) {
-                        Ok(0) => {
-                            let _ = conn.shutdown(Shutdown::Write);
-                            return;
-                        }
-                        Ok(n) if conn.write_all(&buf[..n]).is_ok() => {}
-                        _ => return,
-                    }
-                }
-            });
-        }
-    });
-    addr
+    backends::echo_on(l.into())
 }
 
 /// What `ss -M` says of the MPTCP socket from `local` to `peer` (either

@@ -139,23 +139,31 @@ pub fn serve_listener(l: TcpListener, handler: impl Fn(TcpStream) + Send + Sync 
 
 /// Echoes every byte; passes a half-close back once everything is echoed.
 pub fn echo() -> SocketAddr {
-    serve(|mut s| {
-        let mut buf = vec![0; CHUNK];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => {
-                    let _ = s.shutdown(Shutdown::Write);
+    serve(echo_one)
+}
+
+/// `echo` on a listener the caller made (an MPTCP one, say).
+pub fn echo_on(l: TcpListener) -> SocketAddr {
+    serve_listener(l, echo_one)
+}
+
+/// Echoes one connection's bytes, then its half-close.
+fn echo_one(mut s: TcpStream) {
+    let mut buf = vec![0; CHUNK];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                let _ = s.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
                     return;
                 }
-                Ok(n) => {
-                    if s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
             }
+            Err(_) => return,
         }
-    })
+    }
 }
 
 /// Reads to EOF, then answers `count (u64 BE) ‖ xxh3 (u64 BE)` and closes.
