@@ -309,6 +309,11 @@ pub enum RelayMode {
     /// message. Falls back to `auto`, saying so once, where io_uring is
     /// unavailable (`kernel.io_uring_disabled`, a seccomp filter).
     Uring,
+    /// Established sessions relayed inside the kernel: a BPF sockhash and
+    /// stream-verdict program move each arriving segment to the peer
+    /// socket, so the worker is woken only for endings. Falls back to
+    /// `auto`, saying so once, where the kernel refuses BPF.
+    Sockmap,
 }
 
 impl fmt::Display for RelayMode {
@@ -318,6 +323,7 @@ impl fmt::Display for RelayMode {
             RelayMode::Copy => "copy",
             RelayMode::Auto => "auto",
             RelayMode::Uring => "uring",
+            RelayMode::Sockmap => "sockmap",
         })
     }
 }

@@ -43,6 +43,8 @@ pub struct Resources {
     pub load: load::LoadMeter,
     /// The worker's io_uring, under `relay: uring`.
     pub ring: Option<ring::Ring>,
+    /// The worker's sockhash and verdict program, under `relay: sockmap`.
+    pub sockmap: Option<crate::sys::sockmap::Sockmap>,
 }
 
 impl Resources {
@@ -56,6 +58,7 @@ impl Resources {
             costs: cost::Costs::default(),
             load: load::LoadMeter::new(std::time::Instant::now()),
             ring: None,
+            sockmap: None,
         }
     }
 

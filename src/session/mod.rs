@@ -23,6 +23,7 @@
 //! - `claim.rs`: the claim on an upstream, held by the stages that have one and given back once;
 //! - `lifecycle.rs`: every stage change;
 //! - `relay.rs`: the relaying stage;
+//! - `kernel.rs`: `relay: sockmap`, the directions the kernel relays and how they come back;
 //! - `ending.rs`: the rules for how a session ends;
 //! - `linger.rs`: the wait before a reset;
 //! - `header.rs`: PROXY header I/O;
@@ -32,6 +33,7 @@
 mod claim;
 mod ending;
 pub mod header;
+mod kernel;
 mod lifecycle;
 mod linger;
 mod relay;

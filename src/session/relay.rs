@@ -1,7 +1,8 @@
 //! The relaying stage of a session: the upstream socket, the two pumps, the
 //! PROXY header still to send, and what a failure of either side means for
 //! the other. Owning the upstream socket here makes "relaying implies an
-//! upstream" a fact of the types.
+//! upstream" a fact of the types. Under `relay: sockmap` the kernel may
+//! hold either direction instead of its pump (`kernel.rs`).
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use mio::net::TcpStream;
 
 use super::ending::{Due, End};
 use super::header::Outgoing;
+use super::kernel::Kernel;
 use super::{ByteCounts, Readiness, Side};
 use crate::config::{RelayMode, SocketOptions};
 use crate::relay::ring::Owner;
@@ -26,11 +28,17 @@ pub struct Relay {
     /// Upstream → client.
     pub u2c: Pump,
     /// The side that failed first, once one has.
-    failed: Option<Side>,
+    pub(super) failed: Option<Side>,
     /// Our PROXY header, while some of it is still to be written (before any relayed byte).
-    header_out: Option<Box<Outgoing>>,
+    pub(super) header_out: Option<Box<Outgoing>>,
     /// Last time a byte moved (idle timeouts).
-    last_active: Instant,
+    pub(super) last_active: Instant,
+    /// `relay: sockmap`: the kernel's part (`None` in other modes, or after the kernel refused this session).
+    pub(super) kernel: Option<Box<Kernel>>,
+    /// An event came for a socket the kernel relays from (a FIN, a reset, an error).
+    pub(super) kernel_ending: bool,
+    /// Sockets registered for their endings only, `[client, upstream]`.
+    pub(super) watched: [bool; 2],
     /// When the upstream connected (first-byte time).
     connected_at: Instant,
     /// How long the successful connect took.
@@ -76,6 +84,9 @@ impl Relay {
             failed: None,
             header_out: header.map(Box::new),
             last_active: now,
+            kernel: None,
+            kernel_ending: false,
+            watched: [false; 2],
             connected_at: now,
             connect_time: Duration::ZERO,
             first_byte_time: None,
@@ -89,6 +100,8 @@ impl Relay {
     /// `notsent_lowat` the pumps' stages set.
     pub fn pumps(mode: RelayMode, socket: &SocketOptions, owner: (usize, u64), kept: Option<Pump>) -> [Pump; 2] {
         let lowat = socket.stage_notsent_lowat();
+        // Under `relay: sockmap` the pumps relay what the kernel does not, as under `auto`.
+        let mode = if mode == RelayMode::Sockmap { RelayMode::Auto } else { mode };
         if mode == RelayMode::Uring {
             let (key, id) = owner;
             let c2u = kept.unwrap_or_else(|| Pump::uring(Owner { key, id, dir: 0 }).with_stage_lowat(lowat));
@@ -123,6 +136,9 @@ impl Relay {
         reader.src.readable |= ready.readable || ready.hup;
         reader.src.hup |= ready.hup;
         writer.dst.writable |= ready.writable;
+        if self.kernel.as_ref().is_some_and(|k| k.holds(side.index())) {
+            self.kernel_ending = true;
+        }
     }
 
     /// What is known of the client socket's readiness (for a session that
@@ -144,6 +160,10 @@ impl Relay {
 
     /// Runs both pumps and decides what follows.
     pub fn run(&mut self, client: &TcpStream, res: &mut Resources, now: Instant) -> Step {
+        if self.kernel_ending {
+            self.on_kernel_ending(res, now);
+        }
+        let held = self.kernel.as_ref().map_or([false; 2], |k| [k.holds(0), k.holds(1)]);
         let mut more = false;
         let mut progressed = false;
         let mut dst_failed = [None, None];
@@ -168,7 +188,7 @@ impl Relay {
             self.c2u.fin_by_close();
         }
         // A pump whose destination failed is dead: don't run it again.
-        if header_out && self.failed != Some(Side::Upstream) {
+        if header_out && self.failed != Some(Side::Upstream) && !held[0] {
             match self.c2u.run(client, &self.upstream, res) {
                 Ok(a) => {
                     (more, progressed) = (more | a.more, progressed | a.progressed);
@@ -183,7 +203,7 @@ impl Relay {
         if self.failed.is_none() && self.c2u.finished() {
             self.u2c.fin_by_close();
         }
-        if self.failed != Some(Side::Client) {
+        if self.failed != Some(Side::Client) && !held[1] {
             match self.u2c.run(&self.upstream, client, res) {
                 Ok(a) => {
                     (more, progressed) = (more | a.more, progressed | a.progressed);
@@ -226,6 +246,9 @@ impl Relay {
             Some(Side::Upstream) if self.c2u.is_uring() => _ = self.c2u.release(res),
             Some(Side::Client) if self.u2c.is_uring() => _ = self.u2c.release(res),
             _ => {}
+        }
+        if !more {
+            self.maybe_arm(client, res, progressed, now);
         }
         match self.failed {
             // Pass the failure on once the failed side's last bytes are delivered.
@@ -282,8 +305,12 @@ impl Relay {
 
     /// Nothing is in flight that we can see without a syscall: no side
     /// failed, no byte in a pipe or buffer, no PROXY header half-written.
-    fn nothing_pending(&self) -> bool {
-        self.failed.is_none() && self.header_out.is_none() && self.c2u.pending() == 0 && self.u2c.pending() == 0
+    pub(super) fn nothing_pending(&self) -> bool {
+        self.failed.is_none()
+            && self.header_out.is_none()
+            && self.c2u.pending() == 0
+            && self.u2c.pending() == 0
+            && self.kernel.as_ref().is_none_or(|k| !k.holds_any())
     }
 
     /// Truly quiet, so a FIN to both sides tells the truth: nothing pending,
@@ -311,7 +338,11 @@ impl Relay {
         if let Some(after) = drain_idle.filter(|a| *a < due.0 && self.nothing_pending()) {
             due = (after, Due::DrainIdle);
         }
-        (self.last_active + due.0, due.1)
+        let at = self.last_active + due.0;
+        match self.kernel.as_ref().and_then(|k| k.next_check()) {
+            Some(check) if check < at => (check, Due::Kernel),
+            _ => (at, due.1),
+        }
     }
 
     /// How the timer of rule `due` ends this session (see `End::timeout`).
@@ -323,6 +354,9 @@ impl Relay {
     /// abandons their operations). Returns, per direction, whether bytes
     /// already taken from that direction's source will never be delivered.
     pub fn release(&mut self, res: &mut Resources) -> [bool; 2] {
+        if let (Some(k), Some(map)) = (self.kernel.as_mut(), res.sockmap.as_ref()) {
+            k.release(map);
+        }
         [self.c2u.release(res), self.u2c.release(res)]
     }
 

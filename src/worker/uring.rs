@@ -47,6 +47,7 @@ impl Worker {
     pub(super) fn relay_mode(&self) -> RelayMode {
         match self.settings.relay {
             RelayMode::Uring if self.res.ring.is_none() => RelayMode::Auto,
+            RelayMode::Sockmap if self.res.sockmap.is_none() => RelayMode::Auto,
             m => m,
         }
     }

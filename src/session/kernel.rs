@@ -1,0 +1,389 @@
+//! `relay: sockmap`: a relaying session's two directions handed to the
+//! kernel, which moves each arriving segment from one socket to the other
+//! (`sys::sockmap`) while the worker sleeps, and taken back for endings.
+//!
+//! A direction is relayed by its pump (`User`), by the kernel (`Armed`), or
+//! is on its way back (`Draining`: its source has left the kernel's relay,
+//! but bytes the kernel took may not have reached the destination yet). Its
+//! pump runs only in `User`, so no byte the pump writes can overtake one
+//! the kernel still holds. The rules, and why:
+//!
+//! - **Arm only when the pumps hold nothing** (the relay checks), so the
+//!   kernel's first byte comes after the pump's last.
+//! - **What moved is counted, exactly.** `TCP_INFO` and the queue ioctls
+//!   say how much the kernel took from the source (`consumed`) and put into
+//!   the destination (`written`) since the arm; the latter is the
+//!   direction's `sockmap` byte count, and their difference is what the
+//!   kernel holds between the sockets (`in_flight`).
+//! - **The kernel has no backpressure**: a redirected segment's
+//!   receive-buffer charge is released at once, and the destination's
+//!   queue has no bound. So the relay looks at `in_flight` on a timer
+//!   (`next_check`) and takes a direction back above `HIGH_WATER`; then
+//!   the source's receive queue fills and TCP's own flow control stops the
+//!   sender, as with a pump. The bound: `HIGH_WATER` plus what arrives
+//!   between two looks, which are closer together the faster bytes move
+//!   (`MIN_CHECK`..`MAX_CHECK`).
+//! - **Endings come back to the pumps.** A FIN, a reset or an error wakes
+//!   the worker (the sockets are watched for endings only: `sys::epoll`);
+//!   both directions are taken back and, once drained, their pumps read
+//!   what is left, the end of the stream included, and pass it on by the
+//!   rules every mode follows (`ending.rs`): a FIN only after every byte.
+//! - **Quiet sessions go back too.** After `QUIET` without a byte both
+//!   directions return to their pumps, so an idle session costs no timer;
+//!   the relay arms again once a pump has moved bytes.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use crate::relay::Resources;
+use crate::sys::sockmap::Sockmap;
+use crate::sys::tcp_counters::{self, Counters};
+
+/// Above this many bytes held by the kernel between a direction's
+/// sockets, the direction goes back to its pump.
+pub const HIGH_WATER: u64 = 4 << 20;
+/// The soonest look after a look that saw bytes move.
+const MIN_CHECK: Duration = Duration::from_millis(1);
+/// The longest gap between looks while armed.
+const MAX_CHECK: Duration = Duration::from_millis(20);
+/// Without a byte for this long, an armed session goes back to its pumps.
+const QUIET: Duration = Duration::from_millis(200);
+
+/// Who relays one direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    /// The pump.
+    User,
+    /// The kernel, since `base`.
+    Armed(Base),
+    /// Taken back from the kernel; waiting until it holds none of the direction's bytes.
+    Draining(Base),
+}
+
+/// A direction's counters when it was armed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Base {
+    /// The source's `consumed()`.
+    consumed: u64,
+    /// The destination's `written()`.
+    written: u64,
+    /// The direction's `moved` then.
+    moved: u64,
+    /// The source's `consumed()` at the last look (a drained direction's source has stopped).
+    seen: u64,
+}
+
+/// What changed at a look.
+#[derive(Debug, Default)]
+pub struct Look {
+    /// Bytes moved since the last look.
+    pub moved: bool,
+    /// Directions that came back to their pumps at this look, `[c2u, u2c]`.
+    pub returned: [bool; 2],
+}
+
+/// The kernel's part of a relay under `relay: sockmap`.
+#[derive(Debug)]
+pub struct Kernel {
+    /// Socket cookies, `[client, upstream]`.
+    cookies: [u64; 2],
+    /// `[c2u, u2c]`.
+    dirs: [Dir; 2],
+    /// Bytes the kernel put into each direction's destination, `[c2u, u2c]`.
+    moved: [u64; 2],
+    /// When to look next (only while a direction is not `User`).
+    next_check: Instant,
+    /// The gap before `next_check`.
+    interval: Duration,
+    /// The last look that saw a byte move (or the arm).
+    active_at: Instant,
+    /// The relay may arm again only after its pumps moved bytes (set when a quiet session came back).
+    wait_for_bytes: bool,
+}
+
+impl Kernel {
+    /// The kernel part of a relay between `client` and `upstream`, nothing armed yet.
+    pub fn new(client: &TcpStream, upstream: &TcpStream, now: Instant) -> io::Result<Kernel> {
+        Ok(Kernel {
+            cookies: [Sockmap::cookie(client)?, Sockmap::cookie(upstream)?],
+            dirs: [Dir::User; 2],
+            moved: [0; 2],
+            next_check: now,
+            interval: MIN_CHECK,
+            active_at: now,
+            wait_for_bytes: false,
+        })
+    }
+
+    /// Bytes the kernel has moved, `[c2u, u2c]`, as of the last look.
+    pub fn moved(&self) -> [u64; 2] {
+        self.moved
+    }
+
+    /// Whether direction `d` (0: c2u, 1: u2c) is the kernel's (armed or draining): its pump must not run.
+    pub fn holds(&self, d: usize) -> bool {
+        self.dirs[d] != Dir::User
+    }
+
+    /// Whether any direction is the kernel's.
+    pub fn holds_any(&self) -> bool {
+        self.holds(0) || self.holds(1)
+    }
+
+    /// Whether the relay may arm now (both directions with their pumps, and
+    /// not a quiet session that has not moved a byte since it came back).
+    pub fn may_arm(&self, pumps_moved: bool) -> bool {
+        !self.holds_any() && (!self.wait_for_bytes || pumps_moved)
+    }
+
+    /// When to look next, while the kernel holds a direction.
+    pub fn next_check(&self) -> Option<Instant> {
+        self.holds_any().then_some(self.next_check)
+    }
+
+    /// Hands both directions to the kernel. The caller has checked that
+    /// the pumps hold nothing. On an error nothing stays armed.
+    pub fn arm(&mut self, map: &Sockmap, client: &TcpStream, upstream: &TcpStream, now: Instant) -> io::Result<()> {
+        let (c, u) = (tcp_counters::read(client)?, tcp_counters::read(upstream)?);
+        let bases = [base(&c, &u, self.moved[0]), base(&u, &c, self.moved[1])];
+        map.arm(client, self.cookies[0], upstream)?;
+        if let Err(e) = map.arm(upstream, self.cookies[1], client) {
+            let _ = map.disarm(self.cookies[0]);
+            let _ = map.forget(self.cookies[0]);
+            return Err(e);
+        }
+        self.dirs = [Dir::Armed(bases[0]), Dir::Armed(bases[1])];
+        // Bytes that arrived before the attach are relayed once the kernel looks at the socket.
+        map.kick(client);
+        map.kick(upstream);
+        (self.active_at, self.interval, self.next_check, self.wait_for_bytes) = (now, MIN_CHECK, now + MIN_CHECK, false);
+        Ok(())
+    }
+
+    /// An event on a socket the kernel relays from: a FIN, a reset or an
+    /// error. Both directions go back (they come to their pumps once drained).
+    pub fn on_ending(&mut self, map: &Sockmap, now: Instant) {
+        self.take_back(map, [true, true]);
+        self.next_check = self.next_check.min(now + MIN_CHECK);
+    }
+
+    /// Looks at the counters: what moved, what the kernel holds; takes
+    /// back a direction above `HIGH_WATER` or whose source has ended, and
+    /// returns to its pump a taken-back direction the kernel holds nothing of.
+    pub fn look(&mut self, map: &Sockmap, client: &TcpStream, upstream: &TcpStream, now: Instant) -> Look {
+        let mut look = Look::default();
+        let (c, u) = match (tcp_counters::read(client), tcp_counters::read(upstream)) {
+            (Ok(c), Ok(u)) => (c, u),
+            // A socket that cannot say (it never should): give everything back to the pumps,
+            // whose reads and writes will say what happened.
+            _ => {
+                self.take_back(map, [true, true]);
+                for d in 0..2 {
+                    if self.holds(d) {
+                        let _ = map.forget(self.cookies[d]);
+                        self.dirs[d] = Dir::User;
+                        look.returned[d] = true;
+                    }
+                }
+                return look;
+            }
+        };
+        let mut take_back = [false; 2];
+        let mut fastest = 0u64;
+        for (d, (src, dst)) in [(&c, &u), (&u, &c)].into_iter().enumerate() {
+            let (Dir::Armed(mut b) | Dir::Draining(mut b)) = self.dirs[d] else { continue };
+            let consumed = src.consumed().saturating_sub(b.consumed);
+            let written = dst.written().saturating_sub(b.written);
+            let moved = b.moved + written;
+            if moved != self.moved[d] {
+                look.moved = true;
+                fastest = fastest.max(moved - self.moved[d]);
+                self.moved[d] = moved;
+            }
+            let in_flight = consumed.saturating_sub(written);
+            let stopped = src.consumed() == b.seen;
+            b.seen = src.consumed();
+            match self.dirs[d] {
+                Dir::Armed(_) => {
+                    self.dirs[d] = Dir::Armed(b);
+                    take_back[d] = in_flight > HIGH_WATER || src.fin_received() || src.closed() || dst.closed();
+                }
+                Dir::Draining(_) => {
+                    self.dirs[d] = Dir::Draining(b);
+                    // Drained: nothing held, and the source stopped being consumed
+                    // (a segment the redirect had in hand at the take-back is counted by now).
+                    // A destination that is gone will never take the rest: its
+                    // pump finds out by writing, and the session ends with a reset.
+                    if (in_flight == 0 && stopped) || dst.closed() {
+                        let _ = map.forget(self.cookies[d]);
+                        self.dirs[d] = Dir::User;
+                        look.returned[d] = true;
+                    }
+                }
+                Dir::User => {}
+            }
+        }
+        if take_back.contains(&true) {
+            self.take_back(map, take_back);
+        }
+        if look.moved {
+            self.active_at = now;
+            // Closer looks the faster bytes move: about HIGH_WATER / 4 between two.
+            let per_ms = (fastest / self.interval.as_millis().max(1) as u64).max(1);
+            self.interval = Duration::from_millis((HIGH_WATER / 4 / per_ms).clamp(1, MAX_CHECK.as_millis() as u64));
+        } else {
+            self.interval = (self.interval * 2).min(MAX_CHECK);
+            if now.saturating_duration_since(self.active_at) >= QUIET && self.dirs.iter().all(|d| matches!(d, Dir::Armed(_))) {
+                self.take_back(map, [true, true]);
+                self.wait_for_bytes = true;
+            }
+        }
+        if self.dirs.iter().any(|d| matches!(d, Dir::Draining(_))) {
+            self.interval = MIN_CHECK;
+        }
+        self.next_check = now + self.interval;
+        look
+    }
+
+    /// Takes the chosen armed directions back from the kernel: their
+    /// sources leave its relay (their later bytes stay in their receive
+    /// queues); the destinations stay in its map until drained (`look`).
+    fn take_back(&mut self, map: &Sockmap, which: [bool; 2]) {
+        for d in 0..2 {
+            if let (true, Dir::Armed(b)) = (which[d], self.dirs[d]) {
+                if let Err(e) = map.disarm(self.cookies[d]) {
+                    log::debug!("sockmap: taking direction {d} back: {e}");
+                }
+                self.dirs[d] = Dir::Draining(b);
+            }
+        }
+    }
+
+    /// The session is closing: its sockets leave the maps with their close;
+    /// the target entries go now.
+    pub fn release(&mut self, map: &Sockmap) {
+        self.take_back(map, [true, true]);
+        for d in 0..2 {
+            if self.holds(d) {
+                let _ = map.forget(self.cookies[d]);
+                self.dirs[d] = Dir::User;
+            }
+        }
+    }
+}
+
+/// A direction's base from its source's and destination's counters.
+fn base(src: &Counters, dst: &Counters, moved: u64) -> Base {
+    Base { consumed: src.consumed(), written: dst.written(), moved, seen: src.consumed() }
+}
+
+/// What the relay does with its kernel part.
+impl super::Relay {
+    /// Gives this relay a kernel part (`relay: sockmap`); without one it relays with its pumps alone.
+    pub fn with_kernel(&mut self, client: &TcpStream, now: Instant) {
+        match Kernel::new(client, &self.upstream, now) {
+            Ok(k) => self.kernel = Some(Box::new(k)),
+            Err(e) => log::debug!("sockmap: no socket cookie ({e}): this session relays with its pumps"),
+        }
+    }
+
+    /// Bytes the kernel moved, `[c2u, u2c]`.
+    pub fn kernel_moved(&self) -> [u64; 2] {
+        self.kernel.as_ref().map_or([0; 2], |k| k.moved())
+    }
+
+    /// Arms both directions when the pumps hold nothing and neither side
+    /// ended, failed or has a PROXY header on its way (after a run).
+    pub(super) fn maybe_arm(&mut self, client: &TcpStream, res: &Resources, pumps_moved: bool, now: Instant) {
+        let Some(k) = self.kernel.as_mut() else { return };
+        let Some(map) = res.sockmap.as_ref() else { return };
+        let open = |p: &crate::relay::Pump| p.src_end() == crate::relay::SrcEnd::Open && !p.finished();
+        if !k.may_arm(pumps_moved)
+            || self.failed.is_some()
+            || self.header_out.is_some()
+            || self.c2u.pending() != 0
+            || self.u2c.pending() != 0
+            || !open(&self.c2u)
+            || !open(&self.u2c)
+            || self.c2u.src.hup
+            || self.u2c.src.hup
+        {
+            return;
+        }
+        if let Err(e) = k.arm(map, client, &self.upstream, now) {
+            // Refused for this pair (a socket type the map does not take, the map full):
+            // the pumps relay this session to its end.
+            log::debug!("sockmap: cannot arm ({e}): this session relays with its pumps");
+            self.kernel = None;
+        }
+    }
+
+    /// An ending came for a socket the kernel relays from: both directions go back.
+    pub(super) fn on_kernel_ending(&mut self, res: &Resources, now: Instant) {
+        self.kernel_ending = false;
+        if let (Some(k), Some(map)) = (self.kernel.as_mut(), res.sockmap.as_ref()) {
+            k.on_ending(map, now);
+        }
+    }
+
+    /// The kernel part's timer: counts what moved (bytes and last activity)
+    /// and hands drained directions back to their pumps, which then read
+    /// whatever their sources hold.
+    pub fn kernel_look(&mut self, client: &TcpStream, res: &Resources, now: Instant) {
+        let (Some(k), Some(map)) = (self.kernel.as_mut(), res.sockmap.as_ref()) else { return };
+        let look = k.look(map, client, &self.upstream, now);
+        if look.moved {
+            self.last_active = now;
+        }
+        for (d, back) in look.returned.into_iter().enumerate() {
+            if back {
+                let p = if d == 0 { &mut self.c2u } else { &mut self.u2c };
+                // Its source may hold bytes, or its end, that no event will report again.
+                p.src.readable = true;
+                p.dst.writable = true;
+            }
+        }
+    }
+
+    /// Sockets whose registration should change: `Some(true)` to be watched
+    /// for endings only (the kernel relays from it), `Some(false)` back to
+    /// readable and writable; `[client, upstream]`. The caller registers and
+    /// then calls `watching`.
+    pub fn watch_changes(&self) -> [Option<bool>; 2] {
+        let want = self.kernel.as_ref().map_or([false; 2], |k| [k.holds(0), k.holds(1)]);
+        [0, 1].map(|i| (want[i] != self.watched[i]).then_some(want[i]))
+    }
+
+    /// Socket `side` is now registered for endings only (`true`) or normally.
+    pub fn watching(&mut self, side: super::Side, endings_only: bool) {
+        self.watched[side.index()] = endings_only;
+    }
+}
+
+/// The session's side of its relay's kernel part, for the worker.
+impl super::Session {
+    /// The kernel part's timer fired (`Due::Kernel`).
+    pub fn kernel_look(&mut self, res: &Resources, now: Instant) {
+        if let super::Stage::Relaying(r, _) = &mut self.stage {
+            r.kernel_look(&self.client, res, now);
+        }
+    }
+
+    /// Brings the sockets' registrations in line with what the kernel
+    /// relays: `register(side, socket, endings_only)` is the worker's.
+    pub fn sync_watch(
+        &mut self,
+        mut register: impl FnMut(super::Side, &mut TcpStream, bool) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let super::Stage::Relaying(r, _) = &mut self.stage else { return Ok(()) };
+        for (side, change) in [super::Side::Client, super::Side::Upstream].into_iter().zip(r.watch_changes()) {
+            let Some(endings_only) = change else { continue };
+            let socket = if side == super::Side::Client { &mut self.client } else { &mut r.upstream };
+            register(side, socket, endings_only)?;
+            r.watching(side, endings_only);
+        }
+        Ok(())
+    }
+}
