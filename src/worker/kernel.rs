@@ -48,4 +48,5 @@ impl Worker {
             // The registration is the worker's own poll: it refusing is this host's trouble.
             log::warn!("session {}: cannot change a socket's registration: {e}", s.id());
         }
+    }
 }

@@ -43,8 +43,6 @@ impl Worker {
         self.apply(key, verdict, now);
     }
 
-    }
-
     pub(super) fn apply(&mut self, key: usize, verdict: Verdict, now: Instant) {
         match verdict {
             Verdict::Continue { more } => {
