@@ -45,6 +45,8 @@ pub struct Resources {
     pub ring: Option<ring::Ring>,
     /// The worker's sockhash and verdict program, under `relay: sockmap`.
     pub sockmap: Option<crate::sys::sockmap::Sockmap>,
+    /// Bytes the kernel holds between the sockets of this worker's sessions, as of their last looks.
+    pub sockmap_held: u64,
 }
 
 impl Resources {
@@ -59,6 +61,7 @@ impl Resources {
             load: load::LoadMeter::new(std::time::Instant::now()),
             ring: None,
             sockmap: None,
+            sockmap_held: 0,
         }
     }
 

@@ -1,5 +1,5 @@
-//! `relay: sockmap`: a relaying session's two directions handed to the
-//! kernel, which moves each arriving segment from one socket to the other
+//! `relay: sockmap`: a relaying session's directions handed to the kernel,
+//! which moves each arriving segment from one socket to the other
 //! (`sys::sockmap`) while the worker sleeps, and taken back for endings.
 //!
 //! A direction is relayed by its pump (`User`), by the kernel (`Armed`), or
@@ -8,8 +8,10 @@
 //! pump runs only in `User`, so no byte the pump writes can overtake one
 //! the kernel still holds. The rules, and why:
 //!
-//! - **Arm only when the pumps hold nothing** (the relay checks), so the
-//!   kernel's first byte comes after the pump's last.
+//! - **Arm a direction only when its pump holds nothing and has just moved
+//!   bytes**, so the kernel's first byte comes after the pump's last, and
+//!   a session that sends nothing costs nothing (nor loses the retry of an
+//!   upstream that dies before a byte moved).
 //! - **What moved is counted, exactly.** `TCP_INFO` and the queue ioctls
 //!   say how much the kernel took from the source (`consumed`) and put into
 //!   the destination (`written`) since the arm; the latter is the
@@ -18,19 +20,20 @@
 //! - **The kernel has no backpressure**: a redirected segment's
 //!   receive-buffer charge is released at once, and the destination's
 //!   queue has no bound. So the relay looks at `in_flight` on a timer
-//!   (`next_check`) and takes a direction back above `HIGH_WATER`; then
-//!   the source's receive queue fills and TCP's own flow control stops the
-//!   sender, as with a pump. The bound: `HIGH_WATER` plus what arrives
-//!   between two looks, which are closer together the faster bytes move
-//!   (`MIN_CHECK`..`MAX_CHECK`).
+//!   (`next_check`) and takes a direction back above `HIGH_WATER`, or when
+//!   the worker's sessions hold more than `WORKER_CAP` together; then the
+//!   source's receive queue fills and TCP's own flow control stops the
+//!   sender, as with a pump. The bound per direction: `HIGH_WATER` plus
+//!   what arrives between two looks, which come closer together the faster
+//!   bytes move (`MIN_CHECK`..`MAX_CHECK`).
 //! - **Endings come back to the pumps.** A FIN, a reset or an error wakes
 //!   the worker (the sockets are watched for endings only: `sys::epoll`);
 //!   both directions are taken back and, once drained, their pumps read
 //!   what is left, the end of the stream included, and pass it on by the
 //!   rules every mode follows (`ending.rs`): a FIN only after every byte.
-//! - **Quiet sessions go back too.** After `QUIET` without a byte both
+//! - **Quiet sessions go back too.** After `QUIET` without a byte the
 //!   directions return to their pumps, so an idle session costs no timer;
-//!   the relay arms again once a pump has moved bytes.
+//!   a direction arms again once its pump has moved bytes.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -39,11 +42,14 @@ use mio::net::TcpStream;
 
 use crate::relay::Resources;
 use crate::sys::sockmap::Sockmap;
-use crate::sys::tcp_counters::{self, Counters};
+use crate::sys::tcp_counters;
 
 /// Above this many bytes held by the kernel between a direction's
 /// sockets, the direction goes back to its pump.
 pub const HIGH_WATER: u64 = 4 << 20;
+/// Above this many bytes held by the kernel for all of a worker's
+/// sessions together, every look takes its session's directions back.
+pub const WORKER_CAP: u64 = 64 << 20;
 /// The soonest look after a look that saw bytes move.
 const MIN_CHECK: Duration = Duration::from_millis(1);
 /// The longest gap between looks while armed.
@@ -93,14 +99,14 @@ pub struct Kernel {
     dirs: [Dir; 2],
     /// Bytes the kernel put into each direction's destination, `[c2u, u2c]`.
     moved: [u64; 2],
+    /// What the kernel held of this session's bytes at the last look (counted in the worker's total).
+    held: u64,
     /// When to look next (only while a direction is not `User`).
     next_check: Instant,
     /// The gap before `next_check`.
     interval: Duration,
-    /// The last look that saw a byte move (or the arm).
+    /// The last look that saw a byte move (or the last arm).
     active_at: Instant,
-    /// The relay may arm again only after its pumps moved bytes (set when a quiet session came back).
-    wait_for_bytes: bool,
 }
 
 impl Kernel {
@@ -110,10 +116,10 @@ impl Kernel {
             cookies: [Sockmap::cookie(client)?, Sockmap::cookie(upstream)?],
             dirs: [Dir::User; 2],
             moved: [0; 2],
+            held: 0,
             next_check: now,
             interval: MIN_CHECK,
             active_at: now,
-            wait_for_bytes: false,
         })
     }
 
@@ -132,33 +138,46 @@ impl Kernel {
         self.holds(0) || self.holds(1)
     }
 
-    /// Whether the relay may arm now (both directions with their pumps, and
-    /// not a quiet session that has not moved a byte since it came back).
-    pub fn may_arm(&self, pumps_moved: bool) -> bool {
-        !self.holds_any() && (!self.wait_for_bytes || pumps_moved)
-    }
-
     /// When to look next, while the kernel holds a direction.
     pub fn next_check(&self) -> Option<Instant> {
         self.holds_any().then_some(self.next_check)
     }
 
-    /// Hands both directions to the kernel. The caller has checked that
-    /// the pumps hold nothing. On an error nothing stays armed.
-    pub fn arm(&mut self, map: &Sockmap, client: &TcpStream, upstream: &TcpStream, now: Instant) -> io::Result<()> {
+    /// What this session counts in its worker's total (taken out at its close).
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// Hands the chosen directions (`[c2u, u2c]`, each with its pump
+    /// holding nothing) to the kernel. On an error nothing of this call stays armed.
+    pub fn arm(
+        &mut self,
+        map: &Sockmap,
+        which: [bool; 2],
+        client: &TcpStream,
+        upstream: &TcpStream,
+        now: Instant,
+    ) -> io::Result<()> {
         let (c, u) = (tcp_counters::read(client)?, tcp_counters::read(upstream)?);
-        let bases = [base(&c, &u, self.moved[0]), base(&u, &c, self.moved[1])];
-        map.arm(client, self.cookies[0], upstream)?;
-        if let Err(e) = map.arm(upstream, self.cookies[1], client) {
-            let _ = map.disarm(self.cookies[0]);
-            let _ = map.forget(self.cookies[0]);
-            return Err(e);
+        let ends = [(client, upstream, &c, &u), (upstream, client, &u, &c)];
+        for (d, (src, dst, src_n, dst_n)) in ends.into_iter().enumerate() {
+            if !which[d] || self.dirs[d] != Dir::User {
+                continue;
+            }
+            if let Err(e) = map.arm(src, self.cookies[d], dst) {
+                if d == 1 && which[0] && matches!(self.dirs[0], Dir::Armed(_)) {
+                    let _ = map.disarm(self.cookies[0]);
+                    let _ = map.forget(self.cookies[0]);
+                    self.dirs[0] = Dir::User;
+                }
+                return Err(e);
+            }
+            let consumed = src_n.consumed();
+            self.dirs[d] = Dir::Armed(Base { consumed, written: dst_n.written(), moved: self.moved[d], seen: consumed });
+            // Bytes that arrived before the attach are relayed once the kernel looks at the socket.
+            map.kick(src);
         }
-        self.dirs = [Dir::Armed(bases[0]), Dir::Armed(bases[1])];
-        // Bytes that arrived before the attach are relayed once the kernel looks at the socket.
-        map.kick(client);
-        map.kick(upstream);
-        (self.active_at, self.interval, self.next_check, self.wait_for_bytes) = (now, MIN_CHECK, now + MIN_CHECK, false);
+        (self.active_at, self.interval, self.next_check) = (now, MIN_CHECK, now + MIN_CHECK);
         Ok(())
     }
 
@@ -170,28 +189,31 @@ impl Kernel {
     }
 
     /// Looks at the counters: what moved, what the kernel holds; takes
-    /// back a direction above `HIGH_WATER` or whose source has ended, and
-    /// returns to its pump a taken-back direction the kernel holds nothing of.
-    pub fn look(&mut self, map: &Sockmap, client: &TcpStream, upstream: &TcpStream, now: Instant) -> Look {
+    /// back a direction above `HIGH_WATER` (or all when the worker's
+    /// sessions hold more than `WORKER_CAP`: `worker_held` is their total,
+    /// kept up to date here), whose source has ended or whose destination
+    /// is gone, or all after `QUIET`; and returns to its pump a taken-back
+    /// direction the kernel holds nothing of.
+    pub fn look(
+        &mut self,
+        map: &Sockmap,
+        client: &TcpStream,
+        upstream: &TcpStream,
+        worker_held: &mut u64,
+        now: Instant,
+    ) -> Look {
         let mut look = Look::default();
-        let (c, u) = match (tcp_counters::read(client), tcp_counters::read(upstream)) {
-            (Ok(c), Ok(u)) => (c, u),
-            // A socket that cannot say (it never should): give everything back to the pumps,
-            // whose reads and writes will say what happened.
-            _ => {
-                self.take_back(map, [true, true]);
-                for d in 0..2 {
-                    if self.holds(d) {
-                        let _ = map.forget(self.cookies[d]);
-                        self.dirs[d] = Dir::User;
-                        look.returned[d] = true;
-                    }
-                }
-                return look;
-            }
+        let (Ok(c), Ok(u)) = (tcp_counters::read(client), tcp_counters::read(upstream)) else {
+            // A socket that cannot say (it never should): everything goes back to the
+            // pumps, whose reads and writes will say what happened.
+            *worker_held = worker_held.saturating_sub(self.held);
+            self.held = 0;
+            look.returned = [self.holds(0), self.holds(1)];
+            self.release(map);
+            return look;
         };
         let mut take_back = [false; 2];
-        let mut fastest = 0u64;
+        let (mut fastest, mut held) = (0u64, 0u64);
         for (d, (src, dst)) in [(&c, &u), (&u, &c)].into_iter().enumerate() {
             let (Dir::Armed(mut b) | Dir::Draining(mut b)) = self.dirs[d] else { continue };
             let consumed = src.consumed().saturating_sub(b.consumed);
@@ -205,41 +227,40 @@ impl Kernel {
             let in_flight = consumed.saturating_sub(written);
             let stopped = src.consumed() == b.seen;
             b.seen = src.consumed();
-            match self.dirs[d] {
-                Dir::Armed(_) => {
-                    self.dirs[d] = Dir::Armed(b);
-                    take_back[d] = in_flight > HIGH_WATER || src.fin_received() || src.closed() || dst.closed();
-                }
-                Dir::Draining(_) => {
-                    self.dirs[d] = Dir::Draining(b);
-                    // Drained: nothing held, and the source stopped being consumed
-                    // (a segment the redirect had in hand at the take-back is counted by now).
-                    // A destination that is gone will never take the rest: its
-                    // pump finds out by writing, and the session ends with a reset.
-                    if (in_flight == 0 && stopped) || dst.closed() {
-                        let _ = map.forget(self.cookies[d]);
-                        self.dirs[d] = Dir::User;
-                        look.returned[d] = true;
-                    }
-                }
-                Dir::User => {}
+            if matches!(self.dirs[d], Dir::Armed(_)) {
+                self.dirs[d] = Dir::Armed(b);
+                take_back[d] = in_flight > HIGH_WATER || src.fin_received() || src.closed() || dst.closed();
+                held += in_flight;
+            } else if (in_flight == 0 && stopped) || dst.closed() {
+                // Drained: nothing held, and the source stopped being consumed (a
+                // segment the redirect had in hand at the take-back is counted by
+                // now). A destination that is gone will never take the rest: its
+                // pump finds out by writing, and the session ends with a reset.
+                let _ = map.forget(self.cookies[d]);
+                self.dirs[d] = Dir::User;
+                look.returned[d] = true;
+            } else {
+                self.dirs[d] = Dir::Draining(b);
+                held += in_flight;
             }
         }
-        if take_back.contains(&true) {
-            self.take_back(map, take_back);
+        *worker_held = worker_held.saturating_sub(self.held) + held;
+        self.held = held;
+        if *worker_held > WORKER_CAP {
+            take_back = [true, true];
         }
         if look.moved {
             self.active_at = now;
             // Closer looks the faster bytes move: about HIGH_WATER / 4 between two.
-            let per_ms = (fastest / self.interval.as_millis().max(1) as u64).max(1);
+            let per_ms = (fastest / (self.interval.as_millis().max(1) as u64)).max(1);
             self.interval = Duration::from_millis((HIGH_WATER / 4 / per_ms).clamp(1, MAX_CHECK.as_millis() as u64));
         } else {
             self.interval = (self.interval * 2).min(MAX_CHECK);
-            if now.saturating_duration_since(self.active_at) >= QUIET && self.dirs.iter().all(|d| matches!(d, Dir::Armed(_))) {
-                self.take_back(map, [true, true]);
-                self.wait_for_bytes = true;
+            if now.saturating_duration_since(self.active_at) >= QUIET {
+                take_back = [true, true];
             }
         }
+        self.take_back(map, take_back);
         if self.dirs.iter().any(|d| matches!(d, Dir::Draining(_))) {
             self.interval = MIN_CHECK;
         }
@@ -261,8 +282,8 @@ impl Kernel {
         }
     }
 
-    /// The session is closing: its sockets leave the maps with their close;
-    /// the target entries go now.
+    /// Everything goes back at once (the session is closing, or its
+    /// sockets cannot be read): nothing waits for the kernel any more.
     pub fn release(&mut self, map: &Sockmap) {
         self.take_back(map, [true, true]);
         for d in 0..2 {
@@ -272,11 +293,6 @@ impl Kernel {
             }
         }
     }
-}
-
-/// A direction's base from its source's and destination's counters.
-fn base(src: &Counters, dst: &Counters, moved: u64) -> Base {
-    Base { consumed: src.consumed(), written: dst.written(), moved, seen: src.consumed() }
 }
 
 /// What the relay does with its kernel part.
@@ -294,29 +310,28 @@ impl super::Relay {
         self.kernel.as_ref().map_or([0; 2], |k| k.moved())
     }
 
-    /// Arms both directions when the pumps hold nothing and neither side
-    /// ended, failed or has a PROXY header on its way (after a run).
+    /// After a run of the pumps that moved bytes: arms each direction whose
+    /// pump holds nothing and whose source has not ended, while no side
+    /// failed and no PROXY header is on its way.
     pub(super) fn maybe_arm(&mut self, client: &TcpStream, res: &Resources, pumps_moved: bool, now: Instant) {
-        let Some(k) = self.kernel.as_mut() else { return };
-        let Some(map) = res.sockmap.as_ref() else { return };
-        let open = |p: &crate::relay::Pump| p.src_end() == crate::relay::SrcEnd::Open && !p.finished();
-        if !k.may_arm(pumps_moved)
-            || self.failed.is_some()
-            || self.header_out.is_some()
-            || self.c2u.pending() != 0
-            || self.u2c.pending() != 0
-            || !open(&self.c2u)
-            || !open(&self.u2c)
-            || self.c2u.src.hup
-            || self.u2c.src.hup
-        {
+        let (Some(k), Some(map)) = (self.kernel.as_mut(), res.sockmap.as_ref()) else { return };
+        if !pumps_moved || self.failed.is_some() || self.header_out.is_some() || res.sockmap_held > WORKER_CAP {
             return;
         }
-        if let Err(e) = k.arm(map, client, &self.upstream, now) {
-            // Refused for this pair (a socket type the map does not take, the map full):
-            // the pumps relay this session to its end.
+        let ready = |p: &crate::relay::Pump| {
+            p.pending() == 0 && p.src_end() == crate::relay::SrcEnd::Open && !p.finished() && !p.src.hup
+        };
+        let which = [ready(&self.c2u) && !k.holds(0), ready(&self.u2c) && !k.holds(1)];
+        if which == [false; 2] {
+            return;
+        }
+        if let Err(e) = k.arm(map, which, client, &self.upstream, now) {
+            // Refused for this pair (a socket type the map does not take, the map
+            // full): the pumps relay this session to its end.
             log::debug!("sockmap: cannot arm ({e}): this session relays with its pumps");
-            self.kernel = None;
+            if !k.holds_any() {
+                self.kernel = None;
+            }
         }
     }
 
@@ -328,14 +343,18 @@ impl super::Relay {
         }
     }
 
-    /// The kernel part's timer: counts what moved (bytes and last activity)
-    /// and hands drained directions back to their pumps, which then read
-    /// whatever their sources hold.
-    pub fn kernel_look(&mut self, client: &TcpStream, res: &Resources, now: Instant) {
+    /// The kernel part's timer: counts what moved (bytes, last activity,
+    /// the first byte back) and hands drained directions back to their
+    /// pumps, which then read whatever their sources hold.
+    pub fn kernel_look(&mut self, client: &TcpStream, res: &mut Resources, now: Instant) {
         let (Some(k), Some(map)) = (self.kernel.as_mut(), res.sockmap.as_ref()) else { return };
-        let look = k.look(map, client, &self.upstream, now);
+        let look = k.look(map, client, &self.upstream, &mut res.sockmap_held, now);
         if look.moved {
             self.last_active = now;
+            if self.first_byte_time.is_none() && k.moved()[1] > 0 {
+                // Known to the look's precision (a millisecond or a few).
+                self.first_byte_time = Some(now.saturating_duration_since(self.connected_at));
+            }
         }
         for (d, back) in look.returned.into_iter().enumerate() {
             if back {
@@ -344,6 +363,15 @@ impl super::Relay {
                 p.src.readable = true;
                 p.dst.writable = true;
             }
+        }
+    }
+
+    /// The relay is closing: nothing stays with the kernel, and what it
+    /// held leaves the worker's total.
+    pub(super) fn release_kernel(&mut self, res: &mut Resources) {
+        if let (Some(k), Some(map)) = (self.kernel.as_mut(), res.sockmap.as_ref()) {
+            res.sockmap_held = res.sockmap_held.saturating_sub(k.held());
+            k.release(map);
         }
     }
 
@@ -365,7 +393,7 @@ impl super::Relay {
 /// The session's side of its relay's kernel part, for the worker.
 impl super::Session {
     /// The kernel part's timer fired (`Due::Kernel`).
-    pub fn kernel_look(&mut self, res: &Resources, now: Instant) {
+    pub fn kernel_look(&mut self, res: &mut Resources, now: Instant) {
         if let super::Stage::Relaying(r, _) = &mut self.stage {
             r.kernel_look(&self.client, res, now);
         }

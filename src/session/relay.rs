@@ -40,7 +40,7 @@ pub struct Relay {
     /// Sockets registered for their endings only, `[client, upstream]`.
     pub(super) watched: [bool; 2],
     /// When the upstream connected (first-byte time).
-    connected_at: Instant,
+    pub(super) connected_at: Instant,
     /// How long the successful connect took.
     pub connect_time: Duration,
     /// From the upstream connection to its first byte.
@@ -272,6 +272,7 @@ impl Relay {
     fn retryable_loss(&self) -> bool {
         self.failed.is_none()
             && self.first_byte_time.is_none()
+            && self.kernel_moved() == [0; 2]
             && self.u2c.delivered() == 0
             && self.u2c.pending() == 0
             && self.c2u.delivered() == 0
@@ -354,9 +355,7 @@ impl Relay {
     /// abandons their operations). Returns, per direction, whether bytes
     /// already taken from that direction's source will never be delivered.
     pub fn release(&mut self, res: &mut Resources) -> [bool; 2] {
-        if let (Some(k), Some(map)) = (self.kernel.as_mut(), res.sockmap.as_ref()) {
-            k.release(map);
-        }
+        self.release_kernel(res);
         [self.c2u.release(res), self.u2c.release(res)]
     }
 

@@ -146,7 +146,7 @@ impl Worker {
         match due {
             Due::Linger => return self.check_linger(key, now),
             Due::Kernel => {
-                s.kernel_look(&self.res, now);
+                s.kernel_look(&mut self.res, now);
                 self.sync_watch(key);
                 return self.relay(key, now);
             }
