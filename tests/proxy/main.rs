@@ -30,6 +30,10 @@ macro_rules! both_modes {
                 fn uring() {
                     super::$body("uring");
                 }
+                #[test]
+                fn sockmap() {
+                    super::$body("sockmap");
+                }
             }
         )*
     };
@@ -57,6 +61,7 @@ mod resilience;
 mod second_instance;
 mod sidecar;
 mod sni;
+mod sockmap;
 mod systemd;
 mod tproxy;
 mod tuning;
