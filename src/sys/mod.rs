@@ -11,6 +11,7 @@
 //! - `capture.rs`: `IP_TRANSPARENT` and a connection's original destination (`SO_ORIGINAL_DST`).
 //! - `handshakes.rs`: the socket filter that stops a listener answering new handshakes before it closes.
 //! - `socket_queue.rs`: what a socket still holds: unread and unacknowledged bytes.
+//! - `sockmap.rs`: `relay: sockmap`'s maps and verdict program (bpf(2)), and a direction's progress.
 //! - `local_ports.rs`: local ports per upstream address, and what the routes may need (`doctor`).
 //! - `sysctl.rs`: reading kernel settings from /proc/sys.
 //! - `netstat.rs`: machine-wide TCP counters from /proc/net.
@@ -24,6 +25,7 @@ pub(crate) mod local_ports;
 pub(crate) mod netstat;
 pub(crate) mod rlimit;
 pub mod socket_queue;
+pub mod sockmap;
 pub(crate) mod sockets;
 pub(crate) mod sockopt;
 pub(crate) mod sysctl;

@@ -1,0 +1,104 @@
+//! How far the kernel has got with one direction of a session relayed in
+//! the kernel: what arrived on the source socket and what left through the
+//! destination, from `TCP_INFO`'s byte counters and the queue ioctls. The
+//! relay reads it to know when everything has gone out (before it shuts the
+//! destination down) and how much the kernel holds (backpressure).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use crate::sys::socket_queue;
+
+/// Offsets in the kernel's `struct tcp_info` (include/uapi/linux/tcp.h),
+/// which libc's struct stops short of: `__u64 tcpi_bytes_acked` (RFC 4898
+/// tcpEStatsAppHCThruOctetsAcked, since Linux 4.1) and `__u64
+/// tcpi_bytes_received` (tcpEStatsAppHCThruOctetsReceived, 4.1).
+const TCPI_BYTES_ACKED: usize = 120;
+const TCPI_BYTES_RECEIVED: usize = 128;
+/// Enough of the struct to hold both counters.
+const TCPI_LEN: usize = TCPI_BYTES_RECEIVED + 8;
+
+/// One direction's counters, each since the connection opened.
+///
+/// Every counter counts sequence space, so a FIN counts one byte: once the
+/// source has read end-of-stream, `received_by_src` is one more than the
+/// data bytes. The SYN counts in neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// `tcpi_bytes_received` of the source: bytes (and FIN) its peer sent that arrived.
+    pub received_by_src: u64,
+    /// `SIOCINQ` of the source: arrived bytes still in its receive queue
+    /// (the program has not taken them: disarmed, or not yet kicked).
+    pub unread_by_src: u64,
+    /// `tcpi_bytes_acked` of the destination: bytes its peer acknowledged.
+    pub acked_by_dst_peer: u64,
+    /// `SIOCOUTQ` of the destination: bytes written to it not yet acknowledged.
+    pub unacked_in_dst: u64,
+}
+
+impl Progress {
+    /// Reads the counters of `src` and `dst`.
+    pub fn of(src: &impl AsFd, dst: &impl AsFd) -> io::Result<Progress> {
+        let (_, received_by_src) = byte_counters(src)?;
+        let (acked_by_dst_peer, _) = byte_counters(dst)?;
+        Ok(Progress {
+            received_by_src,
+            unread_by_src: socket_queue::unread(src)? as u64,
+            acked_by_dst_peer,
+            unacked_in_dst: socket_queue::unacknowledged(dst)? as u64,
+        })
+    }
+
+    /// Everything ever written to the destination: acknowledged plus not yet.
+    pub fn written_to_dst(&self) -> u64 {
+        self.acked_by_dst_peer + self.unacked_in_dst
+    }
+
+    /// Bytes taken from the source's receive queue and not yet written to
+    /// the destination: the kernel's queue between the two sockets (the
+    /// psock's `ingress_skb`, which nothing bounds). `base` is
+    /// `written_to_dst - (received_by_src - unread_by_src)` when nothing was
+    /// in between (at `arm`, with userspace's buffers empty): bytes the
+    /// caller wrote to the destination itself, such as a PROXY header.
+    pub fn queued_between(&self, base: i64) -> i64 {
+        let taken = self.received_by_src.wrapping_sub(self.unread_by_src) as i64;
+        taken + base - self.written_to_dst() as i64
+    }
+
+    /// Bytes that arrived on the source and have not reached the
+    /// destination's peer: what the kernel holds for this direction, the
+    /// number to keep under a high-water mark. `base` as in `queued_between`.
+    pub fn undelivered(&self, base: i64) -> i64 {
+        self.received_by_src as i64 + base - self.acked_by_dst_peer as i64
+    }
+}
+
+/// `(tcpi_bytes_acked, tcpi_bytes_received)` of a connected TCP socket.
+pub fn byte_counters(s: &impl AsFd) -> io::Result<(u64, u64)> {
+    let mut buf = [0u8; TCPI_LEN];
+    let len = getsockopt_tcp_info(s, &mut buf)?;
+    if len < TCPI_LEN {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "TCP_INFO has no byte counters (kernel before 4.1)"));
+    }
+    let field = |at: usize| u64::from_ne_bytes(buf[at..at + 8].try_into().expect("8 bytes inside the buffer"));
+    Ok((field(TCPI_BYTES_ACKED), field(TCPI_BYTES_RECEIVED)))
+}
+
+/// `getsockopt(TCP_INFO)` into `buf`; the length the kernel filled.
+#[allow(unsafe_code)]
+fn getsockopt_tcp_info(s: &impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = nix::libc::socklen_t::try_from(buf.len()).unwrap_or(nix::libc::socklen_t::MAX);
+    // SAFETY: the fd is open for the borrow's lifetime; the kernel writes at
+    // most `len` bytes (the buffer's length) into the live buffer and the
+    // length it wrote into the live `len`.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            s.as_fd().as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { Ok(len as usize) } else { Err(io::Error::last_os_error()) }
+}
