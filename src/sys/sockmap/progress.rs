@@ -39,30 +39,46 @@ pub struct Progress {
 impl Progress {
     /// Reads the counters of `src` and `dst`.
     pub fn of(src: &impl AsFd, dst: &impl AsFd) -> io::Result<Progress> {
+        // Read in this order, so that bytes arriving or acknowledged between
+        // two reads can only make `queued_between` and `undelivered` larger
+        // than they are, never smaller: a caller waiting for zero waits a
+        // little longer, never too little.
+        let unread_by_src = socket_queue::unread(src)? as u64;
         let (_, received_by_src) = byte_counters(src)?;
         let (acked_by_dst_peer, _) = byte_counters(dst)?;
-        Ok(Progress {
-            received_by_src,
-            unread_by_src: socket_queue::unread(src)? as u64,
-            acked_by_dst_peer,
-            unacked_in_dst: socket_queue::unacknowledged(dst)? as u64,
-        })
+        let unacked_in_dst = socket_queue::unacknowledged(dst)? as u64;
+        Ok(Progress { received_by_src, unread_by_src, acked_by_dst_peer, unacked_in_dst })
     }
 
-    /// Everything ever written to the destination: acknowledged plus not yet.
+    /// Everything ever written to the destination: acknowledged plus not
+    /// yet (plus one for the SYN on a socket that connected: its
+    /// `tcpi_bytes_acked` counts it; an accepted socket's does not).
     pub fn written_to_dst(&self) -> u64 {
         self.acked_by_dst_peer + self.unacked_in_dst
     }
 
-    /// Bytes taken from the source's receive queue and not yet written to
-    /// the destination: the kernel's queue between the two sockets (the
-    /// psock's `ingress_skb`, which nothing bounds). `base` is
-    /// `written_to_dst - (received_by_src - unread_by_src)` when nothing was
-    /// in between (at `arm`, with userspace's buffers empty): bytes the
-    /// caller wrote to the destination itself, such as a PROXY header.
+    /// Bytes taken out of the source's receive queue, by the program or by
+    /// userspace reads.
+    pub fn taken_from_src(&self) -> u64 {
+        self.received_by_src.saturating_sub(self.unread_by_src)
+    }
+
+    /// `written_to_dst - taken_from_src`: read when nothing is between the
+    /// two sockets (at `arm`, with userspace's buffers empty), the base of
+    /// the two counts below. It holds the SYN (see `written_to_dst`) and
+    /// what the caller wrote to the destination itself (a PROXY header).
+    pub fn balance(&self) -> i64 {
+        self.written_to_dst() as i64 - self.taken_from_src() as i64
+    }
+
+    /// Bytes taken from the source and not yet written to the destination:
+    /// the kernel's queue between the two sockets (the destination psock's
+    /// `ingress_skb`, which nothing bounds). After the source's FIN it is 1
+    /// (the FIN) once everything has gone into the destination; the
+    /// destination may be shut down then, not before. `base` is the
+    /// `balance()` of a quiet moment.
     pub fn queued_between(&self, base: i64) -> i64 {
-        let taken = self.received_by_src.wrapping_sub(self.unread_by_src) as i64;
-        taken + base - self.written_to_dst() as i64
+        self.taken_from_src() as i64 + base - self.written_to_dst() as i64
     }
 
     /// Bytes that arrived on the source and have not reached the
