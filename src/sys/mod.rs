@@ -25,7 +25,7 @@ pub(crate) mod local_ports;
 pub(crate) mod netstat;
 pub(crate) mod rlimit;
 pub mod socket_queue;
-pub mod sockmap;
 pub(crate) mod sockets;
+pub mod sockmap;
 pub(crate) mod sockopt;
 pub(crate) mod sysctl;

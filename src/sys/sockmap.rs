@@ -21,7 +21,61 @@
 //! socket in either map has a psock (and the `tcp_bpf` protocol ops).
 //!
 //! # What this kernel does (Linux 6.18, measured by the tests in `sockmap/tests.rs`)
-//! FINDINGS
+//! 1. **Arm and bytes already queued.** Bytes that arrived before the
+//!    source was armed stay in its receive queue: the program runs from the
+//!    socket's `sk_data_ready`, which only a new segment calls. The next
+//!    segment carries them along, in order. [`Sockmap::kick`]
+//!    (`setsockopt(SO_RCVLOWAT, 1)`, whose `tcp_set_rcvlowat` calls
+//!    `tcp_data_ready`) makes the kernel take them at once; so does a
+//!    1-byte `recv(MSG_PEEK | MSG_DONTWAIT)`; a 0-byte `recv(MSG_DONTWAIT)`
+//!    does not. Bytes arriving after the arm go out with no userspace call.
+//! 2. **One map is enough for a destination.** `bpf_sk_redirect_hash`
+//!    finds the destination in the target map; it needs no program of its
+//!    own. A socket only in the target map, or a source whose other
+//!    direction is not armed, still answers userspace `read`, `write` and
+//!    `splice` as before: arming A→B only, B→A works in userspace.
+//! 3. **Disarm only a quiet source.** Disarming when every byte the peer
+//!    sent has arrived (its send queue empty), even with megabytes still
+//!    queued toward the destination, loses and repeats nothing: the kernel
+//!    writes out what it took ([`Progress::queued_between`] falls to 0),
+//!    then userspace reads the later bytes from the source, in order (64 MiB
+//!    of sequence numbers, 8 disarms with up to 4 MiB queued). Disarming
+//!    while segments are arriving corrupted the stream in every run: the
+//!    userspace read after it returned bytes the kernel had already
+//!    redirected (636 bytes again, or a few bytes off the 4-byte pattern),
+//!    and a second such disarm left 0.3–0.5 MB taken and never written. With
+//!    the source also a target (both directions armed) those bytes were
+//!    held until the next arm instead. `disarm_under_a_backed_up_stream_measure`
+//!    shows it; the caller must not disarm a source that is receiving.
+//! 4. **End of stream.** After the peer's FIN the source reads EOF (recv
+//!    returns 0, `EPOLLRDHUP`) as soon as the FIN arrives, while much of
+//!    what came before may still be queued toward the destination. The FIN
+//!    counts one byte in `tcpi_bytes_received`; so when
+//!    [`Progress::queued_between`] is 1, everything has gone into the
+//!    destination and `shutdown(dst, Write)` loses nothing (4 MiB checked).
+//!    A connecting socket's `tcpi_bytes_acked` counts its SYN (1 at start),
+//!    an accepted one's does not: hence the `balance` base.
+//! 5. **Backpressure: none.** A destination whose peer stops reading does
+//!    not slow the source: 128 MiB pushed in 70 ms all left the client,
+//!    124 MiB of it queued between the sockets (the destination psock's
+//!    `ingress_skb`), 4 MiB in the destination's send queue.
+//!    [`Progress::undelivered`] counts exactly that, and all of it arrives
+//!    once the peer reads. The relay must disarm above a high-water mark.
+//! 6. **`forget` with bytes queued toward the destination loses them**
+//!    (29 MB queued: the upstream got 4 MB of 32 MiB). Never forget before
+//!    `queued_between` is 0 (or 1 after a FIN).
+//! 7. **Closing an armed socket takes it out of both maps**: 10,000 sessions
+//!    armed both ways and closed, in maps of 64, all armed.
+//! 8. **Sockets the kernel refuses**: an MPTCP socket (as source or
+//!    destination) and an unconnected TCP socket: `EOPNOTSUPP`. A full map:
+//!    `E2BIG`. See [`refuses`].
+//! 9. **Cost** (2,000 sessions, `cost_of_arm_and_disarm`): arming both
+//!    directions 21 µs, disarming both 9.5 µs, forgetting both 9.3 µs, a
+//!    kick 3.6 µs.
+//!
+//! The verdict program is attached with `BPF_SK_SKB_STREAM_VERDICT` and no
+//! parser: the kernel then runs it on each skb as it arrives, with no
+//! strparser (`BPF_SK_SKB_VERDICT` would do the same).
 
 #![allow(unsafe_code)]
 
@@ -36,9 +90,9 @@ mod tests;
 
 pub use progress::{Progress, byte_counters};
 
-/// The licence the program declares. Neither helper it calls is GPL-only,
-/// so the kernel would take any string; FIXME
-const LICENSE: &std::ffi::CStr = c"GPL";
+/// The licence the program declares: sluice's own. Neither helper it calls
+/// is GPL-only, and the kernel loads it under this licence (tested).
+const LICENSE: &std::ffi::CStr = c"MIT OR Apache-2.0";
 
 /// Why a worker cannot relay in the kernel: what to tell the operator.
 #[derive(Debug, thiserror::Error)]
@@ -166,14 +220,20 @@ impl Sockmap {
     }
 
     /// Makes the kernel run the program over bytes that were in `src`'s
-    /// receive queue before it was armed. FIXME
+    /// receive queue before it was armed: `SO_RCVLOWAT` 1 (the default
+    /// value, so nothing else changes) makes `tcp_set_rcvlowat` call the
+    /// socket's `sk_data_ready`, which is the program's entry. Copies
+    /// nothing to userspace.
     pub fn kick(src: &impl AsFd) -> io::Result<()> {
         set_int(src, nix::libc::SOL_SOCKET, nix::libc::SO_RCVLOWAT, 1)
     }
 }
 
-/// Whether `e`, from [`Sockmap::arm`], means the kernel takes no such
-/// socket into a sockmap, so the caller relays it in userspace: FIXME
+/// Whether `e`, from [`Sockmap::arm`], means "not this socket, not now", so
+/// the caller relays the session in userspace: `EOPNOTSUPP` (MPTCP, not
+/// connected, a protocol sockmap does not take) and `E2BIG` (the map is
+/// full), both tested; `EINVAL` (a socket with a ULP such as kTLS) and
+/// `EBUSY` (a psock with other programs), from net/core/sock_map.c.
 pub fn refuses(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(nix::libc::EOPNOTSUPP | nix::libc::EINVAL | nix::libc::EBUSY | nix::libc::E2BIG))
 }

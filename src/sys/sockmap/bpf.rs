@@ -83,9 +83,7 @@ fn bpf<T>(cmd: i32, attr: &mut T) -> io::Result<i32> {
     // at most that many bytes and writes back only within them. Pointers
     // inside it (keys, values, instructions, log buffer) are set by the
     // callers below to live buffers of the sizes they declare.
-    let rc = unsafe {
-        nix::libc::syscall(nix::libc::SYS_bpf, cmd, std::ptr::from_mut(attr), std::mem::size_of::<T>())
-    };
+    let rc = unsafe { nix::libc::syscall(nix::libc::SYS_bpf, cmd, std::ptr::from_mut(attr), std::mem::size_of::<T>()) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(i32::try_from(rc).unwrap_or(i32::MAX)) }
 }
 
@@ -154,12 +152,7 @@ pub fn load_sk_skb(insns: &[Insn], license: &std::ffi::CStr) -> Result<OwnedFd, 
 /// Attaches `prog` to `map` as `attach_type`: every socket put in the map
 /// from now on runs it (sockets already there do not).
 pub fn attach(prog: BorrowedFd<'_>, map: BorrowedFd<'_>, attach_type: u32) -> io::Result<()> {
-    let mut attr = ProgAttach {
-        target_fd: fd_u32(map),
-        attach_bpf_fd: fd_u32(prog),
-        attach_type,
-        attach_flags: 0,
-    };
+    let mut attr = ProgAttach { target_fd: fd_u32(map), attach_bpf_fd: fd_u32(prog), attach_type, attach_flags: 0 };
     bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
 }
 
