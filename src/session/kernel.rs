@@ -2,38 +2,43 @@
 //! which moves each arriving segment from one socket to the other
 //! (`sys::sockmap`) while the worker sleeps, and taken back for endings.
 //!
-//! A direction is relayed by its pump (`User`), by the kernel (`Armed`), or
-//! is on its way back (`Draining`: its source has left the kernel's relay,
-//! but bytes the kernel took may not have reached the destination yet). Its
-//! pump runs only in `User`, so no byte the pump writes can overtake one
-//! the kernel still holds. The rules, and why:
+//! A direction is relayed by its pump (`User`), by the kernel (`Armed`), is
+//! on its way back (`Draining`, `Paused`: bytes the kernel took may not
+//! have reached the destination yet), or is the pump's for good
+//! (`Copying`). Its pump runs only when it is the pump's, so no byte the
+//! pump writes can overtake one the kernel still holds. The rules, and why:
 //!
 //! - **Arm a direction only when its pump holds nothing and has just moved
-//!   bytes**, so the kernel's first byte comes after the pump's last, and
-//!   a session that sends nothing costs nothing (nor loses the retry of an
+//!   bytes**, so the kernel's first byte comes after the pump's last, and a
+//!   session that sends nothing costs nothing (nor loses the retry of an
 //!   upstream that dies before a byte moved).
-//! - **What moved is counted, exactly.** `TCP_INFO` and the queue ioctls
-//!   say how much the kernel took from the source (`consumed`) and put into
-//!   the destination (`written`) since the arm; the latter is the
-//!   direction's `sockmap` byte count, and their difference is what the
-//!   kernel holds between the sockets (`in_flight`).
+//! - **What moved is counted, exactly.** `TCP_INFO` and the queue ioctls say
+//!   how much the kernel took from the source (`consumed`) and put into the
+//!   destination (`written`) since the arm; the latter is the direction's
+//!   `sockmap` byte count, and their difference is what the kernel holds
+//!   between the sockets (`in_flight`).
+//! - **Take a source out of the kernel's relay only once nothing more
+//!   arrives on it** (its FIN or reset has come). On this kernel (6.18) a
+//!   source taken out while segments arrive loses or repeats bytes
+//!   (`sys::sockmap`, finding 3). So endings take a direction back
+//!   (`Draining`), and once drained its pump reads what is left, the end of
+//!   the stream included, and passes it on by the rules every mode follows
+//!   (`ending.rs`): a FIN only after every byte.
 //! - **The kernel has no backpressure**: a redirected segment's
-//!   receive-buffer charge is released at once, and the destination's
-//!   queue has no bound. So the relay looks at `in_flight` on a timer
-//!   (`next_check`) and takes a direction back above `HIGH_WATER`, or when
-//!   the worker's sessions hold more than `WORKER_CAP` together; then the
-//!   source's receive queue fills and TCP's own flow control stops the
-//!   sender, as with a pump. The bound per direction: `HIGH_WATER` plus
-//!   what arrives between two looks, which come closer together the faster
-//!   bytes move (`MIN_CHECK`..`MAX_CHECK`).
-//! - **Endings come back to the pumps.** A FIN, a reset or an error wakes
-//!   the worker (the sockets are watched for endings only: `sys::epoll`);
-//!   both directions are taken back and, once drained, their pumps read
-//!   what is left, the end of the stream included, and pass it on by the
-//!   rules every mode follows (`ending.rs`): a FIN only after every byte.
-//! - **Quiet sessions go back too.** After `QUIET` without a byte the
-//!   directions return to their pumps, so an idle session costs no timer;
-//!   a direction arms again once its pump has moved bytes.
+//!   receive-buffer charge is released at once, and the destination's queue
+//!   has no bound. So the relay looks at `in_flight` on a timer
+//!   (`next_check`) and, above `HIGH_WATER` (or `WORKER_CAP` for all of a
+//!   worker's sessions), **pauses** the direction: the verdict program then
+//!   leaves the source's bytes with the source, whose receive buffer fills,
+//!   and TCP's flow control stops the sender as with any pump. Once the
+//!   kernel holds none of the direction's bytes, the pump relays it for the
+//!   rest of the session (`Copying`: a paused source's bytes are read with
+//!   `recv`, which splice cannot). The bound per direction: `HIGH_WATER`
+//!   plus what arrives between two looks, which come closer together the
+//!   faster bytes move (`MIN_CHECK`..`MAX_CHECK`; `IDLE_CHECK` while quiet).
+//! - **Endings wake the worker**: the sockets the kernel relays from are
+//!   watched for endings only (`sys::epoll`), and an ending makes the relay
+//!   look at once.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -52,20 +57,25 @@ pub const HIGH_WATER: u64 = 4 << 20;
 pub const WORKER_CAP: u64 = 64 << 20;
 /// The soonest look after a look that saw bytes move.
 const MIN_CHECK: Duration = Duration::from_millis(1);
-/// The longest gap between looks while armed.
+/// The longest gap between looks while bytes move.
 const MAX_CHECK: Duration = Duration::from_millis(20);
-/// Without a byte for this long, an armed session goes back to its pumps.
-const QUIET: Duration = Duration::from_millis(200);
+/// The longest gap between looks while nothing moves: each look costs a
+/// session six syscalls, so 10,000 quiet armed sessions cost 60,000 a second.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// Who relays one direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dir {
     /// The pump.
     User,
-    /// The kernel, since `base`.
+    /// The kernel, since `Base`.
     Armed(Base),
-    /// Taken back from the kernel; waiting until it holds none of the direction's bytes.
+    /// Taken back from the kernel after its source ended; waiting until it holds none of the direction's bytes.
     Draining(Base),
+    /// Paused: the source's bytes stay with it; waiting until the kernel holds none of the direction's bytes.
+    Paused(Base),
+    /// The pump's for the rest of the session, copying (its source was paused).
+    Copying,
 }
 
 /// A direction's counters when it was armed.
@@ -88,6 +98,8 @@ pub struct Look {
     pub moved: bool,
     /// Directions that came back to their pumps at this look, `[c2u, u2c]`.
     pub returned: [bool; 2],
+    /// Of those, the ones whose pumps must copy from now on (their sources were paused).
+    pub copy: [bool; 2],
 }
 
 /// The kernel's part of a relay under `relay: sockmap`.
@@ -101,12 +113,10 @@ pub struct Kernel {
     moved: [u64; 2],
     /// What the kernel held of this session's bytes at the last look (counted in the worker's total).
     held: u64,
-    /// When to look next (only while a direction is not `User`).
+    /// When to look next (only while a direction is not the pump's).
     next_check: Instant,
     /// The gap before `next_check`.
     interval: Duration,
-    /// The last look that saw a byte move (or the last arm).
-    active_at: Instant,
 }
 
 impl Kernel {
@@ -119,7 +129,6 @@ impl Kernel {
             held: 0,
             next_check: now,
             interval: MIN_CHECK,
-            active_at: now,
         })
     }
 
@@ -128,14 +137,19 @@ impl Kernel {
         self.moved
     }
 
-    /// Whether direction `d` (0: c2u, 1: u2c) is the kernel's (armed or draining): its pump must not run.
+    /// Whether direction `d` (0: c2u, 1: u2c) is the kernel's: its pump must not run.
     pub fn holds(&self, d: usize) -> bool {
-        self.dirs[d] != Dir::User
+        matches!(self.dirs[d], Dir::Armed(_) | Dir::Draining(_) | Dir::Paused(_))
     }
 
     /// Whether any direction is the kernel's.
     pub fn holds_any(&self) -> bool {
         self.holds(0) || self.holds(1)
+    }
+
+    /// Whether direction `d` may be armed (it was never paused).
+    pub fn may_arm(&self, d: usize) -> bool {
+        self.dirs[d] == Dir::User
     }
 
     /// When to look next, while the kernel holds a direction.
@@ -165,35 +179,40 @@ impl Kernel {
                 continue;
             }
             if let Err(e) = map.arm(src, self.cookies[d], dst) {
+                let _ = map.forget(self.cookies[d]);
                 if d == 1 && which[0] && matches!(self.dirs[0], Dir::Armed(_)) {
+                    // Nothing has arrived since a microsecond ago, or it is relayed in order
+                    // by the kernel and counted: a quiet enough source to take back.
                     let _ = map.disarm(self.cookies[0]);
-                    let _ = map.forget(self.cookies[0]);
-                    self.dirs[0] = Dir::User;
+                    self.dirs[0] = Dir::Draining(self.base_of(0));
                 }
                 return Err(e);
             }
             let consumed = src_n.consumed();
             self.dirs[d] = Dir::Armed(Base { consumed, written: dst_n.written(), moved: self.moved[d], seen: consumed });
             // Bytes that arrived before the attach are relayed once the kernel looks at the socket.
-            map.kick(src);
+            if let Err(e) = Sockmap::kick(src) {
+                log::debug!("sockmap: kick: {e}");
+            }
         }
-        (self.active_at, self.interval, self.next_check) = (now, MIN_CHECK, now + MIN_CHECK);
+        (self.interval, self.next_check) = (MIN_CHECK, now + MIN_CHECK);
         Ok(())
     }
 
-    /// An event on a socket the kernel relays from: a FIN, a reset or an
-    /// error. Both directions go back (they come to their pumps once drained).
-    pub fn on_ending(&mut self, map: &Sockmap, now: Instant) {
-        self.take_back(map, [true, true]);
-        self.next_check = self.next_check.min(now + MIN_CHECK);
+    fn base_of(&self, d: usize) -> Base {
+        match self.dirs[d] {
+            Dir::Armed(b) | Dir::Draining(b) | Dir::Paused(b) => b,
+            Dir::User | Dir::Copying => Base { consumed: 0, written: 0, moved: self.moved[d], seen: 0 },
+        }
     }
 
-    /// Looks at the counters: what moved, what the kernel holds; takes
-    /// back a direction above `HIGH_WATER` (or all when the worker's
-    /// sessions hold more than `WORKER_CAP`: `worker_held` is their total,
-    /// kept up to date here), whose source has ended or whose destination
-    /// is gone, or all after `QUIET`; and returns to its pump a taken-back
-    /// direction the kernel holds nothing of.
+    /// Looks at the counters: what moved, what the kernel holds. A
+    /// direction whose source has ended (a FIN or a reset: nothing more
+    /// arrives) is taken back; one the kernel holds too much of
+    /// (`HIGH_WATER`, or `WORKER_CAP` for the worker: `worker_held` is its
+    /// total, kept up to date here), or whose destination is gone, is
+    /// paused. Either returns to its pump once the kernel holds none of its
+    /// bytes. Returns what changed.
     pub fn look(
         &mut self,
         map: &Sockmap,
@@ -205,89 +224,89 @@ impl Kernel {
         let mut look = Look::default();
         let (Ok(c), Ok(u)) = (tcp_counters::read(client), tcp_counters::read(upstream)) else {
             // A socket that cannot say (it never should): everything goes back to the
-            // pumps, whose reads and writes will say what happened.
+            // pumps now, whose reads and writes will say what happened.
             *worker_held = worker_held.saturating_sub(self.held);
             self.held = 0;
             look.returned = [self.holds(0), self.holds(1)];
             self.release(map);
             return look;
         };
-        let mut take_back = [false; 2];
-        let (mut fastest, mut held) = (0u64, 0u64);
+        let mut held = 0u64;
+        let mut fastest = 0u64;
         for (d, (src, dst)) in [(&c, &u), (&u, &c)].into_iter().enumerate() {
-            let (Dir::Armed(mut b) | Dir::Draining(mut b)) = self.dirs[d] else { continue };
+            if !self.holds(d) {
+                continue;
+            }
+            let was_paused = matches!(self.dirs[d], Dir::Paused(_));
+            let mut b = self.base_of(d);
             let consumed = src.consumed().saturating_sub(b.consumed);
             let written = dst.written().saturating_sub(b.written);
-            let moved = b.moved + written;
-            if moved != self.moved[d] {
+            if b.moved + written != self.moved[d] {
                 look.moved = true;
-                fastest = fastest.max(moved - self.moved[d]);
-                self.moved[d] = moved;
+                fastest = fastest.max(b.moved + written - self.moved[d]);
+                self.moved[d] = b.moved + written;
             }
             let in_flight = consumed.saturating_sub(written);
             let stopped = src.consumed() == b.seen;
             b.seen = src.consumed();
-            if matches!(self.dirs[d], Dir::Armed(_)) {
-                self.dirs[d] = Dir::Armed(b);
-                take_back[d] = in_flight > HIGH_WATER || src.fin_received() || src.closed() || dst.closed();
-                held += in_flight;
-            } else if (in_flight == 0 && stopped) || dst.closed() {
-                // Drained: nothing held, and the source stopped being consumed (a
-                // segment the redirect had in hand at the take-back is counted by
-                // now). A destination that is gone will never take the rest: its
-                // pump finds out by writing, and the session ends with a reset.
-                let _ = map.forget(self.cookies[d]);
-                self.dirs[d] = Dir::User;
-                look.returned[d] = true;
-            } else {
-                self.dirs[d] = Dir::Draining(b);
+            self.dirs[d] = match self.dirs[d] {
+                Dir::Armed(_) if src.fin_received() || src.closed() => {
+                    // Nothing more arrives: taking the source out of the kernel's relay is safe.
+                    if let Err(e) = map.disarm(self.cookies[d]) {
+                        log::debug!("sockmap: taking direction {d} back: {e}");
+                    }
+                    Dir::Draining(b)
+                }
+                Dir::Armed(_) if in_flight > HIGH_WATER || dst.closed() || *worker_held > WORKER_CAP => {
+                    // Bytes still arrive: the source stays attached, its bytes stay with it.
+                    match map.pause(self.cookies[d]) {
+                        Ok(()) => Dir::Paused(b),
+                        Err(e) => {
+                            log::debug!("sockmap: pausing direction {d}: {e}");
+                            Dir::Armed(b)
+                        }
+                    }
+                }
+                // Drained, and the source is no longer consumed (a segment the redirect had in
+                // hand at the take-back is counted by now); or a destination that is gone and
+                // will never take the rest: its pump finds out by writing, and the session
+                // ends with a reset.
+                Dir::Draining(_) | Dir::Paused(_) if (in_flight == 0 && stopped) || dst.closed() => {
+                    let _ = map.forget(self.cookies[d]);
+                    look.returned[d] = true;
+                    look.copy[d] = was_paused;
+                    if look.copy[d] { Dir::Copying } else { Dir::User }
+                }
+                Dir::Armed(_) => Dir::Armed(b),
+                Dir::Draining(_) => Dir::Draining(b),
+                Dir::Paused(_) => Dir::Paused(b),
+                other => other,
+            };
+            if self.holds(d) {
                 held += in_flight;
             }
         }
         *worker_held = worker_held.saturating_sub(self.held) + held;
         self.held = held;
-        if *worker_held > WORKER_CAP {
-            take_back = [true, true];
-        }
-        if look.moved {
-            self.active_at = now;
+        self.interval = if self.dirs.iter().any(|d| matches!(d, Dir::Draining(_) | Dir::Paused(_))) {
+            MIN_CHECK
+        } else if look.moved {
             // Closer looks the faster bytes move: about HIGH_WATER / 4 between two.
             let per_ms = (fastest / (self.interval.as_millis().max(1) as u64)).max(1);
-            self.interval = Duration::from_millis((HIGH_WATER / 4 / per_ms).clamp(1, MAX_CHECK.as_millis() as u64));
+            Duration::from_millis((HIGH_WATER / 4 / per_ms).clamp(1, MAX_CHECK.as_millis() as u64))
         } else {
-            self.interval = (self.interval * 2).min(MAX_CHECK);
-            if now.saturating_duration_since(self.active_at) >= QUIET {
-                take_back = [true, true];
-            }
-        }
-        self.take_back(map, take_back);
-        if self.dirs.iter().any(|d| matches!(d, Dir::Draining(_))) {
-            self.interval = MIN_CHECK;
-        }
+            (self.interval * 2).min(IDLE_CHECK)
+        };
         self.next_check = now + self.interval;
         look
-    }
-
-    /// Takes the chosen armed directions back from the kernel: their
-    /// sources leave its relay (their later bytes stay in their receive
-    /// queues); the destinations stay in its map until drained (`look`).
-    fn take_back(&mut self, map: &Sockmap, which: [bool; 2]) {
-        for d in 0..2 {
-            if let (true, Dir::Armed(b)) = (which[d], self.dirs[d]) {
-                if let Err(e) = map.disarm(self.cookies[d]) {
-                    log::debug!("sockmap: taking direction {d} back: {e}");
-                }
-                self.dirs[d] = Dir::Draining(b);
-            }
-        }
     }
 
     /// Everything goes back at once (the session is closing, or its
     /// sockets cannot be read): nothing waits for the kernel any more.
     pub fn release(&mut self, map: &Sockmap) {
-        self.take_back(map, [true, true]);
         for d in 0..2 {
             if self.holds(d) {
+                let _ = map.disarm(self.cookies[d]);
                 let _ = map.forget(self.cookies[d]);
                 self.dirs[d] = Dir::User;
             }
@@ -321,7 +340,7 @@ impl super::Relay {
         let ready = |p: &crate::relay::Pump| {
             p.pending() == 0 && p.src_end() == crate::relay::SrcEnd::Open && !p.finished() && !p.src.hup
         };
-        let which = [ready(&self.c2u) && !k.holds(0), ready(&self.u2c) && !k.holds(1)];
+        let which = [ready(&self.c2u) && k.may_arm(0), ready(&self.u2c) && k.may_arm(1)];
         if which == [false; 2] {
             return;
         }
@@ -335,18 +354,12 @@ impl super::Relay {
         }
     }
 
-    /// An ending came for a socket the kernel relays from: both directions go back.
-    pub(super) fn on_kernel_ending(&mut self, res: &Resources, now: Instant) {
-        self.kernel_ending = false;
-        if let (Some(k), Some(map)) = (self.kernel.as_mut(), res.sockmap.as_ref()) {
-            k.on_ending(map, now);
-        }
-    }
-
-    /// The kernel part's timer: counts what moved (bytes, last activity,
-    /// the first byte back) and hands drained directions back to their
-    /// pumps, which then read whatever their sources hold.
+    /// The kernel part's timer, or an ending on a socket the kernel relays
+    /// from: counts what moved (bytes, last activity, the first byte back),
+    /// takes back or pauses what it must, and hands drained directions back
+    /// to their pumps, which then read whatever their sources hold.
     pub fn kernel_look(&mut self, client: &TcpStream, res: &mut Resources, now: Instant) {
+        self.kernel_ending = false;
         let (Some(k), Some(map)) = (self.kernel.as_mut(), res.sockmap.as_ref()) else { return };
         let look = k.look(map, client, &self.upstream, &mut res.sockmap_held, now);
         if look.moved {
@@ -356,12 +369,15 @@ impl super::Relay {
                 self.first_byte_time = Some(now.saturating_duration_since(self.connected_at));
             }
         }
-        for (d, back) in look.returned.into_iter().enumerate() {
-            if back {
+        for d in 0..2 {
+            if look.returned[d] {
                 let p = if d == 0 { &mut self.c2u } else { &mut self.u2c };
                 // Its source may hold bytes, or its end, that no event will report again.
                 p.src.readable = true;
                 p.dst.writable = true;
+                if look.copy[d] {
+                    p.copy_from_now(res);
+                }
             }
         }
     }

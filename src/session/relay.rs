@@ -161,7 +161,7 @@ impl Relay {
     /// Runs both pumps and decides what follows.
     pub fn run(&mut self, client: &TcpStream, res: &mut Resources, now: Instant) -> Step {
         if self.kernel_ending {
-            self.on_kernel_ending(res, now);
+            self.kernel_look(client, res, now);
         }
         let held = self.kernel.as_ref().map_or([false; 2], |k| [k.holds(0), k.holds(1)]);
         let mut more = false;

@@ -7,7 +7,8 @@
 //! byte passes through sluice, so what the kernel took from the source
 //! (`consumed`) and put into the destination (`written`) is known only
 //! from these counters. Their difference is what the kernel holds between
-//! the two sockets, which has no bound of its own.
+//! the two sockets, which has no bound of its own (`sockmap/progress.rs`
+//! reads the same counters for one direction).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
@@ -67,17 +68,34 @@ impl Counters {
     }
 }
 
-/// Reads `s`'s counters: one `getsockopt(TCP_INFO)` and two `ioctl`s.
-pub fn read(s: &impl AsFd) -> io::Result<Counters> {
+/// The byte counters and state alone: one `getsockopt(TCP_INFO)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Info {
+    /// `tcpi_bytes_received`: sequence space received (a FIN counts one).
+    pub received: u64,
+    /// `tcpi_bytes_acked`: bytes the peer acknowledged (a connecting socket's SYN counts one).
+    pub acked: u64,
+    /// `tcpi_state`.
+    pub state: u8,
+}
+
+/// Reads `s`'s byte counters and state.
+pub fn info(s: &impl AsFd) -> io::Result<Info> {
     let info = tcp_info(s)?;
     let u64_at = |at: usize| u64::from_ne_bytes(info[at..at + 8].try_into().expect("8 bytes inside the buffer"));
+    Ok(Info { received: u64_at(BYTES_RECEIVED), acked: u64_at(BYTES_ACKED), state: info[STATE] })
+}
+
+/// Reads `s`'s counters: one `getsockopt(TCP_INFO)` and two `ioctl`s.
+pub fn read(s: &impl AsFd) -> io::Result<Counters> {
+    let i = info(s)?;
     let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     Ok(Counters {
-        received: u64_at(BYTES_RECEIVED),
-        acked: u64_at(BYTES_ACKED),
+        received: i.received,
+        acked: i.acked,
         unread: as_u64(socket_queue::unread(s)?),
         unacked: as_u64(socket_queue::unacknowledged(s)?),
-        state: info[STATE],
+        state: i.state,
     })
 }
 
