@@ -117,6 +117,8 @@ pub struct Kernel {
     next_check: Instant,
     /// The gap before `next_check`.
     interval: Duration,
+    /// Each direction's destination `written()` at the last look.
+    last_written: [u64; 2],
 }
 
 impl Kernel {
@@ -129,6 +131,7 @@ impl Kernel {
             held: 0,
             next_check: now,
             interval: MIN_CHECK,
+            last_written: [0; 2],
         })
     }
 
@@ -163,7 +166,9 @@ impl Kernel {
     }
 
     /// Hands the chosen directions (`[c2u, u2c]`, each with its pump
-    /// holding nothing) to the kernel. On an error nothing of this call stays armed.
+    /// holding nothing) to the kernel. A direction the map refuses stays
+    /// its pump's for the rest of the session; an error reading the
+    /// counters arms nothing.
     pub fn arm(
         &mut self,
         map: &Sockmap,
@@ -179,17 +184,19 @@ impl Kernel {
                 continue;
             }
             if let Err(e) = map.arm(src, self.cookies[d], dst) {
+                // This direction stays its pump's (a socket the map does not take, the map
+                // full); one armed a moment ago stays armed: taking a source out of the
+                // kernel's relay is safe only once nothing more arrives on it.
                 let _ = map.forget(self.cookies[d]);
-                if d == 1 && which[0] && matches!(self.dirs[0], Dir::Armed(_)) {
-                    // Nothing has arrived since a microsecond ago, or it is relayed in order
-                    // by the kernel and counted: a quiet enough source to take back.
-                    let _ = map.disarm(self.cookies[0]);
-                    self.dirs[0] = Dir::Draining(self.base_of(0));
-                }
-                return Err(e);
+                self.dirs[d] = Dir::Copying;
+                log::debug!("sockmap: cannot arm direction {d} ({e}): its pump relays it");
+                continue;
             }
             let consumed = src_n.consumed();
-            self.dirs[d] = Dir::Armed(Base { consumed, written: dst_n.written(), moved: self.moved[d], seen: consumed });
+            log::trace!("sockmap: direction {d} armed at {consumed} consumed");
+            self.last_written[d] = dst_n.written();
+            self.dirs[d] =
+                Dir::Armed(Base { consumed, written: dst_n.written(), moved: self.moved[d], seen: consumed });
             // Bytes that arrived before the attach are relayed once the kernel looks at the socket.
             if let Err(e) = Sockmap::kick(src) {
                 log::debug!("sockmap: kick: {e}");
@@ -239,22 +246,37 @@ impl Kernel {
             }
             let was_paused = matches!(self.dirs[d], Dir::Paused(_));
             let mut b = self.base_of(d);
-            let consumed = src.consumed().saturating_sub(b.consumed);
+            // A full socket that sent and then received a FIN is TCP_CLOSE, as is a
+            // reset one, and its FIN counts one byte: so a closed source is drained
+            // with one byte unaccounted for once the destination has stopped
+            // taking any (`settled`). A reset source's pump then reads its error.
+            let fin = src.fin_received();
+            let src_consumed = src.consumed_fin(fin);
+            let consumed = src_consumed.saturating_sub(b.consumed);
             let written = dst.written().saturating_sub(b.written);
-            if b.moved + written != self.moved[d] {
+            // `written` is read in two calls (acknowledged, then queued): one look may
+            // see less than the last did. The count only grows.
+            if b.moved + written > self.moved[d] {
                 look.moved = true;
                 fastest = fastest.max(b.moved + written - self.moved[d]);
                 self.moved[d] = b.moved + written;
             }
             let in_flight = consumed.saturating_sub(written);
-            let stopped = src.consumed() == b.seen;
-            b.seen = src.consumed();
+            log::trace!(
+                "sockmap: direction {d}: {:?}, consumed {consumed} written {written}, src {src:?} dst {dst:?}",
+                self.dirs[d]
+            );
+            let stopped = src_consumed == b.seen;
+            b.seen = src_consumed;
+            let settled = dst.written() == self.last_written[d] && dst.unacked == 0;
+            self.last_written[d] = dst.written();
+            let drained = stopped && (in_flight == 0 || (in_flight == 1 && src.closed() && settled));
             self.dirs[d] = match self.dirs[d] {
                 Dir::Armed(_) if src.fin_received() || src.closed() => {
-                    // Nothing more arrives: taking the source out of the kernel's relay is safe.
-                    if let Err(e) = map.disarm(self.cookies[d]) {
-                        log::debug!("sockmap: taking direction {d} back: {e}");
-                    }
+                    // Nothing more arrives: the kernel has only to finish what it took. The
+                    // source stays in its maps (taking a socket out of them stalled the
+                    // other direction's queue toward it on this kernel); its close takes it out.
+                    log::trace!("sockmap: direction {d}'s source ended ({in_flight} in flight)");
                     Dir::Draining(b)
                 }
                 Dir::Armed(_) if in_flight > HIGH_WATER || dst.closed() || *worker_held > WORKER_CAP => {
@@ -271,8 +293,8 @@ impl Kernel {
                 // hand at the take-back is counted by now); or a destination that is gone and
                 // will never take the rest: its pump finds out by writing, and the session
                 // ends with a reset.
-                Dir::Draining(_) | Dir::Paused(_) if (in_flight == 0 && stopped) || dst.closed() => {
-                    let _ = map.forget(self.cookies[d]);
+                Dir::Draining(_) | Dir::Paused(_) if drained || dst.closed() => {
+                    log::trace!("sockmap: direction {d} is its pump's again ({} moved)", self.moved[d]);
                     look.returned[d] = true;
                     look.copy[d] = was_paused;
                     if look.copy[d] { Dir::Copying } else { Dir::User }
