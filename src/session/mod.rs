@@ -61,7 +61,7 @@ use crate::route::Route;
 use crate::timer::Deadline;
 
 /// Bytes delivered, `[client→upstream, upstream→client][spliced, copied, uring]`.
-pub type ByteCounts = [[u64; 3]; 2];
+pub type ByteCounts = [[u64; 4]; 2];
 
 /// One session. Its fields are its own: the worker reads them through
 /// methods and changes them only by asking (`claim`, `linger`, `close`,
@@ -177,7 +177,7 @@ impl Session {
             client_admitted: false,
             timer: None,
             started: now,
-            reported: [[0; 3]; 2],
+            reported: [[0; 4]; 2],
             last_access_line: now,
             queued: false,
         }
@@ -372,7 +372,7 @@ impl Session {
 
     /// Bytes delivered so far each way.
     pub fn bytes(&self) -> ByteCounts {
-        self.relay().map_or([[0; 3]; 2], Relay::bytes)
+        self.relay().map_or([[0; 4]; 2], Relay::bytes)
     }
 
     /// Time since the client was accepted.

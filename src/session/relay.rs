@@ -131,9 +131,9 @@ impl Relay {
         Readiness { readable: self.c2u.src.readable, hup: self.c2u.src.hup, writable: self.u2c.dst.writable }
     }
 
-    /// Bytes delivered each way, `[c2u, u2c][spliced, copied, uring]`.
+    /// Bytes delivered each way, `[c2u, u2c][spliced, copied, uring, sockmap]`.
     pub fn bytes(&self) -> ByteCounts {
-        let b = |p: &Pump| [p.spliced, p.copied, p.uring];
+        let b = |p: &Pump| [p.spliced, p.copied, p.uring, 0];
         [b(&self.c2u), b(&self.u2c)]
     }
 
