@@ -233,7 +233,7 @@ pub(super) fn file_max(config: &Config, f: &Facts) -> Finding {
 /// to `auto`) only when the config asks for it.
 pub(super) fn io_uring(config: &Config, f: &Facts) -> Finding {
     const CHECK: &str = "io_uring";
-    match (&f.io_uring_refused, config.relay == RelayMode::Uring) {
+    match (&f.io_uring_refused, config.asks(RelayMode::Uring)) {
         (None, true) => ok(CHECK, "available: relay: uring uses it".to_owned()),
         (None, false) => {
             ok(CHECK, format!("available (relay: uring could use it; this config relays with {})", config.relay))

@@ -23,7 +23,7 @@ mod facts;
 mod ports;
 mod routing;
 
-pub use facts::{Facts, io_uring_refused};
+pub use facts::{Facts, relay_refused};
 pub use routing::{LocalMark, PolicyRouting};
 
 /// How serious a finding is.

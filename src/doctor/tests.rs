@@ -26,6 +26,7 @@ fn good() -> Facts {
         tcp_migrate_req: Some(1),
         nofile: Some((20000, 20064)),
         io_uring_refused: None,
+        sockmap_refused: None,
         mptcp_enabled: Some(1),
         cap_eff: Some(0x1ff_ffff_ffff),
         kernel: Some((6, 18)),

@@ -361,6 +361,13 @@ impl Session {
         &self.route.upstreams.upstreams[self.tried.last().unwrap_or(0)]
     }
 
+    /// How its pumps will move bytes, set again when its ClientHello chose
+    /// a route (before relaying: a relay keeps the pumps it started with).
+    pub fn set_relay_mode(&mut self, mode: RelayMode) {
+        debug_assert!(self.relay().is_none(), "the relay mode changes only before relaying");
+        self.relay_mode = mode;
+    }
+
     /// The relay, while relaying or lingering.
     pub fn relay(&self) -> Option<&Relay> {
         match &self.stage {
