@@ -250,6 +250,28 @@ pub(super) fn io_uring(config: &Config, f: &Facts) -> Finding {
     }
 }
 
+/// Whether `relay: sockmap` can have its sockhash here: a warning (it falls
+/// back to `auto`) only when the config or a route asks for it.
+pub(super) fn sockmap(config: &Config, f: &Facts) -> Finding {
+    const CHECK: &str = "sockmap";
+    match (&f.sockmap_refused, config.asks(RelayMode::Sockmap)) {
+        (None, true) => ok(CHECK, "available: relay: sockmap uses it".to_owned()),
+        (None, false) => {
+            ok(CHECK, "available (relay: sockmap could use it; this config does not ask for it)".to_owned())
+        }
+        (Some(why), false) => ok(CHECK, format!("refused ({why}); this config does not ask for it")),
+        (Some(why), true) => bad(
+            Level::Warn,
+            CHECK,
+            format!("refused ({why}): relay: sockmap falls back to auto"),
+            "run as root or grant CAP_BPF and CAP_NET_ADMIN (AmbientCapabilities= in the unit), in a container \
+             allow the bpf syscall in its seccomp profile; the kernel needs CONFIG_BPF_STREAM_PARSER and \
+             CONFIG_NET_SOCK_MSG"
+                .to_owned(),
+        ),
+    }
+}
+
 /// Whether the kernel makes the MPTCP sockets of the routes with
 /// `mptcp: true`; asked only when a route has it.
 pub(super) fn mptcp(config: &Config, f: &Facts) -> Option<Finding> {
