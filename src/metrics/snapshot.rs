@@ -18,7 +18,7 @@ pub struct Snapshot {
     /// The git commit it was built from (`unknown` outside git).
     #[serde(default)]
     pub commit: String,
-    /// The relay modes this build can run here, comma-separated (`uring` only where io_uring may be set up).
+    /// The relay modes this build can run here, comma-separated (`uring` only where io_uring may be set up, `sockmap` only where a BPF sockhash may be made).
     #[serde(default)]
     pub relay_modes: String,
     /// When the process started, seconds since the Unix epoch.
