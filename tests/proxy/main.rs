@@ -57,6 +57,7 @@ mod resilience;
 mod second_instance;
 mod sidecar;
 mod sni;
+mod sockmap;
 mod systemd;
 mod tproxy;
 mod tuning;
