@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -35,6 +35,27 @@ fn echoed(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut got = Vec::new();
     c.read_to_end(&mut got).expect("echo");
     got
+}
+
+/// `sluice_bytes_total` client→upstream of `route` moved by `mode`.
+fn bytes(metrics: &str, route: &str, mode: &str) -> u64 {
+    let key = format!("sluice_bytes_total{{route=\"{route}\",direction=\"client_to_upstream\",mode=\"{mode}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0) as u64
+}
+
+/// /metrics once each of `routes` counted `n` bytes client→upstream (a
+/// session's bytes are counted when it closes, a little after the client's last byte).
+fn counted(admin: SocketAddr, routes: &[&str], n: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = admin_get(admin, "/metrics");
+        let all = |r: &str| ["spliced", "copied", "uring", "sockmap"].iter().map(|x| bytes(&m, r, x)).sum::<u64>();
+        if routes.iter().all(|r| all(r) == n) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "bytes not all counted:\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The `relay_modes` label of `sluice_build_info`.
@@ -158,23 +179,32 @@ fn a_routes_own_relay_uring_gets_the_ring_under_a_global_auto() {
         let addr = s.route_addr(route).unwrap_or_else(|| panic!("no {route} address: {}", s.log()));
         assert!(echoed(addr, &data) == data, "route {route} relays byte-exact");
     }
-    let bytes = |m: &str, route: &str, mode: &str| -> u64 {
-        let key = format!("sluice_bytes_total{{route=\"{route}\",direction=\"client_to_upstream\",mode=\"{mode}\"}} ");
-        m.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0) as u64
-    };
-    let modes = ["spliced", "copied", "uring", "sockmap"];
-    // Bytes are counted when a session closes, a little after the client's last byte.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let m = loop {
-        let (_, m) = admin_get(admin, "/metrics");
-        if ["plain", "ring"].iter().all(|r| modes.iter().map(|x| bytes(&m, r, x)).sum::<u64>() == data.len() as u64) {
-            break m;
-        }
-        assert!(std::time::Instant::now() < deadline, "bytes not all counted:\n{m}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let m = counted(admin, &["plain", "ring"], data.len() as u64);
     let uring_bytes = |route: &str| bytes(&m, route, "uring");
     assert_eq!(uring_bytes("plain"), 0, "the global copy route does not use the ring");
     let want = if uring { data.len() as u64 } else { 0 };
     assert_eq!(uring_bytes("ring"), want, "route ring relays on io_uring (io_uring allowed here: {uring})");
+}
+
+/// On an address routed by TLS server name a session takes the relay mode
+/// of the route its ClientHello chose, not the address's first route's.
+#[test]
+fn a_session_takes_the_relay_mode_of_the_route_its_client_hello_chose() {
+    use sluice::tls::hello::build::{Spec, message, records};
+    let admin = admin_addr();
+    let (echo_a, echo_b) = (backends::echo(), backends::echo());
+    let yaml = format!(
+        "admin:\n  listen: {admin}\nworkers: 1\nrelay: copy\nroutes:\n  - name: plain\n    listen: 127.0.0.1:0\n\
+         \x20   upstreams: [\"{echo_a}\"]\n  - name: ring\n    listen: 127.0.0.1:0\n    upstreams: [\"{echo_b}\"]\n\
+         \x20   server_names: [\"ring.example.com\"]\n    relay: uring\n"
+    );
+    let s = Sluice::with_config(&yaml, &[]);
+    assert!(s.wait_log("admin port listening", Duration::from_secs(10)), "{}", s.log());
+    let uring = relay_modes(admin).split(',').any(|m| m == "uring");
+    let mut data = records(&message(&Spec { sni: Some(b"ring.example.com"), ..Spec::default() }), 1);
+    data.extend((0..100_000u32).map(|i| (i % 239) as u8));
+    assert!(echoed(s.addr(), &data) == data, "relayed byte-exact to the route the hello chose");
+    let m = counted(admin, &["ring"], data.len() as u64);
+    let want = if uring { data.len() as u64 } else { 0 };
+    assert_eq!(bytes(&m, "ring", "uring"), want, "the chosen route's uring (io_uring allowed here: {uring})\n{m}");
 }
