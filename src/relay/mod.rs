@@ -3,7 +3,9 @@
 //! buffers (`copy.rs`) and `relay: uring`'s per-worker io_uring (`ring.rs`,
 //! `pump/uring.rs`); when a pipe grows (`grow.rs`); `relay: auto`'s choice
 //! between splice and copy by what each measured per byte (`cost.rs`, by the
-//! flow's message size: `auto.rs`); how busy a worker is (`load.rs`).
+//! flow's message size: `auto.rs`); how busy a worker is (`load.rs`);
+//! which modes the kernel allows and what a refused one falls back to
+//! (`modes.rs`).
 //! Sessions own pumps; workers own the `Resources` and feed their busy meter.
 
 pub mod auto;
@@ -11,6 +13,7 @@ pub mod copy;
 pub mod cost;
 pub mod grow;
 pub mod load;
+pub mod modes;
 pub mod pipe;
 pub mod pump;
 pub mod ring;

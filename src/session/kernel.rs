@@ -323,6 +323,20 @@ impl Kernel {
         look
     }
 
+    /// Whether the kernel holds none of this session's bytes right now
+    /// (a fresh look at the counters, changing nothing): a timeout may then
+    /// end the session with a FIN.
+    pub fn holds_nothing_now(&self, client: &TcpStream, upstream: &TcpStream) -> bool {
+        let (Ok(c), Ok(u)) = (tcp_counters::read(client), tcp_counters::read(upstream)) else { return false };
+        [(&c, &u), (&u, &c)].into_iter().enumerate().all(|(d, (src, dst))| {
+            if !self.holds(d) {
+                return true;
+            }
+            let b = self.base_of(d);
+            src.unread == 0 && src.consumed().saturating_sub(b.consumed) == dst.written().saturating_sub(b.written)
+        })
+    }
+
     /// Everything goes back at once (the session is closing, or its
     /// sockets cannot be read): nothing waits for the kernel any more.
     pub fn release(&mut self, map: &Sockmap) {

@@ -63,7 +63,7 @@ use crate::route::Route;
 use crate::timer::Deadline;
 
 /// Bytes delivered, `[client→upstream, upstream→client][spliced, copied, uring]`.
-pub type ByteCounts = [[u64; 3]; 2];
+pub type ByteCounts = [[u64; 4]; 2];
 
 /// One session. Its fields are its own: the worker reads them through
 /// methods and changes them only by asking (`claim`, `linger`, `close`,
@@ -179,7 +179,7 @@ impl Session {
             client_admitted: false,
             timer: None,
             started: now,
-            reported: [[0; 3]; 2],
+            reported: [[0; 4]; 2],
             last_access_line: now,
             queued: false,
         }
@@ -363,6 +363,13 @@ impl Session {
         &self.route.upstreams.upstreams[self.tried.last().unwrap_or(0)]
     }
 
+    /// How its pumps will move bytes, set again when its ClientHello chose
+    /// a route (before relaying: a relay keeps the pumps it started with).
+    pub fn set_relay_mode(&mut self, mode: RelayMode) {
+        debug_assert!(self.relay().is_none(), "the relay mode changes only before relaying");
+        self.relay_mode = mode;
+    }
+
     /// The relay, while relaying or lingering.
     pub fn relay(&self) -> Option<&Relay> {
         match &self.stage {
@@ -374,7 +381,7 @@ impl Session {
 
     /// Bytes delivered so far each way.
     pub fn bytes(&self) -> ByteCounts {
-        self.relay().map_or([[0; 3]; 2], Relay::bytes)
+        self.relay().map_or([[0; 4]; 2], Relay::bytes)
     }
 
     /// Time since the client was accepted.

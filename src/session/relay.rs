@@ -147,10 +147,11 @@ impl Relay {
         Readiness { readable: self.c2u.src.readable, hup: self.c2u.src.hup, writable: self.u2c.dst.writable }
     }
 
-    /// Bytes delivered each way, `[c2u, u2c][spliced, copied, uring]`.
+    /// Bytes delivered each way, `[c2u, u2c][spliced, copied, uring, sockmap]`.
     pub fn bytes(&self) -> ByteCounts {
-        let b = |p: &Pump| [p.spliced, p.copied, p.uring];
-        [b(&self.c2u), b(&self.u2c)]
+        let kernel = self.kernel_moved();
+        let b = |p: &Pump, k: u64| [p.spliced, p.copied, p.uring, k];
+        [b(&self.c2u, kernel[0]), b(&self.u2c, kernel[1])]
     }
 
     /// Last time a byte moved.
@@ -307,11 +308,12 @@ impl Relay {
     /// Nothing is in flight that we can see without a syscall: no side
     /// failed, no byte in a pipe or buffer, no PROXY header half-written.
     pub(super) fn nothing_pending(&self) -> bool {
-        self.failed.is_none()
-            && self.header_out.is_none()
-            && self.c2u.pending() == 0
-            && self.u2c.pending() == 0
-            && self.kernel.as_ref().is_none_or(|k| !k.holds_any())
+        self.nothing_pending_but_kernel() && self.kernel.as_ref().is_none_or(|k| !k.holds_any())
+    }
+
+    /// `nothing_pending`, leaving out what the kernel may hold.
+    fn nothing_pending_but_kernel(&self) -> bool {
+        self.failed.is_none() && self.header_out.is_none() && self.c2u.pending() == 0 && self.u2c.pending() == 0
     }
 
     /// Truly quiet, so a FIN to both sides tells the truth: nothing pending,
@@ -319,7 +321,9 @@ impl Relay {
     /// (closing a socket with unread bytes would reset it anyway).
     pub fn is_quiet(&self, client: &TcpStream) -> bool {
         let failed = |p: &Pump| matches!(p.src_end(), SrcEnd::Failed(_));
-        self.nothing_pending()
+        let kernel_quiet = self.kernel.as_ref().is_none_or(|k| k.holds_nothing_now(client, &self.upstream));
+        self.nothing_pending_but_kernel()
+            && kernel_quiet
             && !failed(&self.c2u)
             && !failed(&self.u2c)
             && socket_queue::unread(client).is_ok_and(|n| n == 0)

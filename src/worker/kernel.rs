@@ -7,7 +7,6 @@
 use std::io;
 
 use super::Worker;
-use crate::config::RelayMode;
 use crate::session::Side;
 use crate::sys::sockmap::Sockmap;
 
@@ -18,7 +17,7 @@ impl Worker {
     /// Makes the map and program if the settings ask for `relay: sockmap`
     /// and there are none yet. On failure new sessions use `auto` (see `relay_mode`).
     pub(super) fn ensure_sockmap(&mut self) {
-        if self.settings.relay != RelayMode::Sockmap || self.res.sockmap.is_some() {
+        if !self.settings.sockmap || self.res.sockmap.is_some() {
             return;
         }
         match Sockmap::new(MAP_CAPACITY) {

@@ -56,6 +56,7 @@ mod pools;
 mod proxy_protocol;
 mod ratelimit;
 mod relay;
+mod relay_modes;
 mod reload;
 mod resilience;
 mod second_instance;

@@ -15,17 +15,12 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::backends::{self, CHUNK, Stream, connect, read_digest};
 use crate::harness::{Sluice, admin_get, one_route};
 use crate::observability::with_admin;
+use crate::relay_modes::bytes_of;
 
 /// Bytes of `mode` in `sluice_bytes_total`, both directions.
 fn bytes_by(admin: std::net::SocketAddr, mode: &str) -> u64 {
     let (_, metrics) = admin_get(admin, "/metrics");
-    ["client_to_upstream", "upstream_to_client"]
-        .iter()
-        .map(|dir| {
-            let name = format!("sluice_bytes_total{{route=\"test\",direction=\"{dir}\",mode=\"{mode}\"}} ");
-            metrics.lines().find_map(|l| l.strip_prefix(&name)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        })
-        .sum()
+    ["client_to_upstream", "upstream_to_client"].iter().map(|dir| bytes_of(&metrics, "test", dir, mode)).sum()
 }
 
 /// A backend that writes stream 5 as fast as the connection takes it and counts what it wrote.
