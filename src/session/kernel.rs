@@ -177,7 +177,7 @@ impl Kernel {
         upstream: &TcpStream,
         now: Instant,
     ) -> io::Result<()> {
-        let (c, u) = (tcp_counters::read(client)?, tcp_counters::read(upstream)?);
+        let (c, u) = (tcp_counters::read_still(client)?, tcp_counters::read_still(upstream)?);
         let ends = [(client, upstream, &c, &u), (upstream, client, &u, &c)];
         for (d, (src, dst, src_n, dst_n)) in ends.into_iter().enumerate() {
             if !which[d] || self.dirs[d] != Dir::User {
@@ -230,12 +230,9 @@ impl Kernel {
     ) -> Look {
         let mut look = Look::default();
         let (Ok(c), Ok(u)) = (tcp_counters::read(client), tcp_counters::read(upstream)) else {
-            // A socket that cannot say (it never should): everything goes back to the
-            // pumps now, whose reads and writes will say what happened.
-            *worker_held = worker_held.saturating_sub(self.held);
-            self.held = 0;
-            look.returned = [self.holds(0), self.holds(1)];
-            self.release(map);
+            // A socket that cannot say (it never should; one that failed says so with an
+            // event): look again soon. Nothing is taken back blind.
+            self.next_check = now + MIN_CHECK;
             return look;
         };
         let mut held = 0u64;

@@ -96,7 +96,13 @@ pub fn info(s: &impl AsFd) -> io::Result<Info> {
     Ok(Info { received: u64_at(BYTES_RECEIVED), acked: u64_at(BYTES_ACKED), state: info[STATE] })
 }
 
-/// Reads `s`'s counters: one `getsockopt(TCP_INFO)` and two `ioctl`s.
+/// How often `read` tries for counters that held still while it read them.
+const TRIES: usize = 8;
+
+/// Reads `s`'s counters: `TCP_INFO`, then the two queue `ioctl`s. Bytes
+/// acknowledged in between make `written` low (never high); bytes arriving
+/// in between make `consumed` low. Good for a look; a base that a later
+/// count is taken from wants `read_still`.
 pub fn read(s: &impl AsFd) -> io::Result<Counters> {
     let i = info(s)?;
     let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
@@ -107,6 +113,26 @@ pub fn read(s: &impl AsFd) -> io::Result<Counters> {
         unacked: as_u64(socket_queue::unacknowledged(s)?),
         state: i.state,
     })
+}
+
+/// Reads `s`'s counters as of one moment: `TCP_INFO`, the two queue
+/// `ioctl`s, `TCP_INFO` again, until nothing arrived and nothing was
+/// acknowledged in between (a base off by the bytes that moved during the
+/// read would make every later count off by as many, and never heal).
+/// `WouldBlock` if the socket never held still for `TRIES` reads.
+pub fn read_still(s: &impl AsFd) -> io::Result<Counters> {
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let mut before = info(s)?;
+    for _ in 0..TRIES {
+        let unread = as_u64(socket_queue::unread(s)?);
+        let unacked = as_u64(socket_queue::unacknowledged(s)?);
+        let after = info(s)?;
+        if (after.received, after.acked) == (before.received, before.acked) {
+            return Ok(Counters { received: after.received, acked: after.acked, unread, unacked, state: after.state });
+        }
+        before = after;
+    }
+    Err(io::Error::new(io::ErrorKind::WouldBlock, "the counters moved at every read"))
 }
 
 /// The first `LEN` bytes of `TCP_INFO`; an older kernel that fills fewer is an error.
