@@ -308,19 +308,6 @@ impl Pump {
         }
         false
     }
-
-    /// Copies from now on, for the rest of the session (`relay: sockmap`: a
-    /// paused source's bytes wait in a queue of its own that `recv` reads
-    /// and splice cannot). Only while the pump holds nothing.
-    pub fn copy_from_now(&mut self, res: &mut Resources) {
-        debug_assert_eq!(self.pending(), 0, "a pump changes stage only empty");
-        if matches!(self.stage, Stage::Copy(_)) || self.pending() != 0 {
-            return;
-        }
-        self.release(res);
-        self.stage = Stage::Copy(CopyStage::default());
-        self.auto = None;
-    }
 }
 
 mod ends;

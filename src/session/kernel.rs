@@ -3,10 +3,11 @@
 //! (`sys::sockmap`) while the worker sleeps, and taken back for endings.
 //!
 //! A direction is relayed by its pump (`User`), by the kernel (`Armed`), is
-//! on its way back (`Draining`, `Paused`: bytes the kernel took may not
-//! have reached the destination yet), or is the pump's for good
-//! (`Copying`). Its pump runs only when it is the pump's, so no byte the
-//! pump writes can overtake one the kernel still holds. The rules, and why:
+//! on its way back after its source ended (`Draining`: bytes the kernel
+//! took may not have reached the destination yet), or is the pump's for
+//! good because the map refused it (`Refused`). Its pump runs only when it
+//! is the pump's, so no byte the pump writes can overtake one the kernel
+//! still holds. The rules, and why:
 //!
 //! - **Arm a direction only when its pump holds nothing and has just moved
 //!   bytes**, so the kernel's first byte comes after the pump's last, and a
@@ -17,25 +18,27 @@
 //!   destination (`written`) since the arm; the latter is the direction's
 //!   `sockmap` byte count, and their difference is what the kernel holds
 //!   between the sockets (`in_flight`).
-//! - **Take a source out of the kernel's relay only once nothing more
-//!   arrives on it** (its FIN or reset has come). On this kernel (6.18) a
-//!   source taken out while segments arrive loses or repeats bytes
-//!   (`sys::sockmap`, finding 3). So endings take a direction back
-//!   (`Draining`), and once drained its pump reads what is left, the end of
-//!   the stream included, and passes it on by the rules every mode follows
-//!   (`ending.rs`): a FIN only after every byte.
+//! - **A source stays in the kernel's relay for the session's life.** On
+//!   this kernel (6.18) a source taken out of the maps while segments
+//!   arrive loses or repeats bytes (`sys::sockmap`, "What this kernel
+//!   does", 3), and so does pausing it with the verdict program ("Pausing
+//!   a direction"); taking one out also stalled the kernel's queue toward
+//!   it. So a direction goes back to its pump only once its source has
+//!   ended (its FIN or reset has come: nothing more arrives) and the kernel
+//!   has written out what it took (`Draining`); the pump then reads the end
+//!   of the stream and passes it on by the rules every mode follows
+//!   (`ending.rs`): a FIN only after every byte. Closing the sockets takes
+//!   them out of the maps.
 //! - **The kernel has no backpressure**: a redirected segment's
 //!   receive-buffer charge is released at once, and the destination's queue
-//!   has no bound. So the relay looks at `in_flight` on a timer
-//!   (`next_check`) and, above `HIGH_WATER` (or `WORKER_CAP` for all of a
-//!   worker's sessions), **pauses** the direction: the verdict program then
-//!   leaves the source's bytes with the source, whose receive buffer fills,
-//!   and TCP's flow control stops the sender as with any pump. Once the
-//!   kernel holds none of the direction's bytes, the pump relays it for the
-//!   rest of the session (`Copying`: a paused source's bytes are read with
-//!   `recv`, which splice cannot). The bound per direction: `HIGH_WATER`
-//!   plus what arrives between two looks, which come closer together the
-//!   faster bytes move (`MIN_CHECK`..`MAX_CHECK`; `IDLE_CHECK` while quiet).
+//!   has no bound, so a sender faster than the reader fills the kernel. With
+//!   no safe way to hold the sender back, sluice bounds what the kernel
+//!   holds by ending the session: above `OVERFLOW` for a direction, or
+//!   `WORKER_CAP` for all of a worker's sessions, both sides are reset
+//!   (`sockmap_overflow`), never closed as if complete. The relay looks at
+//!   `in_flight` on a timer (`next_check`), closer together the faster
+//!   bytes move (`MIN_CHECK`..`MAX_CHECK`; `IDLE_CHECK` while quiet); the
+//!   bound is `OVERFLOW` plus what arrives between two looks.
 //! - **Endings wake the worker**: the sockets the kernel relays from are
 //!   watched for endings only (`sys::epoll`), and an ending makes the relay
 //!   look at once.
@@ -50,11 +53,12 @@ use crate::sys::sockmap::Sockmap;
 use crate::sys::tcp_counters;
 
 /// Above this many bytes held by the kernel between a direction's
-/// sockets, the direction goes back to its pump.
-pub const HIGH_WATER: u64 = 4 << 20;
+/// sockets, the session is reset.
+pub const OVERFLOW: u64 = 64 << 20;
 /// Above this many bytes held by the kernel for all of a worker's
-/// sessions together, every look takes its session's directions back.
-pub const WORKER_CAP: u64 = 64 << 20;
+/// sessions together, the session a look finds holding any is reset, and
+/// no session arms.
+pub const WORKER_CAP: u64 = 256 << 20;
 /// The soonest look after a look that saw bytes move.
 const MIN_CHECK: Duration = Duration::from_millis(1);
 /// The longest gap between looks while bytes move.
@@ -70,12 +74,10 @@ enum Dir {
     User,
     /// The kernel, since `Base`.
     Armed(Base),
-    /// Taken back from the kernel after its source ended; waiting until it holds none of the direction's bytes.
+    /// Its source ended; waiting until the kernel holds none of the direction's bytes.
     Draining(Base),
-    /// Paused: the source's bytes stay with it; waiting until the kernel holds none of the direction's bytes.
-    Paused(Base),
-    /// The pump's for the rest of the session, copying (its source was paused).
-    Copying,
+    /// The pump's for the rest of the session: the map refused the socket.
+    Refused,
 }
 
 /// A direction's counters when it was armed.
@@ -98,8 +100,8 @@ pub struct Look {
     pub moved: bool,
     /// Directions that came back to their pumps at this look, `[c2u, u2c]`.
     pub returned: [bool; 2],
-    /// Of those, the ones whose pumps must copy from now on (their sources were paused).
-    pub copy: [bool; 2],
+    /// The kernel holds more than its bound: the session is to be reset.
+    pub overflow: bool,
 }
 
 /// The kernel's part of a relay under `relay: sockmap`.
@@ -142,7 +144,7 @@ impl Kernel {
 
     /// Whether direction `d` (0: c2u, 1: u2c) is the kernel's: its pump must not run.
     pub fn holds(&self, d: usize) -> bool {
-        matches!(self.dirs[d], Dir::Armed(_) | Dir::Draining(_) | Dir::Paused(_))
+        matches!(self.dirs[d], Dir::Armed(_) | Dir::Draining(_))
     }
 
     /// Whether any direction is the kernel's.
@@ -150,7 +152,7 @@ impl Kernel {
         self.holds(0) || self.holds(1)
     }
 
-    /// Whether direction `d` may be armed (it was never paused).
+    /// Whether direction `d` may be armed (the map did not refuse it).
     pub fn may_arm(&self, d: usize) -> bool {
         self.dirs[d] == Dir::User
     }
@@ -188,7 +190,7 @@ impl Kernel {
                 // full); one armed a moment ago stays armed: taking a source out of the
                 // kernel's relay is safe only once nothing more arrives on it.
                 let _ = map.forget(self.cookies[d]);
-                self.dirs[d] = Dir::Copying;
+                self.dirs[d] = Dir::Refused;
                 log::debug!("sockmap: cannot arm direction {d} ({e}): its pump relays it");
                 continue;
             }
@@ -208,21 +210,19 @@ impl Kernel {
 
     fn base_of(&self, d: usize) -> Base {
         match self.dirs[d] {
-            Dir::Armed(b) | Dir::Draining(b) | Dir::Paused(b) => b,
-            Dir::User | Dir::Copying => Base { consumed: 0, written: 0, moved: self.moved[d], seen: 0 },
+            Dir::Armed(b) | Dir::Draining(b) => b,
+            Dir::User | Dir::Refused => Base { consumed: 0, written: 0, moved: self.moved[d], seen: 0 },
         }
     }
 
     /// Looks at the counters: what moved, what the kernel holds. A
     /// direction whose source has ended (a FIN or a reset: nothing more
-    /// arrives) is taken back; one the kernel holds too much of
-    /// (`HIGH_WATER`, or `WORKER_CAP` for the worker: `worker_held` is its
-    /// total, kept up to date here), or whose destination is gone, is
-    /// paused. Either returns to its pump once the kernel holds none of its
-    /// bytes. Returns what changed.
+    /// arrives) returns to its pump once the kernel holds none of its bytes
+    /// (or its destination is gone). More than `OVERFLOW` held for a
+    /// direction, or `WORKER_CAP` for the worker (`worker_held` is its
+    /// total, kept up to date here), is an overflow. Returns what changed.
     pub fn look(
         &mut self,
-        map: &Sockmap,
         client: &TcpStream,
         upstream: &TcpStream,
         worker_held: &mut u64,
@@ -241,7 +241,6 @@ impl Kernel {
             if !self.holds(d) {
                 continue;
             }
-            let was_paused = matches!(self.dirs[d], Dir::Paused(_));
             let mut b = self.base_of(d);
             // A full socket that sent and then received a FIN is TCP_CLOSE, as is a
             // reset one, and its FIN counts one byte: so a closed source is drained
@@ -276,29 +275,22 @@ impl Kernel {
                     log::trace!("sockmap: direction {d}'s source ended ({in_flight} in flight)");
                     Dir::Draining(b)
                 }
-                Dir::Armed(_) if in_flight > HIGH_WATER || dst.closed() || *worker_held > WORKER_CAP => {
-                    // Bytes still arrive: the source stays attached, its bytes stay with it.
-                    match map.pause(self.cookies[d]) {
-                        Ok(()) => Dir::Paused(b),
-                        Err(e) => {
-                            log::debug!("sockmap: pausing direction {d}: {e}");
-                            Dir::Armed(b)
-                        }
-                    }
+                Dir::Armed(_) if in_flight > OVERFLOW => {
+                    log::debug!("sockmap: direction {d}: the kernel holds {in_flight} bytes, over {OVERFLOW}");
+                    look.overflow = true;
+                    Dir::Armed(b)
                 }
                 // Drained, and the source is no longer consumed (a segment the redirect had in
                 // hand at the take-back is counted by now); or a destination that is gone and
                 // will never take the rest: its pump finds out by writing, and the session
                 // ends with a reset.
-                Dir::Draining(_) | Dir::Paused(_) if drained || dst.closed() => {
+                Dir::Draining(_) if drained || dst.closed() => {
                     log::trace!("sockmap: direction {d} is its pump's again ({} moved)", self.moved[d]);
                     look.returned[d] = true;
-                    look.copy[d] = was_paused;
-                    if look.copy[d] { Dir::Copying } else { Dir::User }
+                    Dir::User
                 }
                 Dir::Armed(_) => Dir::Armed(b),
                 Dir::Draining(_) => Dir::Draining(b),
-                Dir::Paused(_) => Dir::Paused(b),
                 other => other,
             };
             if self.holds(d) {
@@ -307,12 +299,16 @@ impl Kernel {
         }
         *worker_held = worker_held.saturating_sub(self.held) + held;
         self.held = held;
-        self.interval = if self.dirs.iter().any(|d| matches!(d, Dir::Draining(_) | Dir::Paused(_))) {
+        if *worker_held > WORKER_CAP && held > 0 {
+            log::debug!("sockmap: the worker's sessions hold {worker_held} bytes, over {WORKER_CAP}");
+            look.overflow = true;
+        }
+        self.interval = if self.dirs.iter().any(|d| matches!(d, Dir::Draining(_))) {
             MIN_CHECK
         } else if look.moved {
-            // Closer looks the faster bytes move: about HIGH_WATER / 4 between two.
+            // Closer looks the faster bytes move: about OVERFLOW / 16 between two.
             let per_ms = (fastest / (self.interval.as_millis().max(1) as u64)).max(1);
-            Duration::from_millis((HIGH_WATER / 4 / per_ms).clamp(1, MAX_CHECK.as_millis() as u64))
+            Duration::from_millis((OVERFLOW / 16 / per_ms).clamp(1, MAX_CHECK.as_millis() as u64))
         } else {
             (self.interval * 2).min(IDLE_CHECK)
         };
@@ -334,8 +330,8 @@ impl Kernel {
         })
     }
 
-    /// Everything goes back at once (the session is closing, or its
-    /// sockets cannot be read): nothing waits for the kernel any more.
+    /// The session is ending: nothing waits for the kernel any more (its
+    /// sockets, closed next, leave the maps with their close).
     pub fn release(&mut self, map: &Sockmap) {
         for d in 0..2 {
             if self.holds(d) {
@@ -393,8 +389,9 @@ impl super::Relay {
     /// to their pumps, which then read whatever their sources hold.
     pub fn kernel_look(&mut self, client: &TcpStream, res: &mut Resources, now: Instant) {
         self.kernel_ending = false;
-        let (Some(k), Some(map)) = (self.kernel.as_mut(), res.sockmap.as_ref()) else { return };
-        let look = k.look(map, client, &self.upstream, &mut res.sockmap_held, now);
+        let Some(k) = self.kernel.as_mut() else { return };
+        let look = k.look(client, &self.upstream, &mut res.sockmap_held, now);
+        self.kernel_overflow |= look.overflow;
         if look.moved {
             self.last_active = now;
             if self.first_byte_time.is_none() && k.moved()[1] > 0 {
@@ -408,9 +405,6 @@ impl super::Relay {
                 // Its source may hold bytes, or its end, that no event will report again.
                 p.src.readable = true;
                 p.dst.writable = true;
-                if look.copy[d] {
-                    p.copy_from_now(res);
-                }
             }
         }
     }

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-use super::ending::{Due, End};
+use super::ending::{Due, End, Ending};
 use super::header::Outgoing;
 use super::kernel::Kernel;
 use super::{ByteCounts, Readiness, Side};
 use crate::config::{RelayMode, SocketOptions};
+use crate::metrics::CloseReason;
 use crate::relay::ring::Owner;
 use crate::relay::{DstFailed, Pump, Resources, SrcEnd};
 use crate::sys::socket_queue;
@@ -39,6 +40,8 @@ pub struct Relay {
     pub(super) kernel_ending: bool,
     /// Sockets registered for their endings only, `[client, upstream]`.
     pub(super) watched: [bool; 2],
+    /// The kernel held more than its bound: the session ends with resets.
+    pub(super) kernel_overflow: bool,
     /// When the upstream connected (first-byte time).
     pub(super) connected_at: Instant,
     /// How long the successful connect took.
@@ -87,6 +90,7 @@ impl Relay {
             kernel: None,
             kernel_ending: false,
             watched: [false; 2],
+            kernel_overflow: false,
             connected_at: now,
             connect_time: Duration::ZERO,
             first_byte_time: None,
@@ -163,6 +167,9 @@ impl Relay {
     pub fn run(&mut self, client: &TcpStream, res: &mut Resources, now: Instant) -> Step {
         if self.kernel_ending {
             self.kernel_look(client, res, now);
+        }
+        if self.kernel_overflow {
+            return Step::End(End { reason: CloseReason::SockmapOverflow, ending: Ending::RESET_BOTH });
         }
         let held = self.kernel.as_ref().map_or([false; 2], |k| [k.holds(0), k.holds(1)]);
         let mut more = false;

@@ -228,10 +228,6 @@ impl Sockmap {
         set_int(src, nix::libc::SOL_SOCKET, nix::libc::SO_RCVLOWAT, 1)
     }
 
-    /// Pauses a direction (not yet: the pause map comes with the verdict program's next version).
-    pub fn pause(&self, _src_cookie: u64) -> io::Result<()> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "pausing a direction is not built yet"))
-    }
 }
 
 /// Whether `e`, from [`Sockmap::arm`], means "not this socket, not now", so

@@ -30,10 +30,7 @@ macro_rules! both_modes {
                 fn uring() {
                     super::$body("uring");
                 }
-                #[test]
-                fn sockmap() {
-                    super::$body("sockmap");
-                }
+
             }
         )*
     };

@@ -125,8 +125,7 @@ fn exact_counts(mode: &str) {
     assert_eq!(sample(&m, "sluice_pipes_lent_total") as u64, lent);
     if mode == "splice" {
         assert!(lent >= 2 * n && created <= 4, "{mode}: {lent} pipe loans, {created} created");
-    } else if mode == "auto" || mode == "sockmap" {
-        // (sockmap: the pumps relay what the kernel does not, as under auto)
+    } else if mode == "auto" {
         assert!(lent >= 1 && created <= lent, "{mode}: {lent} pipe loans, {created} created");
     } else {
         assert_eq!(lent, 0, "{mode} mode lent pipes");
