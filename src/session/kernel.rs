@@ -22,13 +22,12 @@
 //!   this kernel (6.18) a source taken out of the maps while segments
 //!   arrive loses or repeats bytes (`sys::sockmap`, "What this kernel
 //!   does", 3), and so does pausing it with the verdict program ("Pausing
-//!   a direction"); taking one out also stalled the kernel's queue toward
-//!   it. So a direction goes back to its pump only once its source has
-//!   ended (its FIN or reset has come: nothing more arrives) and the kernel
-//!   has written out what it took (`Draining`); the pump then reads the end
-//!   of the stream and passes it on by the rules every mode follows
-//!   (`ending.rs`): a FIN only after every byte. Closing the sockets takes
-//!   them out of the maps.
+//!   a direction"). So a direction goes back to its pump only once its
+//!   source has ended (its FIN or reset has come: nothing more arrives) and
+//!   the kernel has written out what it took (`Draining`); the pump then
+//!   reads the end of the stream and passes it on by the rules every mode
+//!   follows (`ending.rs`): a FIN only after every byte. Closing the
+//!   sockets takes them out of the maps.
 //! - **The kernel has no backpressure**: a redirected segment's
 //!   receive-buffer charge is released at once, and the destination's queue
 //!   has no bound, so a sender faster than the reader fills the kernel. With
@@ -221,13 +220,7 @@ impl Kernel {
     /// (or its destination is gone). More than `OVERFLOW` held for a
     /// direction, or `WORKER_CAP` for the worker (`worker_held` is its
     /// total, kept up to date here), is an overflow. Returns what changed.
-    pub fn look(
-        &mut self,
-        client: &TcpStream,
-        upstream: &TcpStream,
-        worker_held: &mut u64,
-        now: Instant,
-    ) -> Look {
+    pub fn look(&mut self, client: &TcpStream, upstream: &TcpStream, worker_held: &mut u64, now: Instant) -> Look {
         let mut look = Look::default();
         let (Ok(c), Ok(u)) = (tcp_counters::read(client), tcp_counters::read(upstream)) else {
             // A socket that cannot say (it never should; one that failed says so with an
@@ -270,8 +263,7 @@ impl Kernel {
             self.dirs[d] = match self.dirs[d] {
                 Dir::Armed(_) if src.fin_received() || src.closed() => {
                     // Nothing more arrives: the kernel has only to finish what it took. The
-                    // source stays in its maps (taking a socket out of them stalled the
-                    // other direction's queue toward it on this kernel); its close takes it out.
+                    // source stays in its maps; its close takes it out.
                     log::trace!("sockmap: direction {d}'s source ended ({in_flight} in flight)");
                     Dir::Draining(b)
                 }

@@ -20,6 +20,87 @@
 //! a socket out of it (`disarm`) gives its bytes back to userspace. A
 //! socket in either map has a psock (and the `tcp_bpf` protocol ops).
 //!
+//! # Pausing a direction: tried, not kept (Linux 6.18)
+//! Pausing was to be the way to take a busy direction back from the
+//! kernel (which has no backpressure, and whose `disarm` corrupts a
+//! receiving source: 5 and 3 of the next section): a third map, a plain
+//! `HASH` of paused cookies, which the verdict program looked up before
+//! redirecting, returning `SK_PASS` for a paused source so that its bytes
+//! stayed with its own reader. Built and measured (the tests of that
+//! build are not kept, since nothing uses it): **it is not safe on this
+//! kernel**. It works in the quiet cases and loses or reorders bytes in the
+//! busy ones (2 below), so the relay bounds the kernel's memory by ending
+//! the session instead (`session/kernel.rs`).
+//!
+//! 1. Backpressure: yes. Passed bytes are charged to the source's receive
+//!    buffer and its window closes: a client pushing into a paused source
+//!    nobody reads got 128,000 bytes in (the accepted socket's `SO_RCVBUF`,
+//!    131,072, never autotuned since nothing reads), the rest stayed in the
+//!    client's send queue (4 MiB); nothing reached the upstream. The passed
+//!    bytes count in `tcpi_bytes_received` *and* in `SIOCINQ`/`FIONREAD`
+//!    (their `copied_seq` moves only when userspace reads them), so
+//!    `Progress` needs no new term: `queued_between` stays the kernel's
+//!    queue toward the destination, and reaches 0 once what was redirected
+//!    before the pause has been written out.
+//! 2. Loss and order: **not safe under a full-speed sender.**
+//!    - One direction armed (the other in userspace), 256 MiB of u32
+//!      sequence numbers, paused once mid-stream, then `read`+`write` in
+//!      userspace to the end after `queued_between` reached 0 (6 µs to
+//!      180 ms after the pause): 18 runs of 20 sessions (357 sessions:
+//!      a failure stops its run), 356 in order and one with a wrong byte
+//!      (at 165 MiB, some 60 MiB after its pause, in the userspace part).
+//!    - Both directions armed, the other direction busy (the client reads
+//!      its replies slowly, so the source's psock holds skbs to send it):
+//!      every paused session (19 of 19, paused before the first byte)
+//!      lost most of its 64 MiB: the upstream got 0 to 10 MiB; where
+//!      counted, 33 to 63 MiB the sender saw acknowledged were taken off
+//!      the source's queue and never readable, and `read` said end of
+//!      stream with `SIOCINQ` still up to 29 MB.
+//!      The same sessions unpaused, relayed by the kernel, lost nothing
+//!      (16 of 16). A variant that redirects a paused skb into its own
+//!      socket's ingress (`bpf_sk_redirect_hash` with `BPF_F_INGRESS`, the
+//!      source in a third sockhash) instead of passing it, so that every
+//!      paused skb goes through the backlog worker, is no better: 4.5 and
+//!      8.8 of 64 MiB arrived, and a third session stalled (the source
+//!      never readable again).
+//!
+//!    Why, from skmsg.c: `SK_PASS` queues straight onto `ingress_msg` only
+//!    while the psock's `ingress_skb` is empty; otherwise (the other
+//!    direction's skbs waiting there, or a failed `skb_linearize` /
+//!    message allocation) the skb goes to the backlog worker, which takes
+//!    it off `ingress_skb` before handling it and parks it on `EAGAIN`, so
+//!    a later skb can find the queue empty and overtake it; the worker's
+//!    errors clear the psock's `TX_ENABLED`, after which every passed skb
+//!    is dropped (a reading, not traced on this kernel). Also seen: a
+//!    blocking `read` of an armed source, paused or not, returns `EAGAIN`
+//!    (150 to 770 times a 64 MiB session with the other direction busy;
+//!    `tcp_bpf_recvmsg_parser`), so the relay must treat it as "poll again".
+//! 3. `splice` from a paused source finds nothing (`EAGAIN` with 12 bytes
+//!    passed): `tcp_splice_read` reads `sk_receive_queue`, the passed bytes
+//!    are on the psock's `ingress_msg`. A paused direction is copied with
+//!    `read`/`recv`.
+//! 4. No resume. Clearing the flag lets the next skb be redirected while
+//!    passed bytes may still be unread (or, by 2, still with the backlog
+//!    worker); the redirected skb then reaches the destination first. A
+//!    safe resume would need the program to know userspace has read all it
+//!    passed (a count of passed bytes kept by the program, compared with
+//!    one userspace gives when it asks): not built, since 2 makes the pause
+//!    itself unsafe. A paused direction stays paused for its session.
+//! 5. FIN and reset (one direction armed, 64 KiB passed): `read` returns
+//!    all the bytes then end of stream; after a reset, all the bytes then
+//!    `ECONNRESET`. (With the other direction busy, end of stream came
+//!    early: 2.)
+//! 6. Closing a paused socket with passed bytes unread frees them (64
+//!    sessions × 2 × 64 KiB: TCP memory 15,588 pages, back to 13,245, its
+//!    level before within the noise of other sockets) and takes the socket
+//!    out of both sockhashes; the pause entry stays (a plain hash) until
+//!    a `forget_pause`, which the session's end calls for both
+//!    cookies, whether or not the sockets are closed yet.
+//! 7. Cost: `pause` 1.4 µs, `forget_pause` 1.2 µs (one bpf(2) each). The
+//!    lookup adds no measurable cost per skb: 1 GiB through an armed
+//!    direction ran at 1.1–1.9 GB/s with it and 0.55–1.9 GB/s without
+//!    (three runs each, twice, on a loaded two-CPU machine).
+//!
 //! # What this kernel does (Linux 6.18, measured by the tests in `sockmap/tests.rs`)
 //! 1. **Arm and bytes already queued.** Bytes that arrived before the
 //!    source was armed stay in its receive queue: the program runs from the
@@ -72,6 +153,15 @@
 //! 9. **Cost** (2,000 sessions, `cost_of_arm_and_disarm`): arming both
 //!    directions 21 µs, disarming both 9.5 µs, forgetting both 9.3 µs, a
 //!    kick 3.6 µs.
+//!
+//! 10. **A bare FIN must not reach a psock.** Redirected (or passed: `SK_PASS`
+//!     falls back to the psock's send queue when its own ingress refuses an
+//!     empty message), a segment with no bytes makes `sk_psock_backlog` write
+//!     nothing, which it takes for a broken pipe: it sets `EPIPE` on that
+//!     socket and stops its psock sending, stranding what was queued behind
+//!     (a 64 MiB echo through sluice stalled with 52 MB held, every time).
+//!     The verdict program drops such segments (`insn.rs`); TCP has handled
+//!     the FIN already, and the source reads end of stream.
 //!
 //! The verdict program is attached with `BPF_SK_SKB_STREAM_VERDICT` and no
 //! parser: the kernel then runs it on each skb as it arrives, with no
@@ -227,7 +317,6 @@ impl Sockmap {
     pub fn kick(src: &impl AsFd) -> io::Result<()> {
         set_int(src, nix::libc::SOL_SOCKET, nix::libc::SO_RCVLOWAT, 1)
     }
-
 }
 
 /// Whether `e`, from [`Sockmap::arm`], means "not this socket, not now", so
