@@ -27,10 +27,10 @@ pub const TARGET: &str = "sluice::access";
 pub struct Entry {
     /// The session ended (with this reason), or it is still running.
     pub reason: Option<CloseReason>,
-    /// `[spliced, copied, uring]` client → upstream so far.
-    pub client_to_upstream: [u64; 3],
-    /// `[spliced, copied, uring]` upstream → client so far.
-    pub upstream_to_client: [u64; 3],
+    /// `[spliced, copied, uring, sockmap]` client → upstream so far.
+    pub client_to_upstream: [u64; 4],
+    /// `[spliced, copied, uring, sockmap]` upstream → client so far.
+    pub upstream_to_client: [u64; 4],
     /// A connected upstream.
     pub connected: bool,
     /// Upstream connect time.

@@ -30,8 +30,8 @@ fn main() -> ExitCode {
         Some(Command::Check) => {
             let Some(config) = load(&cli) else { return ExitCode::from(2) };
             print!("{}", config.describe(server::worker_count(config.workers)));
-            if let Some(why) = uring_refused(&config) {
-                println!("# relay: uring is refused here ({why}): every route relays with auto");
+            for line in fallbacks(&config) {
+                println!("{line}");
             }
             ExitCode::SUCCESS
         }
@@ -67,10 +67,31 @@ fn load(cli: &Cli) -> Option<Config> {
     cli.config().map_err(|e| eprintln!("sluice: {e}")).ok()
 }
 
-/// Why `relay: uring` falls back to `auto` on this machine (seccomp, `kernel.io_uring_disabled`), if
-/// the config asks for it and it does: `sluice check` says so, as startup's warning does.
-fn uring_refused(config: &Config) -> Option<String> {
-    if config.relay == config::RelayMode::Uring { doctor::io_uring_refused() } else { None }
+/// Where a relay mode the config asks for falls back to `auto` on this machine (`uring`: seccomp,
+/// `kernel.io_uring_disabled`; `sockmap`: no CAP_BPF, seccomp), one line per mode naming the routes
+/// that relay with `auto` instead: `sluice check` says so, as startup's warning does.
+fn fallbacks(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for mode in [config::RelayMode::Uring, config::RelayMode::Sockmap] {
+        let routes: Vec<&str> =
+            config.routes.iter().filter(|r| r.relay.unwrap_or(config.relay) == mode).map(|r| r.name.as_str()).collect();
+        if routes.is_empty() {
+            continue;
+        }
+        let Some(why) = doctor::relay_refused(mode) else { continue };
+        let which = if routes.len() == config.routes.len() {
+            "every route relays".to_owned()
+        } else {
+            format!(
+                "route{} {} relay{}",
+                if routes.len() > 1 { "s" } else { "" },
+                routes.join(", "),
+                if routes.len() > 1 { "" } else { "s" }
+            )
+        };
+        out.push(format!("# relay: {mode} is refused here ({why}): {which} with auto"));
+    }
+    out
 }
 
 /// `sluice probe [PATH]`: exit 0 if the admin port answers 200, else 1, with one line saying why.

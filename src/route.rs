@@ -42,6 +42,10 @@ pub struct Route {
     pub max_connection_rate: Option<crate::ratelimit::Rate>,
     /// New connections per second from one client prefix.
     pub max_connection_rate_per_client: Option<crate::ratelimit::ClientRate>,
+    /// Its own relay mode after fallbacks (`relay/modes.rs`); `None`: the
+    /// global one, which the workers' settings carry (a reload may change it
+    /// and keep the route).
+    pub relay: Option<config::RelayMode>,
     /// Socket options, ready to apply (shared with the versions of this route DNS updates make).
     pub socket: Arc<Applied>,
     /// Live counts, carried over when a reload keeps the route.
@@ -144,6 +148,7 @@ impl Route {
             max_connections_per_client: r.max_connections_per_client,
             max_connection_rate: r.max_connection_rate,
             max_connection_rate_per_client: r.max_connection_rate_per_client,
+            relay: r.relay.map(crate::relay::modes::effective),
             socket: Arc::new(
                 Applied::new(&r.name, r.socket.clone(), congestion_available)
                     .with_source(r.source_ip())
@@ -172,6 +177,7 @@ impl Route {
             max_connections_per_client: self.max_connections_per_client,
             max_connection_rate: self.max_connection_rate,
             max_connection_rate_per_client: self.max_connection_rate_per_client,
+            relay: self.relay,
             socket: Arc::clone(&self.socket),
             state: Arc::clone(&self.state),
             config: self.config.clone(),

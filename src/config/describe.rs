@@ -64,14 +64,14 @@ impl Config {
         }
         s.push_str("routes:\n");
         for r in &self.routes {
-            describe_route(&mut s, r);
+            describe_route(&mut s, r, self.relay);
         }
         describe_shared(&mut s, &self.routes);
         s
     }
 }
 
-fn describe_route(s: &mut String, r: &Route) {
+fn describe_route(s: &mut String, r: &Route, relay: super::RelayMode) {
     let _ = writeln!(s, "  - name: {}", r.name);
     let _ = writeln!(s, "    listen: {}", r.listen);
     if r.original_destination {
@@ -128,6 +128,10 @@ fn describe_route(s: &mut String, r: &Route) {
         true => writeln!(s, "    mptcp: true  # listeners and upstream connections are IPPROTO_MPTCP"),
         false => writeln!(s, "    mptcp: false"),
     };
+    // Only where it differs from the global `relay` (the same mode written twice says nothing).
+    if let Some(own) = r.relay.filter(|m| *m != relay) {
+        let _ = writeln!(s, "    relay: {own}");
+    }
     if !r.server_names.is_empty() {
         let names: Vec<String> = r.server_names.iter().map(|p| format!("\"{p}\"")).collect();
         let _ = writeln!(s, "    server_names: [{}]", names.join(", "));
@@ -289,7 +293,7 @@ mod tests {
                     \x20   health_check: { interval: 5s, send: \"PING\\r\\n\", expect: \"+PONG\" }\n\
                     \x20   proxy_protocol: v2\n    accept_proxy_protocol: true\n    allow: [\"10.0.0.0/8\", \"::1\"]\n\
                     \x20 - name: b\n    listen: 127.0.0.1:2\n    upstreams: [\"h:1\", {address: \"h:2\", backup: true}]\n\
-                    \x20   source: \"fd00::5\"\n    mptcp: true\n    max_connection_rate: { per_second: 500, burst: 100 }\n\
+                    \x20   source: \"fd00::5\"\n    mptcp: true\n    relay: sockmap\n    max_connection_rate: { per_second: 500, burst: 100 }\n\
                     \x20   max_connection_rate_per_client: { per_second: 20, prefix_v6: 48 }\n\
                     overload: { max_fd_use: 85%, max_memory: 2GiB }\n";
         let c = parse_str(text, "t").unwrap();
@@ -297,5 +301,16 @@ mod tests {
         assert_eq!(again, c);
         assert_eq!(c.routes[1].source_ip(), Some("fd00::5".parse().unwrap()));
         assert!(c.routes[1].mptcp && !c.routes[0].mptcp);
+        assert_eq!(c.routes[1].relay, Some(crate::config::RelayMode::Sockmap));
+        assert!(c.describe(2).contains("    relay: sockmap\n"), "a route's own relay is shown");
+    }
+
+    #[test]
+    fn a_routes_relay_is_shown_only_where_it_differs_from_the_global_one() {
+        let text = "relay: copy\nroutes:\n  - name: a\n    listen: 127.0.0.1:1\n    upstreams: [\"h:1\"]\n    relay: copy\n\
+                    \x20 - name: b\n    listen: 127.0.0.1:2\n    upstreams: [\"h:1\"]\n    relay: uring\n";
+        let d = parse_str(text, "t").unwrap().describe(1);
+        assert_eq!(d.matches("    relay: ").count(), 1, "{d}");
+        assert!(d.contains("  - name: b\n") && d.contains("    relay: uring\n"), "{d}");
     }
 }

@@ -91,7 +91,7 @@ pub struct Config {
     pub workers: Workers,
     /// Pin worker i to the i-th CPU the process may use.
     pub cpu_affinity: bool,
-    /// How sessions move bytes.
+    /// How sessions move bytes, on routes without their own `relay`.
     pub relay: RelayMode,
     /// Bytes asked of the kernel per splice pipe.
     pub pipe_size: usize,
@@ -191,6 +191,8 @@ pub struct Route {
     /// (sessions and health checks) are `IPPROTO_MPTCP`; peers without
     /// MPTCP fall back to plain TCP, as the kernel does.
     pub mptcp: bool,
+    /// Its own relay mode; `None`: the global `relay` (which a reload may change).
+    pub relay: Option<RelayMode>,
     /// TLS server names this route takes (empty: not routed by name; on a
     /// shared address, the default route).
     pub server_names: Vec<crate::tls::names::Pattern>,
@@ -216,6 +218,11 @@ pub struct UpstreamSpec {
 }
 
 impl Config {
+    /// True if the global setting or a route asks for `mode`.
+    pub fn asks(&self, mode: RelayMode) -> bool {
+        self.relay == mode || self.routes.iter().any(|r| r.relay == Some(mode))
+    }
+
     /// A one-route configuration from the command line (`--listen`, `--upstream`).
     pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Config, ConfigError> {
         validate::single_route(listen, upstreams).map_err(|e| ConfigError::Invalid {

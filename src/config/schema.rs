@@ -54,7 +54,7 @@ pub struct RawConfig {
     pub workers: Option<Workers>,
     /// Pin worker i to the i-th CPU this process may use.
     pub cpu_affinity: Option<bool>,
-    /// Relay mode for every route.
+    /// Relay mode for every route without its own.
     pub relay: Option<RelayMode>,
     /// Size asked of the kernel for each splice pipe.
     pub pipe_size: Option<PipeSize>,
@@ -183,6 +183,8 @@ pub struct RawRoute {
     pub source: Option<SourceAddr>,
     /// Overrides `defaults.mptcp`.
     pub mptcp: Option<bool>,
+    /// This route's relay mode (absent: the global `relay`).
+    pub relay: Option<RelayMode>,
     /// TLS server names (exact or `*.` wildcards) whose clients this route takes.
     pub server_names: Option<Vec<String>>,
     /// ALPN protocols this route takes for its server names.
@@ -309,6 +311,12 @@ pub enum RelayMode {
     /// message. Falls back to `auto`, saying so once, where io_uring is
     /// unavailable (`kernel.io_uring_disabled`, a seccomp filter).
     Uring,
+    /// Established sessions are relayed inside the kernel: a BPF sockhash
+    /// and stream-verdict program move each arriving segment to the peer
+    /// socket, so the worker is woken only for endings; falls back to
+    /// `auto`, saying so once, where the kernel refuses BPF (no CAP_BPF, a
+    /// seccomp filter, an older kernel).
+    Sockmap,
 }
 
 impl fmt::Display for RelayMode {
@@ -318,6 +326,7 @@ impl fmt::Display for RelayMode {
             RelayMode::Copy => "copy",
             RelayMode::Auto => "auto",
             RelayMode::Uring => "uring",
+            RelayMode::Sockmap => "sockmap",
         })
     }
 }

@@ -126,6 +126,7 @@ pub fn single_route(listen: SocketAddr, upstreams: Vec<HostPort>) -> Result<Conf
         max_connection_rate_per_client: None,
         source: None,
         mptcp: None,
+        relay: None,
         server_names: None,
         alpn: None,
         client_hello_timeout: None,
@@ -256,6 +257,7 @@ fn route(i: usize, r: RawRoute, defaults: &super::schema::RawDefaults) -> Result
             .map(|c| c.limit()),
         source,
         mptcp: r.mptcp.or(defaults.mptcp).unwrap_or(false),
+        relay: r.relay,
         server_names,
         alpn,
         client_hello_timeout: r

@@ -233,7 +233,7 @@ pub(super) fn file_max(config: &Config, f: &Facts) -> Finding {
 /// to `auto`) only when the config asks for it.
 pub(super) fn io_uring(config: &Config, f: &Facts) -> Finding {
     const CHECK: &str = "io_uring";
-    match (&f.io_uring_refused, config.relay == RelayMode::Uring) {
+    match (&f.io_uring_refused, config.asks(RelayMode::Uring)) {
         (None, true) => ok(CHECK, "available: relay: uring uses it".to_owned()),
         (None, false) => {
             ok(CHECK, format!("available (relay: uring could use it; this config relays with {})", config.relay))
@@ -245,6 +245,28 @@ pub(super) fn io_uring(config: &Config, f: &Facts) -> Finding {
             format!("not available ({why}): relay: uring falls back to auto"),
             "sysctl -w kernel.io_uring_disabled=0, and in a container allow io_uring_setup, io_uring_enter and \
              io_uring_register in its seccomp profile"
+                .to_owned(),
+        ),
+    }
+}
+
+/// Whether `relay: sockmap` can have its sockhash here: a warning (it falls
+/// back to `auto`) only when the config or a route asks for it.
+pub(super) fn sockmap(config: &Config, f: &Facts) -> Finding {
+    const CHECK: &str = "sockmap";
+    match (&f.sockmap_refused, config.asks(RelayMode::Sockmap)) {
+        (None, true) => ok(CHECK, "available: relay: sockmap uses it".to_owned()),
+        (None, false) => {
+            ok(CHECK, "available (relay: sockmap could use it; this config does not ask for it)".to_owned())
+        }
+        (Some(why), false) => ok(CHECK, format!("refused ({why}); this config does not ask for it")),
+        (Some(why), true) => bad(
+            Level::Warn,
+            CHECK,
+            format!("refused ({why}): relay: sockmap falls back to auto"),
+            "run as root or grant CAP_BPF and CAP_NET_ADMIN (AmbientCapabilities= in the unit), in a container \
+             allow the bpf syscall in its seccomp profile; the kernel needs CONFIG_BPF_STREAM_PARSER and \
+             CONFIG_NET_SOCK_MSG"
                 .to_owned(),
         ),
     }

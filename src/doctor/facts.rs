@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::routing::{self, PolicyRouting};
 
+use crate::config::RelayMode;
 use crate::sys::local_ports;
 
 /// What the machine says; `None` where it could not be read.
@@ -50,6 +51,8 @@ pub struct Facts {
     pub nofile: Option<(u64, u64)>,
     /// Why this process cannot set up an io_uring (`relay: uring`); `None`: it can.
     pub io_uring_refused: Option<String>,
+    /// Why this process cannot make a BPF sockhash (`relay: sockmap`); `None`: it can.
+    pub sockmap_refused: Option<String>,
     /// net.mptcp.enabled (`None`: unreadable, or a kernel without MPTCP)
     pub mptcp_enabled: Option<u64>,
     /// This process's effective capabilities (`CapEff` of /proc/self/status).
@@ -104,7 +107,8 @@ impl Facts {
             tcp_migrate_req: num("sys/net/ipv4/tcp_migrate_req"),
             nofile,
             // Not a file: only trying tells (a seccomp filter leaves no trace in /proc).
-            io_uring_refused: io_uring_refused(),
+            io_uring_refused: relay_refused(RelayMode::Uring),
+            sockmap_refused: relay_refused(RelayMode::Sockmap),
             mptcp_enabled: num("sys/net/mptcp/enabled"),
             cap_eff: caps,
             kernel: text("sys/kernel/osrelease").and_then(|t| kernel_version(&t)),
@@ -131,10 +135,12 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Why this process cannot set up an io_uring (seccomp, `kernel.io_uring_disabled`, an old
-/// kernel); `None`: it can. `sluice check` asks it too, to say where `relay: uring` falls back.
-pub fn io_uring_refused() -> Option<String> {
-    crate::relay::ring::probe().err()
+/// Why this process cannot have what relay `mode` needs of the kernel
+/// (`uring`: seccomp, `kernel.io_uring_disabled`, an old kernel; `sockmap`:
+/// no CAP_BPF, seccomp, a kernel without sockmap); `None`: it can, or the
+/// mode needs nothing. `sluice check` asks it too, to say where a mode falls back.
+pub fn relay_refused(mode: RelayMode) -> Option<String> {
+    crate::relay::modes::refused(mode)
 }
 
 #[cfg(test)]

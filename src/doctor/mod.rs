@@ -23,7 +23,7 @@ mod facts;
 mod ports;
 mod routing;
 
-pub use facts::{Facts, io_uring_refused};
+pub use facts::{Facts, relay_refused};
 pub use routing::{LocalMark, PolicyRouting};
 
 /// How serious a finding is.
@@ -86,6 +86,7 @@ pub fn audit(config: &Config, f: &Facts) -> Vec<Finding> {
     out.extend(checks::migrate_req(config, f));
     out.push(checks::file_max(config, f));
     out.push(checks::io_uring(config, f));
+    out.push(checks::sockmap(config, f));
     out.extend(checks::mptcp(config, f));
     out.extend(capture::findings(config, f));
     out

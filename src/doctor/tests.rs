@@ -26,6 +26,7 @@ fn good() -> Facts {
         tcp_migrate_req: Some(1),
         nofile: Some((20000, 20064)),
         io_uring_refused: None,
+        sockmap_refused: None,
         mptcp_enabled: Some(1),
         cap_eff: Some(0x1ff_ffff_ffff),
         kernel: Some((6, 18)),
@@ -73,6 +74,30 @@ fn relay_uring_without_io_uring_is_a_warning_with_its_fix() {
     assert!(got.detail.contains("falls back to auto") && got.detail.contains("EPERM"), "{}", got.detail);
     assert!(got.fix.as_deref().is_some_and(|x| x.contains("kernel.io_uring_disabled=0")));
     assert_eq!(exit_code(&fs), 0, "a warning, not a failure: it still relays");
+}
+
+#[test]
+fn relay_sockmap_refused_is_a_warning_with_its_fix_only_where_asked() {
+    let refused = Facts { sockmap_refused: Some("bpf(BPF_MAP_CREATE) was refused (EPERM)".into()), ..good() };
+    let plain = parse_str(CONFIG, "t").unwrap();
+    let got = audit(&plain, &refused);
+    assert_eq!(find(&got, "sockmap").level, Level::Ok, "not asked for: {}", render(&got));
+    assert_eq!(
+        find(&audit(&plain, &good()), "sockmap").detail,
+        "available (relay: sockmap could use it; this config does not ask for it)"
+    );
+    // The global setting or one route asking is enough.
+    let global = parse_str(&format!("relay: sockmap\n{CONFIG}"), "t").unwrap();
+    let route = parse_str(&format!("{CONFIG}    relay: sockmap\n"), "t").unwrap();
+    for c in [global, route] {
+        assert_eq!(find(&audit(&c, &good()), "sockmap").detail, "available: relay: sockmap uses it");
+        let fs = audit(&c, &refused);
+        let got = find(&fs, "sockmap");
+        assert_eq!(got.level, Level::Warn, "{}", render(&fs));
+        assert!(got.detail.contains("falls back to auto") && got.detail.contains("EPERM"), "{}", got.detail);
+        assert!(got.fix.as_deref().is_some_and(|x| x.contains("CAP_BPF") && x.contains("seccomp")), "{:?}", got.fix);
+        assert_eq!(exit_code(&fs), 0, "a warning, not a failure: it still relays");
+    }
 }
 
 #[test]

@@ -87,8 +87,18 @@ pub fn collect(src: Sources<'_>) -> Snapshot {
                         .filter(|(_, n)| *n > 0)
                         .collect(),
                 },
-                client_to_upstream: Bytes { spliced: r.bytes[0][0], copied: r.bytes[0][1], uring: r.bytes[0][2] },
-                upstream_to_client: Bytes { spliced: r.bytes[1][0], copied: r.bytes[1][1], uring: r.bytes[1][2] },
+                client_to_upstream: Bytes {
+                    spliced: r.bytes[0][0],
+                    copied: r.bytes[0][1],
+                    uring: r.bytes[0][2],
+                    sockmap: r.bytes[0][3],
+                },
+                upstream_to_client: Bytes {
+                    spliced: r.bytes[1][0],
+                    copied: r.bytes[1][1],
+                    uring: r.bytes[1][2],
+                    sockmap: r.bytes[1][3],
+                },
                 connect_attempts: r.connect_attempts,
                 connect_failures: r.connect_failures,
                 retries: r.retries,
@@ -340,9 +350,9 @@ mod tests {
                 route: r,
                 upstream: Some(u),
                 reason: CloseReason::Clean,
-                client_to_upstream: [10, 1, 0],
-                upstream_to_client: [20, 2, 0],
-                reported: [[0; 3]; 2],
+                client_to_upstream: [10, 1, 0, 0],
+                upstream_to_client: [20, 2, 0, 0],
+                reported: [[0; 4]; 2],
                 connect_time: Some(Duration::from_micros(100 * (i as u64 + 1))),
                 first_byte_time: None,
                 duration: Duration::from_millis(5),
@@ -358,7 +368,7 @@ mod tests {
         let web = &snap.routes[0];
         assert_eq!((web.sessions.accepted, web.sessions.active), (4, 2));
         assert_eq!(web.sessions.closed.get("clean"), Some(&2));
-        assert_eq!(web.client_to_upstream, Bytes { spliced: 20, copied: 2, uring: 0 });
+        assert_eq!(web.client_to_upstream, Bytes { spliced: 20, copied: 2, uring: 0, sockmap: 0 });
         assert_eq!(web.upstream_to_client.total(), 44);
         assert_eq!(web.connect_time.count, 2);
         assert_eq!(web.upstreams[0].sessions, 2);
@@ -378,9 +388,9 @@ mod tests {
             route,
             upstream: Some(upstream),
             reason: CloseReason::Clean,
-            client_to_upstream: [10, 0, 0],
-            upstream_to_client: [10, 0, 0],
-            reported: [[0; 3]; 2],
+            client_to_upstream: [10, 0, 0, 0],
+            upstream_to_client: [10, 0, 0, 0],
+            reported: [[0; 4]; 2],
             connect_time: Some(Duration::from_micros(100)),
             first_byte_time: None,
             duration: Duration::from_millis(5),

@@ -63,11 +63,15 @@ pub enum CloseReason {
     /// listener, or the client is one of sluice's own pass-through
     /// connections come back (reset right after accept).
     Loop,
+    /// `relay: sockmap`: the kernel held more of a direction's bytes than
+    /// its bound (the reader fell that far behind; the kernel cannot push
+    /// back on the sender): both sides reset.
+    SockmapOverflow,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order (the counter index).
-    pub const ALL: [CloseReason; 21] = [
+    pub const ALL: [CloseReason; 22] = [
         CloseReason::Clean,
         CloseReason::ClientReset,
         CloseReason::UpstreamReset,
@@ -89,6 +93,7 @@ impl CloseReason {
         CloseReason::RateLimited,
         CloseReason::Overloaded,
         CloseReason::Loop,
+        CloseReason::SockmapOverflow,
     ];
 
     /// A stable lowercase name for logs and metric labels.
@@ -115,6 +120,7 @@ impl CloseReason {
             CloseReason::RateLimited => "rate_limited",
             CloseReason::Overloaded => "overload",
             CloseReason::Loop => "loop",
+            CloseReason::SockmapOverflow => "sockmap_overflow",
         }
     }
 }

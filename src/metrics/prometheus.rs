@@ -69,7 +69,8 @@ pub fn render(snap: &Snapshot) -> String {
     let mut bytes = Vec::new();
     for r in &snap.routes {
         for (dir, b) in [("client_to_upstream", r.client_to_upstream), ("upstream_to_client", r.upstream_to_client)] {
-            for (mode, n) in [("spliced", b.spliced), ("copied", b.copied), ("uring", b.uring)] {
+            for (mode, n) in [("spliced", b.spliced), ("copied", b.copied), ("uring", b.uring), ("sockmap", b.sockmap)]
+            {
                 let labels = vec![("route", r.name.clone()), ("direction", dir.to_owned()), ("mode", mode.to_owned())];
                 bytes.push((labels, n as f64));
             }
@@ -313,7 +314,7 @@ mod tests {
         let mut r = RouteSnapshot {
             name: "web".into(),
             sessions: SessionCounts { accepted: 7, active: 1, ..Default::default() },
-            client_to_upstream: Bytes { spliced: 1000, copied: 24, uring: 0 },
+            client_to_upstream: Bytes { spliced: 1000, copied: 24, uring: 0, sockmap: 0 },
             ..Default::default()
         };
         r.sessions.closed.insert("clean".into(), 6);

@@ -18,7 +18,7 @@ pub struct Snapshot {
     /// The git commit it was built from (`unknown` outside git).
     #[serde(default)]
     pub commit: String,
-    /// The relay modes this build can run here, comma-separated (`uring` only where io_uring may be set up).
+    /// The relay modes this build can run here, comma-separated (`uring` only where io_uring may be set up, `sockmap` only where a BPF sockhash may be made).
     #[serde(default)]
     pub relay_modes: String,
     /// When the process started, seconds since the Unix epoch.
@@ -90,21 +90,24 @@ impl Snapshot {
                 spliced: a.spliced + b.spliced,
                 copied: a.copied + b.copied,
                 uring: a.uring + b.uring,
+                sockmap: a.sockmap + b.sockmap,
             })
         };
         let (up, down) = (sum(&|r| r.client_to_upstream), sum(&|r| r.upstream_to_client));
         let closed: Vec<String> = closed.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!(
-            "{accepted} sessions accepted; closed: {}; bytes client→upstream {} spliced + {} copied + {} uring, \
-             upstream→client {} spliced + {} copied + {} uring; {} pumps copied for want of a pipe; {} accepts hit the fd limit; \
+            "{accepted} sessions accepted; closed: {}; bytes client→upstream {} spliced + {} copied + {} uring + {} sockmap, \
+             upstream→client {} spliced + {} copied + {} uring + {} sockmap; {} pumps copied for want of a pipe; {} accepts hit the fd limit; \
              {} upstream connections failed locally",
             if closed.is_empty() { "none".to_owned() } else { closed.join(" ") },
             up.spliced,
             up.copied,
             up.uring,
+            up.sockmap,
             down.spliced,
             down.copied,
             down.uring,
+            down.sockmap,
             self.pipes.copy_fallbacks,
             self.accept.fd_exhausted,
             self.local_errors.values().sum::<u64>()
@@ -175,12 +178,16 @@ pub struct Bytes {
     /// Through the worker's io_uring (`relay: uring`).
     #[serde(default)]
     pub uring: u64,
+    /// Inside the kernel, from socket to socket (`relay: sockmap`); an
+    /// older process's JSON has none.
+    #[serde(default)]
+    pub sockmap: u64,
 }
 
 impl Bytes {
-    /// Both together.
+    /// All the ways together.
     pub fn total(&self) -> u64 {
-        self.spliced + self.copied + self.uring
+        self.spliced + self.copied + self.uring + self.sockmap
     }
 }
 
@@ -399,4 +406,17 @@ pub struct LimitsSnapshot {
     pub max_fds: u64,
     /// File descriptors open now.
     pub open_fds: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bytes;
+
+    #[test]
+    fn bytes_from_an_older_process_read_with_no_sockmap_column() {
+        let b: Bytes = serde_json::from_str(r#"{"spliced":5,"copied":2}"#).expect("an older process's bytes");
+        assert_eq!(b, Bytes { spliced: 5, copied: 2, uring: 0, sockmap: 0 });
+        let now = Bytes { sockmap: 7, ..b };
+        assert_eq!(now.total(), 14, "bytes relayed in the kernel count in the total");
+    }
 }

@@ -56,8 +56,8 @@ pub struct RouteStats {
     pub accepted: u64,
     /// Sessions closed, indexed like `CloseReason::ALL`.
     pub closed: [u64; CloseReason::ALL.len()],
-    /// `[client→upstream, upstream→client][spliced, copied, uring]` bytes.
-    pub bytes: [[u64; 3]; 2],
+    /// `[client→upstream, upstream→client][spliced, copied, uring, sockmap]` bytes.
+    pub bytes: [[u64; 4]; 2],
     /// Upstream connect attempts.
     pub connect_attempts: u64,
     /// Upstream connect failures.
@@ -84,7 +84,7 @@ impl Default for RouteStats {
         RouteStats {
             accepted: 0,
             closed: [0; CloseReason::ALL.len()],
-            bytes: [[0; 3]; 2],
+            bytes: [[0; 4]; 2],
             connect_attempts: 0,
             connect_failures: 0,
             retries: 0,
@@ -211,8 +211,8 @@ impl WorkerStats {
         self.upstreams.iter().enumerate().map(|(id, s)| (UpstreamKey { id, generation: s.generation }, &s.stats))
     }
 
-    /// Bytes a running session moved since it last reported (`[c2u, u2c][spliced, copied, uring]`).
-    pub fn bytes_moved(&mut self, route: usize, delta: [[u64; 3]; 2]) {
+    /// Bytes a running session moved since it last reported (`[c2u, u2c][spliced, copied, uring, sockmap]`).
+    pub fn bytes_moved(&mut self, route: usize, delta: [[u64; 4]; 2]) {
         let r = self.route(route);
         for (into, from) in r.bytes.iter_mut().flatten().zip(delta.iter().flatten()) {
             *into += from;
@@ -222,7 +222,7 @@ impl WorkerStats {
     /// A finished session (its bytes minus what it reported while running).
     pub fn session_closed(&mut self, s: &SessionRecord) {
         let totals = [s.client_to_upstream, s.upstream_to_client];
-        let mut rest = [[0; 3]; 2];
+        let mut rest = [[0; 4]; 2];
         for ((out, total), reported) in
             rest.iter_mut().flatten().zip(totals.iter().flatten()).zip(s.reported.iter().flatten())
         {
@@ -262,12 +262,12 @@ pub struct SessionRecord {
     pub upstream: Option<UpstreamKey>,
     /// Why it ended.
     pub reason: CloseReason,
-    /// [spliced, copied, uring] bytes client → upstream.
-    pub client_to_upstream: [u64; 3],
-    /// [spliced, copied, uring] bytes upstream → client.
-    pub upstream_to_client: [u64; 3],
+    /// [spliced, copied, uring, sockmap] bytes client → upstream.
+    pub client_to_upstream: [u64; 4],
+    /// [spliced, copied, uring, sockmap] bytes upstream → client.
+    pub upstream_to_client: [u64; 4],
     /// Of those, what was already counted while the session ran (`bytes_moved`).
-    pub reported: [[u64; 3]; 2],
+    pub reported: [[u64; 4]; 2],
     /// Time the successful connect took.
     pub connect_time: Option<Duration>,
     /// Connected to first upstream byte.
@@ -322,9 +322,9 @@ mod tests {
             route: 0,
             upstream: Some(upstream),
             reason: CloseReason::Clean,
-            client_to_upstream: [1, 0, 0],
-            upstream_to_client: [1, 0, 0],
-            reported: [[0; 3]; 2],
+            client_to_upstream: [1, 0, 0, 0],
+            upstream_to_client: [1, 0, 0, 0],
+            reported: [[0; 4]; 2],
             connect_time: Some(Duration::from_micros(100)),
             first_byte_time: None,
             duration: Duration::from_millis(1),
@@ -340,9 +340,9 @@ mod tests {
             route: 2,
             upstream: Some(key(1, 0)),
             reason: CloseReason::Clean,
-            client_to_upstream: [100, 5, 0],
-            upstream_to_client: [0, 7, 3],
-            reported: [[0; 3]; 2],
+            client_to_upstream: [100, 5, 0, 0],
+            upstream_to_client: [0, 7, 3, 0],
+            reported: [[0; 4]; 2],
             connect_time: Some(Duration::from_micros(250)),
             first_byte_time: Some(Duration::from_millis(100)),
             duration: Duration::from_secs(2),
@@ -350,7 +350,7 @@ mod tests {
         });
         let r = &st.routes[2];
         assert_eq!(r.closed[CloseReason::Clean as usize], 1);
-        assert_eq!(r.bytes, [[100, 5, 0], [0, 7, 3]]);
+        assert_eq!(r.bytes, [[100, 5, 0, 0], [0, 7, 3, 0]]);
         assert_eq!(r.connect_time.len(), 1);
         assert!(r.first_byte_time.equivalent(r.first_byte_time.value_at_quantile(0.5), 100_000));
         let up = st.upstream_stats(key(1, 0)).unwrap();
@@ -362,21 +362,21 @@ mod tests {
     #[test]
     fn bytes_reported_while_running_are_not_counted_again_at_close() {
         let mut st = WorkerStats::default();
-        st.bytes_moved(0, [[100, 0, 0], [0, 50, 0]]);
-        assert_eq!(st.routes[0].bytes, [[100, 0, 0], [0, 50, 0]], "visible while the session runs");
+        st.bytes_moved(0, [[100, 0, 0, 0], [0, 50, 0, 0]]);
+        assert_eq!(st.routes[0].bytes, [[100, 0, 0, 0], [0, 50, 0, 0]], "visible while the session runs");
         st.session_closed(&SessionRecord {
             route: 0,
             upstream: None,
             reason: CloseReason::Clean,
-            client_to_upstream: [150, 0, 0],
-            upstream_to_client: [0, 50, 0],
-            reported: [[100, 0, 0], [0, 50, 0]],
+            client_to_upstream: [150, 0, 0, 0],
+            upstream_to_client: [0, 50, 0, 0],
+            reported: [[100, 0, 0, 0], [0, 50, 0, 0]],
             connect_time: None,
             first_byte_time: None,
             duration: Duration::from_secs(1),
             tcp_info: None,
         });
-        assert_eq!(st.routes[0].bytes, [[150, 0, 0], [0, 50, 0]], "the total, once");
+        assert_eq!(st.routes[0].bytes, [[150, 0, 0, 0], [0, 50, 0, 0]], "the total, once");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! buffers (`copy.rs`) and `relay: uring`'s per-worker io_uring (`ring.rs`,
 //! `pump/uring.rs`); when a pipe grows (`grow.rs`); `relay: auto`'s choice
 //! between splice and copy by what each measured per byte (`cost.rs`, by the
-//! flow's message size: `auto.rs`); how busy a worker is (`load.rs`).
+//! flow's message size: `auto.rs`); how busy a worker is (`load.rs`);
+//! which modes the kernel allows and what a refused one falls back to
+//! (`modes.rs`).
 //! Sessions own pumps; workers own the `Resources` and feed their busy meter.
 
 pub mod auto;
@@ -11,6 +13,7 @@ pub mod copy;
 pub mod cost;
 pub mod grow;
 pub mod load;
+pub mod modes;
 pub mod pipe;
 pub mod pump;
 pub mod ring;
@@ -43,6 +46,10 @@ pub struct Resources {
     pub load: load::LoadMeter,
     /// The worker's io_uring, under `relay: uring`.
     pub ring: Option<ring::Ring>,
+    /// The worker's sockhash and verdict program, under `relay: sockmap`.
+    pub sockmap: Option<crate::sys::sockmap::Sockmap>,
+    /// Bytes the kernel holds between the sockets of this worker's sessions, as of their last looks.
+    pub sockmap_held: u64,
 }
 
 impl Resources {
@@ -56,6 +63,8 @@ impl Resources {
             costs: cost::Costs::default(),
             load: load::LoadMeter::new(std::time::Instant::now()),
             ring: None,
+            sockmap: None,
+            sockmap_held: 0,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Starting: the control socket, a predecessor's or systemd's sockets, the
 //! admin port, the workers, the route plan, then the control thread's loop
 //! (`event_loop.rs`); and the global settings the workers get, at start and on
-//! every reload.
+//! every reload (with the relay modes the kernel really allows: `relay/modes.rs`).
 
 use std::io;
 use std::sync::Arc;
@@ -18,11 +18,11 @@ use super::watch::FileWatch;
 use super::workers::{Exit, hand_out_surplus, start_worker};
 use super::{ControlThread, RunOptions, SIGNALS, ServerError, WAKE, io_err, worker_count};
 use crate::admin::AdminContext;
-use crate::config::{Config, units::fmt_size};
+use crate::config::{Config, RelayMode, units::fmt_size};
 use crate::listen::{Inherited, ListenError};
 use crate::metrics::{Registry, WorkerCounters};
 use crate::process::ProcessState;
-use crate::relay::pipe;
+use crate::relay::{modes, pipe};
 use crate::sys::rlimit;
 use crate::upstream::checker::Checker;
 use crate::upstream::discovery::{Resolved, Resolver};
@@ -142,7 +142,7 @@ pub(super) fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
     log::info!(
         "sluice {} running: generation {generation}, {workers} worker(s), relay {}, pipe size {}, max {} connections{}",
         env!("CARGO_PKG_VERSION"),
-        settings.relay,
+        relay_modes(&config, settings.relay),
         fmt_size(settings.pipe_size as u64),
         config.max_connections,
         if config.watch { ", watching the config file" } else { "" }
@@ -196,7 +196,15 @@ pub(super) fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
 /// What workers need to know of the global settings (re-sent on reload).
 pub(super) fn settings(config: &Config) -> WorkerSettings {
     WorkerSettings {
-        relay: relay_mode(config.relay),
+        relay: modes::effective(config.relay),
+        // A route of its own `relay: uring` needs the worker's ring as much as the global setting does.
+        ring: std::iter::once(config.relay)
+            .chain(config.routes.iter().filter_map(|r| r.relay))
+            .any(|m| modes::effective(m) == RelayMode::Uring),
+        // Likewise the worker's sockhash for `relay: sockmap`.
+        sockmap: std::iter::once(config.relay)
+            .chain(config.routes.iter().filter_map(|r| r.relay))
+            .any(|m| modes::effective(m) == RelayMode::Sockmap),
         pipe_size: effective_pipe_size(config.pipe_size),
         max_pooled_pipes: config.max_pooled_pipes,
         access_log: config.log.access.then_some(config.log.format),
@@ -204,25 +212,18 @@ pub(super) fn settings(config: &Config) -> WorkerSettings {
     }
 }
 
-/// The relay mode we can really have: `uring` only where io_uring can be
-/// set up, else `auto`, said once per process (a reload asking again says
-/// nothing new).
-fn relay_mode(wanted: crate::config::RelayMode) -> crate::config::RelayMode {
-    use crate::config::RelayMode;
-    use std::sync::atomic::AtomicBool;
-    static SAID: AtomicBool = AtomicBool::new(false);
-    if wanted != RelayMode::Uring {
-        return wanted;
-    }
-    match crate::relay::ring::probe() {
-        Ok(()) => wanted,
-        Err(why) => {
-            if !SAID.swap(true, Ordering::Relaxed) {
-                log::warn!("relay: uring is not available here: {why}; relaying with relay: auto instead");
-            }
-            RelayMode::Auto
-        }
-    }
+/// The relay modes sessions really get, for the running line: the global
+/// one, then each route whose own differs from it (after fallbacks):
+/// `auto (route fast: sockmap)`.
+fn relay_modes(config: &Config, global: RelayMode) -> String {
+    let own: Vec<String> = config
+        .routes
+        .iter()
+        .filter_map(|r| {
+            r.relay.map(modes::effective).filter(|m| *m != global).map(|m| format!("route {}: {m}", r.name))
+        })
+        .collect();
+    if own.is_empty() { global.to_string() } else { format!("{global} ({})", own.join(", ")) }
 }
 
 /// The pipe size we can really have: `pipe_size` capped at `fs.pipe-max-size`

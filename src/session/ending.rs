@@ -31,6 +31,8 @@ pub enum Due {
     DrainIdle,
     /// Time to look at a lingering survivor's send queue again.
     Linger,
+    /// `relay: sockmap`: time to look at what the kernel moved and holds.
+    Kernel,
 }
 
 /// How a session's sockets are closed.
@@ -87,7 +89,7 @@ impl End {
             Due::Idle => (CloseReason::IdleTimeout, CloseReason::IdleTimeoutAborted),
             Due::HalfClose => (CloseReason::HalfCloseTimeout, CloseReason::HalfCloseTimeoutAborted),
             Due::DrainIdle if quiet => (CloseReason::DrainIdle, CloseReason::DrainIdle),
-            Due::DrainIdle | Due::Header | Due::Hello | Due::Connect | Due::Linger => return None,
+            Due::DrainIdle | Due::Header | Due::Hello | Due::Connect | Due::Linger | Due::Kernel => return None,
         };
         Some(if quiet {
             End { reason: clean, ending: Ending::Fin }

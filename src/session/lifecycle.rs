@@ -234,6 +234,9 @@ impl Session {
         let pumps = Relay::pumps(self.relay_mode, self.route.socket.options(), (key, self.id), a.kept);
         let mut relay = Relay::new(a.upstream, pumps, a.client_ready, a.ready, header, now);
         relay.connect_time = connect_time;
+        if self.relay_mode == crate::config::RelayMode::Sockmap {
+            relay.with_kernel(&self.client, now);
+        }
         if reset_already {
             relay.upstream_reset_before_read();
         }

@@ -23,6 +23,7 @@
 //! - `claim.rs`: the claim on an upstream, held by the stages that have one and given back once;
 //! - `lifecycle.rs`: every stage change;
 //! - `relay.rs`: the relaying stage;
+//! - `kernel.rs`: `relay: sockmap`, the directions the kernel relays and how they come back;
 //! - `ending.rs`: the rules for how a session ends;
 //! - `linger.rs`: the wait before a reset;
 //! - `header.rs`: PROXY header I/O;
@@ -32,6 +33,7 @@
 mod claim;
 mod ending;
 pub mod header;
+mod kernel;
 mod lifecycle;
 mod linger;
 mod relay;
@@ -61,7 +63,7 @@ use crate::route::Route;
 use crate::timer::Deadline;
 
 /// Bytes delivered, `[client→upstream, upstream→client][spliced, copied, uring]`.
-pub type ByteCounts = [[u64; 3]; 2];
+pub type ByteCounts = [[u64; 4]; 2];
 
 /// One session. Its fields are its own: the worker reads them through
 /// methods and changes them only by asking (`claim`, `linger`, `close`,
@@ -177,7 +179,7 @@ impl Session {
             client_admitted: false,
             timer: None,
             started: now,
-            reported: [[0; 3]; 2],
+            reported: [[0; 4]; 2],
             last_access_line: now,
             queued: false,
         }
@@ -361,6 +363,13 @@ impl Session {
         &self.route.upstreams.upstreams[self.tried.last().unwrap_or(0)]
     }
 
+    /// How its pumps will move bytes, set again when its ClientHello chose
+    /// a route (before relaying: a relay keeps the pumps it started with).
+    pub fn set_relay_mode(&mut self, mode: RelayMode) {
+        debug_assert!(self.relay().is_none(), "the relay mode changes only before relaying");
+        self.relay_mode = mode;
+    }
+
     /// The relay, while relaying or lingering.
     pub fn relay(&self) -> Option<&Relay> {
         match &self.stage {
@@ -372,7 +381,7 @@ impl Session {
 
     /// Bytes delivered so far each way.
     pub fn bytes(&self) -> ByteCounts {
-        self.relay().map_or([[0; 3]; 2], Relay::bytes)
+        self.relay().map_or([[0; 4]; 2], Relay::bytes)
     }
 
     /// Time since the client was accepted.

@@ -1,17 +1,20 @@
 //! The relaying stage of a session: the upstream socket, the two pumps, the
 //! PROXY header still to send, and what a failure of either side means for
 //! the other. Owning the upstream socket here makes "relaying implies an
-//! upstream" a fact of the types.
+//! upstream" a fact of the types. Under `relay: sockmap` the kernel may
+//! hold either direction instead of its pump (`kernel.rs`).
 
 use std::io;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-use super::ending::{Due, End};
+use super::ending::{Due, End, Ending};
 use super::header::Outgoing;
+use super::kernel::Kernel;
 use super::{ByteCounts, Readiness, Side};
 use crate::config::{RelayMode, SocketOptions};
+use crate::metrics::CloseReason;
 use crate::relay::ring::Owner;
 use crate::relay::{DstFailed, Pump, Resources, SrcEnd};
 use crate::sys::socket_queue;
@@ -26,13 +29,21 @@ pub struct Relay {
     /// Upstream → client.
     pub u2c: Pump,
     /// The side that failed first, once one has.
-    failed: Option<Side>,
+    pub(super) failed: Option<Side>,
     /// Our PROXY header, while some of it is still to be written (before any relayed byte).
-    header_out: Option<Box<Outgoing>>,
+    pub(super) header_out: Option<Box<Outgoing>>,
     /// Last time a byte moved (idle timeouts).
-    last_active: Instant,
+    pub(super) last_active: Instant,
+    /// `relay: sockmap`: the kernel's part (`None` in other modes, or after the kernel refused this session).
+    pub(super) kernel: Option<Box<Kernel>>,
+    /// An event came for a socket the kernel relays from (a FIN, a reset, an error).
+    pub(super) kernel_ending: bool,
+    /// Sockets registered for their endings only, `[client, upstream]`.
+    pub(super) watched: [bool; 2],
+    /// The kernel held more than its bound: the session ends with resets.
+    pub(super) kernel_overflow: bool,
     /// When the upstream connected (first-byte time).
-    connected_at: Instant,
+    pub(super) connected_at: Instant,
     /// How long the successful connect took.
     pub connect_time: Duration,
     /// From the upstream connection to its first byte.
@@ -76,6 +87,10 @@ impl Relay {
             failed: None,
             header_out: header.map(Box::new),
             last_active: now,
+            kernel: None,
+            kernel_ending: false,
+            watched: [false; 2],
+            kernel_overflow: false,
             connected_at: now,
             connect_time: Duration::ZERO,
             first_byte_time: None,
@@ -89,6 +104,8 @@ impl Relay {
     /// `notsent_lowat` the pumps' stages set.
     pub fn pumps(mode: RelayMode, socket: &SocketOptions, owner: (usize, u64), kept: Option<Pump>) -> [Pump; 2] {
         let lowat = socket.stage_notsent_lowat();
+        // Under `relay: sockmap` the pumps relay what the kernel does not, as under `auto`.
+        let mode = if mode == RelayMode::Sockmap { RelayMode::Auto } else { mode };
         if mode == RelayMode::Uring {
             let (key, id) = owner;
             let c2u = kept.unwrap_or_else(|| Pump::uring(Owner { key, id, dir: 0 }).with_stage_lowat(lowat));
@@ -123,6 +140,9 @@ impl Relay {
         reader.src.readable |= ready.readable || ready.hup;
         reader.src.hup |= ready.hup;
         writer.dst.writable |= ready.writable;
+        if self.kernel.as_ref().is_some_and(|k| k.holds(side.index())) {
+            self.kernel_ending = true;
+        }
     }
 
     /// What is known of the client socket's readiness (for a session that
@@ -131,10 +151,11 @@ impl Relay {
         Readiness { readable: self.c2u.src.readable, hup: self.c2u.src.hup, writable: self.u2c.dst.writable }
     }
 
-    /// Bytes delivered each way, `[c2u, u2c][spliced, copied, uring]`.
+    /// Bytes delivered each way, `[c2u, u2c][spliced, copied, uring, sockmap]`.
     pub fn bytes(&self) -> ByteCounts {
-        let b = |p: &Pump| [p.spliced, p.copied, p.uring];
-        [b(&self.c2u), b(&self.u2c)]
+        let kernel = self.kernel_moved();
+        let b = |p: &Pump, k: u64| [p.spliced, p.copied, p.uring, k];
+        [b(&self.c2u, kernel[0]), b(&self.u2c, kernel[1])]
     }
 
     /// Last time a byte moved.
@@ -144,6 +165,13 @@ impl Relay {
 
     /// Runs both pumps and decides what follows.
     pub fn run(&mut self, client: &TcpStream, res: &mut Resources, now: Instant) -> Step {
+        if self.kernel_ending {
+            self.kernel_look(client, res, now);
+        }
+        if self.kernel_overflow {
+            return Step::End(End { reason: CloseReason::SockmapOverflow, ending: Ending::RESET_BOTH });
+        }
+        let held = self.kernel.as_ref().map_or([false; 2], |k| [k.holds(0), k.holds(1)]);
         let mut more = false;
         let mut progressed = false;
         let mut dst_failed = [None, None];
@@ -168,7 +196,7 @@ impl Relay {
             self.c2u.fin_by_close();
         }
         // A pump whose destination failed is dead: don't run it again.
-        if header_out && self.failed != Some(Side::Upstream) {
+        if header_out && self.failed != Some(Side::Upstream) && !held[0] {
             match self.c2u.run(client, &self.upstream, res) {
                 Ok(a) => {
                     (more, progressed) = (more | a.more, progressed | a.progressed);
@@ -183,7 +211,7 @@ impl Relay {
         if self.failed.is_none() && self.c2u.finished() {
             self.u2c.fin_by_close();
         }
-        if self.failed != Some(Side::Client) {
+        if self.failed != Some(Side::Client) && !held[1] {
             match self.u2c.run(&self.upstream, client, res) {
                 Ok(a) => {
                     (more, progressed) = (more | a.more, progressed | a.progressed);
@@ -227,6 +255,9 @@ impl Relay {
             Some(Side::Client) if self.u2c.is_uring() => _ = self.u2c.release(res),
             _ => {}
         }
+        if !more {
+            self.maybe_arm(client, res, progressed, now);
+        }
         match self.failed {
             // Pass the failure on once the failed side's last bytes are delivered.
             Some(failed) if self.from(failed).all_delivered() => Step::End(End::failed(failed)),
@@ -249,6 +280,7 @@ impl Relay {
     fn retryable_loss(&self) -> bool {
         self.failed.is_none()
             && self.first_byte_time.is_none()
+            && self.kernel_moved() == [0; 2]
             && self.u2c.delivered() == 0
             && self.u2c.pending() == 0
             && self.c2u.delivered() == 0
@@ -282,7 +314,12 @@ impl Relay {
 
     /// Nothing is in flight that we can see without a syscall: no side
     /// failed, no byte in a pipe or buffer, no PROXY header half-written.
-    fn nothing_pending(&self) -> bool {
+    pub(super) fn nothing_pending(&self) -> bool {
+        self.nothing_pending_but_kernel() && self.kernel.as_ref().is_none_or(|k| !k.holds_any())
+    }
+
+    /// `nothing_pending`, leaving out what the kernel may hold.
+    fn nothing_pending_but_kernel(&self) -> bool {
         self.failed.is_none() && self.header_out.is_none() && self.c2u.pending() == 0 && self.u2c.pending() == 0
     }
 
@@ -291,7 +328,9 @@ impl Relay {
     /// (closing a socket with unread bytes would reset it anyway).
     pub fn is_quiet(&self, client: &TcpStream) -> bool {
         let failed = |p: &Pump| matches!(p.src_end(), SrcEnd::Failed(_));
-        self.nothing_pending()
+        let kernel_quiet = self.kernel.as_ref().is_none_or(|k| k.holds_nothing_now(client, &self.upstream));
+        self.nothing_pending_but_kernel()
+            && kernel_quiet
             && !failed(&self.c2u)
             && !failed(&self.u2c)
             && socket_queue::unread(client).is_ok_and(|n| n == 0)
@@ -311,7 +350,11 @@ impl Relay {
         if let Some(after) = drain_idle.filter(|a| *a < due.0 && self.nothing_pending()) {
             due = (after, Due::DrainIdle);
         }
-        (self.last_active + due.0, due.1)
+        let at = self.last_active + due.0;
+        match self.kernel.as_ref().and_then(|k| k.next_check()) {
+            Some(check) if check < at => (check, Due::Kernel),
+            _ => (at, due.1),
+        }
     }
 
     /// How the timer of rule `due` ends this session (see `End::timeout`).
@@ -323,6 +366,7 @@ impl Relay {
     /// abandons their operations). Returns, per direction, whether bytes
     /// already taken from that direction's source will never be delivered.
     pub fn release(&mut self, res: &mut Resources) -> [bool; 2] {
+        self.release_kernel(res);
         [self.c2u.release(res), self.u2c.release(res)]
     }
 

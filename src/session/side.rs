@@ -14,6 +14,14 @@ pub enum Side {
 }
 
 impl Side {
+    /// The index of the direction that reads from this side (`[c2u, u2c]`), and of its socket in `[client, upstream]`.
+    pub fn index(self) -> usize {
+        match self {
+            Side::Client => 0,
+            Side::Upstream => 1,
+        }
+    }
+
     /// The other socket.
     pub fn other(self) -> Side {
         match self {

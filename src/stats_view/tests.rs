@@ -16,8 +16,8 @@ fn route(name: &str, accepted: u64, active: u64, up: u64, down: u64, spliced: u6
         name: name.into(),
         listen: "127.0.0.1:8080".into(),
         sessions: SessionCounts { accepted, active, ..Default::default() },
-        client_to_upstream: Bytes { spliced: spliced.min(up), copied: up - spliced.min(up), uring: 0 },
-        upstream_to_client: Bytes { spliced: 0, copied: down, uring: 0 },
+        client_to_upstream: Bytes { spliced: spliced.min(up), copied: up - spliced.min(up), uring: 0, sockmap: 0 },
+        upstream_to_client: Bytes { spliced: 0, copied: down, uring: 0, sockmap: 0 },
         ..Default::default()
     };
     r.sessions.closed.insert("clean".into(), accepted - active);

@@ -87,7 +87,7 @@ impl Worker {
         }
         let id = self.next_id;
         self.next_id += self.id_stride;
-        let relay = self.relay_mode();
+        let relay = self.relay_mode(&route);
         let accepted = Accepted { client, peer_addr: peer, listener: li, original_dst };
         let session = Session::new(id, route, accepted, relay, inspect.then(|| Arc::clone(&frontend)), now);
         let entry = self.sessions.vacant_entry();

@@ -117,7 +117,7 @@ impl Worker {
             self.upstream_verdict(key, claim, end.reason, relay.as_ref());
         }
         let s = &self.sessions[key];
-        let [up, down] = relay.as_ref().map_or([[0; 3]; 2], Relay::bytes);
+        let [up, down] = relay.as_ref().map_or([[0; 4]; 2], Relay::bytes);
         let record = SessionRecord {
             route: s.route().metric_id,
             upstream: relay.as_ref().map(|_| s.upstream().metric_id),
@@ -187,7 +187,7 @@ impl Worker {
                 running = true;
                 let bytes = s.bytes();
                 if bytes != s.reported() {
-                    let mut delta = [[0; 3]; 2];
+                    let mut delta = [[0; 4]; 2];
                     for ((d, b), r) in
                         delta.iter_mut().flatten().zip(bytes.iter().flatten()).zip(s.reported().iter().flatten())
                     {

@@ -86,6 +86,10 @@ impl Worker {
             return;
         };
         log::trace!("session {}: ClientHello chose route {}", s.id(), route.name);
+        // The chosen route's relay mode, not the address's first route's.
+        let mode = self.relay_mode(&route);
+        let s = &mut self.sessions[key];
+        s.set_relay_mode(mode);
         // Full already: with several routes on an address the listener can't
         // pause for one of them, so its clients are refused here.
         let full = route.at_limit();

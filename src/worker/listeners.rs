@@ -59,6 +59,7 @@ impl Worker {
             self.res.resize(settings.pipe_size, settings.max_pooled_pipes);
             self.settings = settings;
             self.ensure_ring();
+            self.ensure_sockmap();
         }
         if self.draining {
             return; // the new sockets close here; nothing listens during a drain

@@ -18,7 +18,8 @@
 //! removed routes, surplus sockets), `connect.rs` opens upstream
 //! connections, `close.rs` ends sessions (resets, the wait before a reset,
 //! accounting, access lines) and reports the bytes of running ones;
-//! `uring.rs` drives the io_uring of `relay: uring`.
+//! `uring.rs` drives the io_uring of `relay: uring`, `kernel.rs` the
+//! sockhash of `relay: sockmap` and its sessions' registrations.
 
 mod admit;
 mod capture;
@@ -26,6 +27,7 @@ mod close;
 mod closing;
 mod connect;
 mod hello;
+mod kernel;
 mod listeners;
 mod orders;
 mod sessions;
@@ -133,6 +135,7 @@ impl Worker {
             hello_buf: Vec::new(),
         };
         w.ensure_ring();
+        w.ensure_sockmap();
         w.set_routes(routes, settings, Instant::now());
         Ok(w)
     }

@@ -103,8 +103,12 @@ pub struct ListenerUpdate {
 /// The global settings a worker applies to new sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkerSettings {
-    /// Splice, copy, or auto (copy until a direction is bulk).
+    /// The mode of routes without their own `relay` (after fallbacks).
     pub relay: crate::config::RelayMode,
+    /// The global setting or a route relays with `uring`: the worker makes its ring.
+    pub ring: bool,
+    /// The global setting or a route relays with `sockmap`: the worker makes its sockhash.
+    pub sockmap: bool,
     /// Bytes per pipe and per copy buffer.
     pub pipe_size: usize,
     /// Spare pipes (and buffers) the worker keeps.

@@ -37,6 +37,9 @@ impl Worker {
     pub(super) fn relay(&mut self, key: usize, now: Instant) {
         let s = &mut self.sessions[key];
         let verdict = s.relay_step(&mut self.res, now);
+        if matches!(verdict, Verdict::Continue { .. }) {
+            self.sync_watch(key);
+        }
         self.apply(key, verdict, now);
     }
 
@@ -142,6 +145,11 @@ impl Worker {
         }
         match due {
             Due::Linger => return self.check_linger(key, now),
+            Due::Kernel => {
+                s.kernel_look(&mut self.res, now);
+                self.sync_watch(key);
+                return self.relay(key, now);
+            }
             Due::Connect => {
                 let e = io::Error::new(
                     io::ErrorKind::TimedOut,

@@ -18,6 +18,7 @@ use mio::unix::SourceFd;
 use super::{Worker, token};
 use crate::config::RelayMode;
 use crate::relay::ring::{Completion, Done, Ring};
+use crate::route::Route;
 
 /// Passes over the ring per loop turn, so one flow can't starve the rest of the loop.
 const MAX_PASSES: usize = 8;
@@ -25,10 +26,10 @@ const MAX_PASSES: usize = 8;
 const MAX_BUFFERS: usize = 1024;
 
 impl Worker {
-    /// Makes the ring if the settings ask for `relay: uring` and there is
-    /// none yet. On failure new sessions use `auto` (see `relay_mode`).
+    /// Makes the ring if the settings or a route ask for `relay: uring` and
+    /// there is none yet. On failure new sessions use `auto` (see `relay_mode`).
     pub(super) fn ensure_ring(&mut self) {
-        if self.settings.relay != RelayMode::Uring || self.res.ring.is_some() {
+        if !self.settings.ring || self.res.ring.is_some() {
             return;
         }
         let made = Ring::new(self.settings.pipe_size, MAX_BUFFERS).and_then(|ring| {
@@ -42,11 +43,12 @@ impl Worker {
         }
     }
 
-    /// The relay mode for a new session: the settings', unless they ask for
-    /// a ring this worker could not make.
-    pub(super) fn relay_mode(&self) -> RelayMode {
-        match self.settings.relay {
+    /// The relay mode for a new session of `route`: the route's own or the
+    /// settings', unless that asks for a ring this worker could not make.
+    pub(super) fn relay_mode(&self, route: &Route) -> RelayMode {
+        match route.relay.unwrap_or(self.settings.relay) {
             RelayMode::Uring if self.res.ring.is_none() => RelayMode::Auto,
+            RelayMode::Sockmap if self.res.sockmap.is_none() => RelayMode::Auto,
             m => m,
         }
     }

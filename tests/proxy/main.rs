@@ -30,6 +30,7 @@ macro_rules! both_modes {
                 fn uring() {
                     super::$body("uring");
                 }
+
             }
         )*
     };
@@ -52,11 +53,13 @@ mod pools;
 mod proxy_protocol;
 mod ratelimit;
 mod relay;
+mod relay_modes;
 mod reload;
 mod resilience;
 mod second_instance;
 mod sidecar;
 mod sni;
+mod sockmap;
 mod systemd;
 mod tproxy;
 mod tuning;

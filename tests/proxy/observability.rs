@@ -85,7 +85,8 @@ fn exact_counts(mode: &str) {
     let r = &v["routes"][0];
     assert_eq!(r["sessions"]["accepted"], n);
     assert_eq!(r["sessions"]["active"], 0);
-    let moved = |dir: &str| ["spliced", "copied", "uring"].map(|m| r[dir][m].as_u64().unwrap()).iter().sum::<u64>();
+    let moved =
+        |dir: &str| ["spliced", "copied", "uring", "sockmap"].map(|m| r[dir][m].as_u64().unwrap()).iter().sum::<u64>();
     let (up, down) = (moved("client_to_upstream"), moved("upstream_to_client"));
     assert_eq!((up, down), (up_total, 5000 * n), "{mode}: bytes in /stats");
     if mode == "uring" {
@@ -108,7 +109,7 @@ fn exact_counts(mode: &str) {
     let bytes = |dir: &str, how: &str| {
         sample(&m, &format!("sluice_bytes_total{{route=\"test\",direction=\"{dir}\",mode=\"{how}\"}}")) as u64
     };
-    let all = |dir: &str| bytes(dir, "spliced") + bytes(dir, "copied") + bytes(dir, "uring");
+    let all = |dir: &str| bytes(dir, "spliced") + bytes(dir, "copied") + bytes(dir, "uring") + bytes(dir, "sockmap");
     assert_eq!(all("client_to_upstream"), up_total);
     assert_eq!(all("upstream_to_client"), 5000 * n);
     assert_eq!(bytes("client_to_upstream", "uring"), if mode == "uring" { up_total } else { 0 });

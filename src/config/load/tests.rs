@@ -35,6 +35,30 @@ fn good_config_merges_defaults() {
 }
 
 #[test]
+fn relay_sockmap_is_a_mode_globally_and_per_route() {
+    use super::super::RelayMode;
+    let c = parse_str(&GOOD.replace("relay: copy", "relay: sockmap"), "proxy.yaml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.relay, RelayMode::Sockmap);
+    assert_eq!(c.routes[0].relay, None, "absent: the global one");
+    assert!(c.asks(RelayMode::Sockmap) && !c.asks(RelayMode::Uring));
+    let text = GOOD.replace("    idle_timeout: 1m\n", "    idle_timeout: 1m\n    relay: sockmap\n");
+    let c = parse_str(&text, "proxy.yaml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((c.relay, c.routes[0].relay, c.routes[1].relay), (RelayMode::Copy, Some(RelayMode::Sockmap), None));
+    assert!(c.asks(RelayMode::Sockmap), "one route asking is enough");
+    let text = GOOD.replace("    idle_timeout: 1m\n", "    idle_timeout: 1m\n    relay: uring\n");
+    assert_eq!(parse_str(&text, "proxy.yaml").unwrap().routes[0].relay, Some(RelayMode::Uring));
+}
+
+#[test]
+fn a_bad_route_relay_names_its_line_and_field() {
+    let e = err(&GOOD.replace("    idle_timeout: 1m\n", "    idle_timeout: 1m\n    relay: bpf\n"));
+    assert!(e.starts_with("proxy.yaml:12:12: routes[0].relay: unknown variant `bpf`"), "{e}");
+    assert!(e.contains("sockmap"), "the accepted modes are named: {e}");
+    let e = err(&GOOD.replace("relay: copy", "relay: sockhash"));
+    assert!(e.starts_with("proxy.yaml:2:8: relay: unknown variant `sockhash`"), "{e}");
+}
+
+#[test]
 fn notsent_lowat_defaults_to_256k_and_0_turns_it_off() {
     let lowat = |extra: &str| {
         let text = GOOD.replace("    idle_timeout: 1m\n", &format!("    idle_timeout: 1m\n{extra}"));

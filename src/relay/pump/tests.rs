@@ -143,6 +143,8 @@ fn without_a_pipe_the_splice_pump_copies_and_counts_it() {
         costs: Default::default(),
         load: super::super::load::LoadMeter::new(Instant::now()),
         ring: None,
+        sockmap: None,
+        sockmap_held: 0,
     };
     let data = payload(1 << 20, 17);
     let ((got, pump), res) = relay_with(res, Pump::new(true), data.clone(), false);

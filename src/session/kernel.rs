@@ -1,0 +1,452 @@
+//! `relay: sockmap`: a relaying session's directions handed to the kernel,
+//! which moves each arriving segment from one socket to the other
+//! (`sys::sockmap`) while the worker sleeps, and taken back for endings.
+//!
+//! A direction is relayed by its pump (`User`), by the kernel (`Armed`), is
+//! on its way back after its source ended (`Draining`: bytes the kernel
+//! took may not have reached the destination yet), or is the pump's for
+//! good because the map refused it (`Refused`). Its pump runs only when it
+//! is the pump's, so no byte the pump writes can overtake one the kernel
+//! still holds. The rules, and why:
+//!
+//! - **Arm a direction only when its pump holds nothing and has just moved
+//!   bytes**, so the kernel's first byte comes after the pump's last, and a
+//!   session that sends nothing costs nothing (nor loses the retry of an
+//!   upstream that dies before a byte moved).
+//! - **What moved is counted, exactly.** `TCP_INFO` and the queue ioctls say
+//!   how much the kernel took from the source (`consumed`) and put into the
+//!   destination (`written`) since the arm; the latter is the direction's
+//!   `sockmap` byte count, and their difference is what the kernel holds
+//!   between the sockets (`in_flight`).
+//! - **A source stays in the kernel's relay for the session's life.** On
+//!   this kernel (6.18) a source taken out of the maps while segments
+//!   arrive loses or repeats bytes (`sys::sockmap`, "What this kernel
+//!   does", 3), and so does pausing it with the verdict program ("Pausing
+//!   a direction"). So a direction goes back to its pump only once its
+//!   source has ended (its FIN or reset has come: nothing more arrives) and
+//!   the kernel has written out what it took (`Draining`); the pump then
+//!   reads the end of the stream and passes it on by the rules every mode
+//!   follows (`ending.rs`): a FIN only after every byte. Closing the
+//!   sockets takes them out of the maps.
+//! - **The kernel has no backpressure**: a redirected segment's
+//!   receive-buffer charge is released at once, and the destination's queue
+//!   has no bound, so a sender faster than the reader fills the kernel. With
+//!   no safe way to hold the sender back, sluice bounds what the kernel
+//!   holds by ending the session: above `OVERFLOW` for a direction, or
+//!   `WORKER_CAP` for all of a worker's sessions, both sides are reset
+//!   (`sockmap_overflow`), never closed as if complete. The relay looks at
+//!   `in_flight` on a timer (`next_check`), closer together the faster
+//!   bytes move (`MIN_CHECK`..`MAX_CHECK`; `IDLE_CHECK` while quiet); the
+//!   bound is `OVERFLOW` plus what arrives between two looks.
+//! - **Endings wake the worker**: the sockets the kernel relays from are
+//!   watched for endings only (`sys::epoll`), and an ending makes the relay
+//!   look at once.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use crate::relay::Resources;
+use crate::sys::sockmap::Sockmap;
+use crate::sys::tcp_counters;
+
+/// Above this many bytes held by the kernel between a direction's
+/// sockets, the session is reset.
+pub const OVERFLOW: u64 = 64 << 20;
+/// Above this many bytes held by the kernel for all of a worker's
+/// sessions together, the session a look finds holding any is reset, and
+/// no session arms.
+pub const WORKER_CAP: u64 = 256 << 20;
+/// The soonest look after a look that saw bytes move.
+const MIN_CHECK: Duration = Duration::from_millis(1);
+/// The longest gap between looks while bytes move.
+const MAX_CHECK: Duration = Duration::from_millis(20);
+/// The longest gap between looks while nothing moves: each look costs a
+/// session six syscalls, so 10,000 quiet armed sessions cost 60,000 a second.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Who relays one direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    /// The pump.
+    User,
+    /// The kernel, since `Base`.
+    Armed(Base),
+    /// Its source ended; waiting until the kernel holds none of the direction's bytes.
+    Draining(Base),
+    /// The pump's for the rest of the session: the map refused the socket.
+    Refused,
+}
+
+/// A direction's counters when it was armed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Base {
+    /// The source's `consumed()`.
+    consumed: u64,
+    /// The destination's `written()`.
+    written: u64,
+    /// The direction's `moved` then.
+    moved: u64,
+    /// The source's `consumed()` at the last look (a drained direction's source has stopped).
+    seen: u64,
+}
+
+/// What changed at a look.
+#[derive(Debug, Default)]
+pub struct Look {
+    /// Bytes moved since the last look.
+    pub moved: bool,
+    /// Directions that came back to their pumps at this look, `[c2u, u2c]`.
+    pub returned: [bool; 2],
+    /// The kernel holds more than its bound: the session is to be reset.
+    pub overflow: bool,
+}
+
+/// The kernel's part of a relay under `relay: sockmap`.
+#[derive(Debug)]
+pub struct Kernel {
+    /// Socket cookies, `[client, upstream]`.
+    cookies: [u64; 2],
+    /// `[c2u, u2c]`.
+    dirs: [Dir; 2],
+    /// Bytes the kernel put into each direction's destination, `[c2u, u2c]`.
+    moved: [u64; 2],
+    /// What the kernel held of this session's bytes at the last look (counted in the worker's total).
+    held: u64,
+    /// When to look next (only while a direction is not the pump's).
+    next_check: Instant,
+    /// The gap before `next_check`.
+    interval: Duration,
+    /// Each direction's destination `written()` at the last look.
+    last_written: [u64; 2],
+}
+
+impl Kernel {
+    /// The kernel part of a relay between `client` and `upstream`, nothing armed yet.
+    pub fn new(client: &TcpStream, upstream: &TcpStream, now: Instant) -> io::Result<Kernel> {
+        Ok(Kernel {
+            cookies: [Sockmap::cookie(client)?, Sockmap::cookie(upstream)?],
+            dirs: [Dir::User; 2],
+            moved: [0; 2],
+            held: 0,
+            next_check: now,
+            interval: MIN_CHECK,
+            last_written: [0; 2],
+        })
+    }
+
+    /// Bytes the kernel has moved, `[c2u, u2c]`, as of the last look.
+    pub fn moved(&self) -> [u64; 2] {
+        self.moved
+    }
+
+    /// Whether direction `d` (0: c2u, 1: u2c) is the kernel's: its pump must not run.
+    pub fn holds(&self, d: usize) -> bool {
+        matches!(self.dirs[d], Dir::Armed(_) | Dir::Draining(_))
+    }
+
+    /// Whether any direction is the kernel's.
+    pub fn holds_any(&self) -> bool {
+        self.holds(0) || self.holds(1)
+    }
+
+    /// Whether direction `d` may be armed (the map did not refuse it).
+    pub fn may_arm(&self, d: usize) -> bool {
+        self.dirs[d] == Dir::User
+    }
+
+    /// When to look next, while the kernel holds a direction.
+    pub fn next_check(&self) -> Option<Instant> {
+        self.holds_any().then_some(self.next_check)
+    }
+
+    /// What this session counts in its worker's total (taken out at its close).
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// Hands the chosen directions (`[c2u, u2c]`, each with its pump
+    /// holding nothing) to the kernel. A direction the map refuses stays
+    /// its pump's for the rest of the session; an error reading the
+    /// counters arms nothing.
+    pub fn arm(
+        &mut self,
+        map: &Sockmap,
+        which: [bool; 2],
+        client: &TcpStream,
+        upstream: &TcpStream,
+        now: Instant,
+    ) -> io::Result<()> {
+        let (c, u) = (tcp_counters::read_still(client)?, tcp_counters::read_still(upstream)?);
+        let ends = [(client, upstream, &c, &u), (upstream, client, &u, &c)];
+        for (d, (src, dst, src_n, dst_n)) in ends.into_iter().enumerate() {
+            if !which[d] || self.dirs[d] != Dir::User {
+                continue;
+            }
+            if let Err(e) = map.arm(src, self.cookies[d], dst) {
+                // This direction stays its pump's (a socket the map does not take, the map
+                // full); one armed a moment ago stays armed: taking a source out of the
+                // kernel's relay is safe only once nothing more arrives on it.
+                let _ = map.forget(self.cookies[d]);
+                self.dirs[d] = Dir::Refused;
+                log::debug!("sockmap: cannot arm direction {d} ({e}): its pump relays it");
+                continue;
+            }
+            let consumed = src_n.consumed();
+            log::trace!("sockmap: direction {d} armed at {consumed} consumed");
+            self.last_written[d] = dst_n.written();
+            self.dirs[d] =
+                Dir::Armed(Base { consumed, written: dst_n.written(), moved: self.moved[d], seen: consumed });
+            // Bytes that arrived before the attach are relayed once the kernel looks at the socket.
+            if let Err(e) = Sockmap::kick(src) {
+                log::debug!("sockmap: kick: {e}");
+            }
+        }
+        (self.interval, self.next_check) = (MIN_CHECK, now + MIN_CHECK);
+        Ok(())
+    }
+
+    fn base_of(&self, d: usize) -> Base {
+        match self.dirs[d] {
+            Dir::Armed(b) | Dir::Draining(b) => b,
+            Dir::User | Dir::Refused => Base { consumed: 0, written: 0, moved: self.moved[d], seen: 0 },
+        }
+    }
+
+    /// Looks at the counters: what moved, what the kernel holds. A
+    /// direction whose source has ended (a FIN or a reset: nothing more
+    /// arrives) returns to its pump once the kernel holds none of its bytes
+    /// (or its destination is gone). More than `OVERFLOW` held for a
+    /// direction, or `WORKER_CAP` for the worker (`worker_held` is its
+    /// total, kept up to date here), is an overflow. Returns what changed.
+    pub fn look(&mut self, client: &TcpStream, upstream: &TcpStream, worker_held: &mut u64, now: Instant) -> Look {
+        let mut look = Look::default();
+        let (Ok(c), Ok(u)) = (tcp_counters::read(client), tcp_counters::read(upstream)) else {
+            // A socket that cannot say (it never should; one that failed says so with an
+            // event): look again soon. Nothing is taken back blind.
+            self.next_check = now + MIN_CHECK;
+            return look;
+        };
+        let mut held = 0u64;
+        let mut fastest = 0u64;
+        for (d, (src, dst)) in [(&c, &u), (&u, &c)].into_iter().enumerate() {
+            if !self.holds(d) {
+                continue;
+            }
+            let mut b = self.base_of(d);
+            // A full socket that sent and then received a FIN is TCP_CLOSE, as is a
+            // reset one, and its FIN counts one byte: so a closed source is drained
+            // with one byte unaccounted for once the destination has stopped
+            // taking any (`settled`). A reset source's pump then reads its error.
+            let fin = src.fin_received();
+            let src_consumed = src.consumed_fin(fin);
+            let consumed = src_consumed.saturating_sub(b.consumed);
+            let written = dst.written().saturating_sub(b.written);
+            // `written` is read in two calls (acknowledged, then queued): one look may
+            // see less than the last did. The count only grows.
+            if b.moved + written > self.moved[d] {
+                look.moved = true;
+                fastest = fastest.max(b.moved + written - self.moved[d]);
+                self.moved[d] = b.moved + written;
+            }
+            let in_flight = consumed.saturating_sub(written);
+            log::trace!(
+                "sockmap: direction {d}: {:?}, consumed {consumed} written {written}, src {src:?} dst {dst:?}",
+                self.dirs[d]
+            );
+            let stopped = src_consumed == b.seen;
+            b.seen = src_consumed;
+            let settled = dst.written() == self.last_written[d] && dst.unacked == 0;
+            self.last_written[d] = dst.written();
+            let drained = stopped && (in_flight == 0 || (in_flight == 1 && src.closed() && settled));
+            self.dirs[d] = match self.dirs[d] {
+                Dir::Armed(_) if src.fin_received() || src.closed() => {
+                    // Nothing more arrives: the kernel has only to finish what it took. The
+                    // source stays in its maps; its close takes it out.
+                    log::trace!("sockmap: direction {d}'s source ended ({in_flight} in flight)");
+                    Dir::Draining(b)
+                }
+                Dir::Armed(_) if in_flight > OVERFLOW => {
+                    log::debug!("sockmap: direction {d}: the kernel holds {in_flight} bytes, over {OVERFLOW}");
+                    look.overflow = true;
+                    Dir::Armed(b)
+                }
+                // Drained, and the source is no longer consumed (a segment the redirect had in
+                // hand at the take-back is counted by now); or a destination that is gone and
+                // will never take the rest: its pump finds out by writing, and the session
+                // ends with a reset.
+                Dir::Draining(_) if drained || dst.closed() => {
+                    log::trace!("sockmap: direction {d} is its pump's again ({} moved)", self.moved[d]);
+                    look.returned[d] = true;
+                    Dir::User
+                }
+                Dir::Armed(_) => Dir::Armed(b),
+                Dir::Draining(_) => Dir::Draining(b),
+                other => other,
+            };
+            if self.holds(d) {
+                held += in_flight;
+            }
+        }
+        *worker_held = worker_held.saturating_sub(self.held) + held;
+        self.held = held;
+        if *worker_held > WORKER_CAP && held > 0 {
+            log::debug!("sockmap: the worker's sessions hold {worker_held} bytes, over {WORKER_CAP}");
+            look.overflow = true;
+        }
+        self.interval = if self.dirs.iter().any(|d| matches!(d, Dir::Draining(_))) {
+            MIN_CHECK
+        } else if look.moved {
+            // Closer looks the faster bytes move: about OVERFLOW / 16 between two.
+            let per_ms = (fastest / (self.interval.as_millis().max(1) as u64)).max(1);
+            Duration::from_millis((OVERFLOW / 16 / per_ms).clamp(1, MAX_CHECK.as_millis() as u64))
+        } else {
+            (self.interval * 2).min(IDLE_CHECK)
+        };
+        self.next_check = now + self.interval;
+        look
+    }
+
+    /// Whether the kernel holds none of this session's bytes right now
+    /// (a fresh look at the counters, changing nothing): a timeout may then
+    /// end the session with a FIN.
+    pub fn holds_nothing_now(&self, client: &TcpStream, upstream: &TcpStream) -> bool {
+        let (Ok(c), Ok(u)) = (tcp_counters::read(client), tcp_counters::read(upstream)) else { return false };
+        [(&c, &u), (&u, &c)].into_iter().enumerate().all(|(d, (src, dst))| {
+            if !self.holds(d) {
+                return true;
+            }
+            let b = self.base_of(d);
+            src.unread == 0 && src.consumed().saturating_sub(b.consumed) == dst.written().saturating_sub(b.written)
+        })
+    }
+
+    /// The session is ending: nothing waits for the kernel any more (its
+    /// sockets, closed next, leave the maps with their close).
+    pub fn release(&mut self, map: &Sockmap) {
+        for d in 0..2 {
+            if self.holds(d) {
+                let _ = map.disarm(self.cookies[d]);
+                let _ = map.forget(self.cookies[d]);
+                self.dirs[d] = Dir::User;
+            }
+        }
+    }
+}
+
+/// What the relay does with its kernel part.
+impl super::Relay {
+    /// Gives this relay a kernel part (`relay: sockmap`); without one it relays with its pumps alone.
+    pub fn with_kernel(&mut self, client: &TcpStream, now: Instant) {
+        match Kernel::new(client, &self.upstream, now) {
+            Ok(k) => self.kernel = Some(Box::new(k)),
+            Err(e) => log::debug!("sockmap: no socket cookie ({e}): this session relays with its pumps"),
+        }
+    }
+
+    /// Bytes the kernel moved, `[c2u, u2c]`.
+    pub fn kernel_moved(&self) -> [u64; 2] {
+        self.kernel.as_ref().map_or([0; 2], |k| k.moved())
+    }
+
+    /// After a run of the pumps that moved bytes: arms each direction whose
+    /// pump holds nothing and whose source has not ended, while no side
+    /// failed and no PROXY header is on its way.
+    pub(super) fn maybe_arm(&mut self, client: &TcpStream, res: &Resources, pumps_moved: bool, now: Instant) {
+        let (Some(k), Some(map)) = (self.kernel.as_mut(), res.sockmap.as_ref()) else { return };
+        if !pumps_moved || self.failed.is_some() || self.header_out.is_some() || res.sockmap_held > WORKER_CAP {
+            return;
+        }
+        let ready = |p: &crate::relay::Pump| {
+            p.pending() == 0 && p.src_end() == crate::relay::SrcEnd::Open && !p.finished() && !p.src.hup
+        };
+        let which = [ready(&self.c2u) && k.may_arm(0), ready(&self.u2c) && k.may_arm(1)];
+        if which == [false; 2] {
+            return;
+        }
+        if let Err(e) = k.arm(map, which, client, &self.upstream, now) {
+            // Refused for this pair (a socket type the map does not take, the map
+            // full): the pumps relay this session to its end.
+            log::debug!("sockmap: cannot arm ({e}): this session relays with its pumps");
+            if !k.holds_any() {
+                self.kernel = None;
+            }
+        }
+    }
+
+    /// The kernel part's timer, or an ending on a socket the kernel relays
+    /// from: counts what moved (bytes, last activity, the first byte back),
+    /// takes back or pauses what it must, and hands drained directions back
+    /// to their pumps, which then read whatever their sources hold.
+    pub fn kernel_look(&mut self, client: &TcpStream, res: &mut Resources, now: Instant) {
+        self.kernel_ending = false;
+        let Some(k) = self.kernel.as_mut() else { return };
+        let look = k.look(client, &self.upstream, &mut res.sockmap_held, now);
+        self.kernel_overflow |= look.overflow;
+        if look.moved {
+            self.last_active = now;
+            if self.first_byte_time.is_none() && k.moved()[1] > 0 {
+                // Known to the look's precision (a millisecond or a few).
+                self.first_byte_time = Some(now.saturating_duration_since(self.connected_at));
+            }
+        }
+        for d in 0..2 {
+            if look.returned[d] {
+                let p = if d == 0 { &mut self.c2u } else { &mut self.u2c };
+                // Its source may hold bytes, or its end, that no event will report again.
+                p.src.readable = true;
+                p.dst.writable = true;
+            }
+        }
+    }
+
+    /// The relay is closing: nothing stays with the kernel, and what it
+    /// held leaves the worker's total.
+    pub(super) fn release_kernel(&mut self, res: &mut Resources) {
+        if let (Some(k), Some(map)) = (self.kernel.as_mut(), res.sockmap.as_ref()) {
+            res.sockmap_held = res.sockmap_held.saturating_sub(k.held());
+            k.release(map);
+        }
+    }
+
+    /// Sockets whose registration should change: `Some(true)` to be watched
+    /// for endings only (the kernel relays from it), `Some(false)` back to
+    /// readable and writable; `[client, upstream]`. The caller registers and
+    /// then calls `watching`.
+    pub fn watch_changes(&self) -> [Option<bool>; 2] {
+        let want = self.kernel.as_ref().map_or([false; 2], |k| [k.holds(0), k.holds(1)]);
+        [0, 1].map(|i| (want[i] != self.watched[i]).then_some(want[i]))
+    }
+
+    /// Socket `side` is now registered for endings only (`true`) or normally.
+    pub fn watching(&mut self, side: super::Side, endings_only: bool) {
+        self.watched[side.index()] = endings_only;
+    }
+}
+
+/// The session's side of its relay's kernel part, for the worker.
+impl super::Session {
+    /// The kernel part's timer fired (`Due::Kernel`).
+    pub fn kernel_look(&mut self, res: &mut Resources, now: Instant) {
+        if let super::Stage::Relaying(r, _) = &mut self.stage {
+            r.kernel_look(&self.client, res, now);
+        }
+    }
+
+    /// Brings the sockets' registrations in line with what the kernel
+    /// relays: `register(side, socket, endings_only)` is the worker's.
+    pub fn sync_watch(
+        &mut self,
+        mut register: impl FnMut(super::Side, &mut TcpStream, bool) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let super::Stage::Relaying(r, _) = &mut self.stage else { return Ok(()) };
+        for (side, change) in [super::Side::Client, super::Side::Upstream].into_iter().zip(r.watch_changes()) {
+            let Some(endings_only) = change else { continue };
+            let socket = if side == super::Side::Client { &mut self.client } else { &mut r.upstream };
+            register(side, socket, endings_only)?;
+            r.watching(side, endings_only);
+        }
+        Ok(())
+    }
+}
