@@ -24,6 +24,7 @@
 //! - `lifecycle.rs`: every stage change;
 //! - `relay.rs`: the relaying stage;
 //! - `kernel.rs`: `relay: sockmap`, the directions the kernel relays and how they come back;
+//! - `relay_kernel.rs`: what the relay and the session do with that kernel part (arming, the timer's look, the sockets' registrations);
 //! - `ending.rs`: the rules for how a session ends;
 //! - `linger.rs`: the wait before a reset;
 //! - `header.rs`: PROXY header I/O;
@@ -37,6 +38,7 @@ mod kernel;
 mod lifecycle;
 mod linger;
 mod relay;
+mod relay_kernel;
 mod side;
 mod stage;
 mod tried;
