@@ -124,6 +124,10 @@ fn a_256_mib_mptcp_upload_survives_one_path_taken_down() {
     let c = p.connect(true);
     let written = Arc::new(AtomicU64::new(0));
     let (w, mut cw) = (Arc::clone(&written), c.try_clone().expect("clone"));
+    // Bytes in flight on the path taken down wait for its retransmission timer before the
+    // second subflow carries them again; on a busy machine that stalled a write past the
+    // test-wide 30 s (a CI run). Bounded still, as the read below is.
+    cw.set_write_timeout(Some(Duration::from_secs(120))).expect("timeout");
     let writer = std::thread::spawn(move || -> io::Result<()> {
         let mut counting = Counting { inner: &mut cw, written: &w };
         write_stream(&mut counting, 41, len)?;
