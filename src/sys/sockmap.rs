@@ -167,8 +167,6 @@
 //! parser: the kernel then runs it on each skb as it arrives, with no
 //! strparser (`BPF_SK_SKB_VERDICT` would do the same).
 
-#![allow(unsafe_code)]
-
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
@@ -270,7 +268,7 @@ impl Sockmap {
     /// The socket's cookie (`SO_COOKIE`): the kernel's 64-bit id of the
     /// socket, never reused while the machine runs.
     pub fn cookie(s: &impl AsFd) -> io::Result<u64> {
-        getsockopt_u64(s, nix::libc::SOL_SOCKET, nix::libc::SO_COOKIE)
+        socket2::SockRef::from(s).cookie()
     }
 
     /// Arms one direction: bytes arriving on `src` are sent out of `dst`
@@ -315,7 +313,7 @@ impl Sockmap {
     /// socket's `sk_data_ready`, which is the program's entry. Copies
     /// nothing to userspace.
     pub fn kick(src: &impl AsFd) -> io::Result<()> {
-        set_int(src, nix::libc::SOL_SOCKET, nix::libc::SO_RCVLOWAT, 1)
+        super::sockopt::set_int(src, nix::libc::SOL_SOCKET, nix::libc::SO_RCVLOWAT, 1)
     }
 }
 
@@ -326,32 +324,4 @@ impl Sockmap {
 /// `EBUSY` (a psock with other programs), from net/core/sock_map.c.
 pub fn refuses(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(nix::libc::EOPNOTSUPP | nix::libc::EINVAL | nix::libc::EBUSY | nix::libc::E2BIG))
-}
-
-/// `getsockopt` of a u64 value.
-fn getsockopt_u64(s: &impl AsFd, level: i32, name: i32) -> io::Result<u64> {
-    let mut v = 0u64;
-    let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
-    // SAFETY: the fd is open for the borrow's lifetime; `v` and `len` are
-    // live locals and `len` is the size of `v`.
-    let rc = unsafe {
-        nix::libc::getsockopt(s.as_fd().as_raw_fd(), level, name, std::ptr::from_mut(&mut v).cast(), &mut len)
-    };
-    if rc == 0 { Ok(v) } else { Err(io::Error::last_os_error()) }
-}
-
-/// `setsockopt` of an int value.
-fn set_int(s: &impl AsFd, level: i32, name: i32, v: nix::libc::c_int) -> io::Result<()> {
-    // SAFETY: the fd is open for the borrow's lifetime; `v` is a live
-    // c_int and its exact size is passed.
-    let rc = unsafe {
-        nix::libc::setsockopt(
-            s.as_fd().as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref(&v).cast(),
-            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }

@@ -212,7 +212,7 @@ pub fn tcp_info(s: &impl AsFd) -> io::Result<(u32, u32)> {
 
 /// `setsockopt` with an int value, for the options neither socket2 nor nix wrap.
 #[allow(unsafe_code)]
-fn set_int(s: &impl AsFd, level: i32, name: i32, value: u32) -> io::Result<()> {
+pub(super) fn set_int(s: &impl AsFd, level: i32, name: i32, value: u32) -> io::Result<()> {
     let v = nix::libc::c_int::try_from(value).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: the fd is open for the borrow's lifetime; we pass a pointer to
     // a live c_int and its exact size, as setsockopt(2) requires.
