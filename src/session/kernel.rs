@@ -89,6 +89,8 @@ struct Base {
     moved: u64,
     /// The source's `consumed()` at the last look (a drained direction's source has stopped).
     seen: u64,
+    /// The destination's `written()` at the last look (a drained direction's destination has settled).
+    seen_written: u64,
 }
 
 /// What changed at a look.
@@ -117,8 +119,6 @@ pub struct Kernel {
     next_check: Instant,
     /// The gap before `next_check`.
     interval: Duration,
-    /// Each direction's destination `written()` at the last look.
-    last_written: [u64; 2],
 }
 
 impl Kernel {
@@ -131,7 +131,6 @@ impl Kernel {
             held: 0,
             next_check: now,
             interval: MIN_CHECK,
-            last_written: [0; 2],
         })
     }
 
@@ -192,11 +191,10 @@ impl Kernel {
                 log::debug!("sockmap: cannot arm direction {d} ({e}): its pump relays it");
                 continue;
             }
-            let consumed = src_n.consumed();
+            let (consumed, written) = (src_n.consumed(), dst_n.written());
             log::trace!("sockmap: direction {d} armed at {consumed} consumed");
-            self.last_written[d] = dst_n.written();
             self.dirs[d] =
-                Dir::Armed(Base { consumed, written: dst_n.written(), moved: self.moved[d], seen: consumed });
+                Dir::Armed(Base { consumed, written, moved: self.moved[d], seen: consumed, seen_written: written });
             // Bytes that arrived before the attach are relayed once the kernel looks at the socket.
             if let Err(e) = Sockmap::kick(src) {
                 log::debug!("sockmap: kick: {e}");
@@ -206,10 +204,11 @@ impl Kernel {
         Ok(())
     }
 
-    fn base_of(&self, d: usize) -> Base {
+    /// Direction `d`'s base while the kernel holds it.
+    fn base_of(&self, d: usize) -> Option<Base> {
         match self.dirs[d] {
-            Dir::Armed(b) | Dir::Draining(b) => b,
-            Dir::User | Dir::Refused => Base { consumed: 0, written: 0, moved: self.moved[d], seen: 0 },
+            Dir::Armed(b) | Dir::Draining(b) => Some(b),
+            Dir::User | Dir::Refused => None,
         }
     }
 
@@ -230,16 +229,8 @@ impl Kernel {
         let mut held = 0u64;
         let mut fastest = 0u64;
         for (d, (src, dst)) in [(&c, &u), (&u, &c)].into_iter().enumerate() {
-            if !self.holds(d) {
-                continue;
-            }
-            let mut b = self.base_of(d);
-            // A full socket that sent and then received a FIN is TCP_CLOSE, as is a
-            // reset one, and its FIN counts one byte: so a closed source is drained
-            // with one byte unaccounted for once the destination has stopped
-            // taking any (`settled`). A reset source's pump then reads its error.
-            let fin = src.fin_received();
-            let src_consumed = src.consumed_fin(fin);
+            let Some(mut b) = self.base_of(d) else { continue };
+            let src_consumed = src.consumed();
             let consumed = src_consumed.saturating_sub(b.consumed);
             let written = dst.written().saturating_sub(b.written);
             // `written` is read in two calls (acknowledged, then queued): one look may
@@ -250,14 +241,13 @@ impl Kernel {
                 self.moved[d] = b.moved + written;
             }
             let in_flight = consumed.saturating_sub(written);
-            log::trace!(
-                "sockmap: direction {d}: {:?}, consumed {consumed} written {written}, src {src:?} dst {dst:?}",
-                self.dirs[d]
-            );
             let stopped = src_consumed == b.seen;
-            b.seen = src_consumed;
-            let settled = dst.written() == self.last_written[d] && dst.unacked == 0;
-            self.last_written[d] = dst.written();
+            // A full socket that sent and then received a FIN is TCP_CLOSE, as is a
+            // reset one, and its FIN counts one byte: so a closed source is drained
+            // with one byte unaccounted for once the destination has stopped
+            // taking any (`settled`). A reset source's pump then reads its error.
+            let settled = dst.written() == b.seen_written && dst.unacked == 0;
+            (b.seen, b.seen_written) = (src_consumed, dst.written());
             let drained = stopped && (in_flight == 0 || (in_flight == 1 && src.closed() && settled));
             self.dirs[d] = match self.dirs[d] {
                 Dir::Armed(_) if src.fin_received() || src.closed() => {
@@ -313,10 +303,7 @@ impl Kernel {
     pub fn holds_nothing_now(&self, client: &TcpStream, upstream: &TcpStream) -> bool {
         let (Ok(c), Ok(u)) = (tcp_counters::read(client), tcp_counters::read(upstream)) else { return false };
         [(&c, &u), (&u, &c)].into_iter().enumerate().all(|(d, (src, dst))| {
-            if !self.holds(d) {
-                return true;
-            }
-            let b = self.base_of(d);
+            let Some(b) = self.base_of(d) else { return true };
             src.unread == 0 && src.consumed().saturating_sub(b.consumed) == dst.written().saturating_sub(b.written)
         })
     }

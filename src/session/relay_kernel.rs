@@ -54,8 +54,9 @@ impl super::Relay {
 
     /// The kernel part's timer, or an ending on a socket the kernel relays
     /// from: counts what moved (bytes, last activity, the first byte back),
-    /// takes back or pauses what it must, and hands drained directions back
-    /// to their pumps, which then read whatever their sources hold.
+    /// marks an overflow for the next run to end the session, and hands
+    /// drained directions back to their pumps, which then read whatever
+    /// their sources hold.
     pub fn kernel_look(&mut self, client: &TcpStream, res: &mut Resources, now: Instant) {
         self.kernel_ending = false;
         let Some(k) = self.kernel.as_mut() else { return };

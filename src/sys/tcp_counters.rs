@@ -57,19 +57,13 @@ impl Counters {
     }
 
     /// Data bytes taken out of the receive queue so far, by whoever took
-    /// them (a read, a splice, the kernel's redirect), for a socket still
-    /// open. A closed one (`TCP_CLOSE`) may or may not have had a FIN:
-    /// `consumed_fin(fin)` with what its error says.
+    /// them (a read, a splice, the kernel's redirect). Exact for a socket
+    /// still open; a closed one (`TCP_CLOSE`) may have had a FIN, counted
+    /// in `received`, or a reset: a full socket that both sent and received
+    /// a FIN is `TCP_CLOSE` too (the kernel hands `TIME_WAIT` to a small
+    /// socket of its own), so this may be one high for it.
     pub fn consumed(&self) -> u64 {
-        self.consumed_fin(self.fin_received())
-    }
-
-    /// `consumed()` for a socket whose peer's FIN arrived (`fin`) or not.
-    /// A full socket that both sent and received a FIN is `TCP_CLOSE` (the
-    /// kernel hands `TIME_WAIT` to a small socket of its own), as is a
-    /// reset one: only `SO_ERROR` tells them apart.
-    pub fn consumed_fin(&self, fin: bool) -> u64 {
-        self.received.saturating_sub(self.unread).saturating_sub(u64::from(fin))
+        self.received.saturating_sub(self.unread).saturating_sub(u64::from(self.fin_received()))
     }
 
     /// Data bytes put into the socket so far (acknowledged or still queued).
