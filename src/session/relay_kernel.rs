@@ -43,12 +43,10 @@ impl super::Relay {
             return;
         }
         if let Err(e) = k.arm(map, which, client, &self.upstream, now) {
-            // Refused for this pair (a socket type the map does not take, the map
-            // full): the pumps relay this session to its end.
-            log::debug!("sockmap: cannot arm ({e}): this session relays with its pumps");
-            if !k.holds_any() {
-                self.kernel = None;
-            }
+            // The counters moved at every read (a busy pair: the flows worth arming)
+            // or could not be read: nothing was armed; a later run tries again. (A
+            // socket the map refuses is `arm`'s to note, per direction.)
+            log::debug!("sockmap: not armed this time ({e})");
         }
     }
 
