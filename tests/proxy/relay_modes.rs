@@ -19,11 +19,48 @@ use crate::observability::{admin_addr, with_admin};
 
 const NO_URING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/no_uring.py");
 
+/// What `tests/support/no_uring.py`'s seccomp filter refuses (with EPERM).
+#[derive(Clone, Copy)]
+pub(crate) enum Refused {
+    /// io_uring_setup: `relay: uring` falls back.
+    IoUring,
+    /// bpf(2): `relay: sockmap` falls back.
+    Bpf,
+}
+
+/// `sluice ARGS...` with the kernel refusing `what`, as a container's seccomp profile does.
+pub(crate) fn under_refusal(what: Refused, args: &[&str]) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(NO_URING);
+    if let Refused::Bpf = what {
+        cmd.arg("--bpf");
+    }
+    cmd.arg(BIN).args(args);
+    cmd
+}
+
 /// `sluice ARGS...` with bpf(2) refused.
 fn under_no_bpf(args: &[&str]) -> Command {
-    let mut cmd = Command::new("python3");
-    cmd.arg(NO_URING).arg("--bpf").arg(BIN).args(args);
-    cmd
+    under_refusal(Refused::Bpf, args)
+}
+
+/// `relay: MODE` where the kernel refuses what it needs (`what`): one
+/// warning naming the reason, `relay auto` in the running line, byte-exact
+/// relaying, and a reload asking for MODE again relays on and says nothing new.
+pub(crate) fn falls_back_to_auto_and_says_so_once(mode: &str, what: Refused) {
+    let (dir, path) = temp_config(&one_route(mode, &[backends::echo()], ""));
+    let s = Sluice::spawn(under_refusal(what, &["-c", path.to_str().expect("utf-8 path")]), 1, Some(dir));
+    let warning = format!("relay: {mode} is not available here");
+    assert!(s.wait_log(&warning, Duration::from_secs(5)), "no word of the fallback: {}", s.log());
+    assert!(s.log().contains("Operation not permitted"), "the reason is named: {}", s.log());
+    assert!(s.log().contains("relaying with relay: auto instead"), "{}", s.log());
+    assert!(s.wait_log("relay auto,", Duration::from_secs(5)), "it runs with auto: {}", s.log());
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    assert!(echoed(s.addr(), &data) == data, "the fallback relays byte-exact");
+    s.signal(Signal::SIGHUP);
+    assert!(s.wait_log("reloaded ", Duration::from_secs(5)), "{}", s.log());
+    assert_eq!(echoed(s.addr(), b"again"), b"again", "relays after the reload");
+    assert_eq!(s.log_count(&warning), 1, "said once: {}", s.log());
 }
 
 /// Sends `data` through `addr` to an echo backend, half-closes, and
@@ -75,23 +112,7 @@ fn relay_modes(admin: SocketAddr) -> String {
 
 #[test]
 fn relay_sockmap_falls_back_to_auto_where_bpf_is_refused_and_says_so_once() {
-    let (dir, path) = temp_config(&one_route("sockmap", &[backends::echo()], ""));
-    let s = Sluice::spawn(under_no_bpf(&["-c", path.to_str().expect("utf-8 path")]), 1, Some(dir));
-    assert!(
-        s.wait_log("relay: sockmap is not available here", Duration::from_secs(5)),
-        "no word of the fallback: {}",
-        s.log()
-    );
-    assert!(s.log().contains("Operation not permitted"), "the reason is named: {}", s.log());
-    assert!(s.log().contains("relaying with relay: auto instead"), "{}", s.log());
-    assert!(s.wait_log("relay auto,", Duration::from_secs(5)), "it runs with auto: {}", s.log());
-    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    assert!(echoed(s.addr(), &data) == data, "the fallback relays byte-exact");
-    // A reload asking for sockmap again relays on and says nothing new.
-    s.signal(Signal::SIGHUP);
-    assert!(s.wait_log("reloaded ", Duration::from_secs(5)), "{}", s.log());
-    assert_eq!(echoed(s.addr(), b"again"), b"again", "relays after the reload");
-    assert_eq!(s.log_count("relay: sockmap is not available here"), 1, "said once: {}", s.log());
+    falls_back_to_auto_and_says_so_once("sockmap", Refused::Bpf);
 }
 
 #[test]

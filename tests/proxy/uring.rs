@@ -5,49 +5,19 @@
 //! byte-exactness, endings and chaos cases run in uring mode with the other
 //! modes: `both_modes!` and the `_under_relay_uring` tests.)
 
-use std::io::{Read, Write};
 use std::process::Command;
-use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
-use crate::backends::{self, connect};
-use crate::harness::{BIN, Sluice, one_route, run, run_command, temp_config};
-
-const NO_URING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/no_uring.py");
+use crate::backends;
+use crate::harness::{one_route, run, run_command, temp_config};
+use crate::relay_modes::{Refused, falls_back_to_auto_and_says_so_once, under_refusal};
 
 fn under_no_uring(args: &[&str]) -> Command {
-    let mut cmd = Command::new("python3");
-    cmd.arg(NO_URING).arg(BIN).args(args);
-    cmd
+    under_refusal(Refused::IoUring, args)
 }
 
 #[test]
 fn relay_uring_falls_back_to_auto_where_io_uring_is_refused_and_says_so_once() {
-    let (dir, path) = temp_config(&one_route("uring", &[backends::echo()], ""));
-    let s = Sluice::spawn(under_no_uring(&["-c", path.to_str().expect("utf-8 path")]), 1, Some(dir));
-    assert!(
-        s.wait_log("relay: uring is not available here", Duration::from_secs(5)),
-        "no word of the fallback: {}",
-        s.log()
-    );
-    assert!(s.log().contains("Operation not permitted"), "the reason is named: {}", s.log());
-    assert!(s.wait_log("relay auto,", Duration::from_secs(5)), "it runs with auto: {}", s.log());
-    let mut c = connect(s.addr());
-    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    c.write_all(&data).expect("write");
-    c.shutdown(std::net::Shutdown::Write).expect("half-close");
-    let mut got = Vec::new();
-    c.read_to_end(&mut got).expect("echo");
-    assert!(got == data, "the fallback relays byte-exact");
-    // A reload asking for uring again relays on and says nothing new.
-    s.signal(Signal::SIGHUP);
-    assert!(s.wait_log("reloaded ", Duration::from_secs(5)), "{}", s.log());
-    let mut c = connect(s.addr());
-    c.write_all(b"again").expect("write");
-    let mut buf = [0u8; 5];
-    c.read_exact(&mut buf).expect("echo after the reload");
-    assert_eq!(s.log_count("relay: uring is not available here"), 1, "said once: {}", s.log());
+    falls_back_to_auto_and_says_so_once("uring", Refused::IoUring);
 }
 
 #[test]
