@@ -170,13 +170,17 @@ fn a_slow_reader_is_reset_at_the_bound_never_cut_clean() {
     }
 }
 
-/// A backend that writes stream 5 as fast as the connection takes it and counts what it wrote.
-fn counting_source(len: u64) -> (SocketAddr, Arc<AtomicU64>) {
+/// A backend that writes stream 5 as fast as the connection takes it and
+/// counts what it wrote; the receiver hears when it stopped writing (the
+/// stream done, or its connection reset).
+fn counting_source(len: u64) -> (SocketAddr, Arc<AtomicU64>, std::sync::mpsc::Receiver<()>) {
     let written = Arc::new(AtomicU64::new(0));
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     let w = Arc::clone(&written);
+    let (done, stopped) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let _done = DropSends(done);
         let Ok((mut s, _)) = l.accept() else { return };
         let mut stream = Stream::new(5);
         let mut buf = vec![0; CHUNK];
@@ -191,13 +195,22 @@ fn counting_source(len: u64) -> (SocketAddr, Arc<AtomicU64>) {
             left -= n as u64;
         }
     });
-    (addr, written)
+    (addr, written, stopped)
+}
+
+/// Sends on its channel when dropped, however the thread holding it ends.
+struct DropSends(std::sync::mpsc::Sender<()>);
+
+impl Drop for DropSends {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
 }
 
 #[test]
 fn a_reader_that_stops_holds_the_kernel_to_a_bound() {
     let len = 4u64 << 30;
-    let (up, written) = counting_source(len);
+    let (up, written, stopped) = counting_source(len);
     let s = Sluice::with_config(&one_route("sockmap", &[up], ""), &[]);
     let mut c = connect(s.addr());
     // Start the flow so the direction is armed, then stop reading.
@@ -209,7 +222,8 @@ fn a_reader_that_stops_holds_the_kernel_to_a_bound() {
     // some tens of MiB more, as with any relay; without the bound the
     // kernel would hold all the backend can write: gigabytes on loopback.
     assert!(s.wait_log("reason=sockmap_overflow", Duration::from_secs(10)), "no overflow: {}", s.log());
-    std::thread::sleep(Duration::from_millis(200));
+    // The reset reaches the backend, whose next write fails.
+    stopped.recv_timeout(Duration::from_secs(10)).expect("the backend stopped writing after the reset");
     let wrote = written.load(Ordering::Relaxed);
     assert!(wrote < 200 << 20, "the backend wrote {wrote} bytes while nobody read");
     // The client gets a reset, not a clean end.
