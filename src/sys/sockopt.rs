@@ -190,24 +190,11 @@ pub fn defer_accept(s: &impl AsFd) -> io::Result<u32> {
 }
 
 /// `TCP_INFO` of a connected socket: (smoothed RTT in µs, total retransmitted segments).
-#[allow(unsafe_code)]
 pub fn tcp_info(s: &impl AsFd) -> io::Result<(u32, u32)> {
-    // SAFETY: tcp_info is a plain C struct of integers, so all-zero is a valid value.
-    let mut info: nix::libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<nix::libc::tcp_info>() as nix::libc::socklen_t;
-    // SAFETY: the fd is open for the borrow's lifetime; `info` and `len` are
-    // live locals and `len` is the size of `info`, which the kernel fills up
-    // to that size (older kernels fill less and say so in `len`).
-    let rc = unsafe {
-        nix::libc::getsockopt(
-            s.as_fd().as_raw_fd(),
-            nix::libc::IPPROTO_TCP,
-            nix::libc::TCP_INFO,
-            std::ptr::from_mut(&mut info).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 { Ok((info.tcpi_rtt, info.tcpi_total_retrans)) } else { Err(io::Error::last_os_error()) }
+    let info = super::tcp_counters::tcp_info(s)?;
+    let u32_at = |at: usize| u32::from_ne_bytes(info[at..at + 4].try_into().expect("4 bytes inside the buffer"));
+    // `tcpi_rtt` and `tcpi_total_retrans` (include/uapi/linux/tcp.h).
+    Ok((u32_at(68), u32_at(100)))
 }
 
 /// `setsockopt` with an int value, for the options neither socket2 nor nix wrap.

@@ -129,9 +129,11 @@ pub fn read_still(s: &impl AsFd) -> io::Result<Counters> {
     Err(io::Error::new(io::ErrorKind::WouldBlock, "the counters moved at every read"))
 }
 
-/// The first `LEN` bytes of `TCP_INFO`; an older kernel that fills fewer is an error.
+/// The first `LEN` bytes of `TCP_INFO` (up to `tcpi_bytes_received`, read
+/// as bytes because libc's struct stops short of it; `sockopt::tcp_info`
+/// reads its fields from here too); an older kernel that fills fewer is an error.
 #[allow(unsafe_code)]
-fn tcp_info(s: &impl AsFd) -> io::Result<[u8; LEN]> {
+pub(super) fn tcp_info(s: &impl AsFd) -> io::Result<[u8; LEN]> {
     // u64-aligned storage, read as bytes.
     let mut buf = [0u64; LEN / 8];
     let mut len = LEN as nix::libc::socklen_t;
