@@ -195,16 +195,17 @@ pub(super) fn run(config: Config, opts: RunOptions) -> Result<(), ServerError> {
 
 /// What workers need to know of the global settings (re-sent on reload).
 pub(super) fn settings(config: &Config) -> WorkerSettings {
+    // A route of its own `relay: uring` needs the worker's ring as much as the global
+    // setting does; likewise the worker's sockhash for `relay: sockmap`.
+    let runs = |mode: RelayMode| {
+        std::iter::once(config.relay)
+            .chain(config.routes.iter().filter_map(|r| r.relay))
+            .any(|m| modes::effective(m) == mode)
+    };
     WorkerSettings {
         relay: modes::effective(config.relay),
-        // A route of its own `relay: uring` needs the worker's ring as much as the global setting does.
-        ring: std::iter::once(config.relay)
-            .chain(config.routes.iter().filter_map(|r| r.relay))
-            .any(|m| modes::effective(m) == RelayMode::Uring),
-        // Likewise the worker's sockhash for `relay: sockmap`.
-        sockmap: std::iter::once(config.relay)
-            .chain(config.routes.iter().filter_map(|r| r.relay))
-            .any(|m| modes::effective(m) == RelayMode::Sockmap),
+        ring: runs(RelayMode::Uring),
+        sockmap: runs(RelayMode::Sockmap),
         pipe_size: effective_pipe_size(config.pipe_size),
         max_pooled_pipes: config.max_pooled_pipes,
         access_log: config.log.access.then_some(config.log.format),
