@@ -117,7 +117,8 @@ fn drain_paused_upload(mode: &str) {
     drop(c);
     let status = s.wait_exit(Duration::from_secs(10)).expect("exit once the upload finished");
     assert_eq!(status.code(), Some(0), "{mode}");
-    assert!(s.log().contains("reason=clean"), "{mode}: not counted as clean:\n{}", s.log());
+    // The log is read from the child's stderr by a thread: its last lines may come after the exit.
+    assert!(s.wait_log("reason=clean", Duration::from_secs(5)), "{mode}: not counted as clean:\n{}", s.log());
 }
 
 /// `drain_close_idle_after` (opt-in) closes a quiet session early in a
